@@ -1,0 +1,285 @@
+//! Map names, capacities, keys and values.
+
+use core::mem::size_of;
+
+/// Layout version of all pinned maps; stored in [`MAP_ABI`] and bumped with
+/// any change to a key or value below.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names as they appear in the ELF object, in bpffs and to `bpftool`.
+/// Kernel map names are at most 15 characters.
+pub mod names {
+    pub const SERVICES: &str = "MCS_SVC_V1";
+    pub const BACKENDS: &str = "MCS_BACKEND_V1";
+    pub const CONNTRACK: &str = "MCS_CT_V1";
+    pub const FRONTEND_STATS: &str = "MCS_SVC_STATS";
+    pub const DROPS: &str = "MCS_DROPS";
+    pub const FRONTEND_META: &str = "MCS_SVC_META";
+    pub const CLUSTERS: &str = "MCS_CLUSTERS";
+    /// Every map the agent pins, in a stable order.
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        CONNTRACK,
+        FRONTEND_STATS,
+        DROPS,
+        FRONTEND_META,
+        CLUSTERS,
+    ];
+}
+
+/// Program names (the Rust function names in `mcs-ebpf`).
+pub mod programs {
+    pub const XDP: &str = "mcs_xdp";
+}
+
+/// Maximum number of frontends (ClusterSetIP × port × protocol).
+pub const MAX_FRONTENDS: u32 = 1 << 17;
+/// Maximum number of backend slots over all frontends.
+pub const MAX_BACKEND_SLOTS: u32 = 1 << 18;
+/// Maximum backends of one frontend.
+pub const MAX_BACKENDS_PER_FRONTEND: u32 = 4096;
+/// Conntrack entries (LRU; each flow uses two: forward and reply).
+pub const MAX_CONNTRACK: u32 = 1 << 19;
+/// Source clusters the agent can name (cluster id 0 means "unknown").
+pub const MAX_CLUSTERS: u32 = 256;
+/// Longest name stored in [`NameValue`].
+pub const NAME_LEN: usize = 120;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Frontend key: a ClusterSetIP, a service port and its protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// ClusterSetIP, network order.
+    pub addr: u32,
+    /// Service port, network order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A frontend: its id (index into per-frontend maps) and how many backend
+/// slots it has. `backend_count == 0` means "known service, no endpoint".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub frontend_id: u32,
+    pub backend_count: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// One backend slot of a frontend; slots are `0..backend_count`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub frontend_id: u32,
+    pub slot: u32,
+}
+
+/// A backend endpoint: pod IP and target port, possibly in another cluster.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Pod IP, network order.
+    pub addr: u32,
+    /// Target port, network order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Index into [`names::CLUSTERS`].
+    pub cluster_id: u32,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+}
+
+/// Conntrack key: the 5-tuple exactly as the packet carries it. Forward
+/// entries are keyed client→ClusterSetIP, reply entries backend→client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Conntrack value: the address and port to write into the packet.
+/// For a forward entry that is the backend (destination); for a reply entry
+/// the ClusterSetIP and service port (source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub _pad: u16,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    pub frontend_id: u32,
+    /// Backend (pod) address of this flow, network order; lets the agent
+    /// find and remove flows of a backend that went away.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad2: u16,
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Per-frontend counters (per-CPU array indexed by frontend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Packets dropped because the frontend had no backend.
+    pub no_backend: u64,
+}
+
+/// A printable name stored for operators (`dump`, `bpftool`): the
+/// `namespace/name:port` of a frontend or the name of a source cluster.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameValue {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; NAME_LEN],
+}
+
+impl NameValue {
+    pub const EMPTY: Self = Self {
+        len: 0,
+        _pad: 0,
+        bytes: [0; NAME_LEN],
+    };
+
+    /// Stores `name`, truncated to [`NAME_LEN`] bytes on a char boundary.
+    pub fn new(name: &str) -> Self {
+        let mut end = name.len().min(NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut value = Self::EMPTY;
+        value.bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        value.len = end as u32;
+        value
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(NAME_LEN);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+/// `ServiceValue::flags`: reserved for later service options.
+pub const SVC_F_NONE: u32 = 0;
+
+/// `BackendValue::flags`: the endpoint is ready (serves new flows).
+pub const BACKEND_F_READY: u32 = 1 << 0;
+
+/// `CtValue::flags`: entry translates replies (source rewrite).
+pub const CT_F_REPLY: u32 = 1 << 0;
+/// `CtValue::flags`: a TCP SYN was seen for this flow.
+pub const CT_F_SYN: u32 = 1 << 1;
+/// `CtValue::flags`: a TCP FIN was seen.
+pub const CT_F_FIN: u32 = 1 << 2;
+/// `CtValue::flags`: a TCP RST was seen.
+pub const CT_F_RST: u32 = 1 << 3;
+
+/// Why the XDP program dropped a packet (index into [`names::DROPS`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A packet to a ClusterSetIP that has no usable backend.
+    NoBackend = 0,
+    /// An IP fragment to a ClusterSetIP (ports are unknown; not supported).
+    Fragment = 1,
+    /// A packet to a ClusterSetIP too short for its headers.
+    Malformed = 2,
+    /// Conntrack insert failed (map full).
+    CtFull = 3,
+    /// Backend slot missing while the count says it exists (update race).
+    BackendMissing = 4,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        Self::NoBackend,
+        Self::Fragment,
+        Self::Malformed,
+        Self::CtFull,
+        Self::BackendMissing,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoBackend => "no_backend",
+            Self::Fragment => "fragment",
+            Self::Malformed => "malformed",
+            Self::CtFull => "conntrack_full",
+            Self::BackendMissing => "backend_missing",
+        }
+    }
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<BackendKey>() == 8);
+const _: () = assert!(size_of::<BackendValue>() == 16);
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<FrontendStats>() == 32);
+const _: () = assert!(size_of::<NameValue>() == 128);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `repr(C)`, contain only integers and have no
+    // implicit padding (see the size assertions above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FrontendStats {}
+    unsafe impl aya::Pod for NameValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        // Sum of field sizes equals the struct size.
+        assert_eq!(4 + 2 + 1 + 1, size_of::<ServiceKey>());
+        assert_eq!(4 + 4 + 2 + 2 + 1 + 3, size_of::<CtKey>());
+        assert_eq!(offset_of!(CtValue, last_seen_ns), 24);
+        assert_eq!(offset_of!(BackendValue, cluster_id), 8);
+    }
+
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        for name in names::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+    }
+
+    #[test]
+    fn name_value_truncates_on_char_boundary() {
+        let long = "é".repeat(100);
+        let value = NameValue::new(&long);
+        assert!(value.len as usize <= NAME_LEN);
+        assert_eq!(value.as_str().chars().count(), NAME_LEN / 2);
+        assert_eq!(NameValue::new("ns/web:http").as_str(), "ns/web:http");
+    }
+}

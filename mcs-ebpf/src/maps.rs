@@ -1,0 +1,83 @@
+//! Map definitions. BTF-defined (`#[btf_map]`) so `bpftool map dump` prints
+//! typed keys and values. Names match `mcs_common::names`.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use mcs_common::{
+    BackendKey, BackendValue, CtKey, CtValue, DropReason, FrontendStats, MAX_BACKEND_SLOTS,
+    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, NameValue, ServiceKey, ServiceValue,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// ClusterSetIP:port/proto → frontend.
+#[btf_map]
+pub static MCS_SVC_V1: HashMap<ServiceKey, ServiceValue, { MAX_FRONTENDS as usize }> =
+    HashMap::new();
+
+/// (frontend, slot) → backend.
+#[btf_map]
+pub static MCS_BACKEND_V1: HashMap<
+    BackendKey,
+    BackendValue,
+    { MAX_BACKEND_SLOTS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Flow state for both directions of every translated flow.
+#[btf_map]
+pub static MCS_CT_V1: LruHashMap<CtKey, CtValue, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+
+/// Per-frontend counters, indexed by frontend id.
+#[btf_map]
+pub static MCS_SVC_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }> =
+    PerCpuArray::new();
+
+/// Drops by reason, indexed by `DropReason`.
+#[btf_map]
+pub static MCS_DROPS: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();
+
+/// Frontend id → `namespace/name:port` (written by the agent, for operators).
+#[btf_map]
+pub static MCS_SVC_META: HashMap<u32, NameValue, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Cluster id → cluster name (written by the agent, for operators).
+#[btf_map]
+pub static MCS_CLUSTERS: Array<NameValue, { MAX_CLUSTERS as usize }> = Array::new();
+
+/// Adds one to the drop counter of `reason`.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(counter) = MCS_DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Adds a packet (and optionally a new flow) to a frontend's counters.
+#[inline(always)]
+pub fn count_frontend(frontend_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(stats) = MCS_SVC_STATS.get_ptr_mut(frontend_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            if new_flow {
+                (*stats).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Counts a packet for a frontend without backends.
+#[inline(always)]
+pub fn count_no_backend(frontend_id: u32) {
+    if let Some(stats) = MCS_SVC_STATS.get_ptr_mut(frontend_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { (*stats).no_backend += 1 };
+    }
+}

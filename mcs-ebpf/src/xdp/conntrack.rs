@@ -1,0 +1,96 @@
+//! Conntrack: one LRU entry per direction of a translated flow.
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use mcs_common::{
+    BackendValue, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, CtKey, CtValue, ServiceValue,
+};
+
+use crate::{
+    maps::MCS_CT_V1,
+    packet::{TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+};
+
+/// Refresh `last_seen_ns` at most this often, to keep hot flows from
+/// bouncing the entry's cache line between CPUs on every packet.
+const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn ct_flags(tcp_flags: u8) -> u32 {
+    let mut flags = 0;
+    if tcp_flags & TCP_FLAG_SYN != 0 {
+        flags |= CT_F_SYN;
+    }
+    if tcp_flags & TCP_FLAG_FIN != 0 {
+        flags |= CT_F_FIN;
+    }
+    if tcp_flags & TCP_FLAG_RST != 0 {
+        flags |= CT_F_RST;
+    }
+    flags
+}
+
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtValue> {
+    MCS_CT_V1.get_ptr_mut(key)
+}
+
+/// Records the packet on its entry and returns a copy of the entry.
+#[inline(always)]
+pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
+    // SAFETY: `entry` came from a lookup in this program run. Concurrent
+    // writers only set timestamps and OR flag bits; a lost update there is
+    // harmless (the next packet writes again).
+    unsafe {
+        let mut value = *entry;
+        let now = bpf_ktime_get_ns();
+        let new_flags = value.flags | ct_flags(tcp_flags);
+        if new_flags != value.flags || now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
+            value.flags = new_flags;
+            value.last_seen_ns = now;
+            (*entry).flags = new_flags;
+            (*entry).last_seen_ns = now;
+        }
+        value
+    }
+}
+
+/// Records a new flow: the reply entry first, so a reply can never arrive
+/// before the kernel knows how to translate it.
+#[inline(always)]
+pub fn create(
+    key: &CtKey,
+    service: &ServiceValue,
+    backend: &BackendValue,
+    tcp_flags: u8,
+) -> Result<(), i32> {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flags = ct_flags(tcp_flags);
+    let reply_key = CtKey {
+        saddr: backend.addr,
+        daddr: key.saddr,
+        sport: backend.port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let reply = CtValue {
+        nat_addr: key.daddr,
+        nat_port: key.dport,
+        _pad: 0,
+        flags: flags | CT_F_REPLY,
+        frontend_id: service.frontend_id,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        _pad2: 0,
+        last_seen_ns: now,
+    };
+    MCS_CT_V1.insert(&reply_key, &reply, BPF_ANY as u64)?;
+    let forward = CtValue {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        flags,
+        ..reply
+    };
+    MCS_CT_V1.insert(key, &forward, BPF_ANY as u64)
+}

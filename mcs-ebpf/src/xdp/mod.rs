@@ -1,0 +1,106 @@
+//! XDP datapath: ClusterSetIP DNAT with conntrack, and reverse NAT of replies.
+//!
+//! Per packet:
+//! 1. parse IPv4 TCP/UDP (anything else passes untouched);
+//! 2. look the packet's own 5-tuple up in conntrack: a forward entry gives
+//!    the backend (DNAT), a reply entry gives the ClusterSetIP (reverse NAT);
+//! 3. on a miss, look the destination up as a frontend; if it is one, pick a
+//!    backend, record both directions in conntrack and DNAT;
+//! 4. pass the packet on for the kernel to route.
+
+mod conntrack;
+mod nat;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_log_ebpf::warn;
+use mcs_common::{CT_F_REPLY, CtKey, DropReason};
+
+use crate::{
+    lb::{self, SelectError},
+    maps::{count_drop, count_frontend, count_no_backend},
+    packet::{self, ParseError},
+};
+
+/// Why a packet leaves the program without being translated.
+enum Error {
+    /// Not a packet mcs translates; passed on unchanged.
+    NotOurs,
+    /// Dropped and counted under the reason.
+    Drop(DropReason),
+}
+
+#[xdp]
+pub fn mcs_xdp(ctx: XdpContext) -> u32 {
+    match try_mcs_xdp(&ctx) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(Error::NotOurs) => xdp_action::XDP_PASS,
+        Err(Error::Drop(reason)) => {
+            count_drop(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
+    let pkt = match packet::parse(ctx) {
+        Ok(pkt) => pkt,
+        Err(ParseError::NotTcpUdpV4 | ParseError::Truncated) => return Err(Error::NotOurs),
+        Err(ParseError::Fragment { daddr, proto }) => {
+            // Only the first fragment carries ports, so fragments to a
+            // ClusterSetIP cannot be translated consistently: drop them
+            // rather than let them wander off towards an unrouted VIP.
+            return Err(if nat::is_cluster_set_ip(daddr, proto) {
+                Error::Drop(DropReason::Fragment)
+            } else {
+                Error::NotOurs
+            });
+        }
+        Err(ParseError::L4Truncated { daddr, proto }) => {
+            return Err(if nat::is_cluster_set_ip(daddr, proto) {
+                Error::Drop(DropReason::Malformed)
+            } else {
+                Error::NotOurs
+            });
+        }
+    };
+    let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
+
+    let key = CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    if let Some(entry) = conntrack::lookup(&key) {
+        let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
+        if entry.flags & CT_F_REPLY != 0 {
+            nat::rewrite(&pkt, nat::Side::Source, entry.nat_addr, entry.nat_port);
+        } else {
+            nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
+        }
+        count_frontend(entry.frontend_id, pkt.len, false);
+        return Ok(());
+    }
+
+    let Some(service) = lb::lookup_service(daddr, dport, pkt.proto) else {
+        return Err(Error::NotOurs);
+    };
+    let backend = match lb::select_backend(&service, saddr, daddr, sport, dport, pkt.proto) {
+        Ok(backend) => backend,
+        Err(SelectError::NoBackend) => {
+            count_no_backend(service.frontend_id);
+            return Err(Error::Drop(DropReason::NoBackend));
+        }
+        Err(SelectError::SlotMissing) => return Err(Error::Drop(DropReason::BackendMissing)),
+    };
+    if conntrack::create(&key, &service, &backend, pkt.l4.tcp_flags).is_err() {
+        warn!(ctx, "conntrack insert failed (map full?)");
+        return Err(Error::Drop(DropReason::CtFull));
+    }
+    nat::rewrite(&pkt, nat::Side::Destination, backend.addr, backend.port);
+    count_frontend(service.frontend_id, pkt.len, true);
+    Ok(())
+}
