@@ -1,1 +1,21 @@
+//! mcs-agent: keeps the eBPF ClusterSetIP dataplane in sync with
+//! ServiceImports and EndpointSlices.
+//!
+//! Layout (the data flows top to bottom):
+//! * [`sources`]   — where objects come from (manifest files; the API server);
+//! * [`model`]     — validated import model shared by all sources;
+//! * [`desired`]   — pure function: model → frontends and backends;
+//! * [`reconcile`] — diff of desired vs. applied state, written to the maps;
+//! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
+//! * [`dump`]      — reads the live maps for operators;
+//! * [`cli`], [`run`], [`telemetry`] — the binary's command line and wiring.
 
+pub mod cli;
+pub mod dataplane;
+pub mod desired;
+pub mod dump;
+pub mod model;
+pub mod reconcile;
+pub mod run;
+pub mod sources;
+pub mod telemetry;

@@ -1,0 +1,140 @@
+//! Typed access to the dataplane maps: [`MapHandles`] (taken from a loaded
+//! object, written by the reconciler) and [`PinnedMaps`] (opened from bpffs
+//! by `dump` while an agent runs).
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+};
+use mcs_common::{
+    BackendKey, BackendValue, CtKey, CtValue, FrontendStats, NameValue, ServiceKey, ServiceValue,
+    names,
+};
+
+use super::{DataplaneError, map_pin_dir};
+use crate::reconcile::{DataplaneWriter, WriteError};
+
+/// Every map, typed.
+pub struct MapHandles {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, BackendKey, BackendValue>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub frontend_stats: PerCpuArray<MapData, FrontendStats>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub frontend_names: HashMap<MapData, u32, NameValue>,
+    pub clusters: Array<MapData, NameValue>,
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
+    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+impl MapHandles {
+    fn from_source(mut get: impl FnMut(&'static str) -> Result<Map, DataplaneError>) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            services: typed(names::SERVICES, get(names::SERVICES)?)?,
+            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
+            conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
+            frontend_stats: typed(names::FRONTEND_STATS, get(names::FRONTEND_STATS)?)?,
+            drops: typed(names::DROPS, get(names::DROPS)?)?,
+            frontend_names: typed(names::FRONTEND_META, get(names::FRONTEND_META)?)?,
+            clusters: typed(names::CLUSTERS, get(names::CLUSTERS)?)?,
+        })
+    }
+
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))
+    }
+}
+
+/// The maps of a running agent, opened from their pins.
+pub struct PinnedMaps(pub MapHandles);
+
+impl PinnedMaps {
+    pub fn open(bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+        let dir = map_pin_dir(bpffs_dir);
+        MapHandles::from_source(|name| {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| DataplaneError::Map { name, source })?;
+            Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
+        })
+        .map(Self)
+    }
+}
+
+fn write_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> WriteError {
+    move |source| WriteError {
+        map,
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// Deleting something already gone is fine (idempotent reconcile).
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+impl DataplaneWriter for MapHandles {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(write_error(names::SERVICES, "insert"))
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        ignore_missing(self.services.remove(key)).map_err(write_error(names::SERVICES, "remove"))
+    }
+
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        self.backends
+            .insert(key, value, 0)
+            .map_err(write_error(names::BACKENDS, "insert"))
+    }
+
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        ignore_missing(self.backends.remove(key)).map_err(write_error(names::BACKENDS, "remove"))
+    }
+
+    fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.frontend_names
+            .insert(frontend_id, name, 0)
+            .map_err(write_error(names::FRONTEND_META, "insert"))
+    }
+
+    fn delete_frontend_name(&mut self, frontend_id: u32) -> Result<(), WriteError> {
+        ignore_missing(self.frontend_names.remove(&frontend_id))
+            .map_err(write_error(names::FRONTEND_META, "remove"))
+    }
+
+    fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| WriteError {
+            map: names::FRONTEND_STATS,
+            op: "count CPUs",
+            source: Box::new(error),
+        })?;
+        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|error| WriteError {
+            map: names::FRONTEND_STATS,
+            op: "reset",
+            source: Box::new(error),
+        })?;
+        self.frontend_stats
+            .set(frontend_id, zeroes, 0)
+            .map_err(write_error(names::FRONTEND_STATS, "reset"))
+    }
+
+    fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.clusters
+            .set(cluster_id, name, 0)
+            .map_err(write_error(names::CLUSTERS, "set"))
+    }
+}

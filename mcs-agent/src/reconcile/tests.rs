@@ -1,0 +1,235 @@
+//! Reconciler properties, checked against in-memory maps: after every
+//! apply the maps render exactly the desired state; unchanged frontends cost
+//! no write; at no point does a service entry point at a missing slot.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use mcs_common::{BackendKey, BackendValue, NameValue, ServiceKey, ServiceValue};
+use proptest::prelude::*;
+
+use super::{DataplaneWriter, Reconciler, SVC_F_VIP_MARKER, WriteError, memory::MemoryMaps};
+use crate::{
+    desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
+    model::{ObjectKey, Protocol},
+};
+
+/// Checks after every single write that each service's slots exist: the
+/// datapath can never pick a missing backend mid-update.
+#[derive(Default)]
+struct Checked(MemoryMaps);
+
+impl Checked {
+    fn check(&self) {
+        for (key, service) in &self.0.services {
+            for slot in 0..service.backend_count {
+                let slot_key = BackendKey {
+                    frontend_id: service.frontend_id,
+                    slot,
+                };
+                assert!(
+                    self.0.backends.contains_key(&slot_key),
+                    "service {key:?} points at missing slot {slot}"
+                );
+            }
+        }
+    }
+}
+
+impl DataplaneWriter for Checked {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        let result = self.0.put_service(key, value);
+        self.check();
+        result
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        self.0.delete_service(key)
+    }
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        self.0.put_backend(key, value)
+    }
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        let result = self.0.delete_backend(key);
+        self.check();
+        result
+    }
+    fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.0.put_frontend_name(id, name)
+    }
+    fn delete_frontend_name(&mut self, id: u32) -> Result<(), WriteError> {
+        self.0.delete_frontend_name(id)
+    }
+    fn reset_frontend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.0.reset_frontend_stats(id)
+    }
+    fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.0.put_cluster_name(id, name)
+    }
+}
+
+type Rendered = BTreeMap<Frontend, (FrontendKind, String, Vec<Backend>)>;
+
+/// Reads the maps back into frontends and backends; panics on leaks.
+fn render(maps: &MemoryMaps) -> Rendered {
+    let mut rendered = Rendered::new();
+    let mut slots_seen = 0;
+    for (key, service) in &maps.services {
+        let frontend = Frontend {
+            addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+            port: u16::from_be(key.port),
+            protocol: Protocol::from_number(key.proto).expect("valid protocol"),
+        };
+        let backends = (0..service.backend_count)
+            .map(|slot| {
+                let value = maps.backends[&BackendKey {
+                    frontend_id: service.frontend_id,
+                    slot,
+                }];
+                slots_seen += 1;
+                Backend {
+                    addr: Ipv4Addr::from(value.addr.to_ne_bytes()),
+                    port: u16::from_be(value.port),
+                    cluster: if value.cluster_id == 0 {
+                        String::new()
+                    } else {
+                        maps.clusters[&value.cluster_id].clone()
+                    },
+                }
+            })
+            .collect();
+        let kind = if service.flags & SVC_F_VIP_MARKER != 0 {
+            FrontendKind::VipMarker
+        } else {
+            FrontendKind::Service
+        };
+        let name = maps.names[&service.frontend_id].clone();
+        rendered.insert(frontend, (kind, name, backends));
+    }
+    assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
+    assert_eq!(maps.services.len(), maps.names.len(), "leaked frontend names");
+    rendered
+}
+
+fn expected(desired: &DesiredState) -> Rendered {
+    desired
+        .frontends
+        .iter()
+        .map(|(f, s)| (*f, (s.kind, s.name.clone(), s.backends.clone())))
+        .collect()
+}
+
+fn frontend_strategy() -> impl Strategy<Value = Frontend> {
+    (0u8..4, 1u16..4, prop::bool::ANY).prop_map(|(vip, port, udp)| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, vip),
+        port: port * 10,
+        protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+    })
+}
+
+fn backend_strategy() -> impl Strategy<Value = Backend> {
+    (0u8..12, 0u16..2, 0usize..3).prop_map(|(host, port, cluster)| Backend {
+        addr: Ipv4Addr::new(10, 1, 0, host),
+        port: 8000 + port,
+        cluster: ["", "cluster-a", "cluster-b"][cluster].to_owned(),
+    })
+}
+
+fn desired_strategy() -> impl Strategy<Value = DesiredState> {
+    prop::collection::btree_map(
+        frontend_strategy(),
+        prop::collection::btree_set(backend_strategy(), 0..6),
+        0..8,
+    )
+    .prop_map(|frontends| DesiredState {
+        frontends: frontends
+            .into_iter()
+            .map(|(frontend, backends)| {
+                (
+                    frontend,
+                    FrontendSpec {
+                        kind: FrontendKind::Service,
+                        name: format!("ns/{frontend}"),
+                        import: ObjectKey::new("ns", "svc"),
+                        backends: backends.into_iter().collect(),
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+proptest! {
+    #[test]
+    fn maps_always_render_the_desired_state(states in prop::collection::vec(desired_strategy(), 1..12)) {
+        let mut reconciler = Reconciler::new();
+        let mut maps = Checked::default();
+        for desired in &states {
+            let report = reconciler.apply(desired, &mut maps);
+            prop_assert!(report.errors.is_empty());
+            prop_assert_eq!(render(&maps.0), expected(desired));
+            // Applying the same state again writes nothing.
+            let writes = maps.0.writes;
+            let again = reconciler.apply(desired, &mut maps);
+            prop_assert!(!again.changed());
+            prop_assert_eq!(maps.0.writes, writes);
+        }
+        // Ids are reused, not leaked: everything removed leaves nothing.
+        reconciler.apply(&DesiredState::default(), &mut maps);
+        prop_assert!(maps.0.services.is_empty() && maps.0.backends.is_empty());
+        prop_assert!(maps.0.names.is_empty() && maps.0.clusters.is_empty());
+    }
+
+    #[test]
+    fn failed_writes_are_repaired_by_the_next_apply(
+        first in desired_strategy(),
+        second in desired_strategy(),
+        fail_after in 0usize..40,
+    ) {
+        let mut reconciler = Reconciler::new();
+        let mut maps = MemoryMaps::default();
+        reconciler.apply(&first, &mut maps);
+        maps.fail_after = Some(maps.writes + fail_after);
+        let _partial = reconciler.apply(&second, &mut maps);
+        maps.fail_after = None;
+        let report = reconciler.apply(&second, &mut maps);
+        prop_assert!(report.errors.is_empty());
+        prop_assert_eq!(render(&maps), expected(&second));
+    }
+}
+
+#[test]
+fn unchanged_frontends_are_not_rewritten_when_others_change() {
+    let frontend = |port| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 1),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let backend = |host| Backend {
+        addr: Ipv4Addr::new(10, 1, 0, host),
+        port: 80,
+        cluster: "a".into(),
+    };
+    let spec = |backends: Vec<Backend>| FrontendSpec {
+        kind: FrontendKind::Service,
+        name: "ns/svc:http".into(),
+        import: ObjectKey::new("ns", "svc"),
+        backends,
+    };
+    let mut desired = DesiredState::default();
+    desired.frontends.insert(frontend(80), spec(vec![backend(1), backend(2)]));
+    desired.frontends.insert(frontend(81), spec(vec![backend(3)]));
+    let mut reconciler = Reconciler::new();
+    let mut maps = MemoryMaps::default();
+    reconciler.apply(&desired, &mut maps);
+
+    desired.frontends.insert(frontend(81), spec(vec![backend(3), backend(4)]));
+    let before = maps.clone();
+    let report = reconciler.apply(&desired, &mut maps);
+    assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
+    // One new slot and the count: two writes, nothing for port 80.
+    assert_eq!(report.map_writes, 2);
+    let id80 = before.services[&super::service_key(&frontend(80))].frontend_id;
+    for slot in 0..2 {
+        let key = BackendKey { frontend_id: id80, slot };
+        assert_eq!(before.backends[&key], maps.backends[&key]);
+    }
+}
