@@ -1,1 +1,32 @@
+//! Test harness for mcs: simulated clusters built from network namespaces,
+//! traffic servers and clients that live inside them, checksum counters, and a
+//! driver for the `mcs-agent` binary.
+//!
+//! Everything here creates its own hosts (network namespaces joined by veth
+//! pairs) and tears them down on `Drop`, also while a failing test unwinds.
+//! Traffic only ever goes to addresses inside namespaces the harness made;
+//! nothing touches the root namespace's interfaces or routes.
 
+pub mod agent;
+pub mod client;
+pub mod csum;
+pub mod manifest;
+pub mod netns;
+pub mod scenario;
+pub mod servers;
+pub mod topology;
+
+/// Whether this process runs as root (needed for namespaces, veth and XDP).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Panics with a clear message unless running as root; the first line of
+/// every test that builds namespaces.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, veth, XDP): run it with `cargo xtask test` \
+         or as root with `cargo test -p mcs-tests -- --include-ignored`"
+    );
+}

@@ -1,0 +1,434 @@
+//! Runs the `mcs-agent` binary inside a node namespace and reads its state.
+//!
+//! The agent is started with only the network namespace entered (see
+//! [`Netns::command`]): under `ip netns exec` it would get a private sysfs
+//! and pin its maps into a bpffs that vanishes with it. Each agent gets its
+//! own `--bpffs-dir`, removed again on drop, so agents of parallel tests never
+//! share maps. Its stdout and stderr go to a log file that is printed when a
+//! test fails (the agent is dropped during the panic) and available through
+//! [`Agent::log`].
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde::Deserialize;
+
+use crate::{manifest::Protocol, netns::Netns};
+
+/// Environment variable naming the agent binary (set by `cargo xtask test`).
+pub const AGENT_BIN_ENV: &str = "MCS_AGENT_BIN";
+/// Where bpffs is mounted; per-agent directories go below it.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// How long [`Agent::stop`] waits after SIGTERM before SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The agent binary: `$MCS_AGENT_BIN`, else `target/debug/mcs-agent` of
+/// this workspace.
+pub fn binary() -> PathBuf {
+    match std::env::var_os(AGENT_BIN_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("debug")
+            .join("mcs-agent"),
+    }
+}
+
+/// Mounts bpffs on [`BPFFS`] unless it is mounted already.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounted = nix::sys::statfs::statfs(BPFFS)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if !mounted {
+        crate::netns::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+            .context("mounting bpffs")?;
+    }
+    Ok(())
+}
+
+/// How to run the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `--source file:PATH`: a YAML file or a directory of YAML files.
+    pub source: PathBuf,
+    /// `--interface`, repeated.
+    pub interfaces: Vec<String>,
+    /// `--cluster-id`.
+    pub cluster_id: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+    /// Extra arguments after the others.
+    pub extra_args: Vec<String>,
+}
+
+impl AgentConfig {
+    pub fn new(source: impl Into<PathBuf>, interfaces: Vec<String>) -> Self {
+        Self {
+            source: source.into(),
+            interfaces,
+            cluster_id: None,
+            log_format: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running agent; stopped with SIGTERM (then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Agent {
+    bin: PathBuf,
+    netns: String,
+    bpffs_dir: PathBuf,
+    log_path: PathBuf,
+    // Holds the log file; deleted on drop.
+    _log_dir: tempfile::TempDir,
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+}
+
+impl Agent {
+    /// Starts `mcs-agent run` in `netns` (network namespace only).
+    pub fn start(netns: &Netns, config: &AgentConfig) -> Result<Self> {
+        ensure_bpffs()?;
+        let bin = binary();
+        ensure!(
+            bin.is_file(),
+            "agent binary {} not found: build it (`cargo build -p mcs-agent`) or set {AGENT_BIN_ENV}",
+            bin.display()
+        );
+        let bpffs_dir = PathBuf::from(BPFFS).join(format!(
+            "mcs-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        reap_stale_bpffs();
+        let log_dir = tempfile::Builder::new()
+            .prefix("mcs-agent-log-")
+            .tempdir()?;
+        let log_path = log_dir.path().join("agent.log");
+        let log = File::create(&log_path)?;
+
+        let mut cmd = netns.command(&bin)?;
+        cmd.arg("run")
+            .arg("--source")
+            .arg(format!("file:{}", config.source.display()));
+        for iface in &config.interfaces {
+            cmd.args(["--interface", iface]);
+        }
+        cmd.arg("--bpffs-dir").arg(&bpffs_dir);
+        if let Some(id) = &config.cluster_id {
+            cmd.args(["--cluster-id", id]);
+        }
+        if let Some(format) = &config.log_format {
+            cmd.args(["--log-format", format]);
+        }
+        cmd.args(&config.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group: a Ctrl-C at the terminal reaches only the
+            // test or demo, which then stops the agent in order.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            bin,
+            netns: netns.name().to_owned(),
+            bpffs_dir,
+            log_path,
+            _log_dir: log_dir,
+            child: Some(child),
+            exit: None,
+        })
+    }
+
+    /// The agent's `--bpffs-dir`.
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs_dir
+    }
+
+    /// The namespace the agent runs in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path)
+            .unwrap_or_else(|e| format!("<cannot read agent log: {e}>"))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `Some(status)` once the agent has exited.
+    pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(child) = &mut self.child
+            && let Some(status) = child.try_wait()?
+        {
+            self.exit = Some(status);
+            self.child = None;
+        }
+        Ok(self.exit)
+    }
+
+    /// Fails (with the log) if the agent has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.try_exit_status()? {
+            bail!("mcs-agent exited ({status}); its log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits up to [`STOP_TIMEOUT`] for the agent to exit,
+    /// then kills it. Returns how it exited; fails if it had to be killed.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return self.exit.context("agent was never started");
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+        // ESRCH: it already exited; wait() below reaps it.
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.exit = Some(status);
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                self.exit = Some(status);
+                bail!("mcs-agent ignored SIGTERM for {STOP_TIMEOUT:?} and was killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `mcs-agent dump --output json`, parsed.
+    pub fn dump(&self) -> Result<Dump> {
+        let text = self.dump_raw("json")?;
+        serde_json::from_str(&text).with_context(|| format!("parsing dump output {text:?}"))
+    }
+
+    /// `mcs-agent dump --output text`.
+    pub fn dump_text(&self) -> Result<String> {
+        self.dump_raw("text")
+    }
+
+    fn dump_raw(&self, output: &str) -> Result<String> {
+        // Dump only reads pinned maps, which are visible from any namespace.
+        crate::netns::run(
+            Command::new(&self.bin)
+                .arg("dump")
+                .arg("--bpffs-dir")
+                .arg(&self.bpffs_dir)
+                .args(["--output", output]),
+        )
+    }
+
+    /// Polls [`dump`](Self::dump) until `pred` holds, and returns that dump.
+    /// Fails after `timeout` (with the last dump or error) or as soon as the
+    /// agent exits.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Dump) -> bool,
+    ) -> Result<Dump> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            let last = match self.dump() {
+                Ok(dump) if pred(&dump) => return Ok(dump),
+                Ok(dump) => format!("{dump:#?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "agent state did not reach the expected condition within {timeout:?}; \
+                     last dump: {last}\nagent log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let stopped = if self.child.is_some() {
+            self.stop().map(drop)
+        } else {
+            Ok(())
+        };
+        let failed = std::thread::panicking() || stopped.is_err();
+        if let Err(e) = stopped {
+            eprintln!("warning: {e:#}");
+        }
+        if failed {
+            eprintln!(
+                "----- mcs-agent log ({}) -----\n{}\n----- end of mcs-agent log -----",
+                self.netns,
+                self.log()
+            );
+        }
+        // Pins survive the agent by design (restarts keep the dataplane);
+        // a test's maps must not outlive the test.
+        if let Err(e) = remove_bpffs_dir(&self.bpffs_dir) {
+            eprintln!("warning: removing {}: {e:#}", self.bpffs_dir.display());
+        }
+    }
+}
+
+fn remove_bpffs_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Removes `mcs-test-<pid>-<n>` bpffs directories of processes that no
+/// longer run.
+fn reap_stale_bpffs() {
+    let Ok(entries) = std::fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("mcs-test-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !crate::netns::pid_alive(pid)
+            && let Err(e) = remove_bpffs_dir(&entry.path())
+        {
+            eprintln!("warning: removing stale {name}: {e:#}");
+        }
+    }
+}
+
+/// Output of `mcs-agent dump --output json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Dump {
+    #[serde(default)]
+    pub services: Vec<DumpService>,
+    #[serde(default)]
+    pub drops: Drops,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct DumpService {
+    pub frontend_id: u32,
+    /// `namespace/name:port-name`.
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    #[serde(default)]
+    pub backends: Vec<DumpBackend>,
+    #[serde(default)]
+    pub stats: ServiceStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct DumpBackend {
+    pub slot: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    #[serde(default)]
+    pub cluster: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ServiceStats {
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub new_flows: u64,
+    #[serde(default)]
+    pub no_backend: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Drops {
+    #[serde(default)]
+    pub no_backend: u64,
+    #[serde(default)]
+    pub fragment: u64,
+    #[serde(default)]
+    pub malformed: u64,
+    #[serde(default)]
+    pub conntrack_full: u64,
+    #[serde(default)]
+    pub backend_missing: u64,
+}
+
+impl Dump {
+    /// The frontend `vip:port/protocol`, if programmed.
+    pub fn service(&self, vip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<&DumpService> {
+        self.services.iter().find(|s| {
+            s.vip == vip && s.port == port && s.protocol.eq_ignore_ascii_case(protocol.as_str())
+        })
+    }
+}
+
+impl DumpService {
+    /// Backend addresses, sorted.
+    pub fn backend_addrs(&self) -> Vec<Ipv4Addr> {
+        let mut addrs: Vec<Ipv4Addr> = self.backends.iter().map(|b| b.addr).collect();
+        addrs.sort();
+        addrs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_dump() {
+        let json = r#"{"services":[{"frontend_id":1,"name":"demo/web:http","vip":"10.96.100.10","port":80,"protocol":"TCP",
+   "backends":[{"slot":0,"addr":"10.101.1.10","port":8080,"cluster":"cluster-a"}],
+   "stats":{"packets":3,"bytes":0,"new_flows":1,"no_backend":0}}],
+ "drops":{"no_backend":0,"fragment":0,"malformed":0,"conntrack_full":0,"backend_missing":0}}"#;
+        let dump: Dump = serde_json::from_str(json).unwrap();
+        let svc = dump
+            .service(Ipv4Addr::new(10, 96, 100, 10), 80, Protocol::Tcp)
+            .unwrap();
+        assert_eq!(svc.backend_addrs(), [Ipv4Addr::new(10, 101, 1, 10)]);
+        assert_eq!(svc.backends[0].cluster, "cluster-a");
+        assert_eq!(svc.stats.new_flows, 1);
+        assert!(
+            dump.service(Ipv4Addr::new(10, 96, 100, 10), 80, Protocol::Udp)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn binary_defaults_to_the_workspace_target() {
+        if std::env::var_os(AGENT_BIN_ENV).is_none() {
+            assert!(binary().ends_with("target/debug/mcs-agent"));
+        }
+    }
+}
