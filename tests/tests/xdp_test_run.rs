@@ -1,0 +1,553 @@
+//! BPF_PROG_TEST_RUN tier: packets in, packets out, through the real XDP
+//! program loaded from the agent's embedded object, with maps programmed by
+//! the agent's own reconciler. Checksums are verified independently with
+//! etherparse (full checksums) and by finishing partial checksums the way
+//! the kernel's `skb_checksum_help` does.
+//!
+//! Needs root (CAP_BPF); run by `cargo xtask test`.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
+use mcs_agent::{
+    dataplane::{EBPF_OBJECT, MapHandles},
+    desired,
+    dump::{self, DumpReport},
+    model::manifest,
+    reconcile::Reconciler,
+};
+use mcs_common::{names, programs};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const CLIENT: [u8; 4] = [10, 101, 1, 2];
+const VIP: [u8; 4] = [10, 96, 100, 10];
+const OTHER: [u8; 4] = [10, 102, 1, 99];
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this tier needs root (CAP_BPF): run `cargo xtask test`"
+    );
+}
+
+fn manifest(backends: &[(&str, &str)]) -> String {
+    let mut yaml = String::from(
+        "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\nmetadata: {name: web, namespace: demo}\n\
+         spec: {type: ClusterSetIP, ips: [\"10.96.100.10\"], ports: [{name: http, protocol: TCP, port: 80}, {name: dns, protocol: UDP, port: 53}]}\n",
+    );
+    for (index, (addr, cluster)) in backends.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-{index}, namespace: demo, labels: {{multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: {cluster}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}, {{name: dns, protocol: UDP, port: 5353}}]\n\
+             endpoints: [{{addresses: [\"{addr}\"]}}]\n"
+        ));
+    }
+    yaml
+}
+
+struct Harness {
+    ebpf: Ebpf,
+    maps: MapHandles,
+    reconciler: Reconciler,
+}
+
+impl Harness {
+    fn new() -> Self {
+        require_root();
+        assert!(
+            !EBPF_OBJECT.is_empty(),
+            "agent built without eBPF object: run `cargo xtask build-ebpf`"
+        );
+        let mut ebpf = EbpfLoader::new()
+            // Small maps: each test loads its own copy.
+            .map_max_entries(names::CONNTRACK, 4096)
+            .load(EBPF_OBJECT)
+            .expect("load eBPF object");
+        let program: &mut Xdp = ebpf
+            .program_mut(programs::XDP)
+            .expect("program present")
+            .try_into()
+            .expect("XDP program");
+        program.load().expect("verifier accepts the XDP program");
+        let maps = MapHandles::take(&mut ebpf).expect("maps present");
+        Self {
+            ebpf,
+            maps,
+            reconciler: Reconciler::new(),
+        }
+    }
+
+    fn with_backends(backends: &[(&str, &str)]) -> Self {
+        let mut harness = Self::new();
+        harness.apply(&manifest(backends));
+        harness
+    }
+
+    fn apply(&mut self, yaml: &str) {
+        let converted = manifest::parse(yaml).expect("valid manifest");
+        assert!(
+            converted.rejections.is_empty(),
+            "{:?}",
+            converted.rejections
+        );
+        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let (state, _) = desired::compute(&snapshot);
+        let report = self.reconciler.apply(&state, &mut self.maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    /// Runs one packet through the program (repeat 1: with repeat > 1 the
+    /// kernel feeds the rewritten packet back in).
+    fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self
+            .ebpf
+            .program(programs::XDP)
+            .expect("program present")
+            .try_into()
+            .expect("XDP program");
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn dump(&self) -> DumpReport {
+        dump::collect(&self.maps).expect("read maps")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Csum {
+    /// Finished checksum (sender with TX checksum offload off).
+    Full,
+    /// Pseudo-header seed (CHECKSUM_PARTIAL, veth with offload on).
+    Partial,
+    /// UDP without checksum (field 0).
+    Zero,
+}
+
+#[derive(Clone, Debug)]
+struct Pkt {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    udp: bool,
+    csum: Csum,
+    options: Vec<u8>,
+    frags: u16,
+    syn: bool,
+    payload: Vec<u8>,
+}
+
+impl Pkt {
+    fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            udp: false,
+            csum: Csum::Full,
+            options: Vec::new(),
+            frags: 0x4000, // DF
+            syn: true,
+            payload: b"GET / HTTP/1.1\r\nHost: web\r\n\r\n".to_vec(),
+        }
+    }
+
+    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
+        Self {
+            udp: true,
+            syn: false,
+            payload: b"ping, an odd-length payload".to_vec(),
+            ..Self::tcp(src, sport, dst, dport)
+        }
+    }
+
+    fn csum(mut self, csum: Csum) -> Self {
+        self.csum = csum;
+        self
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let l4 = self.l4_segment();
+        let mut ip = Ipv4Header::new(
+            l4.len() as u16,
+            64,
+            if self.udp {
+                IpNumber::UDP
+            } else {
+                IpNumber::TCP
+            },
+            self.src,
+            self.dst,
+        )
+        .expect("valid header");
+        ip.options = Ipv4Options::try_from(self.options.as_slice()).expect("options");
+        // Recomputes the total length now that the options are known.
+        ip.set_payload_len(l4.len()).expect("length fits");
+        ip.dont_fragment = self.frags & 0x4000 != 0;
+        ip.more_fragments = self.frags & 0x2000 != 0;
+        ip.fragment_offset = (self.frags & 0x1fff).try_into().expect("13 bits");
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+        ip.write(&mut frame).expect("write ip");
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    fn l4_segment(&self) -> Vec<u8> {
+        let mut segment = Vec::new();
+        let check = if self.udp {
+            let mut udp =
+                UdpHeader::without_ipv4_checksum(self.sport, self.dport, self.payload.len())
+                    .expect("udp");
+            udp.checksum = udp
+                .calc_checksum_ipv4_raw(self.src, self.dst, &self.payload)
+                .expect("checksum");
+            udp.write(&mut segment).expect("write udp");
+            6
+        } else {
+            let mut tcp = TcpHeader::new(self.sport, self.dport, 1000, 64240);
+            tcp.syn = self.syn;
+            tcp.ack = !self.syn;
+            tcp.checksum = tcp
+                .calc_checksum_ipv4_raw(self.src, self.dst, &self.payload)
+                .expect("checksum");
+            tcp.write(&mut segment).expect("write tcp");
+            16
+        };
+        segment.extend_from_slice(&self.payload);
+        let field = match self.csum {
+            Csum::Full => return segment,
+            Csum::Zero => 0,
+            Csum::Partial => pseudo_seed(
+                self.src,
+                self.dst,
+                if self.udp { 17 } else { 6 },
+                segment.len(),
+            ),
+        };
+        segment[check..check + 2].copy_from_slice(&field.to_be_bytes());
+        segment
+    }
+}
+
+/// Ones-complement sum of big-endian 16-bit words (independent of mcs).
+fn ones_sum(mut acc: u32, bytes: &[u8]) -> u32 {
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        acc += u32::from(word);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// What Linux stores in the L4 checksum field of a CHECKSUM_PARTIAL packet.
+fn pseudo_seed(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    fold(ones_sum(0, &pseudo))
+}
+
+/// A translated packet, verified.
+#[derive(Debug)]
+struct Seen {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+}
+
+/// Parses an output frame and checks every checksum. For `partial`
+/// packets the field must be the seed of the *new* addresses: finishing it
+/// as the kernel would (checksum over the segment, seed included) must give
+/// the correct checksum.
+fn verify(frame: &[u8], csum: Csum) -> Seen {
+    let (ip, rest) = Ipv4Header::from_slice(&frame[14..]).expect("IPv4 header");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let segment = &rest[..ip.payload_len().expect("length") as usize];
+    let (sport, dport, field, expected, check_offset) = if ip.protocol == IpNumber::UDP {
+        let (udp, payload) = UdpHeader::from_slice(segment).expect("UDP header");
+        let expected = udp
+            .calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
+            .expect("checksum");
+        (
+            udp.source_port,
+            udp.destination_port,
+            udp.checksum,
+            expected,
+            6,
+        )
+    } else {
+        let (tcp, payload) = TcpHeader::from_slice(segment).expect("TCP header");
+        let expected = tcp
+            .calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
+            .expect("checksum");
+        (
+            tcp.source_port,
+            tcp.destination_port,
+            tcp.checksum,
+            expected,
+            16,
+        )
+    };
+    match csum {
+        Csum::Full => assert_eq!(field, expected, "full L4 checksum"),
+        Csum::Zero => assert_eq!(field, 0, "UDP zero checksum must stay zero"),
+        Csum::Partial => {
+            assert_eq!(
+                field,
+                pseudo_seed(ip.source, ip.destination, ip.protocol.0, segment.len()),
+                "partial checksum must be the new pseudo-header seed"
+            );
+            let mut finished = !fold(ones_sum(0, segment));
+            if ip.protocol == IpNumber::UDP && finished == 0 {
+                finished = 0xffff;
+            }
+            let _ = check_offset;
+            assert_eq!(finished, expected, "finished partial checksum");
+        }
+    }
+    Seen {
+        src: Ipv4Addr::from(ip.source),
+        dst: Ipv4Addr::from(ip.destination),
+        sport,
+        dport,
+    }
+}
+
+const BACKENDS: [(&str, &str); 3] = [
+    ("10.101.1.10", "cluster-a"),
+    ("10.102.1.10", "cluster-b"),
+    ("10.102.1.11", "cluster-b"),
+];
+
+fn is_backend(addr: Ipv4Addr) -> bool {
+    BACKENDS.iter().any(|(b, _)| addr.to_string() == *b)
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn dnat_and_reverse_nat_keep_checksums_exact() {
+    let harness = Harness::with_backends(&BACKENDS);
+    for (udp, csum) in [
+        (false, Csum::Full),
+        (false, Csum::Partial),
+        (true, Csum::Full),
+        (true, Csum::Partial),
+        (true, Csum::Zero),
+    ] {
+        let (vport, tport) = if udp { (53, 5353) } else { (80, 8080) };
+        let forward = if udp {
+            Pkt::udp(CLIENT, 40000, VIP, vport)
+        } else {
+            Pkt::tcp(CLIENT, 40000, VIP, vport)
+        }
+        .csum(csum);
+        let (action, out) = harness.run(&forward.build());
+        assert_eq!(action, XDP_PASS, "{udp} {csum:?}");
+        let seen = verify(&out, csum);
+        assert!(
+            is_backend(seen.dst),
+            "DNAT to a listed backend, got {seen:?}"
+        );
+        assert_eq!(
+            (seen.src, seen.sport, seen.dport),
+            (Ipv4Addr::from(CLIENT), 40000, tport)
+        );
+
+        // The backend's reply comes back to the client from the ClusterSetIP.
+        let mut reply = forward.clone();
+        reply.src = seen.dst.octets();
+        reply.dst = CLIENT;
+        reply.sport = tport;
+        reply.dport = 40000;
+        reply.syn = false;
+        let (action, out) = harness.run(&reply.build());
+        assert_eq!(action, XDP_PASS);
+        let back = verify(&out, csum);
+        assert_eq!(
+            (back.src, back.sport, back.dst, back.dport),
+            (Ipv4Addr::from(VIP), vport, Ipv4Addr::from(CLIENT), 40000),
+            "reverse NAT"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn ip_options_are_skipped_correctly() {
+    let harness = Harness::with_backends(&BACKENDS);
+    for csum in [Csum::Full, Csum::Partial] {
+        let mut packet = Pkt::tcp(CLIENT, 41000, VIP, 80).csum(csum);
+        packet.options = vec![1, 1, 1, 1, 1, 1, 1, 0]; // NOPs + end of list
+        let (action, out) = harness.run(&packet.build());
+        assert_eq!(action, XDP_PASS);
+        let seen = verify(&out, csum);
+        assert!(is_backend(seen.dst));
+        assert_eq!(seen.dport, 8080);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn flows_stick_to_their_backend_and_spread_across_backends() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    let mut chosen = std::collections::BTreeMap::new();
+    for sport in 20000..20060 {
+        let packet = Pkt::tcp(CLIENT, sport, VIP, 80).build();
+        let first = verify(&harness.run(&packet).1, Csum::Full).dst;
+        *chosen.entry(first).or_insert(0) += 1;
+        for _ in 0..3 {
+            let again = verify(&harness.run(&packet).1, Csum::Full).dst;
+            assert_eq!(
+                again, first,
+                "every packet of a flow goes to the same backend"
+            );
+        }
+    }
+    assert_eq!(
+        chosen.len(),
+        BACKENDS.len(),
+        "all backends used: {chosen:?}"
+    );
+
+    // Remove the backend of flow 20000: the established flow keeps it
+    // (conntrack), new flows never get it.
+    let packet = Pkt::tcp(CLIENT, 20000, VIP, 80).build();
+    let pinned = verify(&harness.run(&packet).1, Csum::Full).dst;
+    let remaining: Vec<_> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|(addr, _)| *addr != pinned.to_string())
+        .collect();
+    harness.apply(&manifest(&remaining));
+    assert_eq!(verify(&harness.run(&packet).1, Csum::Full).dst, pinned);
+    for sport in 30000..30100 {
+        let new_flow = Pkt::tcp(CLIENT, sport, VIP, 80).build();
+        assert_ne!(verify(&harness.run(&new_flow).1, Csum::Full).dst, pinned);
+    }
+
+    let report = harness.dump();
+    let http = report
+        .services
+        .iter()
+        .find(|s| s.port == 80)
+        .expect("http frontend");
+    assert_eq!(http.stats.new_flows, 60 + 100);
+    assert_eq!(http.stats.packets, 60 * 4 + 2 + 100);
+    assert!(http.stats.bytes >= http.stats.packets * 54);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn other_traffic_passes_byte_for_byte() {
+    let harness = Harness::with_backends(&BACKENDS);
+    let mut cases = vec![
+        ("non-VIP TCP", Pkt::tcp(CLIENT, 40000, OTHER, 80).build()),
+        ("non-VIP UDP", Pkt::udp(CLIENT, 40000, OTHER, 53).build()),
+        (
+            "VIP, unknown port",
+            Pkt::tcp(CLIENT, 40000, VIP, 443).build(),
+        ),
+        (
+            "VIP, wrong protocol for port",
+            Pkt::udp(CLIENT, 40000, VIP, 80).build(),
+        ),
+    ];
+    let mut fragment = Pkt::udp(CLIENT, 40000, OTHER, 53);
+    fragment.frags = 0x2000;
+    cases.push(("fragment to non-VIP", fragment.build()));
+    let mut icmp = Pkt::tcp(CLIENT, 40000, VIP, 80).build();
+    icmp[14 + 9] = 1; // protocol ICMP (header checksum irrelevant here)
+    cases.push(("ICMP to VIP", icmp));
+    let mut ipv6 = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    ipv6.extend_from_slice(&[0x60; 40]);
+    cases.push(("IPv6", ipv6));
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    cases.push(("ARP", arp));
+    let short_ip = Pkt::tcp(CLIENT, 40000, VIP, 80).build()[..14 + 12].to_vec();
+    cases.push(("IPv4 header cut short", short_ip));
+    let mut bad_ihl = Pkt::tcp(CLIENT, 40000, VIP, 80).build();
+    bad_ihl[14] = 0x43; // IHL 3 (< 5)
+    cases.push(("IHL below 5", bad_ihl));
+    let short_to_other = Pkt::tcp(CLIENT, 40000, OTHER, 80).build()[..14 + 20 + 10].to_vec();
+    cases.push(("TCP header cut short, non-VIP", short_to_other));
+
+    for (name, packet) in cases {
+        let (action, out) = harness.run(&packet);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(out, packet, "{name} must not be modified");
+    }
+    assert!(harness.dump().drops.values().all(|count| *count == 0));
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn odd_packets_to_a_cluster_set_ip_are_dropped_and_counted() {
+    let harness = Harness::with_backends(&BACKENDS);
+    let mut fragment = Pkt::udp(CLIENT, 40000, VIP, 53);
+    fragment.frags = 0x2000; // first fragment, more to come
+    let mut later_fragment = Pkt::udp(CLIENT, 40000, VIP, 53);
+    later_fragment.frags = 0x0010;
+    let truncated = Pkt::tcp(CLIENT, 40000, VIP, 80).build()[..14 + 20 + 10].to_vec();
+    for packet in [fragment.build(), later_fragment.build(), truncated] {
+        let (action, _) = harness.run(&packet);
+        assert_eq!(action, XDP_DROP);
+    }
+    let drops = harness.dump().drops;
+    assert_eq!(drops["fragment"], 2);
+    assert_eq!(drops["malformed"], 1);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_service_without_endpoints_drops_and_counts() {
+    let harness = Harness::with_backends(&[]);
+    let (action, _) = harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build());
+    assert_eq!(action, XDP_DROP);
+    let report = harness.dump();
+    assert_eq!(report.drops["no_backend"], 1);
+    assert_eq!(
+        report
+            .services
+            .iter()
+            .find(|s| s.port == 80)
+            .expect("frontend")
+            .stats
+            .no_backend,
+        1
+    );
+}
