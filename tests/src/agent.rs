@@ -332,6 +332,9 @@ pub struct Dump {
     pub services: Vec<DumpService>,
     #[serde(default)]
     pub drops: Drops,
+    /// Conntrack entries (both directions of each flow).
+    #[serde(default)]
+    pub conntrack_entries: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -72,26 +72,51 @@ impl HttpConn {
 
     /// `GET /` on this connection, keeping it open.
     pub fn get(&mut self) -> Result<HttpReply> {
-        self.request(false)
+        self.request(0, 0, false)
     }
 
     /// `GET /` with `Connection: close`.
     pub fn get_and_close(mut self) -> Result<HttpReply> {
-        self.request(true)
+        self.request(0, 0, true)
     }
 
-    fn request(&mut self, close: bool) -> Result<HttpReply> {
+    /// A request carrying `upload` body bytes whose answer is padded to
+    /// about `download` bytes, on this connection (kept open). Checks that
+    /// the server received the whole body and the whole answer arrived:
+    /// bulk data in both directions, in many full-size segments.
+    pub fn transfer(&mut self, upload: usize, download: usize) -> Result<HttpReply> {
+        self.request(upload, download, false)
+    }
+
+    fn request(&mut self, upload: usize, download: usize, close: bool) -> Result<HttpReply> {
         let connection = if close { "close" } else { "keep-alive" };
+        let (method, target) = if download > 0 {
+            ("POST", format!("/?pad={download}"))
+        } else if upload > 0 {
+            ("POST", "/".to_owned())
+        } else {
+            ("GET", "/".to_owned())
+        };
         let request = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: mcs-tests\r\nConnection: {connection}\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mcs-tests\r\n\
+             Content-Length: {upload}\r\nConnection: {connection}\r\n\r\n",
             self.target
         );
+        let mut bytes = request.into_bytes();
+        bytes.resize(bytes.len() + upload, b'u');
         self.writer
-            .write_all(request.as_bytes())
+            .write_all(&bytes)
             .with_context(|| format!("sending request to {}", self.target))?;
         let answer = self
             .read_response()
             .with_context(|| format!("reading response from {}", self.target))?;
+        ensure!(
+            answer.received == upload && answer.pad.len() == download,
+            "{}: sent {upload} bytes and asked for {download}, but the server got {} and sent {}",
+            answer.identity,
+            answer.received,
+            answer.pad.len()
+        );
         Ok(HttpReply {
             backend: answer.identity,
             local: self.local,

@@ -220,18 +220,29 @@ impl ClusterSet {
     /// manifest directory, and waits until the dump shows both frontends of
     /// the service.
     pub fn start_agent(&mut self) -> Result<&mut Agent> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`start_agent`](Self::start_agent) with extra agent arguments (e.g.
+    /// `--xdp-mode generic`).
+    pub fn start_agent_with(&mut self, extra_args: &[&str]) -> Result<&mut Agent> {
         let node = self.topology.node(CLIENT_NODE)?;
         let mut config = AgentConfig::new(
             self.manifest.dir(),
             self.topology.agent_ifaces(CLIENT_NODE)?,
         );
         config.cluster_id = Some(CLUSTER_A.to_owned());
+        config.extra_args = extra_args.iter().map(|&a| a.to_owned()).collect();
         let agent = self.agent.insert(Agent::start(&node.netns, &config)?);
         agent.wait_until(APPLY_TIMEOUT, |dump| {
             dump.service(VIP, HTTP_PORT, Protocol::Tcp).is_some()
                 && dump.service(VIP, UDP_PORT, Protocol::Udp).is_some()
         })?;
         Ok(agent)
+    }
+
+    pub fn agent_ref(&self) -> Option<&Agent> {
+        self.agent.as_ref()
     }
 
     pub fn agent(&mut self) -> Result<&mut Agent> {
@@ -277,6 +288,21 @@ impl ClusterSet {
             .iter()
             .map(|(&name, s)| (name, s.udp.stats().requests()))
             .collect()
+    }
+}
+
+impl Drop for ClusterSet {
+    fn drop(&mut self) {
+        // A failing test: show what the dataplane held (the agent prints its
+        // own log when it is dropped right after this).
+        if std::thread::panicking()
+            && let Some(agent) = &self.agent
+        {
+            match agent.dump_text() {
+                Ok(text) => eprintln!("----- mcs-agent dump -----\n{text}----- end of dump -----"),
+                Err(e) => eprintln!("mcs-agent dump failed: {e:#}"),
+            }
+        }
     }
 }
 

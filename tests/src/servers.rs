@@ -61,7 +61,21 @@ pub struct Answer {
     /// The UDP payload echoed back (empty for HTTP).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub payload: String,
+    /// HTTP: bytes of request body the server received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub received: usize,
+    /// HTTP: filler of the length asked for with `?pad=N`, to make large
+    /// responses (many full-size segments).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pad: String,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Largest `?pad=N` the HTTP server honours.
+pub const MAX_PAD: usize = 4 << 20;
 
 /// What a server has served so far.
 #[derive(Debug, Default)]
@@ -247,15 +261,17 @@ fn serve_connection(
             return Ok(()); // peer closed, or stopping
         };
         let content_length = header(&head, "content-length")
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
-        io::copy(&mut (&mut reader).take(content_length), &mut io::sink())?;
+        let received = discard_body(&mut reader, content_length, stop)?;
         let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         stats.record(peer);
         let body = serde_json::to_string(&Answer {
             identity: identity.clone(),
             peer,
             payload: String::new(),
+            received,
+            pad: "x".repeat(pad_param(&head).min(MAX_PAD)),
         })
         .map_err(io::Error::other)?;
         let response = format!(
@@ -269,6 +285,47 @@ fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// Reads and drops `len` body bytes, riding out read timeouts (they only
+/// exist to notice `stop`). Returns how many bytes arrived.
+fn discard_body(
+    reader: &mut BufReader<TcpStream>,
+    len: usize,
+    stop: &AtomicBool,
+) -> io::Result<usize> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut got = 0;
+    while got < len {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let want = (len - got).min(buf.len());
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// `N` of a `?pad=N` in the request line, else 0.
+fn pad_param(head: &str) -> usize {
+    let target = head.split_whitespace().nth(1).unwrap_or_default();
+    target
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pad="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads a request head (up to the empty line). `None` when the peer closed
@@ -371,6 +428,8 @@ fn echo_loop(socket: &UdpSocket, identity: &Identity, stats: &ServerStats, stop:
                     identity: identity.clone(),
                     peer,
                     payload: String::from_utf8_lossy(&buf[..len]).into_owned(),
+                    received: 0,
+                    pad: String::new(),
                 };
                 let sent = serde_json::to_vec(&answer)
                     .map_err(io::Error::other)
@@ -407,11 +466,21 @@ mod tests {
     }
 
     #[test]
+    fn pad_parameter() {
+        assert_eq!(pad_param("GET /?pad=1500 HTTP/1.1\r\n"), 1500);
+        assert_eq!(pad_param("POST /x?a=1&pad=7 HTTP/1.1\r\n"), 7);
+        assert_eq!(pad_param("GET / HTTP/1.1\r\n"), 0);
+        assert_eq!(pad_param("GET /?pad=zz HTTP/1.1\r\n"), 0);
+    }
+
+    #[test]
     fn answer_round_trips() {
         let answer = Answer {
             identity: Identity::new("b-web1", "cluster-b"),
             peer: "10.101.1.100:40000".parse().unwrap(),
             payload: String::new(),
+            received: 0,
+            pad: String::new(),
         };
         let json = serde_json::to_string(&answer).unwrap();
         assert_eq!(

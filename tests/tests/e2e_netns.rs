@@ -1,0 +1,492 @@
+//! End-to-end tests of the dataplane with real traffic: the standard
+//! two-cluster ClusterSet of `mcs_tests::scenario` in network namespaces,
+//! `mcs-agent` running on node a1 (attached to a1's pod veths and uplink),
+//! and a client pod on a1 talking to the ClusterSetIP 10.96.100.10.
+//!
+//! Every test builds its own namespaces (unique names), so tests run in
+//! parallel; everything is torn down by `Drop`, also when an assertion fails,
+//! and a failing test prints the agent's log and dump.
+//!
+//! Run as root: `cargo xtask test`, or `cargo build -p mcs-agent &&
+//! cargo test -p mcs-tests --test e2e_netns -- --include-ignored`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    panic::AssertUnwindSafe,
+};
+
+use mcs_tests::{
+    agent::{Dump, DumpService},
+    client::{HttpConn, UdpClient, http_get, udp_request},
+    manifest::Protocol,
+    netns, require_root,
+    scenario::{
+        self, APPLY_TIMEOUT, BACKEND_HTTP_PORT, BACKEND_UDP_PORT, BACKENDS, CLIENT_IP, CLIENT_NODE,
+        ClusterSet, HTTP_PORT, ServerPod, UDP_PORT, UNLISTED, UNLISTED_POD, VIP,
+    },
+    servers::Identity,
+    topology::Topology,
+};
+
+// ----- fixture ------------------------------------------------------------
+
+/// The ClusterSet with every backend ready and the agent running with
+/// `agent_args`, its maps already holding all three backends.
+fn cluster_set_with(agent_args: &[&str]) -> ClusterSet {
+    require_root();
+    let yaml = scenario::manifest(&scenario::all_backends_ready()).to_yaml();
+    let mut set = ClusterSet::create(&yaml, &|_| {}).expect("building the ClusterSet");
+    set.start_agent_with(agent_args)
+        .expect("starting mcs-agent");
+    wait_for_backends(&mut set, &BACKENDS);
+    set
+}
+
+fn cluster_set() -> ClusterSet {
+    cluster_set_with(&[])
+}
+
+/// Waits until both frontends list exactly `pods` as backends.
+fn wait_for_backends(set: &mut ClusterSet, pods: &[ServerPod]) -> Dump {
+    let mut want: Vec<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    want.sort();
+    set.agent()
+        .expect("agent")
+        .wait_until(APPLY_TIMEOUT, |dump| {
+            [(HTTP_PORT, Protocol::Tcp), (UDP_PORT, Protocol::Udp)]
+                .into_iter()
+                .all(|(port, proto)| {
+                    dump.service(VIP, port, proto)
+                        .is_some_and(|svc| svc.backend_addrs() == want)
+                })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn dump(set: &mut ClusterSet) -> Dump {
+    set.agent()
+        .expect("agent")
+        .dump()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn frontend(dump: &Dump, port: u16, proto: Protocol) -> &DumpService {
+    dump.service(VIP, port, proto)
+        .unwrap_or_else(|| panic!("no frontend {VIP}:{port}/{proto:?} in {dump:#?}"))
+}
+
+/// Drops the set and checks that no namespace of it is left.
+fn teardown(set: ClusterSet) {
+    let prefix = set.topology().prefix().to_owned();
+    drop(set);
+    assert_eq!(
+        Topology::leftovers(&prefix).expect("listing namespaces"),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+}
+
+fn identities(pods: &[ServerPod]) -> BTreeSet<Identity> {
+    pods.iter().map(ServerPod::identity).collect()
+}
+
+// ----- traffic ------------------------------------------------------------
+
+/// `n` new TCP connections to the ClusterSetIP, one request each. Checks on
+/// every one that the client sees the ClusterSetIP as its peer and the
+/// backend sees the client's own address (no SNAT). Returns the answers per
+/// backend.
+fn vip_connections(set: &ClusterSet, n: usize) -> BTreeMap<Identity, usize> {
+    let client = set.client().expect("client");
+    let mut seen = BTreeMap::new();
+    for i in 0..n {
+        let reply = http_get(client, scenario::vip_http())
+            .unwrap_or_else(|e| panic!("connection {i} to the ClusterSetIP: {e:#}"));
+        assert_eq!(
+            reply.peer,
+            scenario::vip_http(),
+            "getpeername must show the ClusterSetIP"
+        );
+        assert_eq!(reply.local.ip(), CLIENT_IP);
+        assert_eq!(
+            reply.seen_by_backend, reply.local,
+            "{} saw another client address (SNAT?)",
+            reply.backend
+        );
+        *seen.entry(reply.backend).or_default() += 1;
+    }
+    seen
+}
+
+/// `n` UDP requests to the ClusterSetIP, each from a new ephemeral port.
+/// Checks that every reply comes from ClusterSetIP:53 and that the backend
+/// saw the client's address and port.
+fn vip_datagrams(set: &ClusterSet, n: usize, size: usize) -> BTreeMap<Identity, usize> {
+    let client = set.client().expect("client");
+    let mut seen = BTreeMap::new();
+    for i in 0..n {
+        let payload = format!("{i:04}-{}", "p".repeat(size.saturating_sub(5)));
+        let udp = UdpClient::bind(client, 0).expect("binding UDP");
+        let reply = udp
+            .request(scenario::vip_udp(), &payload)
+            .unwrap_or_else(|e| panic!("UDP request {i} to the ClusterSetIP: {e:#}"));
+        assert_eq!(
+            reply.from,
+            scenario::vip_udp(),
+            "the reply must come from the ClusterSetIP"
+        );
+        assert_eq!(
+            reply.seen_by_backend,
+            SocketAddrV4::new(CLIENT_IP, udp.local().port()).into(),
+            "{} saw another client address (SNAT?)",
+            reply.backend
+        );
+        *seen.entry(reply.backend).or_default() += 1;
+    }
+    seen
+}
+
+fn assert_all_answered(seen: &BTreeMap<Identity, usize>, pods: &[ServerPod], what: &str) {
+    let answered: BTreeSet<Identity> = seen.keys().cloned().collect();
+    assert_eq!(
+        answered,
+        identities(pods),
+        "{what}: wrong set of backends answered: {seen:?}"
+    );
+}
+
+fn http_addr(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddrV4::new(ip, BACKEND_HTTP_PORT).into()
+}
+
+fn udp_addr(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddrV4::new(ip, BACKEND_UDP_PORT).into()
+}
+
+/// Requests straight to a pod's own address pass the XDP hooks untouched.
+fn direct_requests_work(set: &ClusterSet, pod: &ServerPod) {
+    let client = set.client().expect("client");
+    let reply = http_get(client, http_addr(pod.ip))
+        .unwrap_or_else(|e| panic!("direct request to {}: {e:#}", pod.name));
+    assert_eq!(reply.backend, pod.identity());
+    assert_eq!(reply.peer, http_addr(pod.ip));
+    assert_eq!(reply.seen_by_backend, reply.local);
+    let reply = udp_request(client, udp_addr(pod.ip), None, "direct")
+        .unwrap_or_else(|e| panic!("direct UDP to {}: {e:#}", pod.name));
+    assert_eq!(reply.backend, pod.identity());
+    assert_eq!(reply.from, udp_addr(pod.ip));
+}
+
+// ----- tests --------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn new_connections_reach_backends_in_both_clusters() {
+    let mut set = cluster_set();
+    let before = dump(&mut set);
+
+    let seen = vip_connections(&set, 60);
+    assert_all_answered(&seen, &BACKENDS, "60 new TCP connections");
+    assert!(
+        seen.keys().any(|id| id.cluster == scenario::CLUSTER_A)
+            && seen.keys().any(|id| id.cluster == scenario::CLUSTER_B)
+    );
+    assert_eq!(set.http_requests()[UNLISTED], 0);
+
+    let after = dump(&mut set);
+    let (b, a) = (
+        frontend(&before, HTTP_PORT, Protocol::Tcp).stats,
+        frontend(&after, HTTP_PORT, Protocol::Tcp).stats,
+    );
+    assert!(
+        a.new_flows >= b.new_flows + 60,
+        "new_flows {} -> {}",
+        b.new_flows,
+        a.new_flows
+    );
+    assert!(a.packets > b.packets && a.bytes > b.bytes);
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_connection_and_a_udp_flow_stay_on_one_backend() {
+    let set = cluster_set();
+    let client = set.client().expect("client");
+    let mut used = BTreeSet::new();
+    for c in 0..6 {
+        let mut conn = HttpConn::connect(client, scenario::vip_http()).expect("connect");
+        let first = conn.get().expect("first request").backend;
+        for r in 1..25 {
+            let reply = conn
+                .get()
+                .unwrap_or_else(|e| panic!("connection {c}, request {r}: {e:#}"));
+            assert_eq!(
+                reply.backend, first,
+                "connection {c} moved from {first} to {} at request {r}",
+                reply.backend
+            );
+            assert_eq!(reply.peer, scenario::vip_http());
+        }
+        // A large exchange on the same connection, too.
+        assert_eq!(
+            conn.transfer(64 * 1024, 256 * 1024)
+                .expect("bulk transfer")
+                .backend,
+            first
+        );
+        used.insert(first);
+    }
+    // A UDP flow (fixed source port) keeps its backend as well.
+    let udp = UdpClient::bind(client, 40053).expect("binding UDP 40053");
+    let first = udp
+        .request(scenario::vip_udp(), "flow-0")
+        .expect("UDP")
+        .backend;
+    for i in 1..20 {
+        let reply = udp
+            .request(scenario::vip_udp(), &format!("flow-{i}"))
+            .unwrap_or_else(|e| panic!("UDP request {i}: {e:#}"));
+        assert_eq!(reply.backend, first, "UDP flow moved at request {i}");
+        assert_eq!(reply.from, scenario::vip_udp());
+    }
+    assert_eq!(set.http_requests()[UNLISTED], 0);
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn udp_replies_come_from_the_clusterset_ip() {
+    let mut set = cluster_set();
+    let before = dump(&mut set);
+    let seen = vip_datagrams(&set, 40, 64);
+    assert_all_answered(&seen, &BACKENDS, "40 UDP flows");
+    assert_eq!(set.udp_requests()[UNLISTED], 0);
+    let after = dump(&mut set);
+    let (b, a) = (
+        frontend(&before, UDP_PORT, Protocol::Udp).stats,
+        frontend(&after, UDP_PORT, Protocol::Udp).stats,
+    );
+    assert!(
+        a.new_flows >= b.new_flows + 40,
+        "new_flows {} -> {}",
+        b.new_flows,
+        a.new_flows
+    );
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn removed_and_unready_backends_get_no_new_connections() {
+    let mut set = cluster_set();
+    let [a_web1, b_web1, b_web2] = BACKENDS;
+
+    // b-web2 leaves cluster-b's slice.
+    let yaml = scenario::manifest(&[(a_web1, true), (b_web1, true)]).to_yaml();
+    set.manifest().write(&yaml).expect("rewriting the manifest");
+    wait_for_backends(&mut set, &[a_web1, b_web1]);
+    let before = set.http_requests()[b_web2.name];
+    let seen = vip_connections(&set, 40);
+    assert_all_answered(&seen, &[a_web1, b_web1], "after removing b-web2");
+    assert_eq!(set.http_requests()[b_web2.name], before);
+    let udp = vip_datagrams(&set, 20, 16);
+    assert!(!udp.contains_key(&b_web2.identity()), "{udp:?}");
+
+    // a-web1 stays listed but is no longer ready.
+    let yaml = scenario::manifest(&[(a_web1, false), (b_web1, true)]).to_yaml();
+    set.manifest().write(&yaml).expect("rewriting the manifest");
+    wait_for_backends(&mut set, &[b_web1]);
+    let seen = vip_connections(&set, 20);
+    assert_all_answered(&seen, &[b_web1], "after a-web1 became unready");
+
+    // Everything back.
+    let yaml = scenario::manifest(&scenario::all_backends_ready()).to_yaml();
+    set.manifest().write(&yaml).expect("rewriting the manifest");
+    wait_for_backends(&mut set, &BACKENDS);
+    let seen = vip_connections(&set, 60);
+    assert_all_answered(&seen, &BACKENDS, "after restoring all backends");
+    assert_eq!(set.http_requests()[UNLISTED], 0);
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn unlisted_pod_gets_nothing_and_direct_traffic_is_untouched() {
+    let set = cluster_set();
+    vip_connections(&set, 30);
+    vip_datagrams(&set, 15, 16);
+    assert_eq!(set.http_requests()[UNLISTED], 0, "unlisted pod got HTTP");
+    assert_eq!(set.udp_requests()[UNLISTED], 0, "unlisted pod got UDP");
+
+    // Traffic to pod addresses (not the ClusterSetIP) is not translated:
+    // to the unlisted pod across the uplink, to a local pod through two
+    // attached veths, and to a remote backend.
+    for pod in [&UNLISTED_POD, &BACKENDS[0], &BACKENDS[1]] {
+        direct_requests_work(&set, pod);
+    }
+    assert_eq!(set.http_requests()[UNLISTED], 1);
+    assert_eq!(set.udp_requests()[UNLISTED], 1);
+    teardown(set);
+}
+
+/// Checksum verification on every hop (see the module docs of
+/// `mcs_tests::csum`): every node and router interface has `tx off`, so
+/// each partial checksum is completed in software before it leaves and
+/// verified by the next receiver; with `pods_tx_off` the pods send full
+/// checksums as well. TCP (bulk, both directions) and UDP through the
+/// ClusterSetIP must work and no namespace may count a checksum error.
+fn checksums_are_verified(pods_tx_off: bool, xdp_mode: &str) {
+    let mut set = cluster_set_with(&["--xdp-mode", xdp_mode]);
+    {
+        let topo = set.topology();
+        topo.set_infra_tx_checksum(false)
+            .expect("tx off on nodes and router");
+        if pods_tx_off {
+            topo.set_pod_tx_checksum(false).expect("tx off in pods");
+        }
+    }
+    let before = dump(&mut set);
+
+    // 30 connections, each with a small and a bulk exchange.
+    let client = set.client().expect("client");
+    let mut seen = BTreeMap::<Identity, usize>::new();
+    for i in 0..30 {
+        let mut conn = HttpConn::connect(client, scenario::vip_http())
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let small = conn
+            .get()
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(small.seen_by_backend, small.local);
+        let bulk = conn
+            .transfer(20_000, 60_000)
+            .unwrap_or_else(|e| panic!("connection {i}, bulk: {e:#}"));
+        assert_eq!(bulk.backend, small.backend);
+        *seen.entry(small.backend).or_default() += 1;
+    }
+    assert_all_answered(&seen, &BACKENDS, "TCP with checksum verification");
+    let udp = vip_datagrams(&set, 30, 1200);
+    assert_all_answered(&udp, &BACKENDS, "UDP with checksum verification");
+    direct_requests_work(&set, &BACKENDS[1]);
+
+    set.topology().assert_no_csum_errors();
+    let after = dump(&mut set);
+    for (port, proto, flows) in [
+        (HTTP_PORT, Protocol::Tcp, 30),
+        (UDP_PORT, Protocol::Udp, 30),
+    ] {
+        let (b, a) = (
+            frontend(&before, port, proto).stats,
+            frontend(&after, port, proto).stats,
+        );
+        assert!(
+            a.new_flows >= b.new_flows + flows && a.packets > b.packets,
+            "{proto:?}: the translation did not count the traffic: {b:?} -> {a:?}"
+        );
+    }
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn checksums_partial_from_pods_native_xdp() {
+    checksums_are_verified(false, "native");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn checksums_full_from_pods_native_xdp() {
+    checksums_are_verified(true, "native");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn checksums_partial_from_pods_generic_xdp() {
+    checksums_are_verified(false, "generic");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn checksums_full_from_pods_generic_xdp() {
+    checksums_are_verified(true, "generic");
+}
+
+/// `ip -d link show` of every interface the agent is attached to.
+fn xdp_state(set: &ClusterSet) -> Vec<(String, bool)> {
+    let topo = set.topology();
+    let node = topo.node(CLIENT_NODE).expect("node");
+    topo.agent_ifaces(CLIENT_NODE)
+        .expect("interfaces")
+        .into_iter()
+        .map(|dev| {
+            let out = node
+                .netns
+                .ip(&["-d", "link", "show", "dev", &dev])
+                .expect("ip link show");
+            let attached = out.contains("xdp");
+            (dev, attached)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn agent_exits_cleanly_on_sigterm_and_detaches_xdp() {
+    let mut set = cluster_set();
+    let state = xdp_state(&set);
+    assert!(
+        state.iter().all(|(_, attached)| *attached),
+        "XDP not attached everywhere: {state:?}"
+    );
+    vip_connections(&set, 3);
+
+    let mut agent = set.take_agent().expect("agent");
+    let bpffs_dir = agent.bpffs_dir().to_owned();
+    let status = agent.stop().expect("stopping the agent");
+    assert!(
+        status.success(),
+        "agent exited with {status} on SIGTERM; log:\n{}",
+        agent.log()
+    );
+    let state = xdp_state(&set);
+    assert!(
+        state.iter().all(|(_, attached)| !attached),
+        "XDP still attached after the agent exited: {state:?}"
+    );
+    assert!(
+        !bpffs_dir.exists(),
+        "pinned maps left in {} (`run --help`: exit removes them)",
+        bpffs_dir.display()
+    );
+    // Without the agent the ClusterSetIP is not served, but pod traffic is.
+    assert!(http_get(set.client().expect("client"), scenario::vip_http()).is_err());
+    direct_requests_work(&set, &BACKENDS[1]);
+    drop(agent);
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_failing_test_still_tears_everything_down() {
+    require_root();
+    let mut observed = None;
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let set = cluster_set();
+        let agent = set.agent_ref().expect("agent");
+        observed = Some((
+            set.topology().prefix().to_owned(),
+            agent.pid().expect("agent pid"),
+            agent.bpffs_dir().to_owned(),
+        ));
+        panic!("deliberate failure with the ClusterSet up");
+    }));
+    assert!(result.is_err());
+    let (prefix, pid, bpffs_dir) = observed.expect("the fixture came up");
+    assert_eq!(
+        Topology::leftovers(&prefix).expect("listing namespaces"),
+        Vec::<String>::new()
+    );
+    assert!(!netns::pid_alive(pid), "agent {pid} still running");
+    assert!(!bpffs_dir.exists(), "{} left behind", bpffs_dir.display());
+}
