@@ -1,0 +1,218 @@
+//! `cargo xtask demo`: two simulated clusters in network namespaces, the
+//! mcs agent on node a1, and a client pod calling the ClusterSetIP.
+//!
+//! Builds the topology described in `demo/clusterset.yaml`, starts web and
+//! UDP echo servers in the backend pods, runs `mcs-agent` on a1 with that
+//! manifest, sends HTTP and UDP requests to 10.96.100.10 and prints who
+//! answered, prints the agent's `dump`, and tears everything down: also on
+//! Ctrl-C (SIGINT), SIGTERM or any failure.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context, Result, bail};
+use mcs_tests::{
+    client::{UdpClient, http_get},
+    scenario::{self, BACKENDS, CLIENT, CLIENT_NODE, ClusterSet, UNLISTED_POD},
+    topology::Topology,
+};
+
+/// The shipped manifest; its addresses are the demo topology's.
+const MANIFEST: &str = include_str!("../../../demo/clusterset.yaml");
+const HTTP_REQUESTS: usize = 12;
+const UDP_REQUESTS: usize = 4;
+
+const USAGE: &str = "\
+usage: mcs-demo [--manifest PATH]
+
+Runs the mcs two-cluster demo (as root): network namespaces for cluster-a
+and cluster-b, mcs-agent on node a1, requests to the ClusterSetIP.
+
+  --manifest PATH   use this manifest instead of the shipped
+                    demo/clusterset.yaml (it must use the demo's addresses)
+
+The agent binary is $MCS_AGENT_BIN, else target/debug/mcs-agent.";
+
+fn say(line: &str) {
+    println!("{line}");
+}
+
+fn step(line: &str) {
+    say(&format!("==> {line}"));
+}
+
+fn main() -> ExitCode {
+    let manifest = match parse_args() {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => {
+            say(USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mcs-demo: {e:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !mcs_tests::is_root() {
+        eprintln!(
+            "mcs-demo: must run as root (it creates network namespaces and loads XDP programs)"
+        );
+        return ExitCode::FAILURE;
+    }
+    // SIGINT/SIGTERM only set a flag: the demo checks it between steps and
+    // returns, so every Drop guard runs and tears the namespaces down.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&interrupted)) {
+            eprintln!("mcs-demo: cannot install the signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(&manifest, &interrupted) {
+        Ok(()) => {
+            say("demo finished");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcs-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Some(manifest text)`, or `None` for `--help`.
+fn parse_args() -> Result<Option<String>> {
+    let mut manifest = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("-h" | "--help") => return Ok(None),
+            Some("--manifest") => {
+                let path = PathBuf::from(args.next().context("--manifest needs a PATH")?);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                manifest = Some(text);
+            }
+            _ => bail!("unknown argument {arg:?}"),
+        }
+    }
+    Ok(Some(manifest.unwrap_or_else(|| MANIFEST.to_owned())))
+}
+
+fn check(interrupted: &AtomicBool) -> Result<()> {
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted by a signal; everything was torn down");
+    }
+    Ok(())
+}
+
+fn run(manifest: &str, interrupted: &AtomicBool) -> Result<()> {
+    let set = ClusterSet::create(manifest, &step)?;
+    let prefix = set.topology().prefix().to_owned();
+    let result = demo(set, interrupted);
+    // The ClusterSet was dropped inside `demo` (also on error): check.
+    let left = Topology::leftovers(&prefix)?;
+    if left.is_empty() {
+        say(&format!(
+            "removed every network namespace ({prefix}-*) and the agent's pinned maps"
+        ));
+    } else {
+        eprintln!("mcs-demo: namespaces left behind: {left:?}");
+    }
+    result
+}
+
+fn demo(mut set: ClusterSet, interrupted: &AtomicBool) -> Result<()> {
+    check(interrupted)?;
+    let ifaces = set.topology().agent_ifaces(CLIENT_NODE)?;
+    step(&format!(
+        "starting mcs-agent on node {CLIENT_NODE} (cluster-a), XDP on {}",
+        ifaces.join(", ")
+    ));
+    set.start_agent()?;
+    step("waiting until the agent has programmed demo/web");
+    set.agent()?
+        .wait_until(scenario::APPLY_TIMEOUT, |dump| {
+            dump.services
+                .iter()
+                .all(|s| s.backends.len() == BACKENDS.len())
+        })
+        .context("the agent did not program all three backends")?;
+
+    let client = set.client()?;
+    step(&format!(
+        "{HTTP_REQUESTS} HTTP requests from pod {CLIENT} ({}) to http://{}/",
+        scenario::CLIENT_IP,
+        scenario::vip_http()
+    ));
+    for i in 1..=HTTP_REQUESTS {
+        check(interrupted)?;
+        let reply =
+            http_get(client, scenario::vip_http()).with_context(|| format!("HTTP request {i}"))?;
+        say(&format!(
+            "  #{i:<2} answered by {:<9} in {:<9} ({}:{})  client saw peer {}, backend saw client {}",
+            reply.backend.pod,
+            reply.backend.cluster,
+            pod_ip(&reply.backend.pod),
+            scenario::BACKEND_HTTP_PORT,
+            reply.peer,
+            reply.seen_by_backend,
+        ));
+    }
+
+    step(&format!(
+        "{UDP_REQUESTS} UDP requests from pod {CLIENT} to {}",
+        scenario::vip_udp()
+    ));
+    for i in 1..=UDP_REQUESTS {
+        check(interrupted)?;
+        let udp = UdpClient::bind(client, 0)?;
+        let reply = udp
+            .request(scenario::vip_udp(), &format!("hello {i}"))
+            .with_context(|| format!("UDP request {i}"))?;
+        say(&format!(
+            "  #{i:<2} answered by {:<9} in {:<9} ({}:{})  reply came from {}",
+            reply.backend.pod,
+            reply.backend.cluster,
+            pod_ip(&reply.backend.pod),
+            scenario::BACKEND_UDP_PORT,
+            reply.from,
+        ));
+    }
+    let unlisted = set.servers(UNLISTED_POD.name)?;
+    say(&format!(
+        "  pod {} (not in any EndpointSlice) served {} HTTP and {} UDP requests",
+        UNLISTED_POD.name,
+        unlisted.http.stats().requests(),
+        unlisted.udp.stats().requests()
+    ));
+
+    check(interrupted)?;
+    step("mcs-agent dump");
+    for line in set.agent()?.dump_text()?.lines() {
+        say(&format!("  {line}"));
+    }
+
+    step("tearing down: stopping the agent, deleting the namespaces");
+    let mut agent = set.take_agent().context("agent")?;
+    let status = agent.stop()?;
+    say(&format!("  mcs-agent exited: {status}"));
+    drop(agent);
+    drop(set);
+    Ok(())
+}
+
+fn pod_ip(name: &str) -> Ipv4Addr {
+    BACKENDS
+        .iter()
+        .chain([&UNLISTED_POD])
+        .find(|p| p.name == name)
+        .map_or(Ipv4Addr::UNSPECIFIED, |p| p.ip)
+}
