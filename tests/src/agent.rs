@@ -143,6 +143,26 @@ impl Agent {
             // Own process group: a Ctrl-C at the terminal reaches only the
             // test or demo, which then stops the agent in order.
             .process_group(0);
+        // If the test process dies without running its Drops (SIGKILL, a
+        // Ctrl-C of `cargo test`), the agent must not live on in a namespace
+        // nobody can name any more: it gets SIGTERM when its parent goes.
+        // (The signal follows the spawning *thread*; agents are spawned and
+        // stopped by the thread that owns them.)
+        let parent = std::process::id();
+        // SAFETY: prctl(2) and getppid(2) are async-signal-safe; nothing is
+        // allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("parent exited"));
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

@@ -9,15 +9,44 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::netns::Netns;
 
-/// `ethtool -K DEV tx on|off` inside `ns`.
+/// `ethtool -K DEV tx on|off` inside `ns`, then checks that it took effect
+/// (a device that cannot change it would silently keep offloading).
 pub fn set_tx_checksum(ns: &Netns, dev: &str, on: bool) -> Result<()> {
+    let context = || format!("tx checksum offload of {dev} in {}", ns.name());
     ns.exec("ethtool", &["-K", dev, "tx", if on { "on" } else { "off" }])
-        .map(drop)
-        .with_context(|| format!("tx checksum offload of {dev} in {}", ns.name()))
+        .with_context(context)?;
+    let now = tx_checksum(ns, dev).with_context(context)?;
+    ensure!(
+        now == on,
+        "{} is still {}",
+        context(),
+        if now { "on" } else { "off" }
+    );
+    Ok(())
+}
+
+/// Whether `dev` in `ns` offloads transmit checksums (`ethtool -k`).
+pub fn tx_checksum(ns: &Netns, dev: &str) -> Result<bool> {
+    let features = ns.exec("ethtool", &["-k", dev])?;
+    parse_tx_checksumming(&features)
+}
+
+/// The `tx-checksumming:` line of `ethtool -k` output (`on`, `off`, or
+/// either with ` [fixed]`).
+fn parse_tx_checksumming(features: &str) -> Result<bool> {
+    let value = features
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
+        .context("no tx-checksumming in ethtool -k output")?;
+    match value.split_whitespace().next() {
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        other => bail!("tx-checksumming: {other:?}"),
+    }
 }
 
 /// Checksum error counters of one network namespace.
@@ -139,6 +168,15 @@ IpExt: 0 0 0 4
     fn missing_counters_are_errors() {
         assert!(counter(SNMP, "Icmp", "InCsumErrors").is_err());
         assert!(counter(SNMP, "Tcp", "Nope").is_err());
+    }
+
+    #[test]
+    fn parses_ethtool_features() {
+        let on = "Features for v-a1:\nrx-checksumming: on\ntx-checksumming: on\n\ttx-checksum-ipv4: off [fixed]\n";
+        assert!(parse_tx_checksumming(on).unwrap());
+        let off = "Features for eth0:\ntx-checksumming: off\n";
+        assert!(!parse_tx_checksumming(off).unwrap());
+        assert!(parse_tx_checksumming("scatter-gather: on\n").is_err());
     }
 
     #[test]
