@@ -14,17 +14,17 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 use crate::{
     agent::{Agent, AgentConfig},
     manifest::{Endpoint, EndpointSlice, Manifest, ManifestDir, Port, Protocol, ServiceImport},
     netns::Netns,
     servers::{HttpServer, Identity, UdpEchoServer},
-    topology::{Topology, TopologyBuilder},
+    topology::{self, Topology, TopologyBuilder},
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
@@ -238,6 +238,20 @@ impl ClusterSet {
             dump.service(VIP, HTTP_PORT, Protocol::Tcp).is_some()
                 && dump.service(VIP, UDP_PORT, Protocol::Udp).is_some()
         })?;
+        // The maps can be programmed before the program is attached: wait
+        // for XDP on every interface, or the first packets bypass it.
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        for dev in &config.interfaces {
+            while !topology::xdp_attached(&node.netns, dev)? {
+                agent.ensure_running()?;
+                ensure!(
+                    Instant::now() < deadline,
+                    "XDP not attached to {dev} within {APPLY_TIMEOUT:?}; agent log:\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(agent)
     }
 

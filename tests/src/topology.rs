@@ -557,6 +557,24 @@ impl Topology {
     }
 }
 
+/// Whether an XDP program is attached to `dev` in `ns` (any mode), from
+/// `ip -j -d link show dev DEV`.
+pub fn xdp_attached(ns: &Netns, dev: &str) -> Result<bool> {
+    let out = ns.ip(&["-j", "-d", "link", "show", "dev", dev])?;
+    parse_xdp_attached(&out).with_context(|| format!("ip link output for {dev}: {out}"))
+}
+
+fn parse_xdp_attached(json: &str) -> Result<bool> {
+    let links: serde_json::Value = serde_json::from_str(json)?;
+    let link = links.get(0).context("no link")?;
+    // "xdp": {"mode": 1 (driver) | 2 (generic) | 3 (offload) | 4 (multi), ...}
+    Ok(link
+        .get("xdp")
+        .and_then(|x| x.get("mode"))
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|mode| mode != 0))
+}
+
 /// Settings every namespace gets before its interfaces exist (the `default`
 /// values are inherited by interfaces created later): forwarding on, strict
 /// reverse-path filtering off (pods are reached through per-pod /32 routes
@@ -593,6 +611,17 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
         assert!("10.0.0.0".parse::<Ipv4Net>().is_err());
         assert_eq!(net.to_string(), "10.101.1.0/24");
+    }
+
+    #[test]
+    fn xdp_state_from_ip_json() {
+        let none = r#"[{"ifindex":4,"ifname":"eth0","mtu":1500,"operstate":"UP"}]"#;
+        assert!(!parse_xdp_attached(none).unwrap());
+        let native = r#"[{"ifindex":4,"ifname":"eth0","xdp":{"mode":1,"prog":{"id":42}}}]"#;
+        assert!(parse_xdp_attached(native).unwrap());
+        let generic = r#"[{"ifindex":4,"ifname":"eth0","xdp":{"mode":2,"prog":{"id":42}}}]"#;
+        assert!(parse_xdp_attached(generic).unwrap());
+        assert!(parse_xdp_attached("[]").is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use mcs_tests::{
         ClusterSet, HTTP_PORT, ServerPod, UDP_PORT, UNLISTED, UNLISTED_POD, VIP,
     },
     servers::Identity,
-    topology::Topology,
+    topology::{self, Topology},
 };
 
 // ----- fixture ------------------------------------------------------------
@@ -412,7 +412,7 @@ fn checksums_full_from_pods_generic_xdp() {
     checksums_are_verified(true, "generic");
 }
 
-/// `ip -d link show` of every interface the agent is attached to.
+/// Whether XDP is attached, for every interface the agent was given.
 fn xdp_state(set: &ClusterSet) -> Vec<(String, bool)> {
     let topo = set.topology();
     let node = topo.node(CLIENT_NODE).expect("node");
@@ -420,11 +420,7 @@ fn xdp_state(set: &ClusterSet) -> Vec<(String, bool)> {
         .expect("interfaces")
         .into_iter()
         .map(|dev| {
-            let out = node
-                .netns
-                .ip(&["-d", "link", "show", "dev", &dev])
-                .expect("ip link show");
-            let attached = out.contains("xdp");
+            let attached = topology::xdp_attached(&node.netns, &dev).expect("ip link show");
             (dev, attached)
         })
         .collect()

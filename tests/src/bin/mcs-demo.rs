@@ -30,13 +30,14 @@ const HTTP_REQUESTS: usize = 12;
 const UDP_REQUESTS: usize = 4;
 
 const USAGE: &str = "\
-usage: mcs-demo [--manifest PATH]
+usage: mcs-demo [--manifest PATH] [--agent-log]
 
 Runs the mcs two-cluster demo (as root): network namespaces for cluster-a
 and cluster-b, mcs-agent on node a1, requests to the ClusterSetIP.
 
   --manifest PATH   use this manifest instead of the shipped
                     demo/clusterset.yaml (it must use the demo's addresses)
+  --agent-log       print the agent's log after it stopped
 
 The agent binary is $MCS_AGENT_BIN, else target/debug/mcs-agent.";
 
@@ -49,8 +50,8 @@ fn step(line: &str) {
 }
 
 fn main() -> ExitCode {
-    let manifest = match parse_args() {
-        Ok(Some(manifest)) => manifest,
+    let options = match parse_args() {
+        Ok(Some(options)) => options,
         Ok(None) => {
             say(USAGE);
             return ExitCode::SUCCESS;
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match run(&manifest, &interrupted) {
+    match run(&options, &interrupted) {
         Ok(()) => {
             say("demo finished");
             ExitCode::SUCCESS
@@ -87,13 +88,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// `Some(manifest text)`, or `None` for `--help`.
-fn parse_args() -> Result<Option<String>> {
+struct Options {
+    manifest: String,
+    agent_log: bool,
+}
+
+/// The options, or `None` for `--help`.
+fn parse_args() -> Result<Option<Options>> {
     let mut manifest = None;
+    let mut agent_log = false;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("-h" | "--help") => return Ok(None),
+            Some("--agent-log") => agent_log = true,
             Some("--manifest") => {
                 let path = PathBuf::from(args.next().context("--manifest needs a PATH")?);
                 let text = std::fs::read_to_string(&path)
@@ -103,7 +111,10 @@ fn parse_args() -> Result<Option<String>> {
             _ => bail!("unknown argument {arg:?}"),
         }
     }
-    Ok(Some(manifest.unwrap_or_else(|| MANIFEST.to_owned())))
+    Ok(Some(Options {
+        manifest: manifest.unwrap_or_else(|| MANIFEST.to_owned()),
+        agent_log,
+    }))
 }
 
 fn check(interrupted: &AtomicBool) -> Result<()> {
@@ -113,10 +124,10 @@ fn check(interrupted: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-fn run(manifest: &str, interrupted: &AtomicBool) -> Result<()> {
-    let set = ClusterSet::create(manifest, &step)?;
+fn run(options: &Options, interrupted: &AtomicBool) -> Result<()> {
+    let set = ClusterSet::create(&options.manifest, &step)?;
     let prefix = set.topology().prefix().to_owned();
-    let result = demo(set, interrupted);
+    let result = demo(set, options, interrupted);
     // The ClusterSet was dropped inside `demo` (also on error): check.
     let left = Topology::leftovers(&prefix)?;
     if left.is_empty() {
@@ -129,7 +140,7 @@ fn run(manifest: &str, interrupted: &AtomicBool) -> Result<()> {
     result
 }
 
-fn demo(mut set: ClusterSet, interrupted: &AtomicBool) -> Result<()> {
+fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Result<()> {
     check(interrupted)?;
     let ifaces = set.topology().agent_ifaces(CLIENT_NODE)?;
     step(&format!(
@@ -204,6 +215,12 @@ fn demo(mut set: ClusterSet, interrupted: &AtomicBool) -> Result<()> {
     let mut agent = set.take_agent().context("agent")?;
     let status = agent.stop()?;
     say(&format!("  mcs-agent exited: {status}"));
+    if options.agent_log {
+        step("mcs-agent log");
+        for line in agent.log().lines() {
+            say(&format!("  {line}"));
+        }
+    }
     drop(agent);
     drop(set);
     Ok(())
