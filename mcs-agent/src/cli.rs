@@ -4,7 +4,7 @@ use std::{path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{dataplane::AttachMode, telemetry::LogFormat};
+use crate::{dataplane::AttachMode, desired::Locality, telemetry::LogFormat};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/mcs";
 
@@ -79,9 +79,18 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
 
-    /// Name of the cluster this node belongs to (for logs and locality).
+    /// Name of the cluster this node belongs to, as endpoints' slices name
+    /// it in `multicluster.kubernetes.io/source-cluster` (for locality).
     #[arg(long, value_name = "NAME")]
     pub cluster_id: Option<String>,
+
+    /// How new flows are spread over clusters: `none` (all endpoints
+    /// alike), `local-first` (the local cluster's endpoints while it has
+    /// any, else all; needs --cluster-id) or `weighted:CLUSTER=W,...` (each
+    /// cluster gets its weight's share). An import's annotation
+    /// `dataplane.mcs.dev/locality` overrides it.
+    #[arg(long, default_value = "none", value_name = "POLICY")]
+    pub locality: Locality,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

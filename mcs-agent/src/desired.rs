@@ -4,6 +4,11 @@
 //! ready endpoints of every slice of the import (any cluster) that exposes a
 //! port of the same name and protocol — so a cluster that does not export a
 //! port never receives its traffic (KEP-1645 port conflict rule).
+//!
+//! Endpoint conditions (KEP-1669): ready endpoints serve; when a port has
+//! none, serving-and-terminating endpoints serve instead. Then the locality
+//! policy (agent default, overridable per import by annotation) narrows or
+//! weights the set: see [`Locality`].
 
 use std::{
     collections::{BTreeMap, btree_map::Entry},
@@ -14,7 +19,7 @@ use mcs_common::MAX_BACKENDS_PER_FRONTEND;
 
 use crate::model::{
     AddressType, ImportType, ObjectKey, Problem, Protocol, Rejection, ServiceImport,
-    SliceOwner, Snapshot,
+    SessionAffinity, SliceOwner, Snapshot,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +41,67 @@ pub struct Backend {
     pub port: u16,
     /// Source cluster; empty when the slice does not say.
     pub cluster: String,
+    /// Relative share of new flows (Maglev weight, > 0).
+    pub weight: u32,
+    /// Serving but terminating (used because no endpoint is ready).
+    pub terminating: bool,
+}
+
+/// How traffic is spread over clusters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Locality {
+    /// Spread over the endpoints of all clusters alike.
+    #[default]
+    None,
+    /// Only the local cluster's endpoints while it has any usable one;
+    /// otherwise spill over to all clusters.
+    LocalFirst,
+    /// Each listed cluster receives its weight's share of new flows, split
+    /// evenly over its endpoints; unlisted clusters receive none, unless no
+    /// listed cluster has endpoints (then all clusters share alike).
+    Weighted(BTreeMap<String, u32>),
+}
+
+impl std::str::FromStr for Locality {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "none" => Ok(Self::None),
+            "local-first" => Ok(Self::LocalFirst),
+            other => {
+                let Some(list) = other.strip_prefix("weighted:") else {
+                    return Err(format!(
+                        "unknown locality {other:?}; expected none, local-first or weighted:CLUSTER=WEIGHT,..."
+                    ));
+                };
+                let mut weights = BTreeMap::new();
+                for item in list.split(',').filter(|item| !item.trim().is_empty()) {
+                    let (cluster, weight) = item
+                        .split_once('=')
+                        .ok_or_else(|| format!("{item:?} is not CLUSTER=WEIGHT"))?;
+                    let weight: u32 = weight
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|w| *w <= 1000)
+                        .ok_or_else(|| format!("weight of {cluster:?} must be 0..=1000"))?;
+                    weights.insert(cluster.trim().to_owned(), weight);
+                }
+                if weights.values().all(|w| *w == 0) {
+                    return Err("weighted locality needs at least one non-zero weight".into());
+                }
+                Ok(Self::Weighted(weights))
+            }
+        }
+    }
+}
+
+/// The agent's own view: which cluster it is in and its default locality.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub local_cluster: Option<String>,
+    pub locality: Locality,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +121,8 @@ pub struct FrontendSpec {
     pub import: ObjectKey,
     /// Sorted, deduplicated.
     pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,9 +147,14 @@ fn rejection(import: &ServiceImport, problem: Problem) -> Rejection {
     }
 }
 
-/// Computes the frontends and their backends. Deterministic: the same
-/// snapshot always yields the same state.
+/// [`compute_with`] under the default policy (no locality).
 pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
+    compute_with(snapshot, &Policy::default())
+}
+
+/// Computes the frontends and their backends. Deterministic: the same
+/// snapshot and policy always yield the same state.
+pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<Rejection>) {
     let mut state = DesiredState::default();
     let mut rejections = Vec::new();
 
@@ -89,6 +162,28 @@ pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
         if import.import_type == ImportType::Headless {
             continue; // kept in the model (DNS), no ClusterSetIP in the dataplane
         }
+        let overridden;
+        let locality = match import.locality.as_deref().map(str::parse::<Locality>) {
+            None => &policy.locality,
+            Some(Ok(locality)) => {
+                overridden = locality;
+                &overridden
+            }
+            Some(Err(error)) => {
+                rejections.push(rejection(
+                    import,
+                    Problem::Unsupported(format!(
+                        "annotation {}: {error}; using the agent's policy",
+                        crate::model::convert::ANNOTATION_LOCALITY
+                    )),
+                ));
+                &policy.locality
+            }
+        };
+        let affinity_timeout = match import.session_affinity {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+        };
         let vips: Vec<Ipv4Addr> = import
             .ips
             .iter()
@@ -117,7 +212,9 @@ pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
                     port: port.port,
                     protocol: port.protocol,
                 };
-                let (backends, truncated) = backends_of(snapshot, import, &port.name, port.protocol);
+                let (candidates, truncated) =
+                    backends_of(snapshot, import, &port.name, port.protocol);
+                let backends = apply_locality(candidates, locality, policy.local_cluster.as_deref());
                 if truncated {
                     rejections.push(rejection(
                         import,
@@ -132,6 +229,7 @@ pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
                     name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
                     import: import.key.clone(),
                     backends,
+                    affinity_timeout,
                 };
                 match state.frontends.entry(frontend) {
                     Entry::Vacant(entry) => {
@@ -157,6 +255,7 @@ pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
                     name: format!("{}:<vip>", import.key),
                     import: import.key.clone(),
                     backends: Vec::new(),
+                    affinity_timeout: None,
                 });
             }
         }
@@ -172,17 +271,19 @@ fn display_port(name: &str, port: u16) -> String {
     }
 }
 
-/// Ready IPv4 endpoints of every slice backing `import` that exposes a port
-/// named `port_name` with `protocol`, deduplicated by address and port (the
-/// first slice in name order wins the cluster label). Returns whether the
-/// list was cut at [`MAX_BACKENDS_PER_FRONTEND`].
+/// Usable IPv4 endpoints of every slice backing `import` that exposes a
+/// port named `port_name` with `protocol`, deduplicated by address and port
+/// (the first slice in name order wins the cluster label): the ready ones,
+/// or — when none is ready — the serving and terminating ones. Returns
+/// whether the list was cut at [`MAX_BACKENDS_PER_FRONTEND`].
 fn backends_of(
     snapshot: &Snapshot,
     import: &ServiceImport,
     port_name: &str,
     protocol: Protocol,
 ) -> (Vec<Backend>, bool) {
-    let mut found: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    let mut ready: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    let mut terminating: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
     let mut truncated = false;
     let namespace = &import.key.namespace;
     let slices = snapshot
@@ -205,30 +306,97 @@ fn backends_of(
         else {
             continue; // this cluster does not expose the port
         };
-        for endpoint in slice.endpoints.iter().filter(|e| e.conditions.ready) {
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions;
+            let target = if conditions.ready {
+                &mut ready
+            } else if conditions.serving && conditions.terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
             for address in &endpoint.addresses {
                 let IpAddr::V4(addr) = address else { continue };
-                if found.len() >= MAX_BACKENDS_PER_FRONTEND as usize
-                    && !found.contains_key(&(*addr, slice_port.port))
-                {
+                let key = (*addr, slice_port.port);
+                if target.len() >= MAX_BACKENDS_PER_FRONTEND as usize && !target.contains_key(&key) {
                     truncated = true;
                     continue;
                 }
-                found
-                    .entry((*addr, slice_port.port))
+                target
+                    .entry(key)
                     .or_insert_with(|| slice.source_cluster.clone());
             }
         }
     }
-    let backends = found
+    let (chosen, is_terminating) = if ready.is_empty() {
+        (terminating, true)
+    } else {
+        (ready, false)
+    };
+    let backends = chosen
         .into_iter()
         .map(|((addr, port), cluster)| Backend {
             addr,
             port,
             cluster,
+            weight: 1,
+            terminating: is_terminating,
         })
         .collect();
     (backends, truncated)
+}
+
+/// Narrows or weights `backends` by cluster (see [`Locality`]).
+fn apply_locality(
+    backends: Vec<Backend>,
+    locality: &Locality,
+    local_cluster: Option<&str>,
+) -> Vec<Backend> {
+    match locality {
+        Locality::None => backends,
+        Locality::LocalFirst => {
+            let Some(local) = local_cluster else {
+                return backends;
+            };
+            if backends.iter().any(|b| b.cluster == local) {
+                backends.into_iter().filter(|b| b.cluster == local).collect()
+            } else {
+                backends
+            }
+        }
+        Locality::Weighted(weights) => {
+            let mut per_cluster: BTreeMap<&str, u32> = BTreeMap::new();
+            for backend in &backends {
+                *per_cluster.entry(backend.cluster.as_str()).or_default() += 1;
+            }
+            let weighted: u32 = per_cluster
+                .keys()
+                .map(|cluster| weights.get(*cluster).copied().unwrap_or(0))
+                .sum();
+            if weighted == 0 {
+                return backends; // no listed cluster has endpoints: share alike
+            }
+            // A cluster's weight is split over its endpoints; scale so the
+            // integer Maglev weights keep the ratio (≥ 1 when non-zero).
+            const SCALE: u64 = 1 << 16;
+            let counts: BTreeMap<String, u32> = per_cluster
+                .into_iter()
+                .map(|(cluster, count)| (cluster.to_owned(), count))
+                .collect();
+            backends
+                .into_iter()
+                .filter_map(|mut backend| {
+                    let weight = u64::from(weights.get(&backend.cluster).copied().unwrap_or(0));
+                    let count = u64::from(counts.get(&backend.cluster).copied().unwrap_or(1));
+                    if weight == 0 {
+                        return None;
+                    }
+                    backend.weight = u32::try_from((weight * SCALE / count).max(1)).unwrap_or(u32::MAX);
+                    Some(backend)
+                })
+                .collect()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -350,5 +518,78 @@ endpoints: [{addresses: ["10.3.0.1"]}]
 "#;
         let (state, _) = state_of(yaml);
         assert_eq!(state.frontends[&frontend(80)].backends.len(), 1);
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let (state, _) = state_of(TWO_CLUSTERS);
+        // 10.1.0.2 is serving+terminating but ready ones exist.
+        assert!(state.frontends[&frontend(80)].backends.iter().all(|b| !b.terminating));
+        let none_ready = TWO_CLUSTERS
+            .replace("- addresses: [\"10.1.0.1\"]\n", "")
+            .replace("- addresses: [\"10.2.0.1\", \"10.1.0.1\"]", "- addresses: [\"10.2.0.1\"]\n  conditions: {ready: false, serving: false}");
+        let (state, _) = state_of(&none_ready);
+        let backends = &state.frontends[&frontend(80)].backends;
+        assert_eq!(backends.len(), 1, "{backends:?}");
+        assert_eq!(backends[0].addr, Ipv4Addr::new(10, 1, 0, 2));
+        assert!(backends[0].terminating);
+    }
+
+    fn with_policy(yaml: &str, locality: &str, local: &str) -> Vec<Backend> {
+        let converted = manifest::parse(yaml).expect("valid YAML");
+        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let policy = Policy {
+            local_cluster: Some(local.to_owned()),
+            locality: locality.parse().expect("valid locality"),
+        };
+        let (state, _) = compute_with(&snapshot, &policy);
+        state.frontends[&frontend(80)].backends.clone()
+    }
+
+    #[test]
+    fn local_first_keeps_the_local_cluster_and_spills_over() {
+        let local = with_policy(TWO_CLUSTERS, "local-first", "b");
+        assert!(local.iter().all(|b| b.cluster == "b") && local.len() == 2, "{local:?}");
+        let spill = with_policy(TWO_CLUSTERS, "local-first", "elsewhere");
+        assert_eq!(spill.len(), 3);
+    }
+
+    #[test]
+    fn weights_split_a_cluster_share_over_its_endpoints() {
+        let backends = with_policy(TWO_CLUSTERS, "weighted:a=2,b=1", "a");
+        let weight = |cluster: &str| -> u32 {
+            backends.iter().filter(|b| b.cluster == cluster).map(|b| b.weight).sum()
+        };
+        // a: one endpoint with 2/3; b: two endpoints sharing 1/3.
+        assert_eq!(weight("a"), 2 * weight("b"));
+        let only_a = with_policy(TWO_CLUSTERS, "weighted:a=1", "a");
+        assert!(only_a.iter().all(|b| b.cluster == "a"));
+        let unlisted = with_policy(TWO_CLUSTERS, "weighted:zz=1", "a");
+        assert_eq!(unlisted.len(), 3, "no listed cluster: share alike");
+    }
+
+    #[test]
+    fn locality_parsing() {
+        assert_eq!("none".parse::<Locality>(), Ok(Locality::None));
+        assert!("weighted:a=x".parse::<Locality>().is_err());
+        assert!("weighted:a=0".parse::<Locality>().is_err());
+        assert!("nearest".parse::<Locality>().is_err());
+        let annotated = TWO_CLUSTERS.replacen(
+            "metadata: {name: web, namespace: demo}",
+            "metadata: {name: web, namespace: demo, annotations: {dataplane.mcs.dev/locality: local-first}}",
+            1,
+        );
+        let local = with_policy(&annotated, "none", "a");
+        assert!(local.iter().all(|b| b.cluster == "a"), "annotation overrides the agent policy");
+    }
+
+    #[test]
+    fn affinity_reaches_the_frontend() {
+        let yaml = TWO_CLUSTERS.replace(
+            "ports: [{name: http, protocol: TCP, port: 80}, {name: metrics, protocol: TCP, port: 9090}]",
+            "ports: [{name: http, protocol: TCP, port: 80}, {name: metrics, protocol: TCP, port: 9090}]\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}",
+        );
+        let (state, _) = state_of(&yaml);
+        assert_eq!(state.frontends[&frontend(80)].affinity_timeout, Some(30));
     }
 }

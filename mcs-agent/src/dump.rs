@@ -5,14 +5,16 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Context as _;
 use aya::maps::MapError;
-use mcs_common::{BackendKey, DropReason, FrontendStats, NameValue};
+use mcs_common::{
+    BACKEND_F_TERMINATING, BackendKey, DropReason, FrontendStats, MAGLEV_TABLE_SIZE, NameValue,
+    SVC_F_AFFINITY, SVC_F_VIP_MARKER,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::{DumpArgs, OutputFormat},
     dataplane::{MapHandles, PinnedMaps},
     model::Protocol,
-    reconcile::SVC_F_VIP_MARKER,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,10 @@ pub struct BackendDump {
     pub port: u16,
     /// Source cluster ("" when unknown).
     pub cluster: String,
+    /// `ready`, or `terminating` (serving while no endpoint is ready).
+    pub state: String,
+    /// Maglev table entries owned (its share of new flows: entries / size).
+    pub table_entries: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +46,10 @@ pub struct ServiceDump {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub protocol: String,
+    /// ClientIP session affinity timeout in seconds, if enabled.
+    pub affinity_timeout_seconds: Option<u32>,
+    /// Entries of the Maglev table (0 when there is no backend).
+    pub maglev_table_size: usize,
     pub backends: Vec<BackendDump>,
     pub stats: Stats,
 }
@@ -65,6 +75,15 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
         if value.flags & SVC_F_VIP_MARKER != 0 {
             continue;
         }
+        let mut owned = vec![0u32; value.backend_count as usize];
+        let table = maps.maglev.get(&value.frontend_id, 0).ok();
+        if let Some(table) = &table {
+            for slot in table.slots {
+                if let Some(count) = owned.get_mut(usize::from(slot)) {
+                    *count += 1;
+                }
+            }
+        }
         let mut backends = Vec::with_capacity(value.backend_count as usize);
         for slot in 0..value.backend_count {
             let key = BackendKey {
@@ -79,11 +98,18 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
             } else {
                 name_of(maps.clusters.get(&backend.cluster_id, 0))
             };
+            let state = if backend.flags & BACKEND_F_TERMINATING != 0 {
+                "terminating"
+            } else {
+                "ready"
+            };
             backends.push(BackendDump {
                 slot,
                 addr: Ipv4Addr::from(backend.addr.to_ne_bytes()),
                 port: u16::from_be(backend.port),
                 cluster,
+                state: state.to_owned(),
+                table_entries: owned.get(slot as usize).copied().unwrap_or(0),
             });
         }
         let per_cpu = maps
@@ -103,6 +129,9 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
             port: u16::from_be(key.port),
             protocol: Protocol::from_number(key.proto)
                 .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
+            affinity_timeout_seconds: (value.flags & SVC_F_AFFINITY != 0)
+                .then_some(value.affinity_timeout_s),
+            maglev_table_size: if table.is_some() { MAGLEV_TABLE_SIZE } else { 0 },
             backends,
             stats,
         });
@@ -131,13 +160,17 @@ pub fn render_text(report: &DumpReport) -> String {
     for service in &report.services {
         let _ = writeln!(
             out,
-            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends)\n    packets {p}  bytes {b}  new flows {f}  no-backend drops {d}",
+            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends, maglev table {m}, affinity {a})\n    packets {p}  bytes {b}  new flows {f}  refused (no backend) {d}",
             vip = service.vip,
             port = service.port,
             proto = service.protocol,
             name = service.name,
             id = service.frontend_id,
             n = service.backends.len(),
+            m = service.maglev_table_size,
+            a = service
+                .affinity_timeout_seconds
+                .map_or_else(|| "none".to_owned(), |t| format!("ClientIP {t}s")),
             p = service.stats.packets,
             b = service.stats.bytes,
             f = service.stats.new_flows,
@@ -147,10 +180,12 @@ pub fn render_text(report: &DumpReport) -> String {
             let cluster = if backend.cluster.is_empty() { "-" } else { &backend.cluster };
             let _ = writeln!(
                 out,
-                "    [{slot}] {addr}:{port}  cluster {cluster}",
+                "    [{slot}] {addr}:{port}  cluster {cluster}  {state}  table entries {entries}",
                 slot = backend.slot,
                 addr = backend.addr,
                 port = backend.port,
+                state = backend.state,
+                entries = backend.table_entries,
             );
         }
     }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod desired;
 pub mod dump;
+pub mod maglev;
 pub mod model;
 pub mod reconcile;
 pub mod run;

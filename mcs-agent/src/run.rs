@@ -26,6 +26,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// State shared by reconciles.
 struct Context {
     maps: MapHandles,
+    policy: desired::Policy,
     reconciler: Reconciler,
     /// Rejections already logged, so an unchanged bad object is reported
     /// once, not on every change of something else.
@@ -35,7 +36,7 @@ struct Context {
 impl Context {
     #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices.len()))]
     fn reconcile(&mut self, update: &SourceUpdate) -> bool {
-        let (desired, derived) = desired::compute(&update.snapshot);
+        let (desired, derived) = desired::compute_with(&update.snapshot, &self.policy);
         self.report_rejections(update.rejections.iter().chain(&derived));
         let report = self.reconciler.apply(&desired, &mut self.maps);
         for (frontend, error) in &report.errors {
@@ -105,8 +106,15 @@ async fn serve(
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
     source_task: &mut tokio::task::JoinHandle<Result<(), crate::sources::file::FileSourceError>>,
 ) -> anyhow::Result<()> {
+    if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
+        warn!("--locality local-first without --cluster-id behaves like `none`");
+    }
     let mut ctx = Context {
         maps: dataplane.maps().context("open the dataplane maps")?,
+        policy: desired::Policy {
+            local_cluster: args.cluster_id.clone(),
+            locality: args.locality.clone(),
+        },
         reconciler: Reconciler::new(),
         reported: BTreeSet::new(),
     };

@@ -60,7 +60,10 @@ pub const fn partial_replace_u32(field: u16, old: u32, new: u32) -> u16 {
 pub const fn pseudo_header_seed(saddr: u32, daddr: u32, proto: u8, l4_len: u16) -> u16 {
     let proto_word = u16::from_ne_bytes([0, proto]) as u32;
     let len_word = u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
-    fold(add_u32_words(add_u32_words(proto_word + len_word, saddr), daddr))
+    fold(add_u32_words(
+        add_u32_words(proto_word + len_word, saddr),
+        daddr,
+    ))
 }
 
 /// Whether an L4 checksum field looks like a partial (pseudo-header seed)
@@ -119,15 +122,25 @@ mod tests {
         let old = u16::from_ne_bytes([0x00, 0x50]);
         let new = u16::from_ne_bytes([0x1f, 0x90]);
         data[2..4].copy_from_slice(&new.to_ne_bytes());
-        assert_eq!(full_replace_u16(check, old, new), !fold(sum_bytes(0, &data)));
+        assert_eq!(
+            full_replace_u16(check, old, new),
+            !fold(sum_bytes(0, &data))
+        );
     }
 
     #[test]
     fn partial_update_equals_seed_of_new_addresses() {
-        let (s, d, n) = (addr([10, 1, 0, 2]), addr([10, 96, 0, 10]), addr([10, 2, 1, 7]));
+        let (s, d, n) = (
+            addr([10, 1, 0, 2]),
+            addr([10, 96, 0, 10]),
+            addr([10, 2, 1, 7]),
+        );
         let seed = pseudo_header_seed(s, d, 6, 40);
         assert!(is_partial(seed, s, d, 6, 40));
-        assert_eq!(partial_replace_u32(seed, d, n), pseudo_header_seed(s, n, 6, 40));
+        assert_eq!(
+            partial_replace_u32(seed, d, n),
+            pseudo_header_seed(s, n, 6, 40)
+        );
     }
 
     #[test]
@@ -139,6 +152,9 @@ mod tests {
         bytes[4..8].copy_from_slice(&d);
         bytes[9] = 17;
         bytes[10..12].copy_from_slice(&1234u16.to_be_bytes());
-        assert_eq!(pseudo_header_seed(addr(s), addr(d), 17, 1234), fold(sum_bytes(0, &bytes)));
+        assert_eq!(
+            pseudo_header_seed(addr(s), addr(d), 17, 1234),
+            fold(sum_bytes(0, &bytes))
+        );
     }
 }

@@ -1,12 +1,24 @@
 //! Service lookup and backend selection: one implementation of the rules for
 //! every hook (XDP today, socket LB later).
+//!
+//! Selection of a new flow's backend:
+//! 1. `sessionAffinity: ClientIP`: a live affinity entry for (frontend,
+//!    client) whose backend still occupies its slot wins;
+//! 2. otherwise the frontend's Maglev table at `hash % M` names the slot —
+//!    the hash covers the 5-tuple, or only the client address (no ports)
+//!    with affinity, so a client keeps its backend even when its affinity
+//!    entry is gone (LRU eviction, agent restart).
 
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use mcs_common::{
-    BackendKey, BackendValue, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendKey, BackendValue, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY,
+    ServiceKey, ServiceValue,
     flow::{flow_hash, reduce},
 };
 
-use crate::maps::{MCS_BACKEND_V1, MCS_SVC_V1};
+use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V1, MCS_MAGLEV_V1, MCS_SVC_V1};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The frontend of `addr:port/proto` (all network order), if it is one.
 #[inline(always)]
@@ -19,37 +31,93 @@ pub fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
     };
     // SAFETY: the value is copied out at once; the agent replaces entries
     // whole, so a concurrent update yields the old or the new value.
-    unsafe { MCS_SVC_V1.get(&key).copied() }
+    unsafe { MCS_SVC_V1.get(key).copied() }
 }
 
 /// Why no backend could be chosen.
 pub enum SelectError {
-    /// The frontend has no backend at all.
+    /// The frontend has no usable backend.
     NoBackend,
-    /// The slot the hash chose is missing (the agent is mid-update).
+    /// The table or slot the hash chose is missing (agent mid-update).
     SlotMissing,
 }
 
-/// Picks the backend of a new flow. Today: a hash of the 5-tuple over the
-/// frontend's slots, so the same flow maps to the same backend while the
-/// backend set is unchanged.
+/// The 5-tuple of a new flow, fields in packet byte order.
+pub struct Flow {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
 #[inline(always)]
-pub fn select_backend(
-    service: &ServiceValue,
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-) -> Result<BackendValue, SelectError> {
+fn backend_in_slot(frontend_id: u32, slot: u32) -> Option<BackendValue> {
+    let key = BackendKey { frontend_id, slot };
+    // SAFETY: copied out at once (see `lookup_service`).
+    unsafe { MCS_BACKEND_V1.get(key).copied() }
+}
+
+/// Picks the backend of a new flow; returns it with its slot.
+#[inline(always)]
+pub fn select_backend(service: &ServiceValue, flow: &Flow) -> Result<(BackendValue, u32), SelectError> {
     if service.backend_count == 0 {
         return Err(SelectError::NoBackend);
     }
-    let slot = reduce(flow_hash(saddr, daddr, sport, dport, proto), service.backend_count);
-    let key = BackendKey {
+    let affinity = service.flags & SVC_F_AFFINITY != 0;
+    let affinity_key = AffinityKey {
         frontend_id: service.frontend_id,
-        slot,
+        client_addr: flow.saddr,
     };
-    // SAFETY: copied out at once (see `lookup_service`).
-    unsafe { MCS_BACKEND_V1.get(&key).copied() }.ok_or(SelectError::SlotMissing)
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if affinity
+        && let Some(bound) = MCS_AFFINITY_V1.get_ptr_mut(affinity_key)
+    {
+        // SAFETY: pointer from a lookup in this run; fields are plain data
+        // and a racing writer only stores a newer timestamp or binding.
+        let entry = unsafe { *bound };
+        let timeout = u64::from(service.affinity_timeout_s) * NS_PER_SEC;
+        if now.wrapping_sub(entry.last_used_ns) <= timeout
+            && let Some(backend) = backend_in_slot(service.frontend_id, entry.slot)
+            && backend.addr == entry.backend_addr
+            && backend.port == entry.backend_port
+        {
+            // SAFETY: as above.
+            unsafe { (*bound).last_used_ns = now };
+            return Ok((backend, entry.slot));
+        }
+    }
+
+    let hash = if affinity {
+        flow_hash(flow.saddr, flow.daddr, 0, flow.dport, flow.proto)
+    } else {
+        flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
+    };
+    let index = reduce(hash, MAGLEV_TABLE_SIZE as u32) as usize;
+    let table = MCS_MAGLEV_V1
+        .get_ptr(service.frontend_id)
+        .ok_or(SelectError::SlotMissing)?;
+    if index >= MAGLEV_TABLE_SIZE {
+        return Err(SelectError::SlotMissing);
+    }
+    // SAFETY: `table` points at a whole `MaglevTable` value and `index` is
+    // within its array (checked above, in a form the verifier sees). Only
+    // one entry is read: the table never lands on the BPF stack.
+    let slot = u32::from(unsafe { (*table).slots[index] });
+    let backend = backend_in_slot(service.frontend_id, slot).ok_or(SelectError::SlotMissing)?;
+    if affinity {
+        let binding = AffinityValue {
+            backend_addr: backend.addr,
+            backend_port: backend.port,
+            _pad: 0,
+            slot,
+            _pad2: 0,
+            last_used_ns: now,
+        };
+        // An LRU insert only fails under memory pressure; the hash above
+        // keeps the client on this backend anyway.
+        let _ = MCS_AFFINITY_V1.insert(affinity_key, binding, u64::from(BPF_ANY));
+    }
+    Ok((backend, slot))
 }

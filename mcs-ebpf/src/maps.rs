@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use mcs_common::{
-    BackendKey, BackendValue, CtKey, CtValue, DropReason, FrontendStats, MAX_BACKEND_SLOTS,
-    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, NameValue, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, DropReason,
+    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS,
+    MaglevTable, NameValue, ServiceKey, ServiceValue,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -26,6 +27,16 @@ pub static MCS_BACKEND_V1: HashMap<
     { MAX_BACKEND_SLOTS as usize },
     NO_PREALLOC,
 > = HashMap::new();
+
+/// Frontend id → Maglev lookup table (replaced whole by the agent).
+#[btf_map]
+pub static MCS_MAGLEV_V1: HashMap<u32, MaglevTable, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// ClientIP session affinity: (frontend, client) → backend.
+#[btf_map]
+pub static MCS_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }> =
+    LruHashMap::new();
 
 /// Flow state for both directions of every translated flow.
 #[btf_map]

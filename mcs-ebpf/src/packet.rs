@@ -43,6 +43,8 @@ pub struct L4Fields {
 pub struct Packet {
     pub ip: *mut Ipv4Hdr,
     pub proto: u8,
+    /// IPv4 header length in bytes (20 without options).
+    pub ihl_bytes: usize,
     /// L4 length in host order (IP total length minus header).
     pub l4_len: u16,
     pub l4: L4Fields,
@@ -129,6 +131,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
     Ok(Packet {
         ip,
         proto,
+        ihl_bytes,
         l4_len,
         l4,
         len,

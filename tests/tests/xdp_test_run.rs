@@ -24,6 +24,7 @@ use mcs_common::{names, programs};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 const CLIENT: [u8; 4] = [10, 101, 1, 2];
 const VIP: [u8; 4] = [10, 96, 100, 10];
@@ -534,20 +535,140 @@ fn odd_packets_to_a_cluster_set_ip_are_dropped_and_counted() {
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
-fn a_service_without_endpoints_drops_and_counts() {
+fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     let harness = Harness::with_backends(&[]);
-    let (action, _) = harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build());
-    assert_eq!(action, XDP_DROP);
+
+    // TCP SYN (no ACK): RST|ACK from the ClusterSetIP, ack = seq + 1.
+    let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
+    let input = syn.build();
+    let (action, out) = harness.run(&input);
+    assert_eq!(action, XDP_TX, "refusal goes back out of the ingress interface");
+    assert_eq!(&out[..6], &input[6..12], "sent to the client's MAC");
+    assert_eq!(&out[6..12], &input[..6]);
+    let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!((ip.source, ip.destination), (VIP, CLIENT));
+    assert_eq!(out.len(), 14 + 20 + 20, "payload and options stripped");
+    let (tcp, payload) = TcpHeader::from_slice(rest).expect("TCP");
+    assert!(payload.is_empty());
+    assert!(tcp.rst && tcp.ack && !tcp.syn);
+    assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
+    let consumed = syn.payload.len() as u32 + 1; // payload + SYN
+    assert_eq!((tcp.sequence_number, tcp.acknowledgment_number), (0, 1000 + consumed));
+    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum"));
+
+    // A segment with ACK gets a bare RST with seq = its ack.
+    let mut established = Pkt::tcp(CLIENT, 40001, VIP, 80);
+    established.syn = false;
+    let (action, out) = harness.run(&established.build());
+    assert_eq!(action, XDP_TX);
+    let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
+    let (tcp, _) = TcpHeader::from_slice(rest).expect("TCP");
+    assert!(tcp.rst && !tcp.ack);
+    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum"));
+
+    // UDP: ICMP port unreachable quoting the datagram's IP header + 8 bytes.
+    let datagram = Pkt::udp(CLIENT, 40002, VIP, 53).build();
+    let (action, out) = harness.run(&datagram);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
+    let (ip, icmp) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!((ip.source, ip.destination, ip.protocol), (VIP, CLIENT, IpNumber::ICMP));
+    assert_eq!(&icmp[..2], &[3, 3], "destination unreachable / port unreachable");
+    assert_eq!(fold(ones_sum(0, icmp)), 0xffff, "ICMP checksum");
+    assert_eq!(&icmp[8..], &datagram[14..14 + 28], "quotes the original header and 8 bytes");
+
+    // A RST is never answered; a packet with IP options is dropped unanswered.
+    let mut reset = Pkt::tcp(CLIENT, 40003, VIP, 80).build();
+    reset[14 + 20 + 13] = 0x04;
+    assert_eq!(harness.run(&reset).0, XDP_DROP);
+    let mut with_options = Pkt::udp(CLIENT, 40004, VIP, 53);
+    with_options.options = vec![1, 1, 1, 0];
+    assert_eq!(harness.run(&with_options.build()).0, XDP_DROP);
+
     let report = harness.dump();
-    assert_eq!(report.drops["no_backend"], 1);
-    assert_eq!(
-        report
-            .services
-            .iter()
-            .find(|s| s.port == 80)
-            .expect("frontend")
-            .stats
-            .no_backend,
-        1
+    assert_eq!(report.drops["no_backend"], 3);
+    assert_eq!(report.drops["no_backend_unreplied"], 2);
+    let refused: u64 = report.services.iter().map(|s| s.stats.no_backend).sum();
+    assert_eq!(refused, 5);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn client_ip_affinity_keeps_a_client_on_one_backend_across_ports() {
+    let mut harness = Harness::new();
+    let yaml = manifest(&BACKENDS).replace(
+        "{type: ClusterSetIP,",
+        "{sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}, type: ClusterSetIP,",
     );
+    harness.apply(&yaml);
+    let mut per_client = std::collections::BTreeSet::new();
+    for client in 1..=30u8 {
+        let source = [10, 101, 7, client];
+        let mut chosen = std::collections::BTreeSet::new();
+        for sport in 0..8 {
+            let packet = Pkt::tcp(source, 30000 + sport * 7, VIP, 80).build();
+            chosen.insert(verify(&harness.run(&packet).1, Csum::Full).dst);
+        }
+        assert_eq!(chosen.len(), 1, "client {client} stays on one backend: {chosen:?}");
+        per_client.extend(chosen);
+    }
+    assert!(per_client.len() > 1, "different clients still spread: {per_client:?}");
+    let report = harness.dump();
+    let http = report.services.iter().find(|s| s.port == 80).expect("http");
+    assert_eq!(http.affinity_timeout_seconds, Some(30));
+    assert_eq!(http.maglev_table_size, mcs_common::MAGLEV_TABLE_SIZE);
+    assert!(harness.maps.affinity.keys().count() >= 30, "one binding per client");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn terminating_endpoints_serve_new_flows_only_without_ready_ones() {
+    let mut harness = Harness::new();
+    let mut yaml = manifest(&BACKENDS[..1]);
+    yaml.push_str(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: web-t, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: cluster-b}}\n\
+         addressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\n\
+         endpoints: [{addresses: [\"10.102.1.50\"], conditions: {ready: false, serving: true, terminating: true}}]\n",
+    );
+    harness.apply(&yaml);
+    for sport in 0..40 {
+        let seen = verify(&harness.run(&Pkt::tcp(CLIENT, 50000 + sport, VIP, 80).build()).1, Csum::Full);
+        assert_eq!(seen.dst, Ipv4Addr::new(10, 101, 1, 10), "ready endpoint only");
+    }
+    // The ready endpoint goes away: the terminating one takes new flows,
+    // while the established flow keeps its (now removed) backend.
+    let established = Pkt::tcp(CLIENT, 50000, VIP, 80).build();
+    harness.apply(&yaml.replace("addresses: [\"10.101.1.10\"]", "addresses: [\"10.101.1.10\"], conditions: {ready: false, serving: false}"));
+    assert_eq!(verify(&harness.run(&established).1, Csum::Full).dst, Ipv4Addr::new(10, 101, 1, 10));
+    let fresh = verify(&harness.run(&Pkt::tcp(CLIENT, 51000, VIP, 80).build()).1, Csum::Full);
+    assert_eq!(fresh.dst, Ipv4Addr::new(10, 102, 1, 50));
+    let report = harness.dump();
+    let http = report.services.iter().find(|s| s.port == 80).expect("http");
+    assert_eq!(http.backends[0].state, "terminating");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_port_goes_only_to_clusters_that_expose_it() {
+    let mut harness = Harness::new();
+    // cluster-b's slice exposes only `http`: `dns` traffic must stay in a.
+    let yaml = manifest(&BACKENDS).replace(
+        "metadata: {name: web-1, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: cluster-b}}\naddressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}, {name: dns, protocol: UDP, port: 5353}]",
+        "metadata: {name: web-1, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: cluster-b}}\naddressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]",
+    ).replace(
+        "metadata: {name: web-2, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: cluster-b}}\naddressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}, {name: dns, protocol: UDP, port: 5353}]",
+        "metadata: {name: web-2, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: cluster-b}}\naddressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]",
+    );
+    harness.apply(&yaml);
+    let mut http_backends = std::collections::BTreeSet::new();
+    for sport in 0..60 {
+        let dns = verify(&harness.run(&Pkt::udp(CLIENT, 20000 + sport, VIP, 53).build()).1, Csum::Full);
+        assert_eq!(dns.dst, Ipv4Addr::new(10, 101, 1, 10), "UDP 53 only in cluster-a");
+        let http = verify(&harness.run(&Pkt::tcp(CLIENT, 20000 + sport, VIP, 80).build()).1, Csum::Full);
+        http_backends.insert(http.dst);
+    }
+    assert_eq!(http_backends.len(), 3, "TCP 80 in both clusters");
 }

@@ -9,8 +9,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
-    BackendKey, BackendValue, CtKey, CtValue, FrontendStats, NameValue, ServiceKey, ServiceValue,
-    names,
+    AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
+    MaglevTable, NameValue, ServiceKey, ServiceValue, names,
 };
 
 use super::{DataplaneError, map_pin_dir};
@@ -25,6 +25,8 @@ pub struct MapHandles {
     pub drops: PerCpuArray<MapData, u64>,
     pub frontend_names: HashMap<MapData, u32, NameValue>,
     pub clusters: Array<MapData, NameValue>,
+    pub maglev: HashMap<MapData, u32, MaglevTable>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
@@ -41,6 +43,8 @@ impl MapHandles {
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             frontend_names: typed(names::FRONTEND_META, get(names::FRONTEND_META)?)?,
             clusters: typed(names::CLUSTERS, get(names::CLUSTERS)?)?,
+            maglev: typed(names::MAGLEV, get(names::MAGLEV)?)?,
+            affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
         })
     }
 
@@ -136,5 +140,15 @@ impl DataplaneWriter for MapHandles {
         self.clusters
             .set(cluster_id, name, 0)
             .map_err(write_error(names::CLUSTERS, "set"))
+    }
+
+    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+        self.maglev
+            .insert(frontend_id, table, 0)
+            .map_err(write_error(names::MAGLEV, "insert"))
+    }
+
+    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
+        ignore_missing(self.maglev.remove(&frontend_id)).map_err(write_error(names::MAGLEV, "remove"))
     }
 }

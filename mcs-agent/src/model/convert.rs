@@ -24,6 +24,9 @@ pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY_ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 pub const ANNOTATION_DERIVED_SERVICE: &str = "multicluster.kubernetes.io/derived-service";
 pub const ANNOTATION_GKE_DERIVED_SERVICE: &str = "net.gke.io/derived-service";
+/// Per-import locality policy override (`none`, `local-first`,
+/// `weighted:CLUSTER=W,...`).
+pub const ANNOTATION_LOCALITY: &str = "dataplane.mcs.dev/locality";
 
 /// Longest name accepted (DNS subdomain limit); longer names are hostile.
 const MAX_NAME_LEN: usize = 253;
@@ -333,6 +336,11 @@ fn convert_import(mut ctx: Ctx, flavour: Flavour, value: &Value) -> Converted {
         .filter(|name| !name.is_empty() && name.len() <= MAX_NAME_LEN)
         .map(str::to_owned);
 
+    let locality = annotations
+        .and_then(|a| a.get(ANNOTATION_LOCALITY))
+        .and_then(Value::as_str)
+        .map(truncate);
+
     let clusters = status
         .clusters
         .unwrap_or_default()
@@ -350,6 +358,7 @@ fn convert_import(mut ctx: Ctx, flavour: Flavour, value: &Value) -> Converted {
         session_affinity,
         derived_service,
         clusters,
+        locality,
     };
     ctx.done(vec![Object::Import(import)])
 }

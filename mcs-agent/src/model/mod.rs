@@ -134,6 +134,9 @@ pub struct ServiceImport {
     pub derived_service: Option<String>,
     /// Clusters exporting the service (`status.clusters[].cluster`).
     pub clusters: Vec<String>,
+    /// Raw value of the locality annotation (see `desired::Locality`),
+    /// overriding the agent's policy for this import.
+    pub locality: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,15 +14,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mcs_common::{
-    BACKEND_F_READY, BackendKey, BackendValue, MAX_CLUSTERS, MAX_FRONTENDS, NameValue,
-    SVC_F_NONE, ServiceKey, ServiceValue,
+    BACKEND_F_READY, BACKEND_F_TERMINATING, BackendKey, BackendValue, MAGLEV_TABLE_SIZE,
+    MAX_CLUSTERS, MAX_FRONTENDS, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
 };
 use tracing::{instrument, warn};
 
-use crate::desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec};
-
-/// Flag for port-0 ClusterSetIP markers (see `FrontendKind::VipMarker`).
-pub const SVC_F_VIP_MARKER: u32 = 1 << 0;
+use crate::{
+    desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
+    maglev::{self, Member},
+};
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,57 @@ pub trait DataplaneWriter {
     /// Zeroes a frontend's counters (an id is being reused).
     fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError>;
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError>;
+    /// Replaces a frontend's Maglev table in one map update.
+    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError>;
+    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError>;
+}
+
+/// Slot layout for a new backend set that moves as few backends as
+/// possible: a backend keeps its slot while that slot still exists; freed
+/// and new slots are filled in sorted order. Identity is address and port
+/// (weight or state changes rewrite the slot in place).
+pub fn stable_layout(old: &[Backend], new: &[Backend]) -> Vec<Backend> {
+    let identity = |b: &Backend| (b.addr, b.port);
+    let wanted: BTreeMap<_, &Backend> = new.iter().map(|b| (identity(b), b)).collect();
+    let mut slots: Vec<Option<Backend>> = vec![None; new.len()];
+    let mut placed = BTreeSet::new();
+    for (slot, backend) in old.iter().enumerate().take(new.len()) {
+        if let Some(current) = wanted.get(&identity(backend)) {
+            slots[slot] = Some((*current).clone());
+            placed.insert(identity(backend));
+        }
+    }
+    let mut rest = new.iter().filter(|b| !placed.contains(&identity(b)));
+    for slot in &mut slots {
+        if slot.is_none() {
+            *slot = rest.next().cloned();
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The Maglev table of a slot layout (entries are slot numbers).
+pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
+    let members: Vec<Member> = layout
+        .iter()
+        .map(|b| Member {
+            addr: b.addr,
+            port: b.port,
+            weight: b.weight,
+        })
+        .collect();
+    let mut table = Box::new(MaglevTable {
+        slots: [0; MAGLEV_TABLE_SIZE],
+        _pad: 0,
+    });
+    for (entry, slot) in table
+        .slots
+        .iter_mut()
+        .zip(maglev::build_table(&members, MAGLEV_TABLE_SIZE))
+    {
+        *entry = slot;
+    }
+    table
 }
 
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
@@ -60,6 +112,7 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
 struct Applied {
     id: u32,
     kind: FrontendKind,
+    affinity_timeout: Option<u32>,
     /// Backends in slot order, as written.
     backends: Vec<Backend>,
     /// Slots `0..slot_high` may exist in the map (covers failed updates).
@@ -205,7 +258,8 @@ impl Reconciler {
         applied.dirty = true;
         let (id, slot_high) = (applied.id, applied.slot_high);
         maps.delete_service(&service_key(frontend))?;
-        report.map_writes += 1;
+        maps.delete_maglev(id)?;
+        report.map_writes += 2;
         for slot in 0..slot_high {
             maps.delete_backend(&BackendKey {
                 frontend_id: id,
@@ -229,14 +283,16 @@ impl Reconciler {
         report: &mut ApplyReport,
     ) -> Result<(), WriteError> {
         let is_new = match self.applied.get(frontend) {
-            Some(existing)
+            Some(existing) => {
                 if !existing.dirty
                     && existing.kind == spec.kind
-                    && existing.backends == spec.backends =>
-            {
-                return Ok(()); // unchanged: not a single write
+                    && existing.affinity_timeout == spec.affinity_timeout
+                    && stable_layout(&existing.backends, &spec.backends) == existing.backends
+                {
+                    return Ok(()); // unchanged: not a single write
+                }
+                false
             }
-            Some(_) => false,
             None => {
                 let Some(id) = self.allocate_id() else {
                     return Err(WriteError {
@@ -252,6 +308,7 @@ impl Reconciler {
                     Applied {
                         id,
                         kind: spec.kind,
+                        affinity_timeout: None,
                         backends: Vec::new(),
                         slot_high: 0,
                         dirty: true,
@@ -260,18 +317,21 @@ impl Reconciler {
                 true
             }
         };
-        // Snapshot of what is known to be in the maps; the stored entry is
-        // marked dirty until every write below has succeeded.
-        let known = match self.applied.get_mut(frontend) {
-            Some(applied) => {
-                let known = applied.clone();
-                applied.dirty = true;
-                known
-            }
-            None => unreachable!("inserted above or present"),
+        // What is known to be in the maps; the stored entry stays marked
+        // dirty until every write below has succeeded.
+        let Some(stored) = self.applied.get_mut(frontend) else {
+            return Ok(()); // inserted or present above
         };
+        let known = stored.clone();
+        stored.dirty = true;
         let id = known.id;
         let rewrite_all = known.dirty;
+        let layout = if rewrite_all {
+            spec.backends.clone()
+        } else {
+            stable_layout(&known.backends, &spec.backends)
+        };
+
         if is_new {
             maps.reset_frontend_stats(id)?;
             report.map_writes += 1;
@@ -280,7 +340,9 @@ impl Reconciler {
             maps.put_frontend_name(id, &NameValue::new(&spec.name))?;
             report.map_writes += 1;
         }
-        for (slot, backend) in spec.backends.iter().enumerate() {
+        // 1. Slots (new and changed ones; the old table still points only
+        //    at slots that exist).
+        for (slot, backend) in layout.iter().enumerate() {
             if !rewrite_all && known.backends.get(slot) == Some(backend) {
                 continue;
             }
@@ -288,12 +350,17 @@ impl Reconciler {
             if let Some(applied) = self.applied.get_mut(frontend) {
                 applied.slot_high = applied.slot_high.max(slot as u32 + 1);
             }
+            let flags = if backend.terminating {
+                BACKEND_F_TERMINATING
+            } else {
+                BACKEND_F_READY
+            };
             let value = BackendValue {
                 addr: u32::from_ne_bytes(backend.addr.octets()),
                 port: backend.port.to_be(),
                 _pad: 0,
                 cluster_id,
-                flags: BACKEND_F_READY,
+                flags,
             };
             maps.put_backend(
                 &BackendKey {
@@ -304,24 +371,45 @@ impl Reconciler {
             )?;
             report.map_writes += 1;
         }
-        if rewrite_all || known.backends.len() != spec.backends.len() {
-            let flags = match spec.kind {
+        // 2. The table, swapped whole, before the count can grow.
+        let members = |list: &[Backend]| -> Vec<(std::net::Ipv4Addr, u16, u32)> {
+            list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
+        };
+        let table_changed = rewrite_all || members(&known.backends) != members(&layout);
+        if table_changed && !layout.is_empty() {
+            maps.put_maglev(id, &maglev_table(&layout))?;
+            report.map_writes += 1;
+        }
+        // 3. The service entry.
+        if rewrite_all
+            || known.backends.len() != layout.len()
+            || known.affinity_timeout != spec.affinity_timeout
+        {
+            let mut flags = match spec.kind {
                 FrontendKind::Service => SVC_F_NONE,
                 FrontendKind::VipMarker => SVC_F_VIP_MARKER,
             };
+            if spec.affinity_timeout.is_some() {
+                flags |= SVC_F_AFFINITY;
+            }
             maps.put_service(
                 &service_key(frontend),
                 &ServiceValue {
                     frontend_id: id,
-                    backend_count: spec.backends.len() as u32,
+                    backend_count: layout.len() as u32,
                     flags,
-                    _reserved: 0,
+                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
                 },
             )?;
             report.map_writes += 1;
         }
+        // 4. What the new state no longer uses.
+        if layout.is_empty() && (rewrite_all || !known.backends.is_empty()) {
+            maps.delete_maglev(id)?;
+            report.map_writes += 1;
+        }
         let slot_high = self.applied.get(frontend).map_or(0, |a| a.slot_high);
-        for slot in spec.backends.len() as u32..slot_high {
+        for slot in layout.len() as u32..slot_high {
             maps.delete_backend(&BackendKey {
                 frontend_id: id,
                 slot,
@@ -333,8 +421,9 @@ impl Reconciler {
             Applied {
                 id,
                 kind: spec.kind,
-                backends: spec.backends.clone(),
-                slot_high: spec.backends.len() as u32,
+                affinity_timeout: spec.affinity_timeout,
+                slot_high: layout.len() as u32,
+                backends: layout,
                 dirty: false,
             },
         );
@@ -351,7 +440,7 @@ impl Reconciler {
 pub mod memory {
     use std::collections::BTreeMap;
 
-    use mcs_common::{BackendKey, BackendValue, NameValue, ServiceKey, ServiceValue};
+    use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
 
     use super::{DataplaneWriter, WriteError};
 
@@ -361,6 +450,7 @@ pub mod memory {
         pub backends: BTreeMap<BackendKey, BackendValue>,
         pub names: BTreeMap<u32, String>,
         pub clusters: BTreeMap<u32, String>,
+        pub maglev: BTreeMap<u32, Vec<u16>>,
         pub stats_resets: Vec<u32>,
         /// Fail every write after this many (fault injection).
         pub fail_after: Option<usize>,
@@ -424,6 +514,16 @@ pub mod memory {
             } else {
                 self.clusters.insert(id, name.as_str().to_owned());
             }
+            Ok(())
+        }
+        fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+            self.write("maglev", "put")?;
+            self.maglev.insert(id, table.slots.to_vec());
+            Ok(())
+        }
+        fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
+            self.write("maglev", "delete")?;
+            self.maglev.remove(&id);
             Ok(())
         }
     }

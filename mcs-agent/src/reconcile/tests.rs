@@ -4,10 +4,13 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use mcs_common::{BackendKey, BackendValue, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevTable, NameValue, SVC_F_VIP_MARKER,
+    ServiceKey, ServiceValue,
+};
 use proptest::prelude::*;
 
-use super::{DataplaneWriter, Reconciler, SVC_F_VIP_MARKER, WriteError, memory::MemoryMaps};
+use super::{DataplaneWriter, Reconciler, WriteError, memory::MemoryMaps};
 use crate::{
     desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
     model::{ObjectKey, Protocol},
@@ -21,6 +24,25 @@ struct Checked(MemoryMaps);
 impl Checked {
     fn check(&self) {
         for (key, service) in &self.0.services {
+            if service.backend_count > 0 {
+                let table = self
+                    .0
+                    .maglev
+                    .get(&service.frontend_id)
+                    .unwrap_or_else(|| panic!("service {key:?} has backends but no table"));
+                // The datapath follows table entries to slots: every one
+                // must exist (the count only says "has backends").
+                for slot in table {
+                    let slot_key = BackendKey {
+                        frontend_id: service.frontend_id,
+                        slot: u32::from(*slot),
+                    };
+                    assert!(
+                        self.0.backends.contains_key(&slot_key),
+                        "table of {key:?} points at missing slot {slot}"
+                    );
+                }
+            }
             for slot in 0..service.backend_count {
                 let slot_key = BackendKey {
                     frontend_id: service.frontend_id,
@@ -64,6 +86,16 @@ impl DataplaneWriter for Checked {
     fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.0.put_cluster_name(id, name)
     }
+    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+        let result = self.0.put_maglev(id, table);
+        self.check();
+        result
+    }
+    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
+        let result = self.0.delete_maglev(id);
+        self.check();
+        result
+    }
 }
 
 type Rendered = BTreeMap<Frontend, (FrontendKind, String, Vec<Backend>)>;
@@ -93,9 +125,20 @@ fn render(maps: &MemoryMaps) -> Rendered {
                     } else {
                         maps.clusters[&value.cluster_id].clone()
                     },
+                    // Weights live only in the table: checked below.
+                    weight: 1,
+                    terminating: value.flags & BACKEND_F_TERMINATING != 0,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Every slot owns table entries (all weights are 1 here).
+        if let Some(table) = maps.maglev.get(&service.frontend_id) {
+            for slot in 0..service.backend_count {
+                assert!(table.iter().any(|s| u32::from(*s) == slot), "slot {slot} owns no entry");
+            }
+        }
+        let mut backends = backends;
+        backends.sort();
         let kind = if service.flags & SVC_F_VIP_MARKER != 0 {
             FrontendKind::VipMarker
         } else {
@@ -105,6 +148,8 @@ fn render(maps: &MemoryMaps) -> Rendered {
         rendered.insert(frontend, (kind, name, backends));
     }
     assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
+    let with_backends = maps.services.values().filter(|s| s.backend_count > 0).count();
+    assert_eq!(maps.maglev.len(), with_backends, "leaked Maglev tables");
     assert_eq!(maps.services.len(), maps.names.len(), "leaked frontend names");
     rendered
 }
@@ -126,11 +171,15 @@ fn frontend_strategy() -> impl Strategy<Value = Frontend> {
 }
 
 fn backend_strategy() -> impl Strategy<Value = Backend> {
-    (0u8..12, 0u16..2, 0usize..3).prop_map(|(host, port, cluster)| Backend {
-        addr: Ipv4Addr::new(10, 1, 0, host),
-        port: 8000 + port,
-        cluster: ["", "cluster-a", "cluster-b"][cluster].to_owned(),
-    })
+    (0u8..12, 0u16..2, 0usize..3, prop::bool::weighted(0.2)).prop_map(
+        |(host, port, cluster, terminating)| Backend {
+            addr: Ipv4Addr::new(10, 1, 0, host),
+            port: 8000 + port,
+            cluster: ["", "cluster-a", "cluster-b"][cluster].to_owned(),
+            weight: 1,
+            terminating,
+        },
+    )
 }
 
 fn desired_strategy() -> impl Strategy<Value = DesiredState> {
@@ -149,12 +198,19 @@ fn desired_strategy() -> impl Strategy<Value = DesiredState> {
                         kind: FrontendKind::Service,
                         name: format!("ns/{frontend}"),
                         import: ObjectKey::new("ns", "svc"),
-                        backends: backends.into_iter().collect(),
+                        backends: dedup_by_address(backends.into_iter().collect()),
+                        affinity_timeout: None,
                     },
                 )
             })
             .collect(),
     })
+}
+
+/// Desired states never hold two backends with one address and port.
+fn dedup_by_address(mut backends: Vec<Backend>) -> Vec<Backend> {
+    backends.dedup_by_key(|b| (b.addr, b.port));
+    backends
 }
 
 proptest! {
@@ -207,12 +263,15 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
         addr: Ipv4Addr::new(10, 1, 0, host),
         port: 80,
         cluster: "a".into(),
+        weight: 1,
+        terminating: false,
     };
     let spec = |backends: Vec<Backend>| FrontendSpec {
         kind: FrontendKind::Service,
         name: "ns/svc:http".into(),
         import: ObjectKey::new("ns", "svc"),
         backends,
+        affinity_timeout: None,
     };
     let mut desired = DesiredState::default();
     desired.frontends.insert(frontend(80), spec(vec![backend(1), backend(2)]));
@@ -225,8 +284,8 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
     let before = maps.clone();
     let report = reconciler.apply(&desired, &mut maps);
     assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
-    // One new slot and the count: two writes, nothing for port 80.
-    assert_eq!(report.map_writes, 2);
+    // One new slot, the table and the count: three writes, none for port 80.
+    assert_eq!(report.map_writes, 3);
     let id80 = before.services[&super::service_key(&frontend(80))].frontend_id;
     for slot in 0..2 {
         let key = BackendKey { frontend_id: id80, slot };

@@ -85,12 +85,12 @@ pub fn create(
         _pad2: 0,
         last_seen_ns: now,
     };
-    MCS_CT_V1.insert(&reply_key, &reply, BPF_ANY as u64)?;
+    MCS_CT_V1.insert(reply_key, reply, u64::from(BPF_ANY))?;
     let forward = CtValue {
         nat_addr: backend.addr,
         nat_port: backend.port,
         flags,
         ..reply
     };
-    MCS_CT_V1.insert(key, &forward, BPF_ANY as u64)
+    MCS_CT_V1.insert(key, forward, u64::from(BPF_ANY))
 }

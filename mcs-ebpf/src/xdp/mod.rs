@@ -10,13 +10,14 @@
 
 mod conntrack;
 mod nat;
+mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use mcs_common::{CT_F_REPLY, CtKey, DropReason};
+use mcs_common::{CT_F_REPLY, CtKey, DropReason, PROTO_TCP, SVC_F_VIP_MARKER};
 
 use crate::{
-    lb::{self, SelectError},
+    lb::{self, Flow, SelectError},
     maps::{count_drop, count_frontend, count_no_backend},
     packet::{self, ParseError},
 };
@@ -25,6 +26,8 @@ use crate::{
 enum Error {
     /// Not a packet mcs translates; passed on unchanged.
     NotOurs,
+    /// Turned into a refusal (RST / ICMP) to send back; counted.
+    Refused,
     /// Dropped and counted under the reason.
     Drop(DropReason),
 }
@@ -34,6 +37,10 @@ pub fn mcs_xdp(ctx: XdpContext) -> u32 {
     match try_mcs_xdp(&ctx) {
         Ok(()) => xdp_action::XDP_PASS,
         Err(Error::NotOurs) => xdp_action::XDP_PASS,
+        Err(Error::Refused) => {
+            count_drop(DropReason::NoBackend);
+            xdp_action::XDP_TX
+        }
         Err(Error::Drop(reason)) => {
             count_drop(reason);
             xdp_action::XDP_DROP
@@ -88,11 +95,29 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     let Some(service) = lb::lookup_service(daddr, dport, pkt.proto) else {
         return Err(Error::NotOurs);
     };
-    let backend = match lb::select_backend(&service, saddr, daddr, sport, dport, pkt.proto) {
-        Ok(backend) => backend,
+    if service.flags & SVC_F_VIP_MARKER != 0 {
+        return Err(Error::NotOurs); // port 0: not a service port
+    }
+    let flow = Flow {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: pkt.proto,
+    };
+    let (backend, _slot) = match lb::select_backend(&service, &flow) {
+        Ok(selected) => selected,
         Err(SelectError::NoBackend) => {
             count_no_backend(service.frontend_id);
-            return Err(Error::Drop(DropReason::NoBackend));
+            let replied = if pkt.proto == PROTO_TCP {
+                reject::tcp_reset(ctx, &pkt)
+            } else {
+                reject::icmp_port_unreachable(ctx, &pkt)
+            };
+            return Err(match replied {
+                Ok(()) => Error::Refused,
+                Err(reject::Unreplied) => Error::Drop(DropReason::NoBackendUnreplied),
+            });
         }
         Err(SelectError::SlotMissing) => return Err(Error::Drop(DropReason::BackendMissing)),
     };

@@ -48,8 +48,16 @@ pub fn rewrite(pkt: &Packet, side: Side, new_addr: u32, new_port: u16) {
             // UDP without checksum stays without.
             0
         } else {
-            let updated = full_replace_u16(full_replace_u32(check, old_addr, new_addr), old_port, new_port);
-            if pkt.proto == PROTO_UDP && updated == 0 { 0xffff } else { updated }
+            let updated = full_replace_u16(
+                full_replace_u32(check, old_addr, new_addr),
+                old_port,
+                new_port,
+            );
+            if pkt.proto == PROTO_UDP && updated == 0 {
+                0xffff
+            } else {
+                updated
+            }
         };
 
         let ip_check = u16::from_ne_bytes((*ip).check);

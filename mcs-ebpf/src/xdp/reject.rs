@@ -1,0 +1,202 @@
+//! Refusing new flows to a frontend without usable backend, at once and in
+//! the protocol's own words (never a silent timeout): TCP gets a RST, UDP an
+//! ICMP port unreachable, both sent back out of the interface the packet
+//! came in on (`XDP_TX`) with the ClusterSetIP as source.
+//!
+//! Only packets without IP options are answered (fixed-size headers keep the
+//! verifier and the checksum loops simple); others are dropped and counted.
+
+use aya_ebpf::{helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail}, programs::XdpContext};
+use mcs_common::{PROTO_TCP, checksum::fold};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::packet::{Packet, ptr_at};
+
+/// The reply could not be built; the caller drops the packet.
+pub struct Unreplied;
+
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const TTL: u8 = 64;
+const TCP_FLAG_ACK: u8 = 0x10;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_FIN: u8 = 0x01;
+
+/// Sum of `N` native-order 16-bit words starting at `ptr`.
+///
+/// # Safety
+/// `ptr .. ptr + 2N` must be inside the packet (bounds-checked by caller).
+#[inline(always)]
+unsafe fn sum_words<const N: usize>(ptr: *const u8) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: within the caller-checked range.
+        sum += u32::from(unsafe { u16::from_ne_bytes([*ptr.add(2 * i), *ptr.add(2 * i + 1)]) });
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+fn swap_macs(eth: *mut EthHdr) {
+    // SAFETY: `eth` was bounds-checked by the caller.
+    unsafe {
+        let dst = (*eth).dst_addr;
+        (*eth).dst_addr = (*eth).src_addr;
+        (*eth).src_addr = dst;
+    }
+}
+
+/// Fills a fresh 20-byte IPv4 header and its checksum.
+///
+/// # Safety
+/// `ip` must point at 20 writable bytes inside the packet.
+#[inline(always)]
+unsafe fn write_ip(ip: *mut Ipv4Hdr, saddr: u32, daddr: u32, proto: u8, tot_len: u16) {
+    // SAFETY: per the function contract.
+    unsafe {
+        (*ip).vihl = 0x45;
+        (*ip).tos = 0;
+        (*ip).tot_len = tot_len.to_be_bytes();
+        (*ip).id = [0, 0];
+        (*ip).frags = 0x4000u16.to_be_bytes();
+        (*ip).ttl = TTL;
+        (*ip).proto = proto;
+        (*ip).check = [0, 0];
+        (*ip).src_addr = saddr.to_ne_bytes();
+        (*ip).dst_addr = daddr.to_ne_bytes();
+        let check = !fold(sum_words::<10>(ip as *const u8));
+        (*ip).check = check.to_ne_bytes();
+    }
+}
+
+/// Turns a TCP segment to a dead frontend into the RST that refuses it
+/// (RFC 9293 §3.10.7.1, reset generation for a CLOSED port).
+#[inline(always)]
+pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
+    if pkt.ihl_bytes != Ipv4Hdr::LEN || pkt.proto != PROTO_TCP {
+        return Err(Unreplied);
+    }
+    let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
+    let tcp: *mut TcpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (seq, ack_seq, flags, doff) = unsafe {
+        (
+            u32::from_be_bytes((*tcp).seq),
+            u32::from_be_bytes((*tcp).ack_seq),
+            *(tcp as *const u8).add(13),
+            u32::from(*(tcp as *const u8).add(12) >> 4) * 4,
+        )
+    };
+    if flags & TCP_FLAG_RST != 0 {
+        return Err(Unreplied); // never answer a RST
+    }
+    let payload = u32::from(pkt.l4_len).saturating_sub(doff);
+    let (reply_seq, reply_ack, reply_flags) = if flags & TCP_FLAG_ACK != 0 {
+        (ack_seq, 0, TCP_FLAG_RST)
+    } else {
+        let consumed = payload
+            + u32::from(flags & TCP_FLAG_SYN != 0)
+            + u32::from(flags & TCP_FLAG_FIN != 0);
+        (0, seq.wrapping_add(consumed), TCP_FLAG_RST | TCP_FLAG_ACK)
+    };
+
+    let new_len = (EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as i32;
+    let old_len = (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: the helper checks the resulting length itself.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, new_len - old_len) } != 0 {
+        return Err(Unreplied);
+    }
+    // Packet pointers are invalid after resizing: re-derive them.
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Unreplied)?;
+    let tcp: *mut TcpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
+    swap_macs(eth);
+    // SAFETY: all three headers were bounds-checked just above.
+    unsafe {
+        write_ip(ip, daddr, saddr, PROTO_TCP, (Ipv4Hdr::LEN + TcpHdr::LEN) as u16);
+        let bytes = tcp as *mut u8;
+        (*tcp).source = dport.to_ne_bytes();
+        (*tcp).dest = sport.to_ne_bytes();
+        (*tcp).seq = reply_seq.to_be_bytes();
+        (*tcp).ack_seq = reply_ack.to_be_bytes();
+        *bytes.add(12) = 5 << 4; // data offset 5 words, no options
+        *bytes.add(13) = reply_flags;
+        (*tcp).window = [0, 0];
+        (*tcp).check = [0, 0];
+        (*tcp).urg_ptr = [0, 0];
+        let pseudo = u32::from(u16::from_ne_bytes([0, PROTO_TCP]))
+            + u32::from(u16::from_ne_bytes((TcpHdr::LEN as u16).to_be_bytes()))
+            + (daddr & 0xffff)
+            + (daddr >> 16)
+            + (saddr & 0xffff)
+            + (saddr >> 16);
+        let check = !fold(pseudo + sum_words::<10>(bytes));
+        (*tcp).check = check.to_ne_bytes();
+    }
+    Ok(())
+}
+
+/// Turns a UDP datagram to a dead frontend into an ICMP port unreachable
+/// quoting its IP header and first 8 bytes (RFC 792).
+#[inline(always)]
+pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
+    const ICMP_LEN: usize = 8;
+    const QUOTE_LEN: usize = Ipv4Hdr::LEN + UdpHdr::LEN;
+    const GROW: i32 = (Ipv4Hdr::LEN + ICMP_LEN) as i32;
+    if pkt.ihl_bytes != Ipv4Hdr::LEN {
+        return Err(Unreplied);
+    }
+    let (saddr, daddr) = (pkt.saddr(), pkt.daddr());
+    let old_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (client_mac, node_mac) = unsafe { ((*old_eth).src_addr, (*old_eth).dst_addr) };
+
+    // Make room in front for the new IP and ICMP headers; the original IP
+    // header and UDP header then become the quoted part.
+    // SAFETY: the helper checks the available headroom itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -GROW) } != 0 {
+        return Err(Unreplied);
+    }
+    let total = EthHdr::LEN + Ipv4Hdr::LEN + ICMP_LEN + QUOTE_LEN;
+    let old_len = (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: the helper checks the resulting length itself.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, total as i32 - old_len) } != 0 {
+        return Err(Unreplied);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Unreplied)?;
+    let icmp: *mut [u8; ICMP_LEN + QUOTE_LEN] =
+        ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
+    // SAFETY: all bounds-checked just above; the old Ethernet header (now
+    // overlapping the new IP header) was read before these writes.
+    unsafe {
+        (*eth).dst_addr = client_mac;
+        (*eth).src_addr = node_mac;
+        (*eth).ether_type = u16::from_ne_bytes(0x0800u16.to_be_bytes());
+        write_ip(
+            ip,
+            daddr,
+            saddr,
+            IPPROTO_ICMP,
+            (Ipv4Hdr::LEN + ICMP_LEN + QUOTE_LEN) as u16,
+        );
+        let bytes = icmp as *mut u8;
+        *bytes = ICMP_DEST_UNREACH;
+        *bytes.add(1) = ICMP_PORT_UNREACH;
+        *bytes.add(2) = 0;
+        *bytes.add(3) = 0;
+        *bytes.add(4) = 0;
+        *bytes.add(5) = 0;
+        *bytes.add(6) = 0;
+        *bytes.add(7) = 0;
+        let check = !fold(sum_words::<{ (ICMP_LEN + QUOTE_LEN) / 2 }>(bytes));
+        let check = check.to_ne_bytes();
+        *bytes.add(2) = check[0];
+        *bytes.add(3) = check[1];
+    }
+    Ok(())
+}
