@@ -29,12 +29,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the dataplane, attach it to interfaces and keep it in sync with
-    /// a source of ServiceImports and EndpointSlices until SIGTERM/SIGINT
-    /// (then detach and remove the pinned maps).
+    /// Load the dataplane (adopting the pinned one of an earlier agent),
+    /// attach it to interfaces and keep it in sync with a source of
+    /// ServiceImports and EndpointSlices until SIGTERM/SIGINT. On exit the
+    /// pinned dataplane keeps serving (restart/upgrade) unless
+    /// --detach-on-exit is given.
     Run(RunArgs),
-    /// Print services, backends and counters from the live (pinned) maps.
+    /// Print services, backends, conntrack and counters from the live
+    /// (pinned) maps.
     Dump(DumpArgs),
+    /// Remove everything mcs pinned (XDP links, maps) under --bpffs-dir:
+    /// the dataplane stops. Run it after stopping the agent for good.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// bpffs directory of the agent.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
+    pub bpffs_dir: PathBuf,
 }
 
 /// Where ServiceImports and EndpointSlices come from.
@@ -75,9 +88,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
 
-    /// bpffs directory for the agent's pinned maps (created 0700).
+    /// bpffs directory for the agent's pinned maps and links (created
+    /// 0700). Compatible pins left by an earlier agent are adopted.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
+
+    /// On SIGTERM/SIGINT, detach XDP and remove the pinned maps instead of
+    /// leaving the dataplane serving for the next agent.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 
     /// Name of the cluster this node belongs to, as endpoints' slices name
     /// it in `multicluster.kubernetes.io/source-cluster` (for locality).

@@ -24,6 +24,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Dump(args) => dump::dump(&args),
+            Command::Cleanup(args) => {
+                let removed = mcs_agent::dataplane::remove_pins(&args.bpffs_dir);
+                println!("removed {} pinned objects under {}", removed.len(), args.bpffs_dir.display());
+                Ok(())
+            }
         }
     });
     match result {

@@ -12,7 +12,7 @@ use tracing::{error, info, instrument, warn};
 
 use crate::{
     cli::{RunArgs, SourceSpec},
-    dataplane::{Dataplane, MapHandles},
+    dataplane::{AdoptionReport, Dataplane, MapHandles},
     desired,
     model::Rejection,
     reconcile::Reconciler,
@@ -92,10 +92,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
 
-    let mut dataplane = Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
-    let result = serve(&args, &mut dataplane, &mut updates, &mut source_task).await;
+    let (mut dataplane, adoption) =
+        Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
+    let result = serve(&args, &mut dataplane, &adoption, &mut updates, &mut source_task).await;
     source_task.abort();
-    dataplane.shutdown();
+    // A failed start leaves nothing behind unless an earlier agent's
+    // dataplane was adopted (then it keeps serving, as before we came).
+    let detach = args.detach_on_exit || (result.is_err() && adoption.adopted.is_empty());
+    dataplane.shutdown(detach);
     info!("stopped");
     result
 }
@@ -103,19 +107,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve(
     args: &RunArgs,
     dataplane: &mut Dataplane,
+    adoption: &AdoptionReport,
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
     source_task: &mut tokio::task::JoinHandle<Result<(), crate::sources::file::FileSourceError>>,
 ) -> anyhow::Result<()> {
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
     }
+    let maps = dataplane.maps().context("open the dataplane maps")?;
+    let reconciler = if adoption.adopted_state() {
+        let state = maps.read_state().context("read the adopted maps")?;
+        let reconciler = Reconciler::adopt(&state).context("adopt the pinned maps")?;
+        info!(
+            frontends = reconciler.frontend_count(),
+            "adopted the pinned dataplane; the first sync is a diff against it"
+        );
+        reconciler
+    } else {
+        Reconciler::new()
+    };
     let mut ctx = Context {
-        maps: dataplane.maps().context("open the dataplane maps")?,
+        maps,
         policy: desired::Policy {
             local_cluster: args.cluster_id.clone(),
             locality: args.locality.clone(),
         },
-        reconciler: Reconciler::new(),
+        reconciler,
         reported: BTreeSet::new(),
     };
     // Program the maps before attaching, so the first packet already sees
@@ -135,6 +152,7 @@ async fn serve(
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
     }
+    dataplane.detach_others();
 
     loop {
         tokio::select! {
@@ -155,7 +173,7 @@ async fn serve(
             }
             result = &mut *source_task => return source_failed(result),
             signal = &mut shutdown => {
-                info!(signal = signal?, "shutting down: detaching and removing pinned maps");
+                info!(signal = signal?, "shutting down");
                 return Ok(());
             }
         }

@@ -53,6 +53,10 @@ impl BpfLogTask {
     /// Starts forwarding; `None` when the object has no log map (all log
     /// statements compiled out), which is not an error.
     pub fn start(ebpf: &mut Ebpf) -> Option<Self> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!("no async runtime: eBPF logs are not forwarded");
+            return None;
+        };
         let logger = match EbpfLogger::init(ebpf) {
             Ok(logger) => logger,
             Err(error) => {
@@ -71,7 +75,7 @@ impl BpfLogTask {
                 return None;
             }
         };
-        Some(Self(tokio::spawn(async move {
+        Some(Self(runtime.spawn(async move {
             loop {
                 let Ok(mut guard) = fd.readable_mut().await else {
                     return;

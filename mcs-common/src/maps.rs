@@ -18,8 +18,13 @@ pub mod names {
     pub const CLUSTERS: &str = "MCS_CLUSTERS";
     pub const MAGLEV: &str = "MCS_MAGLEV_V1";
     pub const AFFINITY: &str = "MCS_AFFINITY_V1";
+    pub const BACKEND_STATS: &str = "MCS_BE_STATS";
+    /// Layout version of the pinned set; its own layout never changes.
+    pub const ABI: &str = "MCS_ABI";
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
+        ABI,
+        BACKEND_STATS,
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -48,6 +53,9 @@ pub const MAX_BACKEND_SLOTS: u32 = 1 << 18;
 pub const MAGLEV_TABLE_SIZE: usize = 1021;
 /// Maximum backends of one frontend (each needs at least one table entry).
 pub const MAX_BACKENDS_PER_FRONTEND: u32 = MAGLEV_TABLE_SIZE as u32;
+/// Distinct backend endpoints (address, port) over all frontends; indexes
+/// the per-backend counters.
+pub const MAX_BACKENDS: u32 = 1 << 16;
 /// Session-affinity entries (LRU): one per client and frontend.
 pub const MAX_AFFINITY: u32 = 1 << 17;
 /// Conntrack entries (LRU; each flow uses two: forward and reply).
@@ -107,7 +115,24 @@ pub struct BackendValue {
     pub cluster_id: u32,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
+    /// Index into the per-backend counters (same for every frontend the
+    /// endpoint backs).
+    pub backend_id: u32,
+    pub _pad2: u32,
 }
+
+/// The layout version of the pinned maps, checked before adoption.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbiInfo {
+    /// [`ABI_MAGIC`]: tells an mcs map set from anything else.
+    pub magic: u32,
+    /// [`ABI_VERSION`] of the agent that created the maps.
+    pub version: u32,
+}
+
+/// "MCS1" in ASCII.
+pub const ABI_MAGIC: u32 = 0x4d43_5331;
 
 /// Conntrack key: the 5-tuple exactly as the packet carries it. Forward
 /// entries are keyed client→ClusterSetIP, reply entries backend→client.
@@ -139,11 +164,15 @@ pub struct CtValue {
     pub backend_addr: u32,
     pub backend_port: u16,
     pub _pad2: u16,
+    /// Per-backend counter index of the flow's backend.
+    pub backend_id: u32,
+    pub _pad3: u32,
     /// `bpf_ktime_get_ns()` of the last packet.
     pub last_seen_ns: u64,
 }
 
-/// Per-frontend counters (per-CPU array indexed by frontend id).
+/// Per-frontend counters (per-CPU array indexed by frontend id), also used
+/// per backend (indexed by backend id; `no_backend` unused there).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrontendStats {
@@ -284,9 +313,10 @@ impl DropReason {
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<ServiceValue>() == 16);
 const _: () = assert!(size_of::<BackendKey>() == 8);
-const _: () = assert!(size_of::<BackendValue>() == 16);
+const _: () = assert!(size_of::<BackendValue>() == 24);
+const _: () = assert!(size_of::<AbiInfo>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 16);
-const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<CtValue>() == 40);
 const _: () = assert!(size_of::<FrontendStats>() == 32);
 const _: () = assert!(size_of::<NameValue>() == 128);
 const _: () = assert!(size_of::<MaglevTable>() == 2044);
@@ -307,6 +337,7 @@ mod user {
     unsafe impl aya::Pod for FrontendStats {}
     unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for AbiInfo {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }
@@ -321,7 +352,7 @@ mod tests {
         // Sum of field sizes equals the struct size.
         assert_eq!(4 + 2 + 1 + 1, size_of::<ServiceKey>());
         assert_eq!(4 + 4 + 2 + 2 + 1 + 3, size_of::<CtKey>());
-        assert_eq!(offset_of!(CtValue, last_seen_ns), 24);
+        assert_eq!(offset_of!(CtValue, last_seen_ns), 32);
         assert_eq!(offset_of!(BackendValue, cluster_id), 8);
     }
 

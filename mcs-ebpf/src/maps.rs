@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use mcs_common::{
-    AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, DropReason,
-    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS,
-    MaglevTable, NameValue, ServiceKey, ServiceValue,
+    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, DropReason,
+    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK,
+    MAX_FRONTENDS, MaglevTable, NameValue, ServiceKey, ServiceValue,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -47,6 +47,15 @@ pub static MCS_CT_V1: LruHashMap<CtKey, CtValue, { MAX_CONNTRACK as usize }> = L
 pub static MCS_SVC_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }> =
     PerCpuArray::new();
 
+/// Per-backend counters, indexed by backend id.
+#[btf_map]
+pub static MCS_BE_STATS: PerCpuArray<FrontendStats, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+/// Layout version of this map set (written by the agent, checked on adoption).
+#[btf_map]
+pub static MCS_ABI: Array<AbiInfo, 1> = Array::new();
+
 /// Drops by reason, indexed by `DropReason`.
 #[btf_map]
 pub static MCS_DROPS: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();
@@ -73,6 +82,21 @@ pub fn count_drop(reason: DropReason) {
 #[inline(always)]
 pub fn count_frontend(frontend_id: u32, bytes: u64, new_flow: bool) {
     if let Some(stats) = MCS_SVC_STATS.get_ptr_mut(frontend_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            if new_flow {
+                (*stats).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Adds a packet (and optionally a new flow) to a backend's counters.
+#[inline(always)]
+pub fn count_backend(backend_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(stats) = MCS_BE_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*stats).packets += 1;

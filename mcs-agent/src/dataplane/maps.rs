@@ -9,12 +9,12 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
-    AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
+    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
     MaglevTable, NameValue, ServiceKey, ServiceValue, names,
 };
 
 use super::{DataplaneError, map_pin_dir};
-use crate::reconcile::{DataplaneWriter, WriteError};
+use crate::reconcile::{DataplaneWriter, PinnedState, WriteError};
 
 /// Every map, typed.
 pub struct MapHandles {
@@ -27,6 +27,8 @@ pub struct MapHandles {
     pub clusters: Array<MapData, NameValue>,
     pub maglev: HashMap<MapData, u32, MaglevTable>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub backend_stats: PerCpuArray<MapData, FrontendStats>,
+    pub abi: Array<MapData, AbiInfo>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
@@ -45,7 +47,32 @@ impl MapHandles {
             clusters: typed(names::CLUSTERS, get(names::CLUSTERS)?)?,
             maglev: typed(names::MAGLEV, get(names::MAGLEV)?)?,
             affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
+            backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
+            abi: typed(names::ABI, get(names::ABI)?)?,
         })
+    }
+
+    /// Reads what the reconciler needs to adopt these maps.
+    pub fn read_state(&self) -> Result<PinnedState, MapError> {
+        let mut state = PinnedState::default();
+        for entry in self.services.iter() {
+            state.services.push(entry?);
+        }
+        for entry in self.backends.iter() {
+            let (key, value) = entry?;
+            state.backends.insert(key, value);
+        }
+        for entry in self.frontend_names.iter() {
+            let (id, name) = entry?;
+            state.frontend_names.insert(id, name.as_str().to_owned());
+        }
+        for id in 0..self.clusters.len() {
+            let name = self.clusters.get(&id, 0)?;
+            if name.len > 0 {
+                state.clusters.insert(id, name.as_str().to_owned());
+            }
+        }
+        Ok(state)
     }
 
     /// Takes the maps out of a loaded object.
@@ -75,6 +102,19 @@ fn write_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> 
         op,
         source: Box::new(source),
     }
+}
+
+fn zeroed_per_cpu(map: &'static str) -> Result<PerCpuValues<FrontendStats>, WriteError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| WriteError {
+        map,
+        op: "count CPUs",
+        source: Box::new(error),
+    })?;
+    PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|error| WriteError {
+        map,
+        op: "reset",
+        source: Box::new(error),
+    })
 }
 
 /// Deleting something already gone is fine (idempotent reconcile).
@@ -121,19 +161,17 @@ impl DataplaneWriter for MapHandles {
     }
 
     fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, error)| WriteError {
-            map: names::FRONTEND_STATS,
-            op: "count CPUs",
-            source: Box::new(error),
-        })?;
-        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|error| WriteError {
-            map: names::FRONTEND_STATS,
-            op: "reset",
-            source: Box::new(error),
-        })?;
+        let zeroes = zeroed_per_cpu(names::FRONTEND_STATS)?;
         self.frontend_stats
             .set(frontend_id, zeroes, 0)
             .map_err(write_error(names::FRONTEND_STATS, "reset"))
+    }
+
+    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError> {
+        let zeroes = zeroed_per_cpu(names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(backend_id, zeroes, 0)
+            .map_err(write_error(names::BACKEND_STATS, "reset"))
     }
 
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError> {

@@ -1,27 +1,41 @@
-//! The eBPF dataplane: loading the embedded object, pinning its maps under
-//! the bpffs directory, attaching the XDP program to interfaces, and map
-//! access for the reconciler (write) and `dump` (read).
+//! The eBPF dataplane: loading the embedded object, pinning and adopting its
+//! maps and XDP links under the bpffs directory, and map access for the
+//! reconciler (write) and `dump` (read).
+//!
+//! Pinned layout (`--bpffs-dir`, default `/sys/fs/bpf/mcs`, mode 0700):
+//! * `maps/<MAP_NAME>` — every map; adopted by the next agent after its
+//!   type, key size, value size, max entries and the stored layout version
+//!   (`MCS_ABI`) are checked. A mismatching map is recreated, loudly.
+//! * `links/<interface>` — the XDP bpf_link of each interface. It keeps the
+//!   program attached while no agent runs (crash, SIGKILL, upgrade); the
+//!   next agent swaps its own program into the same link atomically.
 
+pub mod layout;
 pub mod maps;
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use mcs_common::{names, programs};
-use tracing::{info, warn};
+use mcs_common::{ABI_MAGIC, ABI_VERSION, AbiInfo, names, programs};
+use tracing::{error, info, warn};
 
+pub use layout::{AdoptionReport, MapSpec};
 pub use maps::{MapHandles, PinnedMaps};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcs-ebpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcs-ebpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -56,6 +70,13 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot pin the XDP link of {interface} at {path}")]
+    PinLink {
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -81,9 +102,14 @@ pub fn map_pin_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("maps")
 }
 
+/// Where the XDP links are pinned: `<bpffs-dir>/links/<interface>`.
+pub fn link_pin_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}
+
 /// Whether `path` (or, if it does not exist yet, its closest existing
 /// ancestor) lives on a bpffs mount.
-fn is_bpffs(path: &Path) -> bool {
+pub fn is_bpffs(path: &Path) -> bool {
     // BPF_FS_MAGIC from linux/magic.h.
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let mut candidate = path.to_path_buf();
@@ -103,44 +129,56 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// A loaded dataplane: the eBPF object with pinned maps and attached XDP.
+fn create_private_dir(path: &Path) -> Result<(), DataplaneError> {
+    let error = |source| DataplaneError::PinDirectory {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(error)
+}
+
+/// A loaded dataplane: the eBPF object with pinned maps and XDP links.
 pub struct Dataplane {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
     bpffs_dir: PathBuf,
+    attached: Vec<String>,
     _logger: Option<crate::telemetry::BpfLogTask>,
 }
 
 impl Dataplane {
-    /// Loads the embedded object, pinning maps under `bpffs_dir`.
-    ///
-    /// Maps left pinned by an earlier agent are not adopted yet: they are
-    /// removed (with a warning) and created afresh.
-    pub fn load(bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+    /// Loads the embedded object with its maps pinned under `bpffs_dir`,
+    /// adopting compatible maps an earlier agent left there.
+    pub fn load(bpffs_dir: &Path) -> Result<(Self, AdoptionReport), DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::MissingObject);
         }
         if !is_bpffs(bpffs_dir) {
             return Err(DataplaneError::BpffsNotMounted(bpffs_dir.to_path_buf()));
         }
+        create_private_dir(bpffs_dir)?;
         let pin_dir = map_pin_dir(bpffs_dir);
-        let pin_error = |source| DataplaneError::PinDirectory {
-            path: pin_dir.clone(),
-            source,
-        };
-        if pin_dir.exists() {
-            warn!(dir = %pin_dir.display(), "removing maps pinned by an earlier agent (state is rebuilt from the source)");
-            fs::remove_dir_all(&pin_dir).map_err(pin_error)?;
-        }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&pin_dir)
-            .map_err(pin_error)?;
-        fs::set_permissions(bpffs_dir, fs::Permissions::from_mode(0o700)).map_err(pin_error)?;
+        create_private_dir(&pin_dir)?;
+        create_private_dir(&link_pin_dir(bpffs_dir))?;
 
-        let pin_paths: Vec<(&'static str, PathBuf)> =
-            names::ALL.iter().map(|name| (*name, pin_dir.join(name))).collect();
+        let report = layout::prepare_pins(&pin_dir);
+        for (name, reason) in &report.recreated {
+            error!(
+                map = name,
+                reason = %reason,
+                disruption = layout::disruption(name),
+                "pinned map is incompatible with this agent: recreating it"
+            );
+        }
+
+        let pin_paths: Vec<(&'static str, PathBuf)> = names::ALL
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
@@ -148,38 +186,84 @@ impl Dataplane {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         let logger = crate::telemetry::BpfLogTask::start(&mut ebpf);
 
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::XDP)
-            .ok_or(DataplaneError::MissingProgram(programs::XDP))?
-            .try_into()
+        let program = xdp_program(&mut ebpf)?;
+        program
+            .load()
             .map_err(|source| DataplaneError::LoadProgram {
                 name: programs::XDP,
                 source,
             })?;
-        program.load().map_err(|source| DataplaneError::LoadProgram {
-            name: programs::XDP,
-            source,
-        })?;
-        info!(dir = %pin_dir.display(), "eBPF dataplane loaded, maps pinned");
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
-            links: Vec::new(),
             bpffs_dir: bpffs_dir.to_path_buf(),
+            attached: Vec::new(),
             _logger: logger,
+        };
+        dataplane.write_abi()?;
+        info!(
+            dir = %pin_dir.display(),
+            adopted = report.adopted.len(),
+            created = report.created.len(),
+            recreated = report.recreated.len(),
+            "eBPF dataplane loaded"
+        );
+        Ok((dataplane, report))
+    }
+
+    fn write_abi(&mut self) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(names::ABI)
+            .ok_or(DataplaneError::MissingMap(names::ABI))?;
+        let mut abi: aya::maps::Array<_, AbiInfo> =
+            aya::maps::Array::try_from(map).map_err(|source| DataplaneError::Map {
+                name: names::ABI,
+                source,
+            })?;
+        abi.set(
+            0,
+            AbiInfo {
+                magic: ABI_MAGIC,
+                version: ABI_VERSION,
+            },
+            0,
+        )
+        .map_err(|source| DataplaneError::Map {
+            name: names::ABI,
+            source,
         })
     }
 
-    /// Attaches the XDP program to `interface`.
+    /// Attaches the XDP program to `interface`: swaps it atomically into the
+    /// link pinned by an earlier agent, or creates and pins a new link.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(programs::XDP)
-            .ok_or(DataplaneError::MissingProgram(programs::XDP))?
-            .try_into()
-            .map_err(|source| DataplaneError::LoadProgram {
-                name: programs::XDP,
-                source,
-            })?;
+        let pin = link_pin_dir(&self.bpffs_dir).join(interface);
+        let program = xdp_program(&mut self.ebpf)?;
+        if pin.exists() {
+            let swapped = PinnedLink::from_pin(&pin)
+                .map_err(|error| error.to_string())
+                .and_then(|link| {
+                    XdpLink::try_from(FdLink::from(link)).map_err(|error| error.to_string())
+                })
+                .and_then(|link| {
+                    program
+                        .attach_to_link(link)
+                        .map_err(|error| crate::telemetry::chain(&error))
+                });
+            match swapped {
+                Ok(link_id) => {
+                    // The pin keeps the link; the program need not own it.
+                    let _link = program.take_link(link_id);
+                    info!(interface, "XDP program swapped into the pinned link");
+                    self.attached.push(interface.to_owned());
+                    return Ok(());
+                }
+                Err(reason) => {
+                    warn!(interface, %reason, "pinned XDP link unusable (interface recreated?); attaching anew");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
         let attach = |program: &mut Xdp, xdp_mode, mode_name| {
             program
                 .attach(interface, xdp_mode)
@@ -189,7 +273,7 @@ impl Dataplane {
                     source,
                 })
         };
-        let link = match mode {
+        let link_id = match mode {
             AttachMode::Native => attach(program, XdpMode::Driver, "native")?,
             AttachMode::Generic => attach(program, XdpMode::Skb, "generic")?,
             AttachMode::Auto => match attach(program, XdpMode::Driver, "native") {
@@ -200,9 +284,35 @@ impl Dataplane {
                 }
             },
         };
-        info!(interface, ?mode, "XDP attached");
-        self.links.push((interface.to_owned(), link));
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
+            interface: interface.to_owned(),
+            path: pin.clone(),
+            source,
+        };
+        let link = program
+            .take_link(link_id)
+            .map_err(|error| pin_error(Box::new(error)))?;
+        let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
+        let _pinned: PinnedLink = fd_link.pin(&pin).map_err(|error| pin_error(Box::new(error)))?;
+        info!(interface, ?mode, "XDP attached (link pinned)");
+        self.attached.push(interface.to_owned());
         Ok(())
+    }
+
+    /// Detaches links pinned for interfaces this agent no longer serves.
+    pub fn detach_others(&self) {
+        let Ok(entries) = fs::read_dir(link_pin_dir(&self.bpffs_dir)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !self.attached.contains(&name) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => info!(interface = name, "detached XDP from an interface no longer listed"),
+                    Err(error) => warn!(interface = name, %error, "cannot remove stale link pin"),
+                }
+            }
+        }
     }
 
     /// Typed handles on the maps for the reconciler.
@@ -210,24 +320,48 @@ impl Dataplane {
         MapHandles::take(&mut self.ebpf)
     }
 
-    /// Detaches every program this agent attached and removes its pins.
-    pub fn shutdown(mut self) {
-        let program: Option<&mut Xdp> = self
-            .ebpf
-            .program_mut(programs::XDP)
-            .and_then(|program| program.try_into().ok());
-        if let Some(program) = program {
-            for (interface, link) in self.links.drain(..) {
-                match program.detach(link) {
-                    Ok(()) => info!(interface, "XDP detached"),
-                    Err(error) => warn!(interface, error = %crate::telemetry::chain(&error), "XDP detach failed"),
-                }
+    /// Ends this agent. With `detach`, removes every link and map pin (the
+    /// dataplane stops); otherwise leaves the pinned dataplane serving for
+    /// the next agent (an upgrade or restart).
+    pub fn shutdown(self, detach: bool) {
+        if detach {
+            remove_pins(&self.bpffs_dir);
+        } else {
+            info!(dir = %self.bpffs_dir.display(), "dataplane left running from its pins (use --detach-on-exit or `mcs-agent cleanup` to remove it)");
+        }
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(programs::XDP)
+        .ok_or(DataplaneError::MissingProgram(programs::XDP))?
+        .try_into()
+        .map_err(|source| DataplaneError::LoadProgram {
+            name: programs::XDP,
+            source,
+        })
+}
+
+/// Removes everything mcs pinned under `bpffs_dir`: links first (the XDP
+/// programs detach when their last reference goes), then maps. Returns
+/// what was removed.
+pub fn remove_pins(bpffs_dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for dir in [link_pin_dir(bpffs_dir), map_pin_dir(bpffs_dir)] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(error) => warn!(path = %entry.path().display(), %error, "cannot remove pin"),
             }
         }
-        let pin_dir = map_pin_dir(&self.bpffs_dir);
-        if let Err(error) = fs::remove_dir_all(&pin_dir) {
-            warn!(dir = %pin_dir.display(), %error, "cannot remove pinned maps");
-        }
-        let _ = fs::remove_dir(&self.bpffs_dir);
+        let _ = fs::remove_dir(&dir);
     }
+    let _ = fs::remove_dir(bpffs_dir);
+    if !removed.is_empty() {
+        info!(count = removed.len(), dir = %bpffs_dir.display(), "removed pinned links and maps");
+    }
+    removed
 }

@@ -11,11 +11,14 @@
 //! The maps are reached through [`DataplaneWriter`], so the logic is tested
 //! against [`memory::MemoryMaps`] without root.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use mcs_common::{
     BACKEND_F_READY, BACKEND_F_TERMINATING, BackendKey, BackendValue, MAGLEV_TABLE_SIZE,
-    MAX_CLUSTERS, MAX_FRONTENDS, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE,
+    MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE,
     SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
 };
 use tracing::{instrument, warn};
@@ -45,6 +48,8 @@ pub trait DataplaneWriter {
     fn delete_frontend_name(&mut self, frontend_id: u32) -> Result<(), WriteError>;
     /// Zeroes a frontend's counters (an id is being reused).
     fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError>;
+    /// Zeroes a backend's counters (an id is being reused).
+    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError>;
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError>;
     /// Replaces a frontend's Maglev table in one map update.
     fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError>;
@@ -119,6 +124,26 @@ struct Applied {
     slot_high: u32,
     /// A write failed midway: rewrite everything next time.
     dirty: bool,
+    /// Adopted from pinned maps: weights unknown, rewrite the table once.
+    table_stale: bool,
+}
+
+/// What pinned maps hold, read back for adoption after a restart.
+#[derive(Clone, Debug, Default)]
+pub struct PinnedState {
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    pub backends: BTreeMap<BackendKey, BackendValue>,
+    pub frontend_names: BTreeMap<u32, String>,
+    pub clusters: BTreeMap<u32, String>,
+}
+
+/// Adoption found something it cannot make sense of.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("service entry {0:?} has an unknown protocol")]
+    UnknownProtocol(ServiceKey),
+    #[error("frontend id {0} is used twice or out of range")]
+    BadFrontendId(u32),
 }
 
 /// What one reconcile did.
@@ -143,6 +168,9 @@ pub struct Reconciler {
     next_id: u32,
     free_ids: Vec<u32>,
     clusters: BTreeMap<String, u32>,
+    backend_ids: BTreeMap<(Ipv4Addr, u16), u32>,
+    next_backend_id: u32,
+    free_backend_ids: Vec<u32>,
 }
 
 impl Default for Reconciler {
@@ -158,7 +186,129 @@ impl Reconciler {
             next_id: 0,
             free_ids: Vec::new(),
             clusters: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            next_backend_id: 0,
+            free_backend_ids: Vec::new(),
         }
+    }
+
+    /// Rebuilds the applied state from pinned maps, so the first reconcile
+    /// after a restart is a diff against what the kernel serves, never a
+    /// flush. Stale slots beyond a frontend's count are remembered and
+    /// removed by that reconcile.
+    pub fn adopt(state: &PinnedState) -> Result<Self, AdoptError> {
+        let mut reconciler = Self::new();
+        let mut used_ids = BTreeSet::new();
+        let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
+        for (key, value) in &state.backends {
+            slots_of.entry(key.frontend_id).or_default().push((key.slot, *value));
+        }
+        let cluster_name = |id: u32| -> String {
+            if id == 0 {
+                String::new()
+            } else {
+                state.clusters.get(&id).cloned().unwrap_or_default()
+            }
+        };
+        for (key, value) in &state.services {
+            let protocol = crate::model::Protocol::from_number(key.proto)
+                .ok_or(AdoptError::UnknownProtocol(*key))?;
+            if value.frontend_id >= MAX_FRONTENDS || !used_ids.insert(value.frontend_id) {
+                return Err(AdoptError::BadFrontendId(value.frontend_id));
+            }
+            let frontend = Frontend {
+                addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+                port: u16::from_be(key.port),
+                protocol,
+            };
+            let slots = slots_of.remove(&value.frontend_id).unwrap_or_default();
+            let slot_high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+            let mut backends = Vec::with_capacity(value.backend_count as usize);
+            let mut complete = true;
+            for wanted in 0..value.backend_count {
+                let Some((_, backend)) = slots.iter().find(|(slot, _)| *slot == wanted) else {
+                    complete = false;
+                    break;
+                };
+                let addr = Ipv4Addr::from(backend.addr.to_ne_bytes());
+                let port = u16::from_be(backend.port);
+                reconciler.backend_ids.insert((addr, port), backend.backend_id);
+                backends.push(Backend {
+                    addr,
+                    port,
+                    cluster: cluster_name(backend.cluster_id),
+                    weight: 1,
+                    terminating: backend.flags & BACKEND_F_TERMINATING != 0,
+                });
+            }
+            let kind = if value.flags & SVC_F_VIP_MARKER != 0 {
+                FrontendKind::VipMarker
+            } else {
+                FrontendKind::Service
+            };
+            reconciler.applied.insert(
+                frontend,
+                Applied {
+                    id: value.frontend_id,
+                    kind,
+                    affinity_timeout: (value.flags & SVC_F_AFFINITY != 0)
+                        .then_some(value.affinity_timeout_s),
+                    backends,
+                    slot_high: slot_high.max(value.backend_count),
+                    // A frontend with a hole in its slots is rewritten whole.
+                    dirty: !complete,
+                    table_stale: true,
+                },
+            );
+        }
+        reconciler.next_id = used_ids.iter().next_back().map_or(0, |id| id + 1);
+        reconciler.free_ids = (0..reconciler.next_id).filter(|id| !used_ids.contains(id)).rev().collect();
+        let used_backend_ids: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
+        reconciler.next_backend_id = used_backend_ids.iter().next_back().map_or(0, |id| id + 1);
+        reconciler.free_backend_ids = (0..reconciler.next_backend_id)
+            .filter(|id| !used_backend_ids.contains(id))
+            .rev()
+            .collect();
+        for (id, name) in &state.clusters {
+            if !name.is_empty() {
+                reconciler.clusters.insert(name.clone(), *id);
+            }
+        }
+        Ok(reconciler)
+    }
+
+    /// Per-backend counter index of `backend`, allocated on first use.
+    fn backend_id(
+        &mut self,
+        backend: &Backend,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> Result<u32, WriteError> {
+        let identity = (backend.addr, backend.port);
+        if let Some(id) = self.backend_ids.get(&identity) {
+            return Ok(*id);
+        }
+        let id = match self.free_backend_ids.pop() {
+            Some(id) => id,
+            None if self.next_backend_id < MAX_BACKENDS => {
+                self.next_backend_id += 1;
+                self.next_backend_id - 1
+            }
+            None => {
+                return Err(WriteError {
+                    map: mcs_common::names::BACKEND_STATS,
+                    op: "allocate backend id",
+                    source: format!("all {MAX_BACKENDS} backend ids in use").into(),
+                });
+            }
+        };
+        if let Err(error) = maps.reset_backend_stats(id) {
+            self.free_backend_ids.push(id);
+            return Err(error);
+        }
+        report.map_writes += 1;
+        self.backend_ids.insert(identity, id);
+        Ok(id)
     }
 
     /// Number of frontends currently programmed.
@@ -243,6 +393,23 @@ impl Reconciler {
                 self.clusters.remove(&name);
             }
         }
+        // Release backend ids nobody references any more.
+        let referenced: BTreeSet<(Ipv4Addr, u16)> = self
+            .applied
+            .values()
+            .flat_map(|applied| applied.backends.iter().map(|b| (b.addr, b.port)))
+            .collect();
+        let released: Vec<(Ipv4Addr, u16)> = self
+            .backend_ids
+            .keys()
+            .filter(|identity| !referenced.contains(identity))
+            .copied()
+            .collect();
+        for identity in released {
+            if let Some(id) = self.backend_ids.remove(&identity) {
+                self.free_backend_ids.push(id);
+            }
+        }
         report
     }
 
@@ -285,6 +452,7 @@ impl Reconciler {
         let is_new = match self.applied.get(frontend) {
             Some(existing) => {
                 if !existing.dirty
+                    && !existing.table_stale
                     && existing.kind == spec.kind
                     && existing.affinity_timeout == spec.affinity_timeout
                     && stable_layout(&existing.backends, &spec.backends) == existing.backends
@@ -312,6 +480,7 @@ impl Reconciler {
                         backends: Vec::new(),
                         slot_high: 0,
                         dirty: true,
+                        table_stale: false,
                     },
                 );
                 true
@@ -347,6 +516,7 @@ impl Reconciler {
                 continue;
             }
             let cluster_id = self.cluster_id(&backend.cluster, maps, report);
+            let backend_id = self.backend_id(backend, maps, report)?;
             if let Some(applied) = self.applied.get_mut(frontend) {
                 applied.slot_high = applied.slot_high.max(slot as u32 + 1);
             }
@@ -361,6 +531,8 @@ impl Reconciler {
                 _pad: 0,
                 cluster_id,
                 flags,
+                backend_id,
+                _pad2: 0,
             };
             maps.put_backend(
                 &BackendKey {
@@ -375,7 +547,8 @@ impl Reconciler {
         let members = |list: &[Backend]| -> Vec<(std::net::Ipv4Addr, u16, u32)> {
             list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
         };
-        let table_changed = rewrite_all || members(&known.backends) != members(&layout);
+        let table_changed =
+            rewrite_all || known.table_stale || members(&known.backends) != members(&layout);
         if table_changed && !layout.is_empty() {
             maps.put_maglev(id, &maglev_table(&layout))?;
             report.map_writes += 1;
@@ -425,6 +598,7 @@ impl Reconciler {
                 slot_high: layout.len() as u32,
                 backends: layout,
                 dirty: false,
+                table_stale: false,
             },
         );
         if is_new {
@@ -452,12 +626,23 @@ pub mod memory {
         pub clusters: BTreeMap<u32, String>,
         pub maglev: BTreeMap<u32, Vec<u16>>,
         pub stats_resets: Vec<u32>,
+        pub backend_stats_resets: Vec<u32>,
         /// Fail every write after this many (fault injection).
         pub fail_after: Option<usize>,
         pub writes: usize,
     }
 
     impl MemoryMaps {
+        /// The state adoption would read back from these maps.
+        pub fn pinned_state(&self) -> super::PinnedState {
+            super::PinnedState {
+                services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+                backends: self.backends.clone(),
+                frontend_names: self.names.clone(),
+                clusters: self.clusters.clone(),
+            }
+        }
+
         fn write(&mut self, map: &'static str, op: &'static str) -> Result<(), WriteError> {
             self.writes += 1;
             match self.fail_after {
@@ -514,6 +699,11 @@ pub mod memory {
             } else {
                 self.clusters.insert(id, name.as_str().to_owned());
             }
+            Ok(())
+        }
+        fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+            self.write("backend_stats", "reset")?;
+            self.backend_stats_resets.push(id);
             Ok(())
         }
         fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {

@@ -86,6 +86,9 @@ impl DataplaneWriter for Checked {
     fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.0.put_cluster_name(id, name)
     }
+    fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.0.reset_backend_stats(id)
+    }
     fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
         let result = self.0.put_maglev(id, table);
         self.check();
@@ -235,6 +238,32 @@ proptest! {
     }
 
     #[test]
+    fn a_restarted_agent_adopts_the_maps_and_diffs(
+        first in desired_strategy(),
+        second in desired_strategy(),
+    ) {
+        let mut maps = Checked::default();
+        Reconciler::new().apply(&first, &mut maps);
+        let before = maps.0.clone();
+        // A new agent adopts the pinned state: the same desired state only
+        // re-swaps tables (weights are not stored), nothing is removed.
+        let mut adopted = Reconciler::adopt(&maps.0.pinned_state()).expect("adopt");
+        let report = adopted.apply(&first, &mut maps);
+        prop_assert!(report.errors.is_empty());
+        prop_assert_eq!(report.removed + report.added, 0);
+        prop_assert_eq!(&maps.0.services, &before.services);
+        prop_assert_eq!(&maps.0.backends, &before.backends);
+        prop_assert_eq!(&maps.0.maglev, &before.maglev);
+        // A change made while it was down is applied as a diff.
+        let report = adopted.apply(&second, &mut maps);
+        prop_assert!(report.errors.is_empty());
+        prop_assert_eq!(render(&maps.0), expected(&second));
+        // Ids stay unique: everything removed leaves nothing behind.
+        adopted.apply(&DesiredState::default(), &mut maps);
+        prop_assert!(maps.0.services.is_empty() && maps.0.backends.is_empty());
+    }
+
+    #[test]
     fn failed_writes_are_repaired_by_the_next_apply(
         first in desired_strategy(),
         second in desired_strategy(),
@@ -284,8 +313,9 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
     let before = maps.clone();
     let report = reconciler.apply(&desired, &mut maps);
     assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
-    // One new slot, the table and the count: three writes, none for port 80.
-    assert_eq!(report.map_writes, 3);
+    // One new slot, its backend's counters, the table and the count: four
+    // writes, none for port 80.
+    assert_eq!(report.map_writes, 4);
     let id80 = before.services[&super::service_key(&frontend(80))].frontend_id;
     for slot in 0..2 {
         let key = BackendKey { frontend_id: id80, slot };

@@ -83,6 +83,8 @@ pub fn create(
         backend_addr: backend.addr,
         backend_port: backend.port,
         _pad2: 0,
+        backend_id: backend.backend_id,
+        _pad3: 0,
         last_seen_ns: now,
     };
     MCS_CT_V1.insert(reply_key, reply, u64::from(BPF_ANY))?;

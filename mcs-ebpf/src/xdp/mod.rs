@@ -18,7 +18,7 @@ use mcs_common::{CT_F_REPLY, CtKey, DropReason, PROTO_TCP, SVC_F_VIP_MARKER};
 
 use crate::{
     lb::{self, Flow, SelectError},
-    maps::{count_drop, count_frontend, count_no_backend},
+    maps::{count_backend, count_drop, count_frontend, count_no_backend},
     packet::{self, ParseError},
 };
 
@@ -89,6 +89,7 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
             nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
         }
         count_frontend(entry.frontend_id, pkt.len, false);
+        count_backend(entry.backend_id, pkt.len, false);
         return Ok(());
     }
 
@@ -127,5 +128,6 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     }
     nat::rewrite(&pkt, nat::Side::Destination, backend.addr, backend.port);
     count_frontend(service.frontend_id, pkt.len, true);
+    count_backend(backend.backend_id, pkt.len, true);
     Ok(())
 }

@@ -1,0 +1,142 @@
+//! The expected layout of every pinned map, and the checks that decide
+//! whether an earlier agent's pins can be adopted.
+
+use std::{fs, mem::size_of, path::Path};
+
+use aya::maps::{Array, Map, MapData, MapInfo, MapType};
+use mcs_common::{
+    ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey,
+    CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MaglevTable, NameValue, ServiceKey, ServiceValue,
+    names,
+};
+
+/// What a pinned map must look like to be adopted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
+    MapSpec {
+        name,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// Every pinned map as this agent's eBPF object declares it (a root test
+/// checks this table against the loaded object).
+pub const EXPECTED: [MapSpec; names::ALL.len()] = [
+    spec::<u32, AbiInfo>(names::ABI, MapType::Array, 1),
+    spec::<u32, FrontendStats>(names::BACKEND_STATS, MapType::PerCpuArray, MAX_BACKENDS),
+    spec::<ServiceKey, ServiceValue>(names::SERVICES, MapType::Hash, MAX_FRONTENDS),
+    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS),
+    spec::<CtKey, CtValue>(names::CONNTRACK, MapType::LruHash, MAX_CONNTRACK),
+    spec::<u32, FrontendStats>(names::FRONTEND_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
+    spec::<u32, u64>(names::DROPS, MapType::PerCpuArray, DropReason::COUNT),
+    spec::<u32, NameValue>(names::FRONTEND_META, MapType::Hash, MAX_FRONTENDS),
+    spec::<u32, NameValue>(names::CLUSTERS, MapType::Array, MAX_CLUSTERS),
+    spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS),
+    spec::<AffinityKey, AffinityValue>(names::AFFINITY, MapType::LruHash, MAX_AFFINITY),
+];
+
+/// What happened to each pinned map at load.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptionReport {
+    /// Compatible pins reused as they are (state kept).
+    pub adopted: Vec<&'static str>,
+    /// No pin existed: created fresh.
+    pub created: Vec<&'static str>,
+    /// Incompatible pins removed and recreated, with the reason.
+    pub recreated: Vec<(&'static str, String)>,
+}
+
+impl AdoptionReport {
+    /// Whether the reconciler should rebuild its state from the maps.
+    pub fn adopted_state(&self) -> bool {
+        self.adopted.contains(&names::SERVICES) && self.adopted.contains(&names::BACKENDS)
+    }
+}
+
+/// What recreating a map costs, for the log line that announces it.
+pub fn disruption(name: &str) -> &'static str {
+    match name {
+        names::CONNTRACK => {
+            "established flows lose their entries; Maglev re-selects the same backend for most of them, flows whose backend changed meanwhile may reset"
+        }
+        names::AFFINITY => "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend",
+        names::FRONTEND_STATS | names::BACKEND_STATS | names::DROPS => "counters restart from zero",
+        _ => "rebuilt from the source at the first sync; no established flow is affected",
+    }
+}
+
+fn describe(info: &MapInfo, expected: &MapSpec) -> Option<String> {
+    let map_type = info.map_type().ok();
+    let mut differences = Vec::new();
+    if map_type != Some(expected.map_type) {
+        differences.push(format!("type {map_type:?} (expected {:?})", expected.map_type));
+    }
+    for (what, actual, wanted) in [
+        ("key size", info.key_size(), expected.key_size),
+        ("value size", info.value_size(), expected.value_size),
+        ("max entries", info.max_entries(), expected.max_entries),
+    ] {
+        if actual != wanted {
+            differences.push(format!("{what} {actual} (expected {wanted})"));
+        }
+    }
+    (!differences.is_empty()).then(|| differences.join(", "))
+}
+
+fn stored_abi(pin_dir: &Path) -> Option<AbiInfo> {
+    let data = MapData::from_pin(pin_dir.join(names::ABI)).ok()?;
+    let map = Map::from_map_data(data).ok()?;
+    let abi: Array<MapData, AbiInfo> = Array::try_from(map).ok()?;
+    abi.get(&0, 0).ok()
+}
+
+/// Checks every pin against [`EXPECTED`] and the stored layout version, and
+/// removes the ones that cannot be adopted (never silently: each is in the
+/// report with its reason).
+pub fn prepare_pins(pin_dir: &Path) -> AdoptionReport {
+    let mut report = AdoptionReport::default();
+    let any_pinned = EXPECTED.iter().any(|spec| pin_dir.join(spec.name).exists());
+    let version_problem = if !any_pinned {
+        None
+    } else {
+        match stored_abi(pin_dir) {
+            Some(abi) if abi.magic == ABI_MAGIC && abi.version == ABI_VERSION => None,
+            Some(abi) if abi.magic == ABI_MAGIC => Some(format!(
+                "pinned by layout version {} (this agent has {ABI_VERSION})",
+                abi.version
+            )),
+            _ => Some("no mcs layout version stored with the pins".to_owned()),
+        }
+    };
+    for spec in &EXPECTED {
+        let path = pin_dir.join(spec.name);
+        if !path.exists() {
+            report.created.push(spec.name);
+            continue;
+        }
+        let problem = match MapInfo::from_pin(&path) {
+            Err(error) => Some(format!("unreadable pin: {error}")),
+            Ok(info) => describe(&info, spec).or_else(|| version_problem.clone()),
+        };
+        match problem {
+            None => report.adopted.push(spec.name),
+            Some(reason) => {
+                let _ = fs::remove_file(&path);
+                report.recreated.push((spec.name, reason));
+            }
+        }
+    }
+    report
+}

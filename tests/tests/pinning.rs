@@ -1,0 +1,161 @@
+//! Pinned-state tier: adoption of an earlier agent's maps, detection of
+//! incompatible layouts, and the expected-layout table matching the object.
+//!
+//! Needs root (CAP_BPF) and bpffs; run by `cargo xtask test`.
+
+use std::{path::PathBuf, process::Command};
+
+use aya::EbpfLoader;
+use mcs_agent::{
+    dataplane::{self, Dataplane, EBPF_OBJECT, layout::EXPECTED},
+    desired,
+    model::manifest,
+    reconcile::Reconciler,
+};
+use mcs_common::{ABI_MAGIC, AbiInfo, names};
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this tier needs root: run `cargo xtask test`");
+    assert!(
+        dataplane::is_bpffs(std::path::Path::new("/sys/fs/bpf")),
+        "bpffs not mounted at /sys/fs/bpf (cargo xtask setup mounts it)"
+    );
+}
+
+/// A private pin directory, removed (with everything pinned) on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(test: &str) -> Self {
+        require_root();
+        let path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{test}-{}", std::process::id()));
+        dataplane::remove_pins(&path);
+        Self(path)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        dataplane::remove_pins(&self.0);
+    }
+}
+
+const MANIFEST: &str = r#"
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata: {name: web, namespace: demo}
+spec: {ips: ["10.96.100.10"], ports: [{name: http, protocol: TCP, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, namespace: demo, labels: {multicluster.kubernetes.io/service-name: web, multicluster.kubernetes.io/source-cluster: a}}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints: [{addresses: ["10.101.1.10"]}, {addresses: ["10.102.1.10"]}]
+"#;
+
+fn desired_state(yaml: &str) -> desired::DesiredState {
+    let converted = manifest::parse(yaml).expect("manifest");
+    let (snapshot, _) = manifest::snapshot(converted.objects);
+    desired::compute(&snapshot).0
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn expected_layout_matches_the_object() {
+    // Load without any pin so nothing but the object decides the layout.
+    let pins = PinDir::new("layout");
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<_> = names::ALL
+        .iter()
+        .map(|name| (*name, dataplane::map_pin_dir(&pins.0).join(name)))
+        .collect();
+    std::fs::create_dir_all(dataplane::map_pin_dir(&pins.0)).expect("pin dir");
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let _ebpf = loader.load(EBPF_OBJECT).expect("load object");
+    for spec in &EXPECTED {
+        let path = dataplane::map_pin_dir(&pins.0).join(spec.name);
+        let info = aya::maps::MapInfo::from_pin(&path).expect("map info");
+        assert_eq!(info.map_type().ok(), Some(spec.map_type), "{}", spec.name);
+        assert_eq!(info.key_size(), spec.key_size, "{} key", spec.name);
+        assert_eq!(info.value_size(), spec.value_size, "{} value", spec.name);
+        assert_eq!(info.max_entries(), spec.max_entries, "{} max entries", spec.name);
+    }
+    assert_eq!(EXPECTED.len(), names::ALL.len());
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
+    let pins = PinDir::new("adopt");
+    let desired = desired_state(MANIFEST);
+    {
+        let (mut first, report) = Dataplane::load(&pins.0).expect("first load");
+        assert_eq!(report.created.len(), names::ALL.len());
+        let mut maps = first.maps().expect("maps");
+        let applied = Reconciler::new().apply(&desired, &mut maps);
+        assert!(applied.errors.is_empty());
+        first.shutdown(false); // keep the pins, as after SIGKILL or upgrade
+    }
+    let (mut second, report) = Dataplane::load(&pins.0).expect("second load");
+    assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
+    assert!(report.adopted_state());
+    let mut maps = second.maps().expect("maps");
+    let state = maps.read_state().expect("read pinned state");
+    assert_eq!(state.backends.len(), 2);
+    let mut reconciler = Reconciler::adopt(&state).expect("adopt");
+    let again = reconciler.apply(&desired, &mut maps);
+    assert_eq!((again.added, again.removed), (0, 0), "a diff, not a flush: {again:?}");
+    // A change made while no agent ran is applied as a diff.
+    let changed = desired_state(&MANIFEST.replace(", {addresses: [\"10.102.1.10\"]}", ""));
+    let report = reconciler.apply(&changed, &mut maps);
+    assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
+    assert_eq!(maps.read_state().expect("state").backends.len(), 1);
+    second.shutdown(true);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn an_incompatible_pinned_map_is_detected_and_recreated() {
+    let pins = PinDir::new("mismatch");
+    {
+        let (first, _) = Dataplane::load(&pins.0).expect("first load");
+        first.shutdown(false);
+    }
+    // An older agent's conntrack map with a different value layout.
+    let ct_pin = dataplane::map_pin_dir(&pins.0).join(names::CONNTRACK);
+    std::fs::remove_file(&ct_pin).expect("unpin conntrack");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&ct_pin)
+        .args(["type", "lru_hash", "key", "16", "value", "32", "entries", "1024", "name", "MCS_CT_V1"])
+        .status()
+        .expect("run bpftool (installed by cargo xtask setup)");
+    assert!(status.success(), "bpftool map create");
+
+    let (second, report) = Dataplane::load(&pins.0).expect("second load");
+    let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
+    assert_eq!(recreated, [names::CONNTRACK], "{report:?}");
+    let reason = &report.recreated[0].1;
+    assert!(reason.contains("value size 32 (expected 40)"), "{reason}");
+    assert!(reason.contains("max entries 1024"), "{reason}");
+    assert_eq!(report.adopted.len(), names::ALL.len() - 1);
+    second.shutdown(false);
+
+    // A different layout version recreates everything, loudly.
+    let abi_pin = dataplane::map_pin_dir(&pins.0).join(names::ABI);
+    let data = aya::maps::MapData::from_pin(&abi_pin).expect("abi pin");
+    let mut abi: aya::maps::Array<_, AbiInfo> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map")).expect("array");
+    abi.set(0, AbiInfo { magic: ABI_MAGIC, version: 999 }, 0).expect("write version");
+    drop(abi);
+    let (third, report) = Dataplane::load(&pins.0).expect("third load");
+    assert_eq!(report.recreated.len(), names::ALL.len(), "{report:?}");
+    assert!(report.recreated.iter().all(|(_, reason)| reason.contains("layout version 999")));
+    assert!(report.adopted.is_empty());
+    third.shutdown(true);
+    assert!(!dataplane::map_pin_dir(&pins.0).exists(), "detach removes the pins");
+}
