@@ -93,6 +93,11 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
 
+    /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`,
+    /// `/readyz`: ready after the first full sync) on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// On SIGTERM/SIGINT, detach XDP and remove the pinned maps instead of
     /// leaving the dataplane serving for the next agent.
     #[arg(long)]
@@ -128,6 +133,22 @@ pub struct DumpArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// List conntrack entries (both directions of each flow).
+    #[arg(long)]
+    pub conntrack: bool,
+
+    /// Only conntrack entries of flows to this ClusterSetIP (implies --conntrack).
+    #[arg(long, value_name = "IP")]
+    pub vip: Option<std::net::Ipv4Addr>,
+
+    /// Only conntrack entries of this client address (implies --conntrack).
+    #[arg(long, value_name = "IP")]
+    pub client: Option<std::net::Ipv4Addr>,
+
+    /// Most conntrack entries listed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::Context as _;
 use aya::maps::MapError;
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, DropReason, FrontendStats, MAGLEV_TABLE_SIZE, NameValue,
-    SVC_F_AFFINITY, SVC_F_VIP_MARKER,
+    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, DropReason,
+    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_FRONTENDS, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,21 +55,90 @@ pub struct ServiceDump {
     pub stats: Stats,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Counters of one backend endpoint, over every frontend it backs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatsDump {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub cluster: String,
+    pub stats: Stats,
+}
+
+/// One direction of a translated flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackDump {
+    /// `forward` (client → ClusterSetIP, DNAT) or `reply` (backend → client).
+    pub direction: String,
+    pub protocol: String,
+    pub src: String,
+    pub dst: String,
+    /// What the packet's destination (forward) or source (reply) becomes.
+    pub nat: String,
+    pub backend: String,
+    pub frontend_id: u32,
+    /// TCP flags seen (`SYN`, `FIN`, `RST`).
+    pub tcp_flags: Vec<String>,
+    pub idle_seconds: f64,
+}
+
+/// How full a map is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DumpReport {
     pub services: Vec<ServiceDump>,
+    /// Per backend endpoint (address and port), over all frontends.
+    pub backends: Vec<BackendStatsDump>,
+    /// Per source cluster, summed over its backends.
+    pub clusters: BTreeMap<String, Stats>,
     /// Drops by reason, summed over CPUs.
     pub drops: BTreeMap<String, u64>,
     /// Conntrack entries (both directions of each flow).
     pub conntrack_entries: usize,
+    /// Conntrack entries matching the filter, when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conntrack: Vec<ConntrackDump>,
+    pub maps: Vec<MapFill>,
+}
+
+/// Which conntrack entries to list.
+#[derive(Clone, Debug, Default)]
+pub struct ConntrackFilter {
+    pub list: bool,
+    /// Only flows of this ClusterSetIP.
+    pub vip: Option<Ipv4Addr>,
+    /// Only flows of this client address.
+    pub client: Option<Ipv4Addr>,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+impl Stats {
+    fn add(&mut self, other: &FrontendStats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+        self.no_backend += other.no_backend;
+    }
 }
 
 fn name_of(value: Result<NameValue, MapError>) -> String {
     value.map(|name| name.as_str().to_owned()).unwrap_or_default()
 }
 
-/// Reads everything from the maps.
+/// Reads everything from the maps (without listing conntrack entries).
 pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
+    collect_with(maps, &ConntrackFilter::default())
+}
+
+/// Reads everything from the maps.
+pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Result<DumpReport> {
+    let mut backend_seen: BTreeMap<u32, (Ipv4Addr, u16, String)> = BTreeMap::new();
     let mut services = Vec::new();
     for entry in maps.services.iter() {
         let (key, value) = entry.context("iterate services")?;
@@ -98,6 +168,13 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
             } else {
                 name_of(maps.clusters.get(&backend.cluster_id, 0))
             };
+            backend_seen.entry(backend.backend_id).or_insert_with(|| {
+                (
+                    Ipv4Addr::from(backend.addr.to_ne_bytes()),
+                    u16::from_be(backend.port),
+                    cluster.clone(),
+                )
+            });
             let state = if backend.flags & BACKEND_F_TERMINATING != 0 {
                 "terminating"
             } else {
@@ -143,12 +220,119 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
         let per_cpu = maps.drops.get(&(reason as u32), 0).context("read drop counters")?;
         drops.insert(reason.name().to_owned(), per_cpu.iter().sum());
     }
-    let conntrack_entries = maps.conntrack.keys().filter(Result::is_ok).count();
+    let mut backends = Vec::new();
+    let mut clusters: BTreeMap<String, Stats> = BTreeMap::new();
+    for (backend_id, (addr, port, cluster)) in backend_seen {
+        let mut stats = Stats::default();
+        for cpu in maps.backend_stats.get(&backend_id, 0).context("read backend counters")?.iter() {
+            stats.add(cpu);
+        }
+        let per_cluster = clusters.entry(cluster.clone()).or_default();
+        per_cluster.packets += stats.packets;
+        per_cluster.bytes += stats.bytes;
+        per_cluster.new_flows += stats.new_flows;
+        backends.push(BackendStatsDump {
+            addr,
+            port,
+            cluster,
+            stats,
+        });
+    }
+
+    let now = monotonic_ns();
+    let mut conntrack_entries = 0;
+    let mut conntrack = Vec::new();
+    for entry in maps.conntrack.iter() {
+        let Ok((key, value)) = entry else { continue };
+        conntrack_entries += 1;
+        if !filter.list || conntrack.len() >= filter.limit.max(1) {
+            continue;
+        }
+        let reply = value.flags & CT_F_REPLY != 0;
+        let (client, vip) = if reply {
+            (key.daddr, value.nat_addr)
+        } else {
+            (key.saddr, key.daddr)
+        };
+        let addr = |raw: u32| Ipv4Addr::from(raw.to_ne_bytes());
+        if filter.vip.is_some_and(|wanted| wanted != addr(vip))
+            || filter.client.is_some_and(|wanted| wanted != addr(client))
+        {
+            continue;
+        }
+        let endpoint = |raw: u32, port: u16| format!("{}:{}", addr(raw), u16::from_be(port));
+        let flags = [(CT_F_SYN, "SYN"), (CT_F_FIN, "FIN"), (CT_F_RST, "RST")]
+            .iter()
+            .filter(|(bit, _)| value.flags & bit != 0)
+            .map(|(_, name)| (*name).to_owned())
+            .collect();
+        conntrack.push(ConntrackDump {
+            direction: if reply { "reply" } else { "forward" }.to_owned(),
+            protocol: Protocol::from_number(key.proto)
+                .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
+            src: endpoint(key.saddr, key.sport),
+            dst: endpoint(key.daddr, key.dport),
+            nat: endpoint(value.nat_addr, value.nat_port),
+            backend: endpoint(value.backend_addr, value.backend_port),
+            frontend_id: value.frontend_id,
+            tcp_flags: flags,
+            idle_seconds: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
+        });
+    }
+
+    let count = |keys: usize| keys as u64;
+    let maps_fill = vec![
+        MapFill {
+            name: names::SERVICES.into(),
+            entries: count(maps.services.keys().filter(Result::is_ok).count()),
+            capacity: u64::from(MAX_FRONTENDS),
+        },
+        MapFill {
+            name: names::BACKENDS.into(),
+            entries: count(maps.backends.keys().filter(Result::is_ok).count()),
+            capacity: u64::from(MAX_BACKEND_SLOTS),
+        },
+        MapFill {
+            name: names::MAGLEV.into(),
+            entries: count(maps.maglev.keys().filter(Result::is_ok).count()),
+            capacity: u64::from(MAX_FRONTENDS),
+        },
+        MapFill {
+            name: names::CONNTRACK.into(),
+            entries: conntrack_entries as u64,
+            capacity: u64::from(MAX_CONNTRACK),
+        },
+        MapFill {
+            name: names::AFFINITY.into(),
+            entries: count(maps.affinity.keys().filter(Result::is_ok).count()),
+            capacity: u64::from(MAX_AFFINITY),
+        },
+        MapFill {
+            name: names::BACKEND_STATS.into(),
+            entries: backends.len() as u64,
+            capacity: u64::from(MAX_BACKENDS),
+        },
+    ];
     Ok(DumpReport {
         services,
+        backends,
+        clusters,
         drops,
         conntrack_entries,
+        conntrack,
+        maps: maps_fill,
     })
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
 }
 
 /// Human-readable form.
@@ -189,7 +373,48 @@ pub fn render_text(report: &DumpReport) -> String {
             );
         }
     }
+    if !report.clusters.is_empty() {
+        out.push_str("per source cluster:\n");
+        for (cluster, stats) in &report.clusters {
+            let name = if cluster.is_empty() { "-" } else { cluster };
+            let _ = writeln!(
+                out,
+                "    {name}  packets {}  bytes {}  new flows {}",
+                stats.packets, stats.bytes, stats.new_flows
+            );
+        }
+    }
+    if !report.backends.is_empty() {
+        out.push_str("per backend:\n");
+        for backend in &report.backends {
+            let _ = writeln!(
+                out,
+                "    {}:{}  packets {}  bytes {}  new flows {}",
+                backend.addr, backend.port, backend.stats.packets, backend.stats.bytes, backend.stats.new_flows
+            );
+        }
+    }
     let _ = writeln!(out, "conntrack entries: {}", report.conntrack_entries);
+    for flow in &report.conntrack {
+        let _ = writeln!(
+            out,
+            "    {dir:7} {proto} {src} -> {dst}  nat {nat}  backend {backend}  [{flags}]  idle {idle:.1}s",
+            dir = flow.direction,
+            proto = flow.protocol,
+            src = flow.src,
+            dst = flow.dst,
+            nat = flow.nat,
+            backend = flow.backend,
+            flags = flow.tcp_flags.join(","),
+            idle = flow.idle_seconds,
+        );
+    }
+    let fill: Vec<String> = report
+        .maps
+        .iter()
+        .map(|m| format!("{}={}/{}", m.name, m.entries, m.capacity))
+        .collect();
+    let _ = writeln!(out, "maps: {}", fill.join(" "));
     let drops: Vec<String> = report.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(out, "drops: {}", drops.join(" "));
     out
@@ -202,7 +427,13 @@ pub fn dump(args: &DumpArgs) -> anyhow::Result<()> {
             args.bpffs_dir.display()
         )
     })?;
-    let report = collect(&maps.0)?;
+    let filter = ConntrackFilter {
+        list: args.conntrack || args.vip.is_some() || args.client.is_some(),
+        vip: args.vip,
+        client: args.client,
+        limit: args.limit,
+    };
+    let report = collect_with(&maps.0, &filter)?;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => print!("{}", render_text(&report)),

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod dump;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod run;

@@ -1,7 +1,11 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
 //! reconcile every change, shut down cleanly on SIGTERM/SIGINT.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -13,6 +17,7 @@ use tracing::{error, info, instrument, warn};
 use crate::{
     cli::{RunArgs, SourceSpec},
     dataplane::{AdoptionReport, Dataplane, MapHandles},
+    metrics::{Metrics, RejectionLabels},
     desired,
     model::Rejection,
     reconcile::Reconciler,
@@ -26,6 +31,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// State shared by reconciles.
 struct Context {
     maps: MapHandles,
+    metrics: Arc<Metrics>,
     policy: desired::Policy,
     reconciler: Reconciler,
     /// Rejections already logged, so an unchanged bad object is reported
@@ -35,10 +41,17 @@ struct Context {
 
 impl Context {
     #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices.len()))]
-    fn reconcile(&mut self, update: &SourceUpdate) -> bool {
+    fn reconcile(&mut self, update: &SourceUpdate, received: Instant) -> bool {
+        let started = Instant::now();
         let (desired, derived) = desired::compute_with(&update.snapshot, &self.policy);
         self.report_rejections(update.rejections.iter().chain(&derived));
         let report = self.reconciler.apply(&desired, &mut self.maps);
+        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        if report.changed() {
+            self.metrics.event_to_map.observe(received.elapsed().as_secs_f64());
+        }
+        self.metrics.frontends.set(self.reconciler.frontend_count() as i64);
+        self.metrics.map_write_errors.inc_by(report.errors.len() as u64);
         for (frontend, error) in &report.errors {
             error!(%frontend, error = %chain(error), "map update failed; will retry");
         }
@@ -60,6 +73,13 @@ impl Context {
         for rejection in rejections {
             let line = rejection.to_string();
             if !self.reported.contains(&line) {
+                self.metrics
+                    .rejected
+                    .get_or_create(&RejectionLabels {
+                        kind: rejection.kind.clone(),
+                        reason: rejection.reason().to_owned(),
+                    })
+                    .inc();
                 warn!(
                     kind = rejection.kind,
                     object = %rejection.object,
@@ -126,8 +146,18 @@ async fn serve(
     } else {
         Reconciler::new()
     };
+    let metrics = Arc::new(Metrics::default());
+    let _metrics_server = match args.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, metrics.clone(), args.bpffs_dir.clone())
+                .await
+                .with_context(|| format!("serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let mut ctx = Context {
         maps,
+        metrics: metrics.clone(),
         policy: desired::Policy {
             local_cluster: args.cluster_id.clone(),
             locality: args.locality.clone(),
@@ -147,12 +177,13 @@ async fn serve(
     let Some(first) = first else {
         anyhow::bail!("source stopped before its first load");
     };
-    let mut healthy = ctx.reconcile(&first);
+    let mut healthy = ctx.reconcile(&first, Instant::now());
     info!("initial sync done");
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
     }
     dataplane.detach_others();
+    metrics.ready.store(true, Ordering::Relaxed);
 
     loop {
         tokio::select! {
@@ -160,15 +191,16 @@ async fn serve(
                 if changed.is_err() {
                     break;
                 }
+                let received = Instant::now();
                 let update = updates.borrow_and_update().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(&update);
+                    healthy = ctx.reconcile(&update, received);
                 }
             }
             () = tokio::time::sleep(RETRY_DELAY), if !healthy => {
                 let update = updates.borrow().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(&update);
+                    healthy = ctx.reconcile(&update, Instant::now());
                 }
             }
             result = &mut *source_task => return source_failed(result),
