@@ -87,6 +87,15 @@ fn teardown(set: ClusterSet) {
     );
 }
 
+/// For failure messages: a lost packet is often a bad checksum the
+/// receiver dropped, which only its counters show.
+fn csum_report(set: &ClusterSet) -> String {
+    match set.topology().check_no_csum_errors() {
+        Ok(()) => "no checksum errors counted".to_owned(),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
 fn identities(pods: &[ServerPod]) -> BTreeSet<Identity> {
     pods.iter().map(ServerPod::identity).collect()
 }
@@ -101,8 +110,12 @@ fn vip_connections(set: &ClusterSet, n: usize) -> BTreeMap<Identity, usize> {
     let client = set.client().expect("client");
     let mut seen = BTreeMap::new();
     for i in 0..n {
-        let reply = http_get(client, scenario::vip_http())
-            .unwrap_or_else(|e| panic!("connection {i} to the ClusterSetIP: {e:#}"));
+        let reply = http_get(client, scenario::vip_http()).unwrap_or_else(|e| {
+            panic!(
+                "connection {i} to the ClusterSetIP: {e:#}\n{}",
+                csum_report(set)
+            )
+        });
         assert_eq!(
             reply.peer,
             scenario::vip_http(),
@@ -130,7 +143,12 @@ fn vip_datagrams(set: &ClusterSet, n: usize, size: usize) -> BTreeMap<Identity, 
         let udp = UdpClient::bind(client, 0).expect("binding UDP");
         let reply = udp
             .request(scenario::vip_udp(), &payload)
-            .unwrap_or_else(|e| panic!("UDP request {i} to the ClusterSetIP: {e:#}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "UDP request {i} to the ClusterSetIP: {e:#}\n{}",
+                    csum_report(set)
+                )
+            });
         assert_eq!(
             reply.from,
             scenario::vip_udp(),
@@ -353,15 +371,12 @@ fn checksums_are_verified(pods_tx_off: bool, xdp_mode: &str) {
     let client = set.client().expect("client");
     let mut seen = BTreeMap::<Identity, usize>::new();
     for i in 0..30 {
-        let mut conn = HttpConn::connect(client, scenario::vip_http())
-            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
-        let small = conn
-            .get()
-            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let fail =
+            |e: anyhow::Error| -> ! { panic!("connection {i}: {e:#}\n{}", csum_report(&set)) };
+        let mut conn = HttpConn::connect(client, scenario::vip_http()).unwrap_or_else(|e| fail(e));
+        let small = conn.get().unwrap_or_else(|e| fail(e));
         assert_eq!(small.seen_by_backend, small.local);
-        let bulk = conn
-            .transfer(20_000, 60_000)
-            .unwrap_or_else(|e| panic!("connection {i}, bulk: {e:#}"));
+        let bulk = conn.transfer(20_000, 60_000).unwrap_or_else(|e| fail(e));
         assert_eq!(bulk.backend, small.backend);
         *seen.entry(small.backend).or_default() += 1;
     }
