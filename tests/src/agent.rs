@@ -3,10 +3,18 @@
 //! The agent is started with only the network namespace entered (see
 //! [`Netns::command`]): under `ip netns exec` it would get a private sysfs
 //! and pin its maps into a bpffs that vanishes with it. Each agent gets its
-//! own `--bpffs-dir`, removed again on drop, so agents of parallel tests never
-//! share maps. Its stdout and stderr go to a log file that is printed when a
-//! test fails (the agent is dropped during the panic) and available through
-//! [`Agent::log`].
+//! own `--bpffs-dir`, so agents of parallel tests never share maps. Its
+//! stdout and stderr go to a log file that is printed when a test fails (the
+//! agent is dropped during the panic) and available through [`Agent::log`].
+//!
+//! The agent pins its maps and XDP links: after SIGTERM the dataplane keeps
+//! serving for the next agent (hitless restarts) unless it runs with
+//! `--detach-on-exit`. Dropping an [`Agent`] therefore stops it and then
+//! removes the dataplane with `mcs-agent cleanup`, as an operator retiring a
+//! node would. To test a restart, [`Agent::stop_keeping_dataplane`] hands the
+//! pinned dataplane over as a [`PinnedDataplane`] guard, which
+//! [`Agent::adopt`] passes to the next agent and which otherwise removes the
+//! dataplane when dropped.
 
 use std::{
     fs::File,
@@ -33,6 +41,9 @@ pub const AGENT_BIN_ENV: &str = "MCS_AGENT_BIN";
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// How long [`Agent::stop`] waits after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start of the name of each agent's bpffs directory: `mcs-e2e-<pid>-<n>`.
+const BPFFS_PREFIX: &str = "mcs-e2e-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -71,6 +82,9 @@ pub struct AgentConfig {
     pub cluster_id: Option<String>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--bpffs-dir`; `None` picks a new private directory. Give the
+    /// directory of a stopped agent to have the new one adopt its dataplane.
+    pub bpffs_dir: Option<PathBuf>,
     /// Extra arguments after the others.
     pub extra_args: Vec<String>,
 }
@@ -82,6 +96,7 @@ impl AgentConfig {
             interfaces,
             cluster_id: None,
             log_format: None,
+            bpffs_dir: None,
             extra_args: Vec::new(),
         }
     }
@@ -98,6 +113,8 @@ pub struct Agent {
     _log_dir: tempfile::TempDir,
     child: Option<Child>,
     exit: Option<ExitStatus>,
+    /// Leave the pinned dataplane in place on drop (a successor adopts it).
+    keep_dataplane: bool,
 }
 
 impl Agent {
@@ -110,12 +127,14 @@ impl Agent {
             "agent binary {} not found: build it (`cargo build -p mcs-agent`) or set {AGENT_BIN_ENV}",
             bin.display()
         );
-        let bpffs_dir = PathBuf::from(BPFFS).join(format!(
-            "mcs-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         reap_stale_bpffs();
+        let bpffs_dir = config.bpffs_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(BPFFS).join(format!(
+                "{BPFFS_PREFIX}{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
         let log_dir = tempfile::Builder::new()
             .prefix("mcs-agent-log-")
             .tempdir()?;
@@ -174,6 +193,7 @@ impl Agent {
             _log_dir: log_dir,
             child: Some(child),
             exit: None,
+            keep_dataplane: false,
         })
     }
 
@@ -241,6 +261,39 @@ impl Agent {
         }
     }
 
+    /// Stops the agent like [`stop`](Self::stop) and keeps its pinned
+    /// dataplane serving; pass the returned guard to [`Agent::adopt`].
+    pub fn stop_keeping_dataplane(mut self) -> Result<StoppedAgent> {
+        let status = self.stop()?;
+        self.keep_dataplane = true;
+        Ok(StoppedAgent {
+            status,
+            log: self.log(),
+            dataplane: PinnedDataplane {
+                bin: self.bin.clone(),
+                netns: self.netns.clone(),
+                dir: self.bpffs_dir.clone(),
+                armed: true,
+            },
+        })
+    }
+
+    /// Starts an agent that adopts the dataplane a stopped agent left
+    /// pinned (same `--bpffs-dir`). If it cannot be started, the dataplane
+    /// is removed.
+    pub fn adopt(netns: &Netns, config: &AgentConfig, pinned: PinnedDataplane) -> Result<Self> {
+        let mut config = config.clone();
+        config.bpffs_dir = Some(pinned.dir.clone());
+        let agent = Self::start(netns, &config)?;
+        pinned.disarm();
+        Ok(agent)
+    }
+
+    /// `mcs-agent cleanup` of this agent's dataplane (see [`cleanup`]).
+    pub fn cleanup(&self) -> Result<()> {
+        cleanup(&self.bin, &self.netns, &self.bpffs_dir)
+    }
+
     /// `mcs-agent dump --output json`, parsed.
     pub fn dump(&self) -> Result<Dump> {
         let text = self.dump_raw("json")?;
@@ -293,14 +346,21 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let stopped = if self.child.is_some() {
-            self.stop().map(drop)
-        } else {
-            Ok(())
-        };
-        let failed = std::thread::panicking() || stopped.is_err();
-        if let Err(e) = stopped {
+        let mut failed = std::thread::panicking();
+        if self.child.is_some()
+            && let Err(e) = self.stop()
+        {
             eprintln!("warning: {e:#}");
+            failed = true;
+        }
+        if !self.keep_dataplane {
+            // A test's dataplane must not outlive the test.
+            if let Err(e) = self.cleanup() {
+                eprintln!("warning: {e:#}");
+            }
+            if let Err(e) = remove_bpffs_dir(&self.bpffs_dir) {
+                eprintln!("warning: removing {}: {e:#}", self.bpffs_dir.display());
+            }
         }
         if failed {
             eprintln!(
@@ -309,12 +369,72 @@ impl Drop for Agent {
                 self.log()
             );
         }
-        // Pins survive the agent by design (restarts keep the dataplane);
-        // a test's maps must not outlive the test.
-        if let Err(e) = remove_bpffs_dir(&self.bpffs_dir) {
-            eprintln!("warning: removing {}: {e:#}", self.bpffs_dir.display());
+    }
+}
+
+/// What [`Agent::stop_keeping_dataplane`] leaves.
+#[derive(Debug)]
+pub struct StoppedAgent {
+    pub status: ExitStatus,
+    /// Everything the agent printed.
+    pub log: String,
+    pub dataplane: PinnedDataplane,
+}
+
+/// A dataplane (maps and XDP links) pinned by an agent that has exited.
+/// Removed with `mcs-agent cleanup` on drop unless handed to
+/// [`Agent::adopt`].
+#[derive(Debug)]
+pub struct PinnedDataplane {
+    bin: PathBuf,
+    netns: String,
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl PinnedDataplane {
+    /// The `--bpffs-dir` holding the pins.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the dataplane now (`mcs-agent cleanup`).
+    pub fn cleanup(mut self) -> Result<()> {
+        self.armed = false;
+        cleanup(&self.bin, &self.netns, &self.dir)?;
+        remove_bpffs_dir(&self.dir)
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PinnedDataplane {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = cleanup(&self.bin, &self.netns, &self.dir) {
+                eprintln!("warning: {e:#}");
+            }
+            if let Err(e) = remove_bpffs_dir(&self.dir) {
+                eprintln!("warning: removing {}: {e:#}", self.dir.display());
+            }
         }
     }
+}
+
+/// `mcs-agent cleanup --bpffs-dir DIR`: detaches the pinned XDP links and
+/// removes the pinned maps. Runs in the agent's namespace `netns` (where the
+/// interfaces are) while it exists.
+pub fn cleanup(bin: &Path, netns: &str, dir: &Path) -> Result<()> {
+    let mut cmd = if crate::netns::path_of(netns).exists() {
+        crate::netns::command_in(netns, bin)?
+    } else {
+        Command::new(bin)
+    };
+    crate::netns::run(cmd.arg("cleanup").arg("--bpffs-dir").arg(dir))
+        .map(drop)
+        .context("mcs-agent cleanup")
 }
 
 fn remove_bpffs_dir(dir: &Path) -> Result<()> {
@@ -324,7 +444,7 @@ fn remove_bpffs_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Removes `mcs-test-<pid>-<n>` bpffs directories of processes that no
+/// Removes `mcs-e2e-<pid>-<n>` bpffs directories of processes that no
 /// longer run.
 fn reap_stale_bpffs() {
     let Ok(entries) = std::fs::read_dir(BPFFS) else {
@@ -333,7 +453,7 @@ fn reap_stale_bpffs() {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = name
-            .strip_prefix("mcs-test-")
+            .strip_prefix(BPFFS_PREFIX)
             .and_then(|rest| rest.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<u32>().ok());
         if let Some(pid) = pid

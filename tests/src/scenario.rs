@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 
 use crate::{
-    agent::{Agent, AgentConfig},
+    agent::{Agent, AgentConfig, PinnedDataplane, StoppedAgent},
     manifest::{Endpoint, EndpointSlice, Manifest, ManifestDir, Port, Protocol, ServiceImport},
     netns::Netns,
     servers::{HttpServer, Identity, UdpEchoServer},
@@ -226,6 +226,31 @@ impl ClusterSet {
     /// [`start_agent`](Self::start_agent) with extra agent arguments (e.g.
     /// `--xdp-mode generic`).
     pub fn start_agent_with(&mut self, extra_args: &[&str]) -> Result<&mut Agent> {
+        self.launch_agent(extra_args, None)
+    }
+
+    /// Stops the agent and keeps its dataplane serving (hitless restart).
+    pub fn stop_agent_keeping_dataplane(&mut self) -> Result<StoppedAgent> {
+        self.agent
+            .take()
+            .context("agent not started")?
+            .stop_keeping_dataplane()
+    }
+
+    /// Starts a new agent that adopts the dataplane a stopped one left.
+    pub fn adopt_agent(
+        &mut self,
+        pinned: PinnedDataplane,
+        extra_args: &[&str],
+    ) -> Result<&mut Agent> {
+        self.launch_agent(extra_args, Some(pinned))
+    }
+
+    fn launch_agent(
+        &mut self,
+        extra_args: &[&str],
+        pinned: Option<PinnedDataplane>,
+    ) -> Result<&mut Agent> {
         let node = self.topology.node(CLIENT_NODE)?;
         let mut config = AgentConfig::new(
             self.manifest.dir(),
@@ -233,7 +258,11 @@ impl ClusterSet {
         );
         config.cluster_id = Some(CLUSTER_A.to_owned());
         config.extra_args = extra_args.iter().map(|&a| a.to_owned()).collect();
-        let agent = self.agent.insert(Agent::start(&node.netns, &config)?);
+        let agent = match pinned {
+            None => Agent::start(&node.netns, &config)?,
+            Some(pinned) => Agent::adopt(&node.netns, &config, pinned)?,
+        };
+        let agent = self.agent.insert(agent);
         agent.wait_until(APPLY_TIMEOUT, |dump| {
             dump.service(VIP, HTTP_PORT, Protocol::Tcp).is_some()
                 && dump.service(VIP, UDP_PORT, Protocol::Udp).is_some()
@@ -263,7 +292,7 @@ impl ClusterSet {
         self.agent.as_mut().context("agent not started")
     }
 
-    /// Stops the agent (if running) and hands it back, e.g. to check its exit.
+    /// Hands the agent over, e.g. to stop it and check how it exits.
     pub fn take_agent(&mut self) -> Option<Agent> {
         self.agent.take()
     }

@@ -441,15 +441,20 @@ fn xdp_state(set: &ClusterSet) -> Vec<(String, bool)> {
         .collect()
 }
 
+fn assert_xdp(set: &ClusterSet, attached: bool, when: &str) {
+    let state = xdp_state(set);
+    assert!(
+        state.iter().all(|(_, a)| *a == attached),
+        "{when}: expected XDP {} everywhere: {state:?}",
+        if attached { "attached" } else { "detached" }
+    );
+}
+
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
-fn agent_exits_cleanly_on_sigterm_and_detaches_xdp() {
-    let mut set = cluster_set();
-    let state = xdp_state(&set);
-    assert!(
-        state.iter().all(|(_, attached)| *attached),
-        "XDP not attached everywhere: {state:?}"
-    );
+fn agent_with_detach_on_exit_detaches_xdp_on_sigterm() {
+    let mut set = cluster_set_with(&["--detach-on-exit"]);
+    assert_xdp(&set, true, "agent running");
     vip_connections(&set, 3);
 
     let mut agent = set.take_agent().expect("agent");
@@ -460,20 +465,80 @@ fn agent_exits_cleanly_on_sigterm_and_detaches_xdp() {
         "agent exited with {status} on SIGTERM; log:\n{}",
         agent.log()
     );
-    let state = xdp_state(&set);
-    assert!(
-        state.iter().all(|(_, attached)| !attached),
-        "XDP still attached after the agent exited: {state:?}"
-    );
+    assert_xdp(&set, false, "after SIGTERM with --detach-on-exit");
     assert!(
         !bpffs_dir.exists(),
-        "pinned maps left in {} (`run --help`: exit removes them)",
+        "pinned maps left in {} despite --detach-on-exit",
         bpffs_dir.display()
     );
-    // Without the agent the ClusterSetIP is not served, but pod traffic is.
+    // Without a dataplane the ClusterSetIP is not served, but pod traffic is.
     assert!(http_get(set.client().expect("client"), scenario::vip_http()).is_err());
     direct_requests_work(&set, &BACKENDS[1]);
     drop(agent);
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn the_dataplane_keeps_serving_across_an_agent_restart() {
+    let mut set = cluster_set();
+    let mut conn =
+        HttpConn::connect(set.client().expect("client"), scenario::vip_http()).expect("connect");
+    let backend = conn.get().expect("first request").backend;
+
+    // SIGTERM without --detach-on-exit: the agent exits cleanly and leaves
+    // the pinned dataplane attached and serving.
+    let stopped = set
+        .stop_agent_keeping_dataplane()
+        .expect("stopping the agent");
+    assert!(
+        stopped.status.success(),
+        "agent exited with {}; log:\n{}",
+        stopped.status,
+        stopped.log
+    );
+    assert_xdp(&set, true, "after SIGTERM (dataplane kept)");
+    for i in 0..10 {
+        let reply = conn
+            .get()
+            .unwrap_or_else(|e| panic!("request {i} with no agent running: {e:#}"));
+        assert_eq!(reply.backend, backend, "connection moved with no agent");
+    }
+    let seen = vip_connections(&set, 30);
+    assert_all_answered(&seen, &BACKENDS, "new connections with no agent running");
+
+    // A new agent adopts the pinned dataplane: the connection stays put and
+    // manifest changes apply again.
+    set.adopt_agent(stopped.dataplane, &[])
+        .expect("starting the successor agent");
+    for i in 0..10 {
+        let reply = conn
+            .get()
+            .unwrap_or_else(|e| panic!("request {i} after the restart: {e:#}"));
+        assert_eq!(
+            reply.backend, backend,
+            "connection moved across the restart"
+        );
+    }
+    let [a_web1, b_web1, b_web2] = BACKENDS;
+    let yaml = scenario::manifest(&[(a_web1, true), (b_web1, true)]).to_yaml();
+    set.manifest().write(&yaml).expect("rewriting the manifest");
+    wait_for_backends(&mut set, &[a_web1, b_web1]);
+    let seen = vip_connections(&set, 30);
+    assert_all_answered(&seen, &[a_web1, b_web1], "successor applied the removal");
+    assert!(!seen.contains_key(&b_web2.identity()));
+
+    // `mcs-agent cleanup` retires the dataplane.
+    drop(conn);
+    let stopped = set
+        .stop_agent_keeping_dataplane()
+        .expect("stopping the successor");
+    assert!(stopped.status.success(), "{}", stopped.log);
+    let dir = stopped.dataplane.dir().to_owned();
+    stopped.dataplane.cleanup().expect("mcs-agent cleanup");
+    assert_xdp(&set, false, "after mcs-agent cleanup");
+    assert!(!dir.exists(), "{} left after cleanup", dir.display());
+    assert!(http_get(set.client().expect("client"), scenario::vip_http()).is_err());
     teardown(set);
 }
 

@@ -211,17 +211,27 @@ fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Res
         say(&format!("  {line}"));
     }
 
-    step("tearing down: stopping the agent, deleting the namespaces");
-    let mut agent = set.take_agent().context("agent")?;
-    let status = agent.stop()?;
-    say(&format!("  mcs-agent exited: {status}"));
+    step("stopping mcs-agent (SIGTERM): its pinned dataplane keeps serving");
+    let stopped = set.stop_agent_keeping_dataplane()?;
+    say(&format!("  mcs-agent exited: {}", stopped.status));
     if options.agent_log {
         step("mcs-agent log");
-        for line in agent.log().lines() {
+        for line in stopped.log.lines() {
             say(&format!("  {line}"));
         }
     }
-    drop(agent);
+    check(interrupted)?;
+    let reply = http_get(set.client()?, scenario::vip_http())
+        .context("HTTP request with the agent stopped")?;
+    say(&format!(
+        "  with no agent running, http://{}/ is still answered by {} in {}",
+        scenario::vip_http(),
+        reply.backend.pod,
+        reply.backend.cluster
+    ));
+    step("mcs-agent cleanup: detaching XDP and removing the pinned maps");
+    stopped.dataplane.cleanup()?;
+    step("tearing down: deleting the namespaces");
     drop(set);
     Ok(())
 }
