@@ -84,6 +84,16 @@ pub struct RunArgs {
     #[arg(long = "interface", short = 'i', value_name = "IFACE", required = true)]
     pub interfaces: Vec<String>,
 
+    /// Balance local sockets at connect()/sendmsg() time (cgroup socket LB)
+    /// in addition to the per-packet XDP path.
+    #[arg(long)]
+    pub socket_lb: bool,
+
+    /// cgroup v2 directory whose sockets socket LB serves (default: the
+    /// cgroup v2 root of the node, i.e. every socket).
+    #[arg(long, value_name = "PATH", requires = "socket_lb")]
+    pub cgroup: Option<PathBuf>,
+
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,

@@ -8,7 +8,7 @@ use aya::maps::MapError;
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, DropReason,
     FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRONTENDS, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,10 @@ pub struct ServiceDump {
     pub maglev_table_size: usize,
     pub backends: Vec<BackendDump>,
     pub stats: Stats,
+    /// Socket LB: `new_flows` = sockets/datagrams sent to a backend,
+    /// `no_backend` = refused with ECONNREFUSED.
+    #[serde(default)]
+    pub socket_stats: Stats,
 }
 
 /// Counters of one backend endpoint, over every frontend it backs.
@@ -199,7 +203,17 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             new_flows: sum.new_flows + cpu.new_flows,
             no_backend: sum.no_backend + cpu.no_backend,
         });
+        let mut socket_stats = Stats::default();
+        for cpu in maps
+            .sock_stats
+            .get(&value.frontend_id, 0)
+            .context("read socket-LB counters")?
+            .iter()
+        {
+            socket_stats.add(cpu);
+        }
         services.push(ServiceDump {
+            socket_stats,
             frontend_id: value.frontend_id,
             name: name_of(maps.frontend_names.get(&value.frontend_id, 0)),
             vip: Ipv4Addr::from(key.addr.to_ne_bytes()),
@@ -308,6 +322,11 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             capacity: u64::from(MAX_AFFINITY),
         },
         MapFill {
+            name: names::SOCK_REVNAT.into(),
+            entries: count(maps.sock_revnat.keys().filter(Result::is_ok).count()),
+            capacity: u64::from(MAX_SOCK_REVNAT),
+        },
+        MapFill {
             name: names::BACKEND_STATS.into(),
             entries: backends.len() as u64,
             capacity: u64::from(MAX_BACKENDS),
@@ -344,7 +363,7 @@ pub fn render_text(report: &DumpReport) -> String {
     for service in &report.services {
         let _ = writeln!(
             out,
-            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends, maglev table {m}, affinity {a})\n    packets {p}  bytes {b}  new flows {f}  refused (no backend) {d}",
+            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends, maglev table {m}, affinity {a})\n    XDP: packets {p}  bytes {b}  new flows {f}  refused (no backend) {d}\n    socket LB: connections {sc}  refused {sr}",
             vip = service.vip,
             port = service.port,
             proto = service.protocol,
@@ -359,6 +378,8 @@ pub fn render_text(report: &DumpReport) -> String {
             b = service.stats.bytes,
             f = service.stats.new_flows,
             d = service.stats.no_backend,
+            sc = service.socket_stats.new_flows,
+            sr = service.socket_stats.no_backend,
         );
         for backend in &service.backends {
             let cluster = if backend.cluster.is_empty() { "-" } else { &backend.cluster };

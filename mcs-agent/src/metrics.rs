@@ -140,6 +140,13 @@ impl Collector for DataplaneCollector {
             counter(&mut encoder, name, help, &rows)?;
         }
         for (name, help, pick) in [
+            ("socket_connections", "Sockets (connect/sendmsg) sent to a backend by socket LB, per frontend.", (|s: &dump::Stats| s.new_flows) as fn(&dump::Stats) -> u64),
+            ("socket_refused", "Socket-LB connects refused (no usable backend), per frontend.", |s: &dump::Stats| s.no_backend),
+        ] {
+            let rows: Vec<_> = report.services.iter().map(|s| (frontend(s), pick(&s.socket_stats))).collect();
+            counter(&mut encoder, name, help, &rows)?;
+        }
+        for (name, help, pick) in [
             ("backend_packets", "Packets per backend endpoint.", (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64),
             ("backend_bytes", "Bytes per backend endpoint.", |s: &dump::Stats| s.bytes),
             ("backend_new_flows", "New flows per backend endpoint.", |s: &dump::Stats| s.new_flows),

@@ -182,6 +182,14 @@ async fn serve(
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
     }
+    if args.socket_lb {
+        let cgroup = match &args.cgroup {
+            Some(path) => path.clone(),
+            None => crate::dataplane::cgroup2_root()
+                .context("no cgroup v2 mount found for socket LB; give --cgroup")?,
+        };
+        dataplane.attach_socket_lb(&cgroup)?;
+    }
     dataplane.detach_others();
     metrics.ready.store(true, Ordering::Relaxed);
 

@@ -19,12 +19,16 @@ pub mod names {
     pub const MAGLEV: &str = "MCS_MAGLEV_V1";
     pub const AFFINITY: &str = "MCS_AFFINITY_V1";
     pub const BACKEND_STATS: &str = "MCS_BE_STATS";
+    pub const SOCK_REVNAT: &str = "MCS_SOCK_REV_V1";
+    pub const SOCK_STATS: &str = "MCS_SOCK_STATS";
     /// Layout version of the pinned set; its own layout never changes.
     pub const ABI: &str = "MCS_ABI";
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         ABI,
         BACKEND_STATS,
+        SOCK_REVNAT,
+        SOCK_STATS,
         SERVICES,
         BACKENDS,
         CONNTRACK,
@@ -40,6 +44,12 @@ pub mod names {
 /// Program names (the Rust function names in `mcs-ebpf`).
 pub mod programs {
     pub const XDP: &str = "mcs_xdp";
+    pub const CONNECT4: &str = "mcs_connect4";
+    pub const SENDMSG4: &str = "mcs_sendmsg4";
+    pub const RECVMSG4: &str = "mcs_recvmsg4";
+    pub const GETPEERNAME4: &str = "mcs_getpeername4";
+    /// The socket-LB programs, in attach order.
+    pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
 /// Maximum number of frontends (ClusterSetIP × port × protocol).
@@ -53,6 +63,8 @@ pub const MAX_BACKEND_SLOTS: u32 = 1 << 18;
 pub const MAGLEV_TABLE_SIZE: usize = 1021;
 /// Maximum backends of one frontend (each needs at least one table entry).
 pub const MAX_BACKENDS_PER_FRONTEND: u32 = MAGLEV_TABLE_SIZE as u32;
+/// Socket-LB reverse translations (LRU): one per socket and backend.
+pub const MAX_SOCK_REVNAT: u32 = 1 << 18;
 /// Distinct backend endpoints (address, port) over all frontends; indexes
 /// the per-backend counters.
 pub const MAX_BACKENDS: u32 = 1 << 16;
@@ -118,6 +130,29 @@ pub struct BackendValue {
     /// Index into the per-backend counters (same for every frontend the
     /// endpoint backs).
     pub backend_id: u32,
+    pub _pad2: u32,
+}
+
+/// Socket-LB reverse key: a socket and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    /// Backend address and port, network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// What the application must see instead of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    /// ClusterSetIP and service port, network order.
+    pub vip: u32,
+    pub vport: u16,
+    pub _pad: u16,
+    pub frontend_id: u32,
     pub _pad2: u32,
 }
 
@@ -315,6 +350,8 @@ const _: () = assert!(size_of::<ServiceValue>() == 16);
 const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 24);
 const _: () = assert!(size_of::<AbiInfo>() == 8);
+const _: () = assert!(size_of::<SockRevKey>() == 16);
+const _: () = assert!(size_of::<SockRevValue>() == 16);
 const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<CtValue>() == 40);
 const _: () = assert!(size_of::<FrontendStats>() == 32);
@@ -338,6 +375,8 @@ mod user {
     unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for MaglevTable {}
     unsafe impl aya::Pod for AbiInfo {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }

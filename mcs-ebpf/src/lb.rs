@@ -42,13 +42,29 @@ pub enum SelectError {
     SlotMissing,
 }
 
-/// The 5-tuple of a new flow, fields in packet byte order.
-pub struct Flow {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
+/// Who asks for a backend, as each hook knows it.
+pub struct Selector {
+    /// The client for ClientIP affinity: its address (XDP) or its network
+    /// namespace (socket LB, where the address is not known yet).
+    pub client: u32,
+    /// Spreads flows without affinity (a hash of the 5-tuple, or of the
+    /// socket).
+    pub flow_hash: u32,
+    /// Spreads clients with affinity (a hash of client and frontend only),
+    /// so a client keeps its backend even without its affinity entry.
+    pub client_hash: u32,
+}
+
+impl Selector {
+    /// The XDP view: a packet's 5-tuple (packet byte order).
+    #[inline(always)]
+    pub fn for_packet(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            client: saddr,
+            flow_hash: flow_hash(saddr, daddr, sport, dport, proto),
+            client_hash: flow_hash(saddr, daddr, 0, dport, proto),
+        }
+    }
 }
 
 #[inline(always)]
@@ -60,14 +76,17 @@ fn backend_in_slot(frontend_id: u32, slot: u32) -> Option<BackendValue> {
 
 /// Picks the backend of a new flow; returns it with its slot.
 #[inline(always)]
-pub fn select_backend(service: &ServiceValue, flow: &Flow) -> Result<(BackendValue, u32), SelectError> {
+pub fn select_backend(
+    service: &ServiceValue,
+    selector: &Selector,
+) -> Result<(BackendValue, u32), SelectError> {
     if service.backend_count == 0 {
         return Err(SelectError::NoBackend);
     }
     let affinity = service.flags & SVC_F_AFFINITY != 0;
     let affinity_key = AffinityKey {
         frontend_id: service.frontend_id,
-        client_addr: flow.saddr,
+        client_addr: selector.client,
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -90,9 +109,9 @@ pub fn select_backend(service: &ServiceValue, flow: &Flow) -> Result<(BackendVal
     }
 
     let hash = if affinity {
-        flow_hash(flow.saddr, flow.daddr, 0, flow.dport, flow.proto)
+        selector.client_hash
     } else {
-        flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
+        selector.flow_hash
     };
     let index = reduce(hash, MAGLEV_TABLE_SIZE as u32) as usize;
     let table = MCS_MAGLEV_V1

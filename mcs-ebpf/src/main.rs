@@ -1,6 +1,8 @@
 //! mcs datapath programs.
 //!
 //! * `xdp/`   — per-packet ClusterSetIP DNAT, conntrack and reverse NAT.
+//! * `sock.rs` — socket-level LB for local sockets (cgroup connect4,
+//!   sendmsg4, recvmsg4, getpeername4): the backend is chosen once.
 //! * `lb.rs`  — service lookup and backend selection, shared by every hook.
 //! * `maps.rs` — the maps; their key/value types live in `mcs-common`.
 //!
@@ -11,6 +13,7 @@
 mod lb;
 mod maps;
 mod packet;
+mod sock;
 mod xdp;
 
 #[cfg(target_arch = "bpf")]

@@ -9,7 +9,8 @@ use aya_ebpf::{
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, DropReason,
     FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK,
-    MAX_FRONTENDS, MaglevTable, NameValue, ServiceKey, ServiceValue,
+    MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -50,6 +51,17 @@ pub static MCS_SVC_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }>
 /// Per-backend counters, indexed by backend id.
 #[btf_map]
 pub static MCS_BE_STATS: PerCpuArray<FrontendStats, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+/// Socket LB: (socket, backend) → ClusterSetIP, for replies and getpeername.
+#[btf_map]
+pub static MCS_SOCK_REV_V1: LruHashMap<SockRevKey, SockRevValue, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();
+
+/// Socket-LB counters per frontend (`new_flows` = connections/datagram
+/// destinations translated, `no_backend` = refused).
+#[btf_map]
+pub static MCS_SOCK_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }> =
     PerCpuArray::new();
 
 /// Layout version of this map set (written by the agent, checked on adoption).

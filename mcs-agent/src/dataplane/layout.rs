@@ -7,8 +7,8 @@ use aya::maps::{Array, Map, MapData, MapInfo, MapType};
 use mcs_common::{
     ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey,
     CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MaglevTable, NameValue, ServiceKey, ServiceValue,
-    names,
+    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
 };
 
 /// What a pinned map must look like to be adopted.
@@ -36,6 +36,8 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
 pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<u32, AbiInfo>(names::ABI, MapType::Array, 1),
     spec::<u32, FrontendStats>(names::BACKEND_STATS, MapType::PerCpuArray, MAX_BACKENDS),
+    spec::<SockRevKey, SockRevValue>(names::SOCK_REVNAT, MapType::LruHash, MAX_SOCK_REVNAT),
+    spec::<u32, FrontendStats>(names::SOCK_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
     spec::<ServiceKey, ServiceValue>(names::SERVICES, MapType::Hash, MAX_FRONTENDS),
     spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS),
     spec::<CtKey, CtValue>(names::CONNTRACK, MapType::LruHash, MAX_CONNTRACK),
@@ -72,7 +74,12 @@ pub fn disruption(name: &str) -> &'static str {
             "established flows lose their entries; Maglev re-selects the same backend for most of them, flows whose backend changed meanwhile may reset"
         }
         names::AFFINITY => "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend",
-        names::FRONTEND_STATS | names::BACKEND_STATS | names::DROPS => "counters restart from zero",
+        names::FRONTEND_STATS | names::BACKEND_STATS | names::SOCK_STATS | names::DROPS => {
+            "counters restart from zero"
+        }
+        names::SOCK_REVNAT => {
+            "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
+        }
         _ => "rebuilt from the source at the first sync; no established flow is affected",
     }
 }

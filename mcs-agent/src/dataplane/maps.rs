@@ -10,7 +10,7 @@ use aya::{
 };
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
-    MaglevTable, NameValue, ServiceKey, ServiceValue, names,
+    MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
 };
 
 use super::{DataplaneError, map_pin_dir};
@@ -29,6 +29,8 @@ pub struct MapHandles {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub backend_stats: PerCpuArray<MapData, FrontendStats>,
     pub abi: Array<MapData, AbiInfo>,
+    pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
+    pub sock_stats: PerCpuArray<MapData, FrontendStats>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
@@ -49,6 +51,8 @@ impl MapHandles {
             affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             abi: typed(names::ABI, get(names::ABI)?)?,
+            sock_revnat: typed(names::SOCK_REVNAT, get(names::SOCK_REVNAT)?)?,
+            sock_stats: typed(names::SOCK_STATS, get(names::SOCK_STATS)?)?,
         })
     }
 
@@ -164,7 +168,11 @@ impl DataplaneWriter for MapHandles {
         let zeroes = zeroed_per_cpu(names::FRONTEND_STATS)?;
         self.frontend_stats
             .set(frontend_id, zeroes, 0)
-            .map_err(write_error(names::FRONTEND_STATS, "reset"))
+            .map_err(write_error(names::FRONTEND_STATS, "reset"))?;
+        let zeroes = zeroed_per_cpu(names::SOCK_STATS)?;
+        self.sock_stats
+            .set(frontend_id, zeroes, 0)
+            .map_err(write_error(names::SOCK_STATS, "reset"))
     }
 
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError> {

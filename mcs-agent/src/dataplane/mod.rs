@@ -22,7 +22,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -70,7 +70,14 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot pin the XDP link of {interface} at {path}")]
+    #[error("cannot attach {program} to cgroup {cgroup}")]
+    AttachCgroup {
+        cgroup: PathBuf,
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot pin the link of {interface} at {path}")]
     PinLink {
         interface: String,
         path: PathBuf,
@@ -193,6 +200,11 @@ impl Dataplane {
                 name: programs::XDP,
                 source,
             })?;
+        for name in programs::SOCKET {
+            socket_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::LoadProgram { name, source })?;
+        }
         let mut dataplane = Self {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
@@ -299,14 +311,64 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup`
+    /// (every socket of processes in it and below). A link pinned by an
+    /// earlier agent is replaced after the new one is in place: while both
+    /// run, the first translates and the second sees a backend address and
+    /// leaves it, so no socket is translated twice or missed.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        let file = fs::File::open(cgroup).map_err(|source| DataplaneError::PinDirectory {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for name in programs::SOCKET {
+            let pin = link_pin_dir(&self.bpffs_dir).join(format!("cgroup-{name}"));
+            let old = PinnedLink::from_pin(&pin).ok();
+            let program = socket_program(&mut self.ebpf, name)?;
+            // bpf_link attachments to a cgroup always coexist (the kernel
+            // rejects multi-attach flags on link_create).
+            let link_id = program
+                .attach(&file, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::AttachCgroup {
+                    cgroup: cgroup.to_path_buf(),
+                    program: name,
+                    source,
+                })?;
+            let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
+                interface: cgroup.display().to_string(),
+                path: pin.clone(),
+                source,
+            };
+            let link = program
+                .take_link(link_id)
+                .map_err(|error| pin_error(Box::new(error)))?;
+            let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
+            if let Some(old) = old {
+                // Unpin the earlier agent's link; it detaches when closed.
+                if let Err(error) = old.unpin() {
+                    warn!(program = name, %error, "cannot unpin the previous socket-LB link");
+                }
+            }
+            let _pinned = fd_link.pin(&pin).map_err(|error| pin_error(Box::new(error)))?;
+        }
+        info!(cgroup = %cgroup.display(), "socket LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
+        self.attached.push("cgroup".to_owned());
+        Ok(())
+    }
+
     /// Detaches links pinned for interfaces this agent no longer serves.
     pub fn detach_others(&self) {
         let Ok(entries) = fs::read_dir(link_pin_dir(&self.bpffs_dir)) else {
             return;
         };
+        let socket_lb = self.attached.iter().any(|a| a == "cgroup");
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !self.attached.contains(&name) {
+            let kept = match name.strip_prefix("cgroup-") {
+                Some(_) => socket_lb,
+                None => self.attached.contains(&name),
+            };
+            if !kept {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => info!(interface = name, "detached XDP from an interface no longer listed"),
                     Err(error) => warn!(interface = name, %error, "cannot remove stale link pin"),
@@ -330,6 +392,27 @@ impl Dataplane {
             info!(dir = %self.bpffs_dir.display(), "dataplane left running from its pins (use --detach-on-exit or `mcs-agent cleanup` to remove it)");
         }
     }
+}
+
+fn socket_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DataplaneError::LoadProgram { name, source })
+}
+
+/// The cgroup v2 mount point (where socket LB attaches by default).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

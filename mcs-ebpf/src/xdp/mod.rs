@@ -17,7 +17,7 @@ use aya_log_ebpf::warn;
 use mcs_common::{CT_F_REPLY, CtKey, DropReason, PROTO_TCP, SVC_F_VIP_MARKER};
 
 use crate::{
-    lb::{self, Flow, SelectError},
+    lb::{self, SelectError, Selector},
     maps::{count_backend, count_drop, count_frontend, count_no_backend},
     packet::{self, ParseError},
 };
@@ -99,14 +99,8 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     if service.flags & SVC_F_VIP_MARKER != 0 {
         return Err(Error::NotOurs); // port 0: not a service port
     }
-    let flow = Flow {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: pkt.proto,
-    };
-    let (backend, _slot) = match lb::select_backend(&service, &flow) {
+    let selector = Selector::for_packet(saddr, daddr, sport, dport, pkt.proto);
+    let (backend, _slot) = match lb::select_backend(&service, &selector) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => {
             count_no_backend(service.frontend_id);

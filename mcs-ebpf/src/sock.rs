@@ -1,0 +1,185 @@
+//! Socket-level load balancing: the backend is picked once, when a local
+//! socket connects (TCP, connected UDP) or sends a datagram (unconnected
+//! UDP), and the socket then talks to the backend directly — no per-packet
+//! NAT, and the XDP path sees only backend addresses, so nothing is
+//! translated twice. Replies (`recvmsg`) and `getpeername` show the
+//! ClusterSetIP, as if the application talked to it.
+//!
+//! Same maps and the same selection rules as XDP (`lb.rs`); affinity is per
+//! network namespace (pod), as the client address is not known yet at
+//! `connect()`. On any miss the socket proceeds untouched.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use mcs_common::{
+    PROTO_TCP, PROTO_UDP, SVC_F_VIP_MARKER, SockRevKey, SockRevValue,
+    flow::{flow_hash, mix32},
+};
+
+use crate::{
+    lb::{self, SelectError, Selector},
+    maps::{MCS_SOCK_REV_V1, MCS_SOCK_STATS},
+};
+
+/// Let the system call go on.
+const PROCEED: i32 = 1;
+/// Fail the system call (with the errno set by `bpf_set_retval`).
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// Why a socket address is left alone or refused.
+enum Skip {
+    /// Not a ClusterSetIP frontend, or not TCP/UDP: untouched.
+    NotOurs,
+    /// A frontend without usable backend: refused at once.
+    NoBackend,
+    /// The table or slot is missing mid-update: untouched (the XDP path
+    /// still translates the packets).
+    Transient,
+}
+
+#[inline(always)]
+fn proto_of(ctx: &SockAddrContext) -> u8 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let protocol = unsafe { (*ctx.sock_addr).protocol };
+    match protocol {
+        6 => PROTO_TCP,
+        17 => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn count(frontend_id: u32, refused: bool) {
+    if let Some(stats) = MCS_SOCK_STATS.get_ptr_mut(frontend_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            if refused {
+                (*stats).no_backend += 1;
+            } else {
+                (*stats).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Rewrites the destination of a connect/sendmsg to a backend.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
+    let proto = proto_of(ctx);
+    if proto == 0 {
+        return Err(Skip::NotOurs);
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let (vip, vport) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
+    let service = lb::lookup_service(vip, vport, proto).ok_or(Skip::NotOurs)?;
+    if service.flags & SVC_F_VIP_MARKER != 0 {
+        return Err(Skip::NotOurs);
+    }
+    // SAFETY: helpers valid for cgroup sock_addr programs.
+    let (socket, netns) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            bpf_get_netns_cookie(ctx.sock_addr.cast()),
+        )
+    };
+    let client = (netns ^ (netns >> 32)) as u32;
+    let selector = Selector {
+        client,
+        flow_hash: mix32((socket ^ (socket >> 32)) as u32 ^ vip),
+        client_hash: flow_hash(client, vip, 0, vport, proto),
+    };
+    let (backend, _slot) = match lb::select_backend(&service, &selector) {
+        Ok(selected) => selected,
+        Err(SelectError::NoBackend) => {
+            count(service.frontend_id, true);
+            return Err(Skip::NoBackend);
+        }
+        Err(SelectError::SlotMissing) => return Err(Skip::Transient),
+    };
+    let key = SockRevKey {
+        cookie: socket,
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    };
+    let value = SockRevValue {
+        vip,
+        vport,
+        _pad: 0,
+        frontend_id: service.frontend_id,
+        _pad2: 0,
+    };
+    // Without the entry the application would see the backend as peer,
+    // but the connection itself works: translate anyway.
+    let _ = MCS_SOCK_REV_V1.insert(key, value, u64::from(BPF_ANY));
+    // SAFETY: the context pointer is valid; these fields are writable for
+    // connect4/sendmsg4.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = backend.addr;
+        (*ctx.sock_addr).user_port = u32::from(backend.port);
+    }
+    count(service.frontend_id, false);
+    Ok(())
+}
+
+/// Shows the ClusterSetIP instead of the backend (recvmsg, getpeername).
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is valid for the program's run.
+    let (addr, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey {
+        cookie,
+        addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(original) = unsafe { MCS_SOCK_REV_V1.get(key) }.copied() {
+        // SAFETY: writable fields for recvmsg4/getpeername4.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = original.vip;
+            (*ctx.sock_addr).user_port = u32::from(original.vport);
+        }
+    }
+}
+
+#[inline(always)]
+fn verdict(result: Result<(), Skip>) -> i32 {
+    match result {
+        Ok(()) | Err(Skip::NotOurs) | Err(Skip::Transient) => PROCEED,
+        Err(Skip::NoBackend) => {
+            // SAFETY: helper valid for cgroup sock_addr programs (5.18+).
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REJECT
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn mcs_connect4(ctx: SockAddrContext) -> i32 {
+    verdict(translate(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn mcs_sendmsg4(ctx: SockAddrContext) -> i32 {
+    verdict(translate(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn mcs_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn mcs_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    PROCEED
+}
