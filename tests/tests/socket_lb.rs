@@ -23,8 +23,25 @@ use mcs_tests::{
     },
 };
 
-/// A cgroup this process sits in for the test; moves back and removes it
-/// on drop (also when an assertion fails).
+/// The test's cgroup directory; removed on drop (also when a test fails).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn create(name: &str) -> Self {
+        let root = mcs_agent::dataplane::cgroup2_root().expect("cgroup v2 mounted");
+        let path = root.join(name);
+        fs::create_dir_all(&path).expect("create test cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// This process sits in the test cgroup while alive; moves back on drop.
 struct ScopedCgroup {
     path: PathBuf,
     original: PathBuf,
@@ -42,7 +59,6 @@ impl ScopedCgroup {
             .to_owned();
         let original = root.join(relative);
         let path = root.join(name);
-        fs::create_dir_all(&path).expect("create test cgroup");
         fs::write(path.join("cgroup.procs"), std::process::id().to_string())
             .expect("join test cgroup");
         Self { path, original }
@@ -55,7 +71,7 @@ impl Drop for ScopedCgroup {
             self.original.join("cgroup.procs"),
             std::process::id().to_string(),
         );
-        let _ = fs::remove_dir(&self.path);
+        let _ = &self.path;
     }
 }
 
@@ -85,11 +101,11 @@ fn local_sockets_are_balanced_at_connect_time() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this tier needs root: run `cargo xtask test`");
     let cgroup_name = format!("mcs-test-socklb-{}", std::process::id());
     let yaml = scenario::manifest(&scenario::all_backends_ready()).to_yaml();
+    // Declared first so it is dropped last, after the agent and the
+    // process have left it.
+    let cgroup = TestCgroup::create(&cgroup_name);
     let mut set = ClusterSet::create(&yaml, &|_| {}).expect("building the ClusterSet");
-    let root = mcs_agent::dataplane::cgroup2_root().expect("cgroup v2");
-    let cgroup_path = root.join(&cgroup_name);
-    fs::create_dir_all(&cgroup_path).expect("create cgroup");
-    let cgroup_arg = cgroup_path.display().to_string();
+    let cgroup_arg = cgroup.0.display().to_string();
     set.start_agent_with(&["--socket-lb", "--cgroup", &cgroup_arg])
         .expect("starting mcs-agent");
     let bpffs = set.agent().expect("agent").bpffs_dir().to_path_buf();
@@ -163,5 +179,5 @@ fn local_sockets_are_balanced_at_connect_time() {
     assert_eq!(set.http_requests()[UNLISTED], 0);
     drop(_inside);
     drop(set);
-    let _ = fs::remove_dir(&cgroup_path);
+    drop(cgroup);
 }
