@@ -261,6 +261,27 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL (no chance to clean up, like a crash or
+    /// an OOM kill) and keeps its pinned dataplane; pass the returned guard
+    /// to [`Agent::adopt`].
+    pub fn kill_keeping_dataplane(mut self) -> Result<StoppedAgent> {
+        let mut child = self.child.take().context("agent was never started")?;
+        child.kill().context("SIGKILL the agent")?;
+        let status = child.wait()?;
+        self.exit = Some(status);
+        self.keep_dataplane = true;
+        Ok(StoppedAgent {
+            status,
+            log: self.log(),
+            dataplane: PinnedDataplane {
+                bin: self.bin.clone(),
+                netns: self.netns.clone(),
+                dir: self.bpffs_dir.clone(),
+                armed: true,
+            },
+        })
+    }
+
     /// Stops the agent like [`stop`](Self::stop) and keeps its pinned
     /// dataplane serving; pass the returned guard to [`Agent::adopt`].
     pub fn stop_keeping_dataplane(mut self) -> Result<StoppedAgent> {

@@ -237,6 +237,14 @@ impl ClusterSet {
             .stop_keeping_dataplane()
     }
 
+    /// SIGKILLs the agent; its pinned dataplane keeps serving.
+    pub fn kill_agent_keeping_dataplane(&mut self) -> Result<StoppedAgent> {
+        self.agent
+            .take()
+            .context("agent not started")?
+            .kill_keeping_dataplane()
+    }
+
     /// Starts a new agent that adopts the dataplane a stopped one left.
     pub fn adopt_agent(
         &mut self,

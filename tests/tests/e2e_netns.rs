@@ -566,3 +566,103 @@ fn a_failing_test_still_tears_everything_down() {
     assert!(!netns::pid_alive(pid), "agent {pid} still running");
     assert!(!bpffs_dir.exists(), "{} left behind", bpffs_dir.display());
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    let mut set = cluster_set();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
+    // A client that keeps using one established connection and opening new
+    // ones, from before the kill until after the successor took over. It
+    // lives in the client pod's namespace for its whole life.
+    let load = {
+        let (stop, sent, failed, failures) =
+            (stop.clone(), sent.clone(), failed.clone(), failures.clone());
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&client_ns).expect("open client netns");
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let target = scenario::vip_http();
+            let connect = || {
+                let stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            let mut established = connect().expect("first connection");
+            while !stop.load(Ordering::Relaxed) {
+                let fresh = connect().and_then(|mut stream| raw_http_get(&mut stream));
+                for result in [raw_http_get(&mut established), fresh] {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Err(error) = result {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.lock().expect("lock").push(error.to_string());
+                    }
+                }
+            }
+        })
+    };
+    let wait_for = |count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sent.load(Ordering::Relaxed) < count && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(300);
+    let killed = set.kill_agent_keeping_dataplane().expect("SIGKILL the agent");
+    assert!(!killed.status.success(), "SIGKILL must not look like a clean exit");
+    assert_xdp(&set, true, "after SIGKILL");
+    let at_kill = sent.load(Ordering::Relaxed);
+    wait_for(at_kill + 400);
+
+    // A change made while no agent runs: b-web2 leaves.
+    let [a_web1, b_web1, b_web2] = BACKENDS;
+    let yaml = scenario::manifest(&[(a_web1, true), (b_web1, true)]).to_yaml();
+    set.manifest().write(&yaml).expect("rewriting the manifest");
+    set.adopt_agent(killed.dataplane, &[]).expect("successor agent");
+    wait_for_backends(&mut set, &[a_web1, b_web1]);
+    let at_adopt = sent.load(Ordering::Relaxed);
+    wait_for(at_adopt.max(1100) + 200);
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+
+    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(total >= 1000, "only {total} requests sent");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed: {:?}", failures.lock().expect("lock"));
+    let seen = vip_connections(&set, 30);
+    assert!(!seen.contains_key(&b_web2.identity()), "the change made while down was applied");
+    eprintln!("sigkill test: {total} requests, {failed} failed (kill at {at_kill}, adopted at {at_adopt})");
+    teardown(set);
+}
+
+/// One HTTP/1.1 GET on `stream` (kept alive); returns the body.
+fn raw_http_get(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")?;
+    let mut reader = BufReader::new(&mut *stream);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}

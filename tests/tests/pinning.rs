@@ -16,7 +16,11 @@ use mcs_common::{ABI_MAGIC, AbiInfo, names};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this tier needs root: run `cargo xtask test`");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this tier needs root: run `cargo xtask test`"
+    );
     assert!(
         dataplane::is_bpffs(std::path::Path::new("/sys/fs/bpf")),
         "bpffs not mounted at /sys/fs/bpf (cargo xtask setup mounts it)"
@@ -29,7 +33,10 @@ struct PinDir(PathBuf);
 impl PinDir {
     fn new(test: &str) -> Self {
         require_root();
-        let path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{test}-{}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/mcs-test-{test}-{}",
+            std::process::id()
+        ));
         dataplane::remove_pins(&path);
         Self(path)
     }
@@ -82,7 +89,12 @@ fn expected_layout_matches_the_object() {
         assert_eq!(info.map_type().ok(), Some(spec.map_type), "{}", spec.name);
         assert_eq!(info.key_size(), spec.key_size, "{} key", spec.name);
         assert_eq!(info.value_size(), spec.value_size, "{} value", spec.name);
-        assert_eq!(info.max_entries(), spec.max_entries, "{} max entries", spec.name);
+        assert_eq!(
+            info.max_entries(),
+            spec.max_entries,
+            "{} max entries",
+            spec.name
+        );
     }
     assert_eq!(EXPECTED.len(), names::ALL.len());
 }
@@ -108,7 +120,11 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
     assert_eq!(state.backends.len(), 2);
     let mut reconciler = Reconciler::adopt(&state).expect("adopt");
     let again = reconciler.apply(&desired, &mut maps);
-    assert_eq!((again.added, again.removed), (0, 0), "a diff, not a flush: {again:?}");
+    assert_eq!(
+        (again.added, again.removed),
+        (0, 0),
+        "a diff, not a flush: {again:?}"
+    );
     // A change made while no agent ran is applied as a diff.
     let changed = desired_state(&MANIFEST.replace(", {addresses: [\"10.102.1.10\"]}", ""));
     let report = reconciler.apply(&changed, &mut maps);
@@ -131,7 +147,18 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let status = Command::new("bpftool")
         .args(["map", "create"])
         .arg(&ct_pin)
-        .args(["type", "lru_hash", "key", "16", "value", "32", "entries", "1024", "name", "MCS_CT_V1"])
+        .args([
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            "32",
+            "entries",
+            "1024",
+            "name",
+            "MCS_CT_V1",
+        ])
         .status()
         .expect("run bpftool (installed by cargo xtask setup)");
     assert!(status.success(), "bpftool map create");
@@ -149,13 +176,30 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let abi_pin = dataplane::map_pin_dir(&pins.0).join(names::ABI);
     let data = aya::maps::MapData::from_pin(&abi_pin).expect("abi pin");
     let mut abi: aya::maps::Array<_, AbiInfo> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map")).expect("array");
-    abi.set(0, AbiInfo { magic: ABI_MAGIC, version: 999 }, 0).expect("write version");
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+            .expect("array");
+    abi.set(
+        0,
+        AbiInfo {
+            magic: ABI_MAGIC,
+            version: 999,
+        },
+        0,
+    )
+    .expect("write version");
     drop(abi);
     let (third, report) = Dataplane::load(&pins.0).expect("third load");
     assert_eq!(report.recreated.len(), names::ALL.len(), "{report:?}");
-    assert!(report.recreated.iter().all(|(_, reason)| reason.contains("layout version 999")));
+    assert!(
+        report
+            .recreated
+            .iter()
+            .all(|(_, reason)| reason.contains("layout version 999"))
+    );
     assert!(report.adopted.is_empty());
     third.shutdown(true);
-    assert!(!dataplane::map_pin_dir(&pins.0).exists(), "detach removes the pins");
+    assert!(
+        !dataplane::map_pin_dir(&pins.0).exists(),
+        "detach removes the pins"
+    );
 }

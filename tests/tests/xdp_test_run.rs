@@ -542,7 +542,10 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
     let input = syn.build();
     let (action, out) = harness.run(&input);
-    assert_eq!(action, XDP_TX, "refusal goes back out of the ingress interface");
+    assert_eq!(
+        action, XDP_TX,
+        "refusal goes back out of the ingress interface"
+    );
     assert_eq!(&out[..6], &input[6..12], "sent to the client's MAC");
     assert_eq!(&out[6..12], &input[..6]);
     let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
@@ -554,8 +557,14 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     assert!(tcp.rst && tcp.ack && !tcp.syn);
     assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
     let consumed = syn.payload.len() as u32 + 1; // payload + SYN
-    assert_eq!((tcp.sequence_number, tcp.acknowledgment_number), (0, 1000 + consumed));
-    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum"));
+    assert_eq!(
+        (tcp.sequence_number, tcp.acknowledgment_number),
+        (0, 1000 + consumed)
+    );
+    assert_eq!(
+        tcp.checksum,
+        tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum")
+    );
 
     // A segment with ACK gets a bare RST with seq = its ack.
     let mut established = Pkt::tcp(CLIENT, 40001, VIP, 80);
@@ -565,7 +574,10 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
     let (tcp, _) = TcpHeader::from_slice(rest).expect("TCP");
     assert!(tcp.rst && !tcp.ack);
-    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum"));
+    assert_eq!(
+        tcp.checksum,
+        tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum")
+    );
 
     // UDP: ICMP port unreachable quoting the datagram's IP header + 8 bytes.
     let datagram = Pkt::udp(CLIENT, 40002, VIP, 53).build();
@@ -574,10 +586,21 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
     let (ip, icmp) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
     assert_eq!(ip.header_checksum, ip.calc_header_checksum());
-    assert_eq!((ip.source, ip.destination, ip.protocol), (VIP, CLIENT, IpNumber::ICMP));
-    assert_eq!(&icmp[..2], &[3, 3], "destination unreachable / port unreachable");
+    assert_eq!(
+        (ip.source, ip.destination, ip.protocol),
+        (VIP, CLIENT, IpNumber::ICMP)
+    );
+    assert_eq!(
+        &icmp[..2],
+        &[3, 3],
+        "destination unreachable / port unreachable"
+    );
     assert_eq!(fold(ones_sum(0, icmp)), 0xffff, "ICMP checksum");
-    assert_eq!(&icmp[8..], &datagram[14..14 + 28], "quotes the original header and 8 bytes");
+    assert_eq!(
+        &icmp[8..],
+        &datagram[14..14 + 28],
+        "quotes the original header and 8 bytes"
+    );
 
     // A RST is never answered; a packet with IP options is dropped unanswered.
     let mut reset = Pkt::tcp(CLIENT, 40003, VIP, 80).build();
@@ -611,15 +634,25 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_across_ports() {
             let packet = Pkt::tcp(source, 30000 + sport * 7, VIP, 80).build();
             chosen.insert(verify(&harness.run(&packet).1, Csum::Full).dst);
         }
-        assert_eq!(chosen.len(), 1, "client {client} stays on one backend: {chosen:?}");
+        assert_eq!(
+            chosen.len(),
+            1,
+            "client {client} stays on one backend: {chosen:?}"
+        );
         per_client.extend(chosen);
     }
-    assert!(per_client.len() > 1, "different clients still spread: {per_client:?}");
+    assert!(
+        per_client.len() > 1,
+        "different clients still spread: {per_client:?}"
+    );
     let report = harness.dump();
     let http = report.services.iter().find(|s| s.port == 80).expect("http");
     assert_eq!(http.affinity_timeout_seconds, Some(30));
     assert_eq!(http.maglev_table_size, mcs_common::MAGLEV_TABLE_SIZE);
-    assert!(harness.maps.affinity.keys().count() >= 30, "one binding per client");
+    assert!(
+        harness.maps.affinity.keys().count() >= 30,
+        "one binding per client"
+    );
 }
 
 #[test]
@@ -635,15 +668,33 @@ fn terminating_endpoints_serve_new_flows_only_without_ready_ones() {
     );
     harness.apply(&yaml);
     for sport in 0..40 {
-        let seen = verify(&harness.run(&Pkt::tcp(CLIENT, 50000 + sport, VIP, 80).build()).1, Csum::Full);
-        assert_eq!(seen.dst, Ipv4Addr::new(10, 101, 1, 10), "ready endpoint only");
+        let seen = verify(
+            &harness
+                .run(&Pkt::tcp(CLIENT, 50000 + sport, VIP, 80).build())
+                .1,
+            Csum::Full,
+        );
+        assert_eq!(
+            seen.dst,
+            Ipv4Addr::new(10, 101, 1, 10),
+            "ready endpoint only"
+        );
     }
     // The ready endpoint goes away: the terminating one takes new flows,
     // while the established flow keeps its (now removed) backend.
     let established = Pkt::tcp(CLIENT, 50000, VIP, 80).build();
-    harness.apply(&yaml.replace("addresses: [\"10.101.1.10\"]", "addresses: [\"10.101.1.10\"], conditions: {ready: false, serving: false}"));
-    assert_eq!(verify(&harness.run(&established).1, Csum::Full).dst, Ipv4Addr::new(10, 101, 1, 10));
-    let fresh = verify(&harness.run(&Pkt::tcp(CLIENT, 51000, VIP, 80).build()).1, Csum::Full);
+    harness.apply(&yaml.replace(
+        "addresses: [\"10.101.1.10\"]",
+        "addresses: [\"10.101.1.10\"], conditions: {ready: false, serving: false}",
+    ));
+    assert_eq!(
+        verify(&harness.run(&established).1, Csum::Full).dst,
+        Ipv4Addr::new(10, 101, 1, 10)
+    );
+    let fresh = verify(
+        &harness.run(&Pkt::tcp(CLIENT, 51000, VIP, 80).build()).1,
+        Csum::Full,
+    );
     assert_eq!(fresh.dst, Ipv4Addr::new(10, 102, 1, 50));
     let report = harness.dump();
     let http = report.services.iter().find(|s| s.port == 80).expect("http");
@@ -665,9 +716,23 @@ fn a_port_goes_only_to_clusters_that_expose_it() {
     harness.apply(&yaml);
     let mut http_backends = std::collections::BTreeSet::new();
     for sport in 0..60 {
-        let dns = verify(&harness.run(&Pkt::udp(CLIENT, 20000 + sport, VIP, 53).build()).1, Csum::Full);
-        assert_eq!(dns.dst, Ipv4Addr::new(10, 101, 1, 10), "UDP 53 only in cluster-a");
-        let http = verify(&harness.run(&Pkt::tcp(CLIENT, 20000 + sport, VIP, 80).build()).1, Csum::Full);
+        let dns = verify(
+            &harness
+                .run(&Pkt::udp(CLIENT, 20000 + sport, VIP, 53).build())
+                .1,
+            Csum::Full,
+        );
+        assert_eq!(
+            dns.dst,
+            Ipv4Addr::new(10, 101, 1, 10),
+            "UDP 53 only in cluster-a"
+        );
+        let http = verify(
+            &harness
+                .run(&Pkt::tcp(CLIENT, 20000 + sport, VIP, 80).build())
+                .1,
+            Csum::Full,
+        );
         http_backends.insert(http.dst);
     }
     assert_eq!(http_backends.len(), 3, "TCP 80 in both clusters");
