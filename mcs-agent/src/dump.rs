@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use aya::maps::MapError;
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, DropReason,
-    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,7 +132,9 @@ impl Stats {
 }
 
 fn name_of(value: Result<NameValue, MapError>) -> String {
-    value.map(|name| name.as_str().to_owned()).unwrap_or_default()
+    value
+        .map(|name| name.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 /// Reads everything from the maps (without listing conntrack entries).
@@ -197,12 +199,14 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             .frontend_stats
             .get(&value.frontend_id, 0)
             .context("read frontend counters")?;
-        let stats = per_cpu.iter().fold(Stats::default(), |sum, cpu: &FrontendStats| Stats {
-            packets: sum.packets + cpu.packets,
-            bytes: sum.bytes + cpu.bytes,
-            new_flows: sum.new_flows + cpu.new_flows,
-            no_backend: sum.no_backend + cpu.no_backend,
-        });
+        let stats = per_cpu
+            .iter()
+            .fold(Stats::default(), |sum, cpu: &FrontendStats| Stats {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+                no_backend: sum.no_backend + cpu.no_backend,
+            });
         let mut socket_stats = Stats::default();
         for cpu in maps
             .sock_stats
@@ -222,7 +226,11 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
                 .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
             affinity_timeout_seconds: (value.flags & SVC_F_AFFINITY != 0)
                 .then_some(value.affinity_timeout_s),
-            maglev_table_size: if table.is_some() { MAGLEV_TABLE_SIZE } else { 0 },
+            maglev_table_size: if table.is_some() {
+                MAGLEV_TABLE_SIZE
+            } else {
+                0
+            },
             backends,
             stats,
         });
@@ -231,14 +239,22 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
 
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {
-        let per_cpu = maps.drops.get(&(reason as u32), 0).context("read drop counters")?;
+        let per_cpu = maps
+            .drops
+            .get(&(reason as u32), 0)
+            .context("read drop counters")?;
         drops.insert(reason.name().to_owned(), per_cpu.iter().sum());
     }
     let mut backends = Vec::new();
     let mut clusters: BTreeMap<String, Stats> = BTreeMap::new();
     for (backend_id, (addr, port, cluster)) in backend_seen {
         let mut stats = Stats::default();
-        for cpu in maps.backend_stats.get(&backend_id, 0).context("read backend counters")?.iter() {
+        for cpu in maps
+            .backend_stats
+            .get(&backend_id, 0)
+            .context("read backend counters")?
+            .iter()
+        {
             stats.add(cpu);
         }
         let per_cluster = clusters.entry(cluster.clone()).or_default();
@@ -382,7 +398,11 @@ pub fn render_text(report: &DumpReport) -> String {
             sr = service.socket_stats.no_backend,
         );
         for backend in &service.backends {
-            let cluster = if backend.cluster.is_empty() { "-" } else { &backend.cluster };
+            let cluster = if backend.cluster.is_empty() {
+                "-"
+            } else {
+                &backend.cluster
+            };
             let _ = writeln!(
                 out,
                 "    [{slot}] {addr}:{port}  cluster {cluster}  {state}  table entries {entries}",
@@ -411,7 +431,11 @@ pub fn render_text(report: &DumpReport) -> String {
             let _ = writeln!(
                 out,
                 "    {}:{}  packets {}  bytes {}  new flows {}",
-                backend.addr, backend.port, backend.stats.packets, backend.stats.bytes, backend.stats.new_flows
+                backend.addr,
+                backend.port,
+                backend.stats.packets,
+                backend.stats.bytes,
+                backend.stats.new_flows
             );
         }
     }
@@ -436,7 +460,11 @@ pub fn render_text(report: &DumpReport) -> String {
         .map(|m| format!("{}={}/{}", m.name, m.entries, m.capacity))
         .collect();
     let _ = writeln!(out, "maps: {}", fill.join(" "));
-    let drops: Vec<String> = report.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let drops: Vec<String> = report
+        .drops
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let _ = writeln!(out, "drops: {}", drops.join(" "));
     out
 }

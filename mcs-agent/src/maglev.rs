@@ -43,7 +43,9 @@ fn identity(member: &Member) -> u64 {
 /// into `members`. Returns an empty table when there are no members or all
 /// weights are zero.
 pub fn build_table(members: &[Member], size: usize) -> Vec<u16> {
-    let active: Vec<usize> = (0..members.len()).filter(|&i| members[i].weight > 0).collect();
+    let active: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].weight > 0)
+        .collect();
     if active.is_empty() || size == 0 {
         return Vec::new();
     }
@@ -118,7 +120,11 @@ mod tests {
 
     #[test]
     fn table_size_is_prime() {
-        assert!((2..M).take_while(|d| d * d <= M).all(|d| M % d != 0));
+        assert!(
+            (2..M)
+                .take_while(|d| d * d <= M)
+                .all(|d| !M.is_multiple_of(d))
+        );
     }
 
     proptest! {

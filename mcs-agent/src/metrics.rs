@@ -83,7 +83,8 @@ fn counter(
     help: &str,
     rows: &[(Vec<(&'static str, String)>, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    let mut metric =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
     for (labels, value) in rows {
         ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
     }
@@ -96,7 +97,8 @@ fn gauge(
     help: &str,
     rows: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+    let mut metric =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
     for (labels, value) in rows {
         ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
     }
@@ -131,32 +133,79 @@ impl Collector for DataplaneCollector {
             ]
         };
         for (name, help, pick) in [
-            ("frontend_packets", "Packets translated per frontend.", (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64),
-            ("frontend_bytes", "Bytes translated per frontend.", |s: &dump::Stats| s.bytes),
-            ("frontend_new_flows", "New flows balanced per frontend.", |s: &dump::Stats| s.new_flows),
-            ("frontend_refused", "New flows refused (no usable backend) per frontend.", |s: &dump::Stats| s.no_backend),
+            (
+                "frontend_packets",
+                "Packets translated per frontend.",
+                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
+            ),
+            (
+                "frontend_bytes",
+                "Bytes translated per frontend.",
+                |s: &dump::Stats| s.bytes,
+            ),
+            (
+                "frontend_new_flows",
+                "New flows balanced per frontend.",
+                |s: &dump::Stats| s.new_flows,
+            ),
+            (
+                "frontend_refused",
+                "New flows refused (no usable backend) per frontend.",
+                |s: &dump::Stats| s.no_backend,
+            ),
         ] {
-            let rows: Vec<_> = report.services.iter().map(|s| (frontend(s), pick(&s.stats))).collect();
+            let rows: Vec<_> = report
+                .services
+                .iter()
+                .map(|s| (frontend(s), pick(&s.stats)))
+                .collect();
             counter(&mut encoder, name, help, &rows)?;
         }
         for (name, help, pick) in [
-            ("socket_connections", "Sockets (connect/sendmsg) sent to a backend by socket LB, per frontend.", (|s: &dump::Stats| s.new_flows) as fn(&dump::Stats) -> u64),
-            ("socket_refused", "Socket-LB connects refused (no usable backend), per frontend.", |s: &dump::Stats| s.no_backend),
+            (
+                "socket_connections",
+                "Sockets (connect/sendmsg) sent to a backend by socket LB, per frontend.",
+                (|s: &dump::Stats| s.new_flows) as fn(&dump::Stats) -> u64,
+            ),
+            (
+                "socket_refused",
+                "Socket-LB connects refused (no usable backend), per frontend.",
+                |s: &dump::Stats| s.no_backend,
+            ),
         ] {
-            let rows: Vec<_> = report.services.iter().map(|s| (frontend(s), pick(&s.socket_stats))).collect();
+            let rows: Vec<_> = report
+                .services
+                .iter()
+                .map(|s| (frontend(s), pick(&s.socket_stats)))
+                .collect();
             counter(&mut encoder, name, help, &rows)?;
         }
         for (name, help, pick) in [
-            ("backend_packets", "Packets per backend endpoint.", (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64),
-            ("backend_bytes", "Bytes per backend endpoint.", |s: &dump::Stats| s.bytes),
-            ("backend_new_flows", "New flows per backend endpoint.", |s: &dump::Stats| s.new_flows),
+            (
+                "backend_packets",
+                "Packets per backend endpoint.",
+                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
+            ),
+            (
+                "backend_bytes",
+                "Bytes per backend endpoint.",
+                |s: &dump::Stats| s.bytes,
+            ),
+            (
+                "backend_new_flows",
+                "New flows per backend endpoint.",
+                |s: &dump::Stats| s.new_flows,
+            ),
         ] {
             let rows: Vec<_> = report
                 .backends
                 .iter()
                 .map(|b| {
                     (
-                        vec![("backend", format!("{}:{}", b.addr, b.port)), ("cluster", b.cluster.clone())],
+                        vec![
+                            ("backend", format!("{}:{}", b.addr, b.port)),
+                            ("cluster", b.cluster.clone()),
+                        ],
                         pick(&b.stats),
                     )
                 })
@@ -164,9 +213,21 @@ impl Collector for DataplaneCollector {
             counter(&mut encoder, name, help, &rows)?;
         }
         for (name, help, pick) in [
-            ("cluster_packets", "Packets per source cluster.", (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64),
-            ("cluster_bytes", "Bytes per source cluster.", |s: &dump::Stats| s.bytes),
-            ("cluster_new_flows", "New flows per source cluster.", |s: &dump::Stats| s.new_flows),
+            (
+                "cluster_packets",
+                "Packets per source cluster.",
+                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
+            ),
+            (
+                "cluster_bytes",
+                "Bytes per source cluster.",
+                |s: &dump::Stats| s.bytes,
+            ),
+            (
+                "cluster_new_flows",
+                "New flows per source cluster.",
+                |s: &dump::Stats| s.new_flows,
+            ),
         ] {
             let rows: Vec<_> = report
                 .clusters
@@ -180,13 +241,28 @@ impl Collector for DataplaneCollector {
             .iter()
             .map(|(reason, count)| (vec![("reason", reason.clone())], *count))
             .collect();
-        counter(&mut encoder, "drops", "Packets not forwarded, by reason.", &drops)?;
+        counter(
+            &mut encoder,
+            "drops",
+            "Packets not forwarded, by reason.",
+            &drops,
+        )?;
         let fill: Vec<_> = report
             .maps
             .iter()
-            .map(|m| (vec![("map", m.name.clone())], m.entries as f64 / m.capacity.max(1) as f64))
+            .map(|m| {
+                (
+                    vec![("map", m.name.clone())],
+                    m.entries as f64 / m.capacity.max(1) as f64,
+                )
+            })
             .collect();
-        gauge(&mut encoder, "map_fill_ratio", "Entries / capacity per map.", &fill)?;
+        gauge(
+            &mut encoder,
+            "map_fill_ratio",
+            "Entries / capacity per map.",
+            &fill,
+        )?;
         Ok(())
     }
 }
@@ -209,7 +285,11 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "Time from a source publishing a change to the maps holding it.",
         metrics.event_to_map.clone(),
     );
-    registry.register("frontends", "Frontends programmed.", metrics.frontends.clone());
+    registry.register(
+        "frontends",
+        "Frontends programmed.",
+        metrics.frontends.clone(),
+    );
     registry.register(
         "map_write_errors",
         "Failed map writes (retried).",
@@ -239,7 +319,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     match body {
         Ok(Ok(text)) => (
             StatusCode::OK,
-            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -251,7 +334,10 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     if state.metrics.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first full sync\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first full sync\n",
+        )
     }
 }
 

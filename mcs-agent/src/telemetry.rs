@@ -20,7 +20,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -67,7 +68,8 @@ impl BpfLogTask {
         // SAFETY: the logger owns its ring-buffer fd and keeps it open, and
         // it is moved into the AsyncFd, so the fd is not closed or replaced
         // while registered.
-        let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+        let registered =
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
         let mut fd = match registered {
             Ok(fd) => fd,
             Err(error) => {

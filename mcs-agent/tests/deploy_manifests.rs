@@ -82,7 +82,10 @@ fn daemonset_runs_with_least_privilege_and_probes() {
     let [container] = pod.containers.as_slice() else {
         panic!("one container expected");
     };
-    let security = container.security_context.as_ref().expect("securityContext");
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
     assert_eq!(security.privileged, Some(false));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     let capabilities = security.capabilities.as_ref().expect("capabilities");
@@ -96,10 +99,19 @@ fn daemonset_runs_with_least_privilege_and_probes() {
     // Each one is shown necessary by tests/tests/privileges.rs.
     assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON"]));
 
-    assert_eq!(probe_path(container.liveness_probe.as_ref()).as_deref(), Some("/healthz"));
-    assert_eq!(probe_path(container.readiness_probe.as_ref()).as_deref(), Some("/readyz"));
+    assert_eq!(
+        probe_path(container.liveness_probe.as_ref()).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(container.readiness_probe.as_ref()).as_deref(),
+        Some("/readyz")
+    );
     let args = container.args.clone().unwrap_or_default();
-    assert!(args.iter().any(|a| a.starts_with("--metrics-addr=")), "{args:?}");
+    assert!(
+        args.iter().any(|a| a.starts_with("--metrics-addr=")),
+        "{args:?}"
+    );
 
     let host_paths: BTreeSet<String> = pod
         .volumes
@@ -123,7 +135,10 @@ fn rbac_is_read_only_plus_events() {
         for resource in rule.resources.iter().flatten() {
             resources.insert(resource.as_str());
             if resource == "events" {
-                assert!(verbs.is_subset(&BTreeSet::from(["create", "patch"])), "{verbs:?}");
+                assert!(
+                    verbs.is_subset(&BTreeSet::from(["create", "patch"])),
+                    "{verbs:?}"
+                );
             } else {
                 assert!(
                     verbs.is_subset(&BTreeSet::from(["get", "list", "watch"])),
@@ -133,7 +148,10 @@ fn rbac_is_read_only_plus_events() {
         }
     }
     for needed in ["serviceimports", "endpointslices", "endpoints", "events"] {
-        assert!(resources.contains(needed), "{needed} missing from {resources:?}");
+        assert!(
+            resources.contains(needed),
+            "{needed} missing from {resources:?}"
+        );
     }
     let [binding] = manifests.bindings.as_slice() else {
         panic!("exactly one ClusterRoleBinding expected");
@@ -166,5 +184,8 @@ fn crds_serve_both_mcs_api_versions_and_store_v1beta1() {
         .iter()
         .map(|v| (v.name.as_str(), v.served, v.storage))
         .collect();
-    assert_eq!(versions, [("v1alpha1", true, false), ("v1beta1", true, true)]);
+    assert_eq!(
+        versions,
+        [("v1alpha1", true, false), ("v1beta1", true, true)]
+    );
 }

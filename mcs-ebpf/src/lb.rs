@@ -90,9 +90,7 @@ pub fn select_backend(
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if affinity
-        && let Some(bound) = MCS_AFFINITY_V1.get_ptr_mut(affinity_key)
-    {
+    if affinity && let Some(bound) = MCS_AFFINITY_V1.get_ptr_mut(affinity_key) {
         // SAFETY: pointer from a lookup in this run; fields are plain data
         // and a racing writer only stores a newer timestamp or binding.
         let entry = unsafe { *bound };

@@ -50,8 +50,7 @@ pub static MCS_SVC_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }>
 
 /// Per-backend counters, indexed by backend id.
 #[btf_map]
-pub static MCS_BE_STATS: PerCpuArray<FrontendStats, { MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+pub static MCS_BE_STATS: PerCpuArray<FrontendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// Socket LB: (socket, backend) → ClusterSetIP, for replies and getpeername.
 #[btf_map]

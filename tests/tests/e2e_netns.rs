@@ -618,8 +618,13 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
         }
     };
     wait_for(300);
-    let killed = set.kill_agent_keeping_dataplane().expect("SIGKILL the agent");
-    assert!(!killed.status.success(), "SIGKILL must not look like a clean exit");
+    let killed = set
+        .kill_agent_keeping_dataplane()
+        .expect("SIGKILL the agent");
+    assert!(
+        !killed.status.success(),
+        "SIGKILL must not look like a clean exit"
+    );
     assert_xdp(&set, true, "after SIGKILL");
     let at_kill = sent.load(Ordering::Relaxed);
     wait_for(at_kill + 400);
@@ -628,7 +633,8 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
     let [a_web1, b_web1, b_web2] = BACKENDS;
     let yaml = scenario::manifest(&[(a_web1, true), (b_web1, true)]).to_yaml();
     set.manifest().write(&yaml).expect("rewriting the manifest");
-    set.adopt_agent(killed.dataplane, &[]).expect("successor agent");
+    set.adopt_agent(killed.dataplane, &[])
+        .expect("successor agent");
     wait_for_backends(&mut set, &[a_web1, b_web1]);
     let at_adopt = sent.load(Ordering::Relaxed);
     wait_for(at_adopt.max(1100) + 200);
@@ -637,10 +643,20 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
 
     let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(total >= 1000, "only {total} requests sent");
-    assert_eq!(failed, 0, "{failed} of {total} requests failed: {:?}", failures.lock().expect("lock"));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {total} requests failed: {:?}",
+        failures.lock().expect("lock")
+    );
     let seen = vip_connections(&set, 30);
-    assert!(!seen.contains_key(&b_web2.identity()), "the change made while down was applied");
-    eprintln!("sigkill test: {total} requests, {failed} failed (kill at {at_kill}, adopted at {at_adopt})");
+    assert!(
+        !seen.contains_key(&b_web2.identity()),
+        "the change made while down was applied"
+    );
+    eprintln!(
+        "sigkill test: {total} requests, {failed} failed (kill at {at_kill}, adopted at {at_adopt})"
+    );
     teardown(set);
 }
 
@@ -653,7 +669,10 @@ fn raw_http_get(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         if line == "\r\n" {
             break;

@@ -81,7 +81,11 @@ fn dump(bpffs_dir: &std::path::Path) -> DumpReport {
         .arg(bpffs_dir)
         .output()
         .expect("run mcs-agent dump");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("dump JSON")
 }
 
@@ -98,7 +102,11 @@ fn frontend(report: &DumpReport, port: u16, protocol: &str) -> mcs_agent::dump::
 #[ignore = "needs root: run by cargo xtask test"]
 fn local_sockets_are_balanced_at_connect_time() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this tier needs root: run `cargo xtask test`");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this tier needs root: run `cargo xtask test`"
+    );
     let cgroup_name = format!("mcs-test-socklb-{}", std::process::id());
     let yaml = scenario::manifest(&scenario::all_backends_ready()).to_yaml();
     // Declared first so it is dropped last, after the agent and the
@@ -126,7 +134,11 @@ fn local_sockets_are_balanced_at_connect_time() {
     let mut reached = BTreeSet::new();
     for _ in 0..40 {
         let mut conn = HttpConn::connect(client, vip_http).expect("connect to the ClusterSetIP");
-        assert_eq!(conn.peer(), vip_http, "getpeername must return the ClusterSetIP");
+        assert_eq!(
+            conn.peer(),
+            vip_http,
+            "getpeername must return the ClusterSetIP"
+        );
         let reply = conn.get().expect("HTTP over socket LB");
         assert_eq!(reply.seen_by_backend.ip(), std::net::IpAddr::V4(CLIENT_IP));
         reached.insert(reply.backend.pod.clone());
@@ -137,7 +149,9 @@ fn local_sockets_are_balanced_at_connect_time() {
     // Unconnected UDP: sendto the VIP, the reply comes from the VIP.
     let udp = UdpClient::bind(client, 0).expect("bind UDP");
     for i in 0..10 {
-        let reply = udp.request(vip_udp, &format!("unconnected-{i}")).expect("UDP via socket LB");
+        let reply = udp
+            .request(vip_udp, &format!("unconnected-{i}"))
+            .expect("UDP via socket LB");
         assert_eq!(reply.from, vip_udp, "recvfrom must show the ClusterSetIP");
     }
 
@@ -150,7 +164,10 @@ fn local_sockets_are_balanced_at_connect_time() {
             socket.send(b"connected")?;
             let mut buf = [0u8; 2048];
             let len = socket.recv(&mut buf)?;
-            Ok::<_, std::io::Error>((socket.peer_addr()?, String::from_utf8_lossy(&buf[..len]).into_owned()))
+            Ok::<_, std::io::Error>((
+                socket.peer_addr()?,
+                String::from_utf8_lossy(&buf[..len]).into_owned(),
+            ))
         })
         .expect("enter netns")
         .expect("connected UDP via socket LB");
@@ -158,23 +175,37 @@ fn local_sockets_are_balanced_at_connect_time() {
     assert!(connected.1.contains("connected"), "{}", connected.1);
 
     // A miss is untouched: a pod address is connected as given.
-    let direct = SocketAddr::V4(SocketAddrV4::new(BACKENDS[0].ip, scenario::BACKEND_HTTP_PORT));
+    let direct = SocketAddr::V4(SocketAddrV4::new(
+        BACKENDS[0].ip,
+        scenario::BACKEND_HTTP_PORT,
+    ));
     let peer = client
-        .enter(|| TcpStream::connect_timeout(&direct, Duration::from_secs(2)).and_then(|s| s.peer_addr()))
+        .enter(|| {
+            TcpStream::connect_timeout(&direct, Duration::from_secs(2)).and_then(|s| s.peer_addr())
+        })
         .expect("enter netns")
         .expect("direct connect");
     assert_eq!(peer, direct);
 
     let after = dump(&bpffs);
-    let (tcp_before, tcp_after) = (frontend(&before, HTTP_PORT, "TCP"), frontend(&after, HTTP_PORT, "TCP"));
+    let (tcp_before, tcp_after) = (
+        frontend(&before, HTTP_PORT, "TCP"),
+        frontend(&after, HTTP_PORT, "TCP"),
+    );
     assert!(
         tcp_after.socket_stats.new_flows >= tcp_before.socket_stats.new_flows + 40,
         "socket LB counted the connections: {:?}",
         tcp_after.socket_stats
     );
     // Not translated twice: the XDP path saw backend addresses only.
-    assert_eq!(tcp_after.stats.new_flows, tcp_before.stats.new_flows, "XDP must not NAT socket-LB flows");
-    let (udp_before, udp_after) = (frontend(&before, UDP_PORT, "UDP"), frontend(&after, UDP_PORT, "UDP"));
+    assert_eq!(
+        tcp_after.stats.new_flows, tcp_before.stats.new_flows,
+        "XDP must not NAT socket-LB flows"
+    );
+    let (udp_before, udp_after) = (
+        frontend(&before, UDP_PORT, "UDP"),
+        frontend(&after, UDP_PORT, "UDP"),
+    );
     assert!(udp_after.socket_stats.new_flows > udp_before.socket_stats.new_flows);
     assert_eq!(set.http_requests()[UNLISTED], 0);
     drop(_inside);

@@ -73,7 +73,9 @@ pub fn disruption(name: &str) -> &'static str {
         names::CONNTRACK => {
             "established flows lose their entries; Maglev re-selects the same backend for most of them, flows whose backend changed meanwhile may reset"
         }
-        names::AFFINITY => "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend",
+        names::AFFINITY => {
+            "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend"
+        }
         names::FRONTEND_STATS | names::BACKEND_STATS | names::SOCK_STATS | names::DROPS => {
             "counters restart from zero"
         }
@@ -88,7 +90,10 @@ fn describe(info: &MapInfo, expected: &MapSpec) -> Option<String> {
     let map_type = info.map_type().ok();
     let mut differences = Vec::new();
     if map_type != Some(expected.map_type) {
-        differences.push(format!("type {map_type:?} (expected {:?})", expected.map_type));
+        differences.push(format!(
+            "type {map_type:?} (expected {:?})",
+            expected.map_type
+        ));
     }
     for (what, actual, wanted) in [
         ("key size", info.key_size(), expected.key_size),

@@ -33,12 +33,17 @@ pub struct MapHandles {
     pub sock_stats: PerCpuArray<MapData, FrontendStats>,
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    name: &'static str,
+    map: Map,
+) -> Result<T, DataplaneError> {
     T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
 }
 
 impl MapHandles {
-    fn from_source(mut get: impl FnMut(&'static str) -> Result<Map, DataplaneError>) -> Result<Self, DataplaneError> {
+    fn from_source(
+        mut get: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
         Ok(Self {
             services: typed(names::SERVICES, get(names::SERVICES)?)?,
             backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
@@ -125,7 +130,9 @@ fn zeroed_per_cpu(map: &'static str) -> Result<PerCpuValues<FrontendStats>, Writ
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
-        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::ENOENT) => {
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
             Ok(())
         }
         other => other,
@@ -195,6 +202,7 @@ impl DataplaneWriter for MapHandles {
     }
 
     fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        ignore_missing(self.maglev.remove(&frontend_id)).map_err(write_error(names::MAGLEV, "remove"))
+        ignore_missing(self.maglev.remove(&frontend_id))
+            .map_err(write_error(names::MAGLEV, "remove"))
     }
 }

@@ -296,16 +296,19 @@ impl Dataplane {
                 }
             },
         };
-        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-            interface: interface.to_owned(),
-            path: pin.clone(),
-            source,
-        };
+        let pin_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
+                interface: interface.to_owned(),
+                path: pin.clone(),
+                source,
+            };
         let link = program
             .take_link(link_id)
             .map_err(|error| pin_error(Box::new(error)))?;
         let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
-        let _pinned: PinnedLink = fd_link.pin(&pin).map_err(|error| pin_error(Box::new(error)))?;
+        let _pinned: PinnedLink = fd_link
+            .pin(&pin)
+            .map_err(|error| pin_error(Box::new(error)))?;
         info!(interface, ?mode, "XDP attached (link pinned)");
         self.attached.push(interface.to_owned());
         Ok(())
@@ -334,11 +337,12 @@ impl Dataplane {
                     program: name,
                     source,
                 })?;
-            let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-                interface: cgroup.display().to_string(),
-                path: pin.clone(),
-                source,
-            };
+            let pin_error =
+                |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
+                    interface: cgroup.display().to_string(),
+                    path: pin.clone(),
+                    source,
+                };
             let link = program
                 .take_link(link_id)
                 .map_err(|error| pin_error(Box::new(error)))?;
@@ -349,7 +353,9 @@ impl Dataplane {
                     warn!(program = name, %error, "cannot unpin the previous socket-LB link");
                 }
             }
-            let _pinned = fd_link.pin(&pin).map_err(|error| pin_error(Box::new(error)))?;
+            let _pinned = fd_link
+                .pin(&pin)
+                .map_err(|error| pin_error(Box::new(error)))?;
         }
         info!(cgroup = %cgroup.display(), "socket LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
         self.attached.push("cgroup".to_owned());
@@ -370,7 +376,10 @@ impl Dataplane {
             };
             if !kept {
                 match fs::remove_file(entry.path()) {
-                    Ok(()) => info!(interface = name, "detached XDP from an interface no longer listed"),
+                    Ok(()) => info!(
+                        interface = name,
+                        "detached XDP from an interface no longer listed"
+                    ),
                     Err(error) => warn!(interface = name, %error, "cannot remove stale link pin"),
                 }
             }

@@ -201,7 +201,10 @@ impl Reconciler {
         let mut used_ids = BTreeSet::new();
         let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
         for (key, value) in &state.backends {
-            slots_of.entry(key.frontend_id).or_default().push((key.slot, *value));
+            slots_of
+                .entry(key.frontend_id)
+                .or_default()
+                .push((key.slot, *value));
         }
         let cluster_name = |id: u32| -> String {
             if id == 0 {
@@ -232,7 +235,9 @@ impl Reconciler {
                 };
                 let addr = Ipv4Addr::from(backend.addr.to_ne_bytes());
                 let port = u16::from_be(backend.port);
-                reconciler.backend_ids.insert((addr, port), backend.backend_id);
+                reconciler
+                    .backend_ids
+                    .insert((addr, port), backend.backend_id);
                 backends.push(Backend {
                     addr,
                     port,
@@ -262,7 +267,10 @@ impl Reconciler {
             );
         }
         reconciler.next_id = used_ids.iter().next_back().map_or(0, |id| id + 1);
-        reconciler.free_ids = (0..reconciler.next_id).filter(|id| !used_ids.contains(id)).rev().collect();
+        reconciler.free_ids = (0..reconciler.next_id)
+            .filter(|id| !used_ids.contains(id))
+            .rev()
+            .collect();
         let used_backend_ids: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
         reconciler.next_backend_id = used_backend_ids.iter().next_back().map_or(0, |id| id + 1);
         reconciler.free_backend_ids = (0..reconciler.next_backend_id)
@@ -327,7 +335,12 @@ impl Reconciler {
     }
 
     /// Cluster id for `name` (0 = unknown or table full).
-    fn cluster_id(&mut self, name: &str, maps: &mut impl DataplaneWriter, report: &mut ApplyReport) -> u32 {
+    fn cluster_id(
+        &mut self,
+        name: &str,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> u32 {
         if name.is_empty() {
             return 0;
         }
@@ -336,7 +349,10 @@ impl Reconciler {
         }
         let used: BTreeSet<u32> = self.clusters.values().copied().collect();
         let Some(id) = (1..MAX_CLUSTERS).find(|id| !used.contains(id)) else {
-            warn!(cluster = name, "cluster table full; backends shown without cluster name");
+            warn!(
+                cluster = name,
+                "cluster table full; backends shown without cluster name"
+            );
             return 0;
         };
         match maps.put_cluster_name(id, &NameValue::new(name)) {
@@ -354,7 +370,11 @@ impl Reconciler {
 
     /// Brings the maps from the last applied state to `desired`.
     #[instrument(skip_all, fields(frontends = desired.frontends.len()))]
-    pub fn apply(&mut self, desired: &DesiredState, maps: &mut impl DataplaneWriter) -> ApplyReport {
+    pub fn apply(
+        &mut self,
+        desired: &DesiredState,
+        maps: &mut impl DataplaneWriter,
+    ) -> ApplyReport {
         let mut report = ApplyReport::default();
 
         let removed: Vec<Frontend> = self
@@ -657,7 +677,11 @@ pub mod memory {
     }
 
     impl DataplaneWriter for MemoryMaps {
-        fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        fn put_service(
+            &mut self,
+            key: &ServiceKey,
+            value: &ServiceValue,
+        ) -> Result<(), WriteError> {
             self.write("services", "put")?;
             self.services.insert(*key, *value);
             Ok(())
@@ -667,7 +691,11 @@ pub mod memory {
             self.services.remove(key);
             Ok(())
         }
-        fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        fn put_backend(
+            &mut self,
+            key: &BackendKey,
+            value: &BackendValue,
+        ) -> Result<(), WriteError> {
             self.write("backends", "put")?;
             self.backends.insert(*key, *value);
             Ok(())

@@ -137,7 +137,10 @@ fn render(maps: &MemoryMaps) -> Rendered {
         // Every slot owns table entries (all weights are 1 here).
         if let Some(table) = maps.maglev.get(&service.frontend_id) {
             for slot in 0..service.backend_count {
-                assert!(table.iter().any(|s| u32::from(*s) == slot), "slot {slot} owns no entry");
+                assert!(
+                    table.iter().any(|s| u32::from(*s) == slot),
+                    "slot {slot} owns no entry"
+                );
             }
         }
         let mut backends = backends;
@@ -151,9 +154,17 @@ fn render(maps: &MemoryMaps) -> Rendered {
         rendered.insert(frontend, (kind, name, backends));
     }
     assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
-    let with_backends = maps.services.values().filter(|s| s.backend_count > 0).count();
+    let with_backends = maps
+        .services
+        .values()
+        .filter(|s| s.backend_count > 0)
+        .count();
     assert_eq!(maps.maglev.len(), with_backends, "leaked Maglev tables");
-    assert_eq!(maps.services.len(), maps.names.len(), "leaked frontend names");
+    assert_eq!(
+        maps.services.len(),
+        maps.names.len(),
+        "leaked frontend names"
+    );
     rendered
 }
 
@@ -303,13 +314,19 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
         affinity_timeout: None,
     };
     let mut desired = DesiredState::default();
-    desired.frontends.insert(frontend(80), spec(vec![backend(1), backend(2)]));
-    desired.frontends.insert(frontend(81), spec(vec![backend(3)]));
+    desired
+        .frontends
+        .insert(frontend(80), spec(vec![backend(1), backend(2)]));
+    desired
+        .frontends
+        .insert(frontend(81), spec(vec![backend(3)]));
     let mut reconciler = Reconciler::new();
     let mut maps = MemoryMaps::default();
     reconciler.apply(&desired, &mut maps);
 
-    desired.frontends.insert(frontend(81), spec(vec![backend(3), backend(4)]));
+    desired
+        .frontends
+        .insert(frontend(81), spec(vec![backend(3), backend(4)]));
     let before = maps.clone();
     let report = reconciler.apply(&desired, &mut maps);
     assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
@@ -318,7 +335,10 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
     assert_eq!(report.map_writes, 4);
     let id80 = before.services[&super::service_key(&frontend(80))].frontend_id;
     for slot in 0..2 {
-        let key = BackendKey { frontend_id: id80, slot };
+        let key = BackendKey {
+            frontend_id: id80,
+            slot,
+        };
         assert_eq!(before.backends[&key], maps.backends[&key]);
     }
 }

@@ -6,7 +6,10 @@
 //! Only packets without IP options are answered (fixed-size headers keep the
 //! verifier and the checksum loops simple); others are dropped and counted.
 
-use aya_ebpf::{helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail}, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use mcs_common::{PROTO_TCP, checksum::fold};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -43,11 +46,7 @@ unsafe fn sum_words<const N: usize>(ptr: *const u8) -> u32 {
 #[inline(always)]
 fn swap_macs(eth: *mut EthHdr) {
     // SAFETY: `eth` was bounds-checked by the caller.
-    unsafe {
-        let dst = (*eth).dst_addr;
-        (*eth).dst_addr = (*eth).src_addr;
-        (*eth).src_addr = dst;
-    }
+    unsafe { core::ptr::swap(&raw mut (*eth).dst_addr, &raw mut (*eth).src_addr) };
 }
 
 /// Fills a fresh 20-byte IPv4 header and its checksum.
@@ -98,9 +97,8 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
     let (reply_seq, reply_ack, reply_flags) = if flags & TCP_FLAG_ACK != 0 {
         (ack_seq, 0, TCP_FLAG_RST)
     } else {
-        let consumed = payload
-            + u32::from(flags & TCP_FLAG_SYN != 0)
-            + u32::from(flags & TCP_FLAG_FIN != 0);
+        let consumed =
+            payload + u32::from(flags & TCP_FLAG_SYN != 0) + u32::from(flags & TCP_FLAG_FIN != 0);
         (0, seq.wrapping_add(consumed), TCP_FLAG_RST | TCP_FLAG_ACK)
     };
 
@@ -117,7 +115,13 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
     swap_macs(eth);
     // SAFETY: all three headers were bounds-checked just above.
     unsafe {
-        write_ip(ip, daddr, saddr, PROTO_TCP, (Ipv4Hdr::LEN + TcpHdr::LEN) as u16);
+        write_ip(
+            ip,
+            daddr,
+            saddr,
+            PROTO_TCP,
+            (Ipv4Hdr::LEN + TcpHdr::LEN) as u16,
+        );
         let bytes = tcp as *mut u8;
         (*tcp).source = dport.to_ne_bytes();
         (*tcp).dest = sport.to_ne_bytes();
