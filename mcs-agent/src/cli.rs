@@ -4,7 +4,11 @@ use std::{path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{dataplane::AttachMode, desired::Locality, telemetry::LogFormat};
+use crate::{
+    dataplane::AttachMode,
+    desired::{ClusterCidrs, Locality},
+    telemetry::LogFormat,
+};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/mcs";
 
@@ -125,6 +129,13 @@ pub struct RunArgs {
     /// `dataplane.mcs.dev/locality` overrides it.
     #[arg(long, default_value = "none", value_name = "POLICY")]
     pub locality: Locality,
+
+    /// Address ranges each source cluster may publish endpoints in, e.g.
+    /// `cluster-a=10.101.0.0/16,cluster-b=10.102.0.0/16`. When given, an
+    /// endpoint outside its cluster's ranges (or of an unlisted cluster) is
+    /// rejected, so one cluster cannot hijack traffic meant for another.
+    #[arg(long, value_name = "CLUSTER=CIDR,...", default_value = "")]
+    pub cluster_cidrs: ClusterCidrs,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

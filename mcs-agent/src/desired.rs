@@ -102,6 +102,45 @@ impl std::str::FromStr for Locality {
 pub struct Policy {
     pub local_cluster: Option<String>,
     pub locality: Locality,
+    /// Per source cluster, the ranges its endpoints must lie in. When set,
+    /// every cluster must be listed: endpoints of an unlisted cluster (or
+    /// of a slice without cluster label) are rejected too, so no cluster
+    /// can publish endpoints that hijack another's traffic.
+    pub cluster_cidrs: ClusterCidrs,
+}
+
+/// `--cluster-cidrs cluster=CIDR,cluster=CIDR,...` (a cluster may repeat).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCidrs(pub BTreeMap<String, Vec<ipnet::Ipv4Net>>);
+
+impl ClusterCidrs {
+    /// Whether `cluster` may publish `addr`.
+    pub fn allows(&self, cluster: &str, addr: Ipv4Addr) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .get(cluster)
+                .is_some_and(|ranges| ranges.iter().any(|net| net.contains(&addr)))
+    }
+}
+
+impl std::str::FromStr for ClusterCidrs {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut map: BTreeMap<String, Vec<ipnet::Ipv4Net>> = BTreeMap::new();
+        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let (cluster, cidr) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not CLUSTER=CIDR"))?;
+            let net: ipnet::Ipv4Net = cidr
+                .trim()
+                .parse()
+                .map_err(|error| format!("{cidr:?} of cluster {cluster:?}: {error}"))?;
+            map.entry(cluster.trim().to_owned()).or_default().push(net.trunc());
+        }
+        Ok(Self(map))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,8 +251,14 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
                     port: port.port,
                     protocol: port.protocol,
                 };
-                let (candidates, truncated) =
-                    backends_of(snapshot, import, &port.name, port.protocol);
+                let (candidates, truncated) = backends_of(
+                    snapshot,
+                    import,
+                    &port.name,
+                    port.protocol,
+                    &policy.cluster_cidrs,
+                    &mut rejections,
+                );
                 let backends = apply_locality(candidates, locality, policy.local_cluster.as_deref());
                 if truncated {
                     rejections.push(rejection(
@@ -260,6 +305,9 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
             }
         }
     }
+    // An endpoint refused for one port is refused for every port: report once.
+    let mut seen = std::collections::BTreeSet::new();
+    rejections.retain(|rejection| seen.insert(rejection.to_string()));
     (state, rejections)
 }
 
@@ -281,6 +329,8 @@ fn backends_of(
     import: &ServiceImport,
     port_name: &str,
     protocol: Protocol,
+    cidrs: &ClusterCidrs,
+    rejections: &mut Vec<Rejection>,
 ) -> (Vec<Backend>, bool) {
     let mut ready: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
     let mut terminating: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
@@ -317,6 +367,19 @@ fn backends_of(
             };
             for address in &endpoint.addresses {
                 let IpAddr::V4(addr) = address else { continue };
+                if !cidrs.allows(&slice.source_cluster, *addr) {
+                    rejections.push(Rejection {
+                        kind: "EndpointSlice".into(),
+                        object: slice.key.clone(),
+                        problem: Problem::OutsideClusterCidr {
+                            field: "endpoints[].addresses[]".into(),
+                            value: *address,
+                            cluster: slice.source_cluster.clone(),
+                        },
+                        fatal: false,
+                    });
+                    continue;
+                }
                 let key = (*addr, slice_port.port);
                 if target.len() >= MAX_BACKENDS_PER_FRONTEND as usize && !target.contains_key(&key) {
                     truncated = true;
@@ -541,6 +604,7 @@ endpoints: [{addresses: ["10.3.0.1"]}]
         let policy = Policy {
             local_cluster: Some(local.to_owned()),
             locality: locality.parse().expect("valid locality"),
+            ..Policy::default()
         };
         let (state, _) = compute_with(&snapshot, &policy);
         state.frontends[&frontend(80)].backends.clone()
@@ -591,5 +655,35 @@ endpoints: [{addresses: ["10.3.0.1"]}]
         );
         let (state, _) = state_of(&yaml);
         assert_eq!(state.frontends[&frontend(80)].affinity_timeout, Some(30));
+    }
+
+    #[test]
+    fn cluster_cidrs_keep_a_cluster_from_hijacking_another() {
+        let converted = manifest::parse(TWO_CLUSTERS).expect("valid YAML");
+        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let policy = Policy {
+            // b may only publish 10.2.0.0/16: its 10.1.0.1 is refused.
+            cluster_cidrs: "a=10.1.0.0/16, b=10.2.0.0/16".parse().expect("valid list"),
+            ..Policy::default()
+        };
+        let (state, rejections) = compute_with(&snapshot, &policy);
+        let http: Vec<_> = state.frontends[&frontend(80)]
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.cluster.clone()))
+            .collect();
+        assert_eq!(http, [("10.1.0.1".into(), "a".into()), ("10.2.0.1".into(), "b".into())]);
+        assert_eq!(rejections.len(), 1, "{rejections:?}");
+        assert_eq!(rejections[0].reason(), "outside_cluster_cidr");
+        assert_eq!(rejections[0].object.name, "web-b");
+        // Unlisted clusters publish nothing once a list is given.
+        let only_a = Policy {
+            cluster_cidrs: "a=10.0.0.0/8".parse().expect("valid"),
+            ..Policy::default()
+        };
+        let (state, _) = compute_with(&snapshot, &only_a);
+        assert!(state.frontends[&frontend(80)].backends.iter().all(|b| b.cluster == "a"));
+        assert!("a=10.0.0.0/33".parse::<ClusterCidrs>().is_err());
+        assert!("a".parse::<ClusterCidrs>().is_err());
     }
 }

@@ -11,6 +11,7 @@
 //! * [`cli`], [`run`], [`telemetry`] — the binary's command line and wiring.
 
 pub mod cli;
+pub mod conntrack;
 pub mod dataplane;
 pub mod desired;
 pub mod dump;

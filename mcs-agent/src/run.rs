@@ -37,6 +37,8 @@ struct Context {
     /// Rejections already logged, so an unchanged bad object is reported
     /// once, not on every change of something else.
     reported: BTreeSet<String>,
+    /// Map writes failing in the last reconcile.
+    failing: BTreeSet<String>,
 }
 
 impl Context {
@@ -52,8 +54,30 @@ impl Context {
         }
         self.metrics.frontends.set(self.reconciler.frontend_count() as i64);
         self.metrics.map_write_errors.inc_by(report.errors.len() as u64);
-        for (frontend, error) in &report.errors {
-            error!(%frontend, error = %chain(error), "map update failed; will retry");
+        // A full map fails the same writes on every retry: log a failure
+        // when it appears, not once a second.
+        let failures: BTreeSet<String> = report
+            .errors
+            .iter()
+            .map(|(frontend, error)| format!("{frontend}: {}", chain(error)))
+            .collect();
+        for failure in failures.difference(&self.failing) {
+            error!(failure = %failure, "map update failed; retrying every second");
+        }
+        if failures.is_empty() && !self.failing.is_empty() {
+            info!("all map updates succeeded again");
+        }
+        self.failing = failures;
+        if !report.retired.is_empty() {
+            match crate::conntrack::purge(&mut self.maps, &report.retired) {
+                Ok(0) => {}
+                Ok(removed) => info!(
+                    removed,
+                    retired_backends = report.retired.len(),
+                    "removed UDP conntrack entries of backends that stopped serving"
+                ),
+                Err(error) => warn!(error = %chain(&error), "conntrack purge failed"),
+            }
         }
         if report.changed() {
             info!(
@@ -161,9 +185,11 @@ async fn serve(
         policy: desired::Policy {
             local_cluster: args.cluster_id.clone(),
             locality: args.locality.clone(),
+            cluster_cidrs: args.cluster_cidrs.clone(),
         },
         reconciler,
         reported: BTreeSet::new(),
+        failing: BTreeSet::new(),
     };
     // Program the maps before attaching, so the first packet already sees
     // the complete state.

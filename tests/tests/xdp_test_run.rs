@@ -737,3 +737,90 @@ fn a_port_goes_only_to_clusters_that_expose_it() {
     }
     assert_eq!(http_backends.len(), 3, "TCP 80 in both clusters");
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    // One UDP and one TCP flow from fixed client ports.
+    let udp = Pkt::udp(CLIENT, 33333, VIP, 53);
+    let tcp = Pkt::tcp(CLIENT, 33333, VIP, 80);
+    let udp_backend = verify(&harness.run(&udp.build()).1, Csum::Full).dst;
+    let tcp_backend = verify(&harness.run(&tcp.build()).1, Csum::Full).dst;
+
+    // Retire both flows' backends.
+    let remaining: Vec<_> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|(addr, _)| *addr != udp_backend.to_string() && *addr != tcp_backend.to_string())
+        .collect();
+    assert!(!remaining.is_empty());
+    let converted = manifest::parse(&manifest(&remaining)).expect("manifest");
+    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (state, _) = desired::compute(&snapshot);
+    let report = harness.reconciler.apply(&state, &mut harness.maps);
+    assert!(!report.retired.is_empty());
+    let removed = mcs_agent::conntrack::purge(&mut harness.maps, &report.retired).expect("purge");
+    assert_eq!(removed, 2, "both directions of the UDP flow");
+
+    // The UDP client on its fixed port is re-balanced at once; the TCP
+    // connection keeps its backend (kube-proxy's policy).
+    let moved = verify(&harness.run(&udp.build()).1, Csum::Full).dst;
+    assert_ne!(moved, udp_backend, "stale UDP flow re-balanced");
+    assert!(remaining.iter().any(|(addr, _)| *addr == moved.to_string()));
+    let mut established = tcp.clone();
+    established.syn = false;
+    assert_eq!(verify(&harness.run(&established.build()).1, Csum::Full).dst, tcp_backend);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
+    require_root();
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::SERVICES, 6)
+        .map_max_entries(names::CONNTRACK, 64)
+        .load(EBPF_OBJECT)
+        .expect("load");
+    let program: &mut Xdp = ebpf.program_mut(programs::XDP).expect("program").try_into().expect("xdp");
+    program.load().expect("verifier");
+    let mut harness = Harness {
+        maps: MapHandles::take(&mut ebpf).expect("maps"),
+        ebpf,
+        reconciler: Reconciler::new(),
+    };
+    // web: 2 ports + 2 VIP markers = 4 entries; api adds 4 more: 2 fail.
+    let mut yaml = manifest(&BACKENDS);
+    yaml.push_str(
+        "---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\nmetadata: {name: api, namespace: demo}\n\
+         spec: {ips: [\"10.96.100.20\"], ports: [{name: http, protocol: TCP, port: 80}, {name: dns, protocol: UDP, port: 53}]}\n",
+    );
+    let converted = manifest::parse(&yaml).expect("manifest");
+    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (state, _) = desired::compute(&snapshot);
+    let report = harness.reconciler.apply(&state, &mut harness.maps);
+    assert_eq!(report.errors.len(), 2, "the writes that did not fit fail: {:?}", report.errors);
+    for (_, error) in &report.errors {
+        assert_eq!(error.map, names::SERVICES);
+    }
+    // What fits serves; a retry fails the same way without disturbing it.
+    let served = verify(&harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1, Csum::Full);
+    assert!(is_backend(served.dst));
+    let again = harness.reconciler.apply(&state, &mut harness.maps);
+    assert_eq!(again.errors.len(), 2);
+    assert!(is_backend(verify(&harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1, Csum::Full).dst));
+
+    // Conntrack (LRU, 64 entries here) full: old flows are evicted, never an
+    // insert failure; an evicted flow's next packet gets the same backend
+    // from Maglev because the backend set did not change.
+    let first = Pkt::tcp(CLIENT, 10000, VIP, 80).build();
+    let first_backend = verify(&harness.run(&first).1, Csum::Full).dst;
+    for sport in 10001..10400 {
+        let (action, _) = harness.run(&Pkt::tcp(CLIENT, sport, VIP, 80).build());
+        assert_eq!(action, XDP_PASS);
+    }
+    let mut later = Pkt::tcp(CLIENT, 10000, VIP, 80);
+    later.syn = false;
+    assert_eq!(verify(&harness.run(&later.build()).1, Csum::Full).dst, first_backend);
+    assert_eq!(harness.dump().drops["conntrack_full"], 0);
+}

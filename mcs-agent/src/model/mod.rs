@@ -238,6 +238,12 @@ pub enum Problem {
     UnknownAddressType(String),
     #[error("unknown spec.type {0:?}")]
     UnknownImportType(String),
+    #[error("{field}: {value} is outside the address ranges allowed for cluster {cluster:?}")]
+    OutsideClusterCidr {
+        field: String,
+        value: IpAddr,
+        cluster: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -283,6 +289,7 @@ impl Rejection {
             Problem::AddressTypeMismatch { .. } => "address_type_mismatch",
             Problem::UnknownAddressType(_) => "unknown_address_type",
             Problem::UnknownImportType(_) => "unknown_import_type",
+            Problem::OutsideClusterCidr { .. } => "outside_cluster_cidr",
             Problem::Conflict(_) => "conflict",
             Problem::Unsupported(_) => "unsupported",
         }

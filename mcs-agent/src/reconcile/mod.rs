@@ -146,6 +146,16 @@ pub enum AdoptError {
     BadFrontendId(u32),
 }
 
+/// A backend that stopped serving a frontend (removed, not ready any more,
+/// its cluster gone, the frontend deleted or left without endpoints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Retired {
+    pub frontend_id: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub protocol: crate::model::Protocol,
+}
+
 /// What one reconcile did.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
@@ -154,6 +164,8 @@ pub struct ApplyReport {
     pub removed: usize,
     pub map_writes: usize,
     pub errors: Vec<(Frontend, WriteError)>,
+    /// Backends whose flows may now be stale (see `conntrack::purge`).
+    pub retired: Vec<Retired>,
 }
 
 impl ApplyReport {
@@ -456,7 +468,14 @@ impl Reconciler {
         }
         maps.delete_frontend_name(id)?;
         report.map_writes += 1;
-        self.applied.remove(frontend);
+        if let Some(applied) = self.applied.remove(frontend) {
+            report.retired.extend(applied.backends.iter().map(|b| Retired {
+                frontend_id: id,
+                addr: b.addr,
+                port: b.port,
+                protocol: frontend.protocol,
+            }));
+        }
         self.free_ids.push(id);
         report.removed += 1;
         Ok(())
@@ -609,6 +628,19 @@ impl Reconciler {
             })?;
             report.map_writes += 1;
         }
+        let kept: BTreeSet<(Ipv4Addr, u16)> = layout.iter().map(|b| (b.addr, b.port)).collect();
+        report.retired.extend(
+            known
+                .backends
+                .iter()
+                .filter(|b| !kept.contains(&(b.addr, b.port)))
+                .map(|b| Retired {
+                    frontend_id: id,
+                    addr: b.addr,
+                    port: b.port,
+                    protocol: frontend.protocol,
+                }),
+        );
         self.applied.insert(
             *frontend,
             Applied {

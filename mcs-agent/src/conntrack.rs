@@ -1,0 +1,139 @@
+//! Conntrack hygiene: flows of backends that stopped serving.
+//!
+//! Policy (see docs/reliability.md):
+//! * **UDP**: entries pointing at a retired backend are deleted as soon as
+//!   the reconcile that retired it has run, both directions. UDP has no
+//!   connection end, so a client on a fixed source port would otherwise keep
+//!   sending to a dead backend (kubernetes#19029); its next datagram is a
+//!   new flow, balanced over the current backends.
+//! * **TCP**: entries are kept, as kube-proxy does. A terminating pod
+//!   finishes its connections; a pod that is really gone answers nothing
+//!   (or its node answers RST), the client reconnects and the new connection
+//!   is balanced anew. Idle entries age out of the LRU.
+
+use std::collections::BTreeSet;
+
+use aya::maps::MapError;
+use mcs_common::{CtKey, CtValue, PROTO_UDP};
+
+use crate::{dataplane::MapHandles, reconcile::Retired};
+
+/// `(frontend id, backend address, backend port)` in map byte order.
+type BackendRef = (u32, u32, u16);
+
+fn retired_udp(retired: &[Retired]) -> BTreeSet<BackendRef> {
+    retired
+        .iter()
+        .filter(|r| r.protocol == crate::model::Protocol::Udp)
+        .map(|r| {
+            (
+                r.frontend_id,
+                u32::from_ne_bytes(r.addr.octets()),
+                r.port.to_be(),
+            )
+        })
+        .collect()
+}
+
+/// The conntrack keys to delete for `retired` backends (pure; both flow
+/// directions carry the frontend and backend).
+pub fn stale_keys(
+    entries: impl IntoIterator<Item = (CtKey, CtValue)>,
+    retired: &[Retired],
+) -> Vec<CtKey> {
+    let wanted = retired_udp(retired);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    entries
+        .into_iter()
+        .filter(|(key, value)| {
+            key.proto == PROTO_UDP
+                && wanted.contains(&(value.frontend_id, value.backend_addr, value.backend_port))
+        })
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// Deletes the UDP flows of `retired` backends; returns how many entries
+/// were removed.
+pub fn purge(maps: &mut MapHandles, retired: &[Retired]) -> Result<usize, MapError> {
+    if retired_udp(retired).is_empty() {
+        return Ok(0);
+    }
+    let entries: Vec<(CtKey, CtValue)> = maps.conntrack.iter().filter_map(Result::ok).collect();
+    let stale = stale_keys(entries, retired);
+    let mut removed = 0;
+    for key in &stale {
+        match maps.conntrack.remove(key) {
+            Ok(()) => removed += 1,
+            // Evicted or expired meanwhile: already gone.
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use mcs_common::{CT_F_REPLY, PROTO_TCP};
+
+    use super::*;
+    use crate::model::Protocol;
+
+    fn entry(proto: u8, frontend_id: u32, backend: [u8; 4], reply: bool) -> (CtKey, CtValue) {
+        let backend_addr = u32::from_ne_bytes(backend);
+        (
+            CtKey {
+                saddr: if reply { backend_addr } else { 1 },
+                daddr: if reply { 1 } else { 2 },
+                sport: 1,
+                dport: 2,
+                proto,
+                _pad: [0; 3],
+            },
+            CtValue {
+                nat_addr: 0,
+                nat_port: 0,
+                _pad: 0,
+                flags: if reply { CT_F_REPLY } else { 0 },
+                frontend_id,
+                backend_addr,
+                backend_port: 5353u16.to_be(),
+                _pad2: 0,
+                backend_id: 0,
+                _pad3: 0,
+                last_seen_ns: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn only_udp_flows_of_retired_backends_go() {
+        let retired = [Retired {
+            frontend_id: 3,
+            addr: Ipv4Addr::new(10, 1, 0, 1),
+            port: 5353,
+            protocol: Protocol::Udp,
+        }];
+        let entries = vec![
+            entry(PROTO_UDP, 3, [10, 1, 0, 1], false),
+            entry(PROTO_UDP, 3, [10, 1, 0, 1], true),
+            entry(PROTO_UDP, 3, [10, 1, 0, 2], false), // another backend
+            entry(PROTO_UDP, 4, [10, 1, 0, 1], false), // another frontend
+            entry(PROTO_TCP, 3, [10, 1, 0, 1], false), // TCP is kept
+        ];
+        let stale = stale_keys(entries.clone(), &retired);
+        assert_eq!(stale, vec![entries[0].0, entries[1].0]);
+        let tcp_only = [Retired {
+            protocol: Protocol::Tcp,
+            ..retired[0]
+        }];
+        assert!(stale_keys(entries, &tcp_only).is_empty());
+    }
+}
