@@ -685,3 +685,164 @@ fn raw_http_get(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
     reader.read_exact(&mut body)?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
+
+/// `mcs-agent dump --vip` conntrack entries of the ClusterSetIP.
+fn vip_conntrack_entries(set: &mut ClusterSet) -> usize {
+    let dir = set.agent().expect("agent").bpffs_dir().to_path_buf();
+    let output = std::process::Command::new(mcs_tests::agent::binary())
+        .args(["dump", "--output", "json", "--vip", &VIP.to_string(), "--bpffs-dir"])
+        .arg(dir)
+        .output()
+        .expect("mcs-agent dump");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: mcs_agent::dump::DumpReport =
+        serde_json::from_slice(&output.stdout).expect("dump JSON");
+    report.conntrack.len()
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn stale_udp_flows_are_rebalanced_within_a_second() {
+    use std::time::{Duration, Instant};
+
+    let mut set = cluster_set();
+    let client_port_base = 41000;
+    let mut figures = Vec::new();
+    let scenarios = [
+        "backend removed",
+        "backend not ready",
+        "its cluster gone",
+        "service left with zero endpoints",
+        "service deleted",
+    ];
+    for (index, scenario_name) in scenarios.into_iter().enumerate() {
+        // Start from everything ready.
+        let all = scenario::manifest(&scenario::all_backends_ready());
+        set.manifest().write(&all.to_yaml()).expect("manifest");
+        wait_for_backends(&mut set, &BACKENDS);
+        let udp = UdpClient::bind(set.client().expect("client"), client_port_base + index as u16)
+            .expect("bind fixed port");
+        let first = udp.request(scenario::vip_udp(), "before").expect("first datagram").backend;
+        let pod = *BACKENDS.iter().find(|p| p.identity() == first).expect("a listed backend");
+        let others: Vec<ServerPod> = BACKENDS.iter().copied().filter(|p| p.name != pod.name).collect();
+
+        let mut changed = all.clone();
+        match scenario_name {
+            "backend removed" => {
+                changed = scenario::manifest(&others.iter().map(|&p| (p, true)).collect::<Vec<_>>());
+            }
+            "backend not ready" => {
+                let mut list: Vec<_> = others.iter().map(|&p| (p, true)).collect();
+                list.push((pod, false));
+                changed = scenario::manifest(&list);
+            }
+            "its cluster gone" => changed.slices.retain(|slice| slice.cluster != pod.cluster),
+            "service left with zero endpoints" => changed = scenario::manifest(&[]),
+            _ => changed.imports.clear(),
+        }
+        let started = Instant::now();
+        set.manifest().write(&changed.to_yaml()).expect("manifest");
+        let rebalanced = if scenario_name.starts_with("service") {
+            // No backend to move to: the flow's entries must be gone.
+            loop {
+                if vip_conntrack_entries(&mut set) == 0 {
+                    break started.elapsed();
+                }
+                assert!(started.elapsed() < Duration::from_secs(5), "{scenario_name}: entries stayed");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                if let Ok(reply) = udp.request(scenario::vip_udp(), &format!("after-{attempt}")) {
+                    if reply.backend != first {
+                        assert!(others.iter().any(|p| p.identity() == reply.backend));
+                        break started.elapsed();
+                    }
+                }
+                assert!(started.elapsed() < Duration::from_secs(5), "{scenario_name}: still on {first:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        assert!(
+            rebalanced <= Duration::from_secs(1),
+            "{scenario_name}: re-balanced after {rebalanced:?} (goal 1 s)"
+        );
+        figures.push(format!("{scenario_name}: {:.0} ms", rebalanced.as_secs_f64() * 1000.0));
+    }
+    eprintln!("stale UDP re-balance times: {}", figures.join("; "));
+    teardown(set);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_source_outage_keeps_serving_and_catches_up() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    let mut set = cluster_set();
+    let outage = Duration::from_secs(
+        std::env::var("MCS_OUTAGE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&client_ns).expect("open client netns");
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let target = scenario::vip_http();
+            while !stop.load(Ordering::Relaxed) {
+                let result = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                    .and_then(|mut stream| {
+                        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        raw_http_get(&mut stream)
+                    });
+                sent.fetch_add(1, Ordering::Relaxed);
+                if result.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // The source disappears (its directory is moved away) for the outage.
+    let dir = set.manifest().dir();
+    let parked = dir.with_extension("parked");
+    std::fs::rename(&dir, &parked).expect("take the source away");
+    let started = Instant::now();
+    while started.elapsed() < outage {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Meanwhile b-web2 left; the source comes back with that change.
+    let [a_web1, b_web1, b_web2] = BACKENDS;
+    let changed = scenario::manifest(&[(a_web1, true), (b_web1, true)]).to_yaml();
+    let file = parked.join(set.manifest().file().file_name().expect("file name"));
+    std::fs::write(&file, changed).expect("write the change");
+    std::fs::rename(&parked, &dir).expect("bring the source back");
+    let back = Instant::now();
+    wait_for_backends(&mut set, &[a_web1, b_web1]);
+    let caught_up = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(total > 100, "only {total} requests");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed during the outage");
+    let seen = vip_connections(&set, 30);
+    assert!(!seen.contains_key(&b_web2.identity()));
+    let log = set.agent().expect("agent").log();
+    assert!(log.contains("source unavailable; keeping the last state"), "{log}");
+    eprintln!(
+        "source outage: {:.0} s, {total} requests, {failed} failed, change applied {:.2} s after the source returned",
+        outage.as_secs_f64(),
+        caught_up.as_secs_f64()
+    );
+    teardown(set);
+}

@@ -28,6 +28,7 @@ use crate::model::{
 
 const DEBOUNCE: Duration = Duration::from_millis(100);
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+const MISSING_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -178,35 +179,13 @@ impl FileSource {
         info!(path = %self.path.display(), "file source loaded");
 
         let (events_tx, mut events) = mpsc::channel::<()>(1);
-        // Watch the parent of a file so editors' rename-replace is seen, and
-        // the directory itself otherwise.
-        let watch_path = if self.path.is_dir() {
-            self.path.clone()
-        } else {
-            self.path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        };
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events_tx.try_send(());
-            }
-        })
-        .map_err(|source| FileSourceError::Watch {
-            path: watch_path.clone(),
-            source,
-        })?;
-        watcher
-            .watch(&watch_path, RecursiveMode::NonRecursive)
-            .map_err(|source| FileSourceError::Watch {
-                path: watch_path.clone(),
-                source,
-            })?;
-
+        let mut watcher = Some(self.watch(events_tx.clone())?);
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.tick().await;
-        let mut missing_reported = false;
+        // While PATH is missing, look for it every second (its watch is gone
+        // with it) instead of waiting for the periodic re-read.
+        let mut missing_poll = tokio::time::interval(MISSING_POLL);
+        let mut missing = false;
         loop {
             tokio::select! {
                 event = events.recv() => {
@@ -217,19 +196,31 @@ impl FileSource {
                     while events.try_recv().is_ok() {}
                 }
                 _ = resync.tick() => debug!("periodic re-read"),
+                _ = missing_poll.tick(), if missing => {}
                 () = updates.closed() => return Ok(()),
             }
             match self.reload() {
                 Ok(errors) => {
-                    missing_reported = false;
+                    if missing || watcher.is_none() {
+                        info!(path = %self.path.display(), "source back; applying its current state");
+                        missing = false;
+                        watcher = match self.watch(events_tx.clone()) {
+                            Ok(watcher) => Some(watcher),
+                            Err(error) => {
+                                warn!(error = %crate::telemetry::chain(&error), "cannot watch the source again; re-reading periodically");
+                                None
+                            }
+                        };
+                    }
                     for error in errors {
                         error!(error = %crate::telemetry::chain(&error), "manifest file rejected; keeping its previous objects");
                     }
                 }
                 Err(error) => {
-                    if !missing_reported {
+                    if !missing {
                         warn!(error = %crate::telemetry::chain(&error), "source unavailable; keeping the last state");
-                        missing_reported = true;
+                        missing = true;
+                        watcher = None;
                     }
                     continue;
                 }
@@ -244,6 +235,35 @@ impl FileSource {
                 }
             });
         }
+    }
+
+    /// Watches the directory (or, for a file, its parent, so editors'
+    /// rename-replace is seen); events only wake the loop up.
+    fn watch(&self, events: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, FileSourceError> {
+        let watch_path = if self.path.is_dir() {
+            self.path.clone()
+        } else {
+            self.path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        };
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = events.try_send(());
+            }
+        })
+        .map_err(|source| FileSourceError::Watch {
+            path: watch_path.clone(),
+            source,
+        })?;
+        watcher
+            .watch(&watch_path, RecursiveMode::NonRecursive)
+            .map_err(|source| FileSourceError::Watch {
+                path: watch_path.clone(),
+                source,
+            })?;
+        Ok(watcher)
     }
 }
 
