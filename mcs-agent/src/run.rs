@@ -11,12 +11,12 @@ use tokio::{
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    cli::{RunArgs, SourceSpec},
+    cli::RunArgs,
     dataplane::{Dataplane, MapHandles},
     desired,
     model::Rejection,
     reconcile::Reconciler,
-    sources::{SourceUpdate, file::FileSource},
+    sources::{Source, SourceError, SourceUpdate},
     telemetry::chain,
 };
 
@@ -85,9 +85,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &args.cluster_id {
         info!(cluster, "starting");
     }
-    let SourceSpec::File(path) = args.source.clone();
-    // Read the source before touching the kernel: a wrong path fails fast.
-    let source = FileSource::new(path.clone());
+    // Open and start the source before touching the kernel: a wrong path
+    // or kubeconfig fails fast.
+    let source = Source::open(&args.source, args.kubeconfig.as_deref())
+        .await
+        .context("open the source")?;
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
 
@@ -103,7 +105,7 @@ async fn serve(
     args: &RunArgs,
     dataplane: &mut Dataplane,
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
-    source_task: &mut tokio::task::JoinHandle<Result<(), crate::sources::file::FileSourceError>>,
+    source_task: &mut tokio::task::JoinHandle<Result<(), SourceError>>,
 ) -> anyhow::Result<()> {
     let mut ctx = Context {
         maps: dataplane.maps().context("open the dataplane maps")?,
@@ -155,9 +157,7 @@ async fn serve(
     Ok(())
 }
 
-fn source_failed(
-    result: Result<Result<(), crate::sources::file::FileSourceError>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
+fn source_failed(result: Result<Result<(), SourceError>, tokio::task::JoinError>) -> anyhow::Result<()> {
     match result {
         Ok(Ok(())) => anyhow::bail!("source stopped"),
         Ok(Err(error)) => Err(error).context("source failed"),
