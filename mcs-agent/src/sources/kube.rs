@@ -70,7 +70,7 @@ use crate::{
         convert::{
             self, ANNOTATION_DERIVED_SERVICE, ANNOTATION_GKE_DERIVED_SERVICE, LABEL_MANAGED_BY,
             LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
-            MANAGED_BY_ENDPOINTSLICE_CONTROLLER, Object,
+            Object,
         },
         manifest,
     },
@@ -214,7 +214,7 @@ struct Stores {
 enum Progress {
     /// The store changed (watch event).
     Changed,
-    /// A (re)list started or is buffering; the store is unchanged.
+    /// A relist is buffering; the store is unchanged.
     Listing,
     /// A list completed and was swapped into the store.
     Listed,
@@ -246,9 +246,14 @@ where
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     watcher(api, config)
-        .default_backoff()
         .modify(trim)
         .reflect(writer)
+        // `Init` starts every list attempt, and the backoff resets on every
+        // item that is not an error: with it, a list that keeps failing (a
+        // CRD that is not installed) would be retried at the first backoff
+        // step (about a second) forever. The store has already seen it.
+        .filter(|event| std::future::ready(!matches!(event, Ok(watcher::Event::Init))))
+        .default_backoff()
         .map(move |result| (watched, progress(result)))
         .boxed()
 }
@@ -450,9 +455,11 @@ fn observe(watched: Watched, state: &mut WatchState, progress: Progress) -> bool
             true
         }
         Progress::Failed(error) => {
+            // By code: a path that is not served at all answers a plain
+            // "404 page not found", which has no `NotFound` reason.
             let not_found = matches!(
                 &error,
-                watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+                watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
             );
             if not_found && state.list != ListState::Listed {
                 // Never listed and not served: most likely a CRD that is not
@@ -480,7 +487,7 @@ fn observe(watched: Watched, state: &mut WatchState, progress: Progress) -> bool
                 let forbidden = matches!(
                     &error,
                     watcher::Error::InitialListFailed(kube::Error::Api(status))
-                    | watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.is_forbidden()
+                    | watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 403
                 );
                 if forbidden {
                     warn!(resource, error = %message, "access denied; check the agent's RBAC (deploy/rbac.yaml); retrying with backoff");
@@ -580,17 +587,16 @@ fn key_of(meta: &ObjectMeta) -> ObjectKey {
     )
 }
 
-/// Whether a slice backs an import: an MCS slice not made by the ordinary
-/// controller, or a slice of a Service named by an import's
-/// derived-service annotation. Other slices (every ordinary Service's) are
+/// Whether a slice is converted: every slice with the MCS label (conversion
+/// itself skips those of the ordinary controller, as for files), and a
+/// slice of an ordinary Service only when an import's derived-service
+/// annotation names that Service. The slices of every other Service are
 /// not converted, so they cannot cause rejections or Events.
 fn slice_is_relevant(slice: &K8sEndpointSlice, derived: &BTreeSet<ObjectKey>) -> bool {
     let labels = slice.metadata.labels.as_ref();
     let label = |key: &str| labels.and_then(|labels| labels.get(key)).map(String::as_str);
     let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
-    if label(LABEL_MC_SERVICE_NAME).is_some()
-        && label(LABEL_MANAGED_BY) != Some(MANAGED_BY_ENDPOINTSLICE_CONTROLLER)
-    {
+    if label(LABEL_MC_SERVICE_NAME).is_some() {
         return true;
     }
     label(LABEL_SERVICE_NAME)
@@ -866,6 +872,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::model::convert::MANAGED_BY_ENDPOINTSLICE_CONTROLLER;
 
     #[test]
     fn reasons_are_camel_case() {
@@ -929,7 +936,7 @@ mod tests {
         };
         let derived = BTreeSet::from([ObjectKey::new("demo", "gke-mcs-x")]);
         assert!(slice_is_relevant(&slice(json!({LABEL_MC_SERVICE_NAME: "web"})), &derived));
-        assert!(!slice_is_relevant(
+        assert!(slice_is_relevant(
             &slice(json!({LABEL_MC_SERVICE_NAME: "web", LABEL_MANAGED_BY: MANAGED_BY_ENDPOINTSLICE_CONTROLLER})),
             &derived
         ));
