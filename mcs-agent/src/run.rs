@@ -157,7 +157,9 @@ async fn serve(
     Ok(())
 }
 
-fn source_failed(result: Result<Result<(), SourceError>, tokio::task::JoinError>) -> anyhow::Result<()> {
+fn source_failed(
+    result: Result<Result<(), SourceError>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match result {
         Ok(Ok(())) => anyhow::bail!("source stopped"),
         Ok(Err(error)) => Err(error).context("source failed"),

@@ -158,7 +158,9 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     pub fn is_watch(&self) -> bool {
-        self.query.get("watch").is_some_and(|v| v == "true" || v == "1")
+        self.query
+            .get("watch")
+            .is_some_and(|v| v == "true" || v == "1")
     }
 }
 
@@ -370,15 +372,18 @@ impl FakeApiServer {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED for watchers).
     /// Sets `metadata.resourceVersion` and, for new objects, `uid` and
     /// `creationTimestamp`. Returns the new resourceVersion.
     pub fn apply(&self, mut object: Value) -> Result<u64, FakeError> {
-        let resource = ResourceId::of(&object)
-            .ok_or_else(|| FakeError::UnknownKind(object.to_string().chars().take(120).collect()))?;
+        let resource = ResourceId::of(&object).ok_or_else(|| {
+            FakeError::UnknownKind(object.to_string().chars().take(120).collect())
+        })?;
         let name = name_of(&object).to_owned();
         if name.is_empty() {
             return Err(FakeError::NoName);
@@ -429,7 +434,9 @@ impl FakeApiServer {
     pub fn apply_all(&self, objects: impl IntoIterator<Item = Value>) -> Result<(), FakeError> {
         for object in objects {
             match object.get("items") {
-                Some(Value::Array(items)) if object["kind"].as_str().is_some_and(|k| k.ends_with("List")) => {
+                Some(Value::Array(items))
+                    if object["kind"].as_str().is_some_and(|k| k.ends_with("List")) =>
+                {
                     self.apply_all(items.clone())?;
                 }
                 _ => {
@@ -560,7 +567,10 @@ impl FakeApiServer {
                 "kind": kind,
                 "metadata": {"resourceVersion": revision},
             });
-            let ok = watch.tx.send(WatchMsg::Line(event_line("BOOKMARK", &object))).is_ok();
+            let ok = watch
+                .tx
+                .send(WatchMsg::Line(event_line("BOOKMARK", &object)))
+                .is_ok();
             sent += usize::from(ok);
             ok
         });
@@ -658,7 +668,11 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .body(Full::new(body.into()).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .expect("static response parts are valid")
 }
 
@@ -708,7 +722,9 @@ async fn handle(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Respon
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let response = route(state, &method, &path, &query, request).await;
-    let mut guard = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     guard.requests.push(RequestRecord {
         method: method.to_string(),
         path,
@@ -725,7 +741,11 @@ async fn route(
     query: &BTreeMap<String, String>,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let lock = || state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = || {
+        state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
     {
         let state = lock();
         if state.unavailable {
@@ -760,7 +780,11 @@ async fn route(
             );
             match lock().objects.get(&key) {
                 Some(object) => json_response(StatusCode::OK, object),
-                None => status_response(StatusCode::NOT_FOUND, "NotFound", &format!("{name} not found")),
+                None => status_response(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                ),
             }
         }
         (&Method::POST, None) if is_event => {
@@ -794,7 +818,11 @@ async fn route(
             let mut state = lock();
             state.event_patches.push(patch.clone());
             let Some(stored) = state.objects.get_mut(&key) else {
-                return status_response(StatusCode::NOT_FOUND, "NotFound", &format!("{name} not found"));
+                return status_response(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                );
             };
             merge_patch(stored, &patch);
             let stored = stored.clone();
@@ -840,13 +868,17 @@ async fn list(
     query: &BTreeMap<String, String>,
 ) -> Response<Body> {
     let delay = {
-        let state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         state.list_delay.get(&api.resource).copied()
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -915,7 +947,9 @@ fn watch(
 ) -> Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel();
     let timeout = {
-        let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let from = query
             .get("resourceVersion")
             .and_then(|rv| rv.parse::<u64>().ok())
@@ -973,7 +1007,10 @@ fn watch(
             WatchMsg::Line(line) => Some((Ok(Frame::data(line)), (rx, deadline))),
             WatchMsg::End => None,
             WatchMsg::Abort => Some((
-                Err(io::Error::new(io::ErrorKind::ConnectionAborted, "watch dropped by the test")),
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "watch dropped by the test",
+                )),
                 (rx, deadline),
             )),
         }
@@ -990,7 +1027,6 @@ fn watch(
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("static response parts are valid")
 }
-
 
 /// A label selector: the equality- and set-based requirements of the
 /// Kubernetes syntax (`k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
@@ -1037,7 +1073,9 @@ impl Selector {
                 Requirement::NotExists(key.trim().to_owned())
             } else if let Some((key, value)) = term.split_once("!=") {
                 Requirement::NotIn(key.trim().to_owned(), vec![value.trim().to_owned()])
-            } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
                 Requirement::In(key.trim().to_owned(), vec![value.trim().to_owned()])
             } else if let Some((key, rest)) = term.split_once(" notin ") {
                 Requirement::NotIn(key.trim().to_owned(), set(rest)?)
@@ -1059,9 +1097,13 @@ impl Selector {
         self.0.iter().all(|requirement| match requirement {
             Requirement::Exists(key) => label(key).is_some(),
             Requirement::NotExists(key) => label(key).is_none(),
-            Requirement::In(key, values) => label(key).is_some_and(|v| values.iter().any(|x| x == v)),
+            Requirement::In(key, values) => {
+                label(key).is_some_and(|v| values.iter().any(|x| x == v))
+            }
             // Kubernetes: `!=`/notin also match objects without the label.
-            Requirement::NotIn(key, values) => label(key).is_none_or(|v| values.iter().all(|x| x != v)),
+            Requirement::NotIn(key, values) => {
+                label(key).is_none_or(|v| values.iter().all(|x| x != v))
+            }
         })
     }
 }
@@ -1087,14 +1129,21 @@ mod tests {
             ("b notin (2)", false),
             ("a=1,b in (3,2)", true),
         ] {
-            assert_eq!(Selector::parse(selector).unwrap().matches(&object), expected, "{selector}");
+            assert_eq!(
+                Selector::parse(selector).unwrap().matches(&object),
+                expected,
+                "{selector}"
+            );
         }
     }
 
     #[test]
     fn paths() {
         let api = parse_path("/apis/discovery.k8s.io/v1/endpointslices").unwrap();
-        assert_eq!(api.resource, ResourceId::new("discovery.k8s.io/v1", "endpointslices"));
+        assert_eq!(
+            api.resource,
+            ResourceId::new("discovery.k8s.io/v1", "endpointslices")
+        );
         assert!(api.namespace.is_none());
         let api = parse_path("/api/v1/namespaces/demo/endpoints/x").unwrap();
         assert_eq!(api.namespace.as_deref(), Some("demo"));

@@ -31,9 +31,12 @@ use tokio::{sync::watch, task::JoinHandle};
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn fixture(name: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kube")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     match value.get("items") {
         Some(Value::Array(items)) => items.clone(),
         _ => vec![value],
@@ -72,7 +75,9 @@ fn gke_imports() -> ResourceId {
 fn server_with_fixtures() -> FakeApiServer {
     let server = FakeApiServer::start().expect("start the fake API server");
     server.apply_all(mcs_objects()).expect("fixtures apply");
-    server.apply_all(fixture("unrelated.json")).expect("fixtures apply");
+    server
+        .apply_all(fixture("unrelated.json"))
+        .expect("fixtures apply");
     server
 }
 
@@ -146,29 +151,53 @@ async fn wait_matching(running: &mut Running, objects: &[Value], what: &str) -> 
     let wait = updates.wait_for(|update| update.as_ref().is_some_and(|u| canonical(u) == expected));
     if tokio::time::timeout(TIMEOUT, wait).await.is_err() {
         let actual = running.updates.borrow().as_ref().map(canonical);
-        panic!("timed out waiting for {what}: {}", difference(&expected, actual.as_ref()));
+        panic!(
+            "timed out waiting for {what}: {}",
+            difference(&expected, actual.as_ref())
+        );
     }
-    let update = running.updates.borrow_and_update().clone().expect("waited for it");
+    let update = running
+        .updates
+        .borrow_and_update()
+        .clone()
+        .expect("waited for it");
     // Nothing else follows once the state is reached.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(canonical(running.updates.borrow().as_ref().unwrap()), expected, "{what}: settled");
+    assert_eq!(
+        canonical(running.updates.borrow().as_ref().unwrap()),
+        expected,
+        "{what}: settled"
+    );
     update
 }
 
 /// What differs between two canonical updates, for failure messages.
-fn difference(expected: &(Snapshot, Vec<String>), actual: Option<&(Snapshot, Vec<String>)>) -> String {
+fn difference(
+    expected: &(Snapshot, Vec<String>),
+    actual: Option<&(Snapshot, Vec<String>)>,
+) -> String {
     let Some(actual) = actual else {
         return "nothing was published".into();
     };
     let mut lines = Vec::new();
-    let keys: BTreeSet<_> = expected.0.imports.keys().chain(actual.0.imports.keys()).collect();
+    let keys: BTreeSet<_> = expected
+        .0
+        .imports
+        .keys()
+        .chain(actual.0.imports.keys())
+        .collect();
     for key in keys {
         let (e, a) = (expected.0.imports.get(key), actual.0.imports.get(key));
         if e != a {
             lines.push(format!("import {key}:\n  expected {e:?}\n  actual   {a:?}"));
         }
     }
-    let keys: BTreeSet<_> = expected.0.slices.keys().chain(actual.0.slices.keys()).collect();
+    let keys: BTreeSet<_> = expected
+        .0
+        .slices
+        .keys()
+        .chain(actual.0.slices.keys())
+        .collect();
     for key in keys {
         let (e, a) = (expected.0.slices.get(key), actual.0.slices.get(key));
         if e != a {
@@ -222,19 +251,31 @@ fn record_updates(running: &Running) -> (Arc<Mutex<Vec<SourceUpdate>>>, JoinHand
 /// Waits until the server has seen `count` list requests (not watches) of
 /// `resource` in total.
 async fn wait_for_lists(server: &FakeApiServer, resource: &ResourceId, count: usize) {
-    let group = if resource.api_version.contains('/') { "apis" } else { "api" };
+    let group = if resource.api_version.contains('/') {
+        "apis"
+    } else {
+        "api"
+    };
     let path = format!("/{group}/{}/{}", resource.api_version, resource.plural);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let lists = server
             .requests()
             .iter()
-            .filter(|r| r.path == path && !r.is_watch() && r.status == 200 && !r.query.contains_key("continue"))
+            .filter(|r| {
+                r.path == path
+                    && !r.is_watch()
+                    && r.status == 200
+                    && !r.query.contains_key("continue")
+            })
             .count();
         if lists >= count {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {count} lists of {resource}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {count} lists of {resource}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -242,7 +283,10 @@ async fn wait_for_lists(server: &FakeApiServer, resource: &ResourceId, count: us
 async fn wait_for_watches(server: &FakeApiServer, count: usize) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while server.open_watches(None) < count {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {count} open watches");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {count} open watches"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -269,11 +313,22 @@ async fn initial_list_equals_the_file_source() {
     let reasons: BTreeSet<&str> = update.rejections.iter().map(|r| r.reason()).collect();
     assert_eq!(
         reasons,
-        BTreeSet::from(["address_type_mismatch", "duplicate_port_name", "forbidden_ip", "unknown_protocol"])
+        BTreeSet::from([
+            "address_type_mismatch",
+            "duplicate_port_name",
+            "forbidden_ip",
+            "unknown_protocol"
+        ])
     );
     // Objects of ordinary Services were watched but neither converted nor
     // rejected.
-    assert!(update.snapshot.slices.keys().all(|key| key.namespace != "default"));
+    assert!(
+        update
+            .snapshot
+            .slices
+            .keys()
+            .all(|key| key.namespace != "default")
+    );
 
     // Watches and lists used the selectors and pagination.
     let requests = server.requests();
@@ -289,9 +344,15 @@ async fn initial_list_equals_the_file_source() {
             "kubernetes.io/service-name,!multicluster.kubernetes.io/service-name"
         ])
     );
-    assert!(requests.iter().any(|r| r.query.contains_key("continue")), "lists were paginated");
     assert!(
-        requests.iter().filter(|r| r.is_watch()).all(|r| r.query.get("allowWatchBookmarks").is_some_and(|v| v == "true")),
+        requests.iter().any(|r| r.query.contains_key("continue")),
+        "lists were paginated"
+    );
+    assert!(
+        requests.iter().filter(|r| r.is_watch()).all(|r| r
+            .query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true")),
         "watches ask for bookmarks"
     );
 }
@@ -320,15 +381,23 @@ async fn watch_events_propagate() {
 
     // MODIFIED: an endpoint becomes ready, an import gains a port.
     let slice = named(&mut objects, "EndpointSlice", "web-cluster-a-1");
-    slice["endpoints"][1]["conditions"] = json!({"ready": true, "serving": true, "terminating": false});
+    slice["endpoints"][1]["conditions"] =
+        json!({"ready": true, "serving": true, "terminating": false});
     server.apply(slice.clone()).unwrap();
     let import = named(&mut objects, "ServiceImport", "api");
-    import["spec"]["ports"].as_array_mut().unwrap().push(json!({"name": "admin", "protocol": "TCP", "port": 9001}));
+    import["spec"]["ports"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "admin", "protocol": "TCP", "port": 9001}));
     server.apply(import.clone()).unwrap();
     wait_matching(&mut running, &objects, "modified objects").await;
 
     // DELETED: a slice, the Endpoints of a derived service, an import.
-    for (kind, name) in [("EndpointSlice", "web-cluster-a-2"), ("Endpoints", "gke-mcs-cart-9q8w"), ("ServiceImport", "db")] {
+    for (kind, name) in [
+        ("EndpointSlice", "web-cluster-a-2"),
+        ("Endpoints", "gke-mcs-cart-9q8w"),
+        ("ServiceImport", "db"),
+    ] {
         let gone = remove(&mut objects, kind, name);
         assert!(server.delete_object(&gone), "{kind} {name} existed");
     }
@@ -340,7 +409,12 @@ async fn watch_events_propagate() {
     slice["metadata"]["labels"] = json!({"app": "not-mcs"});
     server.apply(slice.clone()).unwrap();
     remove(&mut objects, "EndpointSlice", "web-cluster-b-1");
-    wait_matching(&mut running, &objects, "a slice whose labels no longer match").await;
+    wait_matching(
+        &mut running,
+        &objects,
+        "a slice whose labels no longer match",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,20 +434,33 @@ async fn bookmarks_are_harmless() {
         assert_eq!(server.send_bookmarks(), WATCHERS);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!running.updates.has_changed().unwrap(), "bookmarks published nothing");
+    assert!(
+        !running.updates.has_changed().unwrap(),
+        "bookmarks published nothing"
+    );
 
     // Watches resume from the bookmarked revision after a dropped
     // connection, and changes still flow.
     let before = server.requests().len();
     server.drop_watches();
     wait_for_watches(&server, WATCHERS).await;
-    let resumed: Vec<_> = server.requests()[before..].iter().filter(|r| r.is_watch()).cloned().collect();
+    let resumed: Vec<_> = server.requests()[before..]
+        .iter()
+        .filter(|r| r.is_watch())
+        .cloned()
+        .collect();
     assert!(!resumed.is_empty());
     for request in &resumed {
-        assert_eq!(request.query.get("resourceVersion"), Some(&revision.to_string()), "{request:?}");
+        assert_eq!(
+            request.query.get("resourceVersion"),
+            Some(&revision.to_string()),
+            "{request:?}"
+        );
     }
     assert!(
-        server.requests()[before..].iter().all(|r| r.is_watch() || r.path.contains("events")),
+        server.requests()[before..]
+            .iter()
+            .all(|r| r.is_watch() || r.path.contains("events")),
         "no relist after bookmarks"
     );
     let import = named(&mut objects, "ServiceImport", "web");
@@ -399,7 +486,10 @@ async fn gone_relists_without_losing_live_objects() {
     wait_for_lists(&server, &resource("v1", "endpoints"), 2).await;
     wait_for_watches(&server, WATCHERS).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(seen.lock().unwrap().is_empty(), "a relist of unchanged objects publishes nothing");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a relist of unchanged objects publishes nothing"
+    );
     assert_eq!(running.updates.borrow().as_ref(), Some(&initial));
 
     // Changes made while expired (history compacted) arrive through the
@@ -417,10 +507,21 @@ async fn gone_relists_without_losing_live_objects() {
     assert!(!seen.is_empty());
     for update in seen.iter() {
         for key in last.snapshot.imports.keys() {
-            assert!(update.snapshot.imports.contains_key(key), "{key} missing from an intermediate update");
+            assert!(
+                update.snapshot.imports.contains_key(key),
+                "{key} missing from an intermediate update"
+            );
         }
-        let web = update.snapshot.slices.values().filter(|s| s.owner == SliceOwner::Import("web".into())).count();
-        assert_eq!(web, 3, "a live web slice was missing from an intermediate update");
+        let web = update
+            .snapshot
+            .slices
+            .values()
+            .filter(|s| s.owner == SliceOwner::Import("web".into()))
+            .count();
+        assert_eq!(
+            web, 3,
+            "a live web slice was missing from an intermediate update"
+        );
     }
 }
 
@@ -462,20 +563,41 @@ async fn reconnect_after_changes(compact: bool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(running.updates.borrow().as_ref(), Some(&initial));
 
-    let lists = |server: &FakeApiServer| server.requests().iter().filter(|r| !r.is_watch() && r.method == "GET").count();
+    let lists = |server: &FakeApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| !r.is_watch() && r.method == "GET")
+            .count()
+    };
     let lists_before = lists(&server);
     server.set_available(true);
     wait_matching(&mut running, &objects, "the state after reconnecting").await;
     recorder.abort();
     if compact {
-        assert!(lists(&server) > lists_before, "410 on resume made the watchers relist");
+        assert!(
+            lists(&server) > lists_before,
+            "410 on resume made the watchers relist"
+        );
     } else {
-        assert_eq!(lists(&server), lists_before, "watches resumed and were replayed what they missed; no relist");
+        assert_eq!(
+            lists(&server),
+            lists_before,
+            "watches resumed and were replayed what they missed; no relist"
+        );
     }
     // The live objects never went missing in between.
     for update in seen.lock().unwrap().iter() {
-        for key in ["web-cluster-a-1", "web-cluster-a-2", "api-cluster-a-1", "api-cluster-b-1"] {
-            assert!(update.snapshot.slices.keys().any(|k| k.name == key), "{key} missing from an update");
+        for key in [
+            "web-cluster-a-1",
+            "web-cluster-a-2",
+            "api-cluster-a-1",
+            "api-cluster-b-1",
+        ] {
+            assert!(
+                update.snapshot.slices.keys().any(|k| k.name == key),
+                "{key} missing from an update"
+            );
         }
     }
 }
@@ -497,14 +619,23 @@ async fn nothing_is_published_before_every_kind_is_listed() {
     server.set_list_delay(&endpoints, Duration::from_millis(1500));
     let mut running = start(&server).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(running.updates.borrow().is_none(), "published before Endpoints were listed");
+    assert!(
+        running.updates.borrow().is_none(),
+        "published before Endpoints were listed"
+    );
     assert!(
         server.requests().iter().filter(|r| r.is_watch()).count() >= WATCHERS - 1,
         "the other kinds were listed and watched meanwhile"
     );
     wait_for_lists(&server, &endpoints, 1).await;
     let update = wait_matching(&mut running, &mcs_objects(), "the first update").await;
-    assert!(update.snapshot.slices.keys().any(|k| k.name.starts_with("gke-mcs-cart-9q8w")));
+    assert!(
+        update
+            .snapshot
+            .slices
+            .keys()
+            .any(|k| k.name.starts_with("gke-mcs-cart-9q8w"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,9 +648,18 @@ async fn a_crd_that_is_not_installed_does_not_block_the_others() {
     let mut running = start_source(KubeSource::new(client, options()));
     // Without its imports, the derived services' objects (namespace
     // `store`) back nothing and are not converted either.
-    let without_gke: Vec<Value> = mcs_objects().into_iter().filter(|o| o["metadata"]["namespace"] != "store").collect();
+    let without_gke: Vec<Value> = mcs_objects()
+        .into_iter()
+        .filter(|o| o["metadata"]["namespace"] != "store")
+        .collect();
     let update = wait_matching(&mut running, &without_gke, "the update without GKE imports").await;
-    assert!(update.snapshot.imports.values().all(|i| i.flavour != Flavour::Gke));
+    assert!(
+        update
+            .snapshot
+            .imports
+            .values()
+            .all(|i| i.flavour != Flavour::Gke)
+    );
 
     // Installed later: picked up by the watcher's retries.
     server.set_served(&gke_imports(), true);
@@ -540,7 +680,12 @@ async fn an_object_served_in_both_mcs_api_versions_is_taken_once() {
     remove(&mut expected, "ServiceImport", "web");
     expected.push(web);
     let update = wait_matching(&mut running, &expected, "one web import").await;
-    let web = update.snapshot.imports.values().find(|i| i.key.name == "web").unwrap();
+    let web = update
+        .snapshot
+        .imports
+        .values()
+        .find(|i| i.key.name == "web")
+        .unwrap();
     assert_eq!(web.flavour, Flavour::McsV1beta1);
 }
 
@@ -551,8 +696,14 @@ fn posted(server: &FakeApiServer) -> Vec<(String, String, String)> {
         .iter()
         .map(|e| {
             (
-                e["regarding"]["kind"].as_str().unwrap_or_default().to_owned(),
-                e["regarding"]["name"].as_str().unwrap_or_default().to_owned(),
+                e["regarding"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["regarding"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 e["reason"].as_str().unwrap_or_default().to_owned(),
             )
         })
@@ -573,16 +724,33 @@ async fn rejections_become_events_once_per_object_and_reason() {
         .rejections
         .iter()
         .chain(&derived)
-        .map(|r| (r.kind.clone(), r.object.name.clone(), mcs_agent::sources::kube::event_reason(r.reason())))
+        .map(|r| {
+            (
+                r.kind.clone(),
+                r.object.name.clone(),
+                mcs_agent::sources::kube::event_reason(r.reason()),
+            )
+        })
         .collect();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while posted(&server).len() < expected.len() {
-        assert!(tokio::time::Instant::now() < deadline, "events: {:?}", posted(&server));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events: {:?}",
+            posted(&server)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(posted(&server), expected.iter().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        posted(&server),
+        expected.iter().cloned().collect::<Vec<_>>()
+    );
     assert!(expected.contains(&("ServiceImport".into(), "bad".into(), "ForbiddenIp".into())));
-    assert!(expected.contains(&("EndpointSlice".into(), "api-cluster-b-1".into(), "AddressTypeMismatch".into())));
+    assert!(expected.contains(&(
+        "EndpointSlice".into(),
+        "api-cluster-b-1".into(),
+        "AddressTypeMismatch".into()
+    )));
 
     let event = server
         .events()
@@ -593,9 +761,22 @@ async fn rejections_become_events_once_per_object_and_reason() {
     assert_eq!(event["reportingController"], "mcs-agent");
     assert_eq!(event["reportingInstance"], "test-node");
     assert_eq!(event["metadata"]["namespace"], "demo");
-    assert_eq!(event["regarding"]["apiVersion"], "multicluster.x-k8s.io/v1beta1");
-    assert!(event["regarding"]["uid"].as_str().is_some_and(|uid| !uid.is_empty()));
-    assert!(event["note"].as_str().unwrap().contains("duplicate port name \"a\""), "{event}");
+    assert_eq!(
+        event["regarding"]["apiVersion"],
+        "multicluster.x-k8s.io/v1beta1"
+    );
+    assert!(
+        event["regarding"]["uid"]
+            .as_str()
+            .is_some_and(|uid| !uid.is_empty())
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate port name \"a\""),
+        "{event}"
+    );
     // Two forbidden addresses in one slice: one Event, both messages.
     let forbidden = server
         .events()
@@ -615,7 +796,12 @@ async fn rejections_become_events_once_per_object_and_reason() {
     server.expire_watches();
     wait_for_watches(&server, WATCHERS).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(posted(&server).len(), expected.len(), "{:?}", posted(&server));
+    assert_eq!(
+        posted(&server).len(),
+        expected.len(),
+        "{:?}",
+        posted(&server)
+    );
     assert!(server.event_patches().is_empty());
 
     // A newly broken object gets its Event.
@@ -625,10 +811,17 @@ async fn rejections_become_events_once_per_object_and_reason() {
     wait_matching(&mut running, &objects, "a broken slice").await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while posted(&server).len() == expected.len() {
-        assert!(tokio::time::Instant::now() < deadline, "no event for the broken slice");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event for the broken slice"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(posted(&server).contains(&("EndpointSlice".into(), "db-cluster-b-1".into(), "ForbiddenIp".into())));
+    assert!(posted(&server).contains(&(
+        "EndpointSlice".into(),
+        "db-cluster-b-1".into(),
+        "ForbiddenIp".into()
+    )));
 }
 
 /// The maps the reconciler programs for a sequence of updates.
@@ -657,7 +850,11 @@ impl Programmed {
             self.maps.services.clone(),
             self.maps.backends.clone(),
             self.maps.names.clone(),
-            self.maps.clusters.values().cloned().collect::<BTreeSet<_>>(),
+            self.maps
+                .clusters
+                .values()
+                .cloned()
+                .collect::<BTreeSet<_>>(),
         )
     }
 }
@@ -676,20 +873,50 @@ async fn reconciled_maps_equal_those_of_the_file_source() {
     // Every non-headless import with a VIP is programmed, backends merged
     // across slices and clusters.
     let names: BTreeSet<String> = from_kube.maps.names.values().cloned().collect();
-    for name in ["demo/web:http", "demo/web:metrics", "demo/api:grpc", "demo/api:dns", "store/shop:http", "store/cart:7000"] {
+    for name in [
+        "demo/web:http",
+        "demo/web:metrics",
+        "demo/api:grpc",
+        "demo/api:dns",
+        "store/shop:http",
+        "store/cart:7000",
+    ] {
         assert!(names.contains(name), "{name} not programmed: {names:?}");
     }
     let backends_of = |programmed: &Programmed, name: &str| {
-        let id = programmed.maps.names.iter().find(|(_, n)| *n == name).map(|(id, _)| *id).unwrap();
-        let service = programmed.maps.services.values().find(|s| s.frontend_id == id).unwrap();
+        let id = programmed
+            .maps
+            .names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(id, _)| *id)
+            .unwrap();
+        let service = programmed
+            .maps
+            .services
+            .values()
+            .find(|s| s.frontend_id == id)
+            .unwrap();
         service.backend_count
     };
     // web:http: 10.101.1.10 and 10.101.2.10 (a, both slices, deduplicated)
     // and 10.102.1.10, 10.102.1.11 (b); 10.101.1.11 is terminating.
     assert_eq!(backends_of(&from_kube, "demo/web:http"), 4);
-    assert_eq!(backends_of(&from_kube, "demo/web:metrics"), 2, "only cluster a exposes metrics");
-    assert_eq!(backends_of(&from_kube, "store/shop:http"), 2, "derived-service slices");
-    assert_eq!(backends_of(&from_kube, "store/cart:7000"), 2, "derived-service Endpoints");
+    assert_eq!(
+        backends_of(&from_kube, "demo/web:metrics"),
+        2,
+        "only cluster a exposes metrics"
+    );
+    assert_eq!(
+        backends_of(&from_kube, "store/shop:http"),
+        2,
+        "derived-service slices"
+    );
+    assert_eq!(
+        backends_of(&from_kube, "store/cart:7000"),
+        2,
+        "derived-service Endpoints"
+    );
 
     // The same sequence of changes gives the same maps.
     let slice = named(&mut objects, "EndpointSlice", "web-cluster-b-1");
@@ -709,6 +936,12 @@ async fn reconciled_maps_equal_those_of_the_file_source() {
 async fn an_unusable_kubeconfig_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
-    let error = KubeSource::connect(Some(&missing), options()).await.err().expect("fails");
-    assert!(matches!(error, KubeSourceError::Kubeconfig { .. }), "{error:?}");
+    let error = KubeSource::connect(Some(&missing), options())
+        .await
+        .err()
+        .expect("fails");
+    assert!(
+        matches!(error, KubeSourceError::Kubeconfig { .. }),
+        "{error:?}"
+    );
 }

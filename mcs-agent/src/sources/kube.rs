@@ -69,8 +69,7 @@ use crate::{
         Flavour, ObjectKey, Rejection,
         convert::{
             self, ANNOTATION_DERIVED_SERVICE, ANNOTATION_GKE_DERIVED_SERVICE, LABEL_MANAGED_BY,
-            LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
-            Object,
+            LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, Object,
         },
         manifest,
     },
@@ -97,7 +96,9 @@ pub enum KubeSourceError {
         #[source]
         source: KubeconfigError,
     },
-    #[error("no in-cluster Kubernetes configuration (pass --kubeconfig when running outside a pod)")]
+    #[error(
+        "no in-cluster Kubernetes configuration (pass --kubeconfig when running outside a pod)"
+    )]
     InCluster(#[source] InClusterError),
     #[error("cannot build the Kubernetes client")]
     Client(#[source] kube::Error),
@@ -171,8 +172,12 @@ impl Watched {
             Self::Imports(Flavour::McsV1beta1) => "serviceimports.v1beta1.multicluster.x-k8s.io",
             Self::Imports(Flavour::McsV1alpha1) => "serviceimports.v1alpha1.multicluster.x-k8s.io",
             Self::Imports(Flavour::Gke) => "serviceimports.v1.net.gke.io",
-            Self::McsSlices => "endpointslices.v1.discovery.k8s.io (multicluster.kubernetes.io/service-name)",
-            Self::ServiceSlices => "endpointslices.v1.discovery.k8s.io (kubernetes.io/service-name)",
+            Self::McsSlices => {
+                "endpointslices.v1.discovery.k8s.io (multicluster.kubernetes.io/service-name)"
+            }
+            Self::ServiceSlices => {
+                "endpointslices.v1.discovery.k8s.io (kubernetes.io/service-name)"
+            }
             Self::Endpoints => "endpoints.v1",
         }
     }
@@ -329,9 +334,15 @@ impl KubeSource {
                 api_version: resource.api_version.clone(),
                 kind: resource.kind.clone(),
             };
-            streams.push(reflect(watched, api, config.clone(), writer, move |import| {
-                trim_import(import, &types);
-            }));
+            streams.push(reflect(
+                watched,
+                api,
+                config.clone(),
+                writer,
+                move |import| {
+                    trim_import(import, &types);
+                },
+            ));
         }
 
         let (mcs_slices, writer) = reflector::store();
@@ -478,7 +489,8 @@ fn observe(watched: Watched, state: &mut WatchState, progress: Progress) -> bool
                 return first;
             }
             let message = chain(&error);
-            let expired = matches!(&error, watcher::Error::WatchError(status) if status.code == 410);
+            let expired =
+                matches!(&error, watcher::Error::WatchError(status) if status.code == 410);
             if expired {
                 // The normal way a watch ends when the server's history is
                 // compacted: the watcher relists.
@@ -594,7 +606,11 @@ fn key_of(meta: &ObjectMeta) -> ObjectKey {
 /// not converted, so they cannot cause rejections or Events.
 fn slice_is_relevant(slice: &K8sEndpointSlice, derived: &BTreeSet<ObjectKey>) -> bool {
     let labels = slice.metadata.labels.as_ref();
-    let label = |key: &str| labels.and_then(|labels| labels.get(key)).map(String::as_str);
+    let label = |key: &str| {
+        labels
+            .and_then(|labels| labels.get(key))
+            .map(String::as_str)
+    };
     let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
     if label(LABEL_MC_SERVICE_NAME).is_some() {
         return true;
@@ -648,7 +664,11 @@ impl SnapshotBuilder {
         let resource_version = reference.resource_version.clone().unwrap_or_default();
         let cache_key = (source.index(), key.clone());
         let cached = match self.cache.remove(&cache_key) {
-            Some(cached) if !resource_version.is_empty() && cached.resource_version == resource_version => cached,
+            Some(cached)
+                if !resource_version.is_empty() && cached.resource_version == resource_version =>
+            {
+                cached
+            }
             _ => {
                 let converted = convert::convert(&raw());
                 Cached {
@@ -659,7 +679,9 @@ impl SnapshotBuilder {
             }
         };
         gathered.objects.extend(cached.objects.iter().cloned());
-        gathered.rejections.extend(cached.rejections.iter().cloned());
+        gathered
+            .rejections
+            .extend(cached.rejections.iter().cloned());
         let kind = reference.kind.clone().unwrap_or_default();
         gathered.references.entry((kind, key)).or_insert(reference);
         next.insert(cache_key, cached);
@@ -720,9 +742,14 @@ impl SnapshotBuilder {
                 continue;
             }
             let reference = endpoints.object_ref(&());
-            self.convert(&mut next, &mut gathered, Watched::Endpoints, key, reference, || {
-                serde_json::to_value(&*endpoints).unwrap_or(Value::Null)
-            });
+            self.convert(
+                &mut next,
+                &mut gathered,
+                Watched::Endpoints,
+                key,
+                reference,
+                || serde_json::to_value(&*endpoints).unwrap_or(Value::Null),
+            );
         }
 
         self.cache = next;
@@ -743,7 +770,10 @@ impl SnapshotBuilder {
     }
 }
 
-fn sorted<K>(mut items: Vec<std::sync::Arc<K>>, key: impl Fn(&K) -> ObjectKey) -> Vec<std::sync::Arc<K>> {
+fn sorted<K>(
+    mut items: Vec<std::sync::Arc<K>>,
+    key: impl Fn(&K) -> ObjectKey,
+) -> Vec<std::sync::Arc<K>> {
     items.sort_by_cached_key(|item| key(item));
     items
 }
@@ -827,7 +857,11 @@ impl EventSink {
         let mut grouped: BTreeMap<(String, ObjectKey, &'static str), Vec<String>> = BTreeMap::new();
         for rejection in built.update.rejections.iter().chain(&built.derived) {
             grouped
-                .entry((rejection.kind.clone(), rejection.object.clone(), rejection.reason()))
+                .entry((
+                    rejection.kind.clone(),
+                    rejection.object.clone(),
+                    rejection.reason(),
+                ))
                 .or_default()
                 .push(rejection.to_string());
         }
@@ -914,7 +948,10 @@ mod tests {
             },
         );
         let trimmed = serde_json::to_value(&object).unwrap();
-        assert_eq!(trimmed["metadata"]["annotations"], json!({"net.gke.io/derived-service": "gke-mcs-x"}));
+        assert_eq!(
+            trimmed["metadata"]["annotations"],
+            json!({"net.gke.io/derived-service": "gke-mcs-x"})
+        );
         assert!(trimmed["metadata"].get("managedFields").is_none());
         assert!(trimmed["metadata"].get("labels").is_none());
         assert!(trimmed.get("extra").is_none());
@@ -935,12 +972,23 @@ mod tests {
             .unwrap()
         };
         let derived = BTreeSet::from([ObjectKey::new("demo", "gke-mcs-x")]);
-        assert!(slice_is_relevant(&slice(json!({LABEL_MC_SERVICE_NAME: "web"})), &derived));
         assert!(slice_is_relevant(
-            &slice(json!({LABEL_MC_SERVICE_NAME: "web", LABEL_MANAGED_BY: MANAGED_BY_ENDPOINTSLICE_CONTROLLER})),
+            &slice(json!({LABEL_MC_SERVICE_NAME: "web"})),
             &derived
         ));
-        assert!(slice_is_relevant(&slice(json!({LABEL_SERVICE_NAME: "gke-mcs-x"})), &derived));
-        assert!(!slice_is_relevant(&slice(json!({LABEL_SERVICE_NAME: "kubernetes"})), &derived));
+        assert!(slice_is_relevant(
+            &slice(
+                json!({LABEL_MC_SERVICE_NAME: "web", LABEL_MANAGED_BY: MANAGED_BY_ENDPOINTSLICE_CONTROLLER})
+            ),
+            &derived
+        ));
+        assert!(slice_is_relevant(
+            &slice(json!({LABEL_SERVICE_NAME: "gke-mcs-x"})),
+            &derived
+        ));
+        assert!(!slice_is_relevant(
+            &slice(json!({LABEL_SERVICE_NAME: "kubernetes"})),
+            &derived
+        ));
     }
 }

@@ -56,7 +56,10 @@ impl Source {
     }
 
     /// Publishes updates until the receiver of `updates` is dropped.
-    pub async fn run(self, updates: watch::Sender<Option<SourceUpdate>>) -> Result<(), SourceError> {
+    pub async fn run(
+        self,
+        updates: watch::Sender<Option<SourceUpdate>>,
+    ) -> Result<(), SourceError> {
         match self {
             Self::File(source) => Ok(source.run(updates).await?),
             Self::Kube(source) => Ok(source.run(updates).await?),
