@@ -908,6 +908,27 @@ mod tests {
     use super::*;
     use crate::model::convert::MANAGED_BY_ENDPOINTSLICE_CONTROLLER;
 
+    /// rustls needs a crypto provider (the `ring` feature of kube); without
+    /// one, building a client for an https server panics.
+    #[tokio::test]
+    async fn https_kubeconfigs_build_a_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:6443\"}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+        )
+        .unwrap();
+        let source = KubeSource::connect(Some(&path), KubeSourceOptions::default()).await;
+        assert!(source.is_ok(), "{:?}", source.err());
+        let missing = KubeSource::connect(
+            Some(&dir.path().join("missing")),
+            KubeSourceOptions::default(),
+        )
+        .await;
+        assert!(matches!(missing, Err(KubeSourceError::Kubeconfig { .. })));
+    }
+
     #[test]
     fn reasons_are_camel_case() {
         assert_eq!(event_reason("forbidden_ip"), "ForbiddenIp");
