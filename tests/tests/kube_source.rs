@@ -616,16 +616,24 @@ async fn reconnect_relists_after_compaction() {
 async fn nothing_is_published_before_every_kind_is_listed() {
     let server = server_with_fixtures();
     let endpoints = resource("v1", "endpoints");
-    server.set_list_delay(&endpoints, Duration::from_millis(1500));
+    server.set_list_delay(&endpoints, Duration::from_millis(2500));
     let mut running = start(&server).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The other five kinds get listed and watched meanwhile...
+    wait_for_watches(&server, WATCHERS - 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and still nothing is published while Endpoints are being listed.
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/endpoints")
+            .count(),
+        0,
+        "the Endpoints list is still in progress (test too slow?)"
+    );
     assert!(
         running.updates.borrow().is_none(),
         "published before Endpoints were listed"
-    );
-    assert!(
-        server.requests().iter().filter(|r| r.is_watch()).count() >= WATCHERS - 1,
-        "the other kinds were listed and watched meanwhile"
     );
     wait_for_lists(&server, &endpoints, 1).await;
     let update = wait_matching(&mut running, &mcs_objects(), "the first update").await;
