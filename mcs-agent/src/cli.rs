@@ -59,6 +59,8 @@ pub struct CleanupArgs {
 pub enum SourceSpec {
     /// A YAML/JSON file or a directory of them, watched for changes.
     File(PathBuf),
+    /// The Kubernetes API server (in-cluster, or `--kubeconfig`).
+    Kube,
 }
 
 impl FromStr for SourceSpec {
@@ -67,8 +69,10 @@ impl FromStr for SourceSpec {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            None if value == "kube" => Ok(Self::Kube),
             _ => Err(format!(
-                "unknown source {value:?}; expected `file:PATH` (a YAML file or directory)"
+                "unknown source {value:?}; expected `kube` (the API server) or `file:PATH` (a YAML \
+                 file or directory)"
             )),
         }
     }
@@ -76,11 +80,18 @@ impl FromStr for SourceSpec {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Object source: `file:PATH` reads a YAML file or a directory of YAML
-    /// files (multi-document, as `kubectl get -o yaml` prints them) and
-    /// applies every change to it as a diff.
+    /// Object source: `kube` watches ServiceImports (multicluster.x-k8s.io
+    /// v1alpha1/v1beta1, net.gke.io/v1), EndpointSlices and Endpoints on the
+    /// API server; `file:PATH` reads a YAML file or a directory of YAML
+    /// files (multi-document, as `kubectl get -o yaml` prints them). Every
+    /// change is applied as a diff.
     #[arg(long, value_name = "SOURCE")]
     pub source: SourceSpec,
+
+    /// kubeconfig file for `--source kube` (its current context); without
+    /// it the in-cluster service account is used.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// Interface to attach the XDP program to (repeatable): the node side of
     /// every pod veth whose traffic to ClusterSetIPs must be balanced, and
@@ -189,7 +200,9 @@ mod tests {
             "file:/etc/mcs".parse::<SourceSpec>(),
             Ok(SourceSpec::File("/etc/mcs".into()))
         );
+        assert_eq!("kube".parse::<SourceSpec>(), Ok(SourceSpec::Kube));
         assert!("file:".parse::<SourceSpec>().is_err());
+        assert!("kube:x".parse::<SourceSpec>().is_err());
         assert!("http://x".parse::<SourceSpec>().is_err());
     }
 }

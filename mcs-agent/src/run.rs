@@ -15,13 +15,13 @@ use tokio::{
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    cli::{RunArgs, SourceSpec},
+    cli::RunArgs,
     dataplane::{AdoptionReport, Dataplane, MapHandles},
     metrics::{Metrics, RejectionLabels},
     desired,
     model::Rejection,
     reconcile::Reconciler,
-    sources::{SourceUpdate, file::FileSource},
+    sources::{Source, SourceError, SourceUpdate},
     telemetry::chain,
 };
 
@@ -130,9 +130,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &args.cluster_id {
         info!(cluster, "starting");
     }
-    let SourceSpec::File(path) = args.source.clone();
-    // Read the source before touching the kernel: a wrong path fails fast.
-    let source = FileSource::new(path.clone());
+    // Open and start the source before touching the kernel: a wrong path
+    // or kubeconfig fails fast.
+    let source = Source::open(&args.source, args.kubeconfig.as_deref())
+        .await
+        .context("open the source")?;
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
 
@@ -153,7 +155,7 @@ async fn serve(
     dataplane: &mut Dataplane,
     adoption: &AdoptionReport,
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
-    source_task: &mut tokio::task::JoinHandle<Result<(), crate::sources::file::FileSourceError>>,
+    source_task: &mut tokio::task::JoinHandle<Result<(), SourceError>>,
 ) -> anyhow::Result<()> {
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
@@ -248,7 +250,7 @@ async fn serve(
 }
 
 fn source_failed(
-    result: Result<Result<(), crate::sources::file::FileSourceError>, tokio::task::JoinError>,
+    result: Result<Result<(), SourceError>, tokio::task::JoinError>,
 ) -> anyhow::Result<()> {
     match result {
         Ok(Ok(())) => anyhow::bail!("source stopped"),
