@@ -14,6 +14,7 @@ use crate::{
     cli::{RunArgs, SourceSpec},
     dataplane::{Dataplane, MapHandles},
     desired,
+    dns::{self, DnsConfig},
     model::Rejection,
     reconcile::Reconciler,
     sources::{SourceUpdate, file::FileSource},
@@ -90,10 +91,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = FileSource::new(path.clone());
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
+    // DNS answers from the same updates as the dataplane (its own receiver),
+    // bound before the kernel is touched so a taken port fails fast.
+    let dns = match args.dns_addr {
+        Some(addr) => {
+            let config = DnsConfig {
+                addr,
+                zone: args.dns_zone.clone(),
+                ttl: args.dns_ttl,
+            };
+            let server = dns::serve(&config, updates.clone()).await;
+            Some(server.context("start the DNS server")?)
+        }
+        None => None,
+    };
 
     let mut dataplane = Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
     let result = serve(&args, &mut dataplane, &mut updates, &mut source_task).await;
     source_task.abort();
+    drop(dns); // stops answering
     dataplane.shutdown();
     info!("stopped");
     result
