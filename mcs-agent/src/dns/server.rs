@@ -157,13 +157,14 @@ impl Drop for DnsServer {
 
 /// Starts serving `config.zone` on UDP and TCP `config.addr` from the model
 /// published on `updates`; every new update is answered from as soon as its
-/// records are built, without a restart. Until the first update arrives,
+/// records are built, without a restart (an update already published when
+/// this is called is served from the first query on). Until one arrives,
 /// names in the zone get SERVFAIL (the agent does not know yet, and a
 /// negative answer would be cached). Needs no privileges beyond binding the
 /// port (53 needs `CAP_NET_BIND_SERVICE`), and no dataplane.
 pub async fn serve(
     config: &DnsConfig,
-    updates: watch::Receiver<Option<SourceUpdate>>,
+    mut updates: watch::Receiver<Option<SourceUpdate>>,
 ) -> Result<DnsServer, DnsError> {
     let zone = parse_zone(&config.zone)?;
     let (udp, tcp) = bind(config.addr).await?;
@@ -173,12 +174,16 @@ pub async fn serve(
         source,
     })?;
     let table = Arc::new(ArcSwapOption::empty());
-    let updater = tokio::spawn(follow_updates(
-        updates,
-        zone.clone(),
-        config.ttl,
-        Arc::clone(&table),
-    ));
+    let mut follower = ZoneFollower {
+        zone: zone.clone(),
+        ttl: config.ttl,
+        table: Arc::clone(&table),
+        serial: 0,
+        reported: BTreeSet::new(),
+    };
+    // What the source already published is served from the first query on.
+    follower.apply(&mut updates);
+    let updater = tokio::spawn(follower.follow(updates));
     let handler = Handler {
         origin: LowerName::new(&zone),
         table,
@@ -237,51 +242,60 @@ async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
     }
 }
 
-/// Rebuilds the table on every update. When the source goes away the last
-/// table keeps being served.
-async fn follow_updates(
-    mut updates: watch::Receiver<Option<SourceUpdate>>,
+/// Keeps the served table in step with the model.
+struct ZoneFollower {
     zone: Name,
     ttl: u32,
     table: Arc<ArcSwapOption<ZoneTable>>,
-) {
-    let mut serial: u32 = 0;
-    let mut reported = BTreeSet::new();
-    loop {
-        // Built while the update is borrowed: building is synchronous and
-        // cheaper than cloning the snapshot.
+    serial: u32,
+    /// Rejections already logged, so an unchanged bad object is reported
+    /// once, not on every change of something else.
+    reported: BTreeSet<String>,
+}
+
+impl ZoneFollower {
+    /// Builds the table of the current update, if any, and swaps it in.
+    /// Built while the update is borrowed: building is synchronous and
+    /// cheaper than cloning the snapshot.
+    fn apply(&mut self, updates: &mut watch::Receiver<Option<SourceUpdate>>) {
         let built = updates.borrow_and_update().as_ref().map(|update| {
-            serial = next_serial(serial);
-            ZoneTable::build(&update.snapshot, &zone, ttl, serial)
+            self.serial = next_serial(self.serial);
+            ZoneTable::build(&update.snapshot, &self.zone, self.ttl, self.serial)
         });
-        if let Some((next, rejections)) = built {
-            let mut current = BTreeSet::new();
-            for rejection in &rejections {
-                let line = rejection.to_string();
-                if !reported.contains(&line) {
-                    warn!(
-                        kind = rejection.kind,
-                        object = %rejection.object,
-                        reason = rejection.reason(),
-                        "rejected: {line}"
-                    );
-                }
-                current.insert(line);
-            }
-            reported = current;
-            let first = table.load().is_none();
-            let records = next.record_count();
-            table.store(Some(Arc::new(next)));
-            if first {
-                info!(records, serial, "DNS zone loaded");
-            } else {
-                debug!(records, serial, "DNS zone rebuilt");
-            }
-        }
-        if updates.changed().await.is_err() {
-            debug!("source gone; DNS keeps serving the last zone");
+        let Some((next, rejections)) = built else {
             return;
+        };
+        let mut current = BTreeSet::new();
+        for rejection in &rejections {
+            let line = rejection.to_string();
+            if !self.reported.contains(&line) {
+                warn!(
+                    kind = rejection.kind,
+                    object = %rejection.object,
+                    reason = rejection.reason(),
+                    "rejected: {line}"
+                );
+            }
+            current.insert(line);
         }
+        self.reported = current;
+        let first = self.table.load().is_none();
+        let records = next.record_count();
+        self.table.store(Some(Arc::new(next)));
+        if first {
+            info!(records, serial = self.serial, "DNS zone loaded");
+        } else {
+            debug!(records, serial = self.serial, "DNS zone rebuilt");
+        }
+    }
+
+    /// Rebuilds on every later update. When the source goes away the last
+    /// table keeps being served.
+    async fn follow(mut self, mut updates: watch::Receiver<Option<SourceUpdate>>) {
+        while updates.changed().await.is_ok() {
+            self.apply(&mut updates);
+        }
+        debug!("source gone; DNS keeps serving the last zone");
     }
 }
 
