@@ -224,9 +224,10 @@ impl Builder {
 
     /// `labels` (relative, most specific first) under the apex.
     fn name(&self, labels: &[&str]) -> Result<Name, String> {
-        let relative = Name::from_labels(labels.iter().map(|label| label.as_bytes()))
+        // Raw bytes: the labels were checked (letters, digits, '-', or a
+        // leading '_'), and the IDNA conversion of `&str` labels is not wanted.
+        let mut relative = Name::from_labels(labels.iter().map(|label| label.as_bytes()))
             .map_err(|error| error.to_string())?;
-        let mut relative = relative;
         relative.set_fqdn(false);
         relative
             .append_domain(&self.zone)
