@@ -1,12 +1,13 @@
 //! Command line.
 
-use std::{path::PathBuf, str::FromStr};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     dataplane::AttachMode,
     desired::{ClusterCidrs, Locality},
+    dns,
     telemetry::LogFormat,
 };
 
@@ -147,6 +148,39 @@ pub struct RunArgs {
     /// rejected, so one cluster cannot hijack traffic meant for another.
     #[arg(long, value_name = "CLUSTER=CIDR,...", default_value = "")]
     pub cluster_cidrs: ClusterCidrs,
+
+    /// Serve the clusterset DNS zone (KEP-1645: `SVC.NS.svc.ZONE` and the
+    /// rest, see docs/dns.md) on this UDP and TCP address, e.g.
+    /// `127.0.0.1:5353`, or `0.0.0.0:53` (needs CAP_NET_BIND_SERVICE). Off
+    /// when absent.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "DNS")]
+    pub dns_addr: Option<SocketAddr>,
+
+    /// Zone the DNS server answers for.
+    #[arg(
+        long,
+        value_name = "ZONE",
+        default_value = dns::DEFAULT_ZONE,
+        value_parser = parse_dns_zone,
+        help_heading = "DNS"
+    )]
+    pub dns_zone: String,
+
+    /// TTL of DNS records and of negative answers, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = dns::DEFAULT_TTL,
+        help_heading = "DNS"
+    )]
+    pub dns_ttl: u32,
+}
+
+/// Checks the zone when the command line is parsed, not at startup.
+fn parse_dns_zone(value: &str) -> Result<String, String> {
+    dns::parse_zone(value)
+        .map(|_| value.to_owned())
+        .map_err(|error| crate::telemetry::chain(&error))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -204,5 +238,39 @@ mod tests {
         assert!("file:".parse::<SourceSpec>().is_err());
         assert!("kube:x".parse::<SourceSpec>().is_err());
         assert!("http://x".parse::<SourceSpec>().is_err());
+    }
+
+    #[test]
+    fn dns_is_off_by_default_and_configurable() {
+        let parse = |extra: &[&str]| {
+            let base = ["mcs-agent", "run", "--source", "file:/x", "-i", "eth0"];
+            match Cli::try_parse_from(base.iter().chain(extra)) {
+                Ok(Cli {
+                    command: Command::Run(args),
+                    ..
+                }) => Ok(args),
+                Ok(_) => panic!("not a run command"),
+                Err(error) => Err(error),
+            }
+        };
+        let args = parse(&[]).expect("valid");
+        assert_eq!(args.dns_addr, None);
+        assert_eq!(args.dns_zone, "clusterset.local");
+        assert_eq!(args.dns_ttl, 5);
+        let args = parse(&[
+            "--dns-addr",
+            "127.0.0.1:5353",
+            "--dns-zone",
+            "mcs.example",
+            "--dns-ttl",
+            "30",
+        ])
+        .expect("valid");
+        assert_eq!(args.dns_addr, Some("127.0.0.1:5353".parse().expect("addr")));
+        assert_eq!(args.dns_zone, "mcs.example");
+        assert_eq!(args.dns_ttl, 30);
+        assert!(parse(&["--dns-addr", "localhost"]).is_err());
+        assert!(parse(&["--dns-zone", "."]).is_err());
+        assert!(parse(&["--dns-zone", "a..b"]).is_err());
     }
 }

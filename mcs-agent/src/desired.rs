@@ -19,7 +19,7 @@ use mcs_common::MAX_BACKENDS_PER_FRONTEND;
 
 use crate::model::{
     AddressType, ImportType, ObjectKey, Problem, Protocol, Rejection, ServiceImport,
-    SessionAffinity, SliceOwner, Snapshot,
+    SessionAffinity, Snapshot,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -335,18 +335,8 @@ fn backends_of(
     let mut ready: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
     let mut terminating: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
     let mut truncated = false;
-    let namespace = &import.key.namespace;
-    let slices = snapshot
-        .slices
-        .range(ObjectKey::new(namespace.clone(), String::new())..)
-        .take_while(|(key, _)| &key.namespace == namespace)
-        .map(|(_, slice)| slice);
-    for slice in slices {
-        let backs_import = match &slice.owner {
-            SliceOwner::Import(name) => *name == import.key.name,
-            SliceOwner::Service(name) => import.derived_service.as_ref() == Some(name),
-        };
-        if !backs_import || slice.address_type != AddressType::IPv4 {
+    for slice in snapshot.slices_of(import) {
+        if slice.address_type != AddressType::IPv4 {
             continue;
         }
         let Some(slice_port) = slice

@@ -8,12 +8,14 @@
 //! * [`reconcile`] — diff of desired vs. applied state, written to the maps;
 //! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
 //! * [`dump`]      — reads the live maps for operators;
+//! * [`dns`]       — clusterset DNS server answering from the same model;
 //! * [`cli`], [`run`], [`telemetry`] — the binary's command line and wiring.
 
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
 pub mod desired;
+pub mod dns;
 pub mod dump;
 pub mod maglev;
 pub mod metrics;

@@ -19,6 +19,7 @@ use crate::{
     dataplane::{AdoptionReport, Dataplane, MapHandles},
     metrics::{Metrics, RejectionLabels},
     desired,
+    dns::{self, DnsConfig},
     model::Rejection,
     reconcile::Reconciler,
     sources::{Source, SourceError, SourceUpdate},
@@ -137,11 +138,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("open the source")?;
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
+    // DNS answers from the same updates as the dataplane (its own receiver),
+    // bound before the kernel is touched so a taken port fails fast.
+    let dns = match args.dns_addr {
+        Some(addr) => {
+            let config = DnsConfig {
+                addr,
+                zone: args.dns_zone.clone(),
+                ttl: args.dns_ttl,
+            };
+            let server = dns::serve(&config, updates.clone()).await;
+            Some(server.context("start the DNS server")?)
+        }
+        None => None,
+    };
 
     let (mut dataplane, adoption) =
         Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
     let result = serve(&args, &mut dataplane, &adoption, &mut updates, &mut source_task).await;
     source_task.abort();
+    drop(dns); // stops answering
     // A failed start leaves nothing behind unless an earlier agent's
     // dataplane was adopted (then it keeps serving, as before we came).
     let detach = args.detach_on_exit || (result.is_err() && adoption.adopted.is_empty());

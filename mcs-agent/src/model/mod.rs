@@ -199,6 +199,27 @@ pub struct Snapshot {
     pub slices: BTreeMap<ObjectKey, EndpointSlice>,
 }
 
+impl Snapshot {
+    /// The slices whose endpoints back `import`: same namespace, and labelled
+    /// with the import's name (`multicluster.kubernetes.io/service-name`) or
+    /// with its derived Service's (`kubernetes.io/service-name`, GKE). The
+    /// dataplane and DNS both use this, so they always agree on the endpoints.
+    pub fn slices_of<'a>(
+        &'a self,
+        import: &'a ServiceImport,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let namespace = &import.key.namespace;
+        self.slices
+            .range(ObjectKey::new(namespace.clone(), String::new())..)
+            .take_while(move |(key, _)| &key.namespace == namespace)
+            .map(|(_, slice)| slice)
+            .filter(move |slice| match &slice.owner {
+                SliceOwner::Import(name) => *name == import.key.name,
+                SliceOwner::Service(name) => import.derived_service.as_ref() == Some(name),
+            })
+    }
+}
+
 /// What was wrong with (part of) an object.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
