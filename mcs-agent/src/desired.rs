@@ -129,7 +129,11 @@ impl std::str::FromStr for ClusterCidrs {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut map: BTreeMap<String, Vec<ipnet::Ipv4Net>> = BTreeMap::new();
-        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        for item in text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
             let (cluster, cidr) = item
                 .split_once('=')
                 .ok_or_else(|| format!("{item:?} is not CLUSTER=CIDR"))?;
@@ -137,7 +141,9 @@ impl std::str::FromStr for ClusterCidrs {
                 .trim()
                 .parse()
                 .map_err(|error| format!("{cidr:?} of cluster {cluster:?}: {error}"))?;
-            map.entry(cluster.trim().to_owned()).or_default().push(net.trunc());
+            map.entry(cluster.trim().to_owned())
+                .or_default()
+                .push(net.trunc());
         }
         Ok(Self(map))
     }
@@ -242,7 +248,10 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
                 if port.protocol == Protocol::Sctp {
                     rejections.push(rejection(
                         import,
-                        Problem::Unsupported(format!("port {:?}: SCTP is not supported", port.name)),
+                        Problem::Unsupported(format!(
+                            "port {:?}: SCTP is not supported",
+                            port.name
+                        )),
                     ));
                     continue;
                 }
@@ -259,7 +268,8 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
                     &policy.cluster_cidrs,
                     &mut rejections,
                 );
-                let backends = apply_locality(candidates, locality, policy.local_cluster.as_deref());
+                let backends =
+                    apply_locality(candidates, locality, policy.local_cluster.as_deref());
                 if truncated {
                     rejections.push(rejection(
                         import,
@@ -295,13 +305,16 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
                     port: 0,
                     protocol,
                 };
-                state.frontends.entry(marker).or_insert_with(|| FrontendSpec {
-                    kind: FrontendKind::VipMarker,
-                    name: format!("{}:<vip>", import.key),
-                    import: import.key.clone(),
-                    backends: Vec::new(),
-                    affinity_timeout: None,
-                });
+                state
+                    .frontends
+                    .entry(marker)
+                    .or_insert_with(|| FrontendSpec {
+                        kind: FrontendKind::VipMarker,
+                        name: format!("{}:<vip>", import.key),
+                        import: import.key.clone(),
+                        backends: Vec::new(),
+                        affinity_timeout: None,
+                    });
             }
         }
     }
@@ -371,7 +384,8 @@ fn backends_of(
                     continue;
                 }
                 let key = (*addr, slice_port.port);
-                if target.len() >= MAX_BACKENDS_PER_FRONTEND as usize && !target.contains_key(&key) {
+                if target.len() >= MAX_BACKENDS_PER_FRONTEND as usize && !target.contains_key(&key)
+                {
                     truncated = true;
                     continue;
                 }
@@ -412,7 +426,10 @@ fn apply_locality(
                 return backends;
             };
             if backends.iter().any(|b| b.cluster == local) {
-                backends.into_iter().filter(|b| b.cluster == local).collect()
+                backends
+                    .into_iter()
+                    .filter(|b| b.cluster == local)
+                    .collect()
             } else {
                 backends
             }
@@ -444,7 +461,8 @@ fn apply_locality(
                     if weight == 0 {
                         return None;
                     }
-                    backend.weight = u32::try_from((weight * SCALE / count).max(1)).unwrap_or(u32::MAX);
+                    backend.weight =
+                        u32::try_from((weight * SCALE / count).max(1)).unwrap_or(u32::MAX);
                     Some(backend)
                 })
                 .collect()
@@ -459,7 +477,11 @@ mod tests {
 
     fn state_of(yaml: &str) -> (DesiredState, Vec<Rejection>) {
         let converted = manifest::parse(yaml).expect("valid YAML");
-        assert!(converted.rejections.is_empty(), "{:?}", converted.rejections);
+        assert!(
+            converted.rejections.is_empty(),
+            "{:?}",
+            converted.rejections
+        );
         let (snapshot, _) = manifest::snapshot(converted.objects);
         compute(&snapshot)
     }
@@ -519,7 +541,11 @@ endpoints: [{addresses: ["10.9.9.9"]}]
         // Ready only, target port per cluster, other namespaces ignored.
         assert_eq!(
             addrs,
-            [("10.1.0.1".into(), 8080, "a"), ("10.1.0.1".into(), 8081, "b"), ("10.2.0.1".into(), 8081, "b")]
+            [
+                ("10.1.0.1".into(), 8080, "a"),
+                ("10.1.0.1".into(), 8081, "b"),
+                ("10.2.0.1".into(), 8081, "b")
+            ]
         );
         // Only cluster a exposes `metrics`: b must never get its traffic.
         let metrics = &state.frontends[&frontend(9090)];
@@ -533,18 +559,28 @@ endpoints: [{addresses: ["10.9.9.9"]}]
 
     #[test]
     fn duplicate_addresses_across_slices_are_merged() {
-        let yaml = TWO_CLUSTERS.replace("10.2.0.1", "10.1.0.1").replace("8081", "8080");
+        let yaml = TWO_CLUSTERS
+            .replace("10.2.0.1", "10.1.0.1")
+            .replace("8081", "8080");
         let (state, _) = state_of(&yaml);
         assert_eq!(state.frontends[&frontend(80)].backends.len(), 1);
     }
 
     #[test]
     fn conflicting_frontends_first_import_wins() {
-        let second = TWO_CLUSTERS.replacen("name: web, namespace: demo", "name: zz, namespace: demo", 1);
-        let (state, rejections) = state_of(&format!("{TWO_CLUSTERS}\n---\n{}", second.split("---").next().unwrap()));
+        let second =
+            TWO_CLUSTERS.replacen("name: web, namespace: demo", "name: zz, namespace: demo", 1);
+        let (state, rejections) = state_of(&format!(
+            "{TWO_CLUSTERS}\n---\n{}",
+            second.split("---").next().unwrap()
+        ));
         assert_eq!(state.frontends[&frontend(80)].import.name, "web");
         assert_eq!(rejections.len(), 2, "{rejections:?}");
-        assert!(rejections.iter().all(|r| r.object.name == "zz" && r.reason() == "conflict"));
+        assert!(
+            rejections
+                .iter()
+                .all(|r| r.object.name == "zz" && r.reason() == "conflict")
+        );
     }
 
     #[test]
@@ -577,10 +613,18 @@ endpoints: [{addresses: ["10.3.0.1"]}]
     fn terminating_endpoints_serve_only_when_none_is_ready() {
         let (state, _) = state_of(TWO_CLUSTERS);
         // 10.1.0.2 is serving+terminating but ready ones exist.
-        assert!(state.frontends[&frontend(80)].backends.iter().all(|b| !b.terminating));
+        assert!(
+            state.frontends[&frontend(80)]
+                .backends
+                .iter()
+                .all(|b| !b.terminating)
+        );
         let none_ready = TWO_CLUSTERS
             .replace("- addresses: [\"10.1.0.1\"]\n", "")
-            .replace("- addresses: [\"10.2.0.1\", \"10.1.0.1\"]", "- addresses: [\"10.2.0.1\"]\n  conditions: {ready: false, serving: false}");
+            .replace(
+                "- addresses: [\"10.2.0.1\", \"10.1.0.1\"]",
+                "- addresses: [\"10.2.0.1\"]\n  conditions: {ready: false, serving: false}",
+            );
         let (state, _) = state_of(&none_ready);
         let backends = &state.frontends[&frontend(80)].backends;
         assert_eq!(backends.len(), 1, "{backends:?}");
@@ -603,7 +647,10 @@ endpoints: [{addresses: ["10.3.0.1"]}]
     #[test]
     fn local_first_keeps_the_local_cluster_and_spills_over() {
         let local = with_policy(TWO_CLUSTERS, "local-first", "b");
-        assert!(local.iter().all(|b| b.cluster == "b") && local.len() == 2, "{local:?}");
+        assert!(
+            local.iter().all(|b| b.cluster == "b") && local.len() == 2,
+            "{local:?}"
+        );
         let spill = with_policy(TWO_CLUSTERS, "local-first", "elsewhere");
         assert_eq!(spill.len(), 3);
     }
@@ -612,7 +659,11 @@ endpoints: [{addresses: ["10.3.0.1"]}]
     fn weights_split_a_cluster_share_over_its_endpoints() {
         let backends = with_policy(TWO_CLUSTERS, "weighted:a=2,b=1", "a");
         let weight = |cluster: &str| -> u32 {
-            backends.iter().filter(|b| b.cluster == cluster).map(|b| b.weight).sum()
+            backends
+                .iter()
+                .filter(|b| b.cluster == cluster)
+                .map(|b| b.weight)
+                .sum()
         };
         // a: one endpoint with 2/3; b: two endpoints sharing 1/3.
         assert_eq!(weight("a"), 2 * weight("b"));
@@ -634,7 +685,10 @@ endpoints: [{addresses: ["10.3.0.1"]}]
             1,
         );
         let local = with_policy(&annotated, "none", "a");
-        assert!(local.iter().all(|b| b.cluster == "a"), "annotation overrides the agent policy");
+        assert!(
+            local.iter().all(|b| b.cluster == "a"),
+            "annotation overrides the agent policy"
+        );
     }
 
     #[test]
@@ -662,7 +716,13 @@ endpoints: [{addresses: ["10.3.0.1"]}]
             .iter()
             .map(|b| (b.addr.to_string(), b.cluster.clone()))
             .collect();
-        assert_eq!(http, [("10.1.0.1".into(), "a".into()), ("10.2.0.1".into(), "b".into())]);
+        assert_eq!(
+            http,
+            [
+                ("10.1.0.1".into(), "a".into()),
+                ("10.2.0.1".into(), "b".into())
+            ]
+        );
         assert_eq!(rejections.len(), 1, "{rejections:?}");
         assert_eq!(rejections[0].reason(), "outside_cluster_cidr");
         assert_eq!(rejections[0].object.name, "web-b");
@@ -672,7 +732,12 @@ endpoints: [{addresses: ["10.3.0.1"]}]
             ..Policy::default()
         };
         let (state, _) = compute_with(&snapshot, &only_a);
-        assert!(state.frontends[&frontend(80)].backends.iter().all(|b| b.cluster == "a"));
+        assert!(
+            state.frontends[&frontend(80)]
+                .backends
+                .iter()
+                .all(|b| b.cluster == "a")
+        );
         assert!("a=10.0.0.0/33".parse::<ClusterCidrs>().is_err());
         assert!("a".parse::<ClusterCidrs>().is_err());
     }

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             Command::Dump(args) => dump::dump(&args),
             Command::Cleanup(args) => {
                 let removed = mcs_agent::dataplane::remove_pins(&args.bpffs_dir);
-                println!("removed {} pinned objects under {}", removed.len(), args.bpffs_dir.display());
+                println!(
+                    "removed {} pinned objects under {}",
+                    removed.len(),
+                    args.bpffs_dir.display()
+                );
                 Ok(())
             }
         }

@@ -17,9 +17,9 @@ use tracing::{error, info, instrument, warn};
 use crate::{
     cli::RunArgs,
     dataplane::{AdoptionReport, Dataplane, MapHandles},
-    metrics::{Metrics, RejectionLabels},
     desired,
     dns::{self, DnsConfig},
+    metrics::{Metrics, RejectionLabels},
     model::Rejection,
     reconcile::Reconciler,
     sources::{Source, SourceError, SourceUpdate},
@@ -49,12 +49,20 @@ impl Context {
         let (desired, derived) = desired::compute_with(&update.snapshot, &self.policy);
         self.report_rejections(update.rejections.iter().chain(&derived));
         let report = self.reconciler.apply(&desired, &mut self.maps);
-        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
         if report.changed() {
-            self.metrics.event_to_map.observe(received.elapsed().as_secs_f64());
+            self.metrics
+                .event_to_map
+                .observe(received.elapsed().as_secs_f64());
         }
-        self.metrics.frontends.set(self.reconciler.frontend_count() as i64);
-        self.metrics.map_write_errors.inc_by(report.errors.len() as u64);
+        self.metrics
+            .frontends
+            .set(self.reconciler.frontend_count() as i64);
+        self.metrics
+            .map_write_errors
+            .inc_by(report.errors.len() as u64);
         // A full map fails the same writes on every retry: log a failure
         // when it appears, not once a second.
         let failures: BTreeSet<String> = report
@@ -155,7 +163,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (mut dataplane, adoption) =
         Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
-    let result = serve(&args, &mut dataplane, &adoption, &mut updates, &mut source_task).await;
+    let result = serve(
+        &args,
+        &mut dataplane,
+        &adoption,
+        &mut updates,
+        &mut source_task,
+    )
+    .await;
     source_task.abort();
     drop(dns); // stops answering
     // A failed start leaves nothing behind unless an earlier agent's

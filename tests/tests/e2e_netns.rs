@@ -690,11 +690,22 @@ fn raw_http_get(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
 fn vip_conntrack_entries(set: &mut ClusterSet) -> usize {
     let dir = set.agent().expect("agent").bpffs_dir().to_path_buf();
     let output = std::process::Command::new(mcs_tests::agent::binary())
-        .args(["dump", "--output", "json", "--vip", &VIP.to_string(), "--bpffs-dir"])
+        .args([
+            "dump",
+            "--output",
+            "json",
+            "--vip",
+            &VIP.to_string(),
+            "--bpffs-dir",
+        ])
         .arg(dir)
         .output()
         .expect("mcs-agent dump");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: mcs_agent::dump::DumpReport =
         serde_json::from_slice(&output.stdout).expect("dump JSON");
     report.conntrack.len()
@@ -720,16 +731,30 @@ fn stale_udp_flows_are_rebalanced_within_a_second() {
         let all = scenario::manifest(&scenario::all_backends_ready());
         set.manifest().write(&all.to_yaml()).expect("manifest");
         wait_for_backends(&mut set, &BACKENDS);
-        let udp = UdpClient::bind(set.client().expect("client"), client_port_base + index as u16)
-            .expect("bind fixed port");
-        let first = udp.request(scenario::vip_udp(), "before").expect("first datagram").backend;
-        let pod = *BACKENDS.iter().find(|p| p.identity() == first).expect("a listed backend");
-        let others: Vec<ServerPod> = BACKENDS.iter().copied().filter(|p| p.name != pod.name).collect();
+        let udp = UdpClient::bind(
+            set.client().expect("client"),
+            client_port_base + index as u16,
+        )
+        .expect("bind fixed port");
+        let first = udp
+            .request(scenario::vip_udp(), "before")
+            .expect("first datagram")
+            .backend;
+        let pod = *BACKENDS
+            .iter()
+            .find(|p| p.identity() == first)
+            .expect("a listed backend");
+        let others: Vec<ServerPod> = BACKENDS
+            .iter()
+            .copied()
+            .filter(|p| p.name != pod.name)
+            .collect();
 
         let mut changed = all.clone();
         match scenario_name {
             "backend removed" => {
-                changed = scenario::manifest(&others.iter().map(|&p| (p, true)).collect::<Vec<_>>());
+                changed =
+                    scenario::manifest(&others.iter().map(|&p| (p, true)).collect::<Vec<_>>());
             }
             "backend not ready" => {
                 let mut list: Vec<_> = others.iter().map(|&p| (p, true)).collect();
@@ -748,20 +773,26 @@ fn stale_udp_flows_are_rebalanced_within_a_second() {
                 if vip_conntrack_entries(&mut set) == 0 {
                     break started.elapsed();
                 }
-                assert!(started.elapsed() < Duration::from_secs(5), "{scenario_name}: entries stayed");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{scenario_name}: entries stayed"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         } else {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                if let Ok(reply) = udp.request(scenario::vip_udp(), &format!("after-{attempt}")) {
-                    if reply.backend != first {
-                        assert!(others.iter().any(|p| p.identity() == reply.backend));
-                        break started.elapsed();
-                    }
+                if let Ok(reply) = udp.request(scenario::vip_udp(), &format!("after-{attempt}"))
+                    && reply.backend != first
+                {
+                    assert!(others.iter().any(|p| p.identity() == reply.backend));
+                    break started.elapsed();
                 }
-                assert!(started.elapsed() < Duration::from_secs(5), "{scenario_name}: still on {first:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{scenario_name}: still on {first:?}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         };
@@ -769,7 +800,10 @@ fn stale_udp_flows_are_rebalanced_within_a_second() {
             rebalanced <= Duration::from_secs(1),
             "{scenario_name}: re-balanced after {rebalanced:?} (goal 1 s)"
         );
-        figures.push(format!("{scenario_name}: {:.0} ms", rebalanced.as_secs_f64() * 1000.0));
+        figures.push(format!(
+            "{scenario_name}: {:.0} ms",
+            rebalanced.as_secs_f64() * 1000.0
+        ));
     }
     eprintln!("stale UDP re-balance times: {}", figures.join("; "));
     teardown(set);
@@ -788,7 +822,10 @@ fn a_source_outage_keeps_serving_and_catches_up() {
 
     let mut set = cluster_set();
     let outage = Duration::from_secs(
-        std::env::var("MCS_OUTAGE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60),
+        std::env::var("MCS_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -834,11 +871,17 @@ fn a_source_outage_keeps_serving_and_catches_up() {
     load.join().expect("load thread");
     let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(total > 100, "only {total} requests");
-    assert_eq!(failed, 0, "{failed} of {total} requests failed during the outage");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during the outage"
+    );
     let seen = vip_connections(&set, 30);
     assert!(!seen.contains_key(&b_web2.identity()));
     let log = set.agent().expect("agent").log();
-    assert!(log.contains("source unavailable; keeping the last state"), "{log}");
+    assert!(
+        log.contains("source unavailable; keeping the last state"),
+        "{log}"
+    );
     eprintln!(
         "source outage: {:.0} s, {total} requests, {failed} failed, change applied {:.2} s after the source returned",
         outage.as_secs_f64(),

@@ -770,7 +770,10 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
     assert!(remaining.iter().any(|(addr, _)| *addr == moved.to_string()));
     let mut established = tcp.clone();
     established.syn = false;
-    assert_eq!(verify(&harness.run(&established.build()).1, Csum::Full).dst, tcp_backend);
+    assert_eq!(
+        verify(&harness.run(&established.build()).1, Csum::Full).dst,
+        tcp_backend
+    );
 }
 
 #[test]
@@ -782,7 +785,11 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
         .map_max_entries(names::CONNTRACK, 64)
         .load(EBPF_OBJECT)
         .expect("load");
-    let program: &mut Xdp = ebpf.program_mut(programs::XDP).expect("program").try_into().expect("xdp");
+    let program: &mut Xdp = ebpf
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
     program.load().expect("verifier");
     let mut harness = Harness {
         maps: MapHandles::take(&mut ebpf).expect("maps"),
@@ -799,16 +806,30 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     let (snapshot, _) = manifest::snapshot(converted.objects);
     let (state, _) = desired::compute(&snapshot);
     let report = harness.reconciler.apply(&state, &mut harness.maps);
-    assert_eq!(report.errors.len(), 2, "the writes that did not fit fail: {:?}", report.errors);
+    assert_eq!(
+        report.errors.len(),
+        2,
+        "the writes that did not fit fail: {:?}",
+        report.errors
+    );
     for (_, error) in &report.errors {
         assert_eq!(error.map, names::SERVICES);
     }
     // What fits serves; a retry fails the same way without disturbing it.
-    let served = verify(&harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1, Csum::Full);
+    let served = verify(
+        &harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1,
+        Csum::Full,
+    );
     assert!(is_backend(served.dst));
     let again = harness.reconciler.apply(&state, &mut harness.maps);
     assert_eq!(again.errors.len(), 2);
-    assert!(is_backend(verify(&harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1, Csum::Full).dst));
+    assert!(is_backend(
+        verify(
+            &harness.run(&Pkt::tcp(CLIENT, 40000, VIP, 80).build()).1,
+            Csum::Full
+        )
+        .dst
+    ));
 
     // Conntrack (LRU, 64 entries here) full: old flows are evicted, never an
     // insert failure; an evicted flow's next packet gets the same backend
@@ -821,6 +842,9 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     }
     let mut later = Pkt::tcp(CLIENT, 10000, VIP, 80);
     later.syn = false;
-    assert_eq!(verify(&harness.run(&later.build()).1, Csum::Full).dst, first_backend);
+    assert_eq!(
+        verify(&harness.run(&later.build()).1, Csum::Full).dst,
+        first_backend
+    );
     assert_eq!(harness.dump().drops["conntrack_full"], 0);
 }

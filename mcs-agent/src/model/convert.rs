@@ -271,7 +271,10 @@ fn convert_import(mut ctx: Ctx, flavour: Flavour, value: &Value) -> Converted {
     for (index, raw) in raw_ips.iter().enumerate().take(2) {
         let field = format!("spec.ips[{index}]");
         if let Some(ip) = parse_ip(&mut ctx, &field, raw) {
-            if ips.iter().any(|known: &IpAddr| known.is_ipv4() == ip.is_ipv4()) {
+            if ips
+                .iter()
+                .any(|known: &IpAddr| known.is_ipv4() == ip.is_ipv4())
+            {
                 ctx.problem(Problem::Conflict(format!(
                     "{field}: second address of the same family ({ip})"
                 )));
@@ -448,7 +451,10 @@ fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
     };
     let labels = slice.metadata.labels.clone().unwrap_or_default();
     let managed_by = labels.get(LABEL_MANAGED_BY).map(String::as_str);
-    let owner = match (labels.get(LABEL_MC_SERVICE_NAME), labels.get(LABEL_SERVICE_NAME)) {
+    let owner = match (
+        labels.get(LABEL_MC_SERVICE_NAME),
+        labels.get(LABEL_SERVICE_NAME),
+    ) {
         (Some(import), _) if managed_by != Some(MANAGED_BY_ENDPOINTSLICE_CONTROLLER) => {
             SliceOwner::Import(truncate(import))
         }
@@ -646,14 +652,20 @@ mod tests {
             "sessionAffinity": "ClientIP",
             "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}},
         })));
-        assert!(converted.rejections.is_empty(), "{:?}", converted.rejections);
+        assert!(
+            converted.rejections.is_empty(),
+            "{:?}",
+            converted.rejections
+        );
         let import = only_import(&converted);
         assert_eq!(import.ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(import.ports.len(), 2);
         assert_eq!(import.ports[1].protocol, Protocol::Udp);
         assert_eq!(
             import.session_affinity,
-            SessionAffinity::ClientIp { timeout_seconds: 10 }
+            SessionAffinity::ClientIp {
+                timeout_seconds: 10
+            }
         );
     }
 
@@ -692,7 +704,18 @@ mod tests {
 
     #[test]
     fn forbidden_addresses() {
-        for ip in ["0.0.0.0", "127.0.0.5", "169.254.1.1", "224.0.0.1", "255.255.255.255", "::1", "fe80::1", "ff02::1", "::", "::ffff:127.0.0.1"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.5",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(forbidden_reason(ip.parse().unwrap()).is_some(), "{ip}");
         }
         for ip in ["10.1.2.3", "192.168.0.1", "2001:db8::1"] {
@@ -724,7 +747,10 @@ mod tests {
         };
         assert_eq!(slice.owner, SliceOwner::Import("web".into()));
         assert_eq!(slice.source_cluster, "cluster-b");
-        assert_eq!(slice.endpoints[0].addresses, vec!["10.2.0.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            slice.endpoints[0].addresses,
+            vec!["10.2.0.7".parse::<IpAddr>().unwrap()]
+        );
         assert!(!slice.endpoints[1].conditions.ready);
         assert!(slice.endpoints[1].conditions.terminating);
         let reasons: Vec<_> = converted.rejections.iter().map(Rejection::reason).collect();

@@ -288,7 +288,11 @@ impl fmt::Display for Rejection {
         } else {
             "offending part ignored"
         };
-        write!(f, "{} {}: {} ({effect})", self.kind, self.object, self.problem)
+        write!(
+            f,
+            "{} {}: {} ({effect})",
+            self.kind, self.object, self.problem
+        )
     }
 }
 

@@ -469,12 +469,14 @@ impl Reconciler {
         maps.delete_frontend_name(id)?;
         report.map_writes += 1;
         if let Some(applied) = self.applied.remove(frontend) {
-            report.retired.extend(applied.backends.iter().map(|b| Retired {
-                frontend_id: id,
-                addr: b.addr,
-                port: b.port,
-                protocol: frontend.protocol,
-            }));
+            report
+                .retired
+                .extend(applied.backends.iter().map(|b| Retired {
+                    frontend_id: id,
+                    addr: b.addr,
+                    port: b.port,
+                    protocol: frontend.protocol,
+                }));
         }
         self.free_ids.push(id);
         report.removed += 1;

@@ -21,9 +21,9 @@ use tracing::{debug, error, info, warn};
 
 use super::SourceUpdate;
 use crate::model::{
+    Rejection,
     convert::Object,
     manifest::{self, SyntaxError},
-    Rejection,
 };
 
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -239,7 +239,10 @@ impl FileSource {
 
     /// Watches the directory (or, for a file, its parent, so editors'
     /// rename-replace is seen); events only wake the loop up.
-    fn watch(&self, events: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, FileSourceError> {
+    fn watch(
+        &self,
+        events: mpsc::Sender<()>,
+    ) -> Result<notify::RecommendedWatcher, FileSourceError> {
         let watch_path = if self.path.is_dir() {
             self.path.clone()
         } else {
@@ -248,15 +251,16 @@ impl FileSource {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         };
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events.try_send(());
-            }
-        })
-        .map_err(|source| FileSourceError::Watch {
-            path: watch_path.clone(),
-            source,
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = events.try_send(());
+                }
+            })
+            .map_err(|source| FileSourceError::Watch {
+                path: watch_path.clone(),
+                source,
+            })?;
         watcher
             .watch(&watch_path, RecursiveMode::NonRecursive)
             .map_err(|source| FileSourceError::Watch {
@@ -285,12 +289,18 @@ mod tests {
 
         fs::write(&file, "spec: [broken").unwrap();
         let errors = source.reload().unwrap();
-        assert!(matches!(errors.as_slice(), [FileSourceError::Syntax { .. }]));
+        assert!(matches!(
+            errors.as_slice(),
+            [FileSourceError::Syntax { .. }]
+        ));
         assert_eq!(source.update().snapshot.imports.len(), 1, "kept");
 
         fs::remove_file(&file).unwrap();
         assert!(source.reload().unwrap().is_empty());
-        assert!(source.update().snapshot.imports.is_empty(), "removed file removes objects");
+        assert!(
+            source.update().snapshot.imports.is_empty(),
+            "removed file removes objects"
+        );
     }
 
     #[test]
