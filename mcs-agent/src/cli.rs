@@ -39,7 +39,7 @@ pub enum Command {
     /// ServiceImports and EndpointSlices until SIGTERM/SIGINT. On exit the
     /// pinned dataplane keeps serving (restart/upgrade) unless
     /// --detach-on-exit is given.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print services, backends, conntrack and counters from the live
     /// (pinned) maps.
     Dump(DumpArgs),

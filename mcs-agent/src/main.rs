@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Dump(args) => dump::dump(&args),
             Command::Cleanup(args) => {
                 let removed = mcs_agent::dataplane::remove_pins(&args.bpffs_dir);
