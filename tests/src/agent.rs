@@ -87,6 +87,8 @@ pub struct AgentConfig {
     pub bpffs_dir: Option<PathBuf>,
     /// Extra arguments after the others.
     pub extra_args: Vec<String>,
+    /// `--source` value other than `file:SOURCE` (e.g. `kube`).
+    pub source_arg: Option<String>,
 }
 
 impl AgentConfig {
@@ -98,6 +100,7 @@ impl AgentConfig {
             log_format: None,
             bpffs_dir: None,
             extra_args: Vec::new(),
+            source_arg: None,
         }
     }
 }
@@ -142,9 +145,12 @@ impl Agent {
         let log = File::create(&log_path)?;
 
         let mut cmd = netns.command(&bin)?;
-        cmd.arg("run")
-            .arg("--source")
-            .arg(format!("file:{}", config.source.display()));
+        cmd.arg("run").arg("--source").arg(
+            config
+                .source_arg
+                .clone()
+                .unwrap_or_else(|| format!("file:{}", config.source.display())),
+        );
         for iface in &config.interfaces {
             cmd.args(["--interface", iface]);
         }

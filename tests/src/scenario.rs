@@ -173,6 +173,8 @@ pub struct ClusterSet {
     servers: BTreeMap<&'static str, PodServers>,
     manifest: ManifestDir,
     topology: Topology,
+    /// `--source` override for the next agent start.
+    source_arg: Option<String>,
 }
 
 impl ClusterSet {
@@ -191,6 +193,7 @@ impl ClusterSet {
             servers: BTreeMap::new(),
             manifest,
             topology,
+            source_arg: None,
         };
         for pod in BACKENDS.iter().chain([&UNLISTED_POD]) {
             progress(&format!(
@@ -226,6 +229,13 @@ impl ClusterSet {
     /// [`start_agent`](Self::start_agent) with extra agent arguments (e.g.
     /// `--xdp-mode generic`).
     pub fn start_agent_with(&mut self, extra_args: &[&str]) -> Result<&mut Agent> {
+        self.launch_agent(extra_args, None)
+    }
+
+    /// Starts the agent (and later ones) with `--source SOURCE` (e.g.
+    /// `kube`) instead of the manifest directory.
+    pub fn start_agent_from(&mut self, source: &str, extra_args: &[&str]) -> Result<&mut Agent> {
+        self.source_arg = Some(source.to_owned());
         self.launch_agent(extra_args, None)
     }
 
@@ -266,6 +276,7 @@ impl ClusterSet {
         );
         config.cluster_id = Some(CLUSTER_A.to_owned());
         config.extra_args = extra_args.iter().map(|&a| a.to_owned()).collect();
+        config.source_arg = self.source_arg.clone();
         let agent = match pinned {
             None => Agent::start(&node.netns, &config)?,
             Some(pinned) => Agent::adopt(&node.netns, &config, pinned)?,

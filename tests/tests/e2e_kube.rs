@@ -1,0 +1,189 @@
+//! The agent with `--source kube` against a local API server that speaks
+//! the list/watch protocol (kube-rs's own client and watcher run), in the
+//! two-cluster netns topology with real traffic: the maps equal those of
+//! the file source for the same objects, traffic follows changes, and an
+//! API outage loses no request while changes made meanwhile apply after.
+//!
+//! Needs root; run by `cargo xtask test`.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mcs_tests::{
+    agent::Dump,
+    client::http_get,
+    fake_apiserver::FakeApiServer,
+    manifest::Protocol,
+    scenario::{self, APPLY_TIMEOUT, BACKENDS, CLIENT_NODE, ClusterSet, HTTP_PORT, ServerPod, VIP},
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("YAML"))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// Services and backends as the maps hold them (ids aside).
+fn programmed(dump: &Dump) -> BTreeSet<String> {
+    dump.services
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().map(move |b| {
+                format!(
+                    "{}:{}/{} {} -> {}:{} ({})",
+                    s.vip, s.port, s.protocol, s.name, b.addr, b.port, b.cluster
+                )
+            })
+        })
+        .collect()
+}
+
+fn wait_for(set: &mut ClusterSet, pods: &[ServerPod]) -> Dump {
+    let mut want: Vec<_> = pods.iter().map(|p| p.ip).collect();
+    want.sort();
+    set.agent()
+        .expect("agent")
+        .wait_until(APPLY_TIMEOUT, |dump| {
+            dump.service(VIP, HTTP_PORT, Protocol::Tcp)
+                .is_some_and(|s| s.backend_addrs() == want)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn reached(set: &ClusterSet, n: usize) -> BTreeSet<String> {
+    let client = set.client().expect("client");
+    (0..n)
+        .map(|_| {
+            http_get(client, scenario::vip_http())
+                .expect("request")
+                .backend
+                .pod
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this tier needs root: run `cargo xtask test`"
+    );
+    let all = scenario::manifest(&scenario::all_backends_ready());
+    let mut set = ClusterSet::create(&all.to_yaml(), &|_| {}).expect("ClusterSet");
+
+    // The file source's maps for these objects.
+    set.start_agent().expect("file-source agent");
+    let from_file = programmed(&wait_for(&mut set, &BACKENDS));
+    set.take_agent().expect("agent").stop().expect("stop");
+
+    // The API server lives in the client node's namespace, where the agent runs.
+    let node_ns = &set.topology().node(CLIENT_NODE).expect("node").netns;
+    let server = node_ns
+        .enter(FakeApiServer::start)
+        .expect("enter")
+        .expect("fake API server");
+    server
+        .apply_all(objects(&all.to_yaml()))
+        .expect("load objects");
+    let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
+    let kubeconfig = kubeconfig.display().to_string();
+    set.start_agent_from("kube", &["--kubeconfig", &kubeconfig])
+        .expect("kube-source agent");
+    let from_kube = programmed(&wait_for(&mut set, &BACKENDS));
+    assert_eq!(
+        from_kube, from_file,
+        "kube and file sources program the same maps"
+    );
+    let names: BTreeSet<String> = BACKENDS.iter().map(|p| p.name.to_owned()).collect();
+    assert_eq!(reached(&set, 40), names);
+
+    // Traffic follows a change made through the API: b-web2 leaves.
+    let [a_web1, b_web1, b_web2] = BACKENDS;
+    let without = scenario::manifest(&[(a_web1, true), (b_web1, true)]);
+    server
+        .apply_all(objects(&without.to_yaml()))
+        .expect("apply change");
+    wait_for(&mut set, &[a_web1, b_web1]);
+    assert!(!reached(&set, 30).contains(b_web2.name));
+
+    // The API server stops answering; requests keep flowing; b-web2 comes
+    // back meanwhile and is applied once the server answers again.
+    let outage = Duration::from_secs(
+        std::env::var("MCS_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&client_ns).expect("client netns");
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            while !stop.load(Ordering::Relaxed) {
+                let ok = std::net::TcpStream::connect_timeout(
+                    &scenario::vip_http(),
+                    Duration::from_secs(2),
+                )
+                .and_then(|mut stream| {
+                    use std::io::{Read, Write};
+                    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    stream
+                        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")?;
+                    let mut response = String::new();
+                    stream.read_to_string(&mut response)?;
+                    Ok(response.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    server.set_available(false);
+    let started = Instant::now();
+    std::thread::sleep(outage / 2);
+    server
+        .apply_all(objects(&all.to_yaml()))
+        .expect("change during the outage");
+    while started.elapsed() < outage {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.set_available(true);
+    let back = Instant::now();
+    wait_for(&mut set, &BACKENDS);
+    let caught_up = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load");
+    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(total > 50, "only {total} requests");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during the API outage"
+    );
+    assert_eq!(reached(&set, 40), names, "b-web2 back after the outage");
+    eprintln!(
+        "API outage: {:.0} s, {total} requests, {failed} failed, change applied {:.2} s after the server answered again",
+        outage.as_secs_f64(),
+        caught_up.as_secs_f64()
+    );
+    drop(set);
+    drop(server);
+}
