@@ -24,7 +24,6 @@ use mcs_common::{names, programs};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const CLIENT: [u8; 4] = [10, 101, 1, 2];
 const VIP: [u8; 4] = [10, 96, 100, 10];
@@ -543,11 +542,14 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     let input = syn.build();
     let (action, out) = harness.run(&input);
     assert_eq!(
-        action, XDP_TX,
-        "refusal goes back out of the ingress interface"
+        action, XDP_PASS,
+        "the stack routes the refusal to the client"
     );
-    assert_eq!(&out[..6], &input[6..12], "sent to the client's MAC");
-    assert_eq!(&out[6..12], &input[..6]);
+    assert_eq!(
+        &out[..12],
+        &input[..12],
+        "Ethernet header kept: addressed to the node"
+    );
     let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
     assert_eq!(ip.header_checksum, ip.calc_header_checksum());
     assert_eq!((ip.source, ip.destination), (VIP, CLIENT));
@@ -570,7 +572,7 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     let mut established = Pkt::tcp(CLIENT, 40001, VIP, 80);
     established.syn = false;
     let (action, out) = harness.run(&established.build());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_PASS);
     let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
     let (tcp, _) = TcpHeader::from_slice(rest).expect("TCP");
     assert!(tcp.rst && !tcp.ack);
@@ -582,7 +584,7 @@ fn a_service_without_endpoints_refuses_tcp_with_rst_and_udp_with_icmp() {
     // UDP: ICMP port unreachable quoting the datagram's IP header + 8 bytes.
     let datagram = Pkt::udp(CLIENT, 40002, VIP, 53).build();
     let (action, out) = harness.run(&datagram);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_PASS);
     assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
     let (ip, icmp) = Ipv4Header::from_slice(&out[14..]).expect("IPv4");
     assert_eq!(ip.header_checksum, ip.calc_header_checksum());

@@ -26,7 +26,8 @@ use crate::{
 enum Error {
     /// Not a packet mcs translates; passed on unchanged.
     NotOurs,
-    /// Turned into a refusal (RST / ICMP) to send back; counted.
+    /// Turned into a refusal (RST / ICMP) for the stack to route back to
+    /// the client; counted.
     Refused,
     /// Dropped and counted under the reason.
     Drop(DropReason),
@@ -39,7 +40,7 @@ pub fn mcs_xdp(ctx: XdpContext) -> u32 {
         Err(Error::NotOurs) => xdp_action::XDP_PASS,
         Err(Error::Refused) => {
             count_drop(DropReason::NoBackend);
-            xdp_action::XDP_TX
+            xdp_action::XDP_PASS
         }
         Err(Error::Drop(reason)) => {
             count_drop(reason);

@@ -1,7 +1,12 @@
 //! Refusing new flows to a frontend without usable backend, at once and in
 //! the protocol's own words (never a silent timeout): TCP gets a RST, UDP an
-//! ICMP port unreachable, both sent back out of the interface the packet
-//! came in on (`XDP_TX`) with the ClusterSetIP as source.
+//! ICMP port unreachable, with the ClusterSetIP as source and the client as
+//! destination. The reply is handed to the node's stack (`XDP_PASS`), which
+//! routes it to the client like any packet for a local pod. (`XDP_TX` would
+//! bounce it straight back, but on veth a native-mode `XDP_TX` is dropped
+//! unless the pod side runs XDP too — and that is not ours to change.) The
+//! Ethernet header is kept as received, so the frame stays addressed to the
+//! node.
 //!
 //! Only packets without IP options are answered (fixed-size headers keep the
 //! verifier and the checksum loops simple); others are dropped and counted.
@@ -41,12 +46,6 @@ unsafe fn sum_words<const N: usize>(ptr: *const u8) -> u32 {
         i += 1;
     }
     sum
-}
-
-#[inline(always)]
-fn swap_macs(eth: *mut EthHdr) {
-    // SAFETY: `eth` was bounds-checked by the caller.
-    unsafe { core::ptr::swap(&raw mut (*eth).dst_addr, &raw mut (*eth).src_addr) };
 }
 
 /// Fills a fresh 20-byte IPv4 header and its checksum.
@@ -109,11 +108,9 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
         return Err(Unreplied);
     }
     // Packet pointers are invalid after resizing: re-derive them.
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Unreplied)?;
     let tcp: *mut TcpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
-    swap_macs(eth);
-    // SAFETY: all three headers were bounds-checked just above.
+    // SAFETY: both headers were bounds-checked just above.
     unsafe {
         write_ip(
             ip,
@@ -158,6 +155,7 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unrep
     let old_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let (client_mac, node_mac) = unsafe { ((*old_eth).src_addr, (*old_eth).dst_addr) };
+    // Kept as received: from the client's side, to the node.
 
     // Make room in front for the new IP and ICMP headers; the original IP
     // header and UDP header then become the quoted part.
@@ -178,8 +176,8 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unrep
     // SAFETY: all bounds-checked just above; the old Ethernet header (now
     // overlapping the new IP header) was read before these writes.
     unsafe {
-        (*eth).dst_addr = client_mac;
-        (*eth).src_addr = node_mac;
+        (*eth).dst_addr = node_mac;
+        (*eth).src_addr = client_mac;
         (*eth).ether_type = u16::from_ne_bytes(0x0800u16.to_be_bytes());
         write_ip(
             ip,
