@@ -26,7 +26,10 @@ const B_WEB2: &str = "10.102.1.11";
 /// The import (TCP 80 `http`, UDP 53 `echo`) with `extra_spec` and one
 /// slice per `(cluster, ports, endpoints)`; endpoints are `(address,
 /// conditions)` in YAML flow syntax.
-fn manifest(extra_spec: &str, slices: &[(&str, &str, &[(&str, &str)])]) -> String {
+/// `(cluster, ports in YAML flow syntax, endpoints as (address, conditions))`.
+type SliceSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+fn manifest(extra_spec: &str, slices: &[SliceSpec]) -> String {
     let mut yaml = format!(
         "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\nmetadata: {{name: web, namespace: demo}}\n\
          spec:\n  type: ClusterSetIP\n  ips: [\"{VIP}\"]\n  ports: [{{name: http, protocol: TCP, port: {HTTP_PORT}}}, {{name: echo, protocol: UDP, port: {UDP_PORT}}}]\n{extra_spec}"
