@@ -48,11 +48,15 @@ fn programmed(dump: &Dump) -> BTreeSet<String> {
 }
 
 fn wait_for(set: &mut ClusterSet, pods: &[ServerPod]) -> Dump {
+    wait_for_within(set, pods, APPLY_TIMEOUT)
+}
+
+fn wait_for_within(set: &mut ClusterSet, pods: &[ServerPod], timeout: Duration) -> Dump {
     let mut want: Vec<_> = pods.iter().map(|p| p.ip).collect();
     want.sort();
     set.agent()
         .expect("agent")
-        .wait_until(APPLY_TIMEOUT, |dump| {
+        .wait_until(timeout, |dump| {
             dump.service(VIP, HTTP_PORT, Protocol::Tcp)
                 .is_some_and(|s| s.backend_addrs() == want)
         })
@@ -168,7 +172,9 @@ fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
     }
     server.set_available(true);
     let back = Instant::now();
-    wait_for(&mut set, &BACKENDS);
+    // kube-runtime's watcher backs off while the server is down (up to
+    // about 30 s between attempts), so catching up takes up to that long.
+    wait_for_within(&mut set, &BACKENDS, Duration::from_secs(60));
     let caught_up = back.elapsed();
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load");
