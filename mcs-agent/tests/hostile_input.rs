@@ -840,7 +840,7 @@ fn corpus() -> Vec<Case> {
     ] {
         add(
             "wrong kind",
-            format!("{}", truncated(&object.to_string())),
+            truncated(&object.to_string()),
             yaml(&object),
             Expect::Reasons(vec!["unsupported_kind"]),
         );
