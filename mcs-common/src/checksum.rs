@@ -75,6 +75,50 @@ pub const fn is_partial(field: u16, saddr: u32, daddr: u32, proto: u8, l4_len: u
     field == pseudo_header_seed(saddr, daddr, proto, l4_len)
 }
 
+/// The L4 checksum field after rewriting one side's address `old_addr` →
+/// `new_addr` and port `old_port` → `new_port` of an IPv4 TCP/UDP packet
+/// (`saddr`/`daddr` before the rewrite, `l4_len` in host order): the one
+/// decision the datapath takes for every translated packet, kept here so the
+/// host (tests, fuzzing) runs exactly the same arithmetic.
+/// * partial field (pseudo-header seed): only the address changes it;
+/// * UDP without checksum (0) stays without;
+/// * full checksum: address and port folded in; a UDP result of 0 is sent
+///   as 0xffff (0 would mean "no checksum").
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the packet fields one to one"
+)]
+pub const fn l4_rewrite(
+    check: u16,
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    l4_len: u16,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    const PROTO_UDP: u8 = 17;
+    if is_partial(check, saddr, daddr, proto, l4_len) {
+        partial_replace_u32(check, old_addr, new_addr)
+    } else if proto == PROTO_UDP && check == 0 {
+        0
+    } else {
+        let updated = full_replace_u16(
+            full_replace_u32(check, old_addr, new_addr),
+            old_port,
+            new_port,
+        );
+        if proto == PROTO_UDP && updated == 0 {
+            0xffff
+        } else {
+            updated
+        }
+    }
+}
+
 /// Full RFC 1071 checksum of `data` (words loaded natively). Host-side
 /// helper for tests and fuzzing; the datapath only updates incrementally.
 pub fn sum_bytes(mut acc: u32, data: &[u8]) -> u32 {
@@ -140,6 +184,30 @@ mod tests {
         assert_eq!(
             partial_replace_u32(seed, d, n),
             pseudo_header_seed(s, n, 6, 40)
+        );
+    }
+
+    #[test]
+    fn l4_rewrite_handles_partial_full_and_zero_udp() {
+        let (s, d, n) = (
+            addr([10, 1, 0, 2]),
+            addr([10, 96, 0, 10]),
+            addr([10, 2, 1, 7]),
+        );
+        let (old_port, new_port) = (80u16.to_be(), 8080u16.to_be());
+        // Partial: the seed follows the address, the port is left out.
+        let seed = pseudo_header_seed(s, d, 6, 40);
+        assert_eq!(
+            l4_rewrite(seed, 6, s, d, 40, d, n, old_port, new_port),
+            pseudo_header_seed(s, n, 6, 40)
+        );
+        // UDP without checksum stays without.
+        assert_eq!(l4_rewrite(0, 17, s, d, 40, d, n, old_port, new_port), 0);
+        // Full: address and port folded in.
+        let full = 0x1234;
+        assert_eq!(
+            l4_rewrite(full, 6, s, d, 40, d, n, old_port, new_port),
+            full_replace_u16(full_replace_u32(full, d, n), old_port, new_port)
         );
     }
 

@@ -100,6 +100,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         return Err(ParseError::Fragment { daddr, proto });
     }
     let l4_len = tot_len - ihl_bytes as u16;
+    // The IP total length must cover the L4 header: otherwise the ports and
+    // checksum we would rewrite lie in padding outside the datagram.
+    let l4_header = if proto == PROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
+    if (l4_len as usize) < l4_header {
+        return Err(ParseError::L4Truncated { daddr, proto });
+    }
     let l4_off = EthHdr::LEN + ihl_bytes;
     let len = (ctx.data_end() - ctx.data()) as u64;
     let l4 = if proto == PROTO_TCP {

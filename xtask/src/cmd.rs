@@ -80,7 +80,7 @@ impl Cmd {
         line
     }
 
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
         command.env("PATH", tool_path());

@@ -8,6 +8,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -82,6 +83,21 @@ enum Command {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Run the fuzz targets of fuzz/ for a time budget each (manifest, checksum, xdp).
+    ///
+    /// libFuzzer via `cargo fuzz` when a nightly toolchain is installed (cargo-fuzz is
+    /// installed when missing), otherwise a stable fallback driver (random mutation, no
+    /// coverage), announced loudly. `xdp` needs root (BPF_PROG_TEST_RUN) and is skipped with a
+    /// banner without it. A crash fails the command and keeps the input under
+    /// fuzz/artifacts/TARGET/. Figures go to docs/figures/fuzzing.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Run only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Benchmarks: NOT IMPLEMENTED YET (exits with code 2).
     Bench,
 }
@@ -125,6 +141,7 @@ fn run(command: Command) -> Result<ExitCode> {
             });
         }
         Command::Demo { args } => return demo::run(&args),
+        Command::Fuzz { time, target } => fuzz::run(&fuzz::Options { time, target })?,
         Command::Bench => return Ok(bench::run()),
     }
     Ok(ExitCode::SUCCESS)

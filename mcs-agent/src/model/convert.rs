@@ -30,6 +30,10 @@ pub const ANNOTATION_LOCALITY: &str = "dataplane.mcs.dev/locality";
 
 /// Longest name accepted (DNS subdomain limit); longer names are hostile.
 const MAX_NAME_LEN: usize = 253;
+/// Longest label value Kubernetes accepts; a longer service-name or
+/// source-cluster label cannot come from the API server, and truncating it
+/// would silently orphan the slice or rename its cluster.
+const MAX_LABEL_VALUE_LEN: usize = 63;
 
 /// A converted object.
 #[derive(Clone, Debug, PartialEq)]
@@ -450,6 +454,14 @@ fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
         Err(error) => return ctx.fatal(Problem::Unparsable(error.to_string())),
     };
     let labels = slice.metadata.labels.clone().unwrap_or_default();
+    for label in [LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER] {
+        if let Some(value) = labels.get(label).filter(|v| v.len() > MAX_LABEL_VALUE_LEN) {
+            return ctx.fatal(Problem::Unparsable(format!(
+                "label {label} is {} bytes long (limit {MAX_LABEL_VALUE_LEN})",
+                value.len()
+            )));
+        }
+    }
     let managed_by = labels.get(LABEL_MANAGED_BY).map(String::as_str);
     let owner = match (
         labels.get(LABEL_MC_SERVICE_NAME),

@@ -14,14 +14,90 @@ use super::{
 #[error("YAML syntax error: {0}")]
 pub struct SyntaxError(#[source] pub serde_yaml_ng::Error);
 
+/// Flow collections (`[`, `{`) nested deeper than this refuse the text
+/// before the YAML parser runs: its simple-key bookkeeping costs time
+/// quadratic in the nesting depth (80 KB of `{a: {a: …` took 24 s), and the
+/// deserializer refuses anything deeper than 128 levels anyway.
+const MAX_FLOW_DEPTH: usize = 256;
+
+/// The deepest nesting of flow collections in `text`, skipping quoted
+/// scalars and comments. Brackets inside plain scalars are counted too, so
+/// this can only overestimate; hence the margin above the parser's limit.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    let mut previous = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '#' if previous.is_whitespace() => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            // Quotes open a scalar only where one starts.
+            '"' if quote_may_open(previous) => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if quote_may_open(previous) => {
+                // An escaped '' ends the skip early: only overestimates.
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    deepest
+}
+
+fn quote_may_open(previous: char) -> bool {
+    previous.is_whitespace() || matches!(previous, '[' | '{' | ',' | ':' | '-' | '?')
+}
+
 /// Parses every document of `text` and converts each object.
 pub fn parse(text: &str) -> Result<Converted, SyntaxError> {
-    let mut values = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(document).map_err(SyntaxError)?;
-        flatten_lists(value, &mut values);
+    let depth = flow_depth(text);
+    if depth > MAX_FLOW_DEPTH {
+        return Err(SyntaxError(serde::de::Error::custom(format!(
+            "flow collections nested {depth} deep (limit {MAX_FLOW_DEPTH})"
+        ))));
     }
+    let mut values = Vec::new();
     let mut result = Converted::default();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // Read as YAML first (tags, non-string keys, .nan are valid YAML):
+        // only a document that is not YAML at all refuses the whole text.
+        let yaml = serde_yaml_ng::Value::deserialize(document).map_err(SyntaxError)?;
+        // Valid YAML that JSON cannot hold rejects just that document; its
+        // siblings in the same file are still served.
+        match serde_json::to_value(yaml) {
+            Ok(value) => flatten_lists(value, &mut values),
+            Err(error) => result.rejections.push(Rejection {
+                kind: "document".to_owned(),
+                object: ObjectKey::new("-", format!("#{}", index + 1)),
+                problem: Problem::Unparsable(error.to_string()),
+                fatal: true,
+            }),
+        }
+    }
     for value in &values {
         let converted = convert(value);
         result.objects.extend(converted.objects);
@@ -127,6 +203,24 @@ items:
         assert!(duplicates.is_empty());
         assert_eq!(snapshot.imports.len(), 1);
         assert_eq!(snapshot.slices.len(), 1);
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        assert_eq!(
+            flow_depth("a: [1, {b: [2]}]  # [[[[\nc: \"[[[[\" \nd: '[[ it''s'"),
+            3
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&deep).is_err());
+        assert!(parse(&format!("a: {}{}", "[".repeat(100), "]".repeat(100))).is_ok());
+    }
+
+    #[test]
+    fn json_incompatible_documents_spare_their_siblings() {
+        let converted = parse(&format!("? [1, 2]\n: x\n---\n{MANIFEST}")).expect("valid YAML");
+        assert_eq!(converted.rejections[0].reason(), "unparsable");
+        assert_eq!(converted.objects.len(), 2);
     }
 
     #[test]

@@ -118,6 +118,10 @@ struct Applied {
     id: u32,
     kind: FrontendKind,
     affinity_timeout: Option<u32>,
+    /// The operator-facing name as written (truncated to the map's size):
+    /// a frontend can change owner (conflict resolution) without any other
+    /// change, and its name must follow.
+    name: String,
     /// Backends in slot order, as written.
     backends: Vec<Backend>,
     /// Slots `0..slot_high` may exist in the map (covers failed updates).
@@ -183,7 +187,19 @@ pub struct Reconciler {
     backend_ids: BTreeMap<(Ipv4Addr, u16), u32>,
     next_backend_id: u32,
     free_backend_ids: Vec<u32>,
+    /// Frontend ids found on adoption with slots or a name but no service
+    /// entry (an agent died mid-apply), with how many slots to delete. Held
+    /// out of the free list until the first apply has cleaned them.
+    orphans: BTreeMap<u32, u32>,
 }
+
+/// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
+/// an orphaned frontend id (0.0.0.0 is never a ClusterSetIP).
+pub const ORPHAN_FRONTEND: Frontend = Frontend {
+    addr: Ipv4Addr::UNSPECIFIED,
+    port: 0,
+    protocol: crate::model::Protocol::Tcp,
+};
 
 impl Default for Reconciler {
     fn default() -> Self {
@@ -201,6 +217,7 @@ impl Reconciler {
             backend_ids: BTreeMap::new(),
             next_backend_id: 0,
             free_backend_ids: Vec::new(),
+            orphans: BTreeMap::new(),
         }
     }
 
@@ -270,6 +287,11 @@ impl Reconciler {
                     kind,
                     affinity_timeout: (value.flags & SVC_F_AFFINITY != 0)
                         .then_some(value.affinity_timeout_s),
+                    name: state
+                        .frontend_names
+                        .get(&value.frontend_id)
+                        .cloned()
+                        .unwrap_or_default(),
                     backends,
                     slot_high: slot_high.max(value.backend_count),
                     // A frontend with a hole in its slots is rewritten whole.
@@ -278,9 +300,27 @@ impl Reconciler {
                 },
             );
         }
-        reconciler.next_id = used_ids.iter().next_back().map_or(0, |id| id + 1);
+        // What no service owns was left by an agent that died mid-apply
+        // (slots and name are written before a new service entry and
+        // deleted after a removed one, and a table never outlives its
+        // name): removed by the first apply, never adopted or leaked.
+        for (id, slots) in &slots_of {
+            let high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+            reconciler.orphans.insert(*id, high);
+        }
+        for id in state.frontend_names.keys() {
+            if !used_ids.contains(id) {
+                reconciler.orphans.entry(*id).or_insert(0);
+            }
+        }
+        let in_range = |id: &&u32| **id < MAX_FRONTENDS;
+        reconciler.next_id = used_ids
+            .iter()
+            .chain(reconciler.orphans.keys().filter(in_range))
+            .max()
+            .map_or(0, |id| id + 1);
         reconciler.free_ids = (0..reconciler.next_id)
-            .filter(|id| !used_ids.contains(id))
+            .filter(|id| !used_ids.contains(id) && !reconciler.orphans.contains_key(id))
             .rev()
             .collect();
         let used_backend_ids: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
@@ -388,6 +428,7 @@ impl Reconciler {
         maps: &mut impl DataplaneWriter,
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
+        self.remove_orphans(maps, &mut report);
 
         let removed: Vec<Frontend> = self
             .applied
@@ -445,6 +486,37 @@ impl Reconciler {
         report
     }
 
+    /// Deletes what adoption found without a service entry; an id becomes
+    /// free only once all of it is gone.
+    fn remove_orphans(&mut self, maps: &mut impl DataplaneWriter, report: &mut ApplyReport) {
+        let orphans: Vec<(u32, u32)> = self.orphans.iter().map(|(id, high)| (*id, *high)).collect();
+        for (id, slot_high) in orphans {
+            let result = (|| {
+                maps.delete_maglev(id)?;
+                report.map_writes += 1;
+                for slot in 0..slot_high {
+                    maps.delete_backend(&BackendKey {
+                        frontend_id: id,
+                        slot,
+                    })?;
+                    report.map_writes += 1;
+                }
+                maps.delete_frontend_name(id)?;
+                report.map_writes += 1;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => {
+                    self.orphans.remove(&id);
+                    if id < MAX_FRONTENDS {
+                        self.free_ids.push(id);
+                    }
+                }
+                Err(error) => report.errors.push((ORPHAN_FRONTEND, error)),
+            }
+        }
+    }
+
     fn remove(
         &mut self,
         frontend: &Frontend,
@@ -490,12 +562,15 @@ impl Reconciler {
         maps: &mut impl DataplaneWriter,
         report: &mut ApplyReport,
     ) -> Result<(), WriteError> {
+        let name_value = NameValue::new(&spec.name);
+        let name = name_value.as_str().to_owned();
         let is_new = match self.applied.get(frontend) {
             Some(existing) => {
                 if !existing.dirty
                     && !existing.table_stale
                     && existing.kind == spec.kind
                     && existing.affinity_timeout == spec.affinity_timeout
+                    && existing.name == name
                     && stable_layout(&existing.backends, &spec.backends) == existing.backends
                 {
                     return Ok(()); // unchanged: not a single write
@@ -518,6 +593,7 @@ impl Reconciler {
                         id,
                         kind: spec.kind,
                         affinity_timeout: None,
+                        name: String::new(),
                         backends: Vec::new(),
                         slot_high: 0,
                         dirty: true,
@@ -546,8 +622,8 @@ impl Reconciler {
             maps.reset_frontend_stats(id)?;
             report.map_writes += 1;
         }
-        if rewrite_all {
-            maps.put_frontend_name(id, &NameValue::new(&spec.name))?;
+        if rewrite_all || known.name != name {
+            maps.put_frontend_name(id, &name_value)?;
             report.map_writes += 1;
         }
         // 1. Slots (new and changed ones; the old table still points only
@@ -649,6 +725,7 @@ impl Reconciler {
                 id,
                 kind: spec.kind,
                 affinity_timeout: spec.affinity_timeout,
+                name,
                 slot_high: layout.len() as u32,
                 backends: layout,
                 dirty: false,
@@ -780,6 +857,8 @@ pub mod memory {
         }
     }
 }
+
+pub mod check;
 
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,7 @@
 //! See `mcs_common::checksum` for the two kinds of L4 checksum field an XDP
 //! hook meets (full vs. partial) and why they need different arithmetic.
 
-use mcs_common::{
-    PROTO_UDP,
-    checksum::{full_replace_u16, full_replace_u32, is_partial, partial_replace_u32},
-};
+use mcs_common::checksum::{full_replace_u32, l4_rewrite};
 
 use crate::{lb, packet::Packet};
 
@@ -40,25 +37,11 @@ pub fn rewrite(pkt: &Packet, side: Side, new_addr: u32, new_port: u16) {
         let old_port = u16::from_ne_bytes(*port_field);
         let check = u16::from_ne_bytes(*pkt.l4.check);
 
-        let new_check = if is_partial(check, saddr, daddr, pkt.proto, pkt.l4_len) {
-            // Only the pseudo-header part changes; the port is covered when
-            // the checksum is finished.
-            partial_replace_u32(check, old_addr, new_addr)
-        } else if pkt.proto == PROTO_UDP && check == 0 {
-            // UDP without checksum stays without.
-            0
-        } else {
-            let updated = full_replace_u16(
-                full_replace_u32(check, old_addr, new_addr),
-                old_port,
-                new_port,
-            );
-            if pkt.proto == PROTO_UDP && updated == 0 {
-                0xffff
-            } else {
-                updated
-            }
-        };
+        // Partial vs full vs UDP-without-checksum: shared with the host
+        // (unit tests, fuzzing) in `mcs_common::checksum`.
+        let new_check = l4_rewrite(
+            check, pkt.proto, saddr, daddr, pkt.l4_len, old_addr, new_addr, old_port, new_port,
+        );
 
         let ip_check = u16::from_ne_bytes((*ip).check);
         (*ip).check = full_replace_u32(ip_check, old_addr, new_addr).to_ne_bytes();

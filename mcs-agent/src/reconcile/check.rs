@@ -1,0 +1,499 @@
+//! Consistency checks of [`MemoryMaps`] and of the reconciler's own id
+//! tables, shared by the churn model check, the hostile-input corpus and the
+//! fuzz targets (all outside this crate's unit tests, hence public).
+//!
+//! Two levels:
+//! * [`check_serving`]: what the datapath relies on at every instant — each
+//!   service's slots `0..count` exist and every Maglev entry names one;
+//! * [`render`]: the maps read back as frontends → backends (cluster names,
+//!   affinity, Maglev tables resolved to backend identities, names), failing
+//!   on anything left behind (slots, tables, names, clusters nobody uses).
+//!
+//! Frontend and backend ids differ between two reconcilers that reach the
+//! same state by different paths, so everything here is keyed by frontend
+//! (address, port, protocol) and backend identity (address, port).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use mcs_common::{
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevTable, NameValue, SVC_F_AFFINITY,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+};
+
+use super::{DataplaneWriter, Reconciler, WriteError, maglev_table, memory::MemoryMaps};
+use crate::{
+    desired::{Backend, DesiredState, Frontend, FrontendKind},
+    model::Protocol,
+};
+
+/// A backend endpoint as the maglev table and the per-backend counters know it.
+pub type Identity = (Ipv4Addr, u16);
+
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedFrontend {
+    pub kind: FrontendKind,
+    pub name: String,
+    pub affinity_timeout: Option<u32>,
+    /// Backends in slot order; `weight` is 1 (weights live only in the table).
+    pub slots: Vec<Backend>,
+    /// The Maglev table with entries resolved to backend identities (empty
+    /// without backends).
+    pub table: Vec<Identity>,
+}
+
+impl RenderedFrontend {
+    /// The backends in sorted order, for comparisons that ignore slot order.
+    pub fn sorted_backends(&self) -> Vec<Backend> {
+        let mut backends = self.slots.clone();
+        backends.sort();
+        backends
+    }
+}
+
+pub type Rendered = BTreeMap<Frontend, RenderedFrontend>;
+
+/// Something in the maps that the datapath or an operator would trip over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Inconsistency {
+    #[error("service entry with unknown protocol {0}")]
+    BadProtocol(u8),
+    #[error("{frontend}: slot {slot} of {count} is missing")]
+    MissingSlot {
+        frontend: Frontend,
+        slot: u32,
+        count: u32,
+    },
+    #[error("{frontend}: has backends but no Maglev table")]
+    MissingTable { frontend: Frontend },
+    #[error("{frontend}: Maglev entry {entry} names slot {slot}, which does not exist")]
+    DanglingTableEntry {
+        frontend: Frontend,
+        entry: usize,
+        slot: u16,
+    },
+    #[error("{frontend}: Maglev table has {len} entries")]
+    TableSize { frontend: Frontend, len: usize },
+    #[error("{frontend}: backend names cluster id {cluster_id}, which has no name")]
+    UnknownCluster { frontend: Frontend, cluster_id: u32 },
+    #[error("{frontend}: no name for frontend id {id}")]
+    MissingName { frontend: Frontend, id: u32 },
+    #[error("frontend id {0} is used by two services")]
+    SharedFrontendId(u32),
+    #[error("backend slot {0:?} belongs to no service or lies beyond its count")]
+    LeakedSlot(BackendKey),
+    #[error("Maglev table of frontend id {0} belongs to no service with backends")]
+    LeakedTable(u32),
+    #[error("name of frontend id {0} belongs to no service")]
+    LeakedName(u32),
+    #[error("cluster name {0:?} is used by no backend")]
+    LeakedCluster(String),
+    #[error("backend {0:?} has two counter ids")]
+    SplitBackendId(Identity),
+    #[error("reconciler id tables disagree with the maps: {0}")]
+    Ids(String),
+}
+
+fn frontend_of(key: &ServiceKey) -> Result<Frontend, Inconsistency> {
+    Ok(Frontend {
+        addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+        port: u16::from_be(key.port),
+        protocol: Protocol::from_number(key.proto).ok_or(Inconsistency::BadProtocol(key.proto))?,
+    })
+}
+
+/// The datapath's invariant: every service's slots `0..backend_count` exist,
+/// a service with backends has a full table, and every table entry names an
+/// existing slot. Holds after every single map write of the reconciler.
+pub fn check_serving(maps: &MemoryMaps) -> Result<(), Inconsistency> {
+    for (key, service) in &maps.services {
+        let frontend = frontend_of(key)?;
+        for slot in 0..service.backend_count {
+            let slot_key = BackendKey {
+                frontend_id: service.frontend_id,
+                slot,
+            };
+            if !maps.backends.contains_key(&slot_key) {
+                return Err(Inconsistency::MissingSlot {
+                    frontend,
+                    slot,
+                    count: service.backend_count,
+                });
+            }
+        }
+        if service.backend_count == 0 {
+            continue;
+        }
+        let table = maps
+            .maglev
+            .get(&service.frontend_id)
+            .ok_or(Inconsistency::MissingTable { frontend })?;
+        if table.len() != mcs_common::MAGLEV_TABLE_SIZE {
+            return Err(Inconsistency::TableSize {
+                frontend,
+                len: table.len(),
+            });
+        }
+        for (entry, slot) in table.iter().enumerate() {
+            let slot_key = BackendKey {
+                frontend_id: service.frontend_id,
+                slot: u32::from(*slot),
+            };
+            if !maps.backends.contains_key(&slot_key) {
+                return Err(Inconsistency::DanglingTableEntry {
+                    frontend,
+                    entry,
+                    slot: *slot,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the maps back into frontends; fails on anything the datapath
+/// would trip over ([`check_serving`]) and on anything left behind.
+pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
+    check_serving(maps)?;
+    let mut rendered = Rendered::new();
+    let mut owned_slots = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut clusters_used = BTreeSet::new();
+    let mut counter_ids: BTreeMap<Identity, u32> = BTreeMap::new();
+    for (key, service) in &maps.services {
+        let frontend = frontend_of(key)?;
+        if !ids.insert(service.frontend_id) {
+            return Err(Inconsistency::SharedFrontendId(service.frontend_id));
+        }
+        let mut slots = Vec::with_capacity(service.backend_count as usize);
+        for slot in 0..service.backend_count {
+            let slot_key = BackendKey {
+                frontend_id: service.frontend_id,
+                slot,
+            };
+            owned_slots.insert(slot_key);
+            let value = maps.backends[&slot_key];
+            let cluster = if value.cluster_id == 0 {
+                String::new()
+            } else {
+                clusters_used.insert(value.cluster_id);
+                maps.clusters.get(&value.cluster_id).cloned().ok_or(
+                    Inconsistency::UnknownCluster {
+                        frontend,
+                        cluster_id: value.cluster_id,
+                    },
+                )?
+            };
+            let identity = (
+                Ipv4Addr::from(value.addr.to_ne_bytes()),
+                u16::from_be(value.port),
+            );
+            if *counter_ids.entry(identity).or_insert(value.backend_id) != value.backend_id {
+                return Err(Inconsistency::SplitBackendId(identity));
+            }
+            slots.push(Backend {
+                addr: identity.0,
+                port: identity.1,
+                cluster,
+                weight: 1,
+                terminating: value.flags & BACKEND_F_TERMINATING != 0,
+            });
+        }
+        let table = match maps.maglev.get(&service.frontend_id) {
+            Some(table) if service.backend_count > 0 => table
+                .iter()
+                .map(|slot| {
+                    let backend = &slots[usize::from(*slot)];
+                    (backend.addr, backend.port)
+                })
+                .collect(),
+            Some(_) => return Err(Inconsistency::LeakedTable(service.frontend_id)),
+            None => Vec::new(),
+        };
+        let name =
+            maps.names
+                .get(&service.frontend_id)
+                .cloned()
+                .ok_or(Inconsistency::MissingName {
+                    frontend,
+                    id: service.frontend_id,
+                })?;
+        let kind = if service.flags & SVC_F_VIP_MARKER != 0 {
+            FrontendKind::VipMarker
+        } else {
+            FrontendKind::Service
+        };
+        let affinity_timeout =
+            (service.flags & SVC_F_AFFINITY != 0).then_some(service.affinity_timeout_s);
+        rendered.insert(
+            frontend,
+            RenderedFrontend {
+                kind,
+                name,
+                affinity_timeout,
+                slots,
+                table,
+            },
+        );
+    }
+    if let Some(leaked) = maps.backends.keys().find(|k| !owned_slots.contains(k)) {
+        return Err(Inconsistency::LeakedSlot(*leaked));
+    }
+    if let Some(leaked) = maps.maglev.keys().find(|id| !ids.contains(id)) {
+        return Err(Inconsistency::LeakedTable(*leaked));
+    }
+    if let Some(leaked) = maps.names.keys().find(|id| !ids.contains(id)) {
+        return Err(Inconsistency::LeakedName(*leaked));
+    }
+    if let Some((_, name)) = maps
+        .clusters
+        .iter()
+        .find(|(id, _)| !clusters_used.contains(id))
+    {
+        return Err(Inconsistency::LeakedCluster(name.clone()));
+    }
+    Ok(rendered)
+}
+
+/// What the maps must render for `desired`, given the slot order the maps
+/// chose (slot order and hence the Maglev tie-breaks depend on history; the
+/// table must nevertheless be exactly the table of those slots with the
+/// desired weights). Frontends missing from `slot_order` are laid out in
+/// sorted order, as a fresh reconcile does.
+pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
+    desired
+        .frontends
+        .iter()
+        .map(|(frontend, spec)| {
+            let weights: BTreeMap<Identity, &Backend> = spec
+                .backends
+                .iter()
+                .map(|b| ((b.addr, b.port), b))
+                .collect();
+            // The maps' own order when it holds exactly the desired set.
+            let layout: Vec<Backend> = match slot_order.get(frontend) {
+                Some(seen)
+                    if seen.slots.len() == spec.backends.len()
+                        && seen
+                            .slots
+                            .iter()
+                            .all(|b| weights.contains_key(&(b.addr, b.port))) =>
+                {
+                    seen.slots
+                        .iter()
+                        .map(|b| weights[&(b.addr, b.port)].clone())
+                        .collect()
+                }
+                _ => spec.backends.clone(),
+            };
+            let table = if layout.is_empty() {
+                Vec::new()
+            } else {
+                maglev_table(&layout)
+                    .slots
+                    .iter()
+                    .map(|slot| {
+                        let backend = &layout[usize::from(*slot)];
+                        (backend.addr, backend.port)
+                    })
+                    .collect()
+            };
+            let slots = layout
+                .into_iter()
+                .map(|backend| Backend {
+                    // What fits the cluster-name map.
+                    cluster: NameValue::new(&backend.cluster).as_str().to_owned(),
+                    weight: 1,
+                    ..backend
+                })
+                .collect();
+            (
+                *frontend,
+                RenderedFrontend {
+                    kind: spec.kind,
+                    name: NameValue::new(&spec.name).as_str().to_owned(),
+                    affinity_timeout: spec.affinity_timeout,
+                    slots,
+                    table,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The reconciler's id bookkeeping, for leak checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdTables {
+    pub frontend_ids: BTreeMap<Frontend, u32>,
+    pub next_frontend_id: u32,
+    pub free_frontend_ids: Vec<u32>,
+    pub clusters: BTreeMap<String, u32>,
+    pub backend_ids: BTreeMap<Identity, u32>,
+    pub next_backend_id: u32,
+    pub free_backend_ids: Vec<u32>,
+}
+
+impl Reconciler {
+    /// A copy of the id tables (frontend, cluster and backend-counter ids).
+    pub fn id_tables(&self) -> IdTables {
+        IdTables {
+            frontend_ids: self.applied.iter().map(|(f, a)| (*f, a.id)).collect(),
+            next_frontend_id: self.next_id,
+            free_frontend_ids: self.free_ids.clone(),
+            clusters: self.clusters.clone(),
+            backend_ids: self.backend_ids.clone(),
+            next_backend_id: self.next_backend_id,
+            free_backend_ids: self.free_backend_ids.clone(),
+        }
+    }
+}
+
+/// Whether `used` and `free` partition `0..next` exactly.
+fn partitions(used: impl IntoIterator<Item = u32>, free: &[u32], next: u32) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for id in used.into_iter().chain(free.iter().copied()) {
+        if id >= next {
+            return Err(format!("id {id} beyond the high-water mark {next}"));
+        }
+        if !seen.insert(id) {
+            return Err(format!("id {id} both used and free, or used twice"));
+        }
+    }
+    if seen.len() != next as usize {
+        return Err(format!("{} of {next} ids accounted for", seen.len()));
+    }
+    Ok(())
+}
+
+/// After a successful apply: the reconciler's id tables match the maps
+/// exactly — every frontend id is a service's, every cluster id is named in
+/// the map and used, every backend-counter id belongs to a backend in some
+/// slot, and used and free ids partition each id range (nothing leaked,
+/// nothing handed out twice).
+pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Inconsistency> {
+    let ids = reconciler.id_tables();
+    let fail = |what: String| Err(Inconsistency::Ids(what));
+    let in_maps: BTreeMap<Frontend, u32> = maps
+        .services
+        .iter()
+        .map(|(key, value)| Ok((frontend_of(key)?, value.frontend_id)))
+        .collect::<Result<_, Inconsistency>>()?;
+    if in_maps != ids.frontend_ids {
+        return fail(format!(
+            "frontends {:?} in the maps, {:?} in the reconciler",
+            in_maps, ids.frontend_ids
+        ));
+    }
+    partitions(
+        ids.frontend_ids.values().copied(),
+        &ids.free_frontend_ids,
+        ids.next_frontend_id,
+    )
+    .or_else(|what| fail(format!("frontend ids: {what}")))?;
+    let named: BTreeMap<String, u32> = maps
+        .clusters
+        .iter()
+        .map(|(id, name)| (name.clone(), *id))
+        .collect();
+    if named != ids.clusters {
+        return fail(format!(
+            "clusters {named:?} in the maps, {:?} in the reconciler",
+            ids.clusters
+        ));
+    }
+    let mut counters: BTreeMap<Identity, u32> = BTreeMap::new();
+    for (key, service) in &maps.services {
+        for slot in 0..service.backend_count {
+            let value = maps.backends.get(&BackendKey {
+                frontend_id: service.frontend_id,
+                slot,
+            });
+            if let Some(value) = value {
+                counters.insert(
+                    (
+                        Ipv4Addr::from(value.addr.to_ne_bytes()),
+                        u16::from_be(value.port),
+                    ),
+                    value.backend_id,
+                );
+            } else {
+                return fail(format!("{key:?} misses slot {slot}"));
+            }
+        }
+    }
+    if counters != ids.backend_ids {
+        return fail(format!(
+            "backend ids {counters:?} in the maps, {:?} in the reconciler",
+            ids.backend_ids
+        ));
+    }
+    partitions(
+        ids.backend_ids.values().copied(),
+        &ids.free_backend_ids,
+        ids.next_backend_id,
+    )
+    .or_else(|what| fail(format!("backend ids: {what}")))
+}
+
+/// In-memory maps that check the datapath's invariant ([`check_serving`])
+/// after every write that could break it.
+#[derive(Default)]
+pub struct CheckedMaps {
+    pub maps: MemoryMaps,
+    /// The first violation seen, if any.
+    pub violation: Option<Inconsistency>,
+}
+
+impl CheckedMaps {
+    fn after(&mut self, result: Result<(), WriteError>) -> Result<(), WriteError> {
+        if self.violation.is_none() {
+            self.violation = check_serving(&self.maps).err();
+        }
+        result
+    }
+}
+
+impl DataplaneWriter for CheckedMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        let result = self.maps.put_service(key, value);
+        self.after(result)
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        let result = self.maps.delete_service(key);
+        self.after(result)
+    }
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        let result = self.maps.put_backend(key, value);
+        self.after(result)
+    }
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        let result = self.maps.delete_backend(key);
+        self.after(result)
+    }
+    fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.maps.put_frontend_name(id, name)
+    }
+    fn delete_frontend_name(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.delete_frontend_name(id)
+    }
+    fn reset_frontend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.reset_frontend_stats(id)
+    }
+    fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.reset_backend_stats(id)
+    }
+    fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.maps.put_cluster_name(id, name)
+    }
+    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+        let result = self.maps.put_maglev(id, table);
+        self.after(result)
+    }
+    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
+        let result = self.maps.delete_maglev(id);
+        self.after(result)
+    }
+}
