@@ -187,7 +187,7 @@ struct Lab {
     manifest_dir: tempfile::TempDir,
     clients: Vec<Netns>,
     lbs: Vec<Netns>,
-    backend: Netns,
+    _backend: Netns,
     exe: PathBuf,
     cpus: usize,
 }
@@ -262,7 +262,7 @@ impl Lab {
             manifest_dir,
             clients,
             lbs,
-            backend,
+            _backend: backend,
             exe: exe.to_path_buf(),
             cpus,
         })

@@ -87,12 +87,9 @@ impl ServiceSet {
         Self { services }
     }
 
+    #[expect(clippy::len_without_is_empty, reason = "never empty: the target is always there")]
     pub fn len(&self) -> usize {
         self.services.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
     }
 
     /// Service ports (each TCP/UDP port is one kube-proxy service chain).
@@ -181,17 +178,15 @@ pub fn probability(i: usize, n: usize) -> String {
     format!("{p:.10}")
 }
 
-struct Port<'a> {
-    service: &'a Service,
+struct Port {
     proto: &'static str,
     port_name: &'static str,
     port: u16,
     target: u16,
 }
 
-fn ports(service: &Service) -> Vec<Port<'_>> {
+fn ports(service: &Service) -> Vec<Port> {
     let mut ports = vec![Port {
-        service,
         proto: "tcp",
         port_name: "http",
         port: service.tcp.0,
@@ -199,7 +194,6 @@ fn ports(service: &Service) -> Vec<Port<'_>> {
     }];
     if let Some((port, target)) = service.udp {
         ports.push(Port {
-            service,
             proto: "udp",
             port_name: "dns",
             port,
