@@ -98,7 +98,10 @@ pub struct Control {
 
 /// Fresh maps (no program loaded; conntrack kept small, it is not written).
 fn fresh_maps() -> Result<(aya::Ebpf, MapHandles)> {
-    ensure!(!EBPF_OBJECT.is_empty(), "mcs-agent was built without its eBPF object");
+    ensure!(
+        !EBPF_OBJECT.is_empty(),
+        "mcs-agent was built without its eBPF object"
+    );
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::CONNTRACK, 1024)
         .load(EBPF_OBJECT)
@@ -109,16 +112,29 @@ fn fresh_maps() -> Result<(aya::Ebpf, MapHandles)> {
 
 fn snapshot_of(set: &ServiceSet) -> Result<Snapshot> {
     let converted = manifest::parse(&rules::manifest(set)).context("generated manifest")?;
-    ensure!(converted.rejections.is_empty(), "manifest rejected: {:?}", converted.rejections.first());
+    ensure!(
+        converted.rejections.is_empty(),
+        "manifest rejected: {:?}",
+        converted.rejections.first()
+    );
     Ok(manifest::snapshot(converted.objects).0)
 }
 
 fn cold_iptables_restore(rules_path: &Path) -> Result<f64> {
     let ns = Netns::create(&format!("{}-ipt", netns::unique_prefix()))?;
     let start = Instant::now();
-    netns::run(ns.command("iptables-restore")?.stdin(fs::File::open(rules_path)?)).context("iptables-restore")?;
+    netns::run(
+        ns.command("iptables-restore")?
+            .stdin(fs::File::open(rules_path)?),
+    )
+    .context("iptables-restore")?;
     Ok(start.elapsed().as_secs_f64())
 }
+
+/// The change test stops after this long (having done at least
+/// [`MIN_CHANGES`]), whatever `changes` says.
+const CHANGE_BUDGET: Duration = Duration::from_secs(90);
+const MIN_CHANGES: usize = 20;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -126,23 +142,45 @@ fn ms(d: Duration) -> f64 {
 
 /// Changes one endpoint of one service per step and times the agent's path
 /// until the backend map holds the new address.
-fn change_latency(set: &ServiceSet, snapshot: &mut Snapshot, maps: &mut MapHandles, reconciler: &mut Reconciler, changes: usize) -> Result<ChangeTimes> {
+fn change_latency(
+    set: &ServiceSet,
+    snapshot: &mut Snapshot,
+    maps: &mut MapHandles,
+    reconciler: &mut Reconciler,
+    changes: usize,
+) -> Result<ChangeTimes> {
     let policy = desired::Policy::default();
     let mut times = ChangeTimes::default();
     let mut writes = 0usize;
     let mut state = 0x5eed_u64;
     let others = set.len().saturating_sub(1).max(1);
+    let budget = Instant::now() + CHANGE_BUDGET;
     for n in 0..changes {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        if n >= MIN_CHANGES && Instant::now() > budget {
+            break;
+        }
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         let index = usize::try_from(state >> 33).unwrap_or(0) % others;
         let service = &set.services[index];
-        let key = ObjectKey::new(rules::NAMESPACE.to_owned(), format!("{}-{}", service.name, rules::CLUSTER));
+        let key = ObjectKey::new(
+            service.namespace.clone(),
+            format!("{}-{}", service.name, rules::CLUSTER),
+        );
         // A fresh address from outside the pool.
-        let fresh = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
+        let fresh =
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
         let start = Instant::now();
         {
-            let slice = snapshot.slices.get_mut(&key).with_context(|| format!("slice {key} missing"))?;
-            let endpoint = slice.endpoints.get_mut(n % service.endpoints.len().max(1)).context("endpoint")?;
+            let slice = snapshot
+                .slices
+                .get_mut(&key)
+                .with_context(|| format!("slice {key} missing"))?;
+            let endpoint = slice
+                .endpoints
+                .get_mut(n % service.endpoints.len().max(1))
+                .context("endpoint")?;
             endpoint.addresses = vec![IpAddr::V4(fresh)];
         }
         let (desired_state, _) = desired::compute_with(snapshot, &policy);
@@ -159,22 +197,34 @@ fn change_latency(set: &ServiceSet, snapshot: &mut Snapshot, maps: &mut MapHandl
             port: HTTP_PORT,
             protocol: mcs_agent::model::Protocol::Tcp,
         };
-        let value = maps.services.get(&service_key(&frontend), 0).context("service entry")?;
+        let value = maps
+            .services
+            .get(&service_key(&frontend), 0)
+            .context("service entry")?;
         let wanted = u32::from_ne_bytes(fresh.octets());
         let found = (0..value.backend_count).any(|slot| {
             maps.backends
-                .get(&BackendKey { frontend_id: value.frontend_id, slot }, 0)
+                .get(
+                    &BackendKey {
+                        frontend_id: value.frontend_id,
+                        slot,
+                    },
+                    0,
+                )
                 .is_ok_and(|b| b.addr == wanted)
         });
         let seen = Instant::now();
-        ensure!(found, "change {n}: the new endpoint {fresh} is not in the map");
+        ensure!(
+            found,
+            "change {n}: the new endpoint {fresh} is not in the map"
+        );
         times.total_ms.push(ms(seen - start));
         times.compute_ms.push(ms(computed - start));
         times.apply_ms.push(ms(applied - computed));
     }
     #[expect(clippy::cast_precision_loss, reason = "counts")]
     {
-        times.map_writes_per_change = writes as f64 / changes.max(1) as f64;
+        times.map_writes_per_change = writes as f64 / times.total_ms.len().max(1) as f64;
     }
     Ok(times)
 }
@@ -200,7 +250,9 @@ fn update_rates(entries: usize) -> Result<(f64, f64)> {
     let (_ebpf, mut maps) = fresh_maps()?;
     let start = Instant::now();
     for (key, value) in keys.iter().zip(&values) {
-        maps.backends.insert(key, value, 0).context("single update")?;
+        maps.backends
+            .insert(key, value, 0)
+            .context("single update")?;
     }
     let single = start.elapsed().as_secs_f64();
     drop(maps);
@@ -214,7 +266,8 @@ fn update_rates(entries: usize) -> Result<(f64, f64)> {
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc/PID/status")?;
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc/PID/status")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))
@@ -235,11 +288,17 @@ fn bpf_map_memory(bpffs_dir: &Path) -> Result<Vec<(String, u64)>> {
             .context("run bpftool")?;
         let json: serde_json::Value = serde_json::from_slice(&output.stdout)
             .with_context(|| format!("bpftool output for {}", path.display()))?;
-        let bytes = json.get("bytes_memlock").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = json
+            .get("bytes_memlock")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         maps.push((name, bytes));
     }
-    maps.sort_by(|a, b| b.1.cmp(&a.1));
+    maps.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
     Ok(maps)
 }
 
@@ -248,7 +307,9 @@ fn agent_memory(set: &ServiceSet) -> Result<AgentMemory> {
     ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"])?;
     ns.ip(&["link", "set", "a0", "up"])?;
     ns.ip(&["link", "set", "a1", "up"])?;
-    let dir = tempfile::Builder::new().prefix("mcs-bench-agent-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("mcs-bench-agent-")
+        .tempdir()?;
     fs::write(dir.path().join("services.yaml"), rules::manifest(set))?;
     let mut config = AgentConfig::new(dir.path(), vec!["a0".to_owned()]);
     config.extra_args = vec!["--log-level".to_owned(), "warn".to_owned()];
@@ -257,12 +318,17 @@ fn agent_memory(set: &ServiceSet) -> Result<AgentMemory> {
     let frontends = set.mcs_frontends();
     loop {
         agent.ensure_running()?;
-        let count = PinnedMaps::open(agent.bpffs_dir()).ok().map(|m| m.0.services.iter().count());
+        let count = PinnedMaps::open(agent.bpffs_dir())
+            .ok()
+            .map(|m| m.0.services.iter().count());
         if count == Some(frontends) {
             break;
         }
         if start.elapsed() > Duration::from_secs(600) {
-            bail!("agent did not sync {frontends} frontends (has {count:?}); log:\n{}", agent.log());
+            bail!(
+                "agent did not sync {frontends} frontends (has {count:?}); log:\n{}",
+                agent.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -291,12 +357,21 @@ pub fn run(config: &Config) -> Result<Control> {
     let parse_start = Instant::now();
     let mut snapshot = snapshot_of(&set)?;
     let (desired_state, rejections) = desired::compute(&snapshot);
-    ensure!(rejections.is_empty(), "desired state rejected: {:?}", rejections.first());
+    ensure!(
+        rejections.is_empty(),
+        "desired state rejected: {:?}",
+        rejections.first()
+    );
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
-    let rules_file = tempfile::Builder::new().prefix("mcs-bench-iptables-").tempfile()?;
+    let rules_file = tempfile::Builder::new()
+        .prefix("mcs-bench-iptables-")
+        .tempfile()?;
     let iptables_text = rules::iptables_restore(&set);
     fs::write(rules_file.path(), &iptables_text)?;
-    let iptables_rules = iptables_text.lines().filter(|l| l.starts_with("-A ")).count();
+    let iptables_rules = iptables_text
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .count();
     progress(&format!(
         "  control: {} services × {} endpoints ({} frontends, {iptables_rules} iptables rules)",
         config.services,
@@ -341,9 +416,18 @@ pub fn run(config: &Config) -> Result<Control> {
     let (_ebpf, mut maps) = fresh_maps()?;
     let mut reconciler = Reconciler::new();
     let report = reconciler.apply(&desired_state, &mut maps);
-    ensure!(report.errors.is_empty(), "sync before the change test failed");
+    ensure!(
+        report.errors.is_empty(),
+        "sync before the change test failed"
+    );
     drop(desired_state);
-    result.change = change_latency(&set, &mut snapshot, &mut maps, &mut reconciler, config.changes)?;
+    result.change = change_latency(
+        &set,
+        &mut snapshot,
+        &mut maps,
+        &mut reconciler,
+        config.changes,
+    )?;
     let p = |v: &[f64], q| stats::percentile(v, q).unwrap_or(f64::NAN);
     progress(&format!(
         "  control: endpoint change → map p50 {:.2} ms, p99 {:.2} ms (compute p50 {:.2} ms, apply p50 {:.3} ms)",

@@ -126,7 +126,12 @@ async fn close_once(target: SocketAddr, buf: &mut [u8]) -> Result<(Duration, Dur
     Ok((connected, start.elapsed()))
 }
 
-async fn close_worker(targets: Vec<SocketAddr>, offset: usize, deadline: Instant, record_from: Instant) -> Result<Worker> {
+async fn close_worker(
+    targets: Vec<SocketAddr>,
+    offset: usize,
+    deadline: Instant,
+    record_from: Instant,
+) -> Result<Worker> {
     let mut worker = Worker::new()?;
     let mut buf = vec![0u8; 4096];
     let mut i = offset;
@@ -154,11 +159,16 @@ async fn close_worker(targets: Vec<SocketAddr>, offset: usize, deadline: Instant
     Ok(worker)
 }
 
-async fn keepalive_worker(target: SocketAddr, deadline: Instant, record_from: Instant) -> Result<Worker> {
+async fn keepalive_worker(
+    target: SocketAddr,
+    deadline: Instant,
+    record_from: Instant,
+) -> Result<Worker> {
     let mut worker = Worker::new()?;
     let mut buf = vec![0u8; 4096];
     'reconnect: while Instant::now() < deadline {
-        let Ok(Ok(mut stream)) = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target)).await else {
+        let Ok(Ok(mut stream)) = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target)).await
+        else {
             worker.errors += 1;
             continue;
         };
@@ -197,7 +207,12 @@ async fn keepalive_worker(target: SocketAddr, deadline: Instant, record_from: In
     Ok(worker)
 }
 
-async fn udp_worker(target: SocketAddr, id: usize, deadline: Instant, record_from: Instant) -> Result<Worker> {
+async fn udp_worker(
+    target: SocketAddr,
+    id: usize,
+    deadline: Instant,
+    record_from: Instant,
+) -> Result<Worker> {
     let mut worker = Worker::new()?;
     let socket = UdpSocket::bind("0.0.0.0:0").await.context("bind UDP")?;
     socket.connect(target).await.context("connect UDP")?;
@@ -236,8 +251,20 @@ async fn udp_worker(target: SocketAddr, id: usize, deadline: Instant, record_fro
 /// Runs `concurrency` workers of `kind` against `targets` (round robin over
 /// them per connection in close mode; worker `i` uses target `i` otherwise)
 /// for `warmup + seconds`, recording only after the warm-up.
-pub fn run(kind: Kind, targets: &[SocketAddr], concurrency: usize, seconds: f64, warmup: f64) -> Result<LoadResult> {
-    if targets.is_empty() || concurrency == 0 || !(seconds > 0.0) || !(warmup >= 0.0) {
+pub fn run(
+    kind: Kind,
+    targets: &[SocketAddr],
+    concurrency: usize,
+    seconds: f64,
+    warmup: f64,
+) -> Result<LoadResult> {
+    if targets.is_empty()
+        || concurrency == 0
+        || seconds.is_nan()
+        || seconds <= 0.0
+        || warmup.is_nan()
+        || warmup < 0.0
+    {
         bail!("need targets, concurrency > 0 and a positive duration");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -252,7 +279,14 @@ pub fn run(kind: Kind, targets: &[SocketAddr], concurrency: usize, seconds: f64,
         for i in 0..concurrency {
             let targets = targets.to_vec();
             let target = targets[i % targets.len()];
-            tasks.push(spawn_worker(kind, targets, target, i, deadline, record_from));
+            tasks.push(spawn_worker(
+                kind,
+                targets,
+                target,
+                i,
+                deadline,
+                record_from,
+            ));
         }
         let mut done = Vec::new();
         for task in tasks {
@@ -260,7 +294,9 @@ pub fn run(kind: Kind, targets: &[SocketAddr], concurrency: usize, seconds: f64,
         }
         Ok::<_, anyhow::Error>(done)
     })?;
-    let elapsed = Instant::now().saturating_duration_since(record_from).as_secs_f64();
+    let elapsed = Instant::now()
+        .saturating_duration_since(record_from)
+        .as_secs_f64();
     let mut total = Worker::new()?;
     for worker in &workers {
         total.ok += worker.ok;

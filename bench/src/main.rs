@@ -25,7 +25,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "mcs-bench", about = "Benchmarks of mcs and its baselines (run by `cargo xtask bench`).")]
+#[command(
+    name = "mcs-bench",
+    about = "Benchmarks of mcs and its baselines (run by `cargo xtask bench`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -160,7 +163,10 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map_or_else(|| "?".to_owned(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map_or_else(
+            || "?".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
 }
 
 fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
@@ -191,7 +197,9 @@ fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
         save(&mut report)?;
     }
     if wanted(Part::E2e) {
-        println!("\n==> bench 2/3: end to end over veth (direct, mcs XDP, mcs socket LB, iptables, nftables)");
+        println!(
+            "\n==> bench 2/3: end to end over veth (direct, mcs XDP, mcs socket LB, iptables, nftables)"
+        );
         report.e2e = Some(e2e::run(&plan.e2e).context("end-to-end benchmark")?);
         save(&mut report)?;
     }
@@ -200,7 +208,10 @@ fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
         report.control = Some(control::run(&plan.control).context("control-plane benchmark")?);
     }
     let goals = save(&mut report)?;
-    println!("\n==> goals ({:.0}s in total)", started.elapsed().as_secs_f64());
+    println!(
+        "\n==> goals ({:.0}s in total)",
+        started.elapsed().as_secs_f64()
+    );
     for goal in &goals {
         let verdict = match goal.met {
             Some(true) => "met",
@@ -220,12 +231,16 @@ fn main() -> ExitCode {
             .and_then(|r| report::write(&r, &out))
             .map(|_| ExitCode::SUCCESS),
         Command::Serve { http, udp } => server::serve(http, &udp).map(|()| ExitCode::SUCCESS),
-        Command::Load { kind, targets, concurrency, seconds, warmup } => {
-            load::run(kind, &targets, concurrency, seconds, warmup).and_then(|result| {
-                println!("{}", serde_json::to_string(&result).context("JSON")?);
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        Command::Load {
+            kind,
+            targets,
+            concurrency,
+            seconds,
+            warmup,
+        } => load::run(kind, &targets, concurrency, seconds, warmup).and_then(|result| {
+            println!("{}", serde_json::to_string(&result).context("JSON")?);
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,11 @@ use etherparse::{IpNumber, Ipv4Header, TcpHeader};
 /// A TCP segment with a small HTTP-like payload; `syn` makes it the first
 /// packet of a flow, otherwise it is an ACK of an established one.
 pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Result<Vec<u8>> {
-    let payload: &[u8] = if syn { b"" } else { b"GET / HTTP/1.1\r\nHost: b\r\n\r\n" };
+    let payload: &[u8] = if syn {
+        b""
+    } else {
+        b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
+    };
     let mut tcp = TcpHeader::new(sport, dport, 1000, 64240);
     tcp.syn = syn;
     tcp.ack = !syn;

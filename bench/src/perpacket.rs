@@ -155,7 +155,10 @@ impl PointResult {
 
     /// Paired (same round) cost of `case` above XDP_PASS, Katran method.
     pub fn delta(&self, case: Case) -> Option<Summary> {
-        stats::paired_delta(&self.case(case)?.katran_ns, &self.case(Case::Pass)?.katran_ns)
+        stats::paired_delta(
+            &self.case(case)?.katran_ns,
+            &self.case(Case::Pass)?.katran_ns,
+        )
     }
 
     /// `delta(case) / delta(lookup)` per round: the cost in lookups.
@@ -169,7 +172,10 @@ impl PointResult {
     }
 
     pub fn repeat_delta(&self, case: Case) -> Option<Summary> {
-        stats::paired_delta(&self.case(case)?.repeat_ns, &self.case(Case::Pass)?.repeat_ns)
+        stats::paired_delta(
+            &self.case(case)?.repeat_ns,
+            &self.case(Case::Pass)?.repeat_ns,
+        )
     }
 }
 
@@ -189,7 +195,9 @@ pub fn ct_capacity(fill: usize) -> u32 {
     if fill <= MAX_CONNTRACK / 2 {
         MAX_CONNTRACK
     } else {
-        fill.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 31)
+        fill.saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31)
     }
 }
 
@@ -218,8 +226,12 @@ impl Bench {
         if services > RECONCILER_MAX_SERVICES {
             // Written directly (see `program_direct`): room for every
             // frontend, counter and backend slot.
-            let frontends = u32::try_from(services * 3).unwrap_or(u32::MAX).next_power_of_two();
-            let slots = u32::try_from(services * 10).unwrap_or(u32::MAX).next_power_of_two();
+            let frontends = u32::try_from(services * 3)
+                .unwrap_or(u32::MAX)
+                .next_power_of_two();
+            let slots = u32::try_from(services * 10)
+                .unwrap_or(u32::MAX)
+                .next_power_of_two();
             loader
                 .map_max_entries(names::SERVICES, frontends)
                 .map_max_entries(names::FRONTEND_STATS, frontends)
@@ -243,7 +255,13 @@ impl Bench {
         Ok(Self { ebpf, maps })
     }
 
-    fn run(&self, program: &str, frame: &[u8], repeat: u32, out: Option<&mut [u8]>) -> Result<(u32, u64)> {
+    fn run(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        out: Option<&mut [u8]>,
+    ) -> Result<(u32, u64)> {
         let result = xdp(&self.ebpf, program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -307,7 +325,11 @@ pub fn desired_state(count: usize) -> Result<DesiredState> {
     );
     let (snapshot, _) = manifest::snapshot(converted.objects);
     let (state, rejections) = desired::compute(&snapshot);
-    ensure!(rejections.is_empty(), "desired state rejected: {:?}", rejections.first());
+    ensure!(
+        rejections.is_empty(),
+        "desired state rejected: {:?}",
+        rejections.first()
+    );
     Ok(state)
 }
 
@@ -407,7 +429,8 @@ fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
             maglev_values.clear();
         }
     }
-    bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024).context("write Maglev tables")?;
+    bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024)
+        .context("write Maglev tables")?;
     let be_fd = bench.maps.backends.map().fd().as_fd().as_raw_fd();
     bpfsys::update_batch(be_fd, &be_keys, &be_values, 8192).context("write backends")?;
     let svc_fd = bench.maps.services.map().fd().as_fd().as_raw_fd();
@@ -494,7 +517,10 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
     let syn = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, true)?;
     let mut out = vec![0u8; syn.len() + 64];
     let (verdict, _) = bench.run(programs::XDP, &syn, 1, Some(&mut out))?;
-    ensure!(verdict == XDP_PASS, "new flow: verdict {verdict}, expected XDP_PASS");
+    ensure!(
+        verdict == XDP_PASS,
+        "new flow: verdict {verdict}, expected XDP_PASS"
+    );
     let (_, _, backend, backend_port) = packet::addresses(&out).context("rewritten SYN")?;
     ensure!(
         target_backends().contains(&backend),
@@ -503,7 +529,10 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
     let ack = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, false)?;
     let (verdict, _) = bench.run(programs::XDP, &ack, 1, Some(&mut out))?;
     let (_, _, dst, _) = packet::addresses(&out).context("rewritten ACK")?;
-    ensure!(verdict == XDP_PASS && dst == backend, "conntrack hit: verdict {verdict}, to {dst}");
+    ensure!(
+        verdict == XDP_PASS && dst == backend,
+        "conntrack hit: verdict {verdict}, to {dst}"
+    );
     let reply = packet::tcp(backend, backend_port, CLIENT, CLIENT_PORT, false)?;
     let (verdict, _) = bench.run(programs::XDP, &reply, 1, Some(&mut out))?;
     let (src, sport, _, _) = packet::addresses(&out).context("rewritten reply")?;
@@ -513,10 +542,16 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
     );
     let miss = packet::tcp(CLIENT, CLIENT_PORT, NOT_A_VIP, HTTP_PORT, false)?;
     let (verdict, _) = bench.run(programs::XDP, &miss, 1, Some(&mut out))?;
-    ensure!(verdict == XDP_PASS && out[..miss.len()] == miss[..], "miss: packet changed or verdict {verdict}");
+    ensure!(
+        verdict == XDP_PASS && out[..miss.len()] == miss[..],
+        "miss: packet changed or verdict {verdict}"
+    );
     bench.fill_lookup_map(packet::lookup_key(&ack).context("lookup key")?)?;
     let (verdict, _) = bench.run(BENCH_LOOKUP, &ack, 1, None)?;
-    ensure!(verdict == XDP_PASS, "calibration lookup missed (verdict {verdict})");
+    ensure!(
+        verdict == XDP_PASS,
+        "calibration lookup missed (verdict {verdict})"
+    );
 
     // Mirrors for the repeat method: after the first run rewrote the
     // packet, the next run finds the mirror and rewrites it back.
@@ -617,15 +652,22 @@ fn new_flow_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Re
     stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
 }
 
-fn measure_point(config: &Config, services: usize, fill: usize, cache: &mut BTreeMap<usize, DesiredState>) -> Result<PointResult> {
+fn measure_point(
+    config: &Config,
+    services: usize,
+    fill: usize,
+    cache: &mut BTreeMap<usize, DesiredState>,
+) -> Result<PointResult> {
     let capacity = ct_capacity(fill);
     let started = Instant::now();
     let mut bench = Bench::load(capacity, services)?;
     let programmed_by = if services <= RECONCILER_MAX_SERVICES {
-        if !cache.contains_key(&services) {
-            cache.insert(services, desired_state(services)?);
-        }
-        let state = cache.get(&services).context("cached state")?;
+        let state = match cache.entry(services) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(desired_state(services)?)
+            }
+        };
         let report = Reconciler::new().apply(state, &mut bench.maps);
         if let Some((frontend, error)) = report.errors.first() {
             bail!("reconciler failed on {frontend}: {error}");
@@ -647,12 +689,15 @@ fn measure_point(config: &Config, services: usize, fill: usize, cache: &mut BTre
     let mut results: BTreeMap<Case, CaseResult> = Case::ALL
         .iter()
         .map(|case| {
-            (*case, CaseResult {
-                case: *case,
-                katran_ns: Vec::new(),
-                repeat_ns: Vec::new(),
-                dropped_runs: 0,
-            })
+            (
+                *case,
+                CaseResult {
+                    case: *case,
+                    katran_ns: Vec::new(),
+                    repeat_ns: Vec::new(),
+                    dropped_runs: 0,
+                },
+            )
         })
         .collect();
     let mut flows = FlowSource { next: 0 };
@@ -705,14 +750,19 @@ pub fn run(config: &Config) -> Result<PerPacket> {
     let started = Instant::now();
     for &services in &config.services {
         for &fill in &config.conntrack {
-            points.push(measure_point(config, services, fill, &mut cache).with_context(|| {
-                format!("per-packet point {services} services, conntrack {fill}")
-            })?);
+            points.push(
+                measure_point(config, services, fill, &mut cache).with_context(|| {
+                    format!("per-packet point {services} services, conntrack {fill}")
+                })?,
+            );
         }
         // The largest states are big; keep only what a later point reuses.
         cache.remove(&services);
     }
-    progress(&format!("  per-packet done in {:.0}s", started.elapsed().as_secs_f64()));
+    progress(&format!(
+        "  per-packet done in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(PerPacket {
         rounds: config.rounds,
         runs_per_sample: config.runs_per_sample,

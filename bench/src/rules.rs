@@ -20,8 +20,12 @@ pub const HTTP_TARGET_PORT: u16 = 8080;
 /// Its UDP service port and the backends' target port.
 pub const UDP_PORT: u16 = 53;
 pub const UDP_TARGET_PORT: u16 = 5353;
-/// Namespace of every generated object.
+/// Namespace of the target; the others are `bench-<i / SERVICES_PER_NAMESPACE>`.
 pub const NAMESPACE: &str = "bench";
+/// Services per namespace (a cluster's services are spread over namespaces;
+/// the agent's desired-state computation scans a namespace's slices per
+/// import, so one namespace holding 10k services would be its worst case).
+pub const SERVICES_PER_NAMESPACE: usize = 100;
 /// Source cluster label of every slice.
 pub const CLUSTER: &str = "bench";
 /// Pod addresses of the non-target services' endpoints: `POOL_BASE + k`,
@@ -36,6 +40,7 @@ pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// A service of the generated set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
+    pub namespace: String,
     pub name: String,
     pub vip: Ipv4Addr,
     /// TCP service port → target port.
@@ -69,6 +74,7 @@ impl ServiceSet {
                 })
                 .collect();
             services.push(Service {
+                namespace: format!("{NAMESPACE}-{}", i / SERVICES_PER_NAMESPACE),
                 name: format!("svc-{i}"),
                 // 10.97.0.1, 10.97.0.2, ...: never the target's 10.96.0.10.
                 vip: offset(Ipv4Addr::new(10, 97, 0, 1), index),
@@ -78,6 +84,7 @@ impl ServiceSet {
             });
         }
         services.push(Service {
+            namespace: NAMESPACE.to_owned(),
             name: "target".to_owned(),
             vip: TARGET_VIP,
             tcp: (HTTP_PORT, HTTP_TARGET_PORT),
@@ -87,14 +94,16 @@ impl ServiceSet {
         Self { services }
     }
 
-    #[expect(clippy::len_without_is_empty, reason = "never empty: the target is always there")]
     pub fn len(&self) -> usize {
         self.services.len()
     }
 
     /// Service ports (each TCP/UDP port is one kube-proxy service chain).
     pub fn service_ports(&self) -> usize {
-        self.services.iter().map(|s| 1 + usize::from(s.udp.is_some())).sum()
+        self.services
+            .iter()
+            .map(|s| 1 + usize::from(s.udp.is_some()))
+            .sum()
     }
 
     /// Frontends the mcs agent programs: every service port plus a TCP and
@@ -117,25 +126,23 @@ pub fn manifest(set: &ServiceSet) -> String {
 /// The manifest documents of one service.
 pub fn manifest_service(yaml: &mut String, service: &Service) {
     let name = &service.name;
-    let mut import_ports = format!(
-        "{{name: http, protocol: TCP, port: {}}}",
-        service.tcp.0
-    );
-    let mut slice_ports = format!(
-        "{{name: http, protocol: TCP, port: {}}}",
-        service.tcp.1
-    );
+    let namespace = &service.namespace;
+    let mut import_ports = format!("{{name: http, protocol: TCP, port: {}}}", service.tcp.0);
+    let mut slice_ports = format!("{{name: http, protocol: TCP, port: {}}}", service.tcp.1);
     if let Some((port, target)) = service.udp {
         let _ = write!(import_ports, ", {{name: dns, protocol: UDP, port: {port}}}");
-        let _ = write!(slice_ports, ", {{name: dns, protocol: UDP, port: {target}}}");
+        let _ = write!(
+            slice_ports,
+            ", {{name: dns, protocol: UDP, port: {target}}}"
+        );
     }
     let _ = write!(
         yaml,
         "---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\n\
-         metadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
+         metadata: {{name: {name}, namespace: {namespace}}}\n\
          spec: {{type: ClusterSetIP, ips: [\"{}\"], ports: [{import_ports}]}}\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-{CLUSTER}, namespace: {NAMESPACE}, labels: {{multicluster.kubernetes.io/service-name: {name}, multicluster.kubernetes.io/source-cluster: {CLUSTER}}}}}\n\
+         metadata: {{name: {name}-{CLUSTER}, namespace: {namespace}, labels: {{multicluster.kubernetes.io/service-name: {name}, multicluster.kubernetes.io/source-cluster: {CLUSTER}}}}}\n\
          addressType: IPv4\nports: [{slice_ports}]\nendpoints: [",
         service.vip
     );
@@ -165,7 +172,11 @@ pub fn chain_hash(text: &str) -> String {
     let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4));
     (0..16)
         .map(|i| {
-            let word = if i < 12 { a >> (i * 5) } else { b >> ((i - 12) * 5) };
+            let word = if i < 12 {
+                a >> (i * 5)
+            } else {
+                b >> ((i - 12) * 5)
+            };
             char::from(ALPHABET[(word & 31) as usize])
         })
         .collect()
@@ -213,8 +224,11 @@ pub fn iptables_restore(set: &ServiceSet) -> String {
     let mut svc_rules = String::new();
     for service in &set.services {
         for port in ports(service) {
-            let port_name = format!("{NAMESPACE}/{}:{}", service.name, port.port_name);
-            let svc_chain = format!("KUBE-SVC-{}", chain_hash(&format!("{port_name}{}", port.proto)));
+            let port_name = format!("{}/{}:{}", service.namespace, service.name, port.port_name);
+            let svc_chain = format!(
+                "KUBE-SVC-{}",
+                chain_hash(&format!("{port_name}{}", port.proto))
+            );
             let _ = writeln!(chains, ":{svc_chain} - [0:0]");
             let _ = writeln!(
                 svc_rules,
@@ -235,11 +249,17 @@ pub fn iptables_restore(set: &ServiceSet) -> String {
             for (i, endpoint) in service.endpoints.iter().enumerate() {
                 let sep_chain = format!(
                     "KUBE-SEP-{}",
-                    chain_hash(&format!("{port_name}{}{endpoint}:{}", port.proto, port.target))
+                    chain_hash(&format!(
+                        "{port_name}{}{endpoint}:{}",
+                        port.proto, port.target
+                    ))
                 );
                 let _ = writeln!(chains, ":{sep_chain} - [0:0]");
                 let statistic = if i + 1 < n {
-                    format!("-m statistic --mode random --probability {} ", probability(i, n))
+                    format!(
+                        "-m statistic --mode random --probability {} ",
+                        probability(i, n)
+                    )
                 } else {
                     String::new()
                 };
@@ -324,7 +344,10 @@ pub fn nft_services(services: &[Service]) -> String {
     let mut out = String::with_capacity(services.len() * 2400);
     for service in services {
         for port in ports(service) {
-            let port_name = format!("{NAMESPACE}/{}/{}/{}", service.name, port.proto, port.port_name);
+            let port_name = format!(
+                "{}/{}/{}/{}",
+                service.namespace, service.name, port.proto, port.port_name
+            );
             let svc_chain = format!("service-{}-{port_name}", &chain_hash(&port_name)[..8]);
             let _ = writeln!(out, "add chain ip {t} {svc_chain}");
             let _ = writeln!(
@@ -340,7 +363,10 @@ pub fn nft_services(services: &[Service]) -> String {
                     port.target
                 );
                 let _ = writeln!(out, "add chain ip {t} {ep_chain}");
-                let _ = writeln!(out, "add rule ip {t} {ep_chain} ip saddr {endpoint} jump mark-for-masquerade");
+                let _ = writeln!(
+                    out,
+                    "add rule ip {t} {ep_chain} ip saddr {endpoint} jump mark-for-masquerade"
+                );
                 let _ = writeln!(
                     out,
                     "add rule ip {t} {ep_chain} meta l4proto {} dnat to {endpoint}:{}",
@@ -384,7 +410,11 @@ mod tests {
             let target = set.services.last().unwrap();
             assert_eq!(target.vip, TARGET_VIP);
             assert_eq!(target.endpoints, backends());
-            assert!(set.services[..count - 1].iter().all(|s| s.vip != TARGET_VIP));
+            assert!(
+                set.services[..count - 1]
+                    .iter()
+                    .all(|s| s.vip != TARGET_VIP)
+            );
         }
         assert_eq!(ServiceSet::new(0, 10, &backends()).len(), 1);
     }
@@ -408,7 +438,11 @@ mod tests {
         let set = ServiceSet::new(3, 4, &backends());
         let yaml = manifest(&set);
         let converted = mcs_agent::model::manifest::parse(&yaml).expect("valid YAML");
-        assert!(converted.rejections.is_empty(), "{:?}", converted.rejections);
+        assert!(
+            converted.rejections.is_empty(),
+            "{:?}",
+            converted.rejections
+        );
         let (snapshot, duplicates) = mcs_agent::model::manifest::snapshot(converted.objects);
         assert!(duplicates.is_empty());
         let (state, rejections) = mcs_agent::desired::compute(&snapshot);
@@ -436,8 +470,7 @@ mod tests {
         // The nodeports jump stays after every service.
         let last_kube_services = rules
             .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES"))
-            .last()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
             .unwrap();
         assert!(last_kube_services.contains("KUBE-NODEPORTS"));
         assert!(rules.contains("--probability 0.3333333333"));
@@ -468,8 +501,12 @@ mod tests {
         let script = format!("{}{}", nft_base(), nft_services(&set.services));
         assert!(script.contains("vmap @service-ips"));
         assert!(script.contains("numgen random mod 3 vmap { 0 : goto endpoint-"));
-        assert!(script.contains("add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 : goto service-"));
-        assert!(script.contains("add element ip kube-proxy service-ips { 10.96.0.10 . udp . 53 : goto service-"));
+        assert!(script.contains(
+            "add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 : goto service-"
+        ));
+        assert!(script.contains(
+            "add element ip kube-proxy service-ips { 10.96.0.10 . udp . 53 : goto service-"
+        ));
         assert!(script.contains("meta l4proto tcp dnat to 10.101.1.10:8080"));
         assert!(script.contains("meta l4proto udp dnat to 10.101.1.10:5353"));
         // Chains are added before rules refer to them.
@@ -477,7 +514,10 @@ mod tests {
             if let Some(rest) = line.split("goto ").nth(1) {
                 let chain = rest.split([' ', ',']).next().unwrap();
                 let added = format!("add chain ip kube-proxy {chain}");
-                let at = script.lines().position(|l| l == added).expect("chain added");
+                let at = script
+                    .lines()
+                    .position(|l| l == added)
+                    .expect("chain added");
                 assert!(at < n, "{chain} used before it is added");
             }
         }

@@ -61,7 +61,9 @@ async fn udp_echo(socket: UdpSocket) {
 
 /// Where the request head ends (after `\r\n\r\n`), if it has.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
 }
 
 /// Whether a request head asks to close the connection.
@@ -88,7 +90,11 @@ async fn connection(mut stream: TcpStream) {
         have += n;
         while let Some(end) = head_end(&buf[..have]) {
             let close = wants_close(&buf[..end]);
-            let answer = if close { RESPONSE_CLOSE } else { RESPONSE_KEEPALIVE };
+            let answer = if close {
+                RESPONSE_CLOSE
+            } else {
+                RESPONSE_KEEPALIVE
+            };
             if stream.write_all(answer).await.is_err() || close {
                 return; // dropping the stream closes it: server closes first
             }
@@ -112,7 +118,9 @@ mod tests {
         assert_eq!(&req[end..], b"rest");
         assert!(wants_close(&req[..end]));
         assert!(!wants_close(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(wants_close(b"GET / HTTP/1.1\r\nconnection:  Close \r\n\r\n"));
+        assert!(wants_close(
+            b"GET / HTTP/1.1\r\nconnection:  Close \r\n\r\n"
+        ));
         assert!(head_end(b"GET / HTTP/1.1\r\n").is_none());
     }
 }

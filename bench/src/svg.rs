@@ -38,7 +38,7 @@ pub fn escape(text: &str) -> String {
 
 /// A "nice" upper bound for an axis (1, 2 or 5 × 10^k).
 pub fn nice_ceiling(value: f64) -> f64 {
-    if !(value > 0.0) || !value.is_finite() {
+    if value.is_nan() || value <= 0.0 || !value.is_finite() {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());
@@ -77,12 +77,27 @@ fn header(svg: &mut String, title: &str) {
 }
 
 /// A line chart; `log_x` spaces x logarithmically (x must be > 0).
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, series: &[Series]) -> String {
-    let points = || series.iter().flat_map(|s| s.points.iter()).filter(|p| p.x.is_finite() && p.y.is_finite());
-    let xs: Vec<f64> = points().map(|p| if log_x { p.x.max(1e-9).log10() } else { p.x }).collect();
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+    series: &[Series],
+) -> String {
+    let points = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.x.is_finite() && p.y.is_finite())
+    };
+    let xs: Vec<f64> = points()
+        .map(|p| if log_x { p.x.max(1e-9).log10() } else { p.x })
+        .collect();
     let (x_min, x_max) = xs
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
     let (x_min, x_max) = if x_min.is_finite() && x_max > x_min {
         (x_min, x_max)
     } else if x_min.is_finite() {
@@ -90,7 +105,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, series
     } else {
         (0.0, 1.0)
     };
-    let y_max = nice_ceiling(points().map(|p| p.hi.max(p.y)).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.05);
+    let y_max = nice_ceiling(
+        points()
+            .map(|p| p.hi.max(p.y))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            * 1.05,
+    );
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let sx = |x: f64| {
@@ -141,8 +162,15 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, series
     );
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let valid: Vec<&Point> = s.points.iter().filter(|p| p.x.is_finite() && p.y.is_finite()).collect();
-        let path: Vec<String> = valid.iter().map(|p| format!("{:.1},{:.1}", sx(p.x), sy(p.y))).collect();
+        let valid: Vec<&Point> = s
+            .points
+            .iter()
+            .filter(|p| p.x.is_finite() && p.y.is_finite())
+            .collect();
+        let path: Vec<String> = valid
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", sx(p.x), sy(p.y)))
+            .collect();
         if !path.is_empty() {
             let _ = writeln!(
                 svg,
@@ -160,7 +188,10 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, series
                     sy(p.hi)
                 );
             }
-            let _ = writeln!(svg, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3.5\" fill=\"{color}\"/>");
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3.5\" fill=\"{color}\"/>"
+            );
         }
         let ly = TOP + 10.0 + 20.0 * i as f64;
         let lx = WIDTH - RIGHT + 14.0;
@@ -191,7 +222,13 @@ pub fn bar_chart(title: &str, value_label: &str, bars: &[Bar]) -> String {
     let label_w = 260.0;
     let row = 30.0;
     let height = TOP + BOTTOM + row * bars.len().max(1) as f64;
-    let max = nice_ceiling(bars.iter().map(|b| b.hi.max(b.value)).filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.05);
+    let max = nice_ceiling(
+        bars.iter()
+            .map(|b| b.hi.max(b.value))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            * 1.05,
+    );
     let plot_w = WIDTH - label_w - 100.0;
     let mut svg = String::new();
     let _ = write!(
@@ -206,7 +243,11 @@ pub fn bar_chart(title: &str, value_label: &str, bars: &[Bar]) -> String {
     for (i, bar) in bars.iter().enumerate() {
         let y = TOP + row * i as f64;
         let color = COLORS[i % COLORS.len()];
-        let value = if bar.value.is_finite() { bar.value } else { 0.0 };
+        let value = if bar.value.is_finite() {
+            bar.value
+        } else {
+            0.0
+        };
         let _ = writeln!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{label_w}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>",
@@ -263,7 +304,9 @@ mod tests {
     use super::*;
 
     fn balanced(svg: &str) -> bool {
-        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.matches("<svg").count() == 1
+        svg.starts_with("<svg")
+            && svg.trim_end().ends_with("</svg>")
+            && svg.matches("<svg").count() == 1
     }
 
     #[test]
@@ -272,13 +315,28 @@ mod tests {
             Series {
                 name: "mcs <xdp>".into(),
                 points: vec![
-                    Point { x: 1.0, y: 10.0, lo: 9.0, hi: 11.0 },
-                    Point { x: 10_000.0, y: 12.0, lo: 11.0, hi: 13.0 },
+                    Point {
+                        x: 1.0,
+                        y: 10.0,
+                        lo: 9.0,
+                        hi: 11.0,
+                    },
+                    Point {
+                        x: 10_000.0,
+                        y: 12.0,
+                        lo: 11.0,
+                        hi: 13.0,
+                    },
                 ],
             },
             Series {
                 name: "iptables".into(),
-                points: vec![Point { x: 1.0, y: f64::NAN, lo: f64::NAN, hi: f64::NAN }],
+                points: vec![Point {
+                    x: 1.0,
+                    y: f64::NAN,
+                    lo: f64::NAN,
+                    hi: f64::NAN,
+                }],
             },
         ];
         let svg = line_chart("t", "services", "conn/s", true, &series);
@@ -289,15 +347,33 @@ mod tests {
         assert!(svg.contains(">10k<"));
         // Empty and single-point charts still render.
         assert!(balanced(&line_chart("e", "x", "y", false, &[])));
-        let one = vec![Series { name: "a".into(), points: vec![Point { x: 5.0, y: 1.0, lo: 1.0, hi: 1.0 }] }];
+        let one = vec![Series {
+            name: "a".into(),
+            points: vec![Point {
+                x: 5.0,
+                y: 1.0,
+                lo: 1.0,
+                hi: 1.0,
+            }],
+        }];
         assert!(!line_chart("o", "x", "y", true, &one).contains("NaN"));
     }
 
     #[test]
     fn bar_chart_labels_values() {
         let bars = vec![
-            Bar { label: "mcs cold sync".into(), value: 0.2, lo: 0.19, hi: 0.25 },
-            Bar { label: "iptables-restore".into(), value: 15.0, lo: 14.0, hi: 16.0 },
+            Bar {
+                label: "mcs cold sync".into(),
+                value: 0.2,
+                lo: 0.19,
+                hi: 0.25,
+            },
+            Bar {
+                label: "iptables-restore".into(),
+                value: 15.0,
+                lo: 14.0,
+                hi: 16.0,
+            },
         ];
         let svg = bar_chart("sync", "seconds", &bars);
         assert!(balanced(&svg));

@@ -61,13 +61,15 @@ fn update_docs(out: &Path) -> Result<()> {
     let plots = docs.join("benchmarks");
     fs::create_dir_all(&plots).with_context(|| format!("create {}", plots.display()))?;
     let report = fs::read_to_string(out.join("report.md")).context("read report.md")?;
-    fs::write(docs.join("benchmarks.md"), docs_markdown(&report)).context("write docs/benchmarks.md")?;
+    fs::write(docs.join("benchmarks.md"), docs_markdown(&report))
+        .context("write docs/benchmarks.md")?;
     for entry in fs::read_dir(out).with_context(|| format!("list {}", out.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "svg")
             && let Some(name) = path.file_name()
         {
-            fs::copy(&path, plots.join(name)).with_context(|| format!("copy {}", path.display()))?;
+            fs::copy(&path, plots.join(name))
+                .with_context(|| format!("copy {}", path.display()))?;
         }
     }
     println!("docs updated: {}", docs.join("benchmarks.md").display());
@@ -91,9 +93,15 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     let out = if options.out.is_absolute() {
         options.out.clone()
     } else {
-        env::current_dir().context("current directory")?.join(&options.out)
+        env::current_dir()
+            .context("current directory")?
+            .join(&options.out)
     };
-    heading(&format!("bench --size {} → {}", options.size.name(), out.display()));
+    heading(&format!(
+        "bench --size {} → {}",
+        options.size.name(),
+        out.display()
+    ));
     let mut bench = Cmd::new(release.join("mcs-bench"))
         .env("MCS_AGENT_BIN", release.join("mcs-agent"))
         .args(["run", "--size", options.size.name()])
