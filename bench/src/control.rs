@@ -74,6 +74,7 @@ pub struct AgentMemory {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Control {
     pub services: usize,
     pub endpoints: usize,
@@ -83,6 +84,9 @@ pub struct Control {
     pub cold_sync_s: Vec<f64>,
     /// Manifest parse + desired state (s), once (not part of the sync).
     pub parse_and_compute_s: f64,
+    /// Of the sync: building every frontend's Maglev table in userspace (s),
+    /// timed alone, once.
+    pub maglev_build_s: f64,
     /// Cold `iptables-restore` of the same services (s), per repetition.
     pub iptables_restore_s: Vec<f64>,
     pub iptables_rules: usize,
@@ -363,6 +367,11 @@ pub fn run(config: &Config) -> Result<Control> {
         rejections.first()
     );
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
+    let maglev_start = Instant::now();
+    for (_, spec) in desired_state.service_frontends() {
+        std::hint::black_box(mcs_agent::reconcile::maglev_table(&spec.backends));
+    }
+    let maglev_build_s = maglev_start.elapsed().as_secs_f64();
     let rules_file = tempfile::Builder::new()
         .prefix("mcs-bench-iptables-")
         .tempfile()?;
@@ -384,6 +393,7 @@ pub fn run(config: &Config) -> Result<Control> {
         endpoints: config.endpoints,
         frontends: desired_state.frontends.len(),
         parse_and_compute_s,
+        maglev_build_s,
         iptables_rules,
         batch_entries: config.batch_entries,
         ..Control::default()

@@ -13,13 +13,15 @@
 //! and every mode's clients have their own addresses (no TIME_WAIT
 //! collisions between modes at the backend). Modes:
 //!
-//! 0. `direct`   — connect to the backends themselves (the floor; plain routing);
-//! 1. `mcs-xdp`  — the agent binary's XDP program on the node's two veths;
-//! 2. `mcs-socklb` — the same agent's cgroup socket LB, the client process in
-//!    the served cgroup (plain routing in its node namespace);
-//! 3. `iptables` — kube-proxy-shaped `iptables-restore` ruleset;
-//! 4. `nftables` — kube-proxy-shaped nftables ruleset (verdict map + numgen),
-//!    built incrementally in chunks.
+//! * `direct`   — connect to the backends themselves (the floor; plain routing);
+//! * `direct+xdp-pass` — the same through an XDP program that only passes,
+//!   on the node's two veths (what attaching any XDP program there costs);
+//! * `mcs-xdp`  — the agent binary's XDP program on the node's two veths;
+//! * `mcs-socklb` — the same agent's cgroup socket LB, the client process in
+//!   the served cgroup (plain routing in its node namespace);
+//! * `iptables` — kube-proxy-shaped `iptables-restore` ruleset;
+//! * `nftables` — kube-proxy-shaped nftables ruleset (verdict map + numgen),
+//!   built incrementally in chunks.
 //!
 //! Load: `mcs-bench load` in the client namespace on CPU 0; the server on
 //! CPU 1. Every repetition runs every mode once per kind of load, in an
@@ -53,6 +55,9 @@ use crate::{
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Direct,
+    /// Direct, through an XDP program that only returns XDP_PASS on the
+    /// node's two veths: the floor of any XDP program attached there.
+    DirectXdpPass,
     McsXdp,
     McsSocklb,
     Iptables,
@@ -60,8 +65,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Direct,
+        Mode::DirectXdpPass,
         Mode::McsXdp,
         Mode::McsSocklb,
         Mode::Iptables,
@@ -71,6 +77,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectXdpPass => "direct+xdp-pass",
             Mode::McsXdp => "mcs-xdp",
             Mode::McsSocklb => "mcs-socklb",
             Mode::Iptables => "iptables",
@@ -78,14 +85,10 @@ impl Mode {
         }
     }
 
+    /// Position in [`Mode::ALL`]: the mode's namespaces and subnets.
     fn index(self) -> u8 {
-        match self {
-            Mode::Direct => 0,
-            Mode::McsXdp => 1,
-            Mode::McsSocklb => 2,
-            Mode::Iptables => 3,
-            Mode::Nftables => 4,
-        }
+        let position = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0);
+        u8::try_from(position).unwrap_or(0)
     }
 }
 
@@ -188,6 +191,9 @@ impl Drop for Cgroup {
 /// The namespaces, servers and the agent; torn down in field order.
 struct Lab {
     agent: Option<Agent>,
+    /// The object whose `mcs_bench_pass` is attached in the direct+xdp-pass
+    /// node namespace (dropping it detaches).
+    _xdp_pass: aya::Ebpf,
     _server: ChildGuard,
     cgroup: Cgroup,
     manifest_dir: tempfile::TempDir,
@@ -283,6 +289,7 @@ impl Lab {
             clients.push(client);
             lbs.push(lb);
         }
+        let xdp_pass = attach_xdp_pass(&lbs[usize::from(Mode::DirectXdpPass.index())])?;
         let cpus = cpus();
         let server_cpu = if cpus > 1 { "1" } else { "0" };
         let mut server = netns::command_in(backend.name(), "taskset")?;
@@ -313,6 +320,7 @@ impl Lab {
             .tempdir()?;
         Ok(Self {
             agent: None,
+            _xdp_pass: xdp_pass,
             _server: server,
             cgroup,
             manifest_dir,
@@ -387,7 +395,7 @@ impl Lab {
             Kind::Close | Kind::Keepalive => (HTTP_PORT, HTTP_TARGET_PORT),
         };
         match mode {
-            Mode::Direct => backends()
+            Mode::Direct | Mode::DirectXdpPass => backends()
                 .into_iter()
                 .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
                 .collect(),
@@ -488,6 +496,27 @@ impl Lab {
             .context("nft -f")?;
         Ok(())
     }
+}
+
+/// Attaches the bench's XDP_PASS program (native mode, as the agent does on
+/// veth) to both veths of `lb`.
+fn attach_xdp_pass(lb: &Netns) -> Result<aya::Ebpf> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries(mcs_common::names::CONNTRACK, 1024)
+        .load(mcs_agent::dataplane::EBPF_OBJECT)
+        .context("load the eBPF object")?;
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(crate::perpacket::BENCH_PASS)
+        .context("mcs_bench_pass missing from the object")?
+        .try_into()
+        .context("mcs_bench_pass is not XDP")?;
+    program.load().context("load mcs_bench_pass")?;
+    for iface in [TO_CLIENT, TO_BACKEND] {
+        // The interface name is resolved in the calling thread's namespace.
+        lb.enter(|| program.attach(iface, aya::programs::XdpMode::Driver))?
+            .with_context(|| format!("attach XDP_PASS to {iface}"))?;
+    }
+    Ok(ebpf)
 }
 
 fn sysctls(ns: &Netns) -> Result<()> {
@@ -645,6 +674,8 @@ pub fn run(config: &Config) -> Result<E2e> {
         ),
         "close: connect, GET with Connection: close, read to EOF (the server closes first), close; rate = completed connections/s; latency = connect to EOF; handshake = connect() time.".to_owned(),
         "The measured ClusterSetIP 10.96.0.10 is the same at every scale and the last service in KUBE-SERVICES.".to_owned(),
+        "direct+xdp-pass: direct, through the bench's XDP_PASS program attached in native mode to the node's two veths (as the agent attaches mcs): the same-run floor of any XDP program on veth.".to_owned(),
+        "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
     ];
     drop(lab);
     Ok(E2e {

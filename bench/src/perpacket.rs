@@ -59,6 +59,8 @@ use crate::{
 pub const BENCH_PASS: &str = "mcs_bench_pass";
 pub const BENCH_LOOKUP: &str = "mcs_bench_lookup";
 pub const BENCH_MAP: &str = "MCS_BENCH_MAP";
+pub const BENCH_LRU_INSERT: &str = "mcs_bench_lru_insert";
+pub const BENCH_LRU: &str = "MCS_BENCH_LRU";
 /// Entries of the calibration map (all filled).
 pub const BENCH_MAP_ENTRIES: u32 = 1 << 16;
 /// Runs longer than this many batch medians are dropped (interrupted).
@@ -88,6 +90,7 @@ pub struct Config {
 pub enum Case {
     Pass,
     Lookup,
+    LruInsert,
     Miss,
     NewFlow,
     CtHit,
@@ -95,9 +98,10 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 7] = [
         Case::Pass,
         Case::Lookup,
+        Case::LruInsert,
         Case::Miss,
         Case::NewFlow,
         Case::CtHit,
@@ -108,6 +112,7 @@ impl Case {
         match self {
             Case::Pass => "XDP_PASS program",
             Case::Lookup => "calibration: 1 hash lookup",
+            Case::LruInsert => "calibration: 1 LRU insert (conntrack-shaped)",
             Case::Miss => "mcs: miss (not a ClusterSetIP)",
             Case::NewFlow => "mcs: new flow",
             Case::CtHit => "mcs: conntrack hit",
@@ -119,6 +124,7 @@ impl Case {
         match self {
             Case::Pass => "pass",
             Case::Lookup => "lookup",
+            Case::LruInsert => "lru_insert",
             Case::Miss => "miss",
             Case::NewFlow => "new_flow",
             Case::CtHit => "ct_hit",
@@ -204,6 +210,8 @@ pub fn ct_capacity(fill: usize) -> u32 {
 struct Bench {
     ebpf: Ebpf,
     maps: MapHandles,
+    /// The LRU-insert calibration map (filled like conntrack).
+    lru: AyaHashMap<MapData, [u8; 16], [u8; 40]>,
 }
 
 fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
@@ -222,6 +230,7 @@ impl Bench {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::CONNTRACK, ct_capacity)
+            .map_max_entries(BENCH_LRU, ct_capacity)
             .map_max_entries(BENCH_MAP, BENCH_MAP_ENTRIES);
         if services > RECONCILER_MAX_SERVICES {
             // Written directly (see `program_direct`): room for every
@@ -241,7 +250,7 @@ impl Bench {
                 .map_max_entries(names::BACKENDS, slots);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
-        for name in [programs::XDP, BENCH_PASS, BENCH_LOOKUP] {
+        for name in [programs::XDP, BENCH_PASS, BENCH_LOOKUP, BENCH_LRU_INSERT] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -252,7 +261,11 @@ impl Bench {
                 .with_context(|| format!("the verifier refused {name}"))?;
         }
         let maps = MapHandles::take(&mut ebpf).context("take the maps")?;
-        Ok(Self { ebpf, maps })
+        let lru = ebpf
+            .take_map(BENCH_LRU)
+            .with_context(|| format!("map {BENCH_LRU} missing"))?;
+        let lru = AyaHashMap::try_from(lru).context("LRU calibration map type")?;
+        Ok(Self { ebpf, maps, lru })
     }
 
     fn run(
@@ -489,7 +502,24 @@ fn prefill_conntrack(bench: &Bench, fill: usize) -> Result<()> {
             });
         }
     }
-    bpfsys::update_batch(bench.ct_fd(), &keys, &values, 8192).context("prefill conntrack")
+    bpfsys::update_batch(bench.ct_fd(), &keys, &values, 8192).context("prefill conntrack")?;
+    // The LRU calibration map gets the same fill (its keys are the same
+    // 16 bytes, its values the same 40).
+    let values: Vec<[u8; 40]> = vec![[0u8; 40]; keys.len()];
+    let keys: Vec<[u8; 16]> = keys
+        .iter()
+        .map(|k| {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&k.saddr.to_ne_bytes());
+            bytes[4..8].copy_from_slice(&k.daddr.to_ne_bytes());
+            bytes[8..10].copy_from_slice(&k.sport.to_ne_bytes());
+            bytes[10..12].copy_from_slice(&k.dport.to_ne_bytes());
+            bytes[12] = 0xee; // never a test packet's sequence bytes
+            bytes
+        })
+        .collect();
+    let fd = bench.lru.map().fd().as_fd().as_raw_fd();
+    bpfsys::update_batch(fd, &keys, &values, 8192).context("prefill the LRU calibration map")
 }
 
 fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> CtKey {
@@ -652,6 +682,28 @@ fn new_flow_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Re
     stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
 }
 
+/// One LRU insert per run, each with a new key; the keys are deleted after
+/// the batch (the map stays at the fill under test).
+fn lru_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Result<(f64, usize)> {
+    let mut durations = Vec::with_capacity(runs);
+    let mut created = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (client, sport) = flows.next();
+        let frame = packet::tcp(client, sport, TARGET_VIP, HTTP_PORT, true)?;
+        let (verdict, ns) = bench.run(BENCH_LRU_INSERT, &frame, 1, None)?;
+        ensure!(verdict == XDP_PASS, "LRU insert failed (verdict {verdict})");
+        created.push(packet::lookup_key(&frame).context("key")?);
+        durations.push(ns);
+    }
+    for key in &created {
+        bench
+            .lru
+            .remove(key)
+            .context("remove a key the bench inserted")?;
+    }
+    stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
+}
+
 fn measure_point(
     config: &Config,
     services: usize,
@@ -710,14 +762,14 @@ fn measure_point(
                 Case::Miss => (programs::XDP, &frames.miss),
                 Case::CtHit => (programs::XDP, &frames.ack),
                 Case::Reply => (programs::XDP, &frames.reply),
-                Case::NewFlow => ("", &frames.ack),
+                Case::NewFlow | Case::LruInsert => ("", &frames.ack),
             };
-            let (katran, dropped) = if case == Case::NewFlow {
-                new_flow_sample(&mut bench, &mut flows, config.runs_per_sample)?
-            } else {
-                katran_sample(&bench, program, frame, config.runs_per_sample)?
+            let (katran, dropped) = match case {
+                Case::NewFlow => new_flow_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                Case::LruInsert => lru_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                _ => katran_sample(&bench, program, frame, config.runs_per_sample)?,
             };
-            let repeat = if case == Case::NewFlow {
+            let repeat = if matches!(case, Case::NewFlow | Case::LruInsert) {
                 None
             } else {
                 let (verdict, ns) = bench.run(program, frame, config.repeat, None)?;
