@@ -183,6 +183,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
     .prop_map(|locality| Policy {
         local_cluster: Some("a".to_owned()),
         locality: locality.parse().expect("valid locality"),
+        ..Policy::default()
     })
 }
 

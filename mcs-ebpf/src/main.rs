@@ -5,11 +5,14 @@
 //!   sendmsg4, recvmsg4, getpeername4): the backend is chosen once.
 //! * `lb.rs`  — service lookup and backend selection, shared by every hook.
 //! * `maps.rs` — the maps; their key/value types live in `mcs-common`.
+//! * `bench.rs` — calibration programs for `cargo xtask bench` (never
+//!   attached by the agent).
 //!
 //! Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`. On the host
 //! the crate compiles to an empty binary so `cargo clippy --workspace` lints it.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+mod bench;
 mod lb;
 mod maps;
 mod packet;

@@ -98,8 +98,27 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Benchmarks: NOT IMPLEMENTED YET (exits with code 2).
-    Bench,
+    /// Benchmarks: mcs against its baselines in one run (needs root).
+    ///
+    /// Per-packet cost through BPF_PROG_TEST_RUN (XDP_PASS, a calibration lookup, mcs on a
+    /// miss, new flow, conntrack hit and reverse-NAT reply; services and conntrack fill
+    /// swept), end to end over veth in network namespaces (direct, mcs XDP, mcs socket LB,
+    /// kube-proxy-shaped iptables and nftables rules) and the control plane (cold sync,
+    /// endpoint-change latency, batched map writes, agent RSS, BPF map memory). Writes
+    /// report.json, report.md and SVG plots. `--size smoke` takes a few minutes (CI).
+    Bench {
+        #[arg(long, value_enum, default_value_t = bench::Size::Full)]
+        size: bench::Size,
+        /// Output directory.
+        #[arg(long, default_value = "bench-results", value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Only these parts (comma-separated: per-packet, e2e, control).
+        #[arg(long)]
+        parts: Option<String>,
+        /// Copy the report to docs/benchmarks.md and its plots to docs/benchmarks/.
+        #[arg(long)]
+        update_docs: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,7 +161,19 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Demo { args } => return demo::run(&args),
         Command::Fuzz { time, target } => fuzz::run(&fuzz::Options { time, target })?,
-        Command::Bench => return Ok(bench::run()),
+        Command::Bench {
+            size,
+            out,
+            parts,
+            update_docs,
+        } => {
+            return bench::run(&bench::Options {
+                size,
+                out,
+                parts,
+                update_docs,
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -454,7 +454,11 @@ fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
         Err(error) => return ctx.fatal(Problem::Unparsable(error.to_string())),
     };
     let labels = slice.metadata.labels.clone().unwrap_or_default();
-    for label in [LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER] {
+    for label in [
+        LABEL_MC_SERVICE_NAME,
+        LABEL_SERVICE_NAME,
+        LABEL_SOURCE_CLUSTER,
+    ] {
         if let Some(value) = labels.get(label).filter(|v| v.len() > MAX_LABEL_VALUE_LEN) {
             return ctx.fatal(Problem::Unparsable(format!(
                 "label {label} is {} bytes long (limit {MAX_LABEL_VALUE_LEN})",

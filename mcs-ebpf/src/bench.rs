@@ -1,0 +1,69 @@
+//! Calibration programs for `cargo xtask bench` (per-packet cost through
+//! `BPF_PROG_TEST_RUN`). The agent never loads or attaches them; they only
+//! share the object so the bench measures them with the same compiler and
+//! flags as the real program.
+//!
+//! * `mcs_bench_pass`   — returns `XDP_PASS`: the floor of a test run.
+//! * `mcs_bench_lookup` — one hash lookup with a 16-byte key read from the
+//!   packet (bytes 26..42 of the frame: IPv4 addresses, ports and 4 more
+//!   bytes): the unit in which the bench states the mcs program's cost.
+//! * `mcs_bench_lru_insert` — one insert of that key into an LRU hash shaped
+//!   like conntrack (16-byte key, 40-byte value): what a new flow pays twice.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{HashMap, LruHashMap},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+
+use crate::packet::ptr_at;
+
+/// Offset of the lookup key in the frame (Ethernet 14 + IPv4 `saddr` at 12).
+const KEY_OFFSET: usize = 26;
+
+/// Calibration map: 16-byte key → counter. Declared with one entry so an
+/// agent loading the object pays nothing for it; the bench loads it with
+/// 65 536 entries (`EbpfLoader::map_max_entries`) and fills it. Not pinned.
+#[btf_map]
+pub static MCS_BENCH_MAP: HashMap<[u8; 16], u64, 1> = HashMap::new();
+
+#[xdp]
+pub fn mcs_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// `XDP_PASS` when the packet's key is in the map, `XDP_DROP` when not (so
+/// the bench can check that it measures hits).
+#[xdp]
+pub fn mcs_bench_lookup(ctx: XdpContext) -> u32 {
+    let Some(key) = ptr_at::<[u8; 16]>(&ctx, KEY_OFFSET) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `ptr_at` checked the 16 bytes are inside the packet.
+    let key = unsafe { *key };
+    if MCS_BENCH_MAP.get_ptr(key).is_some() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// Conntrack-shaped LRU hash for `mcs_bench_lru_insert`; sized by the bench
+/// at load like the conntrack map under test. Not pinned.
+#[btf_map]
+pub static MCS_BENCH_LRU: LruHashMap<[u8; 16], [u8; 40], 256> = LruHashMap::new();
+
+/// Inserts the packet's key: `XDP_PASS` when the insert succeeded.
+#[xdp]
+pub fn mcs_bench_lru_insert(ctx: XdpContext) -> u32 {
+    let Some(key) = ptr_at::<[u8; 16]>(&ctx, KEY_OFFSET) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `ptr_at` checked the 16 bytes are inside the packet.
+    let key = unsafe { *key };
+    match MCS_BENCH_LRU.insert(key, [0u8; 40], 0) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(_) => xdp_action::XDP_DROP,
+    }
+}

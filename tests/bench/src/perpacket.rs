@@ -1,0 +1,852 @@
+//! Part 1: per-packet cost through `BPF_PROG_TEST_RUN`.
+//!
+//! Programs: `mcs_bench_pass` (XDP_PASS, the floor), `mcs_bench_lookup`
+//! (one 16-byte-key lookup in a full 64k-entry hash map: the calibration
+//! unit) and the real `mcs_xdp` on a miss, a new flow, a conntrack hit and a
+//! reverse-NAT reply, all from the agent's embedded object.
+//!
+//! With `repeat > 1` the kernel runs the program again on the packet the
+//! previous run rewrote, so two methods are used:
+//!
+//! * **Katran method (primary)** — `repeat = 1` in a loop, every run on the
+//!   original packet, averaging the kernel-reported durations (runs longer
+//!   than 10× the batch median — an interrupt inside the run — dropped).
+//!   Each run includes the kernel's fixed test-run overhead (timer reads,
+//!   `local_bh_disable`), which is the same for every program and cancels in
+//!   the differences to `XDP_PASS` that the goals use. For a *new flow* every
+//!   run carries a new source port (a new 5-tuple, so a conntrack miss, a
+//!   Maglev pick and two LRU inserts); after each batch the bench deletes the
+//!   flows it created, so conntrack stays at the fill under test instead of
+//!   growing by two entries a run.
+//! * **repeat method (cross-check)** — one test run with `repeat = N` on a
+//!   packet that stays valid when rewritten: pass, lookup and miss do not
+//!   rewrite; for the conntrack hit and the reply the bench adds a mirror
+//!   entry (client→backend translating back to the ClusterSetIP, and the
+//!   reply's mirror), so the packet alternates between the two addresses and
+//!   every run is a real hit with a real rewrite. Not usable for new flows.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as AyaHashMap, IterableMap as _, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use mcs_agent::{
+    dataplane::{EBPF_OBJECT, MapHandles},
+    desired::{self, DesiredState},
+    model::manifest,
+    reconcile::{self, Reconciler},
+};
+use mcs_common::{
+    BACKEND_F_READY, BackendKey, BackendValue, CT_F_REPLY, CtKey, CtValue, MAX_CONNTRACK,
+    PROTO_TCP, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey, ServiceValue, names, programs,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpfsys, packet,
+    rules::{self, HTTP_PORT, ServiceSet, TARGET_VIP},
+    stats::{self, Summary},
+};
+
+pub const BENCH_PASS: &str = "mcs_bench_pass";
+pub const BENCH_LOOKUP: &str = "mcs_bench_lookup";
+pub const BENCH_MAP: &str = "MCS_BENCH_MAP";
+pub const BENCH_LRU_INSERT: &str = "mcs_bench_lru_insert";
+pub const BENCH_LRU: &str = "MCS_BENCH_LRU";
+/// Entries of the calibration map (all filled).
+pub const BENCH_MAP_ENTRIES: u32 = 1 << 16;
+/// Runs longer than this many batch medians are dropped (interrupted).
+const OUTLIER_CUTOFF: f64 = 10.0;
+/// Largest service count the agent's reconciler can program: each
+/// ClusterSetIP takes three frontend ids (its port and two markers) out of
+/// `MAX_FRONTENDS` = 131 072.
+pub const RECONCILER_MAX_SERVICES: usize = 40_000;
+
+const XDP_PASS: u32 = 2;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 110, 0, 2);
+const CLIENT_PORT: u16 = 40_000;
+const NOT_A_VIP: Ipv4Addr = Ipv4Addr::new(10, 102, 3, 4);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub services: Vec<usize>,
+    pub conntrack: Vec<usize>,
+    pub rounds: usize,
+    pub runs_per_sample: usize,
+    pub repeat: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    Pass,
+    Lookup,
+    LruInsert,
+    Miss,
+    NewFlow,
+    CtHit,
+    Reply,
+}
+
+impl Case {
+    pub const ALL: [Case; 7] = [
+        Case::Pass,
+        Case::Lookup,
+        Case::LruInsert,
+        Case::Miss,
+        Case::NewFlow,
+        Case::CtHit,
+        Case::Reply,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::Pass => "XDP_PASS program",
+            Case::Lookup => "calibration: 1 hash lookup",
+            Case::LruInsert => "calibration: 1 LRU insert (conntrack-shaped)",
+            Case::Miss => "mcs: miss (not a ClusterSetIP)",
+            Case::NewFlow => "mcs: new flow",
+            Case::CtHit => "mcs: conntrack hit",
+            Case::Reply => "mcs: reverse-NAT reply",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Case::Pass => "pass",
+            Case::Lookup => "lookup",
+            Case::LruInsert => "lru_insert",
+            Case::Miss => "miss",
+            Case::NewFlow => "new_flow",
+            Case::CtHit => "ct_hit",
+            Case::Reply => "reply",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case: Case,
+    /// ns per packet, Katran method, one sample per round.
+    pub katran_ns: Vec<f64>,
+    /// ns per packet, repeat method (absent for new flows).
+    pub repeat_ns: Vec<f64>,
+    /// Runs dropped as interrupted, over all rounds.
+    pub dropped_runs: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointResult {
+    pub services: usize,
+    pub conntrack_fill: usize,
+    pub conntrack_capacity: u32,
+    /// How the service maps were written.
+    pub programmed_by: String,
+    pub cases: Vec<CaseResult>,
+}
+
+impl PointResult {
+    pub fn case(&self, case: Case) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.case == case)
+    }
+
+    /// Paired (same round) cost of `case` above XDP_PASS, Katran method.
+    pub fn delta(&self, case: Case) -> Option<Summary> {
+        stats::paired_delta(
+            &self.case(case)?.katran_ns,
+            &self.case(Case::Pass)?.katran_ns,
+        )
+    }
+
+    /// `delta(case) / delta(lookup)` per round: the cost in lookups.
+    pub fn in_lookups(&self, case: Case) -> Option<Summary> {
+        let pass = &self.case(Case::Pass)?.katran_ns;
+        let lookup = &self.case(Case::Lookup)?.katran_ns;
+        let this = &self.case(case)?.katran_ns;
+        let over: Vec<f64> = this.iter().zip(pass).map(|(c, p)| c - p).collect();
+        let unit: Vec<f64> = lookup.iter().zip(pass).map(|(l, p)| l - p).collect();
+        stats::paired_ratio(&over, &unit)
+    }
+
+    pub fn repeat_delta(&self, case: Case) -> Option<Summary> {
+        stats::paired_delta(
+            &self.case(case)?.repeat_ns,
+            &self.case(Case::Pass)?.repeat_ns,
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PerPacket {
+    pub rounds: usize,
+    pub runs_per_sample: usize,
+    pub repeat: u32,
+    pub points: Vec<PointResult>,
+    pub notes: Vec<String>,
+}
+
+/// Conntrack capacity for a fill: the production size while it fits with
+/// room to spare, else a larger map (`EbpfLoader::map_max_entries`).
+pub fn ct_capacity(fill: usize) -> u32 {
+    let fill = u32::try_from(fill).unwrap_or(u32::MAX);
+    if fill <= MAX_CONNTRACK / 2 {
+        MAX_CONNTRACK
+    } else {
+        fill.saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31)
+    }
+}
+
+struct Bench {
+    ebpf: Ebpf,
+    maps: MapHandles,
+    /// The LRU-insert calibration map (filled like conntrack).
+    lru: AyaHashMap<MapData, [u8; 16], [u8; 40]>,
+}
+
+fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+impl Bench {
+    fn load(ct_capacity: u32, services: usize) -> Result<Self> {
+        ensure!(
+            !EBPF_OBJECT.is_empty(),
+            "mcs-agent was built without its eBPF object: run `cargo xtask build-ebpf` first"
+        );
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::CONNTRACK, ct_capacity)
+            .map_max_entries(BENCH_LRU, ct_capacity)
+            .map_max_entries(BENCH_MAP, BENCH_MAP_ENTRIES);
+        if services > RECONCILER_MAX_SERVICES {
+            // Written directly (see `program_direct`): room for every
+            // frontend, counter and backend slot.
+            let frontends = u32::try_from(services * 3)
+                .unwrap_or(u32::MAX)
+                .next_power_of_two();
+            let slots = u32::try_from(services * 10)
+                .unwrap_or(u32::MAX)
+                .next_power_of_two();
+            loader
+                .map_max_entries(names::SERVICES, frontends)
+                .map_max_entries(names::FRONTEND_STATS, frontends)
+                .map_max_entries(names::SOCK_STATS, frontends)
+                .map_max_entries(names::FRONTEND_META, frontends)
+                .map_max_entries(names::MAGLEV, frontends)
+                .map_max_entries(names::BACKENDS, slots);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
+        for name in [programs::XDP, BENCH_PASS, BENCH_LOOKUP, BENCH_LRU_INSERT] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("{name} is not an XDP program"))?;
+            program
+                .load()
+                .with_context(|| format!("the verifier refused {name}"))?;
+        }
+        let maps = MapHandles::take(&mut ebpf).context("take the maps")?;
+        let lru = ebpf
+            .take_map(BENCH_LRU)
+            .with_context(|| format!("map {BENCH_LRU} missing"))?;
+        let lru = AyaHashMap::try_from(lru).context("LRU calibration map type")?;
+        Ok(Self { ebpf, maps, lru })
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        out: Option<&mut [u8]>,
+    ) -> Result<(u32, u64)> {
+        let result = xdp(&self.ebpf, program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: out,
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        let ns = u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX);
+        Ok((result.return_value, ns))
+    }
+
+    /// Fills the calibration map with 64k keys, `hit` among them.
+    fn fill_lookup_map(&mut self, hit: [u8; 16]) -> Result<()> {
+        let map = self
+            .ebpf
+            .take_map(BENCH_MAP)
+            .with_context(|| format!("map {BENCH_MAP} missing"))?;
+        let map: AyaHashMap<MapData, [u8; 16], u64> =
+            AyaHashMap::try_from(map).context("calibration map type")?;
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        let mut keys = Vec::with_capacity(BENCH_MAP_ENTRIES as usize);
+        keys.push(hit);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        while keys.len() < BENCH_MAP_ENTRIES as usize {
+            let mut key = [0u8; 16];
+            for chunk in key.chunks_mut(8) {
+                state = splitmix(&mut state);
+                chunk.copy_from_slice(&state.to_ne_bytes());
+            }
+            keys.push(key);
+        }
+        let values = vec![0u64; keys.len()];
+        // The loaded program holds its own reference to the map; the
+        // handle can go after the fill.
+        bpfsys::update_batch(fd, &keys, &values, 4096).context("fill the calibration map")
+    }
+
+    fn ct_fd(&self) -> i32 {
+        self.maps.conntrack.map().fd().as_fd().as_raw_fd()
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Desired state of `count` services × 10 endpoints, through the agent's
+/// own manifest parser and desired-state function.
+pub fn desired_state(count: usize) -> Result<DesiredState> {
+    let set = ServiceSet::new(count, 10, &target_backends());
+    let converted = manifest::parse(&rules::manifest(&set)).context("generated manifest")?;
+    ensure!(
+        converted.rejections.is_empty(),
+        "generated manifest rejected: {:?}",
+        converted.rejections.first()
+    );
+    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (state, rejections) = desired::compute(&snapshot);
+    ensure!(
+        rejections.is_empty(),
+        "desired state rejected: {:?}",
+        rejections.first()
+    );
+    Ok(state)
+}
+
+/// The target's endpoints in the per-packet part (never routed anywhere).
+pub fn target_backends() -> Vec<Ipv4Addr> {
+    (10..20).map(|i| Ipv4Addr::new(10, 101, 1, i)).collect()
+}
+
+/// Writes the same keys and values the reconciler would, for service
+/// counts beyond its frontend-id space (into enlarged maps).
+fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
+    let set = ServiceSet::new(count, 10, &target_backends());
+    let n = set.services.len();
+    let mut svc_keys = Vec::with_capacity(n * 3);
+    let mut svc_values = Vec::with_capacity(n * 3);
+    let mut be_keys = Vec::with_capacity(n * 10);
+    let mut be_values = Vec::with_capacity(n * 10);
+    let mut backend_ids: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    let mut maglev_cache: BTreeMap<usize, Box<mcs_common::MaglevTable>> = BTreeMap::new();
+    let maglev_fd = bench.maps.maglev.map().fd().as_fd().as_raw_fd();
+    let mut maglev_keys = Vec::new();
+    let mut maglev_values = Vec::new();
+    for (index, service) in set.services.iter().enumerate() {
+        let id = u32::try_from(index).context("frontend id")?;
+        let key = ServiceKey {
+            addr: u32::from_ne_bytes(service.vip.octets()),
+            port: service.tcp.0.to_be(),
+            proto: PROTO_TCP,
+            _pad: 0,
+        };
+        let backends: Vec<desired::Backend> = service
+            .endpoints
+            .iter()
+            .map(|addr| desired::Backend {
+                addr: *addr,
+                port: service.tcp.1,
+                cluster: rules::CLUSTER.to_owned(),
+                weight: 1,
+                terminating: false,
+            })
+            .collect();
+        for (slot, backend) in backends.iter().enumerate() {
+            let next = u32::try_from(backend_ids.len()).context("backend id")?;
+            let backend_id = *backend_ids.entry(backend.addr).or_insert(next);
+            be_keys.push(BackendKey {
+                frontend_id: id,
+                slot: u32::try_from(slot).context("slot")?,
+            });
+            be_values.push(BackendValue {
+                addr: u32::from_ne_bytes(backend.addr.octets()),
+                port: backend.port.to_be(),
+                _pad: 0,
+                cluster_id: 1,
+                flags: BACKEND_F_READY,
+                backend_id,
+                _pad2: 0,
+            });
+        }
+        // The Maglev table depends only on the member set; pool services
+        // repeat their sets every POOL_SIZE/10 services.
+        let shape = index % (rules::POOL_SIZE as usize / 10);
+        let table = if index + 1 == n {
+            reconcile::maglev_table(&backends)
+        } else {
+            maglev_cache
+                .entry(shape)
+                .or_insert_with(|| reconcile::maglev_table(&backends))
+                .clone()
+        };
+        maglev_keys.push(id);
+        maglev_values.push(*table);
+        svc_keys.push(key);
+        svc_values.push(ServiceValue {
+            frontend_id: id,
+            backend_count: u32::try_from(backends.len()).context("count")?,
+            flags: SVC_F_NONE,
+            affinity_timeout_s: 0,
+        });
+        for (m, proto) in [(0u32, PROTO_TCP), (1, mcs_common::PROTO_UDP)] {
+            svc_keys.push(ServiceKey {
+                addr: key.addr,
+                port: 0,
+                proto,
+                _pad: 0,
+            });
+            svc_values.push(ServiceValue {
+                frontend_id: u32::try_from(n).context("id")? + id * 2 + m,
+                backend_count: 0,
+                flags: SVC_F_VIP_MARKER,
+                affinity_timeout_s: 0,
+            });
+        }
+        if maglev_keys.len() >= 1024 {
+            bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024)
+                .context("write Maglev tables")?;
+            maglev_keys.clear();
+            maglev_values.clear();
+        }
+    }
+    bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024)
+        .context("write Maglev tables")?;
+    let be_fd = bench.maps.backends.map().fd().as_fd().as_raw_fd();
+    bpfsys::update_batch(be_fd, &be_keys, &be_values, 8192).context("write backends")?;
+    let svc_fd = bench.maps.services.map().fd().as_fd().as_raw_fd();
+    bpfsys::update_batch(svc_fd, &svc_keys, &svc_values, 8192).context("write services")?;
+    Ok(())
+}
+
+/// Fills conntrack with `fill` entries of other flows (forward/reply pairs).
+fn prefill_conntrack(bench: &Bench, fill: usize) -> Result<()> {
+    let mut keys = Vec::with_capacity(fill);
+    let mut values = Vec::with_capacity(fill);
+    let mut state = 0x1234_5678u64;
+    while keys.len() < fill {
+        let r = splitmix(&mut state);
+        let client = Ipv4Addr::from(0x0a78_0000 | (r as u32 & 0xffff)); // 10.120.x.y
+        let vip = Ipv4Addr::from(0x0a61_0000 | ((r >> 16) as u32 & 0xffff)); // 10.97.x.y
+        let backend = Ipv4Addr::from(0x0a40_0000 | ((r >> 32) as u32 & 0xffff)); // 10.64.x.y
+        let sport = ((r >> 48) as u16) | 1024;
+        let forward = CtKey {
+            saddr: u32::from_ne_bytes(client.octets()),
+            daddr: u32::from_ne_bytes(vip.octets()),
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let value = CtValue {
+            nat_addr: u32::from_ne_bytes(backend.octets()),
+            nat_port: 8080u16.to_be(),
+            _pad: 0,
+            flags: 0,
+            frontend_id: 0,
+            backend_addr: u32::from_ne_bytes(backend.octets()),
+            backend_port: 8080u16.to_be(),
+            _pad2: 0,
+            backend_id: 0,
+            _pad3: 0,
+            last_seen_ns: 0,
+        };
+        keys.push(forward);
+        values.push(value);
+        if keys.len() < fill {
+            keys.push(CtKey {
+                saddr: value.nat_addr,
+                daddr: forward.saddr,
+                sport: value.nat_port,
+                dport: forward.sport,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            });
+            values.push(CtValue {
+                nat_addr: forward.daddr,
+                nat_port: forward.dport,
+                flags: CT_F_REPLY,
+                ..value
+            });
+        }
+    }
+    bpfsys::update_batch(bench.ct_fd(), &keys, &values, 8192).context("prefill conntrack")?;
+    // The LRU calibration map gets the same fill (its keys are the same
+    // 16 bytes, its values the same 40).
+    let values: Vec<[u8; 40]> = vec![[0u8; 40]; keys.len()];
+    let keys: Vec<[u8; 16]> = keys
+        .iter()
+        .map(|k| {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&k.saddr.to_ne_bytes());
+            bytes[4..8].copy_from_slice(&k.daddr.to_ne_bytes());
+            bytes[8..10].copy_from_slice(&k.sport.to_ne_bytes());
+            bytes[10..12].copy_from_slice(&k.dport.to_ne_bytes());
+            bytes[12] = 0xee; // never a test packet's sequence bytes
+            bytes
+        })
+        .collect();
+    let fd = bench.lru.map().fd().as_fd().as_raw_fd();
+    bpfsys::update_batch(fd, &keys, &values, 8192).context("prefill the LRU calibration map")
+}
+
+fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> CtKey {
+    CtKey {
+        saddr: u32::from_ne_bytes(src.octets()),
+        daddr: u32::from_ne_bytes(dst.octets()),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// The packets of one measurement point, checked to take the path they
+/// are meant to.
+struct Frames {
+    ack: Vec<u8>,
+    miss: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+/// Opens the measured flow through the program (as a real SYN would),
+/// checks every path once and adds the mirror entries of the repeat method.
+fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
+    let syn = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, true)?;
+    let mut out = vec![0u8; syn.len() + 64];
+    let (verdict, _) = bench.run(programs::XDP, &syn, 1, Some(&mut out))?;
+    ensure!(
+        verdict == XDP_PASS,
+        "new flow: verdict {verdict}, expected XDP_PASS"
+    );
+    let (_, _, backend, backend_port) = packet::addresses(&out).context("rewritten SYN")?;
+    ensure!(
+        target_backends().contains(&backend),
+        "new flow went to {backend}, not a target backend"
+    );
+    let ack = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, false)?;
+    let (verdict, _) = bench.run(programs::XDP, &ack, 1, Some(&mut out))?;
+    let (_, _, dst, _) = packet::addresses(&out).context("rewritten ACK")?;
+    ensure!(
+        verdict == XDP_PASS && dst == backend,
+        "conntrack hit: verdict {verdict}, to {dst}"
+    );
+    let reply = packet::tcp(backend, backend_port, CLIENT, CLIENT_PORT, false)?;
+    let (verdict, _) = bench.run(programs::XDP, &reply, 1, Some(&mut out))?;
+    let (src, sport, _, _) = packet::addresses(&out).context("rewritten reply")?;
+    ensure!(
+        verdict == XDP_PASS && src == TARGET_VIP && sport == HTTP_PORT,
+        "reverse NAT: verdict {verdict}, from {src}:{sport}"
+    );
+    let miss = packet::tcp(CLIENT, CLIENT_PORT, NOT_A_VIP, HTTP_PORT, false)?;
+    let (verdict, _) = bench.run(programs::XDP, &miss, 1, Some(&mut out))?;
+    ensure!(
+        verdict == XDP_PASS && out[..miss.len()] == miss[..],
+        "miss: packet changed or verdict {verdict}"
+    );
+    bench.fill_lookup_map(packet::lookup_key(&ack).context("lookup key")?)?;
+    let (verdict, _) = bench.run(BENCH_LOOKUP, &ack, 1, None)?;
+    ensure!(
+        verdict == XDP_PASS,
+        "calibration lookup missed (verdict {verdict})"
+    );
+
+    // Mirrors for the repeat method: after the first run rewrote the
+    // packet, the next run finds the mirror and rewrites it back.
+    let forward = bench
+        .maps
+        .conntrack
+        .get(&ct_key(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT), 0)
+        .context("forward entry of the measured flow")?;
+    let reply_entry = bench
+        .maps
+        .conntrack
+        .get(&ct_key(backend, backend_port, CLIENT, CLIENT_PORT), 0)
+        .context("reply entry of the measured flow")?;
+    bench
+        .maps
+        .conntrack
+        .insert(
+            ct_key(CLIENT, CLIENT_PORT, backend, backend_port),
+            CtValue {
+                nat_addr: u32::from_ne_bytes(TARGET_VIP.octets()),
+                nat_port: HTTP_PORT.to_be(),
+                ..forward
+            },
+            0,
+        )
+        .context("mirror of the forward entry")?;
+    bench
+        .maps
+        .conntrack
+        .insert(
+            ct_key(TARGET_VIP, HTTP_PORT, CLIENT, CLIENT_PORT),
+            CtValue {
+                nat_addr: u32::from_ne_bytes(backend.octets()),
+                nat_port: backend_port.to_be(),
+                ..reply_entry
+            },
+            0,
+        )
+        .context("mirror of the reply entry")?;
+    // Both directions now alternate and stay valid.
+    for frame in [&ack, &reply] {
+        let (verdict, _) = bench.run(programs::XDP, frame, 3, Some(&mut out))?;
+        ensure!(verdict == XDP_PASS, "repeat run: verdict {verdict}");
+    }
+    Ok(Frames { ack, miss, reply })
+}
+
+/// A source for new flows: every call a 5-tuple not used before.
+struct FlowSource {
+    next: u64,
+}
+
+impl FlowSource {
+    fn next(&mut self) -> (Ipv4Addr, u16) {
+        let n = self.next;
+        self.next += 1;
+        let port = 1024 + (n % 60_000) as u16;
+        let host = (n / 60_000) as u32 & 0xffff;
+        (Ipv4Addr::from(0x0a6f_0000 | host), port) // 10.111.x.y
+    }
+}
+
+fn katran_sample(bench: &Bench, program: &str, frame: &[u8], runs: usize) -> Result<(f64, usize)> {
+    let mut durations = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (verdict, ns) = bench.run(program, frame, 1, None)?;
+        if verdict != XDP_PASS {
+            bail!("{program}: verdict {verdict} during measurement");
+        }
+        durations.push(ns);
+    }
+    stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
+}
+
+fn new_flow_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Result<(f64, usize)> {
+    let mut durations = Vec::with_capacity(runs);
+    let mut created = Vec::with_capacity(runs * 2);
+    let mut out = vec![0u8; 256];
+    for _ in 0..runs {
+        let (client, sport) = flows.next();
+        let syn = packet::tcp(client, sport, TARGET_VIP, HTTP_PORT, true)?;
+        let (verdict, ns) = bench.run(programs::XDP, &syn, 1, Some(&mut out))?;
+        ensure!(verdict == XDP_PASS, "new flow: verdict {verdict}");
+        let (_, _, backend, backend_port) = packet::addresses(&out).context("rewritten SYN")?;
+        ensure!(backend != TARGET_VIP, "new flow was not translated");
+        created.push(ct_key(client, sport, TARGET_VIP, HTTP_PORT));
+        created.push(ct_key(backend, backend_port, client, sport));
+        durations.push(ns);
+    }
+    // Keep conntrack at the fill under test.
+    for key in &created {
+        bench
+            .maps
+            .conntrack
+            .remove(key)
+            .context("remove a flow the bench created")?;
+    }
+    stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
+}
+
+/// One LRU insert per run, each with a new key; the keys are deleted after
+/// the batch (the map stays at the fill under test).
+fn lru_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Result<(f64, usize)> {
+    let mut durations = Vec::with_capacity(runs);
+    let mut created = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (client, sport) = flows.next();
+        let frame = packet::tcp(client, sport, TARGET_VIP, HTTP_PORT, true)?;
+        let (verdict, ns) = bench.run(BENCH_LRU_INSERT, &frame, 1, None)?;
+        ensure!(verdict == XDP_PASS, "LRU insert failed (verdict {verdict})");
+        created.push(packet::lookup_key(&frame).context("key")?);
+        durations.push(ns);
+    }
+    for key in &created {
+        bench
+            .lru
+            .remove(key)
+            .context("remove a key the bench inserted")?;
+    }
+    stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
+}
+
+fn measure_point(
+    config: &Config,
+    services: usize,
+    fill: usize,
+    cache: &mut BTreeMap<usize, DesiredState>,
+) -> Result<PointResult> {
+    let capacity = ct_capacity(fill);
+    let started = Instant::now();
+    let mut bench = Bench::load(capacity, services)?;
+    let programmed_by = if services <= RECONCILER_MAX_SERVICES {
+        let state = match cache.entry(services) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(desired_state(services)?)
+            }
+        };
+        let report = Reconciler::new().apply(state, &mut bench.maps);
+        if let Some((frontend, error)) = report.errors.first() {
+            bail!("reconciler failed on {frontend}: {error}");
+        }
+        "agent Reconciler::apply through MapHandles".to_owned()
+    } else {
+        program_direct(&mut bench, services)?;
+        format!(
+            "direct map writes with the reconciler's layout into enlarged maps ({services} ClusterSetIPs need {} frontend ids, over MAX_FRONTENDS = 131072)",
+            services * 3
+        )
+    };
+    prefill_conntrack(&bench, fill)?;
+    let frames = prepare_frames(&mut bench)?;
+    progress(&format!(
+        "  per-packet: {services} services, conntrack {fill} (capacity {capacity}) ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    let mut results: BTreeMap<Case, CaseResult> = Case::ALL
+        .iter()
+        .map(|case| {
+            (
+                *case,
+                CaseResult {
+                    case: *case,
+                    katran_ns: Vec::new(),
+                    repeat_ns: Vec::new(),
+                    dropped_runs: 0,
+                },
+            )
+        })
+        .collect();
+    let mut flows = FlowSource { next: 0 };
+    // Warm-up round, discarded.
+    for round in 0..=config.rounds {
+        for case in Case::ALL {
+            let (program, frame) = match case {
+                Case::Pass => (BENCH_PASS, &frames.ack),
+                Case::Lookup => (BENCH_LOOKUP, &frames.ack),
+                Case::Miss => (programs::XDP, &frames.miss),
+                Case::CtHit => (programs::XDP, &frames.ack),
+                Case::Reply => (programs::XDP, &frames.reply),
+                Case::NewFlow | Case::LruInsert => ("", &frames.ack),
+            };
+            let (katran, dropped) = match case {
+                Case::NewFlow => new_flow_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                Case::LruInsert => lru_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                _ => katran_sample(&bench, program, frame, config.runs_per_sample)?,
+            };
+            let repeat = if matches!(case, Case::NewFlow | Case::LruInsert) {
+                None
+            } else {
+                let (verdict, ns) = bench.run(program, frame, config.repeat, None)?;
+                ensure!(verdict == XDP_PASS, "{program} repeat: verdict {verdict}");
+                #[expect(clippy::cast_precision_loss, reason = "ns")]
+                Some(ns as f64)
+            };
+            if round == 0 {
+                continue;
+            }
+            let entry = results.get_mut(&case).context("case")?;
+            entry.katran_ns.push(katran);
+            entry.dropped_runs += dropped;
+            entry.repeat_ns.extend(repeat);
+        }
+    }
+    Ok(PointResult {
+        services,
+        conntrack_fill: fill,
+        conntrack_capacity: capacity,
+        programmed_by,
+        cases: results.into_values().collect(),
+    })
+}
+
+pub fn run(config: &Config) -> Result<PerPacket> {
+    pin_to_last_cpu();
+    let mut points = Vec::new();
+    let mut cache = BTreeMap::new();
+    let started = Instant::now();
+    for &services in &config.services {
+        for &fill in &config.conntrack {
+            points.push(
+                measure_point(config, services, fill, &mut cache).with_context(|| {
+                    format!("per-packet point {services} services, conntrack {fill}")
+                })?,
+            );
+        }
+        // The largest states are big; keep only what a later point reuses.
+        cache.remove(&services);
+    }
+    progress(&format!(
+        "  per-packet done in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(PerPacket {
+        rounds: config.rounds,
+        runs_per_sample: config.runs_per_sample,
+        repeat: config.repeat,
+        points,
+        notes: vec![
+            "Katran method: repeat=1 test runs in a loop, mean of the kernel-reported durations per batch (runs over 10x the batch median dropped as interrupted); one sample per round, rounds interleave all cases; a warm-up round is discarded.".to_owned(),
+            "Repeat method (cross-check): one test run with repeat=N; conntrack-hit and reply packets stay valid through mirror entries (client->backend translating back to the ClusterSetIP), so every run is a hit with a rewrite.".to_owned(),
+            "New flow: every run has a new source port (new 5-tuple: conntrack miss, service lookup, Maglev pick, backend lookup, two LRU inserts, DNAT); the flows a batch created are deleted after it, so conntrack stays at the fill under test.".to_owned(),
+        ],
+    })
+}
+
+/// Runs the calling thread on the last CPU (steadier timings on a shared
+/// machine than migrating between CPUs).
+pub fn pin_to_last_cpu() {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t we own.
+    unsafe {
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
+        if cpus < 1 {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET((cpus - 1) as usize, &mut set);
+        let _ = libc::sched_setaffinity(0, size_of_cpu_set(), &raw const set);
+    }
+}
+
+fn size_of_cpu_set() -> usize {
+    std::mem::size_of::<libc::cpu_set_t>()
+}
+
+pub fn progress(line: &str) {
+    println!("{line}");
+}
