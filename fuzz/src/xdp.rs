@@ -12,7 +12,8 @@
 //! reaches deep paths (DNAT, reverse NAT, refusals) and malformed ones.
 //!
 //! Invariants, from the input bytes alone:
-//! * the verdict is PASS, DROP or TX;
+//! * the verdict is PASS or DROP (refusals are passed to the node's stack,
+//!   which routes them back to the client);
 //! * a PASSed frame has the input's length and is either byte-identical or a
 //!   translation: only one side's address and port changed (to a backend
 //!   for DNAT, to a ClusterSetIP and service port for reverse NAT), plus the
@@ -20,7 +21,7 @@
 //!   L4 checksum verifies if it did before (full), is the new pseudo-header
 //!   seed if it was the old one (partial), stays 0 for UDP without checksum,
 //!   and stays exactly as wrong otherwise;
-//! * a TXed frame is a refusal no longer than the input, except an ICMP
+//! * a passed refusal is no longer than the input, except an ICMP
 //!   port unreachable (70 bytes): from the ClusterSetIP to the client, with
 //!   valid IPv4 and TCP/ICMP checksums.
 
@@ -351,11 +352,29 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
 
 fn check(input: &[u8], verdict: u32, out: &[u8]) {
     match verdict {
+        // A refusal (RST / ICMP port unreachable) is also passed: the node's
+        // stack routes it back to the client.
+        XDP_PASS if is_refusal(input, out) => check_refusal(input, out),
         XDP_PASS => check_pass(input, out),
         XDP_DROP => {}
-        XDP_TX => check_refusal(input, out),
+        XDP_TX => panic!("XDP_TX is never used (refusals are passed to the stack)"),
         other => panic!("verdict {other} (expected PASS, DROP or TX)"),
     }
+}
+
+/// A passed frame that is a refusal rather than the input or a translation:
+/// another length, or an ICMP / RST-only TCP frame built from a non-ICMP,
+/// non-RST input.
+fn is_refusal(input: &[u8], out: &[u8]) -> bool {
+    if out.len() != input.len() {
+        return true;
+    }
+    if out.len() < 34 || out[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let icmp_now = out[23] == 1 && input.get(23) != Some(&1);
+    let rst_now = out.len() == 54 && out[23] == 6 && out[47] & 0x04 != 0 && input[47] & 0x04 == 0;
+    icmp_now || rst_now
 }
 
 fn check_pass(input: &[u8], out: &[u8]) {
@@ -474,9 +493,9 @@ fn check_refusal(input: &[u8], out: &[u8]) {
         "refusal addresses"
     );
     assert_eq!(
-        &out[..6],
-        &input[6..12],
-        "refusal goes back to the sender's MAC"
+        &out[..12],
+        &input[..12],
+        "refusal keeps the Ethernet header (the node's stack routes it to the client)"
     );
     if ip.protocol == IpNumber::TCP {
         assert_eq!(out.len(), 54, "RST is a bare 54-byte frame");
