@@ -81,8 +81,13 @@ pub fn run(options: &Options) -> Result<()> {
         ensure_cargo_fuzz()?;
         Engine::LibFuzzer
     } else {
+        let why = if forced_stable {
+            "MCS_FUZZ_ENGINE=stable: libFuzzer (cargo fuzz) not used."
+        } else {
+            "NO NIGHTLY TOOLCHAIN: libFuzzer (cargo fuzz) needs one."
+        };
         banner(&[
-            "NO NIGHTLY TOOLCHAIN: libFuzzer (cargo fuzz) needs one.",
+            why,
             "Running the stable fallback driver instead: seeds + random",
             "mutations, no coverage feedback (weaker, still checks every",
             "invariant). Install a nightly with rustup to get libFuzzer.",

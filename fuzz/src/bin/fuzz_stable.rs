@@ -62,20 +62,25 @@ impl Rng {
     }
 }
 
-fn mutate(rng: &mut Rng, pool: &[Vec<u8>], input: &mut Vec<u8>) {
+/// `ascii`: keep text targets' inputs 7-bit, so mutants stay UTF-8 and reach
+/// the parser instead of being refused as bytes.
+fn mutate(rng: &mut Rng, pool: &[Vec<u8>], input: &mut Vec<u8>, ascii: bool) {
+    let mask = if ascii { 0x7f } else { 0xff };
     for _ in 0..=rng.below(4) {
         match rng.below(7) {
             0 if !input.is_empty() => {
                 let at = rng.below(input.len());
-                input[at] ^= 1 << rng.below(8);
+                input[at] ^= (1 << rng.below(8)) & mask;
             }
             1 if !input.is_empty() => {
                 let at = rng.below(input.len());
-                input[at] = rng.next() as u8;
+                input[at] = rng.next() as u8 & mask;
             }
             2 => {
                 let at = rng.below(input.len() + 1);
-                let bytes: Vec<u8> = (0..=rng.below(16)).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..=rng.below(16))
+                    .map(|_| rng.next() as u8 & mask)
+                    .collect();
                 input.splice(at..at, bytes);
             }
             3 if !input.is_empty() => {
@@ -201,7 +206,7 @@ fn main() -> ExitCode {
     while start.elapsed() < args.time {
         let mut input = pool[rng.below(pool.len())].clone();
         if executions >= pool.len() as u64 {
-            mutate(&mut rng, &pool, &mut input);
+            mutate(&mut rng, &pool, &mut input, target == "manifest");
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| mcs_fuzz::run(target, &input)));
         executions += 1;
