@@ -49,6 +49,7 @@ pub fn run(data: &[u8]) {
                 .parse()
                 .expect("valid locality")
         },
+        ..Policy::default()
     };
     let mut maps = CheckedMaps::default();
     let mut reconciler = Reconciler::new();
