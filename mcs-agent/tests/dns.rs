@@ -752,7 +752,7 @@ fn bench_helper_counts_answers() {
 
 /// `cargo test -p mcs-agent --release --test dns -- --ignored --nocapture`
 #[test]
-#[ignore = "benchmark: run explicitly (the bench harness does)"]
+#[ignore = "benchmark (timing, not a check): cargo test -p mcs-agent --test dns -- --ignored --nocapture"]
 fn dns_udp_queries_per_second() {
     let server = TestServer::start(Some(MANIFEST));
     bench(&server, 5_000); // warm-up
