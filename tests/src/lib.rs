@@ -11,6 +11,7 @@ pub mod agent;
 pub mod client;
 pub mod csum;
 pub mod fake_apiserver;
+pub mod load;
 pub mod manifest;
 pub mod netns;
 pub mod scenario;

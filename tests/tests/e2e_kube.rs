@@ -8,10 +8,6 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -19,6 +15,7 @@ use mcs_tests::{
     agent::Dump,
     client::http_get,
     fake_apiserver::FakeApiServer,
+    load::{BackgroundLoad, LoadPattern, LoadTotals},
     manifest::Protocol,
     scenario::{self, APPLY_TIMEOUT, BACKENDS, CLIENT_NODE, ClusterSet, HTTP_PORT, ServerPod, VIP},
 };
@@ -130,37 +127,13 @@ fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
-    let load = {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let netns = std::fs::File::open(&client_ns).expect("client netns");
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            while !stop.load(Ordering::Relaxed) {
-                let ok = std::net::TcpStream::connect_timeout(
-                    &scenario::vip_http(),
-                    Duration::from_secs(2),
-                )
-                .and_then(|mut stream| {
-                    use std::io::{Read, Write};
-                    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    stream
-                        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")?;
-                    let mut response = String::new();
-                    stream.read_to_string(&mut response)?;
-                    Ok(response.starts_with("HTTP/1.1 200"))
-                })
-                .unwrap_or(false);
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let load = BackgroundLoad::start(
+        mcs_tests::netns::path_of(set.client().expect("client").name()),
+        scenario::vip_http(),
+        LoadPattern::NewConnections {
+            pause: Duration::from_millis(20),
+        },
+    );
     server.set_available(false);
     let started = Instant::now();
     std::thread::sleep(outage / 2);
@@ -176,13 +149,15 @@ fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
     // about 30 s between attempts), so catching up takes up to that long.
     wait_for_within(&mut set, &BACKENDS, Duration::from_secs(60));
     let caught_up = back.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("load");
-    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let LoadTotals {
+        sent: total,
+        failed,
+        failures,
+    } = load.stop().expect("load");
     assert!(total > 50, "only {total} requests");
     assert_eq!(
         failed, 0,
-        "{failed} of {total} requests failed during the API outage"
+        "{failed} of {total} requests failed during the API outage: {failures:?}"
     );
     assert_eq!(reached(&set, 40), names, "b-web2 back after the outage");
     eprintln!(

@@ -19,6 +19,7 @@ use std::{
 use mcs_tests::{
     agent::{Dump, DumpService},
     client::{HttpConn, UdpClient, http_get, udp_request},
+    load::{BackgroundLoad, LoadPattern, LoadTotals},
     manifest::Protocol,
     netns, require_root,
     scenario::{
@@ -580,54 +581,18 @@ fn a_failing_test_still_tears_everything_down() {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicBool, AtomicUsize, Ordering},
-        },
-        time::Duration,
-    };
+    use std::time::Duration;
 
     let mut set = cluster_set();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
     // A client that keeps using one established connection and opening new
-    // ones, from before the kill until after the successor took over. It
-    // lives in the client pod's namespace for its whole life.
-    let load = {
-        let (stop, sent, failed, failures) =
-            (stop.clone(), sent.clone(), failed.clone(), failures.clone());
-        std::thread::spawn(move || {
-            let netns = std::fs::File::open(&client_ns).expect("open client netns");
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let target = scenario::vip_http();
-            let connect = || {
-                let stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                Ok::<_, std::io::Error>(stream)
-            };
-            let mut established = connect().expect("first connection");
-            while !stop.load(Ordering::Relaxed) {
-                let fresh = connect().and_then(|mut stream| raw_http_get(&mut stream));
-                for result in [raw_http_get(&mut established), fresh] {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if let Err(error) = result {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        failures.lock().expect("lock").push(error.to_string());
-                    }
-                }
-            }
-        })
-    };
-    let wait_for = |count: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while sent.load(Ordering::Relaxed) < count && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for(300);
+    // ones, from before the kill until after the successor took over.
+    let load = BackgroundLoad::start(
+        mcs_tests::netns::path_of(set.client().expect("client").name()),
+        scenario::vip_http(),
+        LoadPattern::EstablishedAndNew,
+    );
+    let wait = Duration::from_secs(60);
+    load.wait_for(300, wait);
     let killed = set
         .kill_agent_keeping_dataplane()
         .expect("SIGKILL the agent");
@@ -636,8 +601,8 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
         "SIGKILL must not look like a clean exit"
     );
     assert_xdp(&set, true, "after SIGKILL");
-    let at_kill = sent.load(Ordering::Relaxed);
-    wait_for(at_kill + 400);
+    let at_kill = load.sent();
+    load.wait_for(at_kill + 400, wait);
 
     // A change made while no agent runs: b-web2 leaves.
     let [a_web1, b_web1, b_web2] = BACKENDS;
@@ -646,18 +611,17 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
     set.adopt_agent(killed.dataplane, &[])
         .expect("successor agent");
     wait_for_backends(&mut set, &[a_web1, b_web1]);
-    let at_adopt = sent.load(Ordering::Relaxed);
-    wait_for(at_adopt.max(1100) + 200);
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("load thread");
-
-    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let at_adopt = load.sent();
+    load.wait_for(at_adopt.max(1100) + 200, wait);
+    let LoadTotals {
+        sent: total,
+        failed,
+        failures,
+    } = load.stop().expect("load");
     assert!(total >= 1000, "only {total} requests sent");
     assert_eq!(
-        failed,
-        0,
-        "{failed} of {total} requests failed: {:?}",
-        failures.lock().expect("lock")
+        failed, 0,
+        "{failed} of {total} requests failed: {failures:?}"
     );
     let seen = vip_connections(&set, 30);
     assert!(
@@ -668,32 +632,6 @@ fn sigkill_under_load_loses_no_request_and_the_successor_catches_up() {
         "sigkill test: {total} requests, {failed} failed (kill at {at_kill}, adopted at {at_adopt})"
     );
     teardown(set);
-}
-
-/// One HTTP/1.1 GET on `stream` (kept alive); returns the body.
-fn raw_http_get(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")?;
-    let mut reader = BufReader::new(&mut *stream);
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// `mcs-agent dump --vip` conntrack entries of the ClusterSetIP.
@@ -822,13 +760,7 @@ fn stale_udp_flows_are_rebalanced_within_a_second() {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn a_source_outage_keeps_serving_and_catches_up() {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicBool, AtomicUsize, Ordering},
-        },
-        time::{Duration, Instant},
-    };
+    use std::time::{Duration, Instant};
 
     let mut set = cluster_set();
     let outage = Duration::from_secs(
@@ -837,29 +769,13 @@ fn a_source_outage_keeps_serving_and_catches_up() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client_ns = mcs_tests::netns::path_of(set.client().expect("client").name());
-    let load = {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let netns = std::fs::File::open(&client_ns).expect("open client netns");
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let target = scenario::vip_http();
-            while !stop.load(Ordering::Relaxed) {
-                let result = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                    .and_then(|mut stream| {
-                        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        raw_http_get(&mut stream)
-                    });
-                sent.fetch_add(1, Ordering::Relaxed);
-                if result.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let load = BackgroundLoad::start(
+        mcs_tests::netns::path_of(set.client().expect("client").name()),
+        scenario::vip_http(),
+        LoadPattern::NewConnections {
+            pause: Duration::from_millis(20),
+        },
+    );
     // The source disappears (its directory is moved away) for the outage.
     let dir = set.manifest().dir();
     let parked = dir.with_extension("parked");
@@ -877,13 +793,15 @@ fn a_source_outage_keeps_serving_and_catches_up() {
     let back = Instant::now();
     wait_for_backends(&mut set, &[a_web1, b_web1]);
     let caught_up = back.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("load thread");
-    let (total, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let LoadTotals {
+        sent: total,
+        failed,
+        failures,
+    } = load.stop().expect("load");
     assert!(total > 100, "only {total} requests");
     assert_eq!(
         failed, 0,
-        "{failed} of {total} requests failed during the outage"
+        "{failed} of {total} requests failed during the outage: {failures:?}"
     );
     let seen = vip_connections(&set, 30);
     assert!(!seen.contains_key(&b_web2.identity()));
