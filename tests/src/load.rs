@@ -21,6 +21,17 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::client::TIMEOUT;
 
+/// How long outage tests break things: `MCS_OUTAGE_SECONDS`, 60 s unless
+/// set (a shorter value speeds up a local run; CI uses the default).
+pub fn outage_duration() -> Duration {
+    Duration::from_secs(
+        std::env::var("MCS_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    )
+}
+
 /// What each round of the load does.
 #[derive(Clone, Copy, Debug)]
 pub enum LoadPattern {

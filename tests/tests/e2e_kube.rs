@@ -121,12 +121,7 @@ fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
 
     // The API server stops answering; requests keep flowing; b-web2 comes
     // back meanwhile and is applied once the server answers again.
-    let outage = Duration::from_secs(
-        std::env::var("MCS_OUTAGE_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
-    );
+    let outage = mcs_tests::load::outage_duration();
     let load = BackgroundLoad::start(
         mcs_tests::netns::path_of(set.client().expect("client").name()),
         scenario::vip_http(),

@@ -763,12 +763,7 @@ fn a_source_outage_keeps_serving_and_catches_up() {
     use std::time::{Duration, Instant};
 
     let mut set = cluster_set();
-    let outage = Duration::from_secs(
-        std::env::var("MCS_OUTAGE_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
-    );
+    let outage = mcs_tests::load::outage_duration();
     let load = BackgroundLoad::start(
         mcs_tests::netns::path_of(set.client().expect("client").name()),
         scenario::vip_http(),
