@@ -2,7 +2,7 @@
 //! typed keys and values. Names match `mcs_common::names`.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -11,9 +11,28 @@ use mcs_common::{
     FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK,
     MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey,
     SockRevValue,
+    prefilter::{self, PREFILTER_WORDS, Role},
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
+
+/// Miss prefilter bitmap (see `mcs_common::prefilter`). An array, so the
+/// verifier inlines its lookups (no helper call, no hashing); mmapable, so
+/// the agent sets and clears bits without a system call each.
+#[btf_map]
+pub static MCS_FILTER_V1: Array<u64, { PREFILTER_WORDS as usize }, MMAPABLE> = Array::new();
+
+/// Whether `addr` may be a member of `role` (false: certainly not).
+#[inline(always)]
+pub fn prefilter_may_contain(addr: u32, role: Role) -> bool {
+    let bit = prefilter::bit(addr, role);
+    match MCS_FILTER_V1.get(prefilter::word(bit)) {
+        Some(word) => *word & prefilter::mask(bit) != 0,
+        // Cannot happen (the word index is in range); fail open.
+        None => true,
+    }
+}
 
 /// ClusterSetIP:port/proto → frontend.
 #[btf_map]

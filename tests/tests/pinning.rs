@@ -12,7 +12,9 @@ use mcs_agent::{
     model::manifest,
     reconcile::Reconciler,
 };
-use mcs_common::{ABI_MAGIC, AbiInfo, names};
+use mcs_common::{
+    ABI_MAGIC, AbiInfo, CT_F_REPLY, CtKey, CtValue, PROTO_TCP, names, prefilter::Role,
+};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -130,6 +132,56 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
     let report = reconciler.apply(&changed, &mut maps);
     assert_eq!((report.added, report.updated, report.removed), (0, 1, 0));
     assert_eq!(maps.read_state().expect("state").backends.len(), 1);
+    second.shutdown(true);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
+    let pins = PinDir::new("prefilter");
+    let backend = u32::from_ne_bytes([10, 101, 1, 10]);
+    let vip = u32::from_ne_bytes([10, 96, 100, 10]);
+    // A flow through a backend no map lists any more (retired, TCP kept).
+    let gone = u32::from_ne_bytes([10, 103, 1, 10]);
+    {
+        let (mut first, _) = Dataplane::load(&pins.0).expect("first load");
+        let mut maps = first.maps().expect("maps");
+        let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
+        assert!(applied.errors.is_empty());
+        let key = CtKey {
+            saddr: gone,
+            daddr: u32::from_ne_bytes([10, 1, 1, 1]),
+            sport: 8080u16.to_be(),
+            dport: 40000u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let value = CtValue {
+            nat_addr: vip,
+            nat_port: 80u16.to_be(),
+            _pad: 0,
+            flags: CT_F_REPLY,
+            frontend_id: 0,
+            backend_addr: gone,
+            backend_port: 8080u16.to_be(),
+            _pad2: 0,
+            backend_id: 0,
+            _pad3: 0,
+            last_seen_ns: 0,
+        };
+        maps.conntrack.insert(key, value, 0).expect("flow");
+        first.shutdown(false);
+    }
+    // As after an upgrade from an agent without the prefilter.
+    std::fs::remove_file(dataplane::map_pin_dir(&pins.0).join(names::PREFILTER))
+        .expect("unpin the prefilter");
+    let (mut second, report) = Dataplane::load(&pins.0).expect("second load");
+    assert_eq!(report.created, [names::PREFILTER], "{report:?}");
+    let maps = second.maps().expect("maps");
+    assert!(maps.prefilter.contains((Role::Destination, vip)));
+    assert!(maps.prefilter.contains((Role::Source, backend)));
+    assert!(maps.prefilter.contains((Role::Source, gone)));
+    assert!(!maps.prefilter.contains((Role::Destination, gone)));
     second.shutdown(true);
 }
 

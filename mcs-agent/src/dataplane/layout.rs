@@ -8,7 +8,7 @@ use mcs_common::{
     ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey,
     CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
     MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names, prefilter::PREFILTER_WORDS,
 };
 
 /// What a pinned map must look like to be adopted.
@@ -47,6 +47,7 @@ pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<u32, NameValue>(names::CLUSTERS, MapType::Array, MAX_CLUSTERS),
     spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS),
     spec::<AffinityKey, AffinityValue>(names::AFFINITY, MapType::LruHash, MAX_AFFINITY),
+    spec::<u32, u64>(names::PREFILTER, MapType::Array, PREFILTER_WORDS),
 ];
 
 /// What happened to each pinned map at load.
@@ -81,6 +82,9 @@ pub fn disruption(name: &str) -> &'static str {
         }
         names::SOCK_REVNAT => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
+        }
+        names::PREFILTER => {
+            "rebuilt from the services, backends and conntrack before the program is attached; no flow is affected"
         }
         _ => "rebuilt from the source at the first sync; no established flow is affected",
     }

@@ -621,6 +621,14 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
             0,
         )
         .context("mirror of the reply entry")?;
+    // The mirrors are keyed by addresses that are neither ClusterSetIP
+    // destinations nor backend sources; a rebuild from conntrack (as after
+    // adoption) makes the prefilter let them through. This also brings in
+    // the prefill's flows, as in an agent running with that conntrack.
+    bench
+        .maps
+        .rebuild_prefilter()
+        .context("rebuild the prefilter")?;
     // Both directions now alternate and stay valid.
     for frame in [&ack, &reply] {
         let (verdict, _) = bench.run(programs::XDP, frame, 3, Some(&mut out))?;
@@ -727,6 +735,12 @@ fn measure_point(
         "agent Reconciler::apply through MapHandles".to_owned()
     } else {
         program_direct(&mut bench, services)?;
+        // Written behind the writer's back: the prefilter learns them as
+        // an adopting agent would.
+        bench
+            .maps
+            .rebuild_prefilter()
+            .context("rebuild the prefilter")?;
         format!(
             "direct map writes with the reconciler's layout into enlarged maps ({services} ClusterSetIPs need {} frontend ids, over MAX_FRONTENDS = 131072)",
             services * 3
