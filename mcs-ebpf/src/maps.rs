@@ -4,6 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::btf_map,
 };
 use mcs_common::{
@@ -98,6 +99,15 @@ pub static MCS_SVC_META: HashMap<u32, NameValue, { MAX_FRONTENDS as usize }, NO_
 /// Cluster id → cluster name (written by the agent, for operators).
 #[btf_map]
 pub static MCS_CLUSTERS: Array<NameValue, { MAX_CLUSTERS as usize }> = Array::new();
+
+/// Monotonic time for flow and affinity timestamps. The coarse clock (the
+/// last tick's time, no clocksource read) is enough: timestamps only age
+/// entries by seconds, and every timestamp comes from this one clock.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 /// Adds one to the drop counter of `reason`.
 #[inline(always)]

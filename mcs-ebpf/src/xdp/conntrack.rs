@@ -1,12 +1,12 @@
 //! Conntrack: one LRU entry per direction of a translated flow.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
     BackendValue, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, CtKey, CtValue, ServiceValue,
 };
 
 use crate::{
-    maps::MCS_CT_V1,
+    maps::{MCS_CT_V1, now_ns},
     packet::{TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
 
@@ -42,7 +42,7 @@ pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
     // harmless (the next packet writes again).
     unsafe {
         let mut value = *entry;
-        let now = bpf_ktime_get_ns();
+        let now = now_ns();
         let new_flags = value.flags | ct_flags(tcp_flags);
         if new_flags != value.flags || now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
             value.flags = new_flags;
@@ -63,8 +63,7 @@ pub fn create(
     backend: &BackendValue,
     tcp_flags: u8,
 ) -> Result<(), i32> {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let flags = ct_flags(tcp_flags);
     let reply_key = CtKey {
         saddr: backend.addr,
