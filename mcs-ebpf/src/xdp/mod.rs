@@ -17,7 +17,7 @@ mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use mcs_common::{CT_F_REPLY, CtKey, DropReason, PROTO_TCP, SVC_F_VIP_MARKER, prefilter::Role};
+use mcs_common::{CT_F_REPLY, DropReason, PROTO_TCP, SVC_F_VIP_MARKER, prefilter::Role};
 
 use crate::{
     lb::{self, SelectError, Selector},
@@ -84,14 +84,7 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
         return Err(Error::NotOurs);
     }
 
-    let key = CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
+    let key = conntrack::key(saddr, daddr, sport, dport, pkt.proto);
     if let Some(entry) = conntrack::lookup(&key) {
         let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
         if entry.flags & CT_F_REPLY != 0 {
