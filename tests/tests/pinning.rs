@@ -97,6 +97,7 @@ fn expected_layout_matches_the_object() {
             "{} max entries",
             spec.name
         );
+        assert_eq!(info.map_flags(), spec.flags, "{} flags", spec.name);
     }
     assert_eq!(EXPECTED.len(), names::ALL.len());
 }
@@ -209,13 +210,37 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
             "entries",
             "1024",
             "name",
-            "MCS_CT_V1",
+            names::CONNTRACK,
         ])
         .status()
         .expect("run bpftool (installed by cargo xtask setup)");
     assert!(status.success(), "bpftool map create");
 
+    // And the pin of a map under a name this agent no longer uses (as a
+    // map's older `_Vn` name after its layout changed).
+    let old_pin = dataplane::map_pin_dir(&pins.0).join("MCS_CT_V0");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old_pin)
+        .args([
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            "40",
+            "entries",
+            "1024",
+            "name",
+            "MCS_CT_V0",
+        ])
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map create");
+
     let (second, report) = Dataplane::load(&pins.0).expect("second load");
+    assert_eq!(report.retired, ["MCS_CT_V0"], "{report:?}");
+    assert!(!old_pin.exists());
     let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
     assert_eq!(recreated, [names::CONNTRACK], "{report:?}");
     let reason = &report.recreated[0].1;

@@ -189,6 +189,13 @@ impl Dataplane {
             );
         }
 
+        for name in &report.retired {
+            warn!(
+                map = name,
+                "removed the pin of a map this agent replaced (older name)"
+            );
+        }
+
         let pin_paths: Vec<(&'static str, PathBuf)> = names::ALL
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
