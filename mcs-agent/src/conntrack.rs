@@ -10,13 +10,25 @@
 //!   finishes its connections; a pod that is really gone answers nothing
 //!   (or its node answers RST), the client reconnects and the new connection
 //!   is balanced anew. Idle entries age out of the LRU.
+//!
+//! The same conntrack scan releases prefilter members that only lingered
+//! for flows that are gone (`dataplane/prefilter.rs`).
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Instant,
+};
 
 use aya::maps::MapError;
 use mcs_common::{CtKey, CtValue, PROTO_UDP};
 
-use crate::{dataplane::MapHandles, reconcile::Retired};
+use crate::{
+    dataplane::{
+        MapHandles,
+        prefilter::{Member, ct_member},
+    },
+    reconcile::Retired,
+};
 
 /// `(frontend id, backend address, backend port)` in map byte order.
 type BackendRef = (u32, u32, u16);
@@ -56,13 +68,25 @@ pub fn stale_keys(
 }
 
 /// Deletes the UDP flows of `retired` backends; returns how many entries
-/// were removed.
+/// were removed. When the prefilter has lingering members due for release,
+/// the same scan tells which ones conntrack still needs.
 pub fn purge(maps: &mut MapHandles, retired: &[Retired]) -> Result<usize, MapError> {
-    if retired_udp(retired).is_empty() {
+    let scan_started = Instant::now();
+    let sweep = maps.prefilter.sweep_due(scan_started);
+    if retired_udp(retired).is_empty() && !sweep {
         return Ok(0);
     }
     let entries: Vec<(CtKey, CtValue)> = maps.conntrack.iter().filter_map(Result::ok).collect();
-    let stale = stale_keys(entries, retired);
+    let stale = stale_keys(entries.iter().copied(), retired);
+    if sweep {
+        let gone: HashSet<&CtKey> = stale.iter().collect();
+        let live: HashSet<Member> = entries
+            .iter()
+            .filter(|(key, _)| !gone.contains(key))
+            .map(|(key, value)| ct_member(key, value))
+            .collect();
+        maps.prefilter.sweep(&live, scan_started);
+    }
     let mut removed = 0;
     for key in &stale {
         match maps.conntrack.remove(key) {

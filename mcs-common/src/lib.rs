@@ -13,5 +13,6 @@
 pub mod checksum;
 pub mod flow;
 pub mod maps;
+pub mod prefilter;
 
 pub use maps::*;

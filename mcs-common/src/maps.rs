@@ -21,10 +21,12 @@ pub mod names {
     pub const BACKEND_STATS: &str = "MCS_BE_STATS";
     pub const SOCK_REVNAT: &str = "MCS_SOCK_REV_V1";
     pub const SOCK_STATS: &str = "MCS_SOCK_STATS";
+    /// Miss prefilter bitmap (`crate::prefilter`).
+    pub const PREFILTER: &str = "MCS_FILTER_V1";
     /// Layout version of the pinned set; its own layout never changes.
     pub const ABI: &str = "MCS_ABI";
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ABI,
         BACKEND_STATS,
         SOCK_REVNAT,
@@ -38,6 +40,7 @@ pub mod names {
         CLUSTERS,
         MAGLEV,
         AFFINITY,
+        PREFILTER,
     ];
 }
 

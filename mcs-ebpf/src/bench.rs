@@ -9,9 +9,11 @@
 //!   bytes): the unit in which the bench states the mcs program's cost.
 //! * `mcs_bench_lru_insert` — one insert of that key into an LRU hash shaped
 //!   like conntrack (16-byte key, 40-byte value): what a new flow pays twice.
+//! * `mcs_bench_lru_insert_pcpu` — the same into an LRU hash with per-CPU
+//!   LRU lists (`BPF_F_NO_COMMON_LRU`), for comparison in the same run.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
     btf_maps::{HashMap, LruHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -63,6 +65,30 @@ pub fn mcs_bench_lru_insert(ctx: XdpContext) -> u32 {
     // SAFETY: `ptr_at` checked the 16 bytes are inside the packet.
     let key = unsafe { *key };
     match MCS_BENCH_LRU.insert(key, [0u8; 40], 0) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(_) => xdp_action::XDP_DROP,
+    }
+}
+
+/// `MCS_BENCH_LRU` with per-CPU LRU lists; sized by the bench the same way.
+#[btf_map]
+pub static MCS_BENCH_LRU_PCPU: LruHashMap<
+    [u8; 16],
+    [u8; 40],
+    256,
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+/// Inserts the packet's key into `MCS_BENCH_LRU_PCPU`: `XDP_PASS` when the
+/// insert succeeded.
+#[xdp]
+pub fn mcs_bench_lru_insert_pcpu(ctx: XdpContext) -> u32 {
+    let Some(key) = ptr_at::<[u8; 16]>(&ctx, KEY_OFFSET) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `ptr_at` checked the 16 bytes are inside the packet.
+    let key = unsafe { *key };
+    match MCS_BENCH_LRU_PCPU.insert(key, [0u8; 40], 0) {
         Ok(()) => xdp_action::XDP_PASS,
         Err(_) => xdp_action::XDP_DROP,
     }

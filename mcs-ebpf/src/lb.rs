@@ -9,14 +9,14 @@
 //!    with affinity, so a client keeps its backend even when its affinity
 //!    entry is gone (LRU eviction, agent restart).
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
     AffinityKey, AffinityValue, BackendKey, BackendValue, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY,
     ServiceKey, ServiceValue,
     flow::{flow_hash, reduce},
 };
 
-use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V1, MCS_MAGLEV_V1, MCS_SVC_V1};
+use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V1, MCS_MAGLEV_V1, MCS_SVC_V1, now_ns};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -88,8 +88,8 @@ pub fn select_backend(
         frontend_id: service.frontend_id,
         client_addr: selector.client,
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock only matters with affinity.
+    let now = if affinity { now_ns() } else { 0 };
     if affinity && let Some(bound) = MCS_AFFINITY_V1.get_ptr_mut(affinity_key) {
         // SAFETY: pointer from a lookup in this run; fields are plain data
         // and a racing writer only stores a newer timestamp or binding.

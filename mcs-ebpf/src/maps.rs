@@ -2,8 +2,9 @@
 //! typed keys and values. Names match `mcs_common::names`.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::btf_map,
 };
 use mcs_common::{
@@ -11,9 +12,28 @@ use mcs_common::{
     FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK,
     MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey,
     SockRevValue,
+    prefilter::{self, PREFILTER_WORDS, Role},
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
+
+/// Miss prefilter bitmap (see `mcs_common::prefilter`). An array, so the
+/// verifier inlines its lookups (no helper call, no hashing); mmapable, so
+/// the agent sets and clears bits without a system call each.
+#[btf_map]
+pub static MCS_FILTER_V1: Array<u64, { PREFILTER_WORDS as usize }, MMAPABLE> = Array::new();
+
+/// Whether `addr` may be a member of `role` (false: certainly not).
+#[inline(always)]
+pub fn prefilter_may_contain(addr: u32, role: Role) -> bool {
+    let bit = prefilter::bit(addr, role);
+    match MCS_FILTER_V1.get(prefilter::word(bit)) {
+        Some(word) => *word & prefilter::mask(bit) != 0,
+        // Cannot happen (the word index is in range); fail open.
+        None => true,
+    }
+}
 
 /// ClusterSetIP:port/proto → frontend.
 #[btf_map]
@@ -79,6 +99,15 @@ pub static MCS_SVC_META: HashMap<u32, NameValue, { MAX_FRONTENDS as usize }, NO_
 /// Cluster id → cluster name (written by the agent, for operators).
 #[btf_map]
 pub static MCS_CLUSTERS: Array<NameValue, { MAX_CLUSTERS as usize }> = Array::new();
+
+/// Monotonic time for flow and affinity timestamps. The coarse clock (the
+/// last tick's time, no clocksource read) is enough: timestamps only age
+/// entries by seconds, and every timestamp comes from this one clock.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 /// Adds one to the drop counter of `reason`.
 #[inline(always)]

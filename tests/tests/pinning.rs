@@ -12,7 +12,9 @@ use mcs_agent::{
     model::manifest,
     reconcile::Reconciler,
 };
-use mcs_common::{ABI_MAGIC, AbiInfo, names};
+use mcs_common::{
+    ABI_MAGIC, AbiInfo, CT_F_REPLY, CtKey, CtValue, PROTO_TCP, names, prefilter::Role,
+};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -95,6 +97,7 @@ fn expected_layout_matches_the_object() {
             "{} max entries",
             spec.name
         );
+        assert_eq!(info.map_flags(), spec.flags, "{} flags", spec.name);
     }
     assert_eq!(EXPECTED.len(), names::ALL.len());
 }
@@ -135,6 +138,56 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
+fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
+    let pins = PinDir::new("prefilter");
+    let backend = u32::from_ne_bytes([10, 101, 1, 10]);
+    let vip = u32::from_ne_bytes([10, 96, 100, 10]);
+    // A flow through a backend no map lists any more (retired, TCP kept).
+    let gone = u32::from_ne_bytes([10, 103, 1, 10]);
+    {
+        let (mut first, _) = Dataplane::load(&pins.0).expect("first load");
+        let mut maps = first.maps().expect("maps");
+        let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
+        assert!(applied.errors.is_empty());
+        let key = CtKey {
+            saddr: gone,
+            daddr: u32::from_ne_bytes([10, 1, 1, 1]),
+            sport: 8080u16.to_be(),
+            dport: 40000u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let value = CtValue {
+            nat_addr: vip,
+            nat_port: 80u16.to_be(),
+            _pad: 0,
+            flags: CT_F_REPLY,
+            frontend_id: 0,
+            backend_addr: gone,
+            backend_port: 8080u16.to_be(),
+            _pad2: 0,
+            backend_id: 0,
+            _pad3: 0,
+            last_seen_ns: 0,
+        };
+        maps.conntrack.insert(key, value, 0).expect("flow");
+        first.shutdown(false);
+    }
+    // As after an upgrade from an agent without the prefilter.
+    std::fs::remove_file(dataplane::map_pin_dir(&pins.0).join(names::PREFILTER))
+        .expect("unpin the prefilter");
+    let (mut second, report) = Dataplane::load(&pins.0).expect("second load");
+    assert_eq!(report.created, [names::PREFILTER], "{report:?}");
+    let maps = second.maps().expect("maps");
+    assert!(maps.prefilter.contains((Role::Destination, vip)));
+    assert!(maps.prefilter.contains((Role::Source, backend)));
+    assert!(maps.prefilter.contains((Role::Source, gone)));
+    assert!(!maps.prefilter.contains((Role::Destination, gone)));
+    second.shutdown(true);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
 fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let pins = PinDir::new("mismatch");
     {
@@ -157,13 +210,37 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
             "entries",
             "1024",
             "name",
-            "MCS_CT_V1",
+            names::CONNTRACK,
         ])
         .status()
         .expect("run bpftool (installed by cargo xtask setup)");
     assert!(status.success(), "bpftool map create");
 
+    // And the pin of a map under a name this agent no longer uses (as a
+    // map's older `_Vn` name after its layout changed).
+    let old_pin = dataplane::map_pin_dir(&pins.0).join("MCS_CT_V0");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old_pin)
+        .args([
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            "40",
+            "entries",
+            "1024",
+            "name",
+            "MCS_CT_V0",
+        ])
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map create");
+
     let (second, report) = Dataplane::load(&pins.0).expect("second load");
+    assert_eq!(report.retired, ["MCS_CT_V0"], "{report:?}");
+    assert!(!old_pin.exists());
     let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
     assert_eq!(recreated, [names::CONNTRACK], "{report:?}");
     let reason = &report.recreated[0].1;

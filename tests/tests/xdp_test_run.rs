@@ -20,7 +20,7 @@ use mcs_agent::{
     model::manifest,
     reconcile::Reconciler,
 };
-use mcs_common::{names, programs};
+use mcs_common::{CtKey, CtValue, PROTO_TCP, names, prefilter::Role, programs};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -785,6 +785,90 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
         verify(&harness.run(&established.build()).1, Csum::Full).dst,
         tcp_backend
     );
+    // Its replies still come from the ClusterSetIP: the retired backend
+    // lingers in the prefilter while conntrack holds its flow.
+    let reply = Pkt::tcp(tcp_backend.octets(), 8080, CLIENT, 33333);
+    let back = verify(&harness.run(&reply.build()).1, Csum::Full);
+    assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
+
+    // The service itself goes: its established TCP flow keeps working both
+    // ways (the ClusterSetIP lingers too), new flows are not translated.
+    let report = harness
+        .reconciler
+        .apply(&desired::DesiredState::default(), &mut harness.maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        verify(&harness.run(&established.build()).1, Csum::Full).dst,
+        tcp_backend
+    );
+    let back = verify(&harness.run(&reply.build()).1, Csum::Full);
+    assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
+    let new_flow = Pkt::tcp(CLIENT, 44444, VIP, 80).build();
+    assert_eq!(harness.run(&new_flow), (XDP_PASS, new_flow.clone()));
+    assert!(harness.maps.prefilter.lingering() >= 2);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    for (addr, _) in BACKENDS {
+        let addr: Ipv4Addr = addr.parse().expect("address");
+        assert!(
+            harness
+                .maps
+                .prefilter
+                .contains((Role::Source, u32::from_ne_bytes(addr.octets())))
+        );
+    }
+    assert!(
+        harness
+            .maps
+            .prefilter
+            .contains((Role::Destination, u32::from_ne_bytes(VIP)))
+    );
+    // A conntrack entry written behind the agent's back for a flow between
+    // two unrelated addresses: the prefilter lets its packet skip conntrack.
+    let key = CtKey {
+        saddr: u32::from_ne_bytes(CLIENT),
+        daddr: u32::from_ne_bytes(OTHER),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let target = [10, 101, 1, 77];
+    let value = CtValue {
+        nat_addr: u32::from_ne_bytes(target),
+        nat_port: 8080u16.to_be(),
+        _pad: 0,
+        flags: 0,
+        frontend_id: 0,
+        backend_addr: u32::from_ne_bytes(target),
+        backend_port: 8080u16.to_be(),
+        _pad2: 0,
+        backend_id: 0,
+        _pad3: 0,
+        last_seen_ns: 0,
+    };
+    harness
+        .maps
+        .conntrack
+        .insert(key, value, 0)
+        .expect("insert");
+    let packet = Pkt::tcp(CLIENT, 40000, OTHER, 80).build();
+    assert_eq!(harness.run(&packet), (XDP_PASS, packet.clone()), "skipped");
+    // A rebuild from the maps (as after adoption) takes conntrack's
+    // destinations in: now the entry is found and applied.
+    harness.maps.rebuild_prefilter().expect("rebuild");
+    let seen = verify(&harness.run(&packet).1, Csum::Full);
+    assert_eq!((seen.dst, seen.dport), (Ipv4Addr::from(target), 8080));
+    // Service traffic still translates after the rebuild.
+    let seen = verify(
+        &harness.run(&Pkt::tcp(CLIENT, 40001, VIP, 80).build()).1,
+        Csum::Full,
+    );
+    assert!(is_backend(seen.dst));
 }
 
 #[test]

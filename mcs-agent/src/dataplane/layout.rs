@@ -8,7 +8,7 @@ use mcs_common::{
     ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey,
     CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
     MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names, prefilter::PREFILTER_WORDS,
 };
 
 /// What a pinned map must look like to be adopted.
@@ -19,6 +19,8 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `BPF_F_*` creation flags (preallocation, LRU lists, mmap).
+    pub flags: u32,
 }
 
 const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
@@ -28,8 +30,21 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
         key_size: size_of::<K>() as u32,
         value_size: size_of::<V>() as u32,
         max_entries,
+        flags: 0,
     }
 }
+
+impl MapSpec {
+    const fn flags(mut self, flags: u32) -> Self {
+        self.flags = flags;
+        self
+    }
+}
+
+/// `BPF_F_NO_PREALLOC`: hash maps allocated as entries are added.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_MMAPABLE`: an array the agent maps into memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Every pinned map as this agent's eBPF object declares it (a root test
 /// checks this table against the loaded object).
@@ -39,14 +54,19 @@ pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<SockRevKey, SockRevValue>(names::SOCK_REVNAT, MapType::LruHash, MAX_SOCK_REVNAT),
     spec::<u32, FrontendStats>(names::SOCK_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
     spec::<ServiceKey, ServiceValue>(names::SERVICES, MapType::Hash, MAX_FRONTENDS),
-    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS),
+    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS)
+        .flags(BPF_F_NO_PREALLOC),
+    // Common LRU lists: per-CPU lists (`BPF_F_NO_COMMON_LRU`) measured
+    // slower per insert in the bench and split the capacity per CPU.
     spec::<CtKey, CtValue>(names::CONNTRACK, MapType::LruHash, MAX_CONNTRACK),
     spec::<u32, FrontendStats>(names::FRONTEND_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
     spec::<u32, u64>(names::DROPS, MapType::PerCpuArray, DropReason::COUNT),
-    spec::<u32, NameValue>(names::FRONTEND_META, MapType::Hash, MAX_FRONTENDS),
+    spec::<u32, NameValue>(names::FRONTEND_META, MapType::Hash, MAX_FRONTENDS)
+        .flags(BPF_F_NO_PREALLOC),
     spec::<u32, NameValue>(names::CLUSTERS, MapType::Array, MAX_CLUSTERS),
-    spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS),
+    spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS).flags(BPF_F_NO_PREALLOC),
     spec::<AffinityKey, AffinityValue>(names::AFFINITY, MapType::LruHash, MAX_AFFINITY),
+    spec::<u32, u64>(names::PREFILTER, MapType::Array, PREFILTER_WORDS).flags(BPF_F_MMAPABLE),
 ];
 
 /// What happened to each pinned map at load.
@@ -58,6 +78,9 @@ pub struct AdoptionReport {
     pub created: Vec<&'static str>,
     /// Incompatible pins removed and recreated, with the reason.
     pub recreated: Vec<(&'static str, String)>,
+    /// Pins of maps this agent no longer has (an older name of a map whose
+    /// layout or flags changed), removed.
+    pub retired: Vec<String>,
 }
 
 impl AdoptionReport {
@@ -82,6 +105,9 @@ pub fn disruption(name: &str) -> &'static str {
         names::SOCK_REVNAT => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
         }
+        names::PREFILTER => {
+            "rebuilt from the services, backends and conntrack before the program is attached; no flow is affected"
+        }
         _ => "rebuilt from the source at the first sync; no established flow is affected",
     }
 }
@@ -103,6 +129,13 @@ fn describe(info: &MapInfo, expected: &MapSpec) -> Option<String> {
         if actual != wanted {
             differences.push(format!("{what} {actual} (expected {wanted})"));
         }
+    }
+    if info.map_flags() != expected.flags {
+        differences.push(format!(
+            "flags {:#x} (expected {:#x})",
+            info.map_flags(),
+            expected.flags
+        ));
     }
     (!differences.is_empty()).then(|| differences.join(", "))
 }
@@ -132,6 +165,15 @@ pub fn prepare_pins(pin_dir: &Path) -> AdoptionReport {
             _ => Some("no mcs layout version stored with the pins".to_owned()),
         }
     };
+    if let Ok(entries) = fs::read_dir(pin_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("MCS_") && !names::ALL.contains(&name.as_str()) {
+                let _ = fs::remove_file(entry.path());
+                report.retired.push(name);
+            }
+        }
+    }
     for spec in &EXPECTED {
         let path = pin_dir.join(spec.name);
         if !path.exists() {

@@ -13,7 +13,7 @@ use mcs_common::{
     MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
 };
 
-use super::{DataplaneError, map_pin_dir};
+use super::{DataplaneError, map_pin_dir, prefilter::Prefilter};
 use crate::reconcile::{DataplaneWriter, PinnedState, WriteError};
 
 /// Every map, typed.
@@ -31,6 +31,9 @@ pub struct MapHandles {
     pub abi: Array<MapData, AbiInfo>,
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     pub sock_stats: PerCpuArray<MapData, FrontendStats>,
+    /// The miss prefilter, kept in step with `services` and `backends` by
+    /// the writer methods below.
+    pub prefilter: Prefilter,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -58,7 +61,33 @@ impl MapHandles {
             abi: typed(names::ABI, get(names::ABI)?)?,
             sock_revnat: typed(names::SOCK_REVNAT, get(names::SOCK_REVNAT)?)?,
             sock_stats: typed(names::SOCK_STATS, get(names::SOCK_STATS)?)?,
+            prefilter: Prefilter::new(typed(names::PREFILTER, get(names::PREFILTER)?)?).map_err(
+                |source| DataplaneError::Prefilter {
+                    name: names::PREFILTER,
+                    source,
+                },
+            )?,
         })
+    }
+
+    /// Rebuilds the prefilter from what the maps hold (services, backends
+    /// and the flows in conntrack): after adoption, or after the maps were
+    /// written behind the writer's back.
+    pub fn rebuild_prefilter(&mut self) -> Result<(), MapError> {
+        let services = self
+            .services
+            .keys()
+            .collect::<Result<Vec<ServiceKey>, MapError>>()?;
+        let backends = self
+            .backends
+            .iter()
+            .collect::<Result<Vec<(BackendKey, BackendValue)>, MapError>>()?;
+        // Entries evicted or deleted while iterating do not matter: they
+        // need nothing any more.
+        let conntrack: Vec<(CtKey, CtValue)> =
+            self.conntrack.iter().filter_map(Result::ok).collect();
+        self.prefilter.rebuild(services, backends, conntrack);
+        Ok(())
     }
 
     /// Reads what the reconciler needs to adopt these maps.
@@ -84,9 +113,17 @@ impl MapHandles {
         Ok(state)
     }
 
-    /// Takes the maps out of a loaded object.
+    /// Takes the maps out of a loaded object, with the prefilter rebuilt
+    /// from their contents (adopted maps may hold services and flows).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))
+        let mut maps =
+            Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
+        maps.rebuild_prefilter()
+            .map_err(|source| DataplaneError::Map {
+                name: names::PREFILTER,
+                source,
+            })?;
+        Ok(maps)
     }
 }
 
@@ -141,23 +178,32 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 
 impl DataplaneWriter for MapHandles {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        // The bit first: a packet that finds the entry must pass the filter.
+        self.prefilter.put_service(key);
         self.services
             .insert(key, value, 0)
             .map_err(write_error(names::SERVICES, "insert"))
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
-        ignore_missing(self.services.remove(key)).map_err(write_error(names::SERVICES, "remove"))
+        ignore_missing(self.services.remove(key))
+            .map_err(write_error(names::SERVICES, "remove"))?;
+        self.prefilter.delete_service(key);
+        Ok(())
     }
 
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        self.prefilter.put_backend(key, value);
         self.backends
             .insert(key, value, 0)
             .map_err(write_error(names::BACKENDS, "insert"))
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
-        ignore_missing(self.backends.remove(key)).map_err(write_error(names::BACKENDS, "remove"))
+        ignore_missing(self.backends.remove(key))
+            .map_err(write_error(names::BACKENDS, "remove"))?;
+        self.prefilter.delete_backend(key);
+        Ok(())
     }
 
     fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError> {

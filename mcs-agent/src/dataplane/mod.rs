@@ -12,6 +12,7 @@
 
 pub mod layout;
 pub mod maps;
+pub mod prefilter;
 
 use std::{
     fs, io,
@@ -83,6 +84,12 @@ pub enum DataplaneError {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {name}")]
+    Prefilter {
+        name: &'static str,
+        #[source]
+        source: prefilter::PrefilterError,
     },
     #[error("map {name}")]
     Map {
@@ -179,6 +186,13 @@ impl Dataplane {
                 reason = %reason,
                 disruption = layout::disruption(name),
                 "pinned map is incompatible with this agent: recreating it"
+            );
+        }
+
+        for name in &report.retired {
+            warn!(
+                map = name,
+                "removed the pin of a map this agent replaced (older name)"
             );
         }
 

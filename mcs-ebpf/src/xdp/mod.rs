@@ -2,11 +2,14 @@
 //!
 //! Per packet:
 //! 1. parse IPv4 TCP/UDP (anything else passes untouched);
-//! 2. look the packet's own 5-tuple up in conntrack: a forward entry gives
+//! 2. prefilter: a packet whose destination is not a ClusterSetIP and whose
+//!    source is not a backend (two bits of an array map, both clear) passes
+//!    untouched without any hash lookup;
+//! 3. look the packet's own 5-tuple up in conntrack: a forward entry gives
 //!    the backend (DNAT), a reply entry gives the ClusterSetIP (reverse NAT);
-//! 3. on a miss, look the destination up as a frontend; if it is one, pick a
+//! 4. on a miss, look the destination up as a frontend; if it is one, pick a
 //!    backend, record both directions in conntrack and DNAT;
-//! 4. pass the packet on for the kernel to route.
+//! 5. pass the packet on for the kernel to route.
 
 mod conntrack;
 mod nat;
@@ -14,11 +17,11 @@ mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use mcs_common::{CT_F_REPLY, CtKey, DropReason, PROTO_TCP, SVC_F_VIP_MARKER};
+use mcs_common::{CT_F_REPLY, DropReason, PROTO_TCP, SVC_F_VIP_MARKER, prefilter::Role};
 
 use crate::{
     lb::{self, SelectError, Selector},
-    maps::{count_backend, count_drop, count_frontend, count_no_backend},
+    maps::{count_backend, count_drop, count_frontend, count_no_backend, prefilter_may_contain},
     packet::{self, ParseError},
 };
 
@@ -73,15 +76,15 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
         }
     };
     let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
+    // Every forward conntrack entry and frontend has a destination member,
+    // every reply entry a source member (kept so by the agent).
+    if !prefilter_may_contain(daddr, Role::Destination)
+        && !prefilter_may_contain(saddr, Role::Source)
+    {
+        return Err(Error::NotOurs);
+    }
 
-    let key = CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
+    let key = conntrack::key(saddr, daddr, sport, dport, pkt.proto);
     if let Some(entry) = conntrack::lookup(&key) {
         let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
         if entry.flags & CT_F_REPLY != 0 {

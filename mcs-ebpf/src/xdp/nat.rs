@@ -5,7 +5,9 @@
 
 use mcs_common::checksum::{full_replace_u32, l4_rewrite};
 
-use crate::{lb, packet::Packet};
+use mcs_common::prefilter::Role;
+
+use crate::{lb, maps::prefilter_may_contain, packet::Packet};
 
 pub enum Side {
     /// DNAT: ClusterSetIP:port → backend.
@@ -18,7 +20,7 @@ pub enum Side {
 /// frontend per ClusterSetIP and protocol). Only used on odd packets.
 #[inline(always)]
 pub fn is_cluster_set_ip(daddr: u32, proto: u8) -> bool {
-    lb::lookup_service(daddr, 0, proto).is_some()
+    prefilter_may_contain(daddr, Role::Destination) && lb::lookup_service(daddr, 0, proto).is_some()
 }
 
 /// Rewrites one side's address and port, updating the IPv4 header checksum

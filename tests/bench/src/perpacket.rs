@@ -2,8 +2,10 @@
 //!
 //! Programs: `mcs_bench_pass` (XDP_PASS, the floor), `mcs_bench_lookup`
 //! (one 16-byte-key lookup in a full 64k-entry hash map: the calibration
-//! unit) and the real `mcs_xdp` on a miss, a new flow, a conntrack hit and a
-//! reverse-NAT reply, all from the agent's embedded object.
+//! unit), `mcs_bench_lru_insert` and `mcs_bench_lru_insert_pcpu` (one
+//! conntrack-shaped LRU insert, common and per-CPU LRU lists) and the real
+//! `mcs_xdp` on a miss, a new flow, a conntrack hit and a reverse-NAT reply,
+//! all from the agent's embedded object.
 //!
 //! With `repeat > 1` the kernel runs the program again on the packet the
 //! previous run rewrote, so two methods are used:
@@ -61,6 +63,8 @@ pub const BENCH_LOOKUP: &str = "mcs_bench_lookup";
 pub const BENCH_MAP: &str = "MCS_BENCH_MAP";
 pub const BENCH_LRU_INSERT: &str = "mcs_bench_lru_insert";
 pub const BENCH_LRU: &str = "MCS_BENCH_LRU";
+pub const BENCH_LRU_INSERT_PCPU: &str = "mcs_bench_lru_insert_pcpu";
+pub const BENCH_LRU_PCPU: &str = "MCS_BENCH_LRU_PCPU";
 /// Entries of the calibration map (all filled).
 pub const BENCH_MAP_ENTRIES: u32 = 1 << 16;
 /// Runs longer than this many batch medians are dropped (interrupted).
@@ -91,6 +95,7 @@ pub enum Case {
     Pass,
     Lookup,
     LruInsert,
+    LruInsertPerCpu,
     Miss,
     NewFlow,
     CtHit,
@@ -98,10 +103,11 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Pass,
         Case::Lookup,
         Case::LruInsert,
+        Case::LruInsertPerCpu,
         Case::Miss,
         Case::NewFlow,
         Case::CtHit,
@@ -113,6 +119,7 @@ impl Case {
             Case::Pass => "XDP_PASS program",
             Case::Lookup => "calibration: 1 hash lookup",
             Case::LruInsert => "calibration: 1 LRU insert (conntrack-shaped)",
+            Case::LruInsertPerCpu => "calibration: 1 LRU insert, per-CPU LRU lists",
             Case::Miss => "mcs: miss (not a ClusterSetIP)",
             Case::NewFlow => "mcs: new flow",
             Case::CtHit => "mcs: conntrack hit",
@@ -125,6 +132,7 @@ impl Case {
             Case::Pass => "pass",
             Case::Lookup => "lookup",
             Case::LruInsert => "lru_insert",
+            Case::LruInsertPerCpu => "lru_insert_pcpu",
             Case::Miss => "miss",
             Case::NewFlow => "new_flow",
             Case::CtHit => "ct_hit",
@@ -212,6 +220,8 @@ struct Bench {
     maps: MapHandles,
     /// The LRU-insert calibration map (filled like conntrack).
     lru: AyaHashMap<MapData, [u8; 16], [u8; 40]>,
+    /// The same with per-CPU LRU lists.
+    lru_pcpu: AyaHashMap<MapData, [u8; 16], [u8; 40]>,
 }
 
 fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
@@ -231,6 +241,7 @@ impl Bench {
         loader
             .map_max_entries(names::CONNTRACK, ct_capacity)
             .map_max_entries(BENCH_LRU, ct_capacity)
+            .map_max_entries(BENCH_LRU_PCPU, ct_capacity)
             .map_max_entries(BENCH_MAP, BENCH_MAP_ENTRIES);
         if services > RECONCILER_MAX_SERVICES {
             // Written directly (see `program_direct`): room for every
@@ -250,7 +261,13 @@ impl Bench {
                 .map_max_entries(names::BACKENDS, slots);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
-        for name in [programs::XDP, BENCH_PASS, BENCH_LOOKUP, BENCH_LRU_INSERT] {
+        for name in [
+            programs::XDP,
+            BENCH_PASS,
+            BENCH_LOOKUP,
+            BENCH_LRU_INSERT,
+            BENCH_LRU_INSERT_PCPU,
+        ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -265,7 +282,16 @@ impl Bench {
             .take_map(BENCH_LRU)
             .with_context(|| format!("map {BENCH_LRU} missing"))?;
         let lru = AyaHashMap::try_from(lru).context("LRU calibration map type")?;
-        Ok(Self { ebpf, maps, lru })
+        let lru_pcpu = ebpf
+            .take_map(BENCH_LRU_PCPU)
+            .with_context(|| format!("map {BENCH_LRU_PCPU} missing"))?;
+        let lru_pcpu = AyaHashMap::try_from(lru_pcpu).context("LRU calibration map type")?;
+        Ok(Self {
+            ebpf,
+            maps,
+            lru,
+            lru_pcpu,
+        })
     }
 
     fn run(
@@ -519,7 +545,9 @@ fn prefill_conntrack(bench: &Bench, fill: usize) -> Result<()> {
         })
         .collect();
     let fd = bench.lru.map().fd().as_fd().as_raw_fd();
-    bpfsys::update_batch(fd, &keys, &values, 8192).context("prefill the LRU calibration map")
+    bpfsys::update_batch(fd, &keys, &values, 8192).context("prefill the LRU calibration map")?;
+    let fd = bench.lru_pcpu.map().fd().as_fd().as_raw_fd();
+    bpfsys::update_batch(fd, &keys, &values, 8192).context("prefill the per-CPU LRU map")
 }
 
 fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> CtKey {
@@ -621,6 +649,14 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
             0,
         )
         .context("mirror of the reply entry")?;
+    // The mirrors are keyed by addresses that are neither ClusterSetIP
+    // destinations nor backend sources; a rebuild from conntrack (as after
+    // adoption) makes the prefilter let them through. This also brings in
+    // the prefill's flows, as in an agent running with that conntrack.
+    bench
+        .maps
+        .rebuild_prefilter()
+        .context("rebuild the prefilter")?;
     // Both directions now alternate and stay valid.
     for frame in [&ack, &reply] {
         let (verdict, _) = bench.run(programs::XDP, frame, 3, Some(&mut out))?;
@@ -684,22 +720,34 @@ fn new_flow_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Re
 
 /// One LRU insert per run, each with a new key; the keys are deleted after
 /// the batch (the map stays at the fill under test).
-fn lru_sample(bench: &mut Bench, flows: &mut FlowSource, runs: usize) -> Result<(f64, usize)> {
+fn lru_sample(
+    bench: &mut Bench,
+    flows: &mut FlowSource,
+    runs: usize,
+    per_cpu: bool,
+) -> Result<(f64, usize)> {
+    let program = if per_cpu {
+        BENCH_LRU_INSERT_PCPU
+    } else {
+        BENCH_LRU_INSERT
+    };
     let mut durations = Vec::with_capacity(runs);
     let mut created = Vec::with_capacity(runs);
     for _ in 0..runs {
         let (client, sport) = flows.next();
         let frame = packet::tcp(client, sport, TARGET_VIP, HTTP_PORT, true)?;
-        let (verdict, ns) = bench.run(BENCH_LRU_INSERT, &frame, 1, None)?;
+        let (verdict, ns) = bench.run(program, &frame, 1, None)?;
         ensure!(verdict == XDP_PASS, "LRU insert failed (verdict {verdict})");
         created.push(packet::lookup_key(&frame).context("key")?);
         durations.push(ns);
     }
+    let map = if per_cpu {
+        &mut bench.lru_pcpu
+    } else {
+        &mut bench.lru
+    };
     for key in &created {
-        bench
-            .lru
-            .remove(key)
-            .context("remove a key the bench inserted")?;
+        map.remove(key).context("remove a key the bench inserted")?;
     }
     stats::trimmed_mean(&durations, OUTLIER_CUTOFF).context("no runs")
 }
@@ -727,6 +775,12 @@ fn measure_point(
         "agent Reconciler::apply through MapHandles".to_owned()
     } else {
         program_direct(&mut bench, services)?;
+        // Written behind the writer's back: the prefilter learns them as
+        // an adopting agent would.
+        bench
+            .maps
+            .rebuild_prefilter()
+            .context("rebuild the prefilter")?;
         format!(
             "direct map writes with the reconciler's layout into enlarged maps ({services} ClusterSetIPs need {} frontend ids, over MAX_FRONTENDS = 131072)",
             services * 3
@@ -762,14 +816,22 @@ fn measure_point(
                 Case::Miss => (programs::XDP, &frames.miss),
                 Case::CtHit => (programs::XDP, &frames.ack),
                 Case::Reply => (programs::XDP, &frames.reply),
-                Case::NewFlow | Case::LruInsert => ("", &frames.ack),
+                Case::NewFlow | Case::LruInsert | Case::LruInsertPerCpu => ("", &frames.ack),
             };
             let (katran, dropped) = match case {
                 Case::NewFlow => new_flow_sample(&mut bench, &mut flows, config.runs_per_sample)?,
-                Case::LruInsert => lru_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                Case::LruInsert => {
+                    lru_sample(&mut bench, &mut flows, config.runs_per_sample, false)?
+                }
+                Case::LruInsertPerCpu => {
+                    lru_sample(&mut bench, &mut flows, config.runs_per_sample, true)?
+                }
                 _ => katran_sample(&bench, program, frame, config.runs_per_sample)?,
             };
-            let repeat = if matches!(case, Case::NewFlow | Case::LruInsert) {
+            let repeat = if matches!(
+                case,
+                Case::NewFlow | Case::LruInsert | Case::LruInsertPerCpu
+            ) {
                 None
             } else {
                 let (verdict, ns) = bench.run(program, frame, config.repeat, None)?;
