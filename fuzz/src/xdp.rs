@@ -27,18 +27,9 @@
 
 use std::{cell::RefCell, net::Ipv4Addr};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
-use mcs_agent::{
-    dataplane::{EBPF_OBJECT, MapHandles},
-    desired,
-    model::manifest,
-    reconcile::Reconciler,
-};
-use mcs_common::{names, programs};
+use mcs_agent::dataplane::test_run::XdpTestRun;
+use mcs_common::names;
 
 use crate::{Cursor, rfc1071};
 
@@ -96,68 +87,16 @@ ports: [{name: http, protocol: TCP, port: 8080}]
 endpoints: [{addresses: ["10.102.1.10"]}, {addresses: ["10.102.1.11"]}]
 "#;
 
-struct Harness {
-    ebpf: Ebpf,
-    // Keeps the map handles (and so the programmed maps) alive.
-    _maps: MapHandles,
-}
-
-impl Harness {
-    fn new() -> Self {
-        assert!(
-            !EBPF_OBJECT.is_empty(),
-            "mcs-agent was built without its eBPF object: run `cargo xtask build-ebpf` first"
-        );
-        let mut ebpf = EbpfLoader::new()
-            // Small LRU maps: the fuzzer creates flows by the million.
-            .map_max_entries(names::CONNTRACK, 4096)
-            .map_max_entries(names::AFFINITY, 1024)
-            .load(EBPF_OBJECT)
-            .expect("load the eBPF object");
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::XDP)
-            .expect("XDP program present")
-            .try_into()
-            .expect("an XDP program");
-        program
-            .load()
-            .expect("the verifier accepts the XDP program");
-        let mut maps = MapHandles::take(&mut ebpf).expect("maps present");
-        let converted = manifest::parse(MANIFEST).expect("valid manifest");
-        assert!(
-            converted.rejections.is_empty(),
-            "{:?}",
-            converted.rejections
-        );
-        let (snapshot, _) = manifest::snapshot(converted.objects);
-        let (state, _) = desired::compute(&snapshot);
-        let report = Reconciler::new().apply(&state, &mut maps);
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-        Self { ebpf, _maps: maps }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .expect("XDP program present")
-            .try_into()
-            .expect("an XDP program");
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
+fn load() -> XdpTestRun {
+    // Small LRU maps: the fuzzer creates flows by the million.
+    let mut dataplane = XdpTestRun::load(&[(names::CONNTRACK, 4096), (names::AFFINITY, 1024)])
+        .expect("load the XDP program");
+    dataplane.apply_manifest(MANIFEST).expect("program the maps");
+    dataplane
 }
 
 thread_local! {
-    static HARNESS: RefCell<Option<Option<Harness>>> = const { RefCell::new(None) };
+    static HARNESS: RefCell<Option<Option<XdpTestRun>>> = const { RefCell::new(None) };
 }
 
 pub fn is_root() -> bool {
@@ -170,7 +109,7 @@ pub fn run(data: &[u8]) {
         let mut cell = cell.borrow_mut();
         let harness = cell.get_or_insert_with(|| {
             if is_root() {
-                Some(Harness::new())
+                Some(load())
             } else {
                 eprintln!(
                     "\n#### SKIPPED: the xdp fuzz target needs root (BPF_PROG_TEST_RUN); \
@@ -186,7 +125,7 @@ pub fn run(data: &[u8]) {
         if frame.len() < 14 {
             return;
         }
-        let (verdict, out) = harness.run(&frame);
+        let (verdict, out) = harness.run(&frame).expect("BPF_PROG_TEST_RUN");
         check(&frame, verdict, &out);
     });
 }

@@ -8,19 +8,14 @@
 
 use std::net::Ipv4Addr;
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
 use mcs_agent::{
-    dataplane::{EBPF_OBJECT, MapHandles},
+    dataplane::test_run::XdpTestRun,
     desired,
     dump::{self, DumpReport},
     model::manifest,
-    reconcile::Reconciler,
 };
-use mcs_common::{CtKey, CtValue, PROTO_TCP, names, prefilter::Role, programs};
+use mcs_common::{CtKey, CtValue, PROTO_TCP, names, prefilter::Role};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -55,35 +50,16 @@ fn manifest(backends: &[(&str, &str)]) -> String {
 }
 
 struct Harness {
-    ebpf: Ebpf,
-    maps: MapHandles,
-    reconciler: Reconciler,
+    dataplane: XdpTestRun,
 }
 
 impl Harness {
     fn new() -> Self {
         require_root();
-        assert!(
-            !EBPF_OBJECT.is_empty(),
-            "agent built without eBPF object: run `cargo xtask build-ebpf`"
-        );
-        let mut ebpf = EbpfLoader::new()
-            // Small maps: each test loads its own copy.
-            .map_max_entries(names::CONNTRACK, 4096)
-            .load(EBPF_OBJECT)
-            .expect("load eBPF object");
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::XDP)
-            .expect("program present")
-            .try_into()
-            .expect("XDP program");
-        program.load().expect("verifier accepts the XDP program");
-        let maps = MapHandles::take(&mut ebpf).expect("maps present");
-        Self {
-            ebpf,
-            maps,
-            reconciler: Reconciler::new(),
-        }
+        // Small maps: each test loads its own copy.
+        let dataplane =
+            XdpTestRun::load(&[(names::CONNTRACK, 4096)]).expect("load the XDP program");
+        Self { dataplane }
     }
 
     fn with_backends(backends: &[(&str, &str)]) -> Self {
@@ -93,41 +69,15 @@ impl Harness {
     }
 
     fn apply(&mut self, yaml: &str) {
-        let converted = manifest::parse(yaml).expect("valid manifest");
-        assert!(
-            converted.rejections.is_empty(),
-            "{:?}",
-            converted.rejections
-        );
-        let (snapshot, _) = manifest::snapshot(converted.objects);
-        let (state, _) = desired::compute(&snapshot);
-        let report = self.reconciler.apply(&state, &mut self.maps);
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        self.dataplane.apply_manifest(yaml).expect("apply");
     }
 
-    /// Runs one packet through the program (repeat 1: with repeat > 1 the
-    /// kernel feeds the rewritten packet back in).
     fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .expect("program present")
-            .try_into()
-            .expect("XDP program");
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        self.dataplane.run(packet).expect("test run")
     }
 
     fn dump(&self) -> DumpReport {
-        dump::collect(&self.maps).expect("read maps")
+        dump::collect(&self.dataplane.maps).expect("read maps")
     }
 }
 
@@ -661,7 +611,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_across_ports() {
     assert_eq!(http.affinity_timeout_seconds, Some(30));
     assert_eq!(http.maglev_table_size, mcs_common::MAGLEV_TABLE_SIZE);
     assert!(
-        harness.maps.affinity.keys().count() >= 30,
+        harness.dataplane.maps.affinity.keys().count() >= 30,
         "one binding per client"
     );
 }
@@ -769,9 +719,13 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
     let converted = manifest::parse(&manifest(&remaining)).expect("manifest");
     let (snapshot, _) = manifest::snapshot(converted.objects);
     let (state, _) = desired::compute(&snapshot);
-    let report = harness.reconciler.apply(&state, &mut harness.maps);
+    let report = harness
+        .dataplane
+        .reconciler
+        .apply(&state, &mut harness.dataplane.maps);
     assert!(!report.retired.is_empty());
-    let removed = mcs_agent::conntrack::purge(&mut harness.maps, &report.retired).expect("purge");
+    let removed =
+        mcs_agent::conntrack::purge(&mut harness.dataplane.maps, &report.retired).expect("purge");
     assert_eq!(removed, 2, "both directions of the UDP flow");
 
     // The UDP client on its fixed port is re-balanced at once; the TCP
@@ -793,9 +747,10 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
 
     // The service itself goes: its established TCP flow keeps working both
     // ways (the ClusterSetIP lingers too), new flows are not translated.
-    let report = harness
-        .reconciler
-        .apply(&desired::DesiredState::default(), &mut harness.maps);
+    let report = harness.dataplane.reconciler.apply(
+        &desired::DesiredState::default(),
+        &mut harness.dataplane.maps,
+    );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(
         verify(&harness.run(&established.build()).1, Csum::Full).dst,
@@ -805,7 +760,7 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
     assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
     let new_flow = Pkt::tcp(CLIENT, 44444, VIP, 80).build();
     assert_eq!(harness.run(&new_flow), (XDP_PASS, new_flow.clone()));
-    assert!(harness.maps.prefilter.lingering() >= 2);
+    assert!(harness.dataplane.maps.prefilter.lingering() >= 2);
 }
 
 #[test]
@@ -816,6 +771,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
         let addr: Ipv4Addr = addr.parse().expect("address");
         assert!(
             harness
+                .dataplane
                 .maps
                 .prefilter
                 .contains((Role::Source, u32::from_ne_bytes(addr.octets())))
@@ -823,6 +779,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
     }
     assert!(
         harness
+            .dataplane
             .maps
             .prefilter
             .contains((Role::Destination, u32::from_ne_bytes(VIP)))
@@ -852,6 +809,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
         last_seen_ns: 0,
     };
     harness
+        .dataplane
         .maps
         .conntrack
         .insert(key, value, 0)
@@ -860,7 +818,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
     assert_eq!(harness.run(&packet), (XDP_PASS, packet.clone()), "skipped");
     // A rebuild from the maps (as after adoption) takes conntrack's
     // destinations in: now the entry is found and applied.
-    harness.maps.rebuild_prefilter().expect("rebuild");
+    harness.dataplane.maps.rebuild_prefilter().expect("rebuild");
     let seen = verify(&harness.run(&packet).1, Csum::Full);
     assert_eq!((seen.dst, seen.dport), (Ipv4Addr::from(target), 8080));
     // Service traffic still translates after the rebuild.
@@ -875,21 +833,8 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
 #[ignore = "needs root: run by cargo xtask test"]
 fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     require_root();
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::SERVICES, 6)
-        .map_max_entries(names::CONNTRACK, 64)
-        .load(EBPF_OBJECT)
-        .expect("load");
-    let program: &mut Xdp = ebpf
-        .program_mut(programs::XDP)
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    program.load().expect("verifier");
     let mut harness = Harness {
-        maps: MapHandles::take(&mut ebpf).expect("maps"),
-        ebpf,
-        reconciler: Reconciler::new(),
+        dataplane: XdpTestRun::load(&[(names::SERVICES, 6), (names::CONNTRACK, 64)]).expect("load"),
     };
     // web: 2 ports + 2 VIP markers = 4 entries; api adds 4 more: 2 fail.
     let mut yaml = manifest(&BACKENDS);
@@ -900,7 +845,10 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     let converted = manifest::parse(&yaml).expect("manifest");
     let (snapshot, _) = manifest::snapshot(converted.objects);
     let (state, _) = desired::compute(&snapshot);
-    let report = harness.reconciler.apply(&state, &mut harness.maps);
+    let report = harness
+        .dataplane
+        .reconciler
+        .apply(&state, &mut harness.dataplane.maps);
     assert_eq!(
         report.errors.len(),
         2,
@@ -916,7 +864,10 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
         Csum::Full,
     );
     assert!(is_backend(served.dst));
-    let again = harness.reconciler.apply(&state, &mut harness.maps);
+    let again = harness
+        .dataplane
+        .reconciler
+        .apply(&state, &mut harness.dataplane.maps);
     assert_eq!(again.errors.len(), 2);
     assert!(is_backend(
         verify(

@@ -13,6 +13,7 @@
 pub mod layout;
 pub mod maps;
 pub mod prefilter;
+pub mod test_run;
 
 use std::{
     fs, io,
