@@ -150,10 +150,10 @@ pub fn snapshot(objects: impl IntoIterator<Item = Object>) -> (Snapshot, Vec<Rej
                 }
             }
             Object::Slice(slice) => {
-                if snapshot.slices.contains_key(&slice.key) {
+                if snapshot.slices().contains_key(&slice.key) {
                     rejections.push(duplicate("EndpointSlice", &slice.key));
                 } else {
-                    snapshot.slices.insert(slice.key.clone(), slice);
+                    snapshot.insert_slice(slice);
                 }
             }
         }
@@ -202,7 +202,7 @@ items:
         let (snapshot, duplicates) = snapshot(converted.objects);
         assert!(duplicates.is_empty());
         assert_eq!(snapshot.imports.len(), 1);
-        assert_eq!(snapshot.slices.len(), 1);
+        assert_eq!(snapshot.slices().len(), 1);
     }
 
     #[test]

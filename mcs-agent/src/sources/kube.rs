@@ -426,7 +426,7 @@ impl KubeSource {
                         events.report(&built);
                     }
                     let update = built.update;
-                    let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices.len());
+                    let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices().len());
                     let changed = updates.send_if_modified(|current| {
                         if current.as_ref() == Some(&update) {
                             false
