@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use mcs_common::MAX_BACKENDS_PER_FRONTEND;
@@ -367,11 +368,12 @@ impl Changes {
     }
 }
 
-/// Calls `changed` for every key whose value differs between two sorted maps.
+/// Calls `changed` for every key whose value differs between two sorted
+/// maps (shared values are equal without looking inside).
 fn merge_diff<K: Ord, V: PartialEq>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    mut changed: impl FnMut(&K, Option<&V>, Option<&V>),
+    old: &BTreeMap<K, Arc<V>>,
+    new: &BTreeMap<K, Arc<V>>,
+    mut changed: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
 ) {
     let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
     loop {
@@ -396,7 +398,7 @@ fn merge_diff<K: Ord, V: PartialEq>(
                         new.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if old_value != new_value {
+                        if !Arc::ptr_eq(old_value, new_value) && old_value != new_value {
                             changed(old_key, Some(old_value), Some(new_value));
                         }
                         old.next();

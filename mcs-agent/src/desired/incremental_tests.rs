@@ -287,7 +287,9 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
 fn apply(snapshot: &mut Snapshot, step: &Step) {
     match step {
         Step::PutImport(import) => {
-            snapshot.imports.insert(import.key.clone(), import.clone());
+            snapshot
+                .imports
+                .insert(import.key.clone(), import.clone().into());
         }
         Step::DropImport(ns, n) => {
             snapshot

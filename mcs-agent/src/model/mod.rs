@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
+    sync::Arc,
 };
 
 /// Namespace and name of an object.
@@ -202,21 +203,29 @@ pub struct EndpointSlice {
 /// [`Snapshot::slices_of`] costs O(slices of the import), not O(slices of
 /// the namespace) — with thousands of services in one namespace the scan
 /// made every full computation quadratic.
+///
+/// Objects are shared (`Arc`): a clone of a snapshot is cheap, and objects
+/// a source did not touch compare equal by pointer, so finding what changed
+/// between two snapshots costs little more than walking the keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub imports: BTreeMap<ObjectKey, ServiceImport>,
-    slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
+    slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     /// (namespace, owner) → names of the slices it owns.
     owners: BTreeMap<(String, SliceOwner), BTreeSet<String>>,
 }
 
 impl Snapshot {
-    pub fn slices(&self) -> &BTreeMap<ObjectKey, EndpointSlice> {
+    pub fn slices(&self) -> &BTreeMap<ObjectKey, Arc<EndpointSlice>> {
         &self.slices
     }
 
     /// Adds or replaces a slice (by key); returns the replaced one.
-    pub fn insert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
+    pub fn insert_slice(
+        &mut self,
+        slice: impl Into<Arc<EndpointSlice>>,
+    ) -> Option<Arc<EndpointSlice>> {
+        let slice = slice.into();
         let old = self.remove_slice(&slice.key);
         self.owners
             .entry((slice.key.namespace.clone(), slice.owner.clone()))
@@ -226,7 +235,7 @@ impl Snapshot {
         old
     }
 
-    pub fn remove_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
+    pub fn remove_slice(&mut self, key: &ObjectKey) -> Option<Arc<EndpointSlice>> {
         let old = self.slices.remove(key)?;
         let owner = (key.namespace.clone(), old.owner.clone());
         if let Some(names) = self.owners.get_mut(&owner) {
@@ -265,6 +274,7 @@ impl Snapshot {
         names.into_iter().filter_map(move |name| {
             self.slices
                 .get(&ObjectKey::new(namespace.clone(), name.clone()))
+                .map(|slice| &**slice)
         })
     }
 }

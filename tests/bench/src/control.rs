@@ -26,7 +26,7 @@ use aya::{EbpfLoader, maps::IterableMap as _};
 use mcs_agent::{
     dataplane::{EBPF_OBJECT, MapHandles, PinnedMaps},
     desired,
-    model::{ObjectKey, Snapshot, manifest},
+    model::{EndpointSlice, ObjectKey, Snapshot, manifest},
     reconcile::{Reconciler, service_key},
 };
 use mcs_common::{BACKEND_F_READY, BackendKey, BackendValue, names};
@@ -184,16 +184,18 @@ fn change_latency(
         // A fresh address from outside the pool.
         let fresh =
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
-        let mut slice = snapshot
-            .slices()
-            .get(&key)
-            .with_context(|| format!("slice {key} missing"))?
-            .clone();
+        let mut slice = EndpointSlice::clone(
+            snapshot
+                .slices()
+                .get(&key)
+                .with_context(|| format!("slice {key} missing"))?,
+        );
         slice
             .endpoints
             .get_mut(n % service.endpoints.len().max(1))
             .context("endpoint")?
             .addresses = vec![IpAddr::V4(fresh)];
+        let slice = std::sync::Arc::new(slice);
         snapshot.insert_slice(slice.clone());
         let start = Instant::now();
         let changed = desired::Changes::between(&previous, snapshot);
