@@ -369,7 +369,9 @@ impl Changes {
 }
 
 /// Calls `changed` for every key whose value differs between two sorted
-/// maps (shared values are equal without looking inside).
+/// maps. Maps are keyed by their objects' own keys, so a shared value (one
+/// pointer) means the same key: unchanged entries cost a pointer compare,
+/// without touching the keys' strings (cache misses at 10k objects).
 fn merge_diff<K: Ord, V: PartialEq>(
     old: &BTreeMap<K, Arc<V>>,
     new: &BTreeMap<K, Arc<V>>,
@@ -387,6 +389,10 @@ fn merge_diff<K: Ord, V: PartialEq>(
                 changed(key, None, Some(value));
                 new.next();
             }
+            (Some((_, old_value)), Some((_, new_value))) if Arc::ptr_eq(old_value, new_value) => {
+                old.next();
+                new.next();
+            }
             (Some((old_key, old_value)), Some((new_key, new_value))) => {
                 match old_key.cmp(new_key) {
                     std::cmp::Ordering::Less => {
@@ -398,7 +404,7 @@ fn merge_diff<K: Ord, V: PartialEq>(
                         new.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if !Arc::ptr_eq(old_value, new_value) && old_value != new_value {
+                        if old_value != new_value {
                             changed(old_key, Some(old_value), Some(new_value));
                         }
                         old.next();

@@ -209,6 +209,7 @@ pub struct EndpointSlice {
 /// between two snapshots costs little more than walking the keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Keyed by each import's own `key` (finding changes relies on it).
     pub imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
     slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     /// (namespace, owner) → names of the slices it owns.

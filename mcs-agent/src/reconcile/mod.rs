@@ -205,6 +205,10 @@ pub struct Reconciler {
     /// use needs no reset write.
     fresh_frontend_stats: bool,
     fresh_backend_stats: bool,
+    /// Some frontend may be dirty (a write failed, or adoption found it
+    /// incomplete): the next targeted apply looks for them all. Writes
+    /// only fail loudly, so without failures nothing needs the O(N) scan.
+    may_have_dirty: bool,
 }
 
 /// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
@@ -238,6 +242,7 @@ impl Reconciler {
             unreferenced_clusters: BTreeSet::new(),
             fresh_frontend_stats: false,
             fresh_backend_stats: false,
+            may_have_dirty: false,
         }
     }
 
@@ -412,6 +417,7 @@ impl Reconciler {
                 reconciler.clusters.insert(name.clone(), *id);
             }
         }
+        reconciler.may_have_dirty = reconciler.applied.values().any(|a| a.dirty);
         // What no adopted slot references is released by the first apply.
         reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
         reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
@@ -535,12 +541,15 @@ impl Reconciler {
         frontends: &BTreeSet<Frontend>,
         maps: &mut impl DataplaneWriter,
     ) -> ApplyReport {
-        let dirty: Vec<Frontend> = self
-            .applied
-            .iter()
-            .filter(|(frontend, applied)| applied.dirty && !frontends.contains(frontend))
-            .map(|(frontend, _)| *frontend)
-            .collect();
+        let dirty: Vec<Frontend> = if self.may_have_dirty {
+            self.applied
+                .iter()
+                .filter(|(frontend, applied)| applied.dirty && !frontends.contains(frontend))
+                .map(|(frontend, _)| *frontend)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let wanted: BTreeSet<&Frontend> = frontends.iter().chain(&dirty).collect();
         let removed: Vec<Frontend> = wanted
             .iter()
@@ -604,6 +613,9 @@ impl Reconciler {
                 self.free_backend_ids.push(id);
             }
         }
+        // Every dirty frontend was retried above (a full apply visits all,
+        // a targeted one all when this was set): only new failures remain.
+        self.may_have_dirty = !report.errors.is_empty();
         report
     }
 
