@@ -397,7 +397,7 @@ fn control_goals(c: &Control, goals: &mut Vec<Goal>) {
         measured: format!("{size}: VmHWM {rss:.1} MiB (VmRSS after sync {:.1} MiB){suffix}", c.agent.vm_rss_kib as f64 / 1024.0),
         met: if full { met } else { None },
         limits: if met == Some(false) {
-            "the whole manifest text, its parsed YAML values and the model are alive at once during a reload; the reconciler keeps every frontend's backends".into()
+            "the manifest text and the model (converted document by document) are alive at once during a reload, the agent keeps the last applied snapshot and the desired state, and the reconciler every frontend's backends".into()
         } else {
             String::new()
         },
