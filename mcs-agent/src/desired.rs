@@ -11,15 +11,16 @@
 //! weights the set: see [`Locality`].
 
 use std::{
-    collections::{BTreeMap, btree_map::Entry},
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use mcs_common::MAX_BACKENDS_PER_FRONTEND;
 
 use crate::model::{
     AddressType, ImportType, ObjectKey, Problem, Protocol, Rejection, ServiceImport,
-    SessionAffinity, Snapshot,
+    SessionAffinity, SliceOwner, Snapshot,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -200,128 +201,464 @@ pub fn compute(snapshot: &Snapshot) -> (DesiredState, Vec<Rejection>) {
 /// Computes the frontends and their backends. Deterministic: the same
 /// snapshot and policy always yield the same state.
 pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<Rejection>) {
-    let mut state = DesiredState::default();
-    let mut rejections = Vec::new();
+    let engine = Incremental::new(snapshot, policy.clone());
+    let rejections = engine.rejections();
+    (engine.state, rejections)
+}
 
-    for import in snapshot.imports.values() {
-        if import.import_type == ImportType::Headless {
-            continue; // kept in the model (DNS), no ClusterSetIP in the dataplane
+/// What one import asks for, before conflicts between imports are resolved.
+#[derive(Clone, Debug, Default)]
+struct ImportOutput {
+    /// Frontends in the order the import lists them (a frontend listed twice
+    /// conflicts with itself).
+    frontends: Vec<Frontend>,
+    /// Its own rejections (conflicts are kept per frontend).
+    rejections: Vec<Rejection>,
+    derived_service: Option<String>,
+}
+
+/// A marker frontend (port 0) only says "this address is a ClusterSetIP";
+/// service ports are 1..=65535 (conversion refuses 0), so the two kinds
+/// never claim the same frontend.
+fn is_marker(frontend: &Frontend) -> bool {
+    frontend.port == 0
+}
+
+/// The frontends of one import with their specs, in listing order, and
+/// its own rejections. O(endpoints of the import).
+fn import_frontends(
+    snapshot: &Snapshot,
+    import: &ServiceImport,
+    policy: &Policy,
+) -> (Vec<(Frontend, FrontendSpec)>, Vec<Rejection>) {
+    let mut entries = Vec::new();
+    let mut rejections = Vec::new();
+    if import.import_type == ImportType::Headless {
+        return (entries, rejections); // kept in the model (DNS), no ClusterSetIP in the dataplane
+    }
+    let overridden;
+    let locality = match import.locality.as_deref().map(str::parse::<Locality>) {
+        None => &policy.locality,
+        Some(Ok(locality)) => {
+            overridden = locality;
+            &overridden
         }
-        let overridden;
-        let locality = match import.locality.as_deref().map(str::parse::<Locality>) {
-            None => &policy.locality,
-            Some(Ok(locality)) => {
-                overridden = locality;
-                &overridden
+        Some(Err(error)) => {
+            rejections.push(rejection(
+                import,
+                Problem::Unsupported(format!(
+                    "annotation {}: {error}; using the agent's policy",
+                    crate::model::convert::ANNOTATION_LOCALITY
+                )),
+            ));
+            &policy.locality
+        }
+    };
+    let affinity_timeout = match import.session_affinity {
+        SessionAffinity::None => None,
+        SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+    };
+    let vips: Vec<Ipv4Addr> = import
+        .ips
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if import.ips.iter().any(IpAddr::is_ipv6) {
+        rejections.push(rejection(
+            import,
+            Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
+        ));
+    }
+    for vip in vips {
+        for port in &import.ports {
+            if port.protocol == Protocol::Sctp {
+                rejections.push(rejection(
+                    import,
+                    Problem::Unsupported(format!("port {:?}: SCTP is not supported", port.name)),
+                ));
+                continue;
             }
-            Some(Err(error)) => {
+            let frontend = Frontend {
+                addr: vip,
+                port: port.port,
+                protocol: port.protocol,
+            };
+            let (candidates, truncated) = backends_of(
+                snapshot,
+                import,
+                &port.name,
+                port.protocol,
+                &policy.cluster_cidrs,
+                &mut rejections,
+            );
+            let backends = apply_locality(candidates, locality, policy.local_cluster.as_deref());
+            if truncated {
                 rejections.push(rejection(
                     import,
                     Problem::Unsupported(format!(
-                        "annotation {}: {error}; using the agent's policy",
-                        crate::model::convert::ANNOTATION_LOCALITY
+                        "port {:?}: more than {MAX_BACKENDS_PER_FRONTEND} endpoints; the rest are ignored",
+                        port.name
                     )),
                 ));
-                &policy.locality
             }
-        };
-        let affinity_timeout = match import.session_affinity {
-            SessionAffinity::None => None,
-            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-        };
-        let vips: Vec<Ipv4Addr> = import
-            .ips
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        if import.ips.iter().any(IpAddr::is_ipv6) {
-            rejections.push(rejection(
-                import,
-                Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
-            ));
-        }
-        for vip in vips {
-            for port in &import.ports {
-                if port.protocol == Protocol::Sctp {
-                    rejections.push(rejection(
-                        import,
-                        Problem::Unsupported(format!(
-                            "port {:?}: SCTP is not supported",
-                            port.name
-                        )),
-                    ));
-                    continue;
-                }
-                let frontend = Frontend {
-                    addr: vip,
-                    port: port.port,
-                    protocol: port.protocol,
-                };
-                let (candidates, truncated) = backends_of(
-                    snapshot,
-                    import,
-                    &port.name,
-                    port.protocol,
-                    &policy.cluster_cidrs,
-                    &mut rejections,
-                );
-                let backends =
-                    apply_locality(candidates, locality, policy.local_cluster.as_deref());
-                if truncated {
-                    rejections.push(rejection(
-                        import,
-                        Problem::Unsupported(format!(
-                            "port {:?}: more than {MAX_BACKENDS_PER_FRONTEND} endpoints; the rest are ignored",
-                            port.name
-                        )),
-                    ));
-                }
-                let spec = FrontendSpec {
+            entries.push((
+                frontend,
+                FrontendSpec {
                     kind: FrontendKind::Service,
                     name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
                     import: import.key.clone(),
                     backends,
                     affinity_timeout,
-                };
-                match state.frontends.entry(frontend) {
-                    Entry::Vacant(entry) => {
-                        entry.insert(spec);
-                    }
-                    Entry::Occupied(entry) => rejections.push(rejection(
-                        import,
-                        Problem::Conflict(format!(
-                            "{frontend} is already served for {}",
-                            entry.get().import
-                        )),
-                    )),
-                }
-            }
-            for protocol in [Protocol::Tcp, Protocol::Udp] {
-                let marker = Frontend {
+                },
+            ));
+        }
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            entries.push((
+                Frontend {
                     addr: vip,
                     port: 0,
                     protocol,
-                };
-                state
-                    .frontends
-                    .entry(marker)
-                    .or_insert_with(|| FrontendSpec {
-                        kind: FrontendKind::VipMarker,
-                        name: format!("{}:<vip>", import.key),
-                        import: import.key.clone(),
-                        backends: Vec::new(),
-                        affinity_timeout: None,
-                    });
+                },
+                FrontendSpec {
+                    kind: FrontendKind::VipMarker,
+                    name: format!("{}:<vip>", import.key),
+                    import: import.key.clone(),
+                    backends: Vec::new(),
+                    affinity_timeout: None,
+                },
+            ));
+        }
+    }
+    (entries, rejections)
+}
+
+/// Which imports changed between two snapshots: added, removed or modified
+/// imports, and every import backed by an added, removed or modified slice
+/// (under its old or its new owner).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub imports: BTreeSet<ObjectKey>,
+    /// (namespace, owner) of changed slices.
+    pub slice_owners: BTreeSet<(String, SliceOwner)>,
+}
+
+impl Changes {
+    /// Compares two snapshots key by key: O(objects) comparisons, no
+    /// allocation but for what changed.
+    pub fn between(old: &Snapshot, new: &Snapshot) -> Self {
+        let mut changes = Self::default();
+        merge_diff(&old.imports, &new.imports, |key, _, _| {
+            changes.imports.insert(key.clone());
+        });
+        merge_diff(old.slices(), new.slices(), |key, before, after| {
+            for slice in [before, after].into_iter().flatten() {
+                changes
+                    .slice_owners
+                    .insert((key.namespace.clone(), slice.owner.clone()));
+            }
+        });
+        changes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.imports.is_empty() && self.slice_owners.is_empty()
+    }
+}
+
+/// Calls `changed` for every key whose value differs between two sorted
+/// maps. Maps are keyed by their objects' own keys, so a shared value (one
+/// pointer) means the same key: unchanged entries cost a pointer compare,
+/// without touching the keys' strings (cache misses at 10k objects).
+fn merge_diff<K: Ord, V: PartialEq>(
+    old: &BTreeMap<K, Arc<V>>,
+    new: &BTreeMap<K, Arc<V>>,
+    mut changed: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
+) {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((key, value)), None) => {
+                changed(key, Some(value), None);
+                old.next();
+            }
+            (None, Some((key, value))) => {
+                changed(key, None, Some(value));
+                new.next();
+            }
+            (Some((_, old_value)), Some((_, new_value))) if Arc::ptr_eq(old_value, new_value) => {
+                old.next();
+                new.next();
+            }
+            (Some((old_key, old_value)), Some((new_key, new_value))) => {
+                match old_key.cmp(new_key) {
+                    std::cmp::Ordering::Less => {
+                        changed(old_key, Some(old_value), None);
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changed(new_key, None, Some(new_value));
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if old_value != new_value {
+                            changed(old_key, Some(old_value), Some(new_value));
+                        }
+                        old.next();
+                        new.next();
+                    }
+                }
             }
         }
     }
-    // An endpoint refused for one port is refused for every port: report once.
-    let mut seen = std::collections::BTreeSet::new();
-    rejections.retain(|rejection| seen.insert(rejection.to_string()));
-    (state, rejections)
+}
+
+/// Desired state kept up to date import by import: a change costs
+/// O(size of the imports it touches), not O(all imports). Conflicts are
+/// resolved exactly as a full computation does: the first import in key
+/// order that lists a frontend serves it; every other listing is rejected.
+#[derive(Clone, Debug)]
+pub struct Incremental {
+    policy: Policy,
+    state: DesiredState,
+    /// Every import known, with what it asks for.
+    outputs: BTreeMap<ObjectKey, ImportOutput>,
+    /// Frontend → imports listing it, with how often (first in key order wins).
+    claims: BTreeMap<Frontend, BTreeMap<ObjectKey, u32>>,
+    /// (namespace, derived Service) → imports backed by its slices.
+    derived: BTreeMap<(String, String), BTreeSet<ObjectKey>>,
+    /// Conflict rejections per contested service frontend.
+    conflicts: BTreeMap<Frontend, Vec<Rejection>>,
+}
+
+impl Incremental {
+    /// Computes everything (first sync, policy change).
+    pub fn new(snapshot: &Snapshot, policy: Policy) -> Self {
+        let mut engine = Self {
+            policy,
+            state: DesiredState::default(),
+            outputs: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            derived: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+        };
+        for import in snapshot.imports.values() {
+            let (entries, rejections) = import_frontends(snapshot, import, &engine.policy);
+            let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
+            for (frontend, spec) in entries {
+                let claimants = engine.claims.entry(frontend).or_default();
+                *claimants.entry(import.key.clone()).or_default() += 1;
+                // Imports come in key order: the first listing wins.
+                engine.state.frontends.entry(frontend).or_insert(spec);
+            }
+            engine.add_output(
+                import,
+                ImportOutput {
+                    frontends,
+                    rejections,
+                    derived_service: import.derived_service.clone(),
+                },
+            );
+        }
+        let contested: Vec<Frontend> = engine
+            .claims
+            .iter()
+            .filter(|(frontend, claimants)| {
+                !is_marker(frontend) && claimants.values().sum::<u32>() > 1
+            })
+            .map(|(frontend, _)| *frontend)
+            .collect();
+        for frontend in contested {
+            engine.update_conflicts(&frontend);
+        }
+        engine
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// Every rejection of the current state, each once: the imports' own
+    /// in import order, then conflicts in frontend order.
+    pub fn rejections(&self) -> Vec<Rejection> {
+        let mut seen = BTreeSet::new();
+        self.outputs
+            .values()
+            .flat_map(|output| &output.rejections)
+            .chain(self.conflicts.values().flatten())
+            .filter(|rejection| seen.insert(rejection.to_string()))
+            .cloned()
+            .collect()
+    }
+
+    /// Imports whose frontends `changes` may affect.
+    pub fn affected(&self, changes: &Changes) -> BTreeSet<ObjectKey> {
+        let mut affected = changes.imports.clone();
+        for (namespace, owner) in &changes.slice_owners {
+            match owner {
+                SliceOwner::Import(name) => {
+                    affected.insert(ObjectKey::new(namespace.clone(), name.clone()));
+                }
+                SliceOwner::Service(service) => {
+                    if let Some(imports) = self.derived.get(&(namespace.clone(), service.clone())) {
+                        affected.extend(imports.iter().cloned());
+                    }
+                }
+            }
+        }
+        affected
+    }
+
+    /// Recomputes `imports` (added, changed or removed) from `snapshot`;
+    /// returns the frontends whose desired spec may have changed.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        imports: &BTreeSet<ObjectKey>,
+    ) -> BTreeSet<Frontend> {
+        let mut touched = BTreeSet::new();
+        // Each recomputed import's first listing of a frontend.
+        let mut fresh: BTreeMap<(Frontend, ObjectKey), FrontendSpec> = BTreeMap::new();
+        for key in imports {
+            if let Some(old) = self.remove_output(key) {
+                for frontend in old.frontends {
+                    if let Some(claimants) = self.claims.get_mut(&frontend) {
+                        claimants.remove(key);
+                        if claimants.is_empty() {
+                            self.claims.remove(&frontend);
+                        }
+                    }
+                    touched.insert(frontend);
+                }
+            }
+            let Some(import) = snapshot.imports.get(key) else {
+                continue;
+            };
+            let (entries, rejections) = import_frontends(snapshot, import, &self.policy);
+            let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
+            for (frontend, spec) in entries {
+                *self
+                    .claims
+                    .entry(frontend)
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default() += 1;
+                touched.insert(frontend);
+                fresh.entry((frontend, key.clone())).or_insert(spec);
+            }
+            self.add_output(
+                import,
+                ImportOutput {
+                    frontends,
+                    rejections,
+                    derived_service: import.derived_service.clone(),
+                },
+            );
+        }
+        for frontend in &touched {
+            let winner = self
+                .claims
+                .get(frontend)
+                .and_then(|claimants| claimants.keys().next());
+            match winner {
+                None => {
+                    self.state.frontends.remove(frontend);
+                }
+                Some(winner) => {
+                    let current = self.state.frontends.get(frontend).map(|spec| &spec.import);
+                    let spec = if let Some(spec) = fresh.remove(&(*frontend, winner.clone())) {
+                        Some(spec)
+                    } else if current == Some(winner) {
+                        None // the winner did not change and still serves it
+                    } else {
+                        // An unchanged import wins it now (the previous
+                        // winner left): recompute that import, as specs of
+                        // losing listings are not kept.
+                        snapshot.imports.get(winner).and_then(|import| {
+                            import_frontends(snapshot, import, &self.policy)
+                                .0
+                                .into_iter()
+                                .find(|(listed, _)| listed == frontend)
+                                .map(|(_, spec)| spec)
+                        })
+                    };
+                    if let Some(spec) = spec {
+                        self.state.frontends.insert(*frontend, spec);
+                    }
+                }
+            }
+            self.update_conflicts(frontend);
+        }
+        touched
+    }
+
+    fn add_output(&mut self, import: &ServiceImport, output: ImportOutput) {
+        if let Some(service) = &output.derived_service {
+            self.derived
+                .entry((import.key.namespace.clone(), service.clone()))
+                .or_default()
+                .insert(import.key.clone());
+        }
+        self.outputs.insert(import.key.clone(), output);
+    }
+
+    fn remove_output(&mut self, key: &ObjectKey) -> Option<ImportOutput> {
+        let output = self.outputs.remove(key)?;
+        if let Some(service) = &output.derived_service {
+            let index = (key.namespace.clone(), service.clone());
+            if let Some(imports) = self.derived.get_mut(&index) {
+                imports.remove(key);
+                if imports.is_empty() {
+                    self.derived.remove(&index);
+                }
+            }
+        }
+        Some(output)
+    }
+
+    /// Every listing of a service frontend but the winning one is rejected.
+    fn update_conflicts(&mut self, frontend: &Frontend) {
+        let rejections: Vec<Rejection> = match self.claims.get(frontend) {
+            Some(claimants) if !is_marker(frontend) => {
+                let winner = claimants.keys().next();
+                claimants
+                    .iter()
+                    .flat_map(|(key, count)| {
+                        let losing = if Some(key) == winner {
+                            count - 1
+                        } else {
+                            *count
+                        };
+                        std::iter::repeat_n(key, losing as usize)
+                    })
+                    .filter_map(|key| {
+                        let winner = winner?;
+                        Some(Rejection {
+                            kind: "ServiceImport".into(),
+                            object: key.clone(),
+                            problem: Problem::Conflict(format!(
+                                "{frontend} is already served for {winner}"
+                            )),
+                            fatal: false,
+                        })
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if rejections.is_empty() {
+            self.conflicts.remove(frontend);
+        } else {
+            self.conflicts.insert(*frontend, rejections);
+        }
+    }
 }
 
 fn display_port(name: &str, port: u16) -> String {
@@ -469,6 +806,9 @@ fn apply_locality(
         }
     }
 }
+
+#[cfg(test)]
+mod incremental_tests;
 
 #[cfg(test)]
 mod tests {

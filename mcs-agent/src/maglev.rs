@@ -63,7 +63,9 @@ pub fn build_table(members: &[Member], size: usize) -> Vec<u16> {
 
     const EMPTY: u16 = u16::MAX;
     let mut table = vec![EMPTY; size];
-    let mut next = vec![0u64; active.len()];
+    // Each member's current position in its permutation, `(offset + n *
+    // skip) % size`, advanced by one addition instead of a division.
+    let mut position: Vec<u64> = permutations.iter().map(|(offset, _)| *offset).collect();
     let mut filled = 0;
     let mut round: u64 = 0;
     while filled < size {
@@ -71,17 +73,22 @@ pub fn build_table(members: &[Member], size: usize) -> Vec<u16> {
             // Weighted turns: a member with weight w takes w/max_weight of
             // the rounds, spread evenly.
             let weight = u64::from(members[member].weight);
-            if (round + 1) * weight / max_weight == round * weight / max_weight {
+            if weight != max_weight
+                && (round + 1) * weight / max_weight == round * weight / max_weight
+            {
                 continue;
             }
-            let (offset, skip) = permutations[k];
-            let mut candidate = (offset + next[k] * skip) % size64;
+            let skip = permutations[k].1;
+            let advance = |at: u64| {
+                let next = at + skip;
+                if next >= size64 { next - size64 } else { next }
+            };
+            let mut candidate = position[k];
             while table[candidate as usize] != EMPTY {
-                next[k] += 1;
-                candidate = (offset + next[k] * skip) % size64;
+                candidate = advance(candidate);
             }
             table[candidate as usize] = member as u16;
-            next[k] += 1;
+            position[k] = advance(candidate);
             filled += 1;
             if filled == size {
                 break;
@@ -97,6 +104,78 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The straightforward build (one division per probe), verbatim: the
+    /// faster build must produce exactly its tables.
+    /// Builds a table of `size` entries (`size` must be prime) holding indices
+    /// into `members`. Returns an empty table when there are no members or all
+    /// weights are zero.
+    fn reference_table(members: &[Member], size: usize) -> Vec<u16> {
+        let active: Vec<usize> = (0..members.len())
+            .filter(|&i| members[i].weight > 0)
+            .collect();
+        if active.is_empty() || size == 0 {
+            return Vec::new();
+        }
+        let size64 = size as u64;
+        let permutations: Vec<(u64, u64)> = active
+            .iter()
+            .map(|&i| {
+                let id = identity(&members[i]);
+                let offset = mix64(id ^ 0x6d61_676c_6576_3031) % size64;
+                let skip = mix64(id ^ 0x736b_6970_7065_7231) % (size64 - 1) + 1;
+                (offset, skip)
+            })
+            .collect();
+        let max_weight = u64::from(active.iter().map(|&i| members[i].weight).max().unwrap_or(1));
+
+        const EMPTY: u16 = u16::MAX;
+        let mut table = vec![EMPTY; size];
+        let mut next = vec![0u64; active.len()];
+        let mut filled = 0;
+        let mut round: u64 = 0;
+        while filled < size {
+            for (k, &member) in active.iter().enumerate() {
+                // Weighted turns: a member with weight w takes w/max_weight of
+                // the rounds, spread evenly.
+                let weight = u64::from(members[member].weight);
+                if (round + 1) * weight / max_weight == round * weight / max_weight {
+                    continue;
+                }
+                let (offset, skip) = permutations[k];
+                let mut candidate = (offset + next[k] * skip) % size64;
+                while table[candidate as usize] != EMPTY {
+                    next[k] += 1;
+                    candidate = (offset + next[k] * skip) % size64;
+                }
+                table[candidate as usize] = member as u16;
+                next[k] += 1;
+                filled += 1;
+                if filled == size {
+                    break;
+                }
+            }
+            round += 1;
+        }
+        table
+    }
+
+    proptest! {
+        #[test]
+        fn tables_equal_the_straightforward_build(
+            members in prop::collection::vec(
+                (any::<u32>(), any::<u16>(), 0u32..5).prop_map(|(addr, port, weight)| Member {
+                    addr: Ipv4Addr::from(addr),
+                    port,
+                    weight,
+                }),
+                0..40,
+            ),
+            size in prop::sample::select(vec![7usize, 251, MAGLEV_TABLE_SIZE]),
+        ) {
+            prop_assert_eq!(build_table(&members, size), reference_table(&members, size));
+        }
+    }
 
     const M: usize = MAGLEV_TABLE_SIZE;
 

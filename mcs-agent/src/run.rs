@@ -20,7 +20,7 @@ use crate::{
     desired,
     dns::{self, DnsConfig},
     metrics::{Metrics, RejectionLabels},
-    model::Rejection,
+    model::{Rejection, Snapshot},
     reconcile::Reconciler,
     sources::{Source, SourceError, SourceUpdate},
     telemetry::chain,
@@ -35,6 +35,9 @@ struct Context {
     metrics: Arc<Metrics>,
     policy: desired::Policy,
     reconciler: Reconciler,
+    /// Desired state kept up to date import by import, with the snapshot
+    /// it was computed from (None until the first sync).
+    desired: Option<(desired::Incremental, Snapshot)>,
     /// Rejections already logged, so an unchanged bad object is reported
     /// once, not on every change of something else.
     reported: BTreeSet<String>,
@@ -43,12 +46,37 @@ struct Context {
 }
 
 impl Context {
-    #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices.len()))]
-    fn reconcile(&mut self, update: &SourceUpdate, received: Instant) -> bool {
+    #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices().len()))]
+    fn reconcile(&mut self, update: SourceUpdate, received: Instant) -> bool {
         let started = Instant::now();
-        let (desired, derived) = desired::compute_with(&update.snapshot, &self.policy);
-        self.report_rejections(update.rejections.iter().chain(&derived));
-        let report = self.reconciler.apply(&desired, &mut self.maps);
+        // A failed apply may have left frontends out (a full map refuses new
+        // ids): retry everything until all writes succeed again.
+        let full_apply = !self.failing.is_empty();
+        let report = match self.desired.take() {
+            Some((mut engine, previous)) if engine.policy() == &self.policy => {
+                let changes = desired::Changes::between(&previous, &update.snapshot);
+                let affected = engine.affected(&changes);
+                let touched = engine.update(&update.snapshot, &affected);
+                let report = if full_apply {
+                    self.reconciler.apply(engine.state(), &mut self.maps)
+                } else {
+                    self.reconciler
+                        .apply_changed(engine.state(), &touched, &mut self.maps)
+                };
+                self.desired = Some((engine, update.snapshot));
+                report
+            }
+            _ => {
+                let engine = desired::Incremental::new(&update.snapshot, self.policy.clone());
+                let report = self.reconciler.apply(engine.state(), &mut self.maps);
+                self.desired = Some((engine, update.snapshot));
+                report
+            }
+        };
+        if let Some((engine, _)) = &self.desired {
+            let derived = engine.rejections();
+            self.report_rejections(update.rejections.iter().chain(&derived));
+        }
         self.metrics
             .sync_duration
             .observe(started.elapsed().as_secs_f64());
@@ -201,7 +229,13 @@ async fn serve(
         );
         reconciler
     } else {
-        Reconciler::new()
+        // Stats maps this agent just created hold zero counters: first
+        // uses of ids need no reset (most writes of a cold sync).
+        let fresh = |name| !adoption.adopted.contains(&name);
+        Reconciler::new().with_fresh_stats(
+            fresh(mcs_common::names::FRONTEND_STATS),
+            fresh(mcs_common::names::BACKEND_STATS),
+        )
     };
     let metrics = Arc::new(Metrics::default());
     let _metrics_server = match args.metrics_addr {
@@ -221,6 +255,7 @@ async fn serve(
             cluster_cidrs: args.cluster_cidrs.clone(),
         },
         reconciler,
+        desired: None,
         reported: BTreeSet::new(),
         failing: BTreeSet::new(),
     };
@@ -236,7 +271,7 @@ async fn serve(
     let Some(first) = first else {
         anyhow::bail!("source stopped before its first load");
     };
-    let mut healthy = ctx.reconcile(&first, Instant::now());
+    let mut healthy = ctx.reconcile(first, Instant::now());
     info!("initial sync done");
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
@@ -261,13 +296,13 @@ async fn serve(
                 let received = Instant::now();
                 let update = updates.borrow_and_update().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(&update, received);
+                    healthy = ctx.reconcile(update, received);
                 }
             }
             () = tokio::time::sleep(RETRY_DELAY), if !healthy => {
                 let update = updates.borrow().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(&update, Instant::now());
+                    healthy = ctx.reconcile(update, Instant::now());
                 }
             }
             result = &mut *source_task => return source_failed(result),

@@ -194,12 +194,12 @@ fn difference(
     }
     let keys: BTreeSet<_> = expected
         .0
-        .slices
+        .slices()
         .keys()
-        .chain(actual.0.slices.keys())
+        .chain(actual.0.slices().keys())
         .collect();
     for key in keys {
-        let (e, a) = (expected.0.slices.get(key), actual.0.slices.get(key));
+        let (e, a) = (expected.0.slices().get(key), actual.0.slices().get(key));
         if e != a {
             lines.push(format!("slice {key}:\n  expected {e:?}\n  actual   {a:?}"));
         }
@@ -325,7 +325,7 @@ async fn initial_list_equals_the_file_source() {
     assert!(
         update
             .snapshot
-            .slices
+            .slices()
             .keys()
             .all(|key| key.namespace != "default")
     );
@@ -514,7 +514,7 @@ async fn gone_relists_without_losing_live_objects() {
         }
         let web = update
             .snapshot
-            .slices
+            .slices()
             .values()
             .filter(|s| s.owner == SliceOwner::Import("web".into()))
             .count();
@@ -595,7 +595,7 @@ async fn reconnect_after_changes(compact: bool) {
             "api-cluster-b-1",
         ] {
             assert!(
-                update.snapshot.slices.keys().any(|k| k.name == key),
+                update.snapshot.slices().keys().any(|k| k.name == key),
                 "{key} missing from an update"
             );
         }
@@ -640,7 +640,7 @@ async fn nothing_is_published_before_every_kind_is_listed() {
     assert!(
         update
             .snapshot
-            .slices
+            .slices()
             .keys()
             .any(|k| k.name.starts_with("gke-mcs-cart-9q8w"))
     );

@@ -35,11 +35,13 @@ const MAX_NAME_LEN: usize = 253;
 /// would silently orphan the slice or rename its cluster.
 const MAX_LABEL_VALUE_LEN: usize = 63;
 
-/// A converted object.
+/// A converted object, shared: a source that keeps conversions of
+/// unchanged objects hands the same object to every snapshot, and finding
+/// what changed between snapshots compares pointers, not contents.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Import(ServiceImport),
-    Slice(EndpointSlice),
+    Import(std::sync::Arc<ServiceImport>),
+    Slice(std::sync::Arc<EndpointSlice>),
 }
 
 /// The result of converting one raw object: the model objects it yields
@@ -367,7 +369,7 @@ fn convert_import(mut ctx: Ctx, flavour: Flavour, value: &Value) -> Converted {
         clusters,
         locality,
     };
-    ctx.done(vec![Object::Import(import)])
+    ctx.done(vec![Object::Import(import.into())])
 }
 
 /// Parses and vets an address: loopback, link-local, multicast, broadcast
@@ -561,7 +563,7 @@ fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
         ports,
         endpoints,
     };
-    ctx.done(vec![Object::Slice(converted)])
+    ctx.done(vec![Object::Slice(converted.into())])
 }
 
 /// A legacy `Endpoints` object (the derived Service's, for GKE): each subset
@@ -621,17 +623,20 @@ fn convert_endpoints(mut ctx: Ctx, value: &Value) -> Converted {
         } else {
             AddressType::IPv6
         };
-        objects.push(Object::Slice(EndpointSlice {
-            key: ObjectKey::new(
-                ctx.key.namespace.clone(),
-                format!("{}#subset{subset_index}", ctx.key.name),
-            ),
-            owner: SliceOwner::Service(service.clone()),
-            source_cluster: String::new(),
-            address_type,
-            ports,
-            endpoints: slice_endpoints,
-        }));
+        objects.push(Object::Slice(
+            EndpointSlice {
+                key: ObjectKey::new(
+                    ctx.key.namespace.clone(),
+                    format!("{}#subset{subset_index}", ctx.key.name),
+                ),
+                owner: SliceOwner::Service(service.clone()),
+                source_cluster: String::new(),
+                address_type,
+                ports,
+                endpoints: slice_endpoints,
+            }
+            .into(),
+        ));
     }
     ctx.done(objects)
 }

@@ -80,8 +80,9 @@ pub fn parse(text: &str) -> Result<Converted, SyntaxError> {
             "flow collections nested {depth} deep (limit {MAX_FLOW_DEPTH})"
         ))));
     }
-    let mut values = Vec::new();
     let mut result = Converted::default();
+    let mut converted_rejections = Vec::new();
+    let mut values = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         // Read as YAML first (tags, non-string keys, .nan are valid YAML):
         // only a document that is not YAML at all refuses the whole text.
@@ -97,12 +98,17 @@ pub fn parse(text: &str) -> Result<Converted, SyntaxError> {
                 fatal: true,
             }),
         }
+        // Converted document by document: the generic values of the whole
+        // text are never alive at once (most of the agent's peak memory
+        // on a large file).
+        for value in values.drain(..) {
+            let converted = convert(&value);
+            result.objects.extend(converted.objects);
+            converted_rejections.extend(converted.rejections);
+        }
     }
-    for value in &values {
-        let converted = convert(value);
-        result.objects.extend(converted.objects);
-        result.rejections.extend(converted.rejections);
-    }
+    // Document-level problems first, as before.
+    result.rejections.extend(converted_rejections);
     Ok(result)
 }
 
@@ -150,10 +156,10 @@ pub fn snapshot(objects: impl IntoIterator<Item = Object>) -> (Snapshot, Vec<Rej
                 }
             }
             Object::Slice(slice) => {
-                if snapshot.slices.contains_key(&slice.key) {
+                if snapshot.slices().contains_key(&slice.key) {
                     rejections.push(duplicate("EndpointSlice", &slice.key));
                 } else {
-                    snapshot.slices.insert(slice.key.clone(), slice);
+                    snapshot.insert_slice(slice);
                 }
             }
         }
@@ -202,7 +208,7 @@ items:
         let (snapshot, duplicates) = snapshot(converted.objects);
         assert!(duplicates.is_empty());
         assert_eq!(snapshot.imports.len(), 1);
-        assert_eq!(snapshot.slices.len(), 1);
+        assert_eq!(snapshot.slices().len(), 1);
     }
 
     #[test]

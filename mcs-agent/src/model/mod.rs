@@ -9,7 +9,12 @@
 pub mod convert;
 pub mod manifest;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    sync::Arc,
+};
 
 /// Namespace and name of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -193,30 +198,85 @@ pub struct EndpointSlice {
 }
 
 /// All objects a source currently knows.
+///
+/// Slices are reached through methods so an index by owner stays in step:
+/// [`Snapshot::slices_of`] costs O(slices of the import), not O(slices of
+/// the namespace) — with thousands of services in one namespace the scan
+/// made every full computation quadratic.
+///
+/// Objects are shared (`Arc`): a clone of a snapshot is cheap, and objects
+/// a source did not touch compare equal by pointer, so finding what changed
+/// between two snapshots costs little more than walking the keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub imports: BTreeMap<ObjectKey, ServiceImport>,
-    pub slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// Keyed by each import's own `key` (finding changes relies on it).
+    pub imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
+    slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// (namespace, owner) → names of the slices it owns.
+    owners: BTreeMap<(String, SliceOwner), BTreeSet<String>>,
 }
 
 impl Snapshot {
+    pub fn slices(&self) -> &BTreeMap<ObjectKey, Arc<EndpointSlice>> {
+        &self.slices
+    }
+
+    /// Adds or replaces a slice (by key); returns the replaced one.
+    pub fn insert_slice(
+        &mut self,
+        slice: impl Into<Arc<EndpointSlice>>,
+    ) -> Option<Arc<EndpointSlice>> {
+        let slice = slice.into();
+        let old = self.remove_slice(&slice.key);
+        self.owners
+            .entry((slice.key.namespace.clone(), slice.owner.clone()))
+            .or_default()
+            .insert(slice.key.name.clone());
+        self.slices.insert(slice.key.clone(), slice);
+        old
+    }
+
+    pub fn remove_slice(&mut self, key: &ObjectKey) -> Option<Arc<EndpointSlice>> {
+        let old = self.slices.remove(key)?;
+        let owner = (key.namespace.clone(), old.owner.clone());
+        if let Some(names) = self.owners.get_mut(&owner) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.owners.remove(&owner);
+            }
+        }
+        Some(old)
+    }
+
     /// The slices whose endpoints back `import`: same namespace, and labelled
     /// with the import's name (`multicluster.kubernetes.io/service-name`) or
-    /// with its derived Service's (`kubernetes.io/service-name`, GKE). The
-    /// dataplane and DNS both use this, so they always agree on the endpoints.
+    /// with its derived Service's (`kubernetes.io/service-name`, GKE), in key
+    /// order. The dataplane and DNS both use this, so they always agree on
+    /// the endpoints.
     pub fn slices_of<'a>(
         &'a self,
         import: &'a ServiceImport,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
         let namespace = &import.key.namespace;
-        self.slices
-            .range(ObjectKey::new(namespace.clone(), String::new())..)
-            .take_while(move |(key, _)| &key.namespace == namespace)
-            .map(|(_, slice)| slice)
-            .filter(move |slice| match &slice.owner {
-                SliceOwner::Import(name) => *name == import.key.name,
-                SliceOwner::Service(name) => import.derived_service.as_ref() == Some(name),
-            })
+        let owned_by = |owner: SliceOwner| self.owners.get(&(namespace.clone(), owner));
+        let mut names: Vec<&String> = owned_by(SliceOwner::Import(import.key.name.clone()))
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some(service) = &import.derived_service {
+            // Both lists are sorted; merged they keep key order.
+            names.extend(
+                owned_by(SliceOwner::Service(service.clone()))
+                    .into_iter()
+                    .flatten(),
+            );
+            names.sort_unstable();
+        }
+        names.into_iter().filter_map(move |name| {
+            self.slices
+                .get(&ObjectKey::new(namespace.clone(), name.clone()))
+                .map(|slice| &**slice)
+        })
     }
 }
 

@@ -191,6 +191,24 @@ pub struct Reconciler {
     /// entry (an agent died mid-apply), with how many slots to delete. Held
     /// out of the free list until the first apply has cleaned them.
     orphans: BTreeMap<u32, u32>,
+    /// How many applied slots reference each backend identity / cluster:
+    /// kept in step with `applied`, so releasing what nobody references
+    /// costs O(changes), not a scan of every frontend.
+    backend_refs: BTreeMap<(Ipv4Addr, u16), u32>,
+    cluster_refs: BTreeMap<String, u32>,
+    /// Backend identities and clusters that may have lost their last
+    /// reference: checked (in order) at the end of every apply.
+    unreferenced_backends: BTreeSet<(Ipv4Addr, u16)>,
+    unreferenced_clusters: BTreeSet<String>,
+    /// The stats maps were created empty by this agent: an id never handed
+    /// out before (not from a free list) has zero counters, and its first
+    /// use needs no reset write.
+    fresh_frontend_stats: bool,
+    fresh_backend_stats: bool,
+    /// Some frontend may be dirty (a write failed, or adoption found it
+    /// incomplete): the next targeted apply looks for them all. Writes
+    /// only fail loudly, so without failures nothing needs the O(N) scan.
+    may_have_dirty: bool,
 }
 
 /// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
@@ -218,6 +236,71 @@ impl Reconciler {
             next_backend_id: 0,
             free_backend_ids: Vec::new(),
             orphans: BTreeMap::new(),
+            backend_refs: BTreeMap::new(),
+            cluster_refs: BTreeMap::new(),
+            unreferenced_backends: BTreeSet::new(),
+            unreferenced_clusters: BTreeSet::new(),
+            fresh_frontend_stats: false,
+            fresh_backend_stats: false,
+            may_have_dirty: false,
+        }
+    }
+
+    /// A reconciler for stats maps this agent has just created (all
+    /// counters zero): an id's first use skips the reset write, which is
+    /// most writes of a cold sync. Reused ids are reset as always; after
+    /// adoption every id is (stale counters may exist).
+    pub fn with_fresh_stats(mut self, frontend_stats: bool, backend_stats: bool) -> Self {
+        self.fresh_frontend_stats = frontend_stats;
+        self.fresh_backend_stats = backend_stats;
+        self
+    }
+
+    /// Records `applied` for `frontend`, keeping the reference counts.
+    fn set_applied(&mut self, frontend: Frontend, applied: Applied) {
+        self.add_refs(&applied.backends);
+        if let Some(old) = self.applied.insert(frontend, applied) {
+            self.drop_refs(&old.backends);
+        }
+    }
+
+    fn take_applied(&mut self, frontend: &Frontend) -> Option<Applied> {
+        let old = self.applied.remove(frontend)?;
+        self.drop_refs(&old.backends);
+        Some(old)
+    }
+
+    fn add_refs(&mut self, backends: &[Backend]) {
+        for backend in backends {
+            *self
+                .backend_refs
+                .entry((backend.addr, backend.port))
+                .or_default() += 1;
+            if let Some(count) = self.cluster_refs.get_mut(&backend.cluster) {
+                *count += 1;
+            } else {
+                self.cluster_refs.insert(backend.cluster.clone(), 1);
+            }
+        }
+    }
+
+    fn drop_refs(&mut self, backends: &[Backend]) {
+        for backend in backends {
+            let identity = (backend.addr, backend.port);
+            if let Some(count) = self.backend_refs.get_mut(&identity) {
+                *count -= 1;
+                if *count == 0 {
+                    self.backend_refs.remove(&identity);
+                    self.unreferenced_backends.insert(identity);
+                }
+            }
+            if let Some(count) = self.cluster_refs.get_mut(&backend.cluster) {
+                *count -= 1;
+                if *count == 0 {
+                    self.cluster_refs.remove(&backend.cluster);
+                    self.unreferenced_clusters.insert(backend.cluster.clone());
+                }
+            }
         }
     }
 
@@ -280,7 +363,7 @@ impl Reconciler {
             } else {
                 FrontendKind::Service
             };
-            reconciler.applied.insert(
+            reconciler.set_applied(
                 frontend,
                 Applied {
                     id: value.frontend_id,
@@ -334,6 +417,10 @@ impl Reconciler {
                 reconciler.clusters.insert(name.clone(), *id);
             }
         }
+        reconciler.may_have_dirty = reconciler.applied.values().any(|a| a.dirty);
+        // What no adopted slot references is released by the first apply.
+        reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
+        reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
         Ok(reconciler)
     }
 
@@ -348,11 +435,11 @@ impl Reconciler {
         if let Some(id) = self.backend_ids.get(&identity) {
             return Ok(*id);
         }
-        let id = match self.free_backend_ids.pop() {
-            Some(id) => id,
+        let (id, reused) = match self.free_backend_ids.pop() {
+            Some(id) => (id, true),
             None if self.next_backend_id < MAX_BACKENDS => {
                 self.next_backend_id += 1;
-                self.next_backend_id - 1
+                (self.next_backend_id - 1, false)
             }
             None => {
                 return Err(WriteError {
@@ -362,12 +449,16 @@ impl Reconciler {
                 });
             }
         };
-        if let Err(error) = maps.reset_backend_stats(id) {
-            self.free_backend_ids.push(id);
-            return Err(error);
+        if reused || !self.fresh_backend_stats {
+            if let Err(error) = maps.reset_backend_stats(id) {
+                self.free_backend_ids.push(id);
+                return Err(error);
+            }
+            report.map_writes += 1;
         }
-        report.map_writes += 1;
         self.backend_ids.insert(identity, id);
+        // Released again at the end of the apply unless a slot takes it.
+        self.unreferenced_backends.insert(identity);
         Ok(id)
     }
 
@@ -376,13 +467,14 @@ impl Reconciler {
         self.applied.len()
     }
 
-    fn allocate_id(&mut self) -> Option<u32> {
+    /// A free frontend id, and whether it was used before.
+    fn allocate_id(&mut self) -> Option<(u32, bool)> {
         if let Some(id) = self.free_ids.pop() {
-            return Some(id);
+            return Some((id, true));
         }
         (self.next_id < MAX_FRONTENDS).then(|| {
             self.next_id += 1;
-            self.next_id - 1
+            (self.next_id - 1, false)
         })
     }
 
@@ -411,6 +503,7 @@ impl Reconciler {
             Ok(()) => {
                 report.map_writes += 1;
                 self.clusters.insert(name.to_owned(), id);
+                self.unreferenced_clusters.insert(name.to_owned());
                 id
             }
             Err(error) => {
@@ -427,62 +520,102 @@ impl Reconciler {
         desired: &DesiredState,
         maps: &mut impl DataplaneWriter,
     ) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        self.remove_orphans(maps, &mut report);
-
         let removed: Vec<Frontend> = self
             .applied
             .keys()
             .filter(|frontend| !desired.frontends.contains_key(frontend))
             .copied()
             .collect();
+        self.apply_inner(desired, removed, desired.frontends.keys(), maps)
+    }
+
+    /// Like [`Reconciler::apply`], but looks only at `frontends` (the ones
+    /// whose desired spec may have changed, see
+    /// [`crate::desired::Incremental::update`]): O(their size), not
+    /// O(all frontends). Frontends left dirty by a failed write are
+    /// retried too.
+    #[instrument(skip_all, fields(frontends = frontends.len()))]
+    pub fn apply_changed(
+        &mut self,
+        desired: &DesiredState,
+        frontends: &BTreeSet<Frontend>,
+        maps: &mut impl DataplaneWriter,
+    ) -> ApplyReport {
+        let dirty: Vec<Frontend> = if self.may_have_dirty {
+            self.applied
+                .iter()
+                .filter(|(frontend, applied)| applied.dirty && !frontends.contains(frontend))
+                .map(|(frontend, _)| *frontend)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let wanted: BTreeSet<&Frontend> = frontends.iter().chain(&dirty).collect();
+        let removed: Vec<Frontend> = wanted
+            .iter()
+            .filter(|frontend| {
+                !desired.frontends.contains_key(frontend) && self.applied.contains_key(frontend)
+            })
+            .map(|frontend| **frontend)
+            .collect();
+        let upserts = wanted
+            .into_iter()
+            .filter(|frontend| desired.frontends.contains_key(frontend));
+        self.apply_inner(desired, removed, upserts, maps)
+    }
+
+    fn apply_inner<'a>(
+        &mut self,
+        desired: &DesiredState,
+        removed: Vec<Frontend>,
+        upserts: impl Iterator<Item = &'a Frontend>,
+        maps: &mut impl DataplaneWriter,
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        self.remove_orphans(maps, &mut report);
+
         for frontend in removed {
             if let Err(error) = self.remove(&frontend, maps, &mut report) {
                 report.errors.push((frontend, error));
             }
         }
 
-        for (frontend, spec) in &desired.frontends {
+        for frontend in upserts {
+            let Some(spec) = desired.frontends.get(frontend) else {
+                continue;
+            };
             if let Err(error) = self.upsert(frontend, spec, maps, &mut report) {
                 report.errors.push((*frontend, error));
             }
         }
 
         // Forget cluster ids nobody references any more.
-        let referenced: BTreeSet<&str> = self
-            .applied
-            .values()
-            .flat_map(|applied| applied.backends.iter().map(|b| b.cluster.as_str()))
-            .collect();
-        let stale: Vec<(String, u32)> = self
-            .clusters
-            .iter()
-            .filter(|(name, _)| !referenced.contains(name.as_str()))
-            .map(|(name, id)| (name.clone(), *id))
-            .collect();
-        for (name, id) in stale {
+        for name in std::mem::take(&mut self.unreferenced_clusters) {
+            if self.cluster_refs.contains_key(&name) {
+                continue;
+            }
+            let Some(id) = self.clusters.get(&name).copied() else {
+                continue;
+            };
             if maps.put_cluster_name(id, &NameValue::EMPTY).is_ok() {
                 report.map_writes += 1;
                 self.clusters.remove(&name);
+            } else {
+                self.unreferenced_clusters.insert(name); // retried next time
             }
         }
         // Release backend ids nobody references any more.
-        let referenced: BTreeSet<(Ipv4Addr, u16)> = self
-            .applied
-            .values()
-            .flat_map(|applied| applied.backends.iter().map(|b| (b.addr, b.port)))
-            .collect();
-        let released: Vec<(Ipv4Addr, u16)> = self
-            .backend_ids
-            .keys()
-            .filter(|identity| !referenced.contains(identity))
-            .copied()
-            .collect();
-        for identity in released {
+        for identity in std::mem::take(&mut self.unreferenced_backends) {
+            if self.backend_refs.contains_key(&identity) {
+                continue;
+            }
             if let Some(id) = self.backend_ids.remove(&identity) {
                 self.free_backend_ids.push(id);
             }
         }
+        // Every dirty frontend was retried above (a full apply visits all,
+        // a targeted one all when this was set): only new failures remain.
+        self.may_have_dirty = !report.errors.is_empty();
         report
     }
 
@@ -540,7 +673,7 @@ impl Reconciler {
         }
         maps.delete_frontend_name(id)?;
         report.map_writes += 1;
-        if let Some(applied) = self.applied.remove(frontend) {
+        if let Some(applied) = self.take_applied(frontend) {
             report
                 .retired
                 .extend(applied.backends.iter().map(|b| Retired {
@@ -564,7 +697,7 @@ impl Reconciler {
     ) -> Result<(), WriteError> {
         let name_value = NameValue::new(&spec.name);
         let name = name_value.as_str().to_owned();
-        let is_new = match self.applied.get(frontend) {
+        let (is_new, reset_stats) = match self.applied.get(frontend) {
             Some(existing) => {
                 if !existing.dirty
                     && !existing.table_stale
@@ -575,10 +708,10 @@ impl Reconciler {
                 {
                     return Ok(()); // unchanged: not a single write
                 }
-                false
+                (false, false)
             }
             None => {
-                let Some(id) = self.allocate_id() else {
+                let Some((id, reused)) = self.allocate_id() else {
                     return Err(WriteError {
                         map: mcs_common::names::SERVICES,
                         op: "allocate frontend id",
@@ -587,7 +720,7 @@ impl Reconciler {
                 };
                 // Recorded before any write, so a failure below leaves the
                 // id owned (and retried as dirty), never leaked.
-                self.applied.insert(
+                self.set_applied(
                     *frontend,
                     Applied {
                         id,
@@ -600,7 +733,7 @@ impl Reconciler {
                         table_stale: false,
                     },
                 );
-                true
+                (true, reused || !self.fresh_frontend_stats)
             }
         };
         // What is known to be in the maps; the stored entry stays marked
@@ -618,7 +751,7 @@ impl Reconciler {
             stable_layout(&known.backends, &spec.backends)
         };
 
-        if is_new {
+        if reset_stats {
             maps.reset_frontend_stats(id)?;
             report.map_writes += 1;
         }
@@ -719,7 +852,7 @@ impl Reconciler {
                     protocol: frontend.protocol,
                 }),
         );
-        self.applied.insert(
+        self.set_applied(
             *frontend,
             Applied {
                 id,

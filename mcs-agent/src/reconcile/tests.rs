@@ -2,7 +2,10 @@
 //! apply the maps render exactly the desired state; unchanged frontends cost
 //! no write; at no point does a service entry point at a missing slot.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevTable, NameValue, SVC_F_VIP_MARKER,
@@ -227,7 +230,68 @@ fn dedup_by_address(mut backends: Vec<Backend>) -> Vec<Backend> {
     backends
 }
 
+/// The reference counts and pending sets agree with a scan of the applied
+/// frontends (what the reconciler did at the end of every apply before).
+fn assert_refs_match_a_scan(reconciler: &Reconciler) {
+    let mut backends: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+    let mut clusters: BTreeMap<String, u32> = BTreeMap::new();
+    for applied in reconciler.applied.values() {
+        for backend in &applied.backends {
+            *backends.entry((backend.addr, backend.port)).or_default() += 1;
+            *clusters.entry(backend.cluster.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(reconciler.backend_refs, backends);
+    assert_eq!(reconciler.cluster_refs, clusters);
+    // After an apply, ids are held exactly by referenced backends.
+    let held: Vec<_> = reconciler.backend_ids.keys().copied().collect();
+    let referenced: Vec<_> = backends.keys().copied().collect();
+    assert_eq!(held, referenced);
+}
+
+/// Frontends whose spec differs between two states.
+fn changed_between(old: &DesiredState, new: &DesiredState) -> BTreeSet<Frontend> {
+    old.frontends
+        .keys()
+        .chain(new.frontends.keys())
+        .filter(|f| old.frontends.get(f) != new.frontends.get(f))
+        .copied()
+        .collect()
+}
+
 proptest! {
+    #[test]
+    fn applying_only_changed_frontends_equals_a_full_apply(
+        states in prop::collection::vec(desired_strategy(), 1..10),
+        failures in prop::collection::vec(prop::option::of(0usize..30), 10),
+    ) {
+        // Two agents see the same history (and the same write failures):
+        // one applies every state whole, the other only what changed.
+        let (mut full, mut incremental) = (Reconciler::new(), Reconciler::new());
+        let (mut full_maps, mut incremental_maps) = (Checked::default(), Checked::default());
+        let mut previous = DesiredState::default();
+        for (desired, fail_after) in states.iter().zip(&failures) {
+            full_maps.0.fail_after = fail_after.map(|n| full_maps.0.writes + n);
+            incremental_maps.0.fail_after = fail_after.map(|n| incremental_maps.0.writes + n);
+            let full_report = full.apply(desired, &mut full_maps);
+            let changed = changed_between(&previous, desired);
+            let report = incremental.apply_changed(desired, &changed, &mut incremental_maps);
+            prop_assert_eq!(&full_maps.0, &incremental_maps.0);
+            prop_assert_eq!(full_report.errors.len(), report.errors.len());
+            prop_assert_eq!(full_report.retired, report.retired);
+            previous = desired.clone();
+        }
+        // Without failures, both converge on the last state.
+        full_maps.0.fail_after = None;
+        incremental_maps.0.fail_after = None;
+        full.apply(&previous, &mut full_maps);
+        let report = incremental.apply_changed(&previous, &BTreeSet::new(), &mut incremental_maps);
+        prop_assert!(report.errors.is_empty(), "{:?}", report.errors);
+        prop_assert_eq!(&full_maps.0, &incremental_maps.0);
+        prop_assert_eq!(render(&incremental_maps.0), expected(&previous));
+        assert_refs_match_a_scan(&incremental);
+    }
+
     #[test]
     fn maps_always_render_the_desired_state(states in prop::collection::vec(desired_strategy(), 1..12)) {
         let mut reconciler = Reconciler::new();
@@ -236,6 +300,7 @@ proptest! {
             let report = reconciler.apply(desired, &mut maps);
             prop_assert!(report.errors.is_empty());
             prop_assert_eq!(render(&maps.0), expected(desired));
+            assert_refs_match_a_scan(&reconciler);
             // Applying the same state again writes nothing.
             let writes = maps.0.writes;
             let again = reconciler.apply(desired, &mut maps);
@@ -341,4 +406,47 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
         };
         assert_eq!(before.backends[&key], maps.backends[&key]);
     }
+}
+
+#[test]
+fn fresh_stats_maps_are_reset_only_for_reused_ids() {
+    let frontend = |port| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 1),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let spec = |host| FrontendSpec {
+        kind: FrontendKind::Service,
+        name: "ns/svc:http".into(),
+        import: ObjectKey::new("ns", "svc"),
+        backends: vec![Backend {
+            addr: Ipv4Addr::new(10, 1, 0, host),
+            port: 80,
+            cluster: "a".into(),
+            weight: 1,
+            terminating: false,
+        }],
+        affinity_timeout: None,
+    };
+    let mut desired = DesiredState::default();
+    desired.frontends.insert(frontend(80), spec(1));
+    desired.frontends.insert(frontend(81), spec(2));
+    let mut fresh = Reconciler::new().with_fresh_stats(true, true);
+    let mut maps = MemoryMaps::default();
+    fresh.apply(&desired, &mut maps);
+    assert!(maps.stats_resets.is_empty() && maps.backend_stats_resets.is_empty());
+    // Port 81 goes, port 82 comes and takes its ids: their counters are
+    // the old frontend's and backend's, so they are reset.
+    let old_id = maps.services[&super::service_key(&frontend(81))].frontend_id;
+    desired.frontends.remove(&frontend(81));
+    fresh.apply(&desired, &mut maps);
+    desired.frontends.insert(frontend(82), spec(3));
+    fresh.apply(&desired, &mut maps);
+    assert_eq!(maps.stats_resets, [old_id]);
+    assert_eq!(maps.backend_stats_resets.len(), 1);
+    // Without the promise of fresh maps every first use is reset.
+    let mut maps = MemoryMaps::default();
+    Reconciler::new().apply(&desired, &mut maps);
+    assert_eq!(maps.stats_resets.len(), 2);
+    assert_eq!(maps.backend_stats_resets.len(), 2);
 }

@@ -21,8 +21,10 @@
 //!   swapped in at once when complete, so no snapshot ever misses a live
 //!   object; objects deleted while disconnected disappear with that swap
 //!   (or with the DELETED events the server replays on resume).
-//! * Changes are debounced; an update is published only when the converted
-//!   state differs from the last one.
+//! * Changes are debounced on the leading edge: a change after a quiet
+//!   period is published at once, a burst is coalesced into at most one
+//!   update per debounce window; an update is published only when the
+//!   converted state differs from the last one.
 //! * Rejections are published as Kubernetes Events (type Warning) on the
 //!   offending object, once per object, reason and message.
 
@@ -66,7 +68,7 @@ use super::SourceUpdate;
 use crate::{
     desired,
     model::{
-        Flavour, ObjectKey, Rejection,
+        Flavour, ObjectKey, Rejection, Snapshot,
         convert::{
             self, ANNOTATION_DERIVED_SERVICE, ANNOTATION_GKE_DERIVED_SERVICE, LABEL_MANAGED_BY,
             LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, Object,
@@ -111,7 +113,8 @@ pub enum KubeSourceError {
 /// Tuning of the Kubernetes source.
 #[derive(Clone, Debug)]
 pub struct KubeSourceOptions {
-    /// Changes arriving within this window are published as one update.
+    /// At most one update per this window: the first change after a quiet
+    /// window is published at once, later ones wait for the window's end.
     pub debounce: Duration,
     /// Objects per list page (`limit`).
     pub page_size: u32,
@@ -405,6 +408,7 @@ impl KubeSource {
         });
         let mut builder = SnapshotBuilder::default();
         let mut publish_at: Option<Instant> = None;
+        let mut last_publish: Option<Instant> = None;
         let mut published = false;
 
         loop {
@@ -416,17 +420,22 @@ impl KubeSource {
                     };
                     let state = &mut states[watched.index()];
                     if observe(watched, state, progress) && publish_at.is_none() {
-                        publish_at = Some(Instant::now() + self.options.debounce);
+                        // Leading edge: at once after a quiet window.
+                        let now = Instant::now();
+                        publish_at = Some(
+                            last_publish.map_or(now, |last| (last + self.options.debounce).max(now)),
+                        );
                     }
                 }
                 () = tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() && ready => {
                     publish_at = None;
+                    last_publish = Some(Instant::now());
                     let built = builder.build(&stores);
                     if let Some(events) = &mut events {
                         events.report(&built);
                     }
                     let update = built.update;
-                    let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices.len());
+                    let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices().len());
                     let changed = updates.send_if_modified(|current| {
                         if current.as_ref() == Some(&update) {
                             false
@@ -640,6 +649,9 @@ struct Built {
 #[derive(Default)]
 struct SnapshotBuilder {
     cache: HashMap<(usize, ObjectKey), Cached>,
+    /// Desired state of the last build (for its derived rejections), kept
+    /// up to date import by import rather than recomputed whole.
+    desired: Option<(desired::Incremental, Snapshot)>,
 }
 
 /// Objects, rejections and references gathered during one build.
@@ -758,7 +770,18 @@ impl SnapshotBuilder {
         let (snapshot, duplicates) = manifest::snapshot(gathered.objects);
         let mut rejections = gathered.rejections;
         rejections.extend(duplicates);
-        let (_, derived) = desired::compute(&snapshot);
+        let engine = match self.desired.take() {
+            Some((mut engine, previous)) => {
+                let changes = desired::Changes::between(&previous, &snapshot);
+                let affected = engine.affected(&changes);
+                engine.update(&snapshot, &affected);
+                engine
+            }
+            None => desired::Incremental::new(&snapshot, desired::Policy::default()),
+        };
+        let derived = engine.rejections();
+        // Snapshots share their objects: keeping one is cheap.
+        self.desired = Some((engine, snapshot.clone()));
         Built {
             update: SourceUpdate {
                 snapshot,

@@ -26,7 +26,7 @@ use aya::{EbpfLoader, maps::IterableMap as _};
 use mcs_agent::{
     dataplane::{EBPF_OBJECT, MapHandles, PinnedMaps},
     desired,
-    model::{ObjectKey, Snapshot, manifest},
+    model::{EndpointSlice, ObjectKey, Snapshot, manifest},
     reconcile::{Reconciler, service_key},
 };
 use mcs_common::{BACKEND_F_READY, BackendKey, BackendValue, names};
@@ -56,9 +56,13 @@ pub struct Config {
 pub struct ChangeTimes {
     /// Change → the map holds it (ms), per change.
     pub total_ms: Vec<f64>,
-    /// Of which `desired::compute_with` over the whole snapshot.
+    /// Of which the desired state: the changed set (snapshot diff) and the
+    /// incremental `desired::Incremental::update` of the affected imports.
     pub compute_ms: Vec<f64>,
-    /// Of which the diff `Reconciler::apply` (map writes).
+    /// Of `compute_ms`, the snapshot diff (`desired::Changes::between`).
+    #[serde(default)]
+    pub diff_ms: Vec<f64>,
+    /// Of which `Reconciler::apply_changed` of the touched frontends (map writes).
     pub apply_ms: Vec<f64>,
     pub map_writes_per_change: f64,
 }
@@ -145,20 +149,25 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Changes one endpoint of one service per step and times the agent's path
-/// until the backend map holds the new address.
+/// (`run.rs`) until the backend map holds the new address: snapshot diff →
+/// affected imports → incremental desired state → apply of the touched
+/// frontends → map lookup.
 fn change_latency(
     set: &ServiceSet,
     snapshot: &mut Snapshot,
+    engine: &mut desired::Incremental,
     maps: &mut MapHandles,
     reconciler: &mut Reconciler,
     changes: usize,
 ) -> Result<ChangeTimes> {
-    let policy = desired::Policy::default();
     let mut times = ChangeTimes::default();
     let mut writes = 0usize;
     let mut state = 0x5eed_u64;
     let others = set.len().saturating_sub(1).max(1);
     let budget = Instant::now() + CHANGE_BUDGET;
+    // The agent keeps the snapshot it last applied; the change arrives as a
+    // new snapshot (made outside the timing by changing a copy in step).
+    let mut previous = snapshot.clone();
     for n in 0..changes {
         if n >= MIN_CHANGES && Instant::now() > budget {
             break;
@@ -175,21 +184,26 @@ fn change_latency(
         // A fresh address from outside the pool.
         let fresh =
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
+        let mut slice = EndpointSlice::clone(
+            snapshot
+                .slices()
+                .get(&key)
+                .with_context(|| format!("slice {key} missing"))?,
+        );
+        slice
+            .endpoints
+            .get_mut(n % service.endpoints.len().max(1))
+            .context("endpoint")?
+            .addresses = vec![IpAddr::V4(fresh)];
+        let slice = std::sync::Arc::new(slice);
+        snapshot.insert_slice(slice.clone());
         let start = Instant::now();
-        {
-            let slice = snapshot
-                .slices
-                .get_mut(&key)
-                .with_context(|| format!("slice {key} missing"))?;
-            let endpoint = slice
-                .endpoints
-                .get_mut(n % service.endpoints.len().max(1))
-                .context("endpoint")?;
-            endpoint.addresses = vec![IpAddr::V4(fresh)];
-        }
-        let (desired_state, _) = desired::compute_with(snapshot, &policy);
+        let changed = desired::Changes::between(&previous, snapshot);
+        let affected = engine.affected(&changed);
+        let diffed = Instant::now();
+        let touched = engine.update(snapshot, &affected);
         let computed = Instant::now();
-        let report = reconciler.apply(&desired_state, maps);
+        let report = reconciler.apply_changed(engine.state(), &touched, maps);
         let applied = Instant::now();
         if let Some((frontend, error)) = report.errors.first() {
             bail!("apply failed on {frontend}: {error}");
@@ -222,7 +236,9 @@ fn change_latency(
             found,
             "change {n}: the new endpoint {fresh} is not in the map"
         );
+        previous.insert_slice(slice);
         times.total_ms.push(ms(seen - start));
+        times.diff_ms.push(ms(diffed - start));
         times.compute_ms.push(ms(computed - start));
         times.apply_ms.push(ms(applied - computed));
     }
@@ -360,7 +376,9 @@ pub fn run(config: &Config) -> Result<Control> {
     let set = ServiceSet::new(config.services, config.endpoints, &target_backends());
     let parse_start = Instant::now();
     let mut snapshot = snapshot_of(&set)?;
-    let (desired_state, rejections) = desired::compute(&snapshot);
+    let engine = desired::Incremental::new(&snapshot, desired::Policy::default());
+    let rejections = engine.rejections();
+    let desired_state = engine.state();
     ensure!(
         rejections.is_empty(),
         "desired state rejected: {:?}",
@@ -401,9 +419,10 @@ pub fn run(config: &Config) -> Result<Control> {
     // Warm-up (discarded), then interleaved repetitions.
     for rep in 0..=config.reps {
         let (_ebpf, mut maps) = fresh_maps()?;
-        let mut reconciler = Reconciler::new();
+        // As the agent on maps it created (zero counters).
+        let mut reconciler = Reconciler::new().with_fresh_stats(true, true);
         let start = Instant::now();
-        let report = reconciler.apply(&desired_state, &mut maps);
+        let report = reconciler.apply(desired_state, &mut maps);
         let cold = start.elapsed().as_secs_f64();
         if let Some((frontend, error)) = report.errors.first() {
             bail!("cold sync failed on {frontend}: {error}");
@@ -424,16 +443,17 @@ pub fn run(config: &Config) -> Result<Control> {
     }
 
     let (_ebpf, mut maps) = fresh_maps()?;
-    let mut reconciler = Reconciler::new();
-    let report = reconciler.apply(&desired_state, &mut maps);
+    let mut reconciler = Reconciler::new().with_fresh_stats(true, true);
+    let report = reconciler.apply(desired_state, &mut maps);
     ensure!(
         report.errors.is_empty(),
         "sync before the change test failed"
     );
-    drop(desired_state);
+    let mut engine = engine;
     result.change = change_latency(
         &set,
         &mut snapshot,
+        &mut engine,
         &mut maps,
         &mut reconciler,
         config.changes,
@@ -448,6 +468,7 @@ pub fn run(config: &Config) -> Result<Control> {
     ));
     drop(maps);
     drop(snapshot);
+    drop(engine);
 
     result.agent = agent_memory(&set)?;
     progress(&format!(
@@ -458,8 +479,8 @@ pub fn run(config: &Config) -> Result<Control> {
         started.elapsed().as_secs_f64()
     ));
     result.notes = vec![
-        "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded.".to_owned(),
-        "Endpoint change: one endpoint address of one service replaced in the model; timed through desired::compute_with over the whole snapshot and the diff Reconciler::apply (what the agent does per update) until a map lookup returns the new backend. The file source's 100 ms debounce and YAML parsing are not included.".to_owned(),
+        "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded.".to_owned(),
+        "Endpoint change: one endpoint address of one service replaced in the model; timed through the agent's per-update path (run.rs): the snapshot diff against the last applied snapshot (desired::Changes::between), the incremental desired state of the affected imports (desired::Incremental::update) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing are not included.".to_owned(),
         "Single vs batch: backend-map inserts into an empty map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent itself writes one entry per syscall.".to_owned(),
     ];
     Ok(result)

@@ -1,0 +1,401 @@
+//! The incremental engine against full computations: for random snapshots
+//! and random change sequences, updating only the affected imports yields
+//! exactly what computing everything from the final snapshot yields — and
+//! that equals the original single-pass computation (kept here as the
+//! reference).
+
+use std::{
+    collections::{BTreeSet, btree_map::Entry},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{
+    Conditions, Endpoint, EndpointSlice, Flavour, ImportPort, SliceOwner, SlicePort,
+};
+
+/// The single-pass computation this engine replaced, verbatim.
+fn reference_compute(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<Rejection>) {
+    let mut state = DesiredState::default();
+    let mut rejections = Vec::new();
+
+    for import in snapshot.imports.values() {
+        if import.import_type == ImportType::Headless {
+            continue; // kept in the model (DNS), no ClusterSetIP in the dataplane
+        }
+        let overridden;
+        let locality = match import.locality.as_deref().map(str::parse::<Locality>) {
+            None => &policy.locality,
+            Some(Ok(locality)) => {
+                overridden = locality;
+                &overridden
+            }
+            Some(Err(error)) => {
+                rejections.push(rejection(
+                    import,
+                    Problem::Unsupported(format!(
+                        "annotation {}: {error}; using the agent's policy",
+                        crate::model::convert::ANNOTATION_LOCALITY
+                    )),
+                ));
+                &policy.locality
+            }
+        };
+        let affinity_timeout = match import.session_affinity {
+            SessionAffinity::None => None,
+            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+        };
+        let vips: Vec<Ipv4Addr> = import
+            .ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if import.ips.iter().any(IpAddr::is_ipv6) {
+            rejections.push(rejection(
+                import,
+                Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
+            ));
+        }
+        for vip in vips {
+            for port in &import.ports {
+                if port.protocol == Protocol::Sctp {
+                    rejections.push(rejection(
+                        import,
+                        Problem::Unsupported(format!(
+                            "port {:?}: SCTP is not supported",
+                            port.name
+                        )),
+                    ));
+                    continue;
+                }
+                let frontend = Frontend {
+                    addr: vip,
+                    port: port.port,
+                    protocol: port.protocol,
+                };
+                let (candidates, truncated) = backends_of(
+                    snapshot,
+                    import,
+                    &port.name,
+                    port.protocol,
+                    &policy.cluster_cidrs,
+                    &mut rejections,
+                );
+                let backends =
+                    apply_locality(candidates, locality, policy.local_cluster.as_deref());
+                if truncated {
+                    rejections.push(rejection(
+                        import,
+                        Problem::Unsupported(format!(
+                            "port {:?}: more than {MAX_BACKENDS_PER_FRONTEND} endpoints; the rest are ignored",
+                            port.name
+                        )),
+                    ));
+                }
+                let spec = FrontendSpec {
+                    kind: FrontendKind::Service,
+                    name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
+                    import: import.key.clone(),
+                    backends,
+                    affinity_timeout,
+                };
+                match state.frontends.entry(frontend) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(spec);
+                    }
+                    Entry::Occupied(entry) => rejections.push(rejection(
+                        import,
+                        Problem::Conflict(format!(
+                            "{frontend} is already served for {}",
+                            entry.get().import
+                        )),
+                    )),
+                }
+            }
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                let marker = Frontend {
+                    addr: vip,
+                    port: 0,
+                    protocol,
+                };
+                state
+                    .frontends
+                    .entry(marker)
+                    .or_insert_with(|| FrontendSpec {
+                        kind: FrontendKind::VipMarker,
+                        name: format!("{}:<vip>", import.key),
+                        import: import.key.clone(),
+                        backends: Vec::new(),
+                        affinity_timeout: None,
+                    });
+            }
+        }
+    }
+    // An endpoint refused for one port is refused for every port: report once.
+    let mut seen = std::collections::BTreeSet::new();
+    rejections.retain(|rejection| seen.insert(rejection.to_string()));
+    (state, rejections)
+}
+
+const NAMESPACES: [&str; 2] = ["a", "b"];
+const CLUSTERS: [&str; 3] = ["c0", "c1", ""];
+
+fn import_strategy() -> impl Strategy<Value = ServiceImport> {
+    let port = (0..3usize, prop::bool::ANY, 0..3u16).prop_map(|(name, udp, port)| ImportPort {
+        name: ["", "p", "q"][name].to_owned(),
+        protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+        port: 80 + port,
+        app_protocol: None,
+    });
+    (
+        0..2usize,
+        0..5usize,
+        prop::collection::vec(1..4u8, 0..3),
+        prop::bool::weighted(0.1),
+        prop::collection::vec(port, 0..4),
+        prop::option::of(0..2usize),
+        prop::option::of(0..4usize),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(
+            |(ns, name, vips, v6, ports, derived, locality, headless, affinity, sctp)| {
+                let mut ips: Vec<IpAddr> = vips
+                    .into_iter()
+                    .map(|last| IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)))
+                    .collect();
+                if v6 {
+                    ips.push("fd00::1".parse().expect("valid"));
+                }
+                let mut ports = ports;
+                if sctp && let Some(first) = ports.first_mut() {
+                    first.protocol = Protocol::Sctp;
+                }
+                ServiceImport {
+                    key: ObjectKey::new(NAMESPACES[ns], format!("s{name}")),
+                    flavour: Flavour::McsV1beta1,
+                    import_type: if headless {
+                        ImportType::Headless
+                    } else {
+                        ImportType::ClusterSetIp
+                    },
+                    ips,
+                    ports,
+                    session_affinity: if affinity {
+                        SessionAffinity::ClientIp {
+                            timeout_seconds: 30,
+                        }
+                    } else {
+                        SessionAffinity::None
+                    },
+                    derived_service: derived.map(|d| format!("d{d}")),
+                    clusters: Vec::new(),
+                    locality: locality.map(|l| {
+                        ["local-first", "none", "weighted:c0=2,c1=1", "bogus"][l].to_owned()
+                    }),
+                }
+            },
+        )
+}
+
+fn slice_strategy() -> impl Strategy<Value = EndpointSlice> {
+    let port = (0..3usize, prop::bool::ANY, 0..3u16).prop_map(|(name, udp, port)| SlicePort {
+        name: ["", "p", "q"][name].to_owned(),
+        protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+        port: 8080 + port,
+    });
+    let endpoint = (
+        prop::collection::vec(1..6u8, 1..3),
+        prop::bool::ANY,
+        prop::bool::ANY,
+        prop::bool::ANY,
+    )
+        .prop_map(|(addrs, ready, serving, terminating)| Endpoint {
+            addresses: addrs
+                .into_iter()
+                .map(|last| IpAddr::V4(Ipv4Addr::new(10, (last % 2) + 1, 0, last)))
+                .collect(),
+            conditions: Conditions {
+                ready,
+                serving,
+                terminating,
+            },
+            hostname: None,
+        });
+    (
+        0..2usize,
+        0..6usize,
+        prop::bool::weighted(0.3),
+        0..5usize,
+        0..3usize,
+        prop::collection::vec(port, 0..3),
+        prop::collection::vec(endpoint, 0..4),
+    )
+        .prop_map(
+            |(ns, name, service, owner, cluster, ports, endpoints)| EndpointSlice {
+                key: ObjectKey::new(NAMESPACES[ns], format!("sl{name}")),
+                owner: if service {
+                    SliceOwner::Service(format!("d{}", owner % 2))
+                } else {
+                    SliceOwner::Import(format!("s{owner}"))
+                },
+                source_cluster: CLUSTERS[cluster].to_owned(),
+                address_type: AddressType::IPv4,
+                ports,
+                endpoints,
+            },
+        )
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    PutImport(ServiceImport),
+    DropImport(usize, usize),
+    PutSlice(EndpointSlice),
+    DropSlice(usize, usize),
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => import_strategy().prop_map(Step::PutImport),
+        1 => (0..2usize, 0..5usize).prop_map(|(ns, n)| Step::DropImport(ns, n)),
+        3 => slice_strategy().prop_map(Step::PutSlice),
+        1 => (0..2usize, 0..6usize).prop_map(|(ns, n)| Step::DropSlice(ns, n)),
+    ]
+}
+
+fn policy_strategy() -> impl Strategy<Value = Policy> {
+    (0..3usize, prop::bool::ANY).prop_map(|(locality, cidrs)| Policy {
+        local_cluster: Some("c1".to_owned()),
+        locality: ["none", "local-first", "weighted:c0=1,c1=3"][locality]
+            .parse()
+            .expect("valid"),
+        cluster_cidrs: if cidrs {
+            "c0=10.1.0.0/16, c1=10.2.0.0/16".parse().expect("valid")
+        } else {
+            ClusterCidrs::default()
+        },
+    })
+}
+
+fn apply(snapshot: &mut Snapshot, step: &Step) {
+    match step {
+        Step::PutImport(import) => {
+            snapshot
+                .imports
+                .insert(import.key.clone(), import.clone().into());
+        }
+        Step::DropImport(ns, n) => {
+            snapshot
+                .imports
+                .remove(&ObjectKey::new(NAMESPACES[*ns], format!("s{n}")));
+        }
+        Step::PutSlice(slice) => {
+            snapshot.insert_slice(slice.clone());
+        }
+        Step::DropSlice(ns, n) => {
+            snapshot.remove_slice(&ObjectKey::new(NAMESPACES[*ns], format!("sl{n}")));
+        }
+    }
+}
+
+fn sorted(rejections: Vec<Rejection>) -> Vec<String> {
+    let set: BTreeSet<String> = rejections.iter().map(ToString::to_string).collect();
+    set.into_iter().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn incremental_updates_equal_a_full_computation(
+        policy in policy_strategy(),
+        initial in prop::collection::vec(step_strategy(), 0..12),
+        steps in prop::collection::vec(prop::collection::vec(step_strategy(), 1..3), 1..10),
+    ) {
+        let mut snapshot = Snapshot::default();
+        for step in &initial {
+            apply(&mut snapshot, step);
+        }
+        let mut engine = Incremental::new(&snapshot, policy.clone());
+        for batch in &steps {
+            let before = snapshot.clone();
+            for step in batch {
+                apply(&mut snapshot, step);
+            }
+            let changes = Changes::between(&before, &snapshot);
+            let affected = engine.affected(&changes);
+            let previous = engine.state().clone();
+            let touched = engine.update(&snapshot, &affected);
+
+            let (full, full_rejections) = compute_with(&snapshot, &policy);
+            prop_assert_eq!(engine.state(), &full);
+            prop_assert_eq!(sorted(engine.rejections()), sorted(full_rejections.clone()));
+            // Whatever changed is reported as touched.
+            let keys: BTreeSet<&Frontend> =
+                previous.frontends.keys().chain(full.frontends.keys()).collect();
+            for frontend in keys {
+                if previous.frontends.get(frontend) != full.frontends.get(frontend) {
+                    prop_assert!(touched.contains(frontend), "{frontend} changed unreported");
+                }
+            }
+            // And the full computation is the original single pass.
+            let (reference, reference_rejections) = reference_compute(&snapshot, &policy);
+            prop_assert_eq!(&full, &reference);
+            prop_assert_eq!(sorted(full_rejections), sorted(reference_rejections));
+        }
+    }
+}
+
+#[test]
+fn changes_name_both_owners_of_a_moved_slice() {
+    let slice = |owner: &str| EndpointSlice {
+        key: ObjectKey::new("a", "sl"),
+        owner: SliceOwner::Import(owner.to_owned()),
+        source_cluster: String::new(),
+        address_type: AddressType::IPv4,
+        ports: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    let (mut old, mut new) = (Snapshot::default(), Snapshot::default());
+    old.insert_slice(slice("x"));
+    new.insert_slice(slice("y"));
+    let changes = Changes::between(&old, &new);
+    let owners: Vec<_> = changes.slice_owners.iter().cloned().collect();
+    assert_eq!(
+        owners,
+        [
+            ("a".to_owned(), SliceOwner::Import("x".into())),
+            ("a".to_owned(), SliceOwner::Import("y".into()))
+        ]
+    );
+    assert!(Changes::between(&new, &new.clone()).is_empty());
+    // The owner index follows replacements and removals.
+    assert_eq!(new.slices_of(&import_named("y")).count(), 1);
+    new.insert_slice(slice("x"));
+    assert_eq!(new.slices_of(&import_named("y")).count(), 0);
+    assert_eq!(new.slices_of(&import_named("x")).count(), 1);
+    new.remove_slice(&ObjectKey::new("a", "sl"));
+    assert_eq!(new.slices_of(&import_named("x")).count(), 0);
+    assert_eq!(new, Snapshot::default(), "the index is emptied too");
+}
+
+fn import_named(name: &str) -> ServiceImport {
+    ServiceImport {
+        key: ObjectKey::new("a", name),
+        flavour: Flavour::McsV1beta1,
+        import_type: ImportType::ClusterSetIp,
+        ips: Vec::new(),
+        ports: Vec::new(),
+        session_affinity: SessionAffinity::None,
+        derived_service: None,
+        clusters: Vec::new(),
+        locality: None,
+    }
+}
