@@ -107,9 +107,6 @@ mod tests {
 
     /// The straightforward build (one division per probe), verbatim: the
     /// faster build must produce exactly its tables.
-    /// Builds a table of `size` entries (`size` must be prime) holding indices
-    /// into `members`. Returns an empty table when there are no members or all
-    /// weights are zero.
     fn reference_table(members: &[Member], size: usize) -> Vec<u16> {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].weight > 0)

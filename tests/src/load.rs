@@ -52,6 +52,23 @@ pub struct LoadTotals {
     pub failures: Vec<String>,
 }
 
+impl LoadTotals {
+    /// Panics unless at least `min_sent` requests were sent and none of
+    /// them failed (`what` names the situation in the message).
+    pub fn assert_all_answered(&self, min_sent: usize, what: &str) {
+        assert!(
+            self.sent >= min_sent,
+            "{what}: only {} requests sent",
+            self.sent
+        );
+        assert_eq!(
+            self.failed, 0,
+            "{what}: {} of {} requests failed: {:?}",
+            self.failed, self.sent, self.failures
+        );
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     stop: AtomicBool,
