@@ -2,18 +2,21 @@
 //! object, written by the reconciler) and [`PinnedMaps`] (opened from bpffs
 //! by `dump` while an agent runs).
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    Ebpf, Pod,
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
     MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
 };
 
-use super::{DataplaneError, map_pin_dir, prefilter::Prefilter};
+use super::{DataplaneError, batch, map_pin_dir, prefilter::Prefilter};
 use crate::reconcile::{DataplaneWriter, PinnedState, WriteError};
 
 /// Every map, typed.
@@ -163,6 +166,72 @@ fn zeroed_per_cpu(map: &'static str) -> Result<PerCpuValues<FrontendStats>, Writ
     })
 }
 
+/// Puts `keys[i] → values[i]` with `BPF_MAP_UPDATE_BATCH`, large batches
+/// split over all CPUs (entries of one group are independent, and the
+/// kernel locks per hash bucket, so parts written concurrently do not
+/// wait on each other). An entry a batch stops at is retried alone (which
+/// also serves kernels without batch support): its error is the one
+/// reported, and the batch goes on after it.
+fn put_batch<K: Pod + Sync, V: Pod + Sync>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Vec<(usize, WriteError)> {
+    const MIN_PER_THREAD: usize = 1024;
+    let len = keys.len().min(values.len());
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(len / MIN_PER_THREAD)
+        .max(1);
+    let per_thread = len.div_ceil(threads).max(1);
+    let parts: Vec<std::ops::Range<usize>> = (0..len)
+        .step_by(per_thread)
+        .map(|start| start..(start + per_thread).min(len))
+        .collect();
+    // Where each part stopped, if it did.
+    let stops: Vec<Option<usize>> = std::thread::scope(|scope| {
+        let write = |range: std::ops::Range<usize>| {
+            let start = range.start;
+            batch::update_batch(fd, &keys[range.clone()], &values[range])
+                .err()
+                .map(|stopped| start + stopped.index)
+        };
+        let mut rest = parts.iter().cloned();
+        let first = rest.next();
+        let others: Vec<_> = rest
+            .map(|range| scope.spawn(move || write(range)))
+            .collect();
+        let mut stops = vec![first.and_then(write)];
+        for handle in others {
+            stops.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        stops
+    });
+    let mut failures = Vec::new();
+    for (range, stop) in parts.into_iter().zip(stops) {
+        let mut next = stop;
+        while let Some(index) = next.filter(|index| *index < range.end) {
+            if let Err(error) = map.insert(keys[index], values[index], 0) {
+                failures.push((index, write_error(name, "insert")(error)));
+            }
+            next = batch::update_batch(
+                fd,
+                &keys[index + 1..range.end],
+                &values[index + 1..range.end],
+            )
+            .err()
+            .map(|stopped| index + 1 + stopped.index);
+        }
+    }
+    failures
+}
+
 /// Deleting something already gone is fine (idempotent reconcile).
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
@@ -250,5 +319,49 @@ impl DataplaneWriter for MapHandles {
     fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
         ignore_missing(self.maglev.remove(&frontend_id))
             .map_err(write_error(names::MAGLEV, "remove"))
+    }
+
+    fn put_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Vec<(usize, WriteError)> {
+        // The bits first, as in `put_service`.
+        for key in keys {
+            self.prefilter.put_service(key);
+        }
+        put_batch(&mut self.services, names::SERVICES, keys, values)
+    }
+
+    fn put_backends(
+        &mut self,
+        keys: &[BackendKey],
+        values: &[BackendValue],
+    ) -> Vec<(usize, WriteError)> {
+        for (key, value) in keys.iter().zip(values) {
+            self.prefilter.put_backend(key, value);
+        }
+        put_batch(&mut self.backends, names::BACKENDS, keys, values)
+    }
+
+    fn put_frontend_names(
+        &mut self,
+        frontend_ids: &[u32],
+        names: &[NameValue],
+    ) -> Vec<(usize, WriteError)> {
+        put_batch(
+            &mut self.frontend_names,
+            names::FRONTEND_META,
+            frontend_ids,
+            names,
+        )
+    }
+
+    fn put_maglevs(
+        &mut self,
+        frontend_ids: &[u32],
+        tables: &[MaglevTable],
+    ) -> Vec<(usize, WriteError)> {
+        put_batch(&mut self.maglev, names::MAGLEV, frontend_ids, tables)
     }
 }

@@ -10,6 +10,7 @@
 //!   program attached while no agent runs (crash, SIGKILL, upgrade); the
 //!   next agent swaps its own program into the same link atomically.
 
+pub mod batch;
 pub mod layout;
 pub mod maps;
 pub mod prefilter;

@@ -104,6 +104,78 @@ impl DataplaneWriter for Checked {
     }
 }
 
+/// Fails every put of chosen frontend ids, per map (single puts and the
+/// default one-by-one batch puts alike); the rest reach [`Checked`].
+#[derive(Default)]
+struct FailingPuts {
+    maps: Checked,
+    names: BTreeSet<u32>,
+    slots: BTreeSet<u32>,
+    tables: BTreeSet<u32>,
+    services: BTreeSet<u32>,
+    /// Ids that had a put refused.
+    refused: BTreeSet<u32>,
+}
+
+impl FailingPuts {
+    fn refuse(&mut self, map: &'static str, id: u32) -> Result<(), WriteError> {
+        self.refused.insert(id);
+        Err(WriteError {
+            map,
+            op: "insert",
+            source: "injected failure".into(),
+        })
+    }
+}
+
+impl DataplaneWriter for FailingPuts {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        if self.services.contains(&value.frontend_id) {
+            return self.refuse("services", value.frontend_id);
+        }
+        self.maps.put_service(key, value)
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        self.maps.delete_service(key)
+    }
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
+        if self.slots.contains(&key.frontend_id) {
+            return self.refuse("backends", key.frontend_id);
+        }
+        self.maps.put_backend(key, value)
+    }
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        self.maps.delete_backend(key)
+    }
+    fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        if self.names.contains(&id) {
+            return self.refuse("names", id);
+        }
+        self.maps.put_frontend_name(id, name)
+    }
+    fn delete_frontend_name(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.delete_frontend_name(id)
+    }
+    fn reset_frontend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.reset_frontend_stats(id)
+    }
+    fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
+        self.maps.put_cluster_name(id, name)
+    }
+    fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.reset_backend_stats(id)
+    }
+    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+        if self.tables.contains(&id) {
+            return self.refuse("maglev", id);
+        }
+        self.maps.put_maglev(id, table)
+    }
+    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
+        self.maps.delete_maglev(id)
+    }
+}
+
 type Rendered = BTreeMap<Frontend, (FrontendKind, String, Vec<Backend>)>;
 
 /// Reads the maps back into frontends and backends; panics on leaks.
@@ -354,6 +426,44 @@ proptest! {
         let report = reconciler.apply(&second, &mut maps);
         prop_assert!(report.errors.is_empty());
         prop_assert_eq!(render(&maps), expected(&second));
+    }
+}
+
+proptest! {
+    /// A cold sync writes by groups (all names, slots, tables, then
+    /// services): a frontend whose put failed in one group gets nothing of
+    /// a later one, so it never becomes visible half written.
+    #[test]
+    fn a_cold_sync_never_exposes_a_frontend_whose_puts_failed(
+        desired in desired_strategy(),
+        names in prop::collection::btree_set(0u32..8, 0..3),
+        slots in prop::collection::btree_set(0u32..8, 0..3),
+        tables in prop::collection::btree_set(0u32..8, 0..3),
+        services in prop::collection::btree_set(0u32..8, 0..3),
+    ) {
+        let mut reconciler = Reconciler::new();
+        let mut maps = FailingPuts { names, slots, tables, services, ..FailingPuts::default() };
+        let report = reconciler.apply(&desired, &mut maps);
+        // Each frontend with a refused put is reported once, and only those.
+        let failed: BTreeSet<Frontend> = report.errors.iter().map(|(f, _)| *f).collect();
+        prop_assert_eq!(failed.len(), report.errors.len());
+        prop_assert_eq!(failed.len(), maps.refused.len());
+        let visible: BTreeSet<Frontend> = maps.maps.0.services.keys().map(|key| Frontend {
+            addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+            port: u16::from_be(key.port),
+            protocol: Protocol::from_number(key.proto).expect("valid protocol"),
+        }).collect();
+        let wanted: BTreeSet<Frontend> = desired.frontends.keys().copied().collect();
+        prop_assert_eq!(visible, &wanted - &failed);
+        for id in &maps.refused {
+            prop_assert!(!maps.maps.0.services.values().any(|s| s.frontend_id == *id));
+            prop_assert!(!maps.maps.0.maglev.contains_key(id) || !maps.tables.contains(id));
+        }
+        // Without failures, the next apply completes every frontend.
+        let mut maps = maps.maps;
+        let report = reconciler.apply(&desired, &mut maps);
+        prop_assert!(report.errors.is_empty());
+        prop_assert_eq!(render(&maps.0), expected(&desired));
     }
 }
 

@@ -481,7 +481,7 @@ pub fn run(config: &Config) -> Result<Control> {
     result.notes = vec![
         "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded.".to_owned(),
         "Endpoint change: one endpoint address of one service replaced in the model; timed through the agent's per-update path (run.rs): the snapshot diff against the last applied snapshot (desired::Changes::between), the incremental desired state of the affected imports (desired::Incremental::update) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing are not included.".to_owned(),
-        "Single vs batch: backend-map inserts into an empty map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent itself writes one entry per syscall.".to_owned(),
+        "Single vs batch: backend-map inserts into an empty map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent's cold sync writes in batches like this; later changes write one entry per syscall (a change is a few entries).".to_owned(),
     ];
     Ok(result)
 }
