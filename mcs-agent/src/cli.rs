@@ -119,6 +119,23 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
 
+    /// Conntrack capacity in entries (an LRU map: two entries per
+    /// translated flow, the least recently used evicted when full; about
+    /// 100 bytes each). A pinned conntrack of another size is recreated at
+    /// start, which drops its entries (logged).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_CONNTRACK,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub conntrack_max: u32,
+
+    /// Distinct backends (pod address and port) across all imports, each
+    /// with its own packet counters. A frontend that needs one more is not
+    /// updated (an error names it, retried every second). The counters are
+    /// per CPU: 32 bytes × this × possible CPUs. A pinned counter map of another size is recreated
+    /// at start (counters restart from zero, logged).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKENDS,
+          value_parser = clap::value_parser!(u32).range(16..=(1 << 24)), help_heading = "Map sizes")]
+    pub backends_max: u32,
+
     /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`,
     /// `/readyz`: ready after the first full sync) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -215,6 +232,16 @@ pub struct DumpArgs {
     /// Most conntrack entries listed.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+}
+
+impl RunArgs {
+    /// The operator-sized map capacities.
+    pub fn map_sizes(&self) -> crate::dataplane::MapSizes {
+        crate::dataplane::MapSizes {
+            conntrack: self.conntrack_max,
+            backends: self.backends_max,
+        }
+    }
 }
 
 #[cfg(test)]

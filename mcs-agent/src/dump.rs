@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Context as _;
-use aya::maps::MapError;
+use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, DropReason,
     FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
@@ -311,41 +311,46 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
     }
 
     let count = |keys: usize| keys as u64;
+    // The real capacity (conntrack and backend counters are sized by the
+    // agent's flags), the object's default if the kernel will not say.
+    let capacity = |map: &aya::maps::MapData, default: u32| {
+        u64::from(map.info().map_or(default, |info| info.max_entries()))
+    };
     let maps_fill = vec![
         MapFill {
             name: names::SERVICES.into(),
             entries: count(maps.services.keys().filter(Result::is_ok).count()),
-            capacity: u64::from(MAX_FRONTENDS),
+            capacity: capacity(maps.services.map(), MAX_FRONTENDS),
         },
         MapFill {
             name: names::BACKENDS.into(),
             entries: count(maps.backends.keys().filter(Result::is_ok).count()),
-            capacity: u64::from(MAX_BACKEND_SLOTS),
+            capacity: capacity(maps.backends.map(), MAX_BACKEND_SLOTS),
         },
         MapFill {
             name: names::MAGLEV.into(),
             entries: count(maps.maglev.keys().filter(Result::is_ok).count()),
-            capacity: u64::from(MAX_FRONTENDS),
+            capacity: capacity(maps.maglev.map(), MAX_FRONTENDS),
         },
         MapFill {
             name: names::CONNTRACK.into(),
             entries: conntrack_entries as u64,
-            capacity: u64::from(MAX_CONNTRACK),
+            capacity: capacity(maps.conntrack.map(), MAX_CONNTRACK),
         },
         MapFill {
             name: names::AFFINITY.into(),
             entries: count(maps.affinity.keys().filter(Result::is_ok).count()),
-            capacity: u64::from(MAX_AFFINITY),
+            capacity: capacity(maps.affinity.map(), MAX_AFFINITY),
         },
         MapFill {
             name: names::SOCK_REVNAT.into(),
             entries: count(maps.sock_revnat.keys().filter(Result::is_ok).count()),
-            capacity: u64::from(MAX_SOCK_REVNAT),
+            capacity: capacity(maps.sock_revnat.map(), MAX_SOCK_REVNAT),
         },
         MapFill {
             name: names::BACKEND_STATS.into(),
             entries: backends.len() as u64,
-            capacity: u64::from(MAX_BACKENDS),
+            capacity: capacity(maps.backend_stats.map(), MAX_BACKENDS),
         },
     ];
     Ok(DumpReport {

@@ -190,7 +190,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let (mut dataplane, adoption) =
-        Dataplane::load(&args.bpffs_dir).context("load the dataplane")?;
+        Dataplane::load(&args.bpffs_dir, &args.map_sizes()).context("load the dataplane")?;
     let result = serve(
         &args,
         &mut dataplane,
@@ -222,7 +222,9 @@ async fn serve(
     let maps = dataplane.maps().context("open the dataplane maps")?;
     let reconciler = if adoption.adopted_state() {
         let state = maps.read_state().context("read the adopted maps")?;
-        let reconciler = Reconciler::adopt(&state).context("adopt the pinned maps")?;
+        let reconciler = Reconciler::adopt(&state)
+            .context("adopt the pinned maps")?
+            .with_max_backends(args.backends_max);
         info!(
             frontends = reconciler.frontend_count(),
             "adopted the pinned dataplane; the first sync is a diff against it"
@@ -232,10 +234,12 @@ async fn serve(
         // Stats maps this agent just created hold zero counters: first
         // uses of ids need no reset (most writes of a cold sync).
         let fresh = |name| !adoption.adopted.contains(&name);
-        Reconciler::new().with_fresh_stats(
-            fresh(mcs_common::names::FRONTEND_STATS),
-            fresh(mcs_common::names::BACKEND_STATS),
-        )
+        Reconciler::new()
+            .with_fresh_stats(
+                fresh(mcs_common::names::FRONTEND_STATS),
+                fresh(mcs_common::names::BACKEND_STATS),
+            )
+            .with_max_backends(args.backends_max)
     };
     let metrics = Arc::new(Metrics::default());
     let _metrics_server = match args.metrics_addr {

@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command};
 
 use aya::EbpfLoader;
 use mcs_agent::{
-    dataplane::{self, Dataplane, EBPF_OBJECT, layout::EXPECTED},
+    dataplane::{self, Dataplane, EBPF_OBJECT, MapSizes, layout::EXPECTED},
     desired,
     model::manifest,
     reconcile::Reconciler,
@@ -108,14 +108,15 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
     let pins = PinDir::new("adopt");
     let desired = desired_state(MANIFEST);
     {
-        let (mut first, report) = Dataplane::load(&pins.0).expect("first load");
+        let (mut first, report) =
+            Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
         assert_eq!(report.created.len(), names::ALL.len());
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired, &mut maps);
         assert!(applied.errors.is_empty());
         first.shutdown(false); // keep the pins, as after SIGKILL or upgrade
     }
-    let (mut second, report) = Dataplane::load(&pins.0).expect("second load");
+    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
     assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
     assert!(report.adopted_state());
     let mut maps = second.maps().expect("maps");
@@ -145,7 +146,7 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // A flow through a backend no map lists any more (retired, TCP kept).
     let gone = u32::from_ne_bytes([10, 103, 1, 10]);
     {
-        let (mut first, _) = Dataplane::load(&pins.0).expect("first load");
+        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
         assert!(applied.errors.is_empty());
@@ -176,7 +177,7 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // As after an upgrade from an agent without the prefilter.
     std::fs::remove_file(dataplane::map_pin_dir(&pins.0).join(names::PREFILTER))
         .expect("unpin the prefilter");
-    let (mut second, report) = Dataplane::load(&pins.0).expect("second load");
+    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
     assert_eq!(report.created, [names::PREFILTER], "{report:?}");
     let maps = second.maps().expect("maps");
     assert!(maps.prefilter.contains((Role::Destination, vip)));
@@ -191,7 +192,7 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
 fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let pins = PinDir::new("mismatch");
     {
-        let (first, _) = Dataplane::load(&pins.0).expect("first load");
+        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
         first.shutdown(false);
     }
     // An older agent's conntrack map with a different value layout.
@@ -238,7 +239,7 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
         .expect("run bpftool");
     assert!(status.success(), "bpftool map create");
 
-    let (second, report) = Dataplane::load(&pins.0).expect("second load");
+    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
     assert_eq!(report.retired, ["MCS_CT_V0"], "{report:?}");
     assert!(!old_pin.exists());
     let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
@@ -265,7 +266,7 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
     )
     .expect("write version");
     drop(abi);
-    let (third, report) = Dataplane::load(&pins.0).expect("third load");
+    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
     assert_eq!(report.recreated.len(), names::ALL.len(), "{report:?}");
     assert!(
         report
@@ -279,4 +280,47 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
         !dataplane::map_pin_dir(&pins.0).exists(),
         "detach removes the pins"
     );
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn sized_maps_are_created_at_their_size_and_resized_loudly() {
+    let pins = PinDir::new("sizes");
+    let small = MapSizes {
+        conntrack: 4096,
+        backends: 128,
+    };
+    let max_entries = |name: &str| {
+        aya::maps::MapInfo::from_pin(dataplane::map_pin_dir(&pins.0).join(name))
+            .expect("map info")
+            .max_entries()
+    };
+    let (first, report) = Dataplane::load(&pins.0, &small).expect("first load");
+    assert_eq!(report.created.len(), names::ALL.len(), "{report:?}");
+    assert_eq!(max_entries(names::CONNTRACK), 4096);
+    assert_eq!(max_entries(names::BACKEND_STATS), 128);
+    first.shutdown(false);
+
+    // The same sizes adopt everything.
+    let (second, report) = Dataplane::load(&pins.0, &small).expect("second load");
+    assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
+    second.shutdown(false);
+
+    // Other sizes recreate exactly the two sized maps, naming the change.
+    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
+    let mut recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
+    recreated.sort_unstable();
+    let mut sized = [names::BACKEND_STATS, names::CONNTRACK];
+    sized.sort_unstable();
+    assert_eq!(recreated, sized, "{report:?}");
+    for (name, reason) in &report.recreated {
+        let was = if *name == names::CONNTRACK { 4096 } else { 128 };
+        assert!(
+            reason.contains(&format!("max entries {was} (expected")),
+            "{name}: {reason}"
+        );
+    }
+    assert_eq!(max_entries(names::CONNTRACK), mcs_common::MAX_CONNTRACK);
+    assert_eq!(max_entries(names::BACKEND_STATS), mcs_common::MAX_BACKENDS);
+    third.shutdown(true);
 }

@@ -69,6 +69,51 @@ pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<u32, u64>(names::PREFILTER, MapType::Array, PREFILTER_WORDS).flags(BPF_F_MMAPABLE),
 ];
 
+/// Map capacities an operator may size (`--conntrack-max`,
+/// `--backends-max`); every other map has the object's fixed size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Conntrack entries (two per translated flow).
+    pub conntrack: u32,
+    /// Distinct backends (address and port) with their own counters: the
+    /// per-CPU counter array takes 32 bytes × this × possible CPUs.
+    pub backends: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            conntrack: MAX_CONNTRACK,
+            backends: MAX_BACKENDS,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The sized maps by name, as `EbpfLoader::map_max_entries` takes them.
+    pub fn overrides(&self) -> [(&'static str, u32); 2] {
+        [
+            (names::CONNTRACK, self.conntrack),
+            (names::BACKEND_STATS, self.backends),
+        ]
+    }
+
+    /// [`EXPECTED`] with these sizes.
+    pub fn expected(&self) -> [MapSpec; names::ALL.len()] {
+        let mut specs = EXPECTED;
+        for spec in &mut specs {
+            if let Some((_, entries)) = self
+                .overrides()
+                .into_iter()
+                .find(|(name, _)| *name == spec.name)
+            {
+                spec.max_entries = entries;
+            }
+        }
+        specs
+    }
+}
+
 /// What happened to each pinned map at load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdoptionReport {
@@ -147,12 +192,13 @@ fn stored_abi(pin_dir: &Path) -> Option<AbiInfo> {
     abi.get(&0, 0).ok()
 }
 
-/// Checks every pin against [`EXPECTED`] and the stored layout version, and
-/// removes the ones that cannot be adopted (never silently: each is in the
-/// report with its reason).
-pub fn prepare_pins(pin_dir: &Path) -> AdoptionReport {
+/// Checks every pin against [`EXPECTED`] (with `sizes`) and the stored
+/// layout version, and removes the ones that cannot be adopted (never
+/// silently: each is in the report with its reason).
+pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> AdoptionReport {
     let mut report = AdoptionReport::default();
-    let any_pinned = EXPECTED.iter().any(|spec| pin_dir.join(spec.name).exists());
+    let expected = sizes.expected();
+    let any_pinned = expected.iter().any(|spec| pin_dir.join(spec.name).exists());
     let version_problem = if !any_pinned {
         None
     } else {
@@ -174,7 +220,7 @@ pub fn prepare_pins(pin_dir: &Path) -> AdoptionReport {
             }
         }
     }
-    for spec in &EXPECTED {
+    for spec in &expected {
         let path = pin_dir.join(spec.name);
         if !path.exists() {
             report.created.push(spec.name);

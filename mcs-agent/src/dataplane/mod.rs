@@ -33,7 +33,7 @@ use aya::{
 use mcs_common::{ABI_MAGIC, ABI_VERSION, AbiInfo, names, programs};
 use tracing::{error, info, warn};
 
-pub use layout::{AdoptionReport, MapSpec};
+pub use layout::{AdoptionReport, MapSizes, MapSpec};
 pub use maps::{MapHandles, PinnedMaps};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
@@ -169,7 +169,10 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the embedded object with its maps pinned under `bpffs_dir`,
     /// adopting compatible maps an earlier agent left there.
-    pub fn load(bpffs_dir: &Path) -> Result<(Self, AdoptionReport), DataplaneError> {
+    pub fn load(
+        bpffs_dir: &Path,
+        sizes: &MapSizes,
+    ) -> Result<(Self, AdoptionReport), DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::MissingObject);
         }
@@ -181,7 +184,7 @@ impl Dataplane {
         create_private_dir(&pin_dir)?;
         create_private_dir(&link_pin_dir(bpffs_dir))?;
 
-        let report = layout::prepare_pins(&pin_dir);
+        let report = layout::prepare_pins(&pin_dir, sizes);
         for (name, reason) in &report.recreated {
             error!(
                 map = name,
@@ -205,6 +208,9 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
+        }
+        for (name, entries) in sizes.overrides() {
+            loader.map_max_entries(name, entries);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         let logger = crate::telemetry::BpfLogTask::start(&mut ebpf);

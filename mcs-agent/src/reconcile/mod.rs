@@ -295,6 +295,9 @@ pub struct Reconciler {
     /// incomplete): the next targeted apply looks for them all. Writes
     /// only fail loudly, so without failures nothing needs the O(N) scan.
     may_have_dirty: bool,
+    /// Capacity of the per-backend counters (`--backends-max`): backend ids
+    /// are handed out below it.
+    max_backends: u32,
 }
 
 /// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
@@ -329,7 +332,14 @@ impl Reconciler {
             fresh_frontend_stats: false,
             fresh_backend_stats: false,
             may_have_dirty: false,
+            max_backends: MAX_BACKENDS,
         }
+    }
+
+    /// A reconciler for a backend counter map of `max_backends` entries.
+    pub fn with_max_backends(mut self, max_backends: u32) -> Self {
+        self.max_backends = max_backends;
+        self
     }
 
     /// A reconciler for stats maps this agent has just created (all
@@ -523,7 +533,7 @@ impl Reconciler {
         }
         let (id, reused) = match self.free_backend_ids.pop() {
             Some(id) => (id, true),
-            None if self.next_backend_id < MAX_BACKENDS => {
+            None if self.next_backend_id < self.max_backends => {
                 self.next_backend_id += 1;
                 (self.next_backend_id - 1, false)
             }
@@ -531,7 +541,11 @@ impl Reconciler {
                 return Err(WriteError {
                     map: mcs_common::names::BACKEND_STATS,
                     op: "allocate backend id",
-                    source: format!("all {MAX_BACKENDS} backend ids in use").into(),
+                    source: format!(
+                        "all {} backend ids in use (raise --backends-max)",
+                        self.max_backends
+                    )
+                    .into(),
                 });
             }
         };

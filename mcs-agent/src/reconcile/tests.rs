@@ -468,6 +468,67 @@ proptest! {
 }
 
 #[test]
+fn backends_beyond_the_counter_capacity_fail_by_name_and_fit_once_freed() {
+    let frontend = |port| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 1),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let backend = |host| Backend {
+        addr: Ipv4Addr::new(10, 1, 0, host),
+        port: 80,
+        cluster: "a".into(),
+        weight: 1,
+        terminating: false,
+    };
+    let spec = |backends: Vec<Backend>| FrontendSpec {
+        kind: FrontendKind::Service,
+        name: "ns/svc:http".into(),
+        import: ObjectKey::new("ns", "svc"),
+        backends,
+        affinity_timeout: None,
+    };
+    let mut reconciler = Reconciler::new().with_max_backends(2);
+    let mut maps = Checked::default();
+    let mut desired = DesiredState::default();
+    desired
+        .frontends
+        .insert(frontend(80), spec(vec![backend(1), backend(2)]));
+    // The same two backends behind another port need no new id.
+    desired
+        .frontends
+        .insert(frontend(81), spec(vec![backend(2), backend(1)]));
+    desired
+        .frontends
+        .insert(frontend(82), spec(vec![backend(3)]));
+    let report = reconciler.apply(&desired, &mut maps);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let (failed, error) = &report.errors[0];
+    assert_eq!(*failed, frontend(82));
+    assert!(
+        error
+            .source
+            .to_string()
+            .contains("all 2 backend ids in use"),
+        "{error}: {}",
+        error.source
+    );
+    // Once a backend is gone its id is released, at the end of that apply;
+    // the waiting frontend gets it on the next one.
+    desired
+        .frontends
+        .insert(frontend(80), spec(vec![backend(1)]));
+    desired
+        .frontends
+        .insert(frontend(81), spec(vec![backend(1)]));
+    let report = reconciler.apply(&desired, &mut maps);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let report = reconciler.apply(&desired, &mut maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(render(&maps.0), expected(&desired));
+}
+
+#[test]
 fn unchanged_frontends_are_not_rewritten_when_others_change() {
     let frontend = |port| Frontend {
         addr: Ipv4Addr::new(10, 96, 0, 1),
