@@ -12,21 +12,21 @@
 //!   is balanced anew. Idle entries age out of the LRU.
 //!
 //! The same conntrack scan releases prefilter members that only lingered
-//! for flows that are gone (`dataplane/prefilter.rs`).
+//! for flows that are gone (`dataplane/prefilter.rs`). Scans run on the
+//! [`Janitor`]'s thread, off the reconcile path.
 
 use std::{
     collections::{BTreeSet, HashSet},
     time::Instant,
 };
 
-use aya::maps::MapError;
+use std::os::fd::AsFd as _;
+
+use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
 use mcs_common::{CtKey, CtValue, PROTO_UDP};
 
 use crate::{
-    dataplane::{
-        MapHandles,
-        prefilter::{Member, ct_member},
-    },
+    dataplane::prefilter::{Member, ct_member},
     reconcile::Retired,
 };
 
@@ -67,29 +67,41 @@ pub fn stale_keys(
         .collect()
 }
 
-/// Deletes the UDP flows of `retired` backends; returns how many entries
-/// were removed. When the prefilter has lingering members due for release,
-/// the same scan tells which ones conntrack still needs.
-pub fn purge(maps: &mut MapHandles, retired: &[Retired]) -> Result<usize, MapError> {
+/// What one conntrack scan did.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// UDP entries of retired backends deleted.
+    pub removed: usize,
+    /// When a sweep was asked for: the prefilter members conntrack still
+    /// needs, and when the scan started (for [`crate::dataplane::prefilter::Prefilter::sweep`]).
+    pub live: Option<(HashSet<Member>, Instant)>,
+}
+
+/// Scans conntrack once: deletes the UDP flows of `retired` backends and,
+/// if `sweep`, collects the prefilter members the remaining entries need.
+pub fn scan(
+    conntrack: &mut HashMap<MapData, CtKey, CtValue>,
+    retired: &[Retired],
+    sweep: bool,
+) -> Result<Scan, MapError> {
     let scan_started = Instant::now();
-    let sweep = maps.prefilter.sweep_due(scan_started);
     if retired_udp(retired).is_empty() && !sweep {
-        return Ok(0);
+        return Ok(Scan::default());
     }
-    let entries: Vec<(CtKey, CtValue)> = maps.conntrack.iter().filter_map(Result::ok).collect();
+    let entries: Vec<(CtKey, CtValue)> = conntrack.iter().filter_map(Result::ok).collect();
     let stale = stale_keys(entries.iter().copied(), retired);
-    if sweep {
+    let live = sweep.then(|| {
         let gone: HashSet<&CtKey> = stale.iter().collect();
         let live: HashSet<Member> = entries
             .iter()
             .filter(|(key, _)| !gone.contains(key))
             .map(|(key, value)| ct_member(key, value))
             .collect();
-        maps.prefilter.sweep(&live, scan_started);
-    }
+        (live, scan_started)
+    });
     let mut removed = 0;
     for key in &stale {
-        match maps.conntrack.remove(key) {
+        match conntrack.remove(key) {
             Ok(()) => removed += 1,
             // Evicted or expired meanwhile: already gone.
             Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
@@ -98,7 +110,91 @@ pub fn purge(maps: &mut MapHandles, retired: &[Retired]) -> Result<usize, MapErr
             Err(error) => return Err(error),
         }
     }
-    Ok(removed)
+    Ok(Scan { removed, live })
+}
+
+/// Work for the janitor: merged when several queue up during a scan.
+#[derive(Debug, Default)]
+struct Job {
+    retired: Vec<Retired>,
+    sweep: bool,
+}
+
+/// What the janitor reports back after a scan.
+#[derive(Debug)]
+pub struct JanitorReport {
+    /// Backends whose UDP flows the scan looked for.
+    pub retired_backends: usize,
+    pub scan: Result<Scan, MapError>,
+}
+
+/// Conntrack scans on their own thread. A scan reads every entry (about a
+/// second per million), so on the reconcile path it would hold up the next
+/// change; here a change's writes never wait for one. The thread has its
+/// own handle to the conntrack map; what the prefilter sweep needs comes
+/// back in a [`JanitorReport`] for the owner of the prefilter to apply
+/// (sound later too: a sweep releases only members that lingered since
+/// before the scan started).
+pub struct Janitor {
+    jobs: std::sync::mpsc::Sender<Job>,
+    reports: tokio::sync::mpsc::UnboundedReceiver<JanitorReport>,
+}
+
+impl Janitor {
+    /// Starts the thread on a second handle to `conntrack`.
+    pub fn start(conntrack: &HashMap<MapData, CtKey, CtValue>) -> Result<Self, MapError> {
+        let fd = conntrack
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                MapError::from(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                })
+            })?;
+        let mut own: HashMap<MapData, CtKey, CtValue> =
+            HashMap::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)?;
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (outbox, reports) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("conntrack-janitor".into())
+            .spawn(move || {
+                // Ends when the agent drops the `Janitor`.
+                while let Ok(mut job) = inbox.recv() {
+                    for more in inbox.try_iter() {
+                        job.retired.extend(more.retired);
+                        job.sweep |= more.sweep;
+                    }
+                    let report = JanitorReport {
+                        retired_backends: job.retired.len(),
+                        scan: scan(&mut own, &job.retired, job.sweep),
+                    };
+                    if outbox.send(report).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|io_error| {
+                MapError::from(aya::sys::SyscallError {
+                    call: "spawn the conntrack janitor thread",
+                    io_error,
+                })
+            })?;
+        Ok(Self { jobs, reports })
+    }
+
+    /// Queues a scan for `retired` backends, with a prefilter sweep.
+    pub fn submit(&self, retired: Vec<Retired>, sweep: bool) {
+        // The thread only stops when this handle is dropped.
+        let _ = self.jobs.send(Job { retired, sweep });
+    }
+
+    /// The next finished scan.
+    pub async fn report(&mut self) -> Option<JanitorReport> {
+        self.reports.recv().await
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use tracing::{error, info, instrument, warn};
 
 use crate::{
     cli::RunArgs,
+    conntrack::{Janitor, JanitorReport},
     dataplane::{AdoptionReport, Dataplane, MapHandles},
     desired,
     dns::{self, DnsConfig},
@@ -43,6 +44,8 @@ struct Context {
     reported: BTreeSet<String>,
     /// Map writes failing in the last reconcile.
     failing: BTreeSet<String>,
+    /// Conntrack scans for retired backends, off the reconcile path.
+    janitor: Janitor,
 }
 
 impl Context {
@@ -106,15 +109,8 @@ impl Context {
         }
         self.failing = failures;
         if !report.retired.is_empty() {
-            match crate::conntrack::purge(&mut self.maps, &report.retired) {
-                Ok(0) => {}
-                Ok(removed) => info!(
-                    removed,
-                    retired_backends = report.retired.len(),
-                    "removed UDP conntrack entries of backends that stopped serving"
-                ),
-                Err(error) => warn!(error = %chain(&error), "conntrack purge failed"),
-            }
+            let sweep = self.maps.prefilter.sweep_due(Instant::now());
+            self.janitor.submit(report.retired.clone(), sweep);
         }
         if report.changed() {
             info!(
@@ -127,6 +123,25 @@ impl Context {
             );
         }
         report.errors.is_empty()
+    }
+
+    /// A conntrack scan finished (see [`Janitor`]).
+    fn scanned(&mut self, report: JanitorReport) {
+        match report.scan {
+            Ok(scan) => {
+                if let Some((live, scan_started)) = &scan.live {
+                    self.maps.prefilter.sweep(live, *scan_started);
+                }
+                if scan.removed > 0 {
+                    info!(
+                        removed = scan.removed,
+                        retired_backends = report.retired_backends,
+                        "removed UDP conntrack entries of backends that stopped serving"
+                    );
+                }
+            }
+            Err(error) => warn!(error = %chain(&error), "conntrack scan failed"),
+        }
     }
 
     fn report_rejections<'a>(&mut self, rejections: impl Iterator<Item = &'a Rejection>) {
@@ -250,7 +265,9 @@ async fn serve(
         ),
         None => None,
     };
+    let janitor = Janitor::start(&maps.conntrack).context("start the conntrack janitor")?;
     let mut ctx = Context {
+        janitor,
         maps,
         metrics: metrics.clone(),
         policy: desired::Policy {
@@ -309,6 +326,7 @@ async fn serve(
                     healthy = ctx.reconcile(update, Instant::now());
                 }
             }
+            Some(report) = ctx.janitor.report() => ctx.scanned(report),
             result = &mut *source_task => return source_failed(result),
             signal = &mut shutdown => {
                 info!(signal = signal?, "shutting down");

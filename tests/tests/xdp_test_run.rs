@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
 use mcs_agent::{
+    conntrack::{Janitor, Scan},
     dataplane::test_run::XdpTestRun,
     desired,
     dump::{self, DumpReport},
@@ -724,9 +725,12 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
         .reconciler
         .apply(&state, &mut harness.dataplane.maps);
     assert!(!report.retired.is_empty());
-    let removed =
-        mcs_agent::conntrack::purge(&mut harness.dataplane.maps, &report.retired).expect("purge");
-    assert_eq!(removed, 2, "both directions of the UDP flow");
+    // The agent's path: the janitor thread scans conntrack.
+    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack).expect("janitor");
+    janitor.submit(report.retired.clone(), false);
+    let scan = next_scan(&mut janitor);
+    assert_eq!(scan.removed, 2, "both directions of the UDP flow");
+    assert!(scan.live.is_none(), "no sweep was asked for");
 
     // The UDP client on its fixed port is re-balanced at once; the TCP
     // connection keeps its backend (kube-proxy's policy).
@@ -761,6 +765,62 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
     let new_flow = Pkt::tcp(CLIENT, 44444, VIP, 80).build();
     assert_eq!(harness.run(&new_flow), (XDP_PASS, new_flow.clone()));
     assert!(harness.dataplane.maps.prefilter.lingering() >= 2);
+
+    // A sweep while the flow lives keeps both addresses; once conntrack
+    // has no flow through them, the next sweep releases them.
+    let vip = (Role::Destination, u32::from_ne_bytes(VIP));
+    let backend = (Role::Source, u32::from_ne_bytes(tcp_backend.octets()));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // the grace period
+    assert!(
+        harness
+            .dataplane
+            .maps
+            .prefilter
+            .sweep_due(std::time::Instant::now())
+    );
+    // (The agent sweeps when due, at most every few seconds; here at once.)
+    let sweep = |harness: &mut Harness, janitor: &mut Janitor| {
+        janitor.submit(Vec::new(), true);
+        let (live, started) = next_scan(janitor).live.expect("sweep asked for");
+        harness.dataplane.maps.prefilter.sweep(&live, started);
+    };
+    sweep(&mut harness, &mut janitor);
+    assert!(harness.dataplane.maps.prefilter.contains(vip));
+    assert!(harness.dataplane.maps.prefilter.contains(backend));
+    let keys: Vec<CtKey> = harness
+        .dataplane
+        .maps
+        .conntrack
+        .keys()
+        .collect::<Result<_, _>>()
+        .expect("conntrack keys");
+    for key in keys {
+        harness
+            .dataplane
+            .maps
+            .conntrack
+            .remove(&key)
+            .expect("delete flow");
+    }
+    sweep(&mut harness, &mut janitor);
+    assert!(!harness.dataplane.maps.prefilter.contains(vip));
+    assert!(!harness.dataplane.maps.prefilter.contains(backend));
+    assert_eq!(harness.dataplane.maps.prefilter.lingering(), 0);
+}
+
+/// Waits for the janitor's next scan.
+fn next_scan(janitor: &mut Janitor) -> Scan {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let report = runtime
+        .block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(30), janitor.report()).await
+        })
+        .expect("scan within 30 s")
+        .expect("janitor running");
+    report.scan.expect("scan succeeded")
 }
 
 #[test]

@@ -254,7 +254,7 @@ pub struct ApplyReport {
     pub removed: usize,
     pub map_writes: usize,
     pub errors: Vec<(Frontend, WriteError)>,
-    /// Backends whose flows may now be stale (see `conntrack::purge`).
+    /// Backends whose flows may now be stale (see `conntrack::Janitor`).
     pub retired: Vec<Retired>,
 }
 
