@@ -160,36 +160,6 @@ pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
     table
 }
 
-/// [`maglev_table`] of every layout, on all CPUs: a cold sync of 10k
-/// frontends spends a fifth of its time building tables.
-pub fn maglev_tables(layouts: &[&[Backend]]) -> Vec<Box<MaglevTable>> {
-    const MIN_PER_THREAD: usize = 32;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(layouts.len() / MIN_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return layouts.iter().map(|layout| maglev_table(layout)).collect();
-    }
-    let per_thread = layouts.len().div_ceil(threads);
-    let build = |part: &[&[Backend]]| -> Vec<Box<MaglevTable>> {
-        part.iter().map(|layout| maglev_table(layout)).collect()
-    };
-    let mut parts = layouts.chunks(per_thread);
-    let first = parts.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let others: Vec<_> = parts.map(|part| scope.spawn(move || build(part))).collect();
-        let mut tables = build(first);
-        for handle in others {
-            match handle.join() {
-                Ok(part) => tables.extend(part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        tables
-    })
-}
-
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
     ServiceKey {
         addr: u32::from_ne_bytes(frontend.addr.octets()),
@@ -679,53 +649,72 @@ impl Reconciler {
     /// The first apply into maps holding no frontend (a cold sync): every
     /// frontend is new and its id unused, so puts are deferred and written
     /// in batches (see [`deferred`]), a chunk of frontends at a time to
-    /// bound the memory held, with the chunk's tables built on all CPUs.
+    /// bound the memory held. The Maglev tables of the next chunks are
+    /// built on another thread meanwhile: a table takes about as long to
+    /// build as a chunk's entries take to write.
     fn apply_cold<'a>(
         &mut self,
         desired: &'a DesiredState,
         upserts: impl Iterator<Item = &'a Frontend>,
         maps: &mut impl DataplaneWriter,
     ) -> ApplyReport {
-        const CHUNK: usize = 2048;
+        // Frontends per batch: large enough to amortise a batch call,
+        // small enough that the tables in flight stay a few MiB.
+        const CHUNK: usize = 1024;
         let mut report = ApplyReport::default();
         let frontends: Vec<(&Frontend, &FrontendSpec)> = upserts
             .filter_map(|frontend| Some((frontend, desired.frontends.get(frontend)?)))
             .collect();
-        for chunk in frontends.chunks(CHUNK) {
-            let layouts: Vec<&[Backend]> = chunk
-                .iter()
-                .map(|(_, spec)| spec.backends.as_slice())
-                .filter(|backends| !backends.is_empty())
-                .collect();
-            let mut tables = maglev_tables(&layouts).into_iter();
-            let mut batch = deferred::Deferred::new(&mut *maps);
-            let mut by_id: HashMap<u32, Frontend> = HashMap::with_capacity(chunk.len());
-            for (frontend, spec) in chunk {
-                let table = if spec.backends.is_empty() {
-                    None
-                } else {
-                    tables.next()
-                };
-                match self.upsert(frontend, spec, table, &mut batch, &mut report) {
-                    Ok(()) => {
-                        if let Some(applied) = self.applied.get(frontend) {
-                            by_id.insert(applied.id, **frontend);
-                        }
+        let chunks: Vec<&[(&Frontend, &FrontendSpec)]> = frontends.chunks(CHUNK).collect();
+        let mut by_id: HashMap<u32, Frontend> = HashMap::with_capacity(frontends.len());
+        std::thread::scope(|scope| {
+            // One chunk of tables ahead at most (2 MiB).
+            let (built, tables_of) = std::sync::mpsc::sync_channel(1);
+            let builder_chunks = &chunks;
+            scope.spawn(move || {
+                for chunk in builder_chunks {
+                    let tables: Vec<Box<MaglevTable>> = chunk
+                        .iter()
+                        .filter(|(_, spec)| !spec.backends.is_empty())
+                        .map(|(_, spec)| maglev_table(&spec.backends))
+                        .collect();
+                    if built.send(tables).is_err() {
+                        return;
                     }
-                    Err(error) => report.errors.push((**frontend, error)),
+                }
+            });
+            for chunk in &chunks {
+                // Built from `spec.backends` in order: what a new
+                // frontend's full rewrite lays out.
+                let mut tables = tables_of.recv().unwrap_or_default().into_iter();
+                let mut batch = deferred::Deferred::new(&mut *maps);
+                for (frontend, spec) in chunk.iter() {
+                    let table = if spec.backends.is_empty() {
+                        None
+                    } else {
+                        tables.next()
+                    };
+                    match self.upsert(frontend, spec, table, &mut batch, &mut report) {
+                        Ok(()) => {
+                            if let Some(applied) = self.applied.get(frontend) {
+                                by_id.insert(applied.id, **frontend);
+                            }
+                        }
+                        Err(error) => report.errors.push((**frontend, error)),
+                    }
+                }
+                for (id, error) in batch.flush() {
+                    let Some(frontend) = by_id.get(&id) else {
+                        continue;
+                    };
+                    if let Some(applied) = self.applied.get_mut(frontend) {
+                        applied.dirty = true; // rewritten whole next time
+                    }
+                    report.added = report.added.saturating_sub(1);
+                    report.errors.push((*frontend, error));
                 }
             }
-            for (id, error) in batch.flush() {
-                let Some(frontend) = by_id.get(&id) else {
-                    continue;
-                };
-                if let Some(applied) = self.applied.get_mut(frontend) {
-                    applied.dirty = true; // rewritten whole next time
-                }
-                report.added = report.added.saturating_sub(1);
-                report.errors.push((*frontend, error));
-            }
-        }
+        });
         self.finish_apply(maps, &mut report);
         report
     }

@@ -107,8 +107,8 @@ impl DataplaneWriter for Checked {
 /// Fails every put of chosen frontend ids, per map (single puts and the
 /// default one-by-one batch puts alike); the rest reach [`Checked`].
 #[derive(Default)]
-struct FailingPuts {
-    maps: Checked,
+struct FailingPuts<W = Checked> {
+    maps: W,
     names: BTreeSet<u32>,
     slots: BTreeSet<u32>,
     tables: BTreeSet<u32>,
@@ -117,7 +117,7 @@ struct FailingPuts {
     refused: BTreeSet<u32>,
 }
 
-impl FailingPuts {
+impl<W> FailingPuts<W> {
     fn refuse(&mut self, map: &'static str, id: u32) -> Result<(), WriteError> {
         self.refused.insert(id);
         Err(WriteError {
@@ -128,7 +128,7 @@ impl FailingPuts {
     }
 }
 
-impl DataplaneWriter for FailingPuts {
+impl<W: DataplaneWriter> DataplaneWriter for FailingPuts<W> {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
         if self.services.contains(&value.frontend_id) {
             return self.refuse("services", value.frontend_id);
@@ -442,7 +442,7 @@ proptest! {
         services in prop::collection::btree_set(0u32..8, 0..3),
     ) {
         let mut reconciler = Reconciler::new();
-        let mut maps = FailingPuts { names, slots, tables, services, ..FailingPuts::default() };
+        let mut maps: FailingPuts = FailingPuts { names, slots, tables, services, ..FailingPuts::default() };
         let report = reconciler.apply(&desired, &mut maps);
         // Each frontend with a refused put is reported once, and only those.
         let failed: BTreeSet<Frontend> = report.errors.iter().map(|(f, _)| *f).collect();
@@ -465,6 +465,64 @@ proptest! {
         prop_assert!(report.errors.is_empty());
         prop_assert_eq!(render(&maps.0), expected(&desired));
     }
+}
+
+#[test]
+fn a_cold_sync_of_several_chunks_reports_exactly_the_failed_frontends() {
+    // More frontends than one batch chunk holds, so tables are built ahead
+    // on the builder thread and failures land in later chunks.
+    let mut desired = DesiredState::default();
+    for i in 0..2500u32 {
+        let frontend = Frontend {
+            addr: Ipv4Addr::from(0x0a60_0000 + i),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let backends = (0..1 + i % 3)
+            .map(|j| Backend {
+                addr: Ipv4Addr::from(0x0a01_0000 + i * 4 + j),
+                port: 8080,
+                cluster: "a".into(),
+                weight: 1,
+                terminating: false,
+            })
+            .collect();
+        desired.frontends.insert(
+            frontend,
+            FrontendSpec {
+                kind: FrontendKind::Service,
+                name: format!("ns/{frontend}"),
+                import: ObjectKey::new("ns", "svc"),
+                backends,
+                affinity_timeout: None,
+            },
+        );
+    }
+    // (Plain maps: checking every service after every write is quadratic.)
+    let mut maps = FailingPuts::<MemoryMaps> {
+        services: BTreeSet::from([10]),
+        slots: BTreeSet::from([1500]),
+        tables: BTreeSet::from([2100]),
+        ..FailingPuts::default()
+    };
+    let mut reconciler = Reconciler::new();
+    let report = reconciler.apply(&desired, &mut maps);
+    let mut failed_ids: Vec<u32> = report
+        .errors
+        .iter()
+        .map(|(frontend, _)| reconciler.applied[frontend].id)
+        .collect();
+    failed_ids.sort_unstable();
+    assert_eq!(failed_ids, [10, 1500, 2100], "{:?}", report.errors);
+    assert_eq!(report.added, 2500 - 3);
+    assert_eq!(maps.maps.services.len(), 2500 - 3);
+    for id in [10, 1500, 2100] {
+        assert!(!maps.maps.services.values().any(|s| s.frontend_id == id));
+    }
+    let mut maps = maps.maps;
+    let report = reconciler.apply(&desired, &mut maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(render(&maps), expected(&desired));
 }
 
 #[test]

@@ -139,6 +139,46 @@ fn cold_iptables_restore(rules_path: &Path) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// `(busy, total)` jiffies of all CPUs from `/proc/stat`.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// Waits (at most 5 s) until at least one CPU's worth is idle over 200 ms:
+/// the kernel tears a network namespace with 320k rules down, and frees
+/// maps, in the background after the step that used them returned, and
+/// that work must not land in the next timed step.
+fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    while Instant::now() < deadline {
+        let Some((busy, total)) = cpu_jiffies() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let Some((busy_after, total_after)) = cpu_jiffies() else {
+            return;
+        };
+        let window = total_after.saturating_sub(total).max(1);
+        #[expect(clippy::cast_precision_loss, reason = "jiffies")]
+        let idle_cpus =
+            (1.0 - busy_after.saturating_sub(busy) as f64 / window as f64) * cpus as f64;
+        if idle_cpus >= 1.0 {
+            return;
+        }
+    }
+}
+
 /// The change test stops after this long (having done at least
 /// [`MIN_CHANGES`]), whatever `changes` says.
 const CHANGE_BUDGET: Duration = Duration::from_secs(90);
@@ -421,6 +461,7 @@ pub fn run(config: &Config) -> Result<Control> {
         let (_ebpf, mut maps) = fresh_maps()?;
         // As the agent on maps it created (zero counters).
         let mut reconciler = Reconciler::new().with_fresh_stats(true, true);
+        settle();
         let start = Instant::now();
         let report = reconciler.apply(desired_state, &mut maps);
         let cold = start.elapsed().as_secs_f64();
@@ -428,7 +469,9 @@ pub fn run(config: &Config) -> Result<Control> {
             bail!("cold sync failed on {frontend}: {error}");
         }
         result.cold_map_writes = report.map_writes;
+        settle();
         let restore = cold_iptables_restore(rules_file.path())?;
+        settle();
         let (single, batch) = update_rates(config.batch_entries)?;
         if rep > 0 {
             result.cold_sync_s.push(cold);
@@ -479,7 +522,7 @@ pub fn run(config: &Config) -> Result<Control> {
         started.elapsed().as_secs_f64()
     ));
     result.notes = vec![
-        "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded.".to_owned(),
+        "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded. Before each timed step the bench waits (at most 5 s) until a CPU is idle, so the kernel's background teardown of the previous step (a namespace with 320k rules, freed maps) does not land in it.".to_owned(),
         "Endpoint change: one endpoint address of one service replaced in the model; timed through the agent's per-update path (run.rs): the snapshot diff against the last applied snapshot (desired::Changes::between), the incremental desired state of the affected imports (desired::Incremental::update) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing are not included.".to_owned(),
         "Single vs batch: backend-map inserts into an empty map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent's cold sync writes in batches like this; later changes write one entry per syscall (a change is a few entries).".to_owned(),
     ];
