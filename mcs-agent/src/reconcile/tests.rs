@@ -271,6 +271,36 @@ fn backend_strategy() -> impl Strategy<Value = Backend> {
     )
 }
 
+/// Port `port` of ClusterSetIP 10.96.0.1 (TCP).
+fn frontend(port: u16) -> Frontend {
+    Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 1),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// Ready backend 10.1.0.HOST:80 in cluster "a".
+fn backend(host: u8) -> Backend {
+    Backend {
+        addr: Ipv4Addr::new(10, 1, 0, host),
+        port: 80,
+        cluster: "a".into(),
+        weight: 1,
+        terminating: false,
+    }
+}
+
+fn spec(backends: Vec<Backend>) -> FrontendSpec {
+    FrontendSpec {
+        kind: FrontendKind::Service,
+        name: "ns/svc:http".into(),
+        import: ObjectKey::new("ns", "svc"),
+        backends,
+        affinity_timeout: None,
+    }
+}
+
 fn desired_strategy() -> impl Strategy<Value = DesiredState> {
     prop::collection::btree_map(
         frontend_strategy(),
@@ -527,25 +557,6 @@ fn a_cold_sync_of_several_chunks_reports_exactly_the_failed_frontends() {
 
 #[test]
 fn backends_beyond_the_counter_capacity_fail_by_name_and_fit_once_freed() {
-    let frontend = |port| Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 1),
-        port,
-        protocol: Protocol::Tcp,
-    };
-    let backend = |host| Backend {
-        addr: Ipv4Addr::new(10, 1, 0, host),
-        port: 80,
-        cluster: "a".into(),
-        weight: 1,
-        terminating: false,
-    };
-    let spec = |backends: Vec<Backend>| FrontendSpec {
-        kind: FrontendKind::Service,
-        name: "ns/svc:http".into(),
-        import: ObjectKey::new("ns", "svc"),
-        backends,
-        affinity_timeout: None,
-    };
     let mut reconciler = Reconciler::new().with_max_backends(2);
     let mut maps = Checked::default();
     let mut desired = DesiredState::default();
@@ -588,25 +599,6 @@ fn backends_beyond_the_counter_capacity_fail_by_name_and_fit_once_freed() {
 
 #[test]
 fn unchanged_frontends_are_not_rewritten_when_others_change() {
-    let frontend = |port| Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 1),
-        port,
-        protocol: Protocol::Tcp,
-    };
-    let backend = |host| Backend {
-        addr: Ipv4Addr::new(10, 1, 0, host),
-        port: 80,
-        cluster: "a".into(),
-        weight: 1,
-        terminating: false,
-    };
-    let spec = |backends: Vec<Backend>| FrontendSpec {
-        kind: FrontendKind::Service,
-        name: "ns/svc:http".into(),
-        import: ObjectKey::new("ns", "svc"),
-        backends,
-        affinity_timeout: None,
-    };
     let mut desired = DesiredState::default();
     desired
         .frontends
@@ -639,27 +631,13 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
 
 #[test]
 fn fresh_stats_maps_are_reset_only_for_reused_ids() {
-    let frontend = |port| Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 1),
-        port,
-        protocol: Protocol::Tcp,
-    };
-    let spec = |host| FrontendSpec {
-        kind: FrontendKind::Service,
-        name: "ns/svc:http".into(),
-        import: ObjectKey::new("ns", "svc"),
-        backends: vec![Backend {
-            addr: Ipv4Addr::new(10, 1, 0, host),
-            port: 80,
-            cluster: "a".into(),
-            weight: 1,
-            terminating: false,
-        }],
-        affinity_timeout: None,
-    };
     let mut desired = DesiredState::default();
-    desired.frontends.insert(frontend(80), spec(1));
-    desired.frontends.insert(frontend(81), spec(2));
+    desired
+        .frontends
+        .insert(frontend(80), spec(vec![backend(1)]));
+    desired
+        .frontends
+        .insert(frontend(81), spec(vec![backend(2)]));
     let mut fresh = Reconciler::new().with_fresh_stats(true, true);
     let mut maps = MemoryMaps::default();
     fresh.apply(&desired, &mut maps);
@@ -669,7 +647,9 @@ fn fresh_stats_maps_are_reset_only_for_reused_ids() {
     let old_id = maps.services[&super::service_key(&frontend(81))].frontend_id;
     desired.frontends.remove(&frontend(81));
     fresh.apply(&desired, &mut maps);
-    desired.frontends.insert(frontend(82), spec(3));
+    desired
+        .frontends
+        .insert(frontend(82), spec(vec![backend(3)]));
     fresh.apply(&desired, &mut maps);
     assert_eq!(maps.stats_resets, [old_id]);
     assert_eq!(maps.backend_stats_resets.len(), 1);
