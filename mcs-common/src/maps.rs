@@ -10,7 +10,8 @@ pub const ABI_VERSION: u32 = 1;
 /// Kernel map names are at most 15 characters.
 pub mod names {
     pub const SERVICES: &str = "MCS_SVC_V1";
-    pub const BACKENDS: &str = "MCS_BACKEND_V1";
+    /// `_V2`: preallocated (`_V1` was `BPF_F_NO_PREALLOC`).
+    pub const BACKENDS: &str = "MCS_BACKEND_V2";
     pub const CONNTRACK: &str = "MCS_CT_V1";
     pub const FRONTEND_STATS: &str = "MCS_SVC_STATS";
     pub const DROPS: &str = "MCS_DROPS";

@@ -16,7 +16,7 @@ use mcs_common::{
     flow::{flow_hash, reduce},
 };
 
-use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V1, MCS_MAGLEV_V1, MCS_SVC_V1, now_ns};
+use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V2, MCS_MAGLEV_V1, MCS_SVC_V1, now_ns};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -71,7 +71,7 @@ impl Selector {
 fn backend_in_slot(frontend_id: u32, slot: u32) -> Option<BackendValue> {
     let key = BackendKey { frontend_id, slot };
     // SAFETY: copied out at once (see `lookup_service`).
-    unsafe { MCS_BACKEND_V1.get(key).copied() }
+    unsafe { MCS_BACKEND_V2.get(key).copied() }
 }
 
 /// Picks the backend of a new flow; returns it with its slot.

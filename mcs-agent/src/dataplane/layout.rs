@@ -54,8 +54,7 @@ pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<SockRevKey, SockRevValue>(names::SOCK_REVNAT, MapType::LruHash, MAX_SOCK_REVNAT),
     spec::<u32, FrontendStats>(names::SOCK_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
     spec::<ServiceKey, ServiceValue>(names::SERVICES, MapType::Hash, MAX_FRONTENDS),
-    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS)
-        .flags(BPF_F_NO_PREALLOC),
+    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS),
     // Common LRU lists: per-CPU lists (`BPF_F_NO_COMMON_LRU`) measured
     // slower per insert in the bench and split the capacity per CPU.
     spec::<CtKey, CtValue>(names::CONNTRACK, MapType::LruHash, MAX_CONNTRACK),

@@ -12,8 +12,15 @@
 //! sound only where no key is both put and deleted in one batch, which is
 //! why the reconciler uses this for cold syncs only: every frontend new,
 //! ids not used by anything still in the maps.
+//!
+//! The held-back puts ([`Puts`]) are plain data, so a chunk's puts can be
+//! written on another thread while the reconciler computes the next chunk;
+//! the maps sit behind a mutex that the forwarded operations take too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
 
@@ -72,30 +79,19 @@ impl<K: Copy, V: Copy> Group<K, V> {
     }
 }
 
-/// Forwards to `inner`, holding puts back until [`Deferred::flush`].
-pub(super) struct Deferred<'a, W> {
-    inner: &'a mut W,
+/// The puts of one chunk, held back until [`Puts::flush`].
+#[derive(Default)]
+pub(super) struct Puts {
     names: Group<u32, NameValue>,
     backends: Group<BackendKey, BackendValue>,
     tables: Group<u32, MaglevTable>,
     services: Group<ServiceKey, ServiceValue>,
 }
 
-impl<'a, W: DataplaneWriter> Deferred<'a, W> {
-    pub(super) fn new(inner: &'a mut W) -> Self {
-        Self {
-            inner,
-            names: Group::default(),
-            backends: Group::default(),
-            tables: Group::default(),
-            services: Group::default(),
-        }
-    }
-
+impl Puts {
     /// Writes everything held back, group by group; returns the frontends
     /// (by id) whose entries were not all written, with the first error.
-    pub(super) fn flush(self) -> BTreeMap<u32, WriteError> {
-        let inner = self.inner;
+    pub(super) fn flush(self, inner: &mut impl DataplaneWriter) -> BTreeMap<u32, WriteError> {
         let mut failed = BTreeMap::new();
         self.names.write(
             |id, _| *id,
@@ -121,42 +117,81 @@ impl<'a, W: DataplaneWriter> Deferred<'a, W> {
     }
 }
 
-impl<W: DataplaneWriter> DataplaneWriter for Deferred<'_, W> {
+/// The maps shared between the reconciler and the thread that flushes.
+pub(super) struct Shared<'a, W>(Mutex<&'a mut W>);
+
+impl<'a, W> Shared<'a, W> {
+    pub(super) fn new(maps: &'a mut W) -> Self {
+        Self(Mutex::new(maps))
+    }
+
+    /// The maps, also after a panic elsewhere (a write is either done or
+    /// not; there is no half-updated state to protect).
+    pub(super) fn lock(&self) -> MutexGuard<'_, &'a mut W> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn into_inner(self) -> &'a mut W {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Collects puts into [`Puts`]; forwards everything else to the shared maps
+/// at once.
+pub(super) struct Deferred<'s, 'a, W> {
+    shared: &'s Shared<'a, W>,
+    puts: Puts,
+}
+
+impl<'s, 'a, W: DataplaneWriter> Deferred<'s, 'a, W> {
+    pub(super) fn new(shared: &'s Shared<'a, W>) -> Self {
+        Self {
+            shared,
+            puts: Puts::default(),
+        }
+    }
+
+    pub(super) fn into_puts(self) -> Puts {
+        self.puts
+    }
+}
+
+impl<W: DataplaneWriter> DataplaneWriter for Deferred<'_, '_, W> {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
-        self.services.push(key, value);
+        self.puts.services.push(key, value);
         Ok(())
     }
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
-        self.inner.delete_service(key)
+        self.shared.lock().delete_service(key)
     }
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
-        self.backends.push(key, value);
+        self.puts.backends.push(key, value);
         Ok(())
     }
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
-        self.inner.delete_backend(key)
+        self.shared.lock().delete_backend(key)
     }
     fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError> {
-        self.names.push(&frontend_id, name);
+        self.puts.names.push(&frontend_id, name);
         Ok(())
     }
     fn delete_frontend_name(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        self.inner.delete_frontend_name(frontend_id)
+        self.shared.lock().delete_frontend_name(frontend_id)
     }
     fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        self.inner.reset_frontend_stats(frontend_id)
+        self.shared.lock().reset_frontend_stats(frontend_id)
     }
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError> {
-        self.inner.reset_backend_stats(backend_id)
+        self.shared.lock().reset_backend_stats(backend_id)
     }
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError> {
-        self.inner.put_cluster_name(cluster_id, name)
+        self.shared.lock().put_cluster_name(cluster_id, name)
     }
     fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-        self.tables.push(&frontend_id, table);
+        self.puts.tables.push(&frontend_id, table);
         Ok(())
     }
     fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        self.inner.delete_maglev(frontend_id)
+        self.shared.lock().delete_maglev(frontend_id)
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! A cold sync (nothing applied yet, e.g. the agent's first on fresh maps)
 //! keeps the same order per frontend but writes a group of entries per map
-//! at a time, each group in one batch call (see [`deferred`]).
+//! at a time, each group in one batch call (see [`deferred`]), in chunks
+//! that flow through three threads: Maglev tables, bookkeeping, writes.
 //!
 //! The maps are reached through [`DataplaneWriter`], so the logic is tested
 //! against [`memory::MemoryMaps`] without root.
@@ -44,8 +45,9 @@ pub struct WriteError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Write access to the dataplane maps.
-pub trait DataplaneWriter {
+/// Write access to the dataplane maps. `Send`: a cold sync writes from a
+/// helper thread.
+pub trait DataplaneWriter: Send {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError>;
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError>;
@@ -652,11 +654,11 @@ impl Reconciler {
     /// bound the memory held. The Maglev tables of the next chunks are
     /// built on another thread meanwhile: a table takes about as long to
     /// build as a chunk's entries take to write.
-    fn apply_cold<'a>(
+    fn apply_cold<'a, W: DataplaneWriter + Send>(
         &mut self,
         desired: &'a DesiredState,
         upserts: impl Iterator<Item = &'a Frontend>,
-        maps: &mut impl DataplaneWriter,
+        maps: &mut W,
     ) -> ApplyReport {
         // Frontends per batch: large enough to amortise a batch call,
         // small enough that the tables in flight stay a few MiB.
@@ -667,8 +669,11 @@ impl Reconciler {
             .collect();
         let chunks: Vec<&[(&Frontend, &FrontendSpec)]> = frontends.chunks(CHUNK).collect();
         let mut by_id: HashMap<u32, Frontend> = HashMap::with_capacity(frontends.len());
-        std::thread::scope(|scope| {
-            // One chunk of tables ahead at most (2 MiB).
+        let shared = deferred::Shared::new(maps);
+        // Three stages, one chunk apart: Maglev tables are built on one
+        // thread, this thread does the bookkeeping and collects the puts,
+        // another writes them (taking the maps' lock per chunk).
+        let failed = std::thread::scope(|scope| {
             let (built, tables_of) = std::sync::mpsc::sync_channel(1);
             let builder_chunks = &chunks;
             scope.spawn(move || {
@@ -683,11 +688,22 @@ impl Reconciler {
                     }
                 }
             });
+            let (to_writer, puts_of) = std::sync::mpsc::sync_channel::<deferred::Puts>(1);
+            let shared = &shared;
+            let writer = scope.spawn(move || {
+                let mut failed = BTreeMap::new();
+                for puts in puts_of {
+                    for (id, error) in puts.flush(&mut **shared.lock()) {
+                        failed.entry(id).or_insert(error);
+                    }
+                }
+                failed
+            });
             for chunk in &chunks {
                 // Built from `spec.backends` in order: what a new
                 // frontend's full rewrite lays out.
                 let mut tables = tables_of.recv().unwrap_or_default().into_iter();
-                let mut batch = deferred::Deferred::new(&mut *maps);
+                let mut batch = deferred::Deferred::new(shared);
                 for (frontend, spec) in chunk.iter() {
                     let table = if spec.backends.is_empty() {
                         None
@@ -703,19 +719,26 @@ impl Reconciler {
                         Err(error) => report.errors.push((**frontend, error)),
                     }
                 }
-                for (id, error) in batch.flush() {
-                    let Some(frontend) = by_id.get(&id) else {
-                        continue;
-                    };
-                    if let Some(applied) = self.applied.get_mut(frontend) {
-                        applied.dirty = true; // rewritten whole next time
-                    }
-                    report.added = report.added.saturating_sub(1);
-                    report.errors.push((*frontend, error));
+                if to_writer.send(batch.into_puts()).is_err() {
+                    break; // the writer panicked; its join below re-raises it
                 }
             }
+            drop(to_writer);
+            writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
-        self.finish_apply(maps, &mut report);
+        for (id, error) in failed {
+            let Some(frontend) = by_id.get(&id) else {
+                continue;
+            };
+            if let Some(applied) = self.applied.get_mut(frontend) {
+                applied.dirty = true; // rewritten whole next time
+            }
+            report.added = report.added.saturating_sub(1);
+            report.errors.push((*frontend, error));
+        }
+        self.finish_apply(shared.into_inner(), &mut report);
         report
     }
 
