@@ -346,7 +346,7 @@ fn control_goals(c: &Control, goals: &mut Vec<Goal>) {
         met: if full { met } else { None },
         limits: if met == Some(false) {
             format!(
-                "{} map writes, written with BPF_MAP_UPDATE_BATCH a group at a time (at the batched rate measured below that alone is {:.2} s; batching measured {} faster than single updates), plus building a Maglev table per frontend in userspace ({:.2} s for all on one CPU, timed alone; the sync builds them on all CPUs)",
+                "{} map writes, written with BPF_MAP_UPDATE_BATCH a group at a time (at the batched rate measured below that alone is {:.2} s; batching measured {} faster than single updates), plus building a Maglev table per frontend in userspace ({:.2} s for all on one CPU, timed alone) and the reconciler's bookkeeping; the three run as a pipeline of threads (tables, bookkeeping, writes) sharing the machine's CPUs",
                 c.cold_map_writes,
                 Summary::of(&c.batch_updates_per_s).map_or(f64::NAN, |s| c.cold_map_writes as f64 / s.median),
                 fmt_summary(stats::paired_ratio(&c.batch_updates_per_s, &c.single_updates_per_s), 1),
