@@ -234,9 +234,15 @@ async fn serve(
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
     }
-    let maps = dataplane.maps().context("open the dataplane maps")?;
-    let reconciler = if adoption.adopted_state() {
-        let state = maps.read_state().context("read the adopted maps")?;
+    let (maps, adopted) = if adoption.adopted_state() {
+        let (maps, state) = dataplane
+            .maps_with_state()
+            .context("open and read the adopted maps")?;
+        (maps, Some(state))
+    } else {
+        (dataplane.maps().context("open the dataplane maps")?, None)
+    };
+    let reconciler = if let Some(state) = adopted {
         let reconciler = Reconciler::adopt(&state)
             .context("adopt the pinned maps")?
             .with_max_backends(args.backends_max);

@@ -179,7 +179,17 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
         .expect("unpin the prefilter");
     let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
     assert_eq!(report.created, [names::PREFILTER], "{report:?}");
-    let maps = second.maps().expect("maps");
+    // The agent's adoption path: one read serves the prefilter and the
+    // reconciler.
+    let (maps, state) = second.maps_with_state().expect("maps");
+    assert!(
+        state.services.iter().any(|(key, _)| key.addr == vip),
+        "{:?}",
+        state.services
+    );
+    assert!(state.backends.values().any(|value| value.addr == backend));
+    let adopted = Reconciler::adopt(&state).expect("adopt");
+    assert_eq!(adopted.frontend_count(), state.services.len());
     assert!(maps.prefilter.contains((Role::Destination, vip)));
     assert!(maps.prefilter.contains((Role::Source, backend)));
     assert!(maps.prefilter.contains((Role::Source, gone)));

@@ -93,22 +93,24 @@ impl MapHandles {
         Ok(())
     }
 
-    /// Reads what the reconciler needs to adopt these maps.
-    pub fn read_state(&self) -> Result<PinnedState, MapError> {
+    /// Reads what the reconciler needs to adopt these maps; an error names
+    /// the map that could not be read.
+    pub fn read_state(&self) -> Result<PinnedState, DataplaneError> {
+        let read = |name| move |source| DataplaneError::Map { name, source };
         let mut state = PinnedState::default();
         for entry in self.services.iter() {
-            state.services.push(entry?);
+            state.services.push(entry.map_err(read(names::SERVICES))?);
         }
         for entry in self.backends.iter() {
-            let (key, value) = entry?;
+            let (key, value) = entry.map_err(read(names::BACKENDS))?;
             state.backends.insert(key, value);
         }
         for entry in self.frontend_names.iter() {
-            let (id, name) = entry?;
+            let (id, name) = entry.map_err(read(names::FRONTEND_META))?;
             state.frontend_names.insert(id, name.as_str().to_owned());
         }
         for id in 0..self.clusters.len() {
-            let name = self.clusters.get(&id, 0)?;
+            let name = self.clusters.get(&id, 0).map_err(read(names::CLUSTERS))?;
             if name.len > 0 {
                 state.clusters.insert(id, name.as_str().to_owned());
             }
@@ -119,14 +121,36 @@ impl MapHandles {
     /// Takes the maps out of a loaded object, with the prefilter rebuilt
     /// from their contents (adopted maps may hold services and flows).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        let mut maps =
-            Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))?;
-        maps.rebuild_prefilter()
-            .map_err(|source| DataplaneError::Map {
-                name: names::PREFILTER,
-                source,
-            })?;
+        let mut maps = Self::take_raw(ebpf)?;
+        maps.rebuild_prefilter().map_err(prefilter_rebuild_error)?;
         Ok(maps)
+    }
+
+    /// Like [`MapHandles::take`], also returning what the reconciler needs
+    /// to adopt the maps: the services and backends are read once, for both
+    /// the prefilter and the reconciler.
+    pub fn take_with_state(ebpf: &mut Ebpf) -> Result<(Self, PinnedState), DataplaneError> {
+        let mut maps = Self::take_raw(ebpf)?;
+        let state = maps.read_state()?;
+        let conntrack: Vec<(CtKey, CtValue)> =
+            maps.conntrack.iter().filter_map(Result::ok).collect();
+        maps.prefilter.rebuild(
+            state.services.iter().map(|(key, _)| *key),
+            state.backends.iter().map(|(key, value)| (*key, *value)),
+            conntrack,
+        );
+        Ok((maps, state))
+    }
+
+    fn take_raw(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))
+    }
+}
+
+fn prefilter_rebuild_error(source: MapError) -> DataplaneError {
+    DataplaneError::Map {
+        name: names::PREFILTER,
+        source,
     }
 }
 

@@ -413,6 +413,14 @@ impl Dataplane {
         MapHandles::take(&mut self.ebpf)
     }
 
+    /// The maps and their adopted contents (see
+    /// [`MapHandles::take_with_state`]).
+    pub fn maps_with_state(
+        &mut self,
+    ) -> Result<(MapHandles, crate::reconcile::PinnedState), DataplaneError> {
+        MapHandles::take_with_state(&mut self.ebpf)
+    }
+
     /// Ends this agent. With `detach`, removes every link and map pin (the
     /// dataplane stops); otherwise leaves the pinned dataplane serving for
     /// the next agent (an upgrade or restart).
