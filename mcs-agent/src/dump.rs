@@ -269,7 +269,9 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         });
     }
 
-    let now = monotonic_ns();
+    // The clock entry timestamps follow (`dataplane::clock`); unreadable,
+    // it yields idle times of 0 rather than failing the dump.
+    let now = crate::dataplane::clock::coarse_now().unwrap_or(0);
     let mut conntrack_entries = 0;
     let mut conntrack = Vec::new();
     for entry in maps.conntrack.iter() {
@@ -362,17 +364,6 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         conntrack,
         maps: maps_fill,
     })
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
 }
 
 /// Human-readable form.

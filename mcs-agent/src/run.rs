@@ -234,7 +234,7 @@ async fn serve(
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
     }
-    let (maps, adopted) = if adoption.adopted_state() {
+    let (mut maps, adopted) = if adoption.adopted_state() {
         let (maps, state) = dataplane
             .maps_with_state()
             .context("open and read the adopted maps")?;
@@ -242,6 +242,16 @@ async fn serve(
     } else {
         (dataplane.maps().context("open the dataplane maps")?, None)
     };
+    match dataplane.calibrate_clock(&mut maps) {
+        Ok(clock) => info!(
+            ns_per_jiffy = clock.ns_per_jiffy,
+            "datapath clock calibrated (entry timestamps from jiffies)"
+        ),
+        Err(error) => warn!(
+            error = %anyhow::Error::from(error),
+            "datapath clock not calibrated: entry timestamps keep calling the clock helper (slower per packet)"
+        ),
+    }
     let reconciler = if let Some(state) = adopted {
         let reconciler = Reconciler::adopt(&state)
             .context("adopt the pinned maps")?

@@ -26,8 +26,10 @@ pub mod names {
     pub const PREFILTER: &str = "MCS_FILTER_V1";
     /// Layout version of the pinned set; its own layout never changes.
     pub const ABI: &str = "MCS_ABI";
+    /// Jiffies → nanoseconds for entry timestamps ([`super::ClockValue`]).
+    pub const CLOCK: &str = "MCS_CLOCK";
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ABI,
         BACKEND_STATS,
         SOCK_REVNAT,
@@ -42,6 +44,7 @@ pub mod names {
         MAGLEV,
         AFFINITY,
         PREFILTER,
+        CLOCK,
     ];
 }
 
@@ -52,6 +55,9 @@ pub mod programs {
     pub const SENDMSG4: &str = "mcs_sendmsg4";
     pub const RECVMSG4: &str = "mcs_recvmsg4";
     pub const GETPEERNAME4: &str = "mcs_getpeername4";
+    /// Reads the kernel's jiffies for the agent's clock calibration
+    /// (`BPF_PROG_TEST_RUN` only; never attached).
+    pub const CLOCK_PROBE: &str = "mcs_clock_probe";
     /// The socket-LB programs, in attach order.
     pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
@@ -168,6 +174,32 @@ pub struct AbiInfo {
     pub magic: u32,
     /// [`ABI_VERSION`] of the agent that created the maps.
     pub version: u32,
+}
+
+/// How the datapath turns jiffies into the coarse monotonic clock's
+/// nanoseconds (`CLOCK_MONOTONIC_COARSE`, what `bpf_ktime_get_coarse_ns`
+/// returns): `jiffies × ns_per_jiffy + offset_ns`, wrapping. Reading jiffies
+/// is one load (the verifier inlines `bpf_jiffies64`), where the clock
+/// helper is a call: the bench measured it at a third of a conntrack hit.
+/// The agent writes it at start (entry 0 of [`names::CLOCK`]); all zero
+/// (not calibrated) makes the datapath call the clock helper instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockValue {
+    /// The tick length (`clock_getres(CLOCK_MONOTONIC_COARSE)`); 0 = not
+    /// calibrated.
+    pub ns_per_jiffy: u64,
+    pub offset_ns: u64,
+}
+
+impl ClockValue {
+    /// The coarse clock's nanoseconds at `jiffies`.
+    #[inline(always)]
+    pub const fn ns_at(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.ns_per_jiffy)
+            .wrapping_add(self.offset_ns)
+    }
 }
 
 /// "MCS1" in ASCII.
@@ -354,6 +386,7 @@ const _: () = assert!(size_of::<ServiceValue>() == 16);
 const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 24);
 const _: () = assert!(size_of::<AbiInfo>() == 8);
+const _: () = assert!(size_of::<ClockValue>() == 16);
 const _: () = assert!(size_of::<SockRevKey>() == 16);
 const _: () = assert!(size_of::<SockRevValue>() == 16);
 const _: () = assert!(size_of::<CtKey>() == 16);
@@ -379,6 +412,7 @@ mod user {
     unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for MaglevTable {}
     unsafe impl aya::Pod for AbiInfo {}
+    unsafe impl aya::Pod for ClockValue {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for AffinityKey {}

@@ -7,12 +7,15 @@
 //! * `maps.rs` — the maps; their key/value types live in `mcs-common`.
 //! * `bench.rs` — calibration programs for `cargo xtask bench` (never
 //!   attached by the agent).
+//! * `clock.rs` — the jiffies probe behind the agent's clock calibration
+//!   (never attached).
 //!
 //! Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`. On the host
 //! the crate compiles to an empty binary so `cargo clippy --workspace` lints it.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod bench;
+mod clock;
 mod lb;
 mod maps;
 mod packet;

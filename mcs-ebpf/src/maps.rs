@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
 };
 use mcs_common::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, DropReason,
-    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK,
-    MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue,
+    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
+    DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS,
+    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue,
     prefilter::{self, PREFILTER_WORDS, Role},
 };
 
@@ -100,13 +100,25 @@ pub static MCS_SVC_META: HashMap<u32, NameValue, { MAX_FRONTENDS as usize }, NO_
 #[btf_map]
 pub static MCS_CLUSTERS: Array<NameValue, { MAX_CLUSTERS as usize }> = Array::new();
 
-/// Monotonic time for flow and affinity timestamps. The coarse clock (the
-/// last tick's time, no clocksource read) is enough: timestamps only age
-/// entries by seconds, and every timestamp comes from this one clock.
+/// Jiffies → coarse-clock nanoseconds, written by the agent
+/// (`mcs_common::ClockValue`).
+#[btf_map]
+pub static MCS_CLOCK: Array<ClockValue, 1> = Array::new();
+
+/// Monotonic time for flow and affinity timestamps, in the coarse clock's
+/// nanoseconds (the last tick's time: timestamps only age entries by
+/// seconds). Computed from jiffies, which the verifier inlines to one load;
+/// the clock helper is a call, and calls are dear on some CPUs (a return
+/// thunk per call). Falls back to the helper until the agent calibrated.
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: helper without preconditions (inlined by the verifier).
+    let jiffies = unsafe { bpf_jiffies64() };
+    match MCS_CLOCK.get(0) {
+        Some(clock) if clock.ns_per_jiffy != 0 => clock.ns_at(jiffies),
+        // SAFETY: helper without preconditions.
+        _ => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 /// Adds one to the drop counter of `reason`.

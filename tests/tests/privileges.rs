@@ -107,6 +107,11 @@ fn bpf_net_admin_and_perfmon_are_enough() {
         attached,
         "agent with BPF, NET_ADMIN, PERFMON did not attach:\n{log}"
     );
+    // The clock probe (a test run) needs nothing more either.
+    assert!(
+        log.contains("datapath clock calibrated"),
+        "agent with BPF, NET_ADMIN, PERFMON did not calibrate its clock:\n{log}"
+    );
 }
 
 #[test]

@@ -954,3 +954,81 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     );
     assert_eq!(harness.dump().drops["conntrack_full"], 0);
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn conntrack_timestamps_follow_the_coarse_clock_through_jiffies() {
+    use mcs_agent::dataplane::clock;
+    let harness = Harness::with_backends(&BACKENDS);
+    let calibration = harness.dataplane.maps.clock.get(&0, 0).expect("clock");
+    assert!(
+        calibration.ns_per_jiffy > 0,
+        "the harness calibrates as the agent does: {calibration:?}"
+    );
+    let tick = calibration.ns_per_jiffy;
+    let before = clock::coarse_now().expect("clock");
+    let packet = Pkt::tcp(CLIENT, 41000, VIP, 80).build();
+    assert_eq!(harness.run(&packet).0, XDP_PASS);
+    let after = clock::coarse_now().expect("clock");
+    let stamps: Vec<u64> = harness
+        .dataplane
+        .maps
+        .conntrack
+        .iter()
+        .map(|entry| entry.expect("conntrack entry").1.last_seen_ns)
+        .collect();
+    assert_eq!(stamps.len(), 2, "forward and reply entries");
+    for stamp in stamps {
+        // Jiffies and the coarse clock tick together: within a tick, with
+        // one more for the tick phase of the calibration.
+        assert!(
+            stamp + 2 * tick >= before && stamp <= after + 2 * tick,
+            "entry time {stamp} outside [{before}, {after}] ± 2 ticks of {tick} ns"
+        );
+    }
+
+    // The datapath takes its time from the calibration: shifted by an
+    // hour, a new flow's entries are stamped an hour ahead.
+    const HOUR_NS: u64 = 3_600_000_000_000;
+    let mut dataplane = harness.dataplane;
+    let shifted = mcs_common::ClockValue {
+        offset_ns: calibration.offset_ns + HOUR_NS,
+        ..calibration
+    };
+    dataplane
+        .maps
+        .clock
+        .set(0, shifted, 0)
+        .expect("shift the clock");
+    let before = clock::coarse_now().expect("clock");
+    let packet = Pkt::tcp(CLIENT, 41001, VIP, 80).build();
+    assert_eq!(dataplane.run(&packet).expect("test run").0, XDP_PASS);
+    let key = CtKey {
+        saddr: u32::from_ne_bytes(CLIENT),
+        daddr: u32::from_ne_bytes(VIP),
+        sport: 41001u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let stamp = dataplane
+        .maps
+        .conntrack
+        .get(&key, 0)
+        .expect("forward entry")
+        .last_seen_ns;
+    assert!(
+        stamp.abs_diff(before + HOUR_NS) <= 2 * tick,
+        "stamp {stamp}, expected about {}",
+        before + HOUR_NS
+    );
+
+    // Recalibrating gives the same mapping, to the same tolerance.
+    let again =
+        clock::calibrate(&mut dataplane.ebpf, &mut dataplane.maps.clock).expect("recalibrate");
+    assert_eq!(again.ns_per_jiffy, tick);
+    assert!(
+        again.offset_ns.abs_diff(calibration.offset_ns) <= 2 * tick,
+        "{calibration:?} vs {again:?}"
+    );
+}

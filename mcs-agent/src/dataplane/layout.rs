@@ -5,10 +5,11 @@ use std::{fs, mem::size_of, path::Path};
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType};
 use mcs_common::{
-    ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey,
-    CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, names, prefilter::PREFILTER_WORDS,
+    ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue,
+    ClockValue, CtKey, CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable,
+    NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
+    prefilter::PREFILTER_WORDS,
 };
 
 /// What a pinned map must look like to be adopted.
@@ -66,6 +67,7 @@ pub const EXPECTED: [MapSpec; names::ALL.len()] = [
     spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS).flags(BPF_F_NO_PREALLOC),
     spec::<AffinityKey, AffinityValue>(names::AFFINITY, MapType::LruHash, MAX_AFFINITY),
     spec::<u32, u64>(names::PREFILTER, MapType::Array, PREFILTER_WORDS).flags(BPF_F_MMAPABLE),
+    spec::<u32, ClockValue>(names::CLOCK, MapType::Array, 1),
 ];
 
 /// Map capacities an operator may size (`--conntrack-max`,
@@ -148,6 +150,9 @@ pub fn disruption(name: &str) -> &'static str {
         }
         names::SOCK_REVNAT => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
+        }
+        names::CLOCK => {
+            "calibrated again before the first sync; until then entry timestamps come from the clock helper"
         }
         names::PREFILTER => {
             "rebuilt from the services, backends and conntrack before the program is attached; no flow is affected"

@@ -12,8 +12,9 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, CtKey, CtValue, FrontendStats,
-    MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
+    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
+    FrontendStats, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    names,
 };
 
 use super::{DataplaneError, batch, map_pin_dir, prefilter::Prefilter};
@@ -32,6 +33,8 @@ pub struct MapHandles {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub backend_stats: PerCpuArray<MapData, FrontendStats>,
     pub abi: Array<MapData, AbiInfo>,
+    /// Jiffies → coarse-clock nanoseconds (`dataplane::clock`).
+    pub clock: Array<MapData, ClockValue>,
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     pub sock_stats: PerCpuArray<MapData, FrontendStats>,
     /// The miss prefilter, kept in step with `services` and `backends` by
@@ -62,6 +65,7 @@ impl MapHandles {
             affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             abi: typed(names::ABI, get(names::ABI)?)?,
+            clock: typed(names::CLOCK, get(names::CLOCK)?)?,
             sock_revnat: typed(names::SOCK_REVNAT, get(names::SOCK_REVNAT)?)?,
             sock_stats: typed(names::SOCK_STATS, get(names::SOCK_STATS)?)?,
             prefilter: Prefilter::new(typed(names::PREFILTER, get(names::PREFILTER)?)?).map_err(

@@ -11,6 +11,7 @@
 //!   next agent swaps its own program into the same link atomically.
 
 pub mod batch;
+pub mod clock;
 pub mod layout;
 pub mod maps;
 pub mod prefilter;
@@ -411,6 +412,14 @@ impl Dataplane {
     /// Typed handles on the maps for the reconciler.
     pub fn maps(&mut self) -> Result<MapHandles, DataplaneError> {
         MapHandles::take(&mut self.ebpf)
+    }
+
+    /// Calibrates the datapath's clock (see [`clock`]) into `maps.clock`.
+    pub fn calibrate_clock(
+        &mut self,
+        maps: &mut MapHandles,
+    ) -> Result<mcs_common::ClockValue, clock::ClockError> {
+        clock::calibrate(&mut self.ebpf, &mut maps.clock)
     }
 
     /// The maps and their adopted contents (see

@@ -51,7 +51,10 @@ impl XdpTestRun {
         program
             .load()
             .context("the verifier refused the XDP program")?;
-        let maps = MapHandles::take(&mut ebpf).context("take the maps")?;
+        let mut maps = MapHandles::take(&mut ebpf).context("take the maps")?;
+        // As the agent does before its first sync.
+        crate::dataplane::clock::calibrate(&mut ebpf, &mut maps.clock)
+            .context("calibrate the datapath clock")?;
         Ok(Self {
             ebpf,
             maps,

@@ -277,7 +277,10 @@ impl Bench {
                 .load()
                 .with_context(|| format!("the verifier refused {name}"))?;
         }
-        let maps = MapHandles::take(&mut ebpf).context("take the maps")?;
+        let mut maps = MapHandles::take(&mut ebpf).context("take the maps")?;
+        // As the agent does before its first sync: timestamps from jiffies.
+        mcs_agent::dataplane::clock::calibrate(&mut ebpf, &mut maps.clock)
+            .context("calibrate the datapath clock")?;
         let lru = ebpf
             .take_map(BENCH_LRU)
             .with_context(|| format!("map {BENCH_LRU} missing"))?;

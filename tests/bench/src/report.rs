@@ -82,13 +82,13 @@ fn per_packet_goals(pp: &PerPacket, goals: &mut Vec<Goal>) {
     let limits_for = |case: Case| -> String {
         match case {
         Case::CtHit => {
-            "a hit is the prefilter's inlined array read, a conntrack lookup (a 16-byte-key hash lookup in the largest map, itself about one calibration lookup) plus the rewrite (address, port, IP and L4 checksum), a coarse-clock read for the entry's last-seen time (written back at most once a second) and two per-CPU counter updates (frontend, backend)"
+            "a hit is the prefilter's inlined array read, a conntrack lookup (a 16-byte-key hash lookup in the largest map, itself about one calibration lookup) plus the rewrite (address, port, IP and L4 checksum), a jiffies read (inlined: one load) for the entry's last-seen time (written back at most once a second) and two per-CPU counter updates (frontend, backend)"
         }
         Case::Miss => {
             "a miss is parsing plus two inlined array reads of the prefilter bitmap (destination not a ClusterSetIP, source not a backend), no hash lookup; a false positive (another address on the same bit) takes the full path: conntrack and service lookups"
         }
         Case::NewFlow => {
-            return format!("a new flow does the prefilter read, a conntrack miss, the service, Maglev-table and backend lookups, two LRU-hash inserts (reply and forward entries){lru}, one coarse-clock read, counters and the DNAT{over}");
+            return format!("a new flow does the prefilter read, a conntrack miss, the service, Maglev-table and backend lookups, two LRU-hash inserts (reply and forward entries){lru}, one jiffies read, counters and the DNAT{over}");
         }
         _ => "",
         }
