@@ -131,7 +131,7 @@ fn plan(size: Size) -> Plan {
             per_packet: perpacket::Config {
                 services: vec![1, 1000, 10_000, 100_000],
                 conntrack: vec![1000, 1_000_000],
-                rounds: 11,
+                rounds: 21,
                 runs_per_sample: 20_000,
                 repeat: 200_000,
             },
