@@ -861,7 +861,9 @@ fn measure_point(
 }
 
 pub fn run(config: &Config) -> Result<PerPacket> {
-    pin_to_last_cpu();
+    // Only for this part: the later parts (and the agents and rule loaders
+    // they start, which inherit the mask) use every CPU, as on a node.
+    let _pinned = PinnedToLastCpu::new();
     let mut points = Vec::new();
     let mut cache = BTreeMap::new();
     let started = Instant::now();
@@ -894,17 +896,37 @@ pub fn run(config: &Config) -> Result<PerPacket> {
 }
 
 /// Runs the calling thread on the last CPU (steadier timings on a shared
-/// machine than migrating between CPUs).
-pub fn pin_to_last_cpu() {
-    // SAFETY: plain libc calls on a zeroed cpu_set_t we own.
-    unsafe {
-        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
-        if cpus < 1 {
-            return;
+/// machine than migrating between CPUs) until dropped, then restores the
+/// thread's previous CPU mask.
+pub struct PinnedToLastCpu {
+    previous: Option<libc::cpu_set_t>,
+}
+
+impl PinnedToLastCpu {
+    pub fn new() -> Self {
+        // SAFETY: plain libc calls on zeroed cpu_set_t values we own.
+        unsafe {
+            let mut previous: libc::cpu_set_t = std::mem::zeroed();
+            let saved = libc::sched_getaffinity(0, size_of_cpu_set(), &raw mut previous) == 0;
+            let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
+            if cpus >= 1 {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET((cpus - 1) as usize, &mut set);
+                let _ = libc::sched_setaffinity(0, size_of_cpu_set(), &raw const set);
+            }
+            Self {
+                previous: saved.then_some(previous),
+            }
         }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET((cpus - 1) as usize, &mut set);
-        let _ = libc::sched_setaffinity(0, size_of_cpu_set(), &raw const set);
+    }
+}
+
+impl Drop for PinnedToLastCpu {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            // SAFETY: restores a mask sched_getaffinity filled.
+            let _ = unsafe { libc::sched_setaffinity(0, size_of_cpu_set(), previous) };
+        }
     }
 }
 
