@@ -25,6 +25,18 @@ const CLIENT: [u8; 4] = [10, 101, 1, 2];
 const VIP: [u8; 4] = [10, 96, 100, 10];
 const OTHER: [u8; 4] = [10, 102, 1, 99];
 
+/// The conntrack key of a TCP packet from `src:sport` to `dst:dport`.
+fn tcp_ct_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtKey {
+    CtKey {
+        saddr: u32::from_ne_bytes(src),
+        daddr: u32::from_ne_bytes(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -846,14 +858,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
     );
     // A conntrack entry written behind the agent's back for a flow between
     // two unrelated addresses: the prefilter lets its packet skip conntrack.
-    let key = CtKey {
-        saddr: u32::from_ne_bytes(CLIENT),
-        daddr: u32::from_ne_bytes(OTHER),
-        sport: 40000u16.to_be(),
-        dport: 80u16.to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = tcp_ct_key(CLIENT, 40000, OTHER, 80);
     let target = [10, 101, 1, 77];
     let value = CtValue {
         nat_addr: u32::from_ne_bytes(target),
@@ -1003,14 +1008,7 @@ fn conntrack_timestamps_follow_the_coarse_clock_through_jiffies() {
     let before = clock::coarse_now().expect("clock");
     let packet = Pkt::tcp(CLIENT, 41001, VIP, 80).build();
     assert_eq!(dataplane.run(&packet).expect("test run").0, XDP_PASS);
-    let key = CtKey {
-        saddr: u32::from_ne_bytes(CLIENT),
-        daddr: u32::from_ne_bytes(VIP),
-        sport: 41001u16.to_be(),
-        dport: 80u16.to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = tcp_ct_key(CLIENT, 41001, VIP, 80);
     let stamp = dataplane
         .maps
         .conntrack
