@@ -89,12 +89,22 @@ impl MapHandles {
             .backends
             .iter()
             .collect::<Result<Vec<(BackendKey, BackendValue)>, MapError>>()?;
+        self.rebuild_prefilter_with(services, backends);
+        Ok(())
+    }
+
+    /// Rebuilds the prefilter from these services and backends and the
+    /// flows conntrack holds now.
+    fn rebuild_prefilter_with(
+        &mut self,
+        services: impl IntoIterator<Item = ServiceKey>,
+        backends: impl IntoIterator<Item = (BackendKey, BackendValue)>,
+    ) {
         // Entries evicted or deleted while iterating do not matter: they
         // need nothing any more.
         let conntrack: Vec<(CtKey, CtValue)> =
             self.conntrack.iter().filter_map(Result::ok).collect();
         self.prefilter.rebuild(services, backends, conntrack);
-        Ok(())
     }
 
     /// Reads what the reconciler needs to adopt these maps; an error names
@@ -136,12 +146,9 @@ impl MapHandles {
     pub fn take_with_state(ebpf: &mut Ebpf) -> Result<(Self, PinnedState), DataplaneError> {
         let mut maps = Self::take_raw(ebpf)?;
         let state = maps.read_state()?;
-        let conntrack: Vec<(CtKey, CtValue)> =
-            maps.conntrack.iter().filter_map(Result::ok).collect();
-        maps.prefilter.rebuild(
+        maps.rebuild_prefilter_with(
             state.services.iter().map(|(key, _)| *key),
             state.backends.iter().map(|(key, value)| (*key, *value)),
-            conntrack,
         );
         Ok((maps, state))
     }
