@@ -136,7 +136,11 @@ impl MapHandles {
     /// from their contents (adopted maps may hold services and flows).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let mut maps = Self::take_raw(ebpf)?;
-        maps.rebuild_prefilter().map_err(prefilter_rebuild_error)?;
+        maps.rebuild_prefilter()
+            .map_err(|source| DataplaneError::Map {
+                name: names::PREFILTER,
+                source,
+            })?;
         Ok(maps)
     }
 
@@ -155,13 +159,6 @@ impl MapHandles {
 
     fn take_raw(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Self::from_source(|name| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name)))
-    }
-}
-
-fn prefilter_rebuild_error(source: MapError) -> DataplaneError {
-    DataplaneError::Map {
-        name: names::PREFILTER,
-        source,
     }
 }
 
