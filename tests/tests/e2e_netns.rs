@@ -139,6 +139,11 @@ fn vip_connections(set: &ClusterSet, n: usize) -> BTreeMap<Identity, usize> {
 fn vip_datagrams(set: &ClusterSet, n: usize, size: usize) -> BTreeMap<Identity, usize> {
     let client = set.client().expect("client");
     let mut seen = BTreeMap::new();
+    // Every socket stays open until all are done, so the n requests have n
+    // distinct source ports (n flows): a closed socket's port can be drawn
+    // again for the next one, which then rides the first one's conntrack
+    // entry.
+    let mut sockets = Vec::with_capacity(n);
     for i in 0..n {
         let payload = format!("{i:04}-{}", "p".repeat(size.saturating_sub(5)));
         let udp = UdpClient::bind(client, 0).expect("binding UDP");
@@ -162,6 +167,7 @@ fn vip_datagrams(set: &ClusterSet, n: usize, size: usize) -> BTreeMap<Identity, 
             reply.backend
         );
         *seen.entry(reply.backend).or_default() += 1;
+        sockets.push(udp);
     }
     seen
 }
