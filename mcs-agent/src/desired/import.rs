@@ -1,7 +1,7 @@
 //! What one import asks for: its frontends (every IPv4 ClusterSetIP × port,
 //! plus the per-address markers) with their backends, and its own
 //! rejections. O(endpoints of the import); conflicts between imports are
-//! the engine's business ([`super::incremental`]).
+//! the engine's business (`incremental.rs`).
 
 use std::{
     collections::BTreeMap,

@@ -10,10 +10,10 @@
 //! policy (agent default, overridable per import by annotation) narrows or
 //! weights the set: see [`Locality`].
 //!
-//! * [`policy`]: the agent's view (local cluster, locality, cluster CIDRs);
-//! * [`import`]: what one import asks for — its frontends and backends;
-//! * [`changes`]: which imports two snapshots differ in;
-//! * [`incremental`]: the engine keeping the whole state up to date import
+//! * `policy.rs`: the agent's view (local cluster, locality, cluster CIDRs);
+//! * `import.rs`: what one import asks for — its frontends and backends;
+//! * `changes.rs`: which imports two snapshots differ in;
+//! * `incremental.rs`: the engine keeping the whole state up to date import
 //!   by import, resolving conflicts between imports.
 
 mod changes;

@@ -1,5 +1,5 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
-//! reconcile every change ([`context`]), shut down cleanly on
+//! reconcile every change (`context.rs`), shut down cleanly on
 //! SIGTERM/SIGINT.
 
 mod context;

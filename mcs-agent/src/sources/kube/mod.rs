@@ -2,18 +2,18 @@
 //! and `Endpoints` from the API server, through kube-runtime watchers and
 //! reflector stores.
 //!
-//! * Six watchers, each feeding its own reflector store ([`watchers`]):
+//! * Six watchers, each feeding its own reflector store (`watchers.rs`):
 //!   `serviceimports` in `multicluster.x-k8s.io/v1beta1`, `.../v1alpha1` and
 //!   `net.gke.io/v1`; EndpointSlices labelled
 //!   `multicluster.kubernetes.io/service-name`; EndpointSlices labelled
 //!   `kubernetes.io/service-name` but not the MCS label (the two selectors
 //!   are disjoint, so no slice is held twice); all `Endpoints`.
-//! * Every object is trimmed before it is stored ([`trim`]).
+//! * Every object is trimmed before it is stored (`trim.rs`).
 //! * Nothing is published before every watcher has completed its first
 //!   list, or has been answered `404 Not Found` (a CRD that is not
 //!   installed: treated as empty, logged once, retried with the watcher
 //!   backoff, picked up when it appears).
-//! * The stores are read only as a whole and only when ready ([`snapshot`]).
+//! * The stores are read only as a whole and only when ready (`snapshot.rs`).
 //!   A relist (after `410 Gone` or a failed resume) is buffered by the
 //!   reflector and swapped in at once when complete, so no snapshot ever
 //!   misses a live object; objects deleted while disconnected disappear

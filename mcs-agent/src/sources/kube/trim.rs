@@ -1,5 +1,6 @@
 //! Objects are trimmed with `.modify()` before they are stored: only what
-//! conversion reads (and the uid an Event needs) is kept — no
+//! conversion reads is kept, with the uid (Events name the object by it)
+//! and the resourceVersion (conversions are reused by it) — no
 //! managedFields, no unrelated labels or annotations, no endpoint topology
 //! or target references.
 
