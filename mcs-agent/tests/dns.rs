@@ -83,6 +83,7 @@ fn update_of(yaml: &str) -> SourceUpdate {
     SourceUpdate {
         snapshot,
         rejections,
+        ..SourceUpdate::default()
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! The reference for "correct" is the file source: for the same objects the
 //! Kubernetes source must publish the same snapshot and the same rejections,
-//! and the reconciler must program the same maps. No root needed.
+//! and the reconciler must program the same maps. Events are posted by the
+//! events module from what the source publishes, as the agent's run loop
+//! does. No root needed.
 
 use std::{
     collections::BTreeSet,
@@ -16,6 +18,7 @@ use std::{
 
 use mcs_agent::{
     desired,
+    events::{Events, event_reason},
     model::{Flavour, SliceOwner, Snapshot},
     reconcile::{Reconciler, memory::MemoryMaps},
     sources::{
@@ -89,19 +92,22 @@ fn options() -> KubeSourceOptions {
         debounce: Duration::from_millis(50),
         // Small pages, so lists are paginated (limit/continue).
         page_size: 2,
-        events: true,
-        reporting_instance: Some("test-node".into()),
     }
 }
 
 struct Running {
     updates: watch::Receiver<Option<SourceUpdate>>,
     task: JoinHandle<Result<(), KubeSourceError>>,
+    /// Posts Events for every update (see [`start_with_events`]).
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(reporter) = &self.reporter {
+            reporter.abort();
+        }
     }
 }
 
@@ -119,7 +125,35 @@ fn start_source(source: KubeSource) -> Running {
     Running {
         updates,
         task: tokio::spawn(source.run(tx)),
+        reporter: None,
     }
+}
+
+/// Starts the source and reports as the agent's run loop does: for every
+/// update, its rejections and those the desired state derives under
+/// `policy`, through the events module with the source's client and the
+/// references it published.
+async fn start_with_events(server: &FakeApiServer, policy: desired::Policy) -> Running {
+    let kubeconfig = server.kubeconfig_file().expect("write kubeconfig");
+    let source = KubeSource::connect(Some(&kubeconfig), options())
+        .await
+        .expect("connect to the fake API server");
+    let mut events = Events::start(source.client().clone(), Some("test-node".into()));
+    let mut running = start_source(source);
+    let mut updates = running.updates.clone();
+    running.reporter = Some(tokio::spawn(async move {
+        loop {
+            let update = updates.borrow_and_update().clone();
+            if let Some(update) = update {
+                let (_, derived) = desired::compute_with(&update.snapshot, &policy);
+                events.report(update.rejections.iter().chain(&derived), &update.references);
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    }));
+    running
 }
 
 /// What the file source publishes for `objects` (written as YAML).
@@ -723,7 +757,7 @@ fn posted(server: &FakeApiServer) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_become_events_once_per_object_and_reason() {
     let server = server_with_fixtures();
-    let mut running = start(&server).await;
+    let mut running = start_with_events(&server, desired::Policy::default()).await;
     let mut objects = mcs_objects();
     let update = wait_matching(&mut running, &objects, "the initial snapshot").await;
 
@@ -736,7 +770,7 @@ async fn rejections_become_events_once_per_object_and_reason() {
             (
                 r.kind.clone(),
                 r.object.name.clone(),
-                mcs_agent::sources::kube::event_reason(r.reason()),
+                event_reason(r.reason()),
             )
         })
         .collect();
