@@ -32,7 +32,10 @@
 //! the same from synchronous and asynchronous tests; dropping it stops it.
 
 mod apply;
+mod checks;
 mod crds;
+mod defaults;
+mod deletes;
 mod discovery;
 mod http;
 mod patch;
