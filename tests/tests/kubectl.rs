@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use mcs_tests::apiserver::{LocalApiServer, ResourceId};
+use mcs_tests::apiserver::{LocalApiServer, Options, ResourceId};
 use serde_json::{Value, json};
 
 fn kubectl_binary() -> PathBuf {
@@ -372,6 +372,16 @@ fn kubectl_sees_the_apiservers_errors_and_resources() {
         "{elsewhere}"
     );
 
+    // `kubectl create namespace` sends protobuf.
+    kubectl.ok(&["create", "namespace", "team-a"], None);
+    kubectl.ok(&["create", "-n", "team-a", "-f", "-"], Some(service));
+    let labels = kubectl.json(&["get", "namespace", "team-a"]);
+    assert_eq!(
+        labels["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    assert_eq!(labels["status"]["phase"], "Active");
+
     let resources = kubectl.ok(&["api-resources"], None);
     for (name, version) in [
         ("serviceexports", "multicluster.x-k8s.io/v1beta1"),
@@ -450,4 +460,52 @@ fn the_binary_serves_kubectl_until_sigterm() {
         .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/crds"));
+}
+
+#[test]
+fn crds_applied_with_kubectl_serve_their_kinds_until_deleted() {
+    let server = LocalApiServer::start_with(Options {
+        crd_dirs: Vec::new(),
+        ..Options::default()
+    })
+    .expect("a server without CRDs");
+    let kubectl = Kubectl::of(&server);
+    let export = "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata:\n  name: web\nspec:\n  exportedLabels:\n    a: b\n";
+    let unknown = kubectl.fails(&["apply", "-f", "-"], Some(export));
+    assert!(
+        unknown.contains("no matches for kind \"ServiceExport\""),
+        "{unknown}"
+    );
+
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    let crds = crds.to_str().expect("UTF-8 path");
+    let installed = kubectl.ok(&["apply", "-f", crds], None);
+    assert!(
+        installed.contains("serviceexports.multicluster.x-k8s.io created"),
+        "{installed}"
+    );
+    // kubectl caches discovery: a fresh cache sees the new kinds at once.
+    let kubectl = Kubectl::of(&server);
+    kubectl.ok(&["apply", "-f", "-"], Some(export));
+    let bogus = export.replace("  exportedLabels:", "  bogus: 1\n  exportedLabels:");
+    let strict = kubectl.fails(&["apply", "-f", "-"], Some(&bogus));
+    assert!(
+        strict.contains(r#"strict decoding error: unknown field "spec.bogus""#),
+        "{strict}"
+    );
+
+    kubectl.ok(
+        &["delete", "crd", "serviceexports.multicluster.x-k8s.io"],
+        None,
+    );
+    let exports = ResourceId::new("multicluster.x-k8s.io/v1beta1", "serviceexports");
+    assert!(
+        server.list(&exports, None).is_empty(),
+        "a CRD's objects go with it"
+    );
+    let gone = Kubectl::of(&server).fails(&["get", "serviceexports"], None);
+    assert!(
+        gone.contains("the server doesn't have a resource type"),
+        "{gone}"
+    );
 }

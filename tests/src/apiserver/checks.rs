@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::{
     http::{Call, Target, flag},
+    protobuf,
     state::{State, namespace_resource},
     status::ApiError,
     store::Key,
@@ -61,14 +62,23 @@ pub(crate) fn options(call: &Call) -> Result<Options, ApiError> {
 }
 
 pub(crate) fn decode(call: &Call, yaml: bool) -> Result<Value, ApiError> {
-    let value: Value = if yaml {
+    if call
+        .content_type
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return protobuf::namespace(call.body).ok_or_else(|| {
+            ApiError::unsupported_media_type(
+                "protobuf bodies are not supported here (only a Namespace's); send JSON",
+            )
+        });
+    }
+    if yaml {
         serde_yaml_ng::from_slice(call.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(call.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?
-    };
-    Ok(value)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+    }
 }
 
 /// A whole object in a body: its apiVersion and kind must be the URL's.

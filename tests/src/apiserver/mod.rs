@@ -39,6 +39,7 @@ mod deletes;
 mod discovery;
 mod http;
 mod patch;
+mod protobuf;
 mod reads;
 mod registry;
 mod schema;

@@ -87,19 +87,18 @@ fn finish(
         .version(&target.version)
         .and_then(|v| v.schema.as_ref())
     {
-        let pruned = schema::prune(&mut object, schema);
+        let unknown: Vec<String> = schema::prune(&mut object, schema)
+            .iter()
+            .map(|path| format!("unknown field \"{}\"", path.trim_start_matches('.')))
+            .collect();
         match options.validation {
-            Validation::Strict if !pruned.is_empty() => {
+            Validation::Strict if !unknown.is_empty() => {
                 return Err(ApiError::bad_request(format!(
-                    "strict decoding error: unknown field \"{}\"",
-                    pruned.join("\", unknown field \"").replace("\".", "\"")
+                    "strict decoding error: {}",
+                    unknown.join(", ")
                 )));
             }
-            Validation::Warn => warnings.extend(
-                pruned
-                    .iter()
-                    .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.'))),
-            ),
+            Validation::Warn => warnings.extend(unknown),
             _ => {}
         }
         schema::apply_defaults(&mut object, schema);
