@@ -223,8 +223,22 @@ fn the_seed_workflow_with_kubectl() {
         "`serviceexports` is the first group's (multicluster.x-k8s.io)"
     );
 
+    // Someone else adds a port (a strategic merge patch merging by port).
+    a.ok(
+        &[
+            "patch",
+            "service",
+            "web",
+            "-n",
+            "demo",
+            "-p",
+            r#"{"spec":{"ports":[{"name":"metrics","port":9090}]}}"#,
+        ],
+        None,
+    );
     // Re-applying a changed port: kubectl sends a strategic merge patch
-    // (a three-way diff against its last-applied annotation).
+    // (a three-way diff against its last-applied annotation) that
+    // replaces port 80 and leaves the port it never applied alone.
     let before = cluster_a.requests().len();
     let configured = a.ok(&["apply", "-f", "-"], Some(&seed(8080)));
     assert!(
@@ -245,11 +259,7 @@ fn the_seed_workflow_with_kubectl() {
         "{patched:?}"
     );
     let service = cluster_a.get(&services(), "demo", "web").expect("Service");
-    assert_eq!(
-        ports(&service),
-        [8080],
-        "port 80 replaced, not kept beside 8080"
-    );
+    assert_eq!(ports(&service), [8080, 9090], "80 became 8080, 9090 kept");
     let slice = a.json(&["get", "endpointslice", "web-abcde", "-n", "demo"]);
     assert_eq!(
         slice["ports"],
