@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod client;
 pub mod csum;
+pub mod dns_load;
 pub mod fake_apiserver;
 pub mod load;
 pub mod manifest;
