@@ -186,11 +186,16 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::{collections::BTreeSet, net::Ipv4Addr};
 
     use proptest::prelude::*;
 
     use super::IdPool;
+    use crate::{
+        desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
+        model::{ObjectKey, Protocol},
+        reconcile::{Reconciler, check, memory::MemoryMaps, service_key},
+    };
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -276,5 +281,91 @@ mod tests {
         pool.release(17);
         assert!(pool.free().is_empty());
         assert_eq!(pool.allocate(), Some((1, false)));
+    }
+
+    /// `count` frontends on ports 1.., frontend `i` with backends `i` and
+    /// `i + 1` (shared with its neighbours).
+    fn desired(count: u16) -> DesiredState {
+        let mut desired = DesiredState::default();
+        for port in 1..=count {
+            let backends = [port, port + 1]
+                .map(|n| Backend {
+                    addr: Ipv4Addr::new(10, 1, 0, 0) | Ipv4Addr::from(u32::from(n)),
+                    port: 8080,
+                    cluster: format!("c{}", n % 3),
+                    weight: 1,
+                    terminating: false,
+                })
+                .to_vec();
+            desired.frontends.insert(
+                Frontend {
+                    addr: Ipv4Addr::new(10, 96, 0, 1),
+                    port,
+                    protocol: Protocol::Tcp,
+                },
+                FrontendSpec {
+                    kind: FrontendKind::Service,
+                    name: format!("ns/svc:{port}"),
+                    import: ObjectKey::new("ns", "svc"),
+                    backends,
+                    affinity_timeout: None,
+                },
+            );
+        }
+        desired
+    }
+
+    proptest! {
+        /// With more frontends than frontend ids (or backends than counter
+        /// ids), exactly the frontends that do not fit fail, each named in
+        /// the report with an error saying which ids ran out; nothing of
+        /// them reaches the maps, no id leaks, and once others go the
+        /// waiting ones get the freed ids.
+        #[test]
+        fn capacity_errors_name_the_frontend_and_freed_ids_are_reused(
+            frontends in 0u32..6,
+            backends in 1u32..8,
+            count in 0u16..10,
+        ) {
+            let mut reconciler = Reconciler::new().with_max_backends(backends);
+            reconciler.frontend_pool = IdPool::new(0..frontends);
+            let mut maps = MemoryMaps::default();
+            let mut wanted = desired(count);
+            let report = reconciler.apply(&wanted, &mut maps);
+            for (frontend, error) in &report.errors {
+                prop_assert!(wanted.frontends.contains_key(frontend));
+                prop_assert!(!maps.services.contains_key(&service_key(frontend)));
+                let message = error.source.to_string();
+                prop_assert!(
+                    message.contains(&format!("all {frontends} frontend ids in use"))
+                        || message.contains(&format!("all {backends} backend ids in use")),
+                    "{}", message
+                );
+            }
+            let failed: BTreeSet<Frontend> = report.errors.iter().map(|(f, _)| *f).collect();
+            prop_assert_eq!(failed.len(), report.errors.len(), "a frontend reported twice");
+            prop_assert_eq!(maps.services.len() + failed.len(), usize::from(count));
+            // Each frontend needs one frontend id; frontend i needs counter
+            // ids for backends i and i + 1, shared with its neighbours. One
+            // that fails on a counter id keeps its frontend id (dirty).
+            let fit = usize::from(count).min(frontends as usize).min(backends as usize - 1);
+            prop_assert_eq!(maps.services.len(), fit);
+            // The frontends that fitted go; counter ids are released at the
+            // end of that apply, so the waiting ones fit on the next.
+            wanted.frontends.retain(|frontend, _| failed.contains(frontend));
+            reconciler.apply(&wanted, &mut maps);
+            let report = reconciler.apply(&wanted, &mut maps);
+            let fit = failed.len().min(frontends as usize).min(backends as usize - 1);
+            prop_assert_eq!(maps.services.len(), fit, "{:?}", report.errors);
+            prop_assert_eq!(report.errors.len(), failed.len() - fit);
+            // Nothing leaked: with everything gone every id is free again.
+            let report = reconciler.apply(&DesiredState::default(), &mut maps);
+            prop_assert!(report.errors.is_empty(), "{:?}", report.errors);
+            check::check_ids(&reconciler, &maps).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let ids = reconciler.id_tables();
+            prop_assert_eq!(ids.free_frontend_ids.len() as u32, ids.next_frontend_id);
+            prop_assert_eq!(ids.free_backend_ids.len() as u32, ids.next_backend_id);
+            prop_assert_eq!(ids.free_cluster_ids.len() as u32 + 1, ids.next_cluster_id);
+        }
     }
 }
