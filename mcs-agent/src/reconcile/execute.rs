@@ -40,7 +40,9 @@ impl Reconciler {
             stored.dirty = true; // until every write below has succeeded
         }
         self.run(frontend, plan.writes, maps, report)?;
-        report.retired.extend(retired(frontend, plan.applied.id, &plan.retired));
+        report
+            .retired
+            .extend(retired(frontend, plan.applied.id, &plan.retired));
         self.set_applied(*frontend, plan.applied);
         if plan.is_new {
             report.added += 1;

@@ -80,7 +80,6 @@ impl IdPool {
     pub(super) fn capacity(&self) -> u32 {
         self.capacity
     }
-
 }
 
 /// For the consistency checks: which ids were handed out and which are free.
@@ -103,11 +102,7 @@ impl Reconciler {
             return Err(WriteError {
                 map: mcs_common::names::SERVICES,
                 op: "allocate frontend id",
-                source: format!(
-                    "all {} frontend ids in use",
-                    self.frontend_pool.capacity()
-                )
-                .into(),
+                source: format!("all {} frontend ids in use", self.frontend_pool.capacity()).into(),
             });
         };
         Ok((id, reused || !self.fresh_frontend_stats))

@@ -90,7 +90,9 @@ impl DataplaneWriter for MemoryMaps {
         self.write("stats", "reset", |m| m.stats_resets.push(id))
     }
     fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
-        self.write("backend_stats", "reset", |m| m.backend_stats_resets.push(id))
+        self.write("backend_stats", "reset", |m| {
+            m.backend_stats_resets.push(id)
+        })
     }
     fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.write("clusters", "put", |m| {

@@ -50,12 +50,12 @@ use std::{
 use mcs_common::{MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, NameValue};
 use tracing::instrument;
 
+use self::ids::IdPool;
 pub use self::{
     adopt::{AdoptError, PinnedState},
     layout::{maglev_table, service_key, stable_layout},
     writer::{DataplaneWriter, WriteError, one_by_one},
 };
-use self::ids::IdPool;
 use crate::desired::{Backend, DesiredState, Frontend, FrontendKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -337,7 +337,10 @@ impl Model {
             return Ok(());
         }
         let table = self.table.as_ref().ok_or("backends but no table")?;
-        match table.iter().find(|s| !self.slots.contains_key(&u32::from(**s))) {
+        match table
+            .iter()
+            .find(|s| !self.slots.contains_key(&u32::from(**s)))
+        {
             Some(slot) => Err(format!("table names missing slot {slot}")),
             None => Ok(()),
         }
