@@ -14,19 +14,19 @@
 //! that flow through three threads: Maglev tables, bookkeeping, writes.
 //!
 //! Files, one job each:
-//! * this one — the [`Reconciler`]: what is applied, [`Reconciler::apply`]
+//! * `mod.rs` — the [`Reconciler`]: what is applied, [`Reconciler::apply`]
 //!   and [`Reconciler::apply_changed`], the [`ApplyReport`];
-//! * [`writer`] — the [`DataplaneWriter`] trait the maps are reached through;
-//! * [`layout`] — slot layout, Maglev table and service key of a frontend;
-//! * [`plan`] — what one frontend needs written, as a pure function;
-//!   `execute` runs plans through the writer and keeps the books;
-//! * `ids` — the one id pool behind frontend, backend counter and cluster ids;
-//! * [`adopt`] — the applied state rebuilt from pinned maps after a restart;
-//! * `cold` and [`deferred`] — the batched, pipelined cold sync.
+//! * `writer.rs` — the [`DataplaneWriter`] trait the maps are reached through;
+//! * `layout.rs` — slot layout, Maglev table and service key of a frontend;
+//! * `plan.rs` — what one frontend needs written, as a pure function;
+//!   `execute.rs` runs plans through the writer and keeps the books;
+//! * `ids.rs` — the one id pool behind frontend, counter and cluster ids;
+//! * `adopt.rs` — the applied state rebuilt from pinned maps after a restart;
+//! * `cold.rs` and `deferred.rs` — the batched, pipelined cold sync.
 //!
 //! Test support behind the `testing` feature (never in the agent binary):
-//! `memory::MemoryMaps`, in-memory maps the logic is tested against without
-//! root, and `check`, their consistency checks.
+//! `memory.rs`, in-memory maps the logic is tested against without root,
+//! and `check.rs`, their consistency checks.
 
 mod adopt;
 mod cold;
