@@ -11,6 +11,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod client;
 pub mod csum;
+pub mod dns_load;
 pub mod load;
 pub mod manifest;
 pub mod netns;
