@@ -2,7 +2,7 @@
 //! a superset of what the datapath needs: a clear bit lets a packet skip
 //! conntrack and the service table, so a missing bit would break traffic.
 //!
-//! Members are `(role, address)`:
+//! Members ([`Member`]) are a role and an address:
 //! * referenced: a ClusterSetIP of a service entry (destination role) or
 //!   the address of a backend slot (source role), counted per map key so a
 //!   delete is exact;
@@ -26,6 +26,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
+    net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
@@ -34,7 +35,8 @@ use std::{
 
 use aya::maps::{Array, IterableMap as _, MapData};
 use mcs_common::{
-    BackendKey, BackendValue, CT_F_REPLY, CtKey, CtValue, ServiceKey,
+    BackendKey, BackendValue, CtKey, CtValue, ServiceKey,
+    byte_order::net_addr,
     prefilter::{self, PREFILTER_WORDS, Role},
 };
 
@@ -43,16 +45,75 @@ pub const GRACE: Duration = Duration::from_secs(1);
 /// Conntrack scans for the sweep at most this often.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A member of the filter.
-pub type Member = (Role, u32);
+/// A member of the filter: an address in the role a packet is tested on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    pub role: Role,
+    /// The address, network order (as the maps and the packet hold it).
+    pub addr: u32,
+}
 
-/// The member a conntrack entry needs: its destination for a forward entry
-/// (a ClusterSetIP), its source for a reply entry (a backend).
-pub fn ct_member(key: &CtKey, value: &CtValue) -> Member {
-    if value.flags & CT_F_REPLY != 0 {
-        (Role::Source, key.saddr)
-    } else {
-        (Role::Destination, key.daddr)
+impl Member {
+    pub const fn new(role: Role, addr: Ipv4Addr) -> Self {
+        Self {
+            role,
+            addr: net_addr(addr),
+        }
+    }
+
+    /// A ClusterSetIP: tested against the packet's destination.
+    pub const fn destination(addr: Ipv4Addr) -> Self {
+        Self::new(Role::Destination, addr)
+    }
+
+    /// A backend: tested against the packet's source (replies).
+    pub const fn source(addr: Ipv4Addr) -> Self {
+        Self::new(Role::Source, addr)
+    }
+
+    /// The member a service entry needs: its ClusterSetIP.
+    pub const fn of_service(key: &ServiceKey) -> Self {
+        Self {
+            role: Role::Destination,
+            addr: key.addr,
+        }
+    }
+
+    /// The member a backend slot needs: the backend's address.
+    pub const fn of_backend(value: &BackendValue) -> Self {
+        Self {
+            role: Role::Source,
+            addr: value.addr,
+        }
+    }
+
+    /// The member a conntrack entry needs: its destination for a forward
+    /// entry (a ClusterSetIP), its source for a reply entry (a backend).
+    pub const fn of_flow(key: &CtKey, value: &CtValue) -> Self {
+        if value.is_reply() {
+            Self {
+                role: Role::Source,
+                addr: key.saddr,
+            }
+        } else {
+            Self {
+                role: Role::Destination,
+                addr: key.daddr,
+            }
+        }
+    }
+
+    /// The member's bit in the bitmap.
+    pub const fn bit(self) -> u32 {
+        prefilter::bit(self.addr, self.role)
+    }
+}
+
+/// `(role, address in network order)`, as callers wrote members before
+/// they were a struct.
+impl From<(Role, u32)> for Member {
+    fn from((role, addr): (Role, u32)) -> Self {
+        Self { role, addr }
     }
 }
 
@@ -73,14 +134,14 @@ pub struct Members {
 
 impl Members {
     fn add(&mut self, member: Member) -> Option<BitChange> {
-        let bit = prefilter::bit(member.1, member.0);
+        let bit = member.bit();
         let count = self.bits.entry(bit).or_insert(0);
         *count += 1;
         (*count == 1).then_some(BitChange::Set(bit))
     }
 
     fn remove(&mut self, member: Member) -> Option<BitChange> {
-        let bit = prefilter::bit(member.1, member.0);
+        let bit = member.bit();
         let count = self.bits.get_mut(&bit)?;
         *count -= 1;
         if *count == 0 {
@@ -171,14 +232,15 @@ impl Members {
 pub struct Tracker {
     pub members: Members,
     services: HashSet<ServiceKey>,
-    backends: HashMap<BackendKey, u32>,
+    /// The member each backend slot references.
+    backends: HashMap<BackendKey, Member>,
 }
 
 impl Tracker {
     /// Before a service entry is written.
     pub fn put_service(&mut self, key: &ServiceKey) -> Option<BitChange> {
         if self.services.insert(*key) {
-            self.members.reference((Role::Destination, key.addr))
+            self.members.reference(Member::of_service(key))
         } else {
             None
         }
@@ -187,7 +249,7 @@ impl Tracker {
     /// After a service entry was deleted.
     pub fn delete_service(&mut self, key: &ServiceKey, now: Instant) {
         if self.services.remove(key) {
-            self.members.release((Role::Destination, key.addr), now);
+            self.members.release(Member::of_service(key), now);
         }
     }
 
@@ -198,12 +260,13 @@ impl Tracker {
         value: &BackendValue,
         now: Instant,
     ) -> Option<BitChange> {
-        match self.backends.insert(*key, value.addr) {
-            Some(old) if old == value.addr => None,
+        let member = Member::of_backend(value);
+        match self.backends.insert(*key, member) {
+            Some(old) if old == member => None,
             old => {
-                let change = self.members.reference((Role::Source, value.addr));
+                let change = self.members.reference(member);
                 if let Some(old) = old {
-                    self.members.release((Role::Source, old), now);
+                    self.members.release(old, now);
                 }
                 change
             }
@@ -212,8 +275,8 @@ impl Tracker {
 
     /// After a backend slot was deleted.
     pub fn delete_backend(&mut self, key: &BackendKey, now: Instant) {
-        if let Some(addr) = self.backends.remove(key) {
-            self.members.release((Role::Source, addr), now);
+        if let Some(member) = self.backends.remove(key) {
+            self.members.release(member, now);
         }
     }
 }
@@ -365,7 +428,7 @@ impl Prefilter {
             tracker.put_backend(&key, &value, now);
         }
         for (key, value) in conntrack {
-            tracker.members.linger(ct_member(&key, &value), now);
+            tracker.members.linger(Member::of_flow(&key, &value), now);
         }
         let mut words: HashMap<u32, u64> = HashMap::new();
         for bit in tracker.members.bits() {
@@ -398,8 +461,8 @@ impl Prefilter {
     }
 
     /// Whether the bitmap has the bit of `member` set.
-    pub fn contains(&self, member: Member) -> bool {
-        self.bitmap.is_set(prefilter::bit(member.1, member.0))
+    pub fn contains(&self, member: impl Into<Member>) -> bool {
+        self.bitmap.is_set(member.into().bit())
     }
 
     pub fn lingering(&self) -> usize {
@@ -409,6 +472,8 @@ impl Prefilter {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddrV4;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -442,15 +507,12 @@ mod tests {
         ]
     }
 
-    fn addr(a: u8) -> u32 {
-        u32::from_ne_bytes([10, 96, 0, a])
+    fn addr(a: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 96, 0, a)
     }
 
     fn bits_of(members: &HashSet<Member>) -> HashSet<u32> {
-        members
-            .iter()
-            .map(|(r, a)| prefilter::bit(*a, *r))
-            .collect()
+        members.iter().map(|member| member.bit()).collect()
     }
 
     proptest! {
@@ -464,7 +526,7 @@ mod tests {
             let mut tracker = Tracker::default();
             let mut bits: HashSet<u32> = HashSet::new();
             let mut services: HashSet<ServiceKey> = HashSet::new();
-            let mut backends: HashMap<BackendKey, u32> = HashMap::new();
+            let mut backends: HashMap<BackendKey, Ipv4Addr> = HashMap::new();
             let mut flows: Vec<Member> = Vec::new();
             let apply = |bits: &mut HashSet<u32>, change: Option<BitChange>| match change {
                 Some(BitChange::Set(bit)) => { bits.insert(bit); }
@@ -474,20 +536,20 @@ mod tests {
             for op in ops {
                 match op {
                     Op::PutService(a, p) => {
-                        let key = ServiceKey { addr: addr(a), port: u16::from(p), proto: 6, _pad: 0 };
+                        let key = ServiceKey::new(addr(a), u16::from(p), 6);
                         apply(&mut bits, tracker.put_service(&key));
                         services.insert(key);
                     }
                     Op::DeleteService(a, p) => {
-                        let key = ServiceKey { addr: addr(a), port: u16::from(p), proto: 6, _pad: 0 };
+                        let key = ServiceKey::new(addr(a), u16::from(p), 6);
                         services.remove(&key);
                         tracker.delete_service(&key, now);
                     }
                     Op::PutBackend(s, a) => {
                         let key = BackendKey { frontend_id: 0, slot: u32::from(s) };
-                        let value = BackendValue { addr: addr(a + 100), port: 0, _pad: 0, cluster_id: 0, flags: 0, backend_id: 0, _pad2: 0 };
+                        let value = BackendValue::new(SocketAddrV4::new(addr(a + 100), 0), 0, 0, 0);
                         apply(&mut bits, tracker.put_backend(&key, &value, now));
-                        backends.insert(key, value.addr);
+                        backends.insert(key, value.addr());
                     }
                     Op::DeleteBackend(s) => {
                         let key = BackendKey { frontend_id: 0, slot: u32::from(s) };
@@ -497,13 +559,13 @@ mod tests {
                     Op::Flow(reply, a) => {
                         // The datapath creates flows only through members
                         // the maps reference at that moment.
-                        let member = if reply { (Role::Source, addr(a + 100)) } else { (Role::Destination, addr(a)) };
-                        let referenced = match member.0 {
-                            Role::Destination => services.iter().any(|k| k.addr == member.1),
-                            Role::Source => backends.values().any(|b| *b == member.1),
+                        let (role, address) = if reply { (Role::Source, addr(a + 100)) } else { (Role::Destination, addr(a)) };
+                        let referenced = match role {
+                            Role::Destination => services.iter().any(|k| k.addr() == address),
+                            Role::Source => backends.values().any(|b| *b == address),
                         };
                         if referenced {
-                            flows.push(member);
+                            flows.push(Member::new(role, address));
                         }
                     }
                     Op::FlowEnds(i) => {
@@ -520,11 +582,11 @@ mod tests {
                     }
                 }
                 let mut needed: HashSet<Member> = flows.iter().copied().collect();
-                needed.extend(services.iter().map(|k| (Role::Destination, k.addr)));
-                needed.extend(backends.values().map(|a| (Role::Source, *a)));
+                needed.extend(services.iter().map(|k| Member::destination(k.addr())));
+                needed.extend(backends.values().map(|a| Member::source(*a)));
                 for member in &needed {
                     prop_assert!(tracker.members.is_member(member), "{member:?} dropped");
-                    prop_assert!(bits.contains(&prefilter::bit(member.1, member.0)), "{member:?} has no bit");
+                    prop_assert!(bits.contains(&member.bit()), "{member:?} has no bit");
                 }
                 let tracked: HashSet<u32> = tracker.members.bits().collect();
                 prop_assert_eq!(&tracked, &bits);
@@ -535,8 +597,8 @@ mod tests {
             for change in tracker.members.sweep(&live, now) {
                 apply(&mut bits, Some(change));
             }
-            let mut referenced: HashSet<Member> = services.iter().map(|k| (Role::Destination, k.addr)).collect();
-            referenced.extend(backends.values().map(|a| (Role::Source, *a)));
+            let mut referenced: HashSet<Member> = services.iter().map(|k| Member::destination(k.addr())).collect();
+            referenced.extend(backends.values().map(|a| Member::source(*a)));
             // Only what conntrack alone needs still lingers.
             prop_assert_eq!(tracker.members.lingering(), live.difference(&referenced).count());
             let needed: HashSet<Member> = referenced.union(&live).copied().collect();
@@ -548,7 +610,7 @@ mod tests {
     fn a_released_member_lingers_through_the_grace_period() {
         let start = Instant::now();
         let mut members = Members::default();
-        let member = (Role::Source, 7);
+        let member = Member::source(Ipv4Addr::new(10, 101, 1, 7));
         assert!(matches!(members.reference(member), Some(BitChange::Set(_))));
         members.release(member, start);
         // Not needed by conntrack, but released only after the grace.
@@ -560,7 +622,7 @@ mod tests {
         assert!(members.sweep(&live, start + GRACE).is_empty());
         assert_eq!(
             members.sweep(&HashSet::new(), start + GRACE),
-            vec![BitChange::Clear(prefilter::bit(7, Role::Source))]
+            vec![BitChange::Clear(member.bit())]
         );
         assert!(!members.is_member(&member));
     }
