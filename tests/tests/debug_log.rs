@@ -74,7 +74,7 @@ fn debug_log_object() -> Vec<u8> {
     })
 }
 
-/// Collects what aya-log forwards.
+/// Collects what aya-log forwards: level and `target: message`.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<(log::Level, String)>>>);
 
@@ -87,7 +87,7 @@ impl log::Log for Capture {
         self.0
             .lock()
             .expect("capture lock")
-            .push((record.level(), record.args().to_string()));
+            .push((record.level(), format!("{}: {}", record.target(), record.args())));
     }
 
     fn flush(&self) {}
@@ -212,6 +212,11 @@ fn the_debug_log_build_loads_and_logs_the_packet_path() {
 
     let (verdict, lines) = loaded.run(&syn(40000));
     assert_eq!(verdict, XDP_PASS, "{lines:#?}");
+    // The target an operator filters on (`RUST_LOG=mcs_ebpf=debug`).
+    assert!(
+        lines.iter().all(|line| line.starts_with("mcs_ebpf")),
+        "{lines:#?}"
+    );
     assert_logged(&lines, "parse: 10.101.1.2:40000 -> 10.96.100.10:80 proto 6");
     assert_logged(&lines, ": 1 backends");
     assert_logged(&lines, ": backend 10.101.1.10:8080 (slot 0)");

@@ -62,11 +62,6 @@ fn linked(target_dir: &str, object: &str) -> PathBuf {
         .join(object)
 }
 
-/// Where the agent's eBPF object ends up (what `mcs-agent` embeds).
-pub fn object_path() -> PathBuf {
-    linked(TARGET_DIR, PACKAGE)
-}
-
 /// Where the bench's calibration object ends up.
 pub fn bench_object_path() -> PathBuf {
     linked(TARGET_DIR, BENCH_OBJECT)
