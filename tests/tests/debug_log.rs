@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{CgroupSockAddr, TestRun as _, TestRunOptions, Xdp},
 };
 use aya_log::EbpfLogger;
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
@@ -84,10 +84,10 @@ impl log::Log for Capture {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        self.0
-            .lock()
-            .expect("capture lock")
-            .push((record.level(), format!("{}: {}", record.target(), record.args())));
+        self.0.lock().expect("capture lock").push((
+            record.level(),
+            format!("{}: {}", record.target(), record.args()),
+        ));
     }
 
     fn flush(&self) {}
@@ -104,8 +104,9 @@ impl Capture {
     }
 }
 
-/// An object loaded as the agent loads it, its maps programmed from
-/// [`MANIFEST`] by the agent's reconciler, its log lines captured.
+/// An object loaded as the agent loads it (every program verified), its
+/// maps programmed from [`MANIFEST`] by the agent's reconciler, its log
+/// lines captured.
 struct Loaded {
     ebpf: Ebpf,
     /// `None` when the object has no log statement at all.
@@ -129,6 +130,16 @@ impl Loaded {
         program
             .load()
             .expect("the verifier accepts the XDP program");
+        for name in programs::SOCKET {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .expect("socket-LB program")
+                .try_into()
+                .expect("a cgroup sock_addr program");
+            program
+                .load()
+                .unwrap_or_else(|error| panic!("the verifier refused {name}: {error}"));
+        }
         let capture = Capture::default();
         let logger = EbpfLogger::init_with_logger(&mut ebpf, capture.clone()).ok();
         let mut maps = MapHandles::take(&mut ebpf).expect("map handles");
