@@ -230,11 +230,6 @@ pub const MAPS: [MapDef; 15] = [
     def::CLOCK,
 ];
 
-/// The row of map `name`.
-pub fn map_def(name: &str) -> Option<&'static MapDef> {
-    MAPS.iter().find(|def| def.name == name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +249,6 @@ mod tests {
             if matches!(def.kind, MapKind::Array | MapKind::PerCpuArray) {
                 assert_eq!(def.key_size, 4, "{}", def.name);
             }
-            assert_eq!(map_def(def.name), Some(&def));
         }
         assert!(def::CONNTRACK.declares::<CtKey, CtValue>("MCS_CT_V1", MapKind::LruHash));
         assert!(!def::CONNTRACK.declares::<CtKey, CtValue>("MCS_CT_V0", MapKind::LruHash));

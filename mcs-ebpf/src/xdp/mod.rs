@@ -20,7 +20,7 @@ mod reject;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use mcs_common::{
-    CT_F_REPLY, DropReason, PROTO_TCP, SVC_F_VIP_MARKER,
+    DropReason, PROTO_TCP, SVC_F_VIP_MARKER,
     byte_order::{host_port, ipv4},
     prefilter::Role,
 };
@@ -123,15 +123,11 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
             ctx,
             "conntrack: frontend {} {} entry, rewrite to {}:{}",
             entry.frontend_id,
-            if entry.flags & CT_F_REPLY != 0 {
-                "reply"
-            } else {
-                "forward"
-            },
+            if entry.is_reply() { "reply" } else { "forward" },
             ipv4(entry.nat_addr),
             host_port(entry.nat_port)
         );
-        if entry.flags & CT_F_REPLY != 0 {
+        if entry.is_reply() {
             nat::rewrite(&pkt, nat::Side::Source, entry.nat_addr, entry.nat_port);
         } else {
             nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
