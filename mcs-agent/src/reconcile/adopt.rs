@@ -2,10 +2,7 @@
 //! maps hold, so the first reconcile is a diff against what the kernel
 //! serves, never a flush.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, BackendValue, MAX_CLUSTERS, MAX_FRONTENDS, SVC_F_AFFINITY,
@@ -60,8 +57,8 @@ impl Reconciler {
                 return Err(AdoptError::BadFrontendId(value.frontend_id));
             }
             let frontend = Frontend {
-                addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-                port: u16::from_be(key.port),
+                addr: key.addr(),
+                port: key.port(),
                 protocol,
             };
             let slots = slots_of.remove(&value.frontend_id).unwrap_or_default();
@@ -73,8 +70,8 @@ impl Reconciler {
                     complete = false;
                     break;
                 };
-                let addr = Ipv4Addr::from(backend.addr.to_ne_bytes());
-                let port = u16::from_be(backend.port);
+                let addr = backend.addr();
+                let port = backend.port();
                 reconciler
                     .backend_ids
                     .insert((addr, port), backend.backend_id);

@@ -100,8 +100,8 @@ pub enum Inconsistency {
 
 fn frontend_of(key: &ServiceKey) -> Result<Frontend, Inconsistency> {
     Ok(Frontend {
-        addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-        port: u16::from_be(key.port),
+        addr: key.addr(),
+        port: key.port(),
         protocol: Protocol::from_number(key.proto).ok_or(Inconsistency::BadProtocol(key.proto))?,
     })
 }
@@ -188,10 +188,7 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
                     },
                 )?
             };
-            let identity = (
-                Ipv4Addr::from(value.addr.to_ne_bytes()),
-                u16::from_be(value.port),
-            );
+            let identity = (value.addr(), value.port());
             if *counter_ids.entry(identity).or_insert(value.backend_id) != value.backend_id {
                 return Err(Inconsistency::SplitBackendId(identity));
             }
@@ -434,13 +431,7 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
                 slot,
             });
             if let Some(value) = value {
-                counters.insert(
-                    (
-                        Ipv4Addr::from(value.addr.to_ne_bytes()),
-                        u16::from_be(value.port),
-                    ),
-                    value.backend_id,
-                );
+                counters.insert((value.addr(), value.port()), value.backend_id);
             } else {
                 return fail(format!("{key:?} misses slot {slot}"));
             }

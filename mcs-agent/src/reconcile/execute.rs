@@ -5,6 +5,8 @@
 //! a write may have reached, and ids are released only once nothing in the
 //! maps uses them.
 
+use std::net::SocketAddrV4;
+
 use mcs_common::{BACKEND_F_READY, BACKEND_F_TERMINATING, BackendValue, MaglevTable};
 
 use super::{
@@ -141,15 +143,12 @@ impl Reconciler {
         } else {
             BACKEND_F_READY
         };
-        Ok(BackendValue {
-            addr: u32::from_ne_bytes(backend.addr.octets()),
-            port: backend.port.to_be(),
-            _pad: 0,
+        Ok(BackendValue::new(
+            SocketAddrV4::new(backend.addr, backend.port),
             cluster_id,
             flags,
             backend_id,
-            _pad2: 0,
-        })
+        ))
     }
 }
 

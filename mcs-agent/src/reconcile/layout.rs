@@ -60,10 +60,5 @@ pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
 
 /// The service map key of `frontend` (address and port as the packet carries them).
 pub fn service_key(frontend: &Frontend) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from_ne_bytes(frontend.addr.octets()),
-        port: frontend.port.to_be(),
-        proto: frontend.protocol.number(),
-        _pad: 0,
-    }
+    ServiceKey::new(frontend.addr, frontend.port, frontend.protocol.number())
 }

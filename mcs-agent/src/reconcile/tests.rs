@@ -184,8 +184,8 @@ fn render(maps: &MemoryMaps) -> Rendered {
     let mut slots_seen = 0;
     for (key, service) in &maps.services {
         let frontend = Frontend {
-            addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-            port: u16::from_be(key.port),
+            addr: key.addr(),
+            port: key.port(),
             protocol: Protocol::from_number(key.proto).expect("valid protocol"),
         };
         let backends = (0..service.backend_count)
@@ -196,8 +196,8 @@ fn render(maps: &MemoryMaps) -> Rendered {
                 }];
                 slots_seen += 1;
                 Backend {
-                    addr: Ipv4Addr::from(value.addr.to_ne_bytes()),
-                    port: u16::from_be(value.port),
+                    addr: value.addr(),
+                    port: value.port(),
                     cluster: if value.cluster_id == 0 {
                         String::new()
                     } else {
@@ -479,8 +479,8 @@ proptest! {
         prop_assert_eq!(failed.len(), report.errors.len());
         prop_assert_eq!(failed.len(), maps.refused.len());
         let visible: BTreeSet<Frontend> = maps.maps.0.services.keys().map(|key| Frontend {
-            addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-            port: u16::from_be(key.port),
+            addr: key.addr(),
+            port: key.port(),
             protocol: Protocol::from_number(key.proto).expect("valid protocol"),
         }).collect();
         let wanted: BTreeSet<Frontend> = desired.frontends.keys().copied().collect();
