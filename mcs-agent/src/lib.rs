@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod conntrack;
+pub mod controller;
 pub mod dataplane;
 pub mod desired;
 pub mod dns;
