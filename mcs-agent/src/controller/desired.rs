@@ -21,30 +21,22 @@
 //!   import of the same name written by someone else is left alone and
 //!   reported.
 //!
-//! Every object carries, in an annotation, a hash of what was written, so
-//! the writer can tell an object that is current from one that must be
-//! written again, also after a restart.
+//! The objects themselves are rendered by [`render`].
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    hash::Hasher as _,
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::{
-    ANNOTATION_APPLIED, ANNOTATION_UNREACHABLE_SINCE, CONTROLLER_NAME, LABEL_IMPORT_MANAGED_BY,
+    CONTROLLER_NAME,
     allocate::{AllocError, Allocator},
     exports::{ClusterModel, Export, ServiceKind, group_version},
-    merge::{Affinity, Exported, Merged, merge},
+    merge::{Exported, Merged, merge},
     observed::{ImportGroup, Observed, ObservedImport, ObservedSlice, covers},
+    render,
 };
-use crate::model::{
-    Flavour, ObjectKey,
-    convert::{LABEL_MANAGED_BY, LABEL_MC_SERVICE_NAME, LABEL_SOURCE_CLUSTER},
-};
+use crate::model::{Flavour, ObjectKey};
 
 /// A member cluster as last read.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +117,7 @@ pub struct ExportStatus {
 
 /// Something an operator should hear about (logged, and published as an
 /// Event on the own cluster's export when there is one).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Notice {
     pub service: ObjectKey,
     pub reason: &'static str,
@@ -172,37 +164,6 @@ impl SliceWrite {
             o.applied.as_deref() == Some(self.hash.as_str()) && covers(&o.object, &self.object)
         })
     }
-}
-
-/// Stamps `object` with the hash of its content (FNV-1a of its JSON, keys
-/// sorted) and returns the hash.
-fn stamp(object: &mut Value) -> String {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(object.to_string().as_bytes());
-    let hash = format!("{:016x}", hasher.finish());
-    if let Some(annotations) = object
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        annotations.insert(ANNOTATION_APPLIED.to_owned(), Value::String(hash.clone()));
-    }
-    hash
-}
-
-/// The name of the slice holding `cluster`'s endpoints from its slice
-/// `source` of `service`: readable, unique per (cluster, source slice),
-/// within the 253 characters of a name.
-pub fn slice_name(service: &str, cluster: &str, source: &str) -> String {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(cluster.as_bytes());
-    hasher.write(b"/");
-    hasher.write(source.as_bytes());
-    let suffix = format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff);
-    let prefix: String = format!("{service}-{cluster}")
-        .chars()
-        .take(253 - 13)
-        .collect();
-    format!("{}-{suffix}", prefix.trim_end_matches(['-', '.']))
 }
 
 /// One export with where it comes from.
@@ -361,7 +322,7 @@ pub fn plan(input: &Input<'_>, allocator: &mut Allocator) -> Plan {
         desired_imports.insert((*key).clone());
         for (_, entry) in &valid {
             for source in entry.member.model.slices.get(*key).into_iter().flatten() {
-                if let Some(slice) = slice_write(key, entry.member, source) {
+                if let Some(slice) = render::slice_write(key, entry.member, source) {
                     desired_slices.insert(slice.key.clone());
                     plan.slices.push(slice);
                 }
@@ -468,77 +429,7 @@ fn import_write(
     clusters.sort();
     ready.message = notes.join("; ");
 
-    let ports: Vec<Value> = merged
-        .ports
-        .iter()
-        .map(|port| {
-            let mut value = json!({"protocol": port.protocol.as_str(), "port": port.port});
-            if !port.name.is_empty() {
-                value["name"] = json!(port.name);
-            }
-            if let Some(app) = &port.app_protocol {
-                value["appProtocol"] = json!(app);
-            }
-            value
-        })
-        .collect();
-    let mut spec = json!({
-        "type": if merged.headless { "Headless" } else { "ClusterSetIP" },
-        "ports": ports,
-    });
-    let families: Vec<&str> = if merged.headless {
-        merged.ip_families.iter().map(|f| f.as_str()).collect()
-    } else {
-        ips.iter()
-            .map(|ip| super::merge::IpFamily::of(*ip).as_str())
-            .collect()
-    };
-    if !ips.is_empty() {
-        spec["ips"] = json!(ips.iter().map(IpAddr::to_string).collect::<Vec<_>>());
-    }
-    if !families.is_empty() {
-        spec["ipFamilies"] = json!(families);
-    }
-    match merged.affinity {
-        Affinity::None => spec["sessionAffinity"] = json!("None"),
-        Affinity::ClientIp { timeout_seconds } => {
-            spec["sessionAffinity"] = json!("ClientIP");
-            if let Some(timeout) = timeout_seconds {
-                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
-            }
-        }
-    }
-    // Fields only v1beta1 defines (a v1alpha1 schema would prune them).
-    if input.flavour == Flavour::McsV1beta1 {
-        if let Some(policy) = &merged.internal_traffic_policy {
-            spec["internalTrafficPolicy"] = json!(policy);
-        }
-        if let Some(distribution) = &merged.traffic_distribution {
-            spec["trafficDistribution"] = json!(distribution);
-        }
-    }
-    let mut labels: Map<String, Value> = merged
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    labels.insert(LABEL_IMPORT_MANAGED_BY.to_owned(), json!(CONTROLLER_NAME));
-    let annotations: Map<String, Value> = merged
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let (group, version) = group_version(input.flavour);
-    let mut object = json!({
-        "apiVersion": format!("{group}/{version}"),
-        "kind": "ServiceImport",
-        "metadata": {
-            "name": key.name, "namespace": key.namespace,
-            "labels": labels, "annotations": annotations,
-        },
-        "spec": spec,
-    });
-    let hash = stamp(&mut object);
+    let (object, hash) = render::import_object(input.flavour, key, merged, &ips);
     ImportWrite {
         key: key.clone(),
         flavour: input.flavour,
@@ -547,92 +438,6 @@ fn import_write(
         clusters,
         conditions: vec![ready],
     }
-}
-
-fn slice_write(
-    service: &ObjectKey,
-    member: &Member<'_>,
-    source: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<SliceWrite> {
-    if !matches!(source.address_type.as_str(), "IPv4" | "IPv6") {
-        return None;
-    }
-    let source_name = source.metadata.name.as_deref().unwrap_or_default();
-    let name = slice_name(&service.name, member.id, source_name);
-    let ports: Vec<Value> = source
-        .ports
-        .iter()
-        .flatten()
-        .map(|port| {
-            let mut value = json!({"protocol": port.protocol.as_deref().unwrap_or("TCP")});
-            if let Some(number) = port.port {
-                value["port"] = json!(number);
-            }
-            if let Some(name) = &port.name {
-                value["name"] = json!(name);
-            }
-            if let Some(app) = &port.app_protocol {
-                value["appProtocol"] = json!(app);
-            }
-            value
-        })
-        .collect();
-    let endpoints: Vec<Value> = source
-        .endpoints
-        .iter()
-        .map(|endpoint| {
-            let mut value = json!({"addresses": endpoint.addresses});
-            if let Some(conditions) = &endpoint.conditions {
-                let mut c = Map::new();
-                for (field, flag) in [
-                    ("ready", conditions.ready),
-                    ("serving", conditions.serving),
-                    ("terminating", conditions.terminating),
-                ] {
-                    if let Some(flag) = flag {
-                        c.insert(field.to_owned(), json!(flag));
-                    }
-                }
-                value["conditions"] = Value::Object(c);
-            }
-            if let Some(hostname) = &endpoint.hostname {
-                value["hostname"] = json!(hostname);
-            }
-            if let Some(zone) = &endpoint.zone {
-                value["zone"] = json!(zone);
-            }
-            value
-        })
-        .collect();
-    let mut annotations = Map::new();
-    if let Some(since) = member.unreachable_since {
-        annotations.insert(
-            ANNOTATION_UNREACHABLE_SINCE.to_owned(),
-            json!(since.to_string()),
-        );
-    }
-    let mut object = json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name, "namespace": service.namespace,
-            "labels": {
-                LABEL_MC_SERVICE_NAME: service.name,
-                LABEL_SOURCE_CLUSTER: member.id,
-                LABEL_MANAGED_BY: CONTROLLER_NAME,
-            },
-            "annotations": annotations,
-        },
-        "addressType": source.address_type,
-        "ports": ports,
-        "endpoints": endpoints,
-    });
-    let hash = stamp(&mut object);
-    Some(SliceWrite {
-        key: ObjectKey::new(service.namespace.clone(), name),
-        object,
-        hash,
-    })
 }
 
 #[cfg(test)]

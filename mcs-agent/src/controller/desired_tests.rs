@@ -11,7 +11,14 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::controller::{exports::ClusterModel, merge::IpFamily};
+use crate::{
+    controller::{
+        ANNOTATION_UNREACHABLE_SINCE, LABEL_IMPORT_MANAGED_BY, exports::ClusterModel,
+        merge::IpFamily, render::slice_name,
+    },
+    model::convert::{LABEL_MANAGED_BY, LABEL_MC_SERVICE_NAME, LABEL_SOURCE_CLUSTER},
+};
+use std::net::IpAddr;
 
 fn hello_service(extra: Value) -> Arc<Service> {
     let mut spec = json!({
