@@ -249,6 +249,7 @@ impl Writer {
                 let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &key.namespace);
                 let result = api.patch(&key.name, &apply, &Patch::Apply(object)).await;
                 self.metrics.write("EndpointSlice", "apply", result.is_ok());
+                tracing::debug!(operation = "apply", kind = "EndpointSlice", object = %key, ok = result.is_ok(), "write");
                 return (
                     false,
                     result.map(drop).map_err(|source| WriteError::Api {
@@ -284,6 +285,7 @@ impl Writer {
             }
         };
         let delete = operation == "delete";
+        tracing::debug!(operation, kind, object = %key, ok = result.is_ok(), "write");
         let metric_kind = if operation == "apply status of" {
             "status"
         } else {
