@@ -222,12 +222,7 @@ impl Controller {
             .arg("--kubeconfig")
             .arg(&own.kubeconfig)
             .args(["--clusterset-ip-cidr", CIDR_V4, "--debounce", "0.05"])
-            .args([
-                "--member-sync-timeout",
-                "5",
-                "--lease-namespace",
-                "mcs-system",
-            ])
+            .args(["--lease-namespace", "mcs-system"])
             .args(FAST_LEASE)
             .args(extra)
             .env("RUST_LOG", "info,mcs_agent=debug,kube=warn")
@@ -236,6 +231,9 @@ impl Controller {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !extra.contains(&"--member-sync-timeout") {
+            command.args(["--member-sync-timeout", "5"]);
+        }
         for member in members {
             command
                 .arg("--member")

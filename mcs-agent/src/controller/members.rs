@@ -80,6 +80,12 @@ impl Dirty {
         self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    /// Puts back a change taken by a reconcile that could not handle it.
+    pub fn restore(&self, at: Instant) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        *since = Some(since.map_or(at, |s| s.min(at)));
+    }
+
     pub async fn wait(&self) {
         self.notify.notified().await;
     }
@@ -221,16 +227,26 @@ where
             if last_error.take().is_some() {
                 info!(cluster, resource = %what, "watch recovered");
             }
+            // An answered watch is as good as a probe.
+            if health.unreachable_since.take().is_some() {
+                info!(cluster, "member API server answers again");
+                health.last_error = None;
+                dirty.mark();
+            }
         }
     })
 }
 
-fn trim_meta(meta: &mut ObjectMeta, keep_labels: bool) {
+/// Drops what no reconcile reads: managed fields and owner references
+/// always, labels and annotations unless `keep` (exports and imports carry
+/// the applied hash and exported annotations; Services are read for their
+/// spec only).
+fn trim_meta(meta: &mut ObjectMeta, keep: bool) {
     meta.managed_fields = None;
     meta.owner_references = None;
-    meta.annotations = None;
-    if !keep_labels {
+    if !keep {
         meta.labels = None;
+        meta.annotations = None;
     }
 }
 
@@ -426,6 +442,7 @@ impl Cluster {
 
 fn trim_slice(slice: &mut EndpointSlice) {
     trim_meta(&mut slice.metadata, true);
+    slice.metadata.annotations = None;
     for endpoint in &mut slice.endpoints {
         endpoint.target_ref = None;
         endpoint.node_name = None;

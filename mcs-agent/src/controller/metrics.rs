@@ -105,58 +105,58 @@ impl Metrics {
         let metrics = self.clone();
         registry.register(
             "exports",
-            "ServiceExports in the cluster set, by state.",
+            "ServiceExports in the cluster set, by state",
             metrics.exports.clone(),
         );
         registry.register(
             "imports",
-            "ServiceImports written here.",
+            "ServiceImports written here",
             metrics.imports.clone(),
         );
         registry.register(
             "slices",
-            "EndpointSlices written here.",
+            "EndpointSlices written here",
             metrics.slices.clone(),
         );
         registry.register(
             "conflicts",
-            "Services whose exports conflict (KEP-1645 conflict resolution applied).",
+            "Services whose exports conflict (KEP-1645 conflict resolution applied)",
             metrics.conflicts.clone(),
         );
         registry.register(
             "member_up",
-            "1 while a member cluster's API server answers, 0 while its last state is used.",
+            "1 while a member cluster's API server answers, 0 while its last state is used",
             metrics.member_up.clone(),
         );
         registry.register(
             "leader",
-            "1 while this replica holds the Lease and writes.",
+            "1 while this replica holds the Lease and writes",
             metrics.leader.clone(),
         );
-        registry.register("writes", "Successful writes.", metrics.writes.clone());
+        registry.register("writes", "Successful writes", metrics.writes.clone());
         registry.register(
             "write_errors",
-            "Failed writes (retried).",
+            "Failed writes (retried)",
             metrics.write_errors.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
-            "Time to compute and write one reconcile.",
+            "Time to compute and write one reconcile",
             metrics.reconcile_duration.clone(),
         );
         registry.register(
             "export_to_import_seconds",
-            "Time from a change seen in a member cluster to the imports and slices written here.",
+            "Time from a change seen in a member cluster to the imports and slices written here",
             metrics.export_to_import.clone(),
         );
         registry.register(
             "clusterset_ips",
-            "ClusterSetIPs allocated, per IP family.",
+            "ClusterSetIPs allocated, per IP family",
             metrics.clusterset_ips.clone(),
         );
         registry.register(
             "clusterset_ip_capacity",
-            "Addresses in the --clusterset-ip-cidr range, per IP family.",
+            "Addresses in the --clusterset-ip-cidr range, per IP family",
             metrics.clusterset_ip_capacity.clone(),
         );
         registry

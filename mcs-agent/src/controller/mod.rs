@@ -111,7 +111,7 @@ pub enum ControllerError {
 }
 
 async fn connect(cluster: &str, kubeconfig: Option<&Path>) -> Result<Client, ControllerError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let error = |source| ControllerError::Kubeconfig {
                 cluster: cluster.to_owned(),
@@ -125,6 +125,11 @@ async fn connect(cluster: &str, kubeconfig: Option<&Path>) -> Result<Client, Con
         }
         None => Config::incluster().map_err(ControllerError::InCluster)?,
     };
+    // kube's client retries 429/503 answers itself, with a backoff growing
+    // to minutes: a request sent while a member is down would then wait
+    // that long after it is back. Watchers have their own backoff and
+    // failed writes are retried by the next reconcile.
+    config.default_retry = false;
     info!(cluster, server = %config.cluster_url, "member API server");
     Client::try_from(config).map_err(|source| ControllerError::Client {
         cluster: cluster.to_owned(),
@@ -462,7 +467,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
                 let changed_at = dirty.take();
                 match ctx.reconcile(changed_at).await {
                     Outcome::Done => retry = RETRY_MIN,
-                    Outcome::Later(delay) => due = Some(Instant::now() + delay),
+                    Outcome::Later(delay) => {
+                        if let Some(at) = changed_at {
+                            dirty.restore(at);
+                        }
+                        due = Some(Instant::now() + delay);
+                    }
                     Outcome::Failed => {
                         due = Some(Instant::now() + retry);
                         retry = (retry * 2).min(RETRY_MAX);
