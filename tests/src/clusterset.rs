@@ -26,7 +26,10 @@ use nix::{
 };
 use serde_json::{Value, json};
 
-use crate::apiserver::{LocalApiServer, ResourceId};
+use crate::{
+    apiserver::{LocalApiServer, ResourceId},
+    netns::Netns,
+};
 
 /// The namespace the conformance objects live in.
 pub const NS: &str = "mcs-conformance";
@@ -215,7 +218,21 @@ impl Controller {
     /// Starts a controller for `own`, reading `members` (which may include
     /// `own`), with the test lease timings and `extra` arguments.
     pub fn start(own: &SimCluster, members: &[&SimCluster], extra: &[&str]) -> Result<Self> {
-        let mut command = Command::new(crate::agent::binary());
+        Self::start_in(None, own, members, extra)
+    }
+
+    /// [`start`](Self::start) inside a network namespace (a node of a test
+    /// topology).
+    pub fn start_in(
+        netns: Option<&Netns>,
+        own: &SimCluster,
+        members: &[&SimCluster],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut command = match netns {
+            Some(ns) => ns.command(crate::agent::binary())?,
+            None => Command::new(crate::agent::binary()),
+        };
         command
             .arg("controller")
             .args(["--cluster-id", &own.id])
