@@ -268,21 +268,19 @@ fn a_pod_in_cluster_a_reaches_the_exported_pods_of_clusters_b_and_c_through_the_
 fn an_exported_cluster_ip_service_should_be_accessible_through_dns_from_all_clusters() {
     run(|world| {
         world.services(&["cluster-a"])?;
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             let vip = world.routed(i, &["a-web1"])?;
             let resolved = wait_for(SETTLE, "the clusterset name", || {
                 world.resolve(i, &fqdn()).ok().filter(|ips| !ips.is_empty())
             })?;
             ensure!(
                 resolved == [vip],
-                "{}: A record {resolved:?}, ClusterSetIP {vip}",
-                CLUSTERS[i].0
+                "{cluster}: A record {resolved:?}, ClusterSetIP {vip}"
             );
             let answered = world.answered(i, SocketAddrV4::new(resolved[0], PORT).into(), 5)?;
             ensure!(
                 answered == BTreeSet::from(["a-web1".to_owned()]),
-                "{}: {answered:?}",
-                CLUSTERS[i].0
+                "{cluster}: {answered:?}"
             );
         }
         Ok(())
@@ -304,8 +302,7 @@ fn a_service_in_every_cluster_exported_from_one_is_answered_only_by_that_cluster
         // Unexported everywhere: the name resolves to nothing and the
         // address answers nothing, from every cluster.
         world.services(&[])?;
-        for i in 0..CLUSTERS.len() {
-            let cluster = &world.clusters[i];
+        for (i, cluster) in world.clusters.iter().enumerate() {
             wait_for(SETTLE, &format!("no import in {}", cluster.id), || {
                 cluster
                     .server
@@ -321,7 +318,7 @@ fn a_service_in_every_cluster_exported_from_one_is_answered_only_by_that_cluster
                 ensure!(
                     reply.is_err(),
                     "{}: answered by {reply:?} after unexport",
-                    CLUSTERS[i].0
+                    cluster.id
                 );
             }
         }
