@@ -556,6 +556,11 @@ async fn deleting_a_namespace_deletes_its_objects() {
         .await
         .unwrap()
         .boxed();
+    // A watch from "0" starts with what exists.
+    let WatchEvent::Added(existing) = next_event(&mut watch).await else {
+        panic!("the existing export as ADDED first");
+    };
+    assert_eq!(existing.name_any(), "web");
 
     Api::<Namespace>::all(client.clone())
         .delete("demo", &DeleteParams::default())

@@ -4,10 +4,12 @@
 //! fall back, as with an older apiserver), and an OpenAPI v3 index whose
 //! per-group-version documents declare each kind's `PATCH` with the
 //! `fieldValidation` parameter: that is how kubectl 1.32 learns that the
-//! server validates fields itself, instead of downloading `/openapi/v2`
-//! (protobuf, not served: 404) for client-side validation. The documents
-//! carry no schemas, so kubectl builds strategic merge patches from its
-//! compiled-in types.
+//! server validates fields itself. The documents carry no schemas, so
+//! kubectl builds strategic merge patches from its compiled-in types.
+//! `/openapi/v2`, which kubectl still downloads to validate a `kind: List`
+//! or an unknown kind on the client, is an empty document (in the protobuf
+//! form kubectl asks for): nothing to check there, and kubectl goes on to
+//! report an unknown kind itself.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -53,6 +55,13 @@ pub(crate) fn respond(state: &State, method: &Method, path: &str) -> Option<Resp
         ["apis", group] => groups(state).into_iter().find(|g| g["name"] == *group),
         ["api", version] => resources(state, "", version),
         ["apis", group, version] => resources(state, group, version),
+        ["openapi", "v2"] if method == Method::GET => {
+            return Some(full(
+                StatusCode::OK,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                openapi_v2(),
+            ));
+        }
         ["openapi", "v3"] => Some(openapi_index(state)),
         ["openapi", "v3", "api", version] => openapi_document(state, "", version),
         ["openapi", "v3", "apis", group, version] => openapi_document(state, group, version),
@@ -155,6 +164,27 @@ fn resources(state: &State, group: &str, version: &str) -> Option<Value> {
         "groupVersion": group_version,
         "resources": list,
     }))
+}
+
+/// A protobuf field of wire type 2 (length-delimited).
+fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let length = u8::try_from(bytes.len()).expect("short fields only");
+    let mut encoded = vec![(number << 3) | 2, length];
+    encoded.extend_from_slice(bytes);
+    encoded
+}
+
+/// gnostic's `openapi_v2.Document` with swagger "2.0", an info block, and
+/// empty paths and definitions.
+fn openapi_v2() -> Vec<u8> {
+    let info = [field(1, b"Kubernetes"), field(2, b"v1.32.0")].concat();
+    [
+        field(1, b"2.0"),
+        field(2, &info),
+        field(8, &[]),
+        field(9, &[]),
+    ]
+    .concat()
 }
 
 fn gv_path(group: &str, version: &str) -> String {

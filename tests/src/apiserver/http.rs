@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    RequestRecord, ResourceId, discovery, reads,
+    RequestRecord, ResourceId, deletes, discovery, reads,
     registry::{Registry, Resource},
     selector::{FieldSelector, Selector},
     state::State,
@@ -265,8 +265,8 @@ async fn route(
         (&Method::POST, None) => writes::create(&mut lock(state), &call),
         (&Method::PUT, Some(_)) => writes::update(&mut lock(state), &call),
         (&Method::PATCH, Some(_)) => writes::patch(&mut lock(state), &call),
-        (&Method::DELETE, Some(_)) => writes::delete(&mut lock(state), &call),
-        (&Method::DELETE, None) => writes::delete_collection(&mut lock(state), &call),
+        (&Method::DELETE, Some(_)) => deletes::delete(&mut lock(state), &call),
+        (&Method::DELETE, None) => deletes::delete_collection(&mut lock(state), &call),
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
         ))),

@@ -10,17 +10,20 @@
 //! `tests/fixtures/crds/`; all versions of a CRD share one store, as with
 //! conversion strategy `None`). Verbs: get, list and watch ([`reads`],
 //! [`watch`]), create, update, patch (merge, JSON, strategic merge,
-//! server-side apply) and delete ([`writes`], [`patch`], [`apply`]), the
+//! server-side apply) and delete ([`writes`], [`patch`], [`apply`],
+//! [`deletes`]), the
 //! `status` subresource, discovery and the OpenAPI index kubectl needs
 //! ([`discovery`]), and Tables for `kubectl get` ([`table`]). Deleting a
-//! namespace deletes its objects; objects whose owners are all gone are
-//! collected; finalizers hold a deletion until they are removed.
+//! namespace deletes its objects within the same request (the namespace
+//! controller's work, done at once); objects whose owners are all gone are
+//! collected likewise; finalizers hold a deletion until they are removed.
 //!
 //! Not modelled: authentication and authorization (any credentials
 //! pass), admission, validation beyond names and a CRD's structural
 //! pruning, `resourceVersion` semantics of lists (always the latest
 //! state), field ownership beyond each manager's last apply (see
-//! [`apply`]), protobuf and CBOR.
+//! [`apply`]), protobuf and CBOR bodies (except the Namespace `kubectl
+//! create namespace` sends, see [`protobuf`]).
 //!
 //! Tests also change objects directly ([`LocalApiServer::apply`],
 //! [`LocalApiServer::delete`]) and inject faults: slow lists, a resource
@@ -32,10 +35,14 @@
 //! the same from synchronous and asynchronous tests; dropping it stops it.
 
 mod apply;
+mod checks;
 mod crds;
+mod defaults;
+mod deletes;
 mod discovery;
 mod http;
 mod patch;
+mod protobuf;
 mod reads;
 mod registry;
 mod schema;

@@ -2,7 +2,8 @@
 //! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{...}}`.
 //!
 //! A watch resumes from `resourceVersion` by replaying the history after it
-//! (as the apiserver's watch cache does); one from before the compacted
+//! (as the apiserver's watch cache does); one without (or from `0`) starts
+//! with the current objects as ADDED events; one from before the compacted
 //! history gets an `ERROR` event with a `410 Expired` Status. Label- and
 //! field-selector transitions become ADDED/DELETED. BOOKMARKs are sent on
 //! request when `allowWatchBookmarks=true`; `sendInitialEvents=true`
@@ -166,12 +167,13 @@ pub(crate) fn start(
             .get("resourceVersion")
             .and_then(|rv| rv.parse::<u64>().ok())
             .filter(|rv| *rv > 0);
+        let initial = flag(query, "sendInitialEvents");
         match from {
             Some(from) if from < state.store.compacted() => watch.expire(&format!(
                 "too old resource version: {from} ({})",
                 state.store.compacted()
             )),
-            Some(from) if !flag(query, "sendInitialEvents") => {
+            Some(from) if !initial => {
                 for change in state.store.since(from) {
                     if let Some(line) = watch.line(change) {
                         let _ = watch.tx.send(WatchMsg::Line(line));
@@ -179,7 +181,10 @@ pub(crate) fn start(
                 }
                 state.watches.push(watch);
             }
-            _ if flag(query, "sendInitialEvents") => {
+            // No resourceVersion (or "0"): the current objects as ADDED
+            // first, as the apiserver's "get state and start at most
+            // recent" does.
+            _ => {
                 let resource = watch.resource.clone();
                 for (_, stored) in state.store.list(&resource, target.namespace.as_deref()) {
                     if watch.selects(&stored.object) {
@@ -188,13 +193,14 @@ pub(crate) fn start(
                             .send(WatchMsg::Line(watch.event("ADDED", &stored.object)));
                     }
                 }
-                watch.send_bookmark(
-                    state.store.revision(),
-                    Some(json!({"k8s.io/initial-events-end": "true"})),
-                );
+                if initial {
+                    watch.send_bookmark(
+                        state.store.revision(),
+                        Some(json!({"k8s.io/initial-events-end": "true"})),
+                    );
+                }
                 state.watches.push(watch);
             }
-            _ => state.watches.push(watch),
         }
         let requested = query
             .get("timeoutSeconds")

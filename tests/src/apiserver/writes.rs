@@ -1,13 +1,14 @@
-//! The write verbs: create (`POST`), update (`PUT`), patch (`PATCH`: merge,
-//! JSON, strategic merge, server-side apply), delete and deletecollection,
-//! with the apiserver's rules every client relies on:
+//! The write verbs: create (`POST`), update (`PUT`) and patch (`PATCH`:
+//! merge, JSON, strategic merge, server-side apply), with the apiserver's
+//! rules every client relies on:
 //!
 //! * `409 AlreadyExists` for a create of an existing name, `409 Conflict`
 //!   for a stale `metadata.resourceVersion` (update, or a patch that sets
-//!   one) and failed delete preconditions, `404 NotFound` for a missing
-//!   object or namespace, `403` for new objects in a terminating one;
+//!   one), `404 NotFound` for a missing object or namespace, `403` for new
+//!   objects in a terminating one;
 //! * the server owns uid, creationTimestamp, resourceVersion and
-//!   generation; an update that changes nothing is not written;
+//!   generation, and fills in built-in kinds' defaults ([`super::defaults`]);
+//!   an update that changes nothing is not written;
 //! * with a status subresource, writes to the object keep its status and
 //!   writes to `.../status` change only the status;
 //! * custom resources are defaulted and pruned by their schema
@@ -19,174 +20,18 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{
-    apply, crds,
-    http::{Call, Reply, Target, selectors},
+    apply,
+    checks::{
+        Options, Validation, check_name, check_namespace, check_object, decode, invalid, key_of,
+        options, suffix,
+    },
+    crds, defaults,
+    http::{Call, Reply, Target},
     patch, schema,
-    state::{self, State, crd_resource, namespace_resource, view},
-    status::{self, ApiError},
+    state::{self, State, crd_resource, view},
+    status::ApiError,
     store::{Key, Stored},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Validation {
-    Ignore,
-    Warn,
-    Strict,
-}
-
-struct Options {
-    dry_run: bool,
-    validation: Validation,
-    manager: Option<String>,
-    force: bool,
-}
-
-fn options(call: &Call) -> Result<Options, ApiError> {
-    let query = call.query;
-    let dry_run = match query.get("dryRun").map(String::as_str) {
-        None | Some("") => false,
-        Some("All") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
-            )));
-        }
-    };
-    let validation = match query.get("fieldValidation").map(String::as_str) {
-        None | Some("" | "Warn") => Validation::Warn,
-        Some("Ignore") => Validation::Ignore,
-        Some("Strict") => Validation::Strict,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "fieldValidation: invalid value {other:?}: must be Ignore, Warn or Strict"
-            )));
-        }
-    };
-    let manager = query.get("fieldManager").filter(|m| !m.is_empty()).cloned();
-    if manager.as_ref().is_some_and(|m| m.len() > 128) {
-        return Err(ApiError::bad_request(
-            "fieldManager: Too long: may not be more than 128 bytes",
-        ));
-    }
-    Ok(Options {
-        dry_run,
-        validation,
-        manager,
-        force: crate::apiserver::http::flag(query, "force"),
-    })
-}
-
-fn decode(call: &Call, yaml: bool) -> Result<Value, ApiError> {
-    let value: Value = if yaml {
-        serde_yaml_ng::from_slice(call.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
-    } else {
-        serde_json::from_slice(call.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?
-    };
-    Ok(value)
-}
-
-/// A whole object in a body: its apiVersion and kind must be the URL's.
-fn check_object(target: &Target, object: &Value) -> Result<(), ApiError> {
-    if !object.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    }
-    let want = target.api_version();
-    if let Some(got) = object["apiVersion"]
-        .as_str()
-        .filter(|v| !v.is_empty() && **v != want)
-    {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({got}) does not match the expected API version ({want})"
-        )));
-    }
-    if let Some(got) = object["kind"]
-        .as_str()
-        .filter(|k| !k.is_empty() && **k != target.resource.kind)
-    {
-        return Err(ApiError::bad_request(format!(
-            "the kind in the data ({got}) does not match the expected kind ({})",
-            target.resource.kind
-        )));
-    }
-    if let Some(got) = object["metadata"]["namespace"]
-        .as_str()
-        .filter(|ns| !ns.is_empty())
-        && target.resource.namespaced
-        && target.namespace.as_deref() != Some(got)
-    {
-        return Err(ApiError::bad_request(
-            "the namespace of the provided object does not match the namespace sent on the request",
-        ));
-    }
-    Ok(())
-}
-
-fn invalid(target: &Target, name: &str, field: &str, problem: &str) -> ApiError {
-    ApiError::invalid(
-        &target.resource.kind,
-        &target.resource.group,
-        name,
-        field,
-        problem,
-    )
-}
-
-/// RFC 1123: a subdomain (most names) or a label (namespaces).
-fn check_name(target: &Target, name: &str) -> Result<(), ApiError> {
-    let label = target.resource.group_resource() == namespace_resource();
-    let max = if label { 63 } else { 253 };
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let bytes = name.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= max
-        && alnum(bytes[0])
-        && alnum(bytes[bytes.len() - 1])
-        && bytes
-            .iter()
-            .all(|&c| alnum(c) || c == b'-' || (c == b'.' && !label));
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(
-            target,
-            name,
-            "metadata.name",
-            &format!(
-                "Invalid value: {name:?}: a lowercase RFC 1123 {} of at most {max} characters must consist of lower case alphanumeric characters, '-'{}, and must start and end with an alphanumeric character",
-                if label { "label" } else { "subdomain" },
-                if label { "" } else { " or '.'" }
-            ),
-        ))
-    }
-}
-
-fn key_of(target: &Target, name: &str) -> Key {
-    Key::new(
-        target.resource.group_resource(),
-        target.namespace.as_deref().unwrap_or_default(),
-        name,
-    )
-}
-
-/// New objects need their namespace, and not a terminating one.
-fn check_namespace(state: &State, target: &Target, name: &str) -> Result<(), ApiError> {
-    let Some(namespace) = target.namespace.as_deref() else {
-        return Ok(());
-    };
-    let key = Key::new(namespace_resource(), "", namespace);
-    match state.store.get(&key) {
-        None => Err(ApiError::not_found(&namespace_resource(), namespace)),
-        Some(ns) if ns.object["metadata"].get("deletionTimestamp").is_some() => {
-            Err(ApiError::forbidden(format!(
-                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
-                target.resource.group_resource()
-            )))
-        }
-        Some(_) => Ok(()),
-    }
-}
 
 fn without_version(object: &Value) -> Value {
     let mut object = object.clone();
@@ -235,24 +80,25 @@ fn finish(
             }
         }
     }
+    defaults::builtin(state, &key.resource, &mut object, old.map(|o| &o.object))
+        .map_err(|(field, problem)| invalid(target, &key.name, &field, &problem))?;
     let mut warnings = Vec::new();
     if let Some(schema) = resource
         .version(&target.version)
         .and_then(|v| v.schema.as_ref())
     {
-        let pruned = schema::prune(&mut object, schema);
+        let unknown: Vec<String> = schema::prune(&mut object, schema)
+            .iter()
+            .map(|path| format!("unknown field \"{}\"", path.trim_start_matches('.')))
+            .collect();
         match options.validation {
-            Validation::Strict if !pruned.is_empty() => {
+            Validation::Strict if !unknown.is_empty() => {
                 return Err(ApiError::bad_request(format!(
-                    "strict decoding error: unknown field \"{}\"",
-                    pruned.join("\", unknown field \"").replace("\".", "\"")
+                    "strict decoding error: {}",
+                    unknown.join(", ")
                 )));
             }
-            Validation::Warn => warnings.extend(
-                pruned
-                    .iter()
-                    .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.'))),
-            ),
+            Validation::Warn => warnings.extend(unknown),
             _ => {}
         }
         schema::apply_defaults(&mut object, schema);
@@ -343,19 +189,6 @@ pub(crate) fn create(state: &mut State, call: &Call) -> Result<Reply, ApiError> 
         },
     };
     insert(state, call, &name, object, BTreeMap::new(), &options)
-}
-
-/// Five characters for `generateName`, from the revision.
-fn suffix(revision: u64) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = revision.wrapping_mul(2_654_435_761) % 14_348_907;
-    (0..5)
-        .map(|_| {
-            let c = ALPHABET[usize::try_from(n % 27).unwrap_or(0)];
-            n /= 27;
-            char::from(c)
-        })
-        .collect()
 }
 
 /// Creates `name` from `object`.
@@ -576,85 +409,4 @@ pub(crate) fn patch(state: &mut State, call: &Call) -> Result<Reply, ApiError> {
         warnings,
         ..Reply::ok(object)
     })
-}
-
-pub(crate) fn delete(state: &mut State, call: &Call) -> Result<Reply, ApiError> {
-    let target = call.target;
-    if target.is_status() {
-        return Err(ApiError::method_not_allowed(
-            "the server does not allow this method on the requested resource",
-        ));
-    }
-    let options = options(call)?;
-    let name = target.name.as_deref().unwrap_or_default();
-    let body: Value = if call.body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        decode(call, false)?
-    };
-    let key = key_of(target, name);
-    let old = state
-        .store
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found(&key.resource, name))?
-        .object
-        .clone();
-    let preconditions = &body["preconditions"];
-    for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-        if let Some(wanted) = preconditions[field].as_str()
-            && old["metadata"][field] != wanted
-        {
-            let actual = old["metadata"][field].as_str().unwrap_or_default();
-            return Err(ApiError::conflict(
-                &key.resource,
-                name,
-                &format!(
-                    "Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {actual}"
-                ),
-            ));
-        }
-    }
-    let api_version = target.api_version();
-    let kind = &target.resource.kind;
-    if options.dry_run {
-        return Ok(Reply::ok(view(&old, &api_version, kind)));
-    }
-    let last = state.delete(&key).unwrap_or(old);
-    if let Some(still) = state.store.get(&key) {
-        return Ok(Reply::ok(view(&still.object, &api_version, kind)));
-    }
-    Ok(Reply::ok(if target.resource.custom {
-        view(&last, &api_version, kind)
-    } else {
-        status::deleted(&key.resource, name, &last["metadata"]["uid"])
-    }))
-}
-
-pub(crate) fn delete_collection(state: &mut State, call: &Call) -> Result<Reply, ApiError> {
-    let target = call.target;
-    let options = options(call)?;
-    let (labels, fields) = selectors(call.query)?;
-    let resource = target.resource.group_resource();
-    let keys: Vec<Key> = state
-        .store
-        .list(&resource, target.namespace.as_deref())
-        .filter(|(_, stored)| labels.matches(&stored.object) && fields.matches(&stored.object))
-        .map(|(key, _)| key.clone())
-        .collect();
-    let api_version = target.api_version();
-    let mut items = Vec::new();
-    for key in keys {
-        let object = if options.dry_run {
-            state.store.get(&key).map(|s| s.object.clone())
-        } else {
-            state.delete(&key)
-        };
-        items.extend(object.map(|o| view(&o, &api_version, &target.resource.kind)));
-    }
-    Ok(Reply::ok(json!({
-        "apiVersion": api_version,
-        "kind": target.resource.list_kind,
-        "metadata": {"resourceVersion": state.store.revision().to_string()},
-        "items": items,
-    })))
 }
