@@ -9,6 +9,8 @@
 //! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
 //! * [`dump`]      — reads the live maps for operators;
 //! * [`dns`]       — clusterset DNS server answering from the same model;
+//! * [`controller`] — the export side (`mcs-agent controller`): ServiceExports
+//!   of every member cluster → ServiceImports, EndpointSlices, export status;
 //! * [`cli`], [`run`], [`telemetry`] — the binary's command line and wiring.
 
 pub mod cli;
