@@ -207,6 +207,9 @@ impl ControllerArgs {
                     .to_owned(),
             );
         }
+        if self.resync_interval < Duration::from_secs(1) {
+            return Err("--resync-interval must be at least 1 second".to_owned());
+        }
         if !self.no_leader_election {
             if self.renew_deadline >= self.lease_duration {
                 return Err("--renew-deadline must be shorter than --lease-duration".to_owned());
@@ -334,6 +337,15 @@ mod tests {
             (
                 &["--clusterset-ip-cidr", "10.0.0.0/24", "--retry-period", "0"],
                 "--retry-period",
+            ),
+            (
+                &[
+                    "--clusterset-ip-cidr",
+                    "10.0.0.0/24",
+                    "--resync-interval",
+                    "0",
+                ],
+                "--resync-interval",
             ),
             (
                 &[
