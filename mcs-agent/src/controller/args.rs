@@ -83,8 +83,8 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
 pub struct ControllerArgs {
     /// This cluster's ID in the cluster set: the
     /// `multicluster.kubernetes.io/source-cluster` of its endpoints, and
-    /// the name conflicts are decided by when export times are equal.
-    /// Every controller of the set must use the same ID for a cluster.
+    /// what breaks a tie between equally old exports in conflicts. Every
+    /// controller of the set must use the same ID for a cluster.
     #[arg(long, value_name = "ID", value_parser = parse_cluster_id)]
     pub cluster_id: String,
 
