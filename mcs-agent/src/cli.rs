@@ -46,6 +46,13 @@ pub enum Command {
     /// Remove everything mcs pinned (XDP links, maps) under --bpffs-dir:
     /// the dataplane stops. Run it after stopping the agent for good.
     Cleanup(CleanupArgs),
+    /// The export side (one per cluster of the set): read the
+    /// ServiceExports, Services and EndpointSlices of every member cluster
+    /// and write into this cluster the ServiceImports (with ClusterSetIPs),
+    /// their EndpointSlices and the status of its own exports (KEP-1645
+    /// merge and conflict rules). Replicas elect a leader with a Lease;
+    /// only the leader writes. See docs/controller.md.
+    Controller(Box<crate::controller::args::ControllerArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -13,10 +13,13 @@
 //!   and metrics, and Kubernetes Events for API objects;
 //! * [`dump`]      — reads the live maps for operators;
 //! * [`dns`]       — clusterset DNS server answering from the same model;
+//! * [`controller`] — the export side (`mcs-agent controller`): ServiceExports
+//!   of every member cluster → ServiceImports, EndpointSlices, export status;
 //! * [`cli`], [`run`], [`telemetry`] — the binary's command line and wiring.
 
 pub mod cli;
 pub mod conntrack;
+pub mod controller;
 pub mod dataplane;
 pub mod desired;
 pub mod dns;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, error::ErrorKind};
 use mcs_agent::{
     cli::{Cli, Command},
     dump, run, telemetry,
@@ -8,6 +8,13 @@ use mcs_agent::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Controller(args) = &cli.command
+        && let Err(message) = args.validate()
+    {
+        Cli::command()
+            .error(ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     telemetry::init(cli.log_format, &cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -24,6 +31,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Dump(args) => dump::dump(&args),
+            Command::Controller(args) => {
+                mcs_agent::controller::run(*args).await.map_err(Into::into)
+            }
             Command::Cleanup(args) => {
                 let removed = mcs_agent::dataplane::remove_pins(&args.bpffs_dir);
                 println!(

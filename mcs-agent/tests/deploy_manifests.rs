@@ -189,3 +189,273 @@ fn crds_serve_both_mcs_api_versions_and_store_v1beta1() {
         [("v1alpha1", true, false), ("v1beta1", true, true)]
     );
 }
+
+/// The controller's manifests (`deploy/controller/`), typed.
+#[derive(Default)]
+struct ControllerManifests {
+    deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
+    cluster_roles: Vec<ClusterRole>,
+    bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<k8s_openapi::api::rbac::v1::Role>,
+    role_bindings: Vec<k8s_openapi::api::rbac::v1::RoleBinding>,
+    service_accounts: Vec<ServiceAccount>,
+    policies: Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
+    policy_bindings:
+        Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
+}
+
+fn load_controller() -> ControllerManifests {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller");
+    let mut manifests = ControllerManifests::default();
+    for entry in fs::read_dir(&dir).expect("deploy/controller") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let file = path.display().to_string();
+        let text = fs::read_to_string(&path).expect("read manifest");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document).unwrap_or_else(|e| panic!("{file}: {e}"));
+            match value["kind"].as_str().unwrap_or_default() {
+                "Deployment" => manifests.deployments.push(typed(value, &file)),
+                "ClusterRole" => manifests.cluster_roles.push(typed(value, &file)),
+                "ClusterRoleBinding" => manifests.bindings.push(typed(value, &file)),
+                "Role" => manifests.roles.push(typed(value, &file)),
+                "RoleBinding" => manifests.role_bindings.push(typed(value, &file)),
+                "ServiceAccount" => manifests.service_accounts.push(typed(value, &file)),
+                "ValidatingAdmissionPolicy" => manifests.policies.push(typed(value, &file)),
+                "ValidatingAdmissionPolicyBinding" => {
+                    manifests.policy_bindings.push(typed(value, &file))
+                }
+                other => panic!("{file}: unexpected kind {other:?}"),
+            }
+        }
+    }
+    manifests
+}
+
+/// (resource, verb) pairs a role grants.
+fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    for rule in rules {
+        for resource in rule.resources.iter().flatten() {
+            for verb in &rule.verbs {
+                pairs.insert((resource.clone(), verb.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+#[test]
+fn controller_deployment_is_unprivileged_and_its_arguments_parse() {
+    use clap::Parser;
+
+    let manifests = load_controller();
+    let [deployment] = manifests.deployments.as_slice() else {
+        panic!("exactly one Deployment expected");
+    };
+    let spec = deployment.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(2), "two replicas: one leads, one waits");
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("mcs-controller"));
+    assert_ne!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container expected");
+    };
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let capabilities = security.capabilities.as_ref().expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(
+        capabilities.add.is_none(),
+        "the controller needs no capability"
+    );
+    assert_eq!(
+        probe_path(container.liveness_probe.as_ref()).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(container.readiness_probe.as_ref()).as_deref(),
+        Some("/readyz")
+    );
+    // The Lease identity and namespace come from the downward API.
+    let env: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.value_from.as_ref().is_some_and(|v| v.field_ref.is_some()))
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(env, BTreeSet::from(["POD_NAME", "POD_NAMESPACE"]));
+
+    // The arguments are a valid command line of this very binary.
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| a.replace("$(MCS_CLUSTER_ID)", "cluster-a"))
+        .collect();
+    let cli =
+        mcs_agent::cli::Cli::try_parse_from(std::iter::once("mcs-agent".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("deployment args: {e}"));
+    let mcs_agent::cli::Command::Controller(parsed) = cli.command else {
+        panic!("not the controller subcommand");
+    };
+    parsed.validate().expect("valid combination");
+    assert!(
+        parsed.kubeconfig.is_none(),
+        "in-cluster config for the own cluster"
+    );
+    assert!(parsed.metrics_addr.is_some());
+    let mounts: Vec<&str> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    for member in &parsed.members {
+        assert!(
+            mounts.iter().any(|m| member.kubeconfig.starts_with(m)),
+            "{} not mounted",
+            member.kubeconfig.display()
+        );
+    }
+}
+
+#[test]
+fn controller_writes_only_imports_slices_export_status_leases_and_events() {
+    let manifests = load_controller();
+    let role = manifests
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("mcs-controller"))
+        .expect("ClusterRole mcs-controller");
+    let read = BTreeSet::from(["get", "list", "watch"]);
+    let writable = BTreeSet::from([
+        "serviceimports",
+        "serviceimports/status",
+        "serviceexports/status",
+        "endpointslices",
+        "events",
+    ]);
+    let granted = grants(role.rules.as_deref().unwrap_or_default());
+    for (resource, verb) in &granted {
+        assert!(
+            read.contains(verb.as_str()) || writable.contains(resource.as_str()),
+            "{resource}: {verb} is a write outside what the controller owns"
+        );
+        assert!(verb != "*" && resource != "*", "no wildcards");
+    }
+    for needed in [
+        ("serviceexports", "watch"),
+        ("services", "watch"),
+        ("endpointslices", "watch"),
+        ("namespaces", "watch"),
+        ("serviceimports", "watch"),
+        ("serviceimports", "patch"),
+        ("serviceimports", "delete"),
+        ("serviceimports/status", "patch"),
+        ("serviceexports/status", "patch"),
+        ("endpointslices", "patch"),
+        ("endpointslices", "delete"),
+        ("events", "create"),
+    ] {
+        assert!(
+            granted.contains(&(needed.0.to_owned(), needed.1.to_owned())),
+            "{needed:?} missing"
+        );
+    }
+    assert!(
+        !granted.contains(&("serviceexports".to_owned(), "patch".to_owned())),
+        "the controller never changes what users export"
+    );
+
+    // Members: read only.
+    let reader = manifests
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("mcs-controller-member-reader"))
+        .expect("member reader role");
+    let granted = grants(reader.rules.as_deref().unwrap_or_default());
+    assert!(
+        granted.iter().all(|(_, verb)| read.contains(verb.as_str())),
+        "{granted:?}"
+    );
+    for resource in ["serviceexports", "services", "endpointslices"] {
+        assert!(granted.contains(&(resource.to_owned(), "watch".to_owned())));
+    }
+
+    // The Lease: in its namespace, update only of its own Lease.
+    let [lease] = manifests.roles.as_slice() else {
+        panic!("one Role (the Lease) expected");
+    };
+    for rule in lease.rules.iter().flatten() {
+        assert_eq!(rule.resources.as_deref(), Some(&["leases".to_owned()][..]));
+        if rule.verbs.iter().any(|v| v == "update" || v == "get") {
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&["mcs-controller".to_owned()][..])
+            );
+        }
+    }
+    let [lease_binding] = manifests.role_bindings.as_slice() else {
+        panic!("one RoleBinding expected");
+    };
+    assert_eq!(
+        Some(lease_binding.role_ref.name.clone()),
+        lease.metadata.name.clone()
+    );
+    for binding in &manifests.bindings {
+        assert!(
+            manifests
+                .cluster_roles
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str())),
+            "binding to a missing role"
+        );
+    }
+
+    // Writes by the controller are limited to objects labelled as its own.
+    let [policy] = manifests.policies.as_slice() else {
+        panic!("one ValidatingAdmissionPolicy expected");
+    };
+    let spec = policy.spec.as_ref().expect("policy spec");
+    let resources: BTreeSet<&str> = spec
+        .match_constraints
+        .as_ref()
+        .and_then(|m| m.resource_rules.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.resources.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(
+        resources,
+        BTreeSet::from(["endpointslices", "serviceimports"])
+    );
+    let text = serde_json::to_string(spec).expect("json");
+    assert!(text.contains("mcs-controller.dataplane.mcs.dev"));
+    assert!(text.contains("system:serviceaccount:mcs-system:mcs-controller"));
+    let [binding] = manifests.policy_bindings.as_slice() else {
+        panic!("one policy binding expected");
+    };
+    let binding_spec = binding.spec.as_ref().expect("binding spec");
+    assert_eq!(
+        binding_spec.policy_name.as_deref(),
+        policy.metadata.name.as_deref()
+    );
+    assert_eq!(
+        binding_spec.validation_actions.as_deref(),
+        Some(&["Deny".to_owned()][..])
+    );
+}

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod client;
+pub mod clusterset;
 pub mod csum;
 pub mod dns_load;
 pub mod load;
