@@ -62,8 +62,9 @@ enum Command {
     /// Run every tier: setup, build-ebpf, lint, build mcs-agent, unit tests, root tests.
     ///
     /// The unit tier is `cargo test --workspace` (no root needed). The root tier is
-    /// `cargo test -p mcs-tests -- --include-ignored` (BPF_PROG_TEST_RUN and network-namespace
-    /// end-to-end tests). MCS_AGENT_BIN points at target/debug/mcs-agent. Without root the
+    /// `cargo test -p mcs-tests -- --ignored` (the tests marked as needing root:
+    /// BPF_PROG_TEST_RUN and network-namespace end-to-end tests). MCS_AGENT_BIN points at a copy
+    /// of the agent as `cargo build -p mcs-agent` builds it. Without root the
     /// root tier is skipped and the command fails, unless --no-root-tiers is given. Ends with
     /// a summary table.
     Test {

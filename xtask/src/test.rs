@@ -2,21 +2,25 @@
 //!
 //! 1. setup (check, install what is missing)    5. build mcs-agent (tests spawn its binary)
 //! 2. build-ebpf                                 6. unit: `cargo test --workspace`
-//! 3. build-ebpf --debug-log (apart, for the     7. root: `cargo test -p mcs-tests -- --include-ignored`
+//! 3. build-ebpf --debug-log (apart, for the     7. root: `cargo test -p mcs-tests -- --ignored`
 //!    `debug_log` root test)
 //! 4. lint
 //!
 //! Tests that need root (BPF_PROG_TEST_RUN, network namespaces) are `#[ignore = "needs root
-//! ..."]`, so tier 5 runs without root and tier 6 runs them. A failed build stops the tiers
-//! after it; a failed lint or unit tier does not.
+//! ..."]`, so tier 6 runs every other test without root and tier 7 runs exactly those (each
+//! test runs once). Tests spawn the agent binary as shipped: tier 5's build is copied aside
+//! before tier 6, whose `cargo test` rebuilds `target/debug/mcs-agent` with the `testing`
+//! feature its integration tests turn on. A failed build stops the tiers after it; a failed
+//! lint or unit tier does not.
 
 use std::{
+    fs,
     path::Path,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     cmd::{Cmd, error_chain, heading, host_target_dir, is_root},
@@ -31,6 +35,8 @@ pub struct Options {
 }
 
 const ROOT_TIER: &str = "root: BPF_PROG_TEST_RUN + netns e2e";
+/// The agent binary the tests spawn: `cargo build -p mcs-agent`'s, copied (see the module docs).
+const AGENT_UNDER_TEST: &str = "mcs-agent-under-test";
 
 enum Outcome {
     Pass,
@@ -117,7 +123,8 @@ impl Runner {
 
 pub fn run(options: &Options) -> Result<ExitCode> {
     let (cargo_args, test_args) = split_extra(&options.extra);
-    let agent_bin = host_target_dir().join("debug").join("mcs-agent");
+    let debug_dir = host_target_dir().join("debug");
+    let agent_bin = debug_dir.join(AGENT_UNDER_TEST);
     let root = is_root();
     let mut runner = Runner::default();
 
@@ -133,7 +140,10 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     );
     runner.tier("lint", false, lint::run);
     runner.tier("build mcs-agent", true, || {
-        Cmd::cargo().args(["build", "-p", "mcs-agent"]).run()
+        Cmd::cargo().args(["build", "-p", "mcs-agent"]).run()?;
+        fs::copy(debug_dir.join("mcs-agent"), &agent_bin)
+            .with_context(|| format!("copy the agent to {}", agent_bin.display()))?;
+        Ok(())
     });
     runner.tier("unit: cargo test --workspace", false, || {
         cargo_test(&agent_bin, &["--workspace"], cargo_args, None, test_args)
@@ -150,7 +160,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
                 &agent_bin,
                 &["-p", "mcs-tests"],
                 cargo_args,
-                Some("--include-ignored"),
+                Some("--ignored"),
                 test_args,
             )
         });
