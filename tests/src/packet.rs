@@ -74,6 +74,16 @@ impl Proto {
     }
 }
 
+/// Every kind of L4 checksum a datapath meets, per protocol: TCP full or
+/// partial, UDP full, partial or none.
+pub const CHECKSUM_KINDS: [(Proto, Csum); 5] = [
+    (Proto::Tcp, Csum::Full),
+    (Proto::Tcp, Csum::Partial),
+    (Proto::Udp, Csum::Full),
+    (Proto::Udp, Csum::Partial),
+    (Proto::Udp, Csum::Zero),
+];
+
 /// One frame to build: every header field a test varies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
@@ -98,6 +108,20 @@ pub const TCP_SEQ: u32 = 1000;
 const TCP_WINDOW: u16 = 64240;
 
 impl Packet {
+    /// [`Packet::tcp`] or [`Packet::udp`].
+    pub fn new(
+        proto: Proto,
+        src: impl Into<Ipv4Addr>,
+        sport: u16,
+        dst: impl Into<Ipv4Addr>,
+        dport: u16,
+    ) -> Self {
+        match proto {
+            Proto::Tcp => Self::tcp(src, sport, dst, dport),
+            Proto::Udp => Self::udp(src, sport, dst, dport),
+        }
+    }
+
     /// A TCP SYN with an HTTP-like payload, DF set, full checksum.
     pub fn tcp(src: impl Into<Ipv4Addr>, sport: u16, dst: impl Into<Ipv4Addr>, dport: u16) -> Self {
         Self {
@@ -261,14 +285,10 @@ mod tests {
 
     #[test]
     fn every_checksum_kind_verifies_as_built() {
-        for packet in [
-            Packet::tcp(A, 4000, B, 80),
-            Packet::tcp(A, 4000, B, 80).csum(Csum::Partial),
-            Packet::udp(A, 4000, B, 53),
-            Packet::udp(A, 4000, B, 53).csum(Csum::Partial),
-            Packet::udp(A, 4000, B, 53).csum(Csum::Zero),
-            Packet::tcp(A, 4000, B, 80).options(&[1, 1, 1, 0]),
-        ] {
+        let kinds = CHECKSUM_KINDS
+            .iter()
+            .map(|(proto, csum)| Packet::new(*proto, A, 4000, B, 80).csum(*csum));
+        for packet in kinds.chain([Packet::tcp(A, 4000, B, 80).options(&[1, 1, 1, 0])]) {
             let seen = verify(&packet.build(), packet.csum).unwrap();
             assert_eq!(
                 (seen.src, seen.sport, seen.dst, seen.dport),

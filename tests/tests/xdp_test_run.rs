@@ -23,7 +23,10 @@ use mcs_agent::{
 };
 use mcs_common::{CtKey, CtValue, PROTO_TCP, names, prefilter::Role};
 use mcs_tests::{
-    packet::{Csum, ETH_LEN, ETHERNET, Packet, Seen, TCP_SEQ, frag, rfc1071, tcp_flags, verify},
+    packet::{
+        CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Packet, Proto, Seen, TCP_SEQ, frag, rfc1071,
+        tcp_flags, verify,
+    },
     require_root,
 };
 
@@ -117,6 +120,14 @@ fn is_backend(addr: Ipv4Addr) -> bool {
     BACKENDS.iter().any(|(b, _)| addr.to_string() == *b)
 }
 
+/// The service's port for `proto`.
+fn service_port(proto: Proto) -> u16 {
+    match proto {
+        Proto::Tcp => 80,
+        Proto::Udp => 53,
+    }
+}
+
 /// The service port's target port on the endpoints.
 fn target_port(port: u16) -> u16 {
     match port {
@@ -129,7 +140,7 @@ fn target_port(port: u16) -> u16 {
 /// One row of the packet fixture table: a frame, what the program must do
 /// with it, and the drop counters that must move.
 struct PacketCase {
-    description: &'static str,
+    description: String,
     input: Vec<u8>,
     verdict: u32,
     output: Output,
@@ -150,9 +161,9 @@ enum Output {
 }
 
 impl PacketCase {
-    fn passed(description: &'static str, input: Vec<u8>) -> Self {
+    fn passed(description: &str, input: Vec<u8>) -> Self {
         Self {
-            description,
+            description: description.to_owned(),
             input,
             verdict: XDP_PASS,
             output: Output::Unchanged,
@@ -160,13 +171,9 @@ impl PacketCase {
         }
     }
 
-    fn dropped(
-        description: &'static str,
-        input: Vec<u8>,
-        drops: &'static [(&'static str, u64)],
-    ) -> Self {
+    fn dropped(description: &str, input: Vec<u8>, drops: &'static [(&'static str, u64)]) -> Self {
         Self {
-            description,
+            description: description.to_owned(),
             input,
             verdict: XDP_DROP,
             output: Output::Any,
@@ -176,7 +183,7 @@ impl PacketCase {
 
     /// `packet` to a ClusterSetIP, translated to one of [`BACKENDS`] on the
     /// target port, everything else (checksum kind included) kept.
-    fn dnat(description: &'static str, packet: &Packet) -> Self {
+    fn dnat(description: String, packet: &Packet) -> Self {
         let expected = BACKENDS
             .iter()
             .map(|(addr, _)| {
@@ -265,7 +272,7 @@ fn packet_cases() -> Vec<PacketCase> {
     short_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&30u16.to_be_bytes());
     let nops = [1, 1, 1, 1, 1, 1, 1, 0]; // NOPs + end of list
 
-    vec![
+    let mut cases = vec![
         // Not ours: untouched, nothing counted.
         PacketCase::passed("non-VIP TCP", tcp(OTHER, 80).build()),
         PacketCase::passed("non-VIP UDP", udp(OTHER, 53).build()),
@@ -307,29 +314,27 @@ fn packet_cases() -> Vec<PacketCase> {
             short_total,
             &[("malformed", 1)],
         ),
-        // Translated with exact checksums of every kind.
-        PacketCase::dnat("DNAT TCP, full checksum", &tcp(VIP, 80)),
+        // Translated, past IP options, with exact checksums.
         PacketCase::dnat(
-            "DNAT TCP, partial checksum",
-            &tcp(VIP, 80).csum(Csum::Partial),
-        ),
-        PacketCase::dnat("DNAT UDP, full checksum", &udp(VIP, 53)),
-        PacketCase::dnat(
-            "DNAT UDP, partial checksum",
-            &udp(VIP, 53).csum(Csum::Partial),
-        ),
-        PacketCase::dnat("DNAT UDP, no checksum", &udp(VIP, 53).csum(Csum::Zero)),
-        PacketCase::dnat(
-            "DNAT past IP options, full checksum",
+            "DNAT past IP options, full checksum".to_owned(),
             &Packet::tcp(CLIENT, 41000, VIP, 80).options(&nops),
         ),
         PacketCase::dnat(
-            "DNAT past IP options, partial checksum",
+            "DNAT past IP options, partial checksum".to_owned(),
             &Packet::tcp(CLIENT, 41000, VIP, 80)
                 .options(&nops)
                 .csum(Csum::Partial),
         ),
-    ]
+    ];
+    // Translated with exact checksums of every kind.
+    for (proto, csum) in CHECKSUM_KINDS {
+        let packet = Packet::new(proto, CLIENT, 40000, VIP, service_port(proto)).csum(csum);
+        cases.push(PacketCase::dnat(
+            format!("DNAT {proto:?}, {csum:?} checksum"),
+            &packet,
+        ));
+    }
+    cases
 }
 
 #[test]
@@ -370,14 +375,9 @@ fn packet_cases_get_their_verdict_output_and_counters() {
 #[ignore = "needs root: run by cargo xtask test"]
 fn dnat_and_reverse_nat_keep_checksums_exact() {
     let harness = Harness::with_backends(&BACKENDS);
-    for forward in [
-        Packet::tcp(CLIENT, 40000, VIP, 80),
-        Packet::tcp(CLIENT, 40000, VIP, 80).csum(Csum::Partial),
-        Packet::udp(CLIENT, 40000, VIP, 53),
-        Packet::udp(CLIENT, 40000, VIP, 53).csum(Csum::Partial),
-        Packet::udp(CLIENT, 40000, VIP, 53).csum(Csum::Zero),
-    ] {
-        let out = PacketCase::dnat("forward", &forward)
+    for (proto, csum) in CHECKSUM_KINDS {
+        let forward = Packet::new(proto, CLIENT, 40000, VIP, service_port(proto)).csum(csum);
+        let out = PacketCase::dnat("forward".to_owned(), &forward)
             .check(&harness)
             .unwrap_or_else(|error| panic!("{forward:?}: {error}"));
         let seen = verify(&out, forward.csum).expect("DNAT checksums");
