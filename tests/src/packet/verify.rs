@@ -49,30 +49,22 @@ pub fn verify(frame: &[u8], csum: Csum) -> Result<Seen> {
         )
     })?;
     let (src, dst) = (ip.source, ip.destination);
-    let (sport, dport, field, expected) = match ip.protocol {
+    let (sport, dport) = match ip.protocol {
         IpNumber::TCP => {
             let (tcp, payload) = TcpHeader::from_slice(segment).context("TCP header")?;
             let expected = tcp
                 .calc_checksum_ipv4_raw(src, dst, payload)
                 .context("TCP checksum")?;
-            (
-                tcp.source_port,
-                tcp.destination_port,
-                tcp.checksum,
-                expected,
-            )
+            check_l4(csum, ip.protocol, src, dst, segment, tcp.checksum, expected)?;
+            (tcp.source_port, tcp.destination_port)
         }
         IpNumber::UDP => {
             let (udp, payload) = UdpHeader::from_slice(segment).context("UDP header")?;
             let expected = udp
                 .calc_checksum_ipv4_raw(src, dst, payload)
                 .context("UDP checksum")?;
-            (
-                udp.source_port,
-                udp.destination_port,
-                udp.checksum,
-                expected,
-            )
+            check_l4(csum, ip.protocol, src, dst, segment, udp.checksum, expected)?;
+            (udp.source_port, udp.destination_port)
         }
         IpNumber::ICMP => {
             ensure!(csum == Csum::Full, "ICMP has no {csum:?} checksum");
@@ -81,13 +73,10 @@ pub fn verify(frame: &[u8], csum: Csum) -> Result<Seen> {
                 "ICMP checksum: the message sums to {:#06x}",
                 rfc1071::fold(rfc1071::sum(0, segment))
             );
-            (0, 0, 0, 0)
+            (0, 0)
         }
         other => bail!("IPv4 protocol {other:?}, not TCP, UDP or ICMP"),
     };
-    if ip.protocol != IpNumber::ICMP {
-        check_l4(csum, ip.protocol, src, dst, segment, field, expected)?;
-    }
     Ok(Seen {
         src: Ipv4Addr::from(src),
         sport,
