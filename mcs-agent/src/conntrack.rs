@@ -17,6 +17,7 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
+    net::SocketAddrV4,
     time::Instant,
 };
 
@@ -25,25 +26,16 @@ use std::os::fd::AsFd as _;
 use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
 use mcs_common::{CtKey, CtValue, PROTO_UDP};
 
-use crate::{
-    dataplane::prefilter::{Member, ct_member},
-    reconcile::Retired,
-};
+use crate::{dataplane::prefilter::Member, reconcile::Retired};
 
-/// `(frontend id, backend address, backend port)` in map byte order.
-type BackendRef = (u32, u32, u16);
+/// A frontend and one of its backends.
+type BackendRef = (u32, SocketAddrV4);
 
 fn retired_udp(retired: &[Retired]) -> BTreeSet<BackendRef> {
     retired
         .iter()
         .filter(|r| r.protocol == crate::model::Protocol::Udp)
-        .map(|r| {
-            (
-                r.frontend_id,
-                u32::from_ne_bytes(r.addr.octets()),
-                r.port.to_be(),
-            )
-        })
+        .map(|r| (r.frontend_id, SocketAddrV4::new(r.addr, r.port)))
         .collect()
 }
 
@@ -60,8 +52,7 @@ pub fn stale_keys(
     entries
         .into_iter()
         .filter(|(key, value)| {
-            key.proto == PROTO_UDP
-                && wanted.contains(&(value.frontend_id, value.backend_addr, value.backend_port))
+            key.proto == PROTO_UDP && wanted.contains(&(value.frontend_id, value.backend()))
         })
         .map(|(key, _)| key)
         .collect()
@@ -95,7 +86,7 @@ pub fn scan(
         let live: HashSet<Member> = entries
             .iter()
             .filter(|(key, _)| !gone.contains(key))
-            .map(|(key, value)| ct_member(key, value))
+            .map(|(key, value)| Member::of_flow(key, value))
             .collect();
         (live, scan_started)
     });
@@ -207,30 +198,15 @@ mod tests {
     use crate::model::Protocol;
 
     fn entry(proto: u8, frontend_id: u32, backend: [u8; 4], reply: bool) -> (CtKey, CtValue) {
-        let backend_addr = u32::from_ne_bytes(backend);
-        (
-            CtKey {
-                saddr: if reply { backend_addr } else { 1 },
-                daddr: if reply { 1 } else { 2 },
-                sport: 1,
-                dport: 2,
-                proto,
-                _pad: [0; 3],
-            },
-            CtValue {
-                nat_addr: 0,
-                nat_port: 0,
-                _pad: 0,
-                flags: if reply { CT_F_REPLY } else { 0 },
-                frontend_id,
-                backend_addr,
-                backend_port: 5353u16.to_be(),
-                _pad2: 0,
-                backend_id: 0,
-                _pad3: 0,
-                last_seen_ns: 0,
-            },
-        )
+        let backend = SocketAddrV4::new(Ipv4Addr::from(backend), 5353);
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 40000);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+        let (key, flags, nat) = if reply {
+            (CtKey::new(backend, client, proto), CT_F_REPLY, vip)
+        } else {
+            (CtKey::new(client, vip, proto), 0, backend)
+        };
+        (key, CtValue::new(nat, flags, frontend_id, backend, 0))
     }
 
     #[test]

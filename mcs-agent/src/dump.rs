@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, DropReason,
-    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_RST, CT_F_SYN, DropReason, FrontendStats,
+    MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS,
+    MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,13 +174,9 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             } else {
                 name_of(maps.clusters.get(&backend.cluster_id, 0))
             };
-            backend_seen.entry(backend.backend_id).or_insert_with(|| {
-                (
-                    Ipv4Addr::from(backend.addr.to_ne_bytes()),
-                    u16::from_be(backend.port),
-                    cluster.clone(),
-                )
-            });
+            backend_seen
+                .entry(backend.backend_id)
+                .or_insert_with(|| (backend.addr(), backend.port(), cluster.clone()));
             let state = if backend.flags & BACKEND_F_TERMINATING != 0 {
                 "terminating"
             } else {
@@ -188,8 +184,8 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             };
             backends.push(BackendDump {
                 slot,
-                addr: Ipv4Addr::from(backend.addr.to_ne_bytes()),
-                port: u16::from_be(backend.port),
+                addr: backend.addr(),
+                port: backend.port(),
                 cluster,
                 state: state.to_owned(),
                 table_entries: owned.get(slot as usize).copied().unwrap_or(0),
@@ -220,8 +216,8 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             socket_stats,
             frontend_id: value.frontend_id,
             name: name_of(maps.frontend_names.get(&value.frontend_id, 0)),
-            vip: Ipv4Addr::from(key.addr.to_ne_bytes()),
-            port: u16::from_be(key.port),
+            vip: key.addr(),
+            port: key.port(),
             protocol: Protocol::from_number(key.proto)
                 .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
             affinity_timeout_seconds: (value.flags & SVC_F_AFFINITY != 0)
@@ -280,19 +276,17 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         if !filter.list || conntrack.len() >= filter.limit.max(1) {
             continue;
         }
-        let reply = value.flags & CT_F_REPLY != 0;
+        let reply = value.is_reply();
         let (client, vip) = if reply {
-            (key.daddr, value.nat_addr)
+            (key.dst(), value.nat())
         } else {
-            (key.saddr, key.daddr)
+            (key.src(), key.dst())
         };
-        let addr = |raw: u32| Ipv4Addr::from(raw.to_ne_bytes());
-        if filter.vip.is_some_and(|wanted| wanted != addr(vip))
-            || filter.client.is_some_and(|wanted| wanted != addr(client))
+        if filter.vip.is_some_and(|wanted| wanted != *vip.ip())
+            || filter.client.is_some_and(|wanted| wanted != *client.ip())
         {
             continue;
         }
-        let endpoint = |raw: u32, port: u16| format!("{}:{}", addr(raw), u16::from_be(port));
         let flags = [(CT_F_SYN, "SYN"), (CT_F_FIN, "FIN"), (CT_F_RST, "RST")]
             .iter()
             .filter(|(bit, _)| value.flags & bit != 0)
@@ -302,10 +296,10 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             direction: if reply { "reply" } else { "forward" }.to_owned(),
             protocol: Protocol::from_number(key.proto)
                 .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
-            src: endpoint(key.saddr, key.sport),
-            dst: endpoint(key.daddr, key.dport),
-            nat: endpoint(value.nat_addr, value.nat_port),
-            backend: endpoint(value.backend_addr, value.backend_port),
+            src: key.src().to_string(),
+            dst: key.dst().to_string(),
+            nat: value.nat().to_string(),
+            backend: value.backend().to_string(),
             frontend_id: value.frontend_id,
             tcp_flags: flags,
             idle_seconds: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,

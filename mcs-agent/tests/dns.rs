@@ -17,13 +17,11 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinEncodable},
 };
 use mcs_agent::{
-    dns::{
-        self, DnsConfig, DnsServer,
-        bench::{BenchSpec, udp_queries_per_second},
-    },
+    dns::{self, DnsConfig, DnsServer},
     model::manifest,
     sources::SourceUpdate,
 };
+use mcs_tests::dns_load::{BenchSpec, udp_queries_per_second};
 use tokio::{runtime::Runtime, sync::watch};
 
 const TTL: u32 = 7;
@@ -78,6 +76,7 @@ fn update_of(yaml: &str) -> SourceUpdate {
     SourceUpdate {
         snapshot,
         rejections,
+        ..SourceUpdate::default()
     }
 }
 

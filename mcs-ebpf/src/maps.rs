@@ -1,28 +1,55 @@
-//! Map definitions. BTF-defined (`#[btf_map]`) so `bpftool map dump` prints
-//! typed keys and values. Names match `mcs_common::names`.
+//! The maps, each declared from its row of `mcs_common::MAPS` (capacity and
+//! flags come from the row; a compile-time check holds the static's name,
+//! kind, key and value to it). BTF-defined (`#[btf_map]`) so `bpftool map
+//! dump` prints typed keys and values. Key and value types live in
+//! `mcs-common`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
 };
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS,
-    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable, NameValue, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue,
-    prefilter::{self, PREFILTER_WORDS, Role},
+    DropReason, FrontendStats, MaglevTable, MapKind, NameValue, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, def,
+    prefilter::{self, Role},
 };
 
-const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
-const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
+/// Declares `NAME: Kind<K, V>` from the table row `def::ROW`: the static's
+/// name is the map's name (aya and bpffs see it), capacity and flags are
+/// the row's, and the build fails if name, kind, key or value differ from
+/// the row. Arrays have `u32` keys.
+macro_rules! abi_map {
+    ($(#[$doc:meta])* $name:ident: $kind:ident<$key:ty, $value:ty> = $row:expr) => {
+        abi_map!(@declare $(#[$doc])* $name: $kind<$key, $value>, $row,
+            $kind<$key, $value, { $row.max_entries as usize }, { $row.flags as usize }>);
+    };
+    ($(#[$doc:meta])* $name:ident: $kind:ident<$value:ty> = $row:expr) => {
+        abi_map!(@declare $(#[$doc])* $name: $kind<u32, $value>, $row,
+            $kind<$value, { $row.max_entries as usize }, { $row.flags as usize }>);
+    };
+    (@declare $(#[$doc:meta])* $name:ident: $kind:ident<$key:ty, $value:ty>, $row:expr, $ty:ty) => {
+        $(#[$doc])*
+        #[btf_map]
+        pub static $name: $ty = $kind::new();
+        const _: () = assert!(
+            $row.declares::<$key, $value>(stringify!($name), abi_map!(@kind $kind)),
+            concat!(stringify!($name), " differs from its row of mcs_common::MAPS"),
+        );
+    };
+    (@kind HashMap) => { MapKind::Hash };
+    (@kind LruHashMap) => { MapKind::LruHash };
+    (@kind Array) => { MapKind::Array };
+    (@kind PerCpuArray) => { MapKind::PerCpuArray };
+}
 
-/// Miss prefilter bitmap (see `mcs_common::prefilter`). An array, so the
-/// verifier inlines its lookups (no helper call, no hashing); mmapable, so
-/// the agent sets and clears bits without a system call each.
-#[btf_map]
-pub static MCS_FILTER_V1: Array<u64, { PREFILTER_WORDS as usize }, MMAPABLE> = Array::new();
+abi_map! {
+    /// Miss prefilter bitmap (see `mcs_common::prefilter`). An array, so the
+    /// verifier inlines its lookups (no helper call, no hashing); mmapable,
+    /// so the agent sets and clears bits without a system call each.
+    MCS_FILTER_V1: Array<u64> = def::PREFILTER
+}
 
 /// Whether `addr` may be a member of `role` (false: certainly not).
 #[inline(always)]
@@ -35,75 +62,67 @@ pub fn prefilter_may_contain(addr: u32, role: Role) -> bool {
     }
 }
 
-/// ClusterSetIP:port/proto → frontend.
-#[btf_map]
-pub static MCS_SVC_V1: HashMap<ServiceKey, ServiceValue, { MAX_FRONTENDS as usize }> =
-    HashMap::new();
-
-/// (frontend, slot) → backend. Preallocated: a cold sync writes every slot
-/// of every frontend, and an insert that pops a preallocated element is
-/// about twice as fast as one that allocates (the bench's cold sync); the
-/// map's memory is fixed at creation (`docs/operations.md`) and a write can
-/// never fail for lack of memory later.
-#[btf_map]
-pub static MCS_BACKEND_V2: HashMap<BackendKey, BackendValue, { MAX_BACKEND_SLOTS as usize }> =
-    HashMap::new();
-
-/// Frontend id → Maglev lookup table (replaced whole by the agent).
-#[btf_map]
-pub static MCS_MAGLEV_V1: HashMap<u32, MaglevTable, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
-
-/// ClientIP session affinity: (frontend, client) → backend.
-#[btf_map]
-pub static MCS_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue, { MAX_AFFINITY as usize }> =
-    LruHashMap::new();
-
-/// Flow state for both directions of every translated flow.
-#[btf_map]
-pub static MCS_CT_V1: LruHashMap<CtKey, CtValue, { MAX_CONNTRACK as usize }> = LruHashMap::new();
-
-/// Per-frontend counters, indexed by frontend id.
-#[btf_map]
-pub static MCS_SVC_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }> =
-    PerCpuArray::new();
-
-/// Per-backend counters, indexed by backend id.
-#[btf_map]
-pub static MCS_BE_STATS: PerCpuArray<FrontendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
-
-/// Socket LB: (socket, backend) → ClusterSetIP, for replies and getpeername.
-#[btf_map]
-pub static MCS_SOCK_REV_V1: LruHashMap<SockRevKey, SockRevValue, { MAX_SOCK_REVNAT as usize }> =
-    LruHashMap::new();
-
-/// Socket-LB counters per frontend (`new_flows` = connections/datagram
-/// destinations translated, `no_backend` = refused).
-#[btf_map]
-pub static MCS_SOCK_STATS: PerCpuArray<FrontendStats, { MAX_FRONTENDS as usize }> =
-    PerCpuArray::new();
-
-/// Layout version of this map set (written by the agent, checked on adoption).
-#[btf_map]
-pub static MCS_ABI: Array<AbiInfo, 1> = Array::new();
-
-/// Drops by reason, indexed by `DropReason`.
-#[btf_map]
-pub static MCS_DROPS: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();
-
-/// Frontend id → `namespace/name:port` (written by the agent, for operators).
-#[btf_map]
-pub static MCS_SVC_META: HashMap<u32, NameValue, { MAX_FRONTENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
-
-/// Cluster id → cluster name (written by the agent, for operators).
-#[btf_map]
-pub static MCS_CLUSTERS: Array<NameValue, { MAX_CLUSTERS as usize }> = Array::new();
-
-/// Jiffies → coarse-clock nanoseconds, written by the agent
-/// (`mcs_common::ClockValue`).
-#[btf_map]
-pub static MCS_CLOCK: Array<ClockValue, 1> = Array::new();
+abi_map! {
+    /// ClusterSetIP:port/proto → frontend.
+    MCS_SVC_V1: HashMap<ServiceKey, ServiceValue> = def::SERVICES
+}
+abi_map! {
+    /// (frontend, slot) → backend; preallocated (see `def::BACKENDS`).
+    MCS_BACKEND_V2: HashMap<BackendKey, BackendValue> = def::BACKENDS
+}
+abi_map! {
+    /// Frontend id → Maglev lookup table (replaced whole by the agent).
+    MCS_MAGLEV_V1: HashMap<u32, MaglevTable> = def::MAGLEV
+}
+abi_map! {
+    /// ClientIP session affinity: (frontend, client) → backend.
+    MCS_AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> = def::AFFINITY
+}
+abi_map! {
+    /// Flow state for both directions of every translated flow.
+    MCS_CT_V1: LruHashMap<CtKey, CtValue> = def::CONNTRACK
+}
+abi_map! {
+    /// Per-frontend counters, indexed by frontend id.
+    MCS_SVC_STATS: PerCpuArray<FrontendStats> = def::FRONTEND_STATS
+}
+abi_map! {
+    /// Per-backend counters, indexed by backend id.
+    MCS_BE_STATS: PerCpuArray<FrontendStats> = def::BACKEND_STATS
+}
+abi_map! {
+    /// Socket LB: (socket, backend) → ClusterSetIP, for replies and
+    /// getpeername.
+    MCS_SOCK_REV_V1: LruHashMap<SockRevKey, SockRevValue> = def::SOCK_REVNAT
+}
+abi_map! {
+    /// Socket-LB counters per frontend (`new_flows` = connections/datagram
+    /// destinations translated, `no_backend` = refused).
+    MCS_SOCK_STATS: PerCpuArray<FrontendStats> = def::SOCK_STATS
+}
+abi_map! {
+    /// Layout version of this map set (written by the agent, checked on
+    /// adoption).
+    MCS_ABI: Array<AbiInfo> = def::ABI
+}
+abi_map! {
+    /// Drops by reason, indexed by `DropReason`.
+    MCS_DROPS: PerCpuArray<u64> = def::DROPS
+}
+abi_map! {
+    /// Frontend id → `namespace/name:port` (written by the agent, for
+    /// operators).
+    MCS_SVC_META: HashMap<u32, NameValue> = def::FRONTEND_META
+}
+abi_map! {
+    /// Cluster id → cluster name (written by the agent, for operators).
+    MCS_CLUSTERS: Array<NameValue> = def::CLUSTERS
+}
+abi_map! {
+    /// Jiffies → coarse-clock nanoseconds, written by the agent
+    /// (`mcs_common::ClockValue`).
+    MCS_CLOCK: Array<ClockValue> = def::CLOCK
+}
 
 /// Monotonic time for flow and affinity timestamps, in the coarse clock's
 /// nanoseconds (the last tick's time: timestamps only age entries by

@@ -1,6 +1,7 @@
-//! Bounds-checked packet access and IPv4 TCP/UDP parsing.
+//! Bounds-checked packet access and IPv4 TCP/UDP parsing, and the header
+//! offsets the datapath reads and writes by name.
 
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::XdpContext;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
@@ -26,7 +27,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 /// Ethernet type IPv4, as it sits in the header.
-const ETH_P_IP_RAW: u16 = u16::from_ne_bytes(0x0800u16.to_be_bytes());
+pub const ETH_P_IP_RAW: u16 = u16::from_ne_bytes(0x0800u16.to_be_bytes());
 /// Fragment offset mask and "more fragments" bit of `frags`, in host order.
 const IP_FRAG_MASK: u16 = 0x3fff;
 
@@ -35,7 +36,7 @@ pub struct L4Fields {
     pub sport: *mut [u8; 2],
     pub dport: *mut [u8; 2],
     pub check: *mut [u8; 2],
-    /// TCP flags byte (`None` for UDP).
+    /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
 }
 
@@ -67,6 +68,15 @@ pub enum ParseError {
 pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Byte of the TCP header holding the data offset (high nibble, in 32-bit
+/// words) — the first byte of network-types' flag bitfield.
+pub const TCP_DOFF_BYTE: usize = offset_of!(TcpHdr, _bitfield_1);
+/// Byte of the TCP header holding the flags (`TCP_FLAG_*`).
+pub const TCP_FLAGS_BYTE: usize = TCP_DOFF_BYTE + 1;
+
+const _: () = assert!(TCP_DOFF_BYTE == 12 && TCP_FLAGS_BYTE == 13);
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
@@ -115,14 +125,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
     let l4 = if proto == PROTO_TCP {
         let tcp: *mut TcpHdr =
             ptr_at(ctx, l4_off).ok_or(ParseError::L4Truncated { daddr, proto })?;
-        // SAFETY: `ptr_at` checked the bounds of the whole TCP header; the
-        // flags byte is byte 13 of it.
+        // SAFETY: `ptr_at` checked the bounds of the whole TCP header, the
+        // flags byte included.
         unsafe {
             L4Fields {
                 sport: &raw mut (*tcp).source,
                 dport: &raw mut (*tcp).dest,
                 check: &raw mut (*tcp).check,
-                tcp_flags: *(tcp as *const u8).add(13),
+                tcp_flags: *(tcp as *const u8).add(TCP_FLAGS_BYTE),
             }
         }
     } else {

@@ -7,7 +7,8 @@
 //!
 //! Same maps and the same selection rules as XDP (`lb.rs`); affinity is per
 //! network namespace (pod), as the client address is not known yet at
-//! `connect()`. On any miss the socket proceeds untouched.
+//! `connect()`. On any miss the socket proceeds untouched. With the
+//! `debug-log` feature the chosen backend is logged (`debug_log!`).
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -17,6 +18,7 @@ use aya_ebpf::{
 };
 use mcs_common::{
     PROTO_TCP, PROTO_UDP, SVC_F_VIP_MARKER, SockRevKey, SockRevValue,
+    byte_order::{host_port, ipv4},
     flow::{flow_hash, mix32},
 };
 
@@ -93,14 +95,29 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
         flow_hash: mix32((socket ^ (socket >> 32)) as u32 ^ vip),
         client_hash: flow_hash(client, vip, 0, vport, proto),
     };
-    let (backend, _slot) = match lb::select_backend(&service, &selector) {
+    let (backend, slot) = match lb::select_backend(&service, &selector) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => {
+            debug_log!(
+                ctx,
+                "socket LB: frontend {} has no backend, refused",
+                service.frontend_id
+            );
             count(service.frontend_id, true);
             return Err(Skip::NoBackend);
         }
         Err(SelectError::SlotMissing) => return Err(Skip::Transient),
     };
+    debug_log!(
+        ctx,
+        "socket LB: {}:{} frontend {}: backend {}:{} (slot {})",
+        ipv4(vip),
+        host_port(vport),
+        service.frontend_id,
+        ipv4(backend.addr),
+        host_port(backend.port),
+        slot
+    );
     let key = SockRevKey {
         cookie: socket,
         addr: backend.addr,

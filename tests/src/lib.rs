@@ -9,9 +9,10 @@
 //! nothing touches the root namespace's interfaces or routes.
 
 pub mod agent;
+pub mod apiserver;
 pub mod client;
 pub mod csum;
-pub mod fake_apiserver;
+pub mod dns_load;
 pub mod load;
 pub mod manifest;
 pub mod netns;
@@ -19,6 +20,9 @@ pub mod packet;
 pub mod scenario;
 pub mod servers;
 pub mod topology;
+
+/// The local API server under the name existing tests use.
+pub use apiserver as fake_apiserver;
 
 /// Whether this process runs as root (needed for namespaces, veth and XDP).
 pub fn is_root() -> bool {

@@ -3,24 +3,27 @@
 //! two-cluster netns topology with real traffic: the maps equal those of
 //! the file source for the same objects, traffic follows changes, and an
 //! API outage loses no request while changes made meanwhile apply after.
+//! Rejections the agent's policy makes (`--cluster-cidrs`) become Events.
 //!
 //! Needs root; run by `cargo xtask test`.
 
 use std::{
     collections::BTreeSet,
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use mcs_tests::{
-    agent::Dump,
+    agent::{Agent, AgentConfig, Dump},
     client::http_get,
     fake_apiserver::FakeApiServer,
     load::{BackgroundLoad, LoadPattern},
     manifest::Protocol,
+    netns::{Netns, unique_prefix},
     scenario::{self, APPLY_TIMEOUT, BACKENDS, CLIENT_NODE, ClusterSet, HTTP_PORT, ServerPod, VIP},
 };
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn objects(yaml: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(yaml)
@@ -151,5 +154,99 @@ fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
         caught_up.as_secs_f64()
     );
     drop(set);
+    drop(server);
+}
+
+/// `--cluster-cidrs` is the agent's policy, which no source knows: the
+/// endpoint it refuses must still become an Event on its EndpointSlice,
+/// once, while the endpoints it allows are programmed.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn an_endpoint_outside_its_cluster_cidrs_becomes_an_event() {
+    mcs_tests::require_root();
+    let netns = Netns::create(&format!("{}cidr", unique_prefix())).expect("netns");
+    netns
+        .ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        .expect("veth");
+    netns.ip(&["link", "set", "v0", "up"]).expect("up");
+    let server = netns
+        .enter(FakeApiServer::start)
+        .expect("enter")
+        .expect("fake API server");
+    server
+        .apply_all([
+            json!({
+                "apiVersion": "multicluster.x-k8s.io/v1beta1",
+                "kind": "ServiceImport",
+                "metadata": {"name": "web", "namespace": "demo"},
+                "spec": {"type": "ClusterSetIP", "ips": ["10.96.100.10"],
+                         "ports": [{"name": "http", "protocol": "TCP", "port": 80}]},
+            }),
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "web-a", "namespace": "demo", "labels": {
+                    "multicluster.kubernetes.io/service-name": "web",
+                    "multicluster.kubernetes.io/source-cluster": "cluster-a"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                // 10.102.1.10 lies in cluster-b's range.
+                "endpoints": [{"addresses": ["10.101.1.10"]}, {"addresses": ["10.102.1.10"]}],
+            }),
+        ])
+        .expect("load objects");
+    let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
+    let mut config = AgentConfig::new("", vec!["v0".to_owned()]);
+    config.source_arg = Some("kube".to_owned());
+    config.extra_args = [
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--cluster-cidrs",
+        "cluster-a=10.101.0.0/16,cluster-b=10.102.0.0/16",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut agent = Agent::start(&netns, &config).expect("agent");
+    let allowed = vec![Ipv4Addr::new(10, 101, 1, 10)];
+    agent
+        .wait_until(APPLY_TIMEOUT, |dump| {
+            dump.service(Ipv4Addr::new(10, 96, 100, 10), 80, Protocol::Tcp)
+                .is_some_and(|s| s.backend_addrs() == allowed)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let outside = |server: &FakeApiServer| -> Vec<Value> {
+        server
+            .events()
+            .into_iter()
+            .filter(|e| e["reason"] == "OutsideClusterCidr")
+            .collect()
+    };
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while outside(&server).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no OutsideClusterCidr Event; events {:?}\nagent log:\n{}",
+            server.events(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let event = &outside(&server)[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reportingController"], "mcs-agent");
+    assert_eq!(event["regarding"]["kind"], "EndpointSlice");
+    assert_eq!(event["regarding"]["name"], "web-a");
+    assert_eq!(event["metadata"]["namespace"], "demo");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("10.102.1.10") && note.contains("cluster-a"),
+        "{note}"
+    );
+    // Reported once: the agent keeps running with the same objects.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.ensure_running().expect("agent running");
+    assert_eq!(outside(&server).len(), 1, "{:?}", server.events());
+    drop(agent);
     drop(server);
 }

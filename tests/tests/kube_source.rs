@@ -5,7 +5,9 @@
 //!
 //! The reference for "correct" is the file source: for the same objects the
 //! Kubernetes source must publish the same snapshot and the same rejections,
-//! and the reconciler must program the same maps. No root needed.
+//! and the reconciler must program the same maps. Events are posted by the
+//! events module from what the source publishes, as the agent's run loop
+//! does. No root needed.
 
 use std::{
     collections::BTreeSet,
@@ -16,6 +18,7 @@ use std::{
 
 use mcs_agent::{
     desired,
+    events::{Events, event_reason},
     model::{Flavour, SliceOwner, Snapshot},
     reconcile::{Reconciler, memory::MemoryMaps},
     sources::{
@@ -89,19 +92,22 @@ fn options() -> KubeSourceOptions {
         debounce: Duration::from_millis(50),
         // Small pages, so lists are paginated (limit/continue).
         page_size: 2,
-        events: true,
-        reporting_instance: Some("test-node".into()),
     }
 }
 
 struct Running {
     updates: watch::Receiver<Option<SourceUpdate>>,
     task: JoinHandle<Result<(), KubeSourceError>>,
+    /// Posts Events for every update (see [`start_with_events`]).
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(reporter) = &self.reporter {
+            reporter.abort();
+        }
     }
 }
 
@@ -119,15 +125,52 @@ fn start_source(source: KubeSource) -> Running {
     Running {
         updates,
         task: tokio::spawn(source.run(tx)),
+        reporter: None,
     }
 }
 
-/// What the file source publishes for `objects` (written as YAML).
+/// Starts the source and reports as the agent's run loop does: for every
+/// update, its rejections and those the desired state derives under
+/// `policy`, through the events module with the source's client and the
+/// references it published.
+async fn start_with_events(server: &FakeApiServer, policy: desired::Policy) -> Running {
+    let kubeconfig = server.kubeconfig_file().expect("write kubeconfig");
+    let source = KubeSource::connect(Some(&kubeconfig), options())
+        .await
+        .expect("connect to the fake API server");
+    let mut events = Events::start(source.client().clone(), Some("test-node".into()));
+    let mut running = start_source(source);
+    let mut updates = running.updates.clone();
+    running.reporter = Some(tokio::spawn(async move {
+        loop {
+            let update = updates.borrow_and_update().clone();
+            if let Some(update) = update {
+                let (_, derived) = desired::compute_with(&update.snapshot, &policy);
+                events.report(update.rejections.iter().chain(&derived), &update.references);
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    }));
+    running
+}
+
+/// What the file source publishes for `objects` (written as YAML), as the
+/// API server serves them: one CRD stores both mcs-api versions, so an
+/// object written in v1alpha1 is listed in v1beta1 too, and the source
+/// takes it from v1beta1.
 fn file_update(objects: &[Value]) -> SourceUpdate {
     let dir = tempfile::tempdir().expect("temp dir");
     let yaml: Vec<String> = objects
         .iter()
-        .map(|object| serde_yaml_ng::to_string(object).expect("YAML"))
+        .map(|object| {
+            let mut object = object.clone();
+            if object["apiVersion"] == "multicluster.x-k8s.io/v1alpha1" {
+                object["apiVersion"] = json!("multicluster.x-k8s.io/v1beta1");
+            }
+            serde_yaml_ng::to_string(&object).expect("YAML")
+        })
         .collect();
     std::fs::write(dir.path().join("objects.yaml"), yaml.join("---\n")).expect("write YAML");
     let mut source = FileSource::new(dir.path().to_path_buf());
@@ -301,14 +344,18 @@ async fn initial_list_equals_the_file_source() {
     let objects = mcs_objects();
     let update = wait_matching(&mut running, &objects, "the initial snapshot").await;
 
-    // The fixtures exercise every flavour, merging and validation.
+    // The fixtures exercise every flavour, merging and validation (the
+    // v1alpha1 fixture is served as v1beta1 too, and taken from there).
     let flavours: BTreeSet<String> = update
         .snapshot
         .imports
         .values()
         .map(|import| format!("{:?}", import.flavour))
         .collect();
-    assert_eq!(flavours.len(), 3, "{flavours:?}");
+    assert_eq!(
+        flavours,
+        BTreeSet::from(["Gke".to_owned(), "McsV1beta1".to_owned()])
+    );
     assert_eq!(update.snapshot.imports.len(), 6);
     let reasons: BTreeSet<&str> = update.rejections.iter().map(|r| r.reason()).collect();
     assert_eq!(
@@ -723,7 +770,7 @@ fn posted(server: &FakeApiServer) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_become_events_once_per_object_and_reason() {
     let server = server_with_fixtures();
-    let mut running = start(&server).await;
+    let mut running = start_with_events(&server, desired::Policy::default()).await;
     let mut objects = mcs_objects();
     let update = wait_matching(&mut running, &objects, "the initial snapshot").await;
 
@@ -736,7 +783,7 @@ async fn rejections_become_events_once_per_object_and_reason() {
             (
                 r.kind.clone(),
                 r.object.name.clone(),
-                mcs_agent::sources::kube::event_reason(r.reason()),
+                event_reason(r.reason()),
             )
         })
         .collect();

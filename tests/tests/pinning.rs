@@ -1,20 +1,26 @@
 //! Pinned-state tier: adoption of an earlier agent's maps, detection of
-//! incompatible layouts, and the expected-layout table matching the object.
+//! incompatible layouts, and the one table of maps (`mcs_common::MAPS`)
+//! matching the object and the agent's map handles.
 //!
 //! Needs root (CAP_BPF) and bpffs; run by `cargo xtask test`.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::Command,
+};
 
 use aya::EbpfLoader;
 use mcs_agent::{
-    dataplane::{self, Dataplane, EBPF_OBJECT, MapSizes, layout::EXPECTED},
+    dataplane::{
+        self, Dataplane, EBPF_OBJECT, MapHandles, MapSizes, layout::EXPECTED, prefilter::Member,
+    },
     desired,
     model::manifest,
     reconcile::Reconciler,
 };
-use mcs_common::{
-    ABI_MAGIC, AbiInfo, CT_F_REPLY, CtKey, CtValue, PROTO_TCP, names, prefilter::Role,
-};
+use mcs_common::{ABI_MAGIC, AbiInfo, CT_F_REPLY, CtKey, CtValue, PROTO_TCP, names, programs};
 
 /// Root, and bpffs where the agent pins.
 fn require_root_and_bpffs() {
@@ -65,6 +71,11 @@ fn desired_state(yaml: &str) -> desired::DesiredState {
     desired::compute(&snapshot).0
 }
 
+/// The table of maps, the object and the handles agree: every map the
+/// kernel creates from the object is its row of the table (the eBPF side
+/// also checks its declarations against the rows at compile time), the
+/// object declares nothing else (no benchmark map or program), and the
+/// agent's handles take every map of the table.
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn expected_layout_matches_the_object() {
@@ -79,7 +90,7 @@ fn expected_layout_matches_the_object() {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let _ebpf = loader.load(EBPF_OBJECT).expect("load object");
+    let mut ebpf = loader.load(EBPF_OBJECT).expect("load object");
     for spec in &EXPECTED {
         let path = dataplane::map_pin_dir(&pins.0).join(spec.name);
         let info = aya::maps::MapInfo::from_pin(&path).expect("map info");
@@ -94,7 +105,27 @@ fn expected_layout_matches_the_object() {
         );
         assert_eq!(info.map_flags(), spec.flags, "{} flags", spec.name);
     }
-    assert_eq!(EXPECTED.len(), names::ALL.len());
+    assert_eq!(EXPECTED.map(|spec| spec.name), names::ALL);
+
+    // Nothing beyond the table: aya-log's ring buffer and the data
+    // sections (`.rodata`, ...) are all the object may add.
+    let extra: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !names::ALL.contains(name) && *name != "AYA_LOGS" && !name.starts_with('.'))
+        .collect();
+    assert!(extra.is_empty(), "maps outside the table: {extra:?}");
+    let object_programs: BTreeSet<&str> = ebpf.programs().map(|(name, _)| name).collect();
+    assert_eq!(object_programs, BTreeSet::from(programs::ALL));
+
+    // The handles take every map of the table.
+    let _maps = MapHandles::take(&mut ebpf).expect("map handles");
+    let unhandled: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| names::ALL.contains(name))
+        .collect();
+    assert!(unhandled.is_empty(), "maps without a handle: {unhandled:?}");
 }
 
 #[test]
@@ -136,36 +167,18 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
 #[ignore = "needs root: run by cargo xtask test"]
 fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     let pins = PinDir::new("prefilter");
-    let backend = u32::from_ne_bytes([10, 101, 1, 10]);
-    let vip = u32::from_ne_bytes([10, 96, 100, 10]);
+    let backend = Ipv4Addr::new(10, 101, 1, 10);
+    let vip = Ipv4Addr::new(10, 96, 100, 10);
     // A flow through a backend no map lists any more (retired, TCP kept).
-    let gone = u32::from_ne_bytes([10, 103, 1, 10]);
+    let gone = SocketAddrV4::new(Ipv4Addr::new(10, 103, 1, 10), 8080);
     {
         let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
         assert!(applied.errors.is_empty());
-        let key = CtKey {
-            saddr: gone,
-            daddr: u32::from_ne_bytes([10, 1, 1, 1]),
-            sport: 8080u16.to_be(),
-            dport: 40000u16.to_be(),
-            proto: PROTO_TCP,
-            _pad: [0; 3],
-        };
-        let value = CtValue {
-            nat_addr: vip,
-            nat_port: 80u16.to_be(),
-            _pad: 0,
-            flags: CT_F_REPLY,
-            frontend_id: 0,
-            backend_addr: gone,
-            backend_port: 8080u16.to_be(),
-            _pad2: 0,
-            backend_id: 0,
-            _pad3: 0,
-            last_seen_ns: 0,
-        };
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 1, 1, 1), 40000);
+        let key = CtKey::new(gone, client, PROTO_TCP);
+        let value = CtValue::new(SocketAddrV4::new(vip, 80), CT_F_REPLY, 0, gone, 0);
         maps.conntrack.insert(key, value, 0).expect("flow");
         first.shutdown(false);
     }
@@ -178,17 +191,17 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // reconciler.
     let (maps, state) = second.maps_with_state().expect("maps");
     assert!(
-        state.services.iter().any(|(key, _)| key.addr == vip),
+        state.services.iter().any(|(key, _)| key.addr() == vip),
         "{:?}",
         state.services
     );
-    assert!(state.backends.values().any(|value| value.addr == backend));
+    assert!(state.backends.values().any(|value| value.addr() == backend));
     let adopted = Reconciler::adopt(&state).expect("adopt");
     assert_eq!(adopted.frontend_count(), state.services.len());
-    assert!(maps.prefilter.contains((Role::Destination, vip)));
-    assert!(maps.prefilter.contains((Role::Source, backend)));
-    assert!(maps.prefilter.contains((Role::Source, gone)));
-    assert!(!maps.prefilter.contains((Role::Destination, gone)));
+    assert!(maps.prefilter.contains(Member::destination(vip)));
+    assert!(maps.prefilter.contains(Member::source(backend)));
+    assert!(maps.prefilter.contains(Member::source(*gone.ip())));
+    assert!(!maps.prefilter.contains(Member::destination(*gone.ip())));
     second.shutdown(true);
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: mcs against its baselines, in one run, on this machine.
 //!
-//! Builds the eBPF object, `mcs-agent` and `mcs-bench` (release), then runs
-//! `mcs-bench run` as root with `MCS_AGENT_BIN` pointing at the release agent. The bench
+//! Builds the eBPF objects, `mcs-agent` and `mcs-bench` (release), then runs
+//! `mcs-bench run` as root with `MCS_AGENT_BIN` pointing at the release agent and
+//! `MCS_BENCH_OBJECT` at the calibration programs' object (`mcs-bench-ebpf`). The bench
 //! writes `report.json`, `report.md` and SVG plots into `--out` (default `bench-results/`);
 //! `--update-docs` copies them to `docs/benchmarks.md` and `docs/benchmarks/`.
 //!
@@ -104,6 +105,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     ));
     let mut bench = Cmd::new(release.join("mcs-bench"))
         .env("MCS_AGENT_BIN", release.join("mcs-agent"))
+        .env("MCS_BENCH_OBJECT", ebpf::bench_object_path())
         .args(["run", "--size", options.size.name()])
         .arg("--out")
         .arg(&out);

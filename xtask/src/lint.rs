@@ -4,7 +4,8 @@
 //! BPF-target pass uses Debian's clippy (`rust-web-clippy`: `/usr/bin/cargo-clippy`, which
 //! runs `$CARGO check` with `/usr/bin/clippy-driver` as the workspace wrapper); that driver is
 //! built on Debian's rustc 1.96, whose sysroot has `core` for `bpfel-unknown-none`. It lints
-//! every workspace crate in the eBPF build graph (`mcs-ebpf` and `mcs-common`).
+//! every workspace crate in the eBPF build graph (`mcs-ebpf`'s library and both objects, and
+//! `mcs-common`), once as built by default and once with the `debug-log` feature.
 
 use anyhow::{Result, bail};
 
@@ -15,6 +16,16 @@ use crate::{
 
 /// Debian's cargo-clippy (package `rust-web-clippy`).
 const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
+
+/// Debian's clippy over `mcs-ebpf` (its library and both objects) for the BPF target.
+fn bpf_clippy(extra: &[&str]) -> Cmd {
+    ebpf::bpf_cargo(Cmd::new(DEBIAN_CARGO_CLIPPY))
+        .env("CARGO", cargo_program())
+        .args(["clippy", "-p", ebpf::PACKAGE, "--release"])
+        .args(extra)
+        .args(["--target", ebpf::TARGET, "--target-dir", ebpf::TARGET_DIR])
+        .args(["--", "-D", "warnings"])
+}
 
 /// Runs every lint step (even after one fails) and fails if any did.
 pub fn run() -> Result<()> {
@@ -27,13 +38,10 @@ pub fn run() -> Result<()> {
                 .args(["clippy", "--workspace", "--all-targets", "--keep-going"])
                 .args(["--", "-D", "warnings"]),
         ),
+        ("clippy (bpfel-unknown-none)", bpf_clippy(&[])),
         (
-            "clippy (bpfel-unknown-none)",
-            ebpf::bpf_cargo(Cmd::new(DEBIAN_CARGO_CLIPPY))
-                .env("CARGO", cargo_program())
-                .args(["clippy", "-p", ebpf::PACKAGE, "--release"])
-                .args(["--target", ebpf::TARGET, "--target-dir", ebpf::TARGET_DIR])
-                .args(["--", "-D", "warnings"]),
+            "clippy (bpfel-unknown-none, debug-log)",
+            bpf_clippy(&["--features", ebpf::DEBUG_LOG_FEATURE]),
         ),
     ];
     let mut failed = Vec::new();

@@ -45,8 +45,9 @@ enum Command {
     /// Build the eBPF programs (mcs-ebpf) for bpfel-unknown-none.
     ///
     /// Runs the setup check first (installing what is missing), then builds with Debian's
-    /// rustc into target/bpf and prints the object's path and size. mcs-agent embeds
-    /// target/bpf/bpfel-unknown-none/release/mcs-ebpf when it is built.
+    /// rustc into target/bpf and prints the objects' paths and sizes: mcs-ebpf, which
+    /// mcs-agent embeds (target/bpf/bpfel-unknown-none/release/mcs-ebpf) when it is built,
+    /// and mcs-bench-ebpf, the calibration programs `cargo xtask bench` loads.
     BuildEbpf {
         /// Enable mcs-ebpf's `debug-log` feature (debug-level aya-log statements).
         #[arg(long)]

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: every tier, in order, with a summary table.
 //!
-//! 1. setup (check, install what is missing)    4. build mcs-agent (tests spawn its binary)
-//! 2. build-ebpf                                 5. unit: `cargo test --workspace`
-//! 3. lint                                       6. root: `cargo test -p mcs-tests -- --include-ignored`
+//! 1. setup (check, install what is missing)    5. build mcs-agent (tests spawn its binary)
+//! 2. build-ebpf                                 6. unit: `cargo test --workspace`
+//! 3. build-ebpf --debug-log (apart, for the     7. root: `cargo test -p mcs-tests -- --include-ignored`
+//!    `debug_log` root test)
+//! 4. lint
 //!
 //! Tests that need root (BPF_PROG_TEST_RUN, network namespaces) are `#[ignore = "needs root
 //! ..."]`, so tier 5 runs without root and tier 6 runs them. A failed build stops the tiers
@@ -123,6 +125,12 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         setup::ensure(Report::Summary, Mode::Install)
     });
     runner.tier("build-ebpf", true, || ebpf::build(false));
+    // Not blocking: only the `debug_log` root test needs it (and fails without it).
+    runner.tier(
+        "build-ebpf --debug-log",
+        false,
+        ebpf::build_debug_log_variant,
+    );
     runner.tier("lint", false, lint::run);
     runner.tier("build mcs-agent", true, || {
         Cmd::cargo().args(["build", "-p", "mcs-agent"]).run()
@@ -168,7 +176,8 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cargo test <selection> <cargo args> [-- <harness flag> <test args>]` with MCS_AGENT_BIN set.
+/// `cargo test <selection> <cargo args> [-- <harness flag> <test args>]` with MCS_AGENT_BIN
+/// and MCS_DEBUG_LOG_OBJECT set.
 fn cargo_test(
     agent_bin: &Path,
     selection: &[&str],
@@ -178,6 +187,7 @@ fn cargo_test(
 ) -> Result<()> {
     let mut cmd = Cmd::cargo()
         .env("MCS_AGENT_BIN", agent_bin)
+        .env("MCS_DEBUG_LOG_OBJECT", ebpf::debug_log_object_path())
         .arg("test")
         .args(selection)
         .args(cargo_args);

@@ -1,15 +1,12 @@
 //! The expected layout of every pinned map, and the checks that decide
-//! whether an earlier agent's pins can be adopted.
+//! whether an earlier agent's pins can be adopted. The layout is
+//! `mcs_common::MAPS` (the one table of maps) in aya's terms.
 
-use std::{fs, mem::size_of, path::Path};
+use std::{fs, path::Path};
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType};
 use mcs_common::{
-    ABI_MAGIC, ABI_VERSION, AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue,
-    ClockValue, CtKey, CtValue, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS, MAX_CLUSTERS, MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, MaglevTable,
-    NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, names,
-    prefilter::PREFILTER_WORDS,
+    ABI_MAGIC, ABI_VERSION, AbiInfo, MAPS, MAX_BACKENDS, MAX_CONNTRACK, MapDef, MapKind, names,
 };
 
 /// What a pinned map must look like to be adopted.
@@ -24,51 +21,37 @@ pub struct MapSpec {
     pub flags: u32,
 }
 
-const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> MapSpec {
-    MapSpec {
-        name,
-        map_type,
-        key_size: size_of::<K>() as u32,
-        value_size: size_of::<V>() as u32,
-        max_entries,
-        flags: 0,
-    }
-}
-
 impl MapSpec {
-    const fn flags(mut self, flags: u32) -> Self {
-        self.flags = flags;
-        self
+    /// A row of `mcs_common::MAPS`.
+    pub const fn of(def: &MapDef) -> Self {
+        Self {
+            name: def.name,
+            map_type: match def.kind {
+                MapKind::Hash => MapType::Hash,
+                MapKind::LruHash => MapType::LruHash,
+                MapKind::Array => MapType::Array,
+                MapKind::PerCpuArray => MapType::PerCpuArray,
+            },
+            key_size: def.key_size,
+            value_size: def.value_size,
+            max_entries: def.max_entries,
+            flags: def.flags,
+        }
     }
 }
 
-/// `BPF_F_NO_PREALLOC`: hash maps allocated as entries are added.
-pub const BPF_F_NO_PREALLOC: u32 = 1;
-/// `BPF_F_MMAPABLE`: an array the agent maps into memory.
-pub const BPF_F_MMAPABLE: u32 = 1 << 10;
-
-/// Every pinned map as this agent's eBPF object declares it (a root test
-/// checks this table against the loaded object).
-pub const EXPECTED: [MapSpec; names::ALL.len()] = [
-    spec::<u32, AbiInfo>(names::ABI, MapType::Array, 1),
-    spec::<u32, FrontendStats>(names::BACKEND_STATS, MapType::PerCpuArray, MAX_BACKENDS),
-    spec::<SockRevKey, SockRevValue>(names::SOCK_REVNAT, MapType::LruHash, MAX_SOCK_REVNAT),
-    spec::<u32, FrontendStats>(names::SOCK_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
-    spec::<ServiceKey, ServiceValue>(names::SERVICES, MapType::Hash, MAX_FRONTENDS),
-    spec::<BackendKey, BackendValue>(names::BACKENDS, MapType::Hash, MAX_BACKEND_SLOTS),
-    // Common LRU lists: per-CPU lists (`BPF_F_NO_COMMON_LRU`) measured
-    // slower per insert in the bench and split the capacity per CPU.
-    spec::<CtKey, CtValue>(names::CONNTRACK, MapType::LruHash, MAX_CONNTRACK),
-    spec::<u32, FrontendStats>(names::FRONTEND_STATS, MapType::PerCpuArray, MAX_FRONTENDS),
-    spec::<u32, u64>(names::DROPS, MapType::PerCpuArray, DropReason::COUNT),
-    spec::<u32, NameValue>(names::FRONTEND_META, MapType::Hash, MAX_FRONTENDS)
-        .flags(BPF_F_NO_PREALLOC),
-    spec::<u32, NameValue>(names::CLUSTERS, MapType::Array, MAX_CLUSTERS),
-    spec::<u32, MaglevTable>(names::MAGLEV, MapType::Hash, MAX_FRONTENDS).flags(BPF_F_NO_PREALLOC),
-    spec::<AffinityKey, AffinityValue>(names::AFFINITY, MapType::LruHash, MAX_AFFINITY),
-    spec::<u32, u64>(names::PREFILTER, MapType::Array, PREFILTER_WORDS).flags(BPF_F_MMAPABLE),
-    spec::<u32, ClockValue>(names::CLOCK, MapType::Array, 1),
-];
+/// Every pinned map as this agent's eBPF object declares it: the rows of
+/// `mcs_common::MAPS`, in its order (a root test checks this table
+/// against the loaded object).
+pub const EXPECTED: [MapSpec; MAPS.len()] = {
+    let mut specs = [MapSpec::of(&MAPS[0]); MAPS.len()];
+    let mut i = 1;
+    while i < MAPS.len() {
+        specs[i] = MapSpec::of(&MAPS[i]);
+        i += 1;
+    }
+    specs
+};
 
 /// Map capacities an operator may size (`--conntrack-max`,
 /// `--backends-max`); every other map has the object's fixed size.

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod layout;
 pub mod maps;
 pub mod prefilter;
+#[cfg(any(test, feature = "testing"))]
 pub mod test_run;
 
 use std::{

@@ -3,7 +3,8 @@
 //! reconciler. Shared by the packet-in/packet-out tests and the `xdp` fuzz
 //! target, so both exercise exactly what the agent loads.
 //!
-//! Needs CAP_BPF (root); nothing is attached to any interface.
+//! Needs CAP_BPF (root); nothing is attached to any interface. Test support
+//! behind the `testing` feature: never in the agent binary.
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{

@@ -1,8 +1,8 @@
 //! The incremental engine against full computations: for random snapshots
 //! and random change sequences, updating only the affected imports yields
 //! exactly what computing everything from the final snapshot yields — and
-//! that equals the original single-pass computation (kept here as the
-//! reference).
+//! that equals a from-scratch reference: every import's own frontends (the
+//! same per-import code), conflicts resolved in one pass in key order.
 
 use std::{
     collections::{BTreeSet, btree_map::Entry},
@@ -11,133 +11,36 @@ use std::{
 
 use proptest::prelude::*;
 
-use super::*;
+use super::{import::import_frontends, incremental::conflict, *};
 use crate::model::{
-    Conditions, Endpoint, EndpointSlice, Flavour, ImportPort, SliceOwner, SlicePort,
+    AddressType, Conditions, Endpoint, EndpointSlice, Flavour, ImportPort, ImportType,
+    ServiceImport, SessionAffinity, SliceOwner, SlicePort,
 };
 
-/// The single-pass computation this engine replaced, verbatim.
+/// The whole state in one pass over the imports in key order: the first
+/// listing of a service frontend serves it, every later one is a conflict;
+/// an address's markers are shared.
 fn reference_compute(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<Rejection>) {
     let mut state = DesiredState::default();
     let mut rejections = Vec::new();
-
     for import in snapshot.imports.values() {
-        if import.import_type == ImportType::Headless {
-            continue; // kept in the model (DNS), no ClusterSetIP in the dataplane
-        }
-        let overridden;
-        let locality = match import.locality.as_deref().map(str::parse::<Locality>) {
-            None => &policy.locality,
-            Some(Ok(locality)) => {
-                overridden = locality;
-                &overridden
-            }
-            Some(Err(error)) => {
-                rejections.push(rejection(
-                    import,
-                    Problem::Unsupported(format!(
-                        "annotation {}: {error}; using the agent's policy",
-                        crate::model::convert::ANNOTATION_LOCALITY
-                    )),
-                ));
-                &policy.locality
-            }
-        };
-        let affinity_timeout = match import.session_affinity {
-            SessionAffinity::None => None,
-            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-        };
-        let vips: Vec<Ipv4Addr> = import
-            .ips
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        if import.ips.iter().any(IpAddr::is_ipv6) {
-            rejections.push(rejection(
-                import,
-                Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
-            ));
-        }
-        for vip in vips {
-            for port in &import.ports {
-                if port.protocol == Protocol::Sctp {
-                    rejections.push(rejection(
-                        import,
-                        Problem::Unsupported(format!(
-                            "port {:?}: SCTP is not supported",
-                            port.name
-                        )),
-                    ));
-                    continue;
+        let (entries, own) = import_frontends(snapshot, import, policy);
+        rejections.extend(own);
+        for (frontend, spec) in entries {
+            match state.frontends.entry(frontend) {
+                Entry::Vacant(entry) => {
+                    entry.insert(spec);
                 }
-                let frontend = Frontend {
-                    addr: vip,
-                    port: port.port,
-                    protocol: port.protocol,
-                };
-                let (candidates, truncated) = backends_of(
-                    snapshot,
-                    import,
-                    &port.name,
-                    port.protocol,
-                    &policy.cluster_cidrs,
-                    &mut rejections,
-                );
-                let backends =
-                    apply_locality(candidates, locality, policy.local_cluster.as_deref());
-                if truncated {
-                    rejections.push(rejection(
-                        import,
-                        Problem::Unsupported(format!(
-                            "port {:?}: more than {MAX_BACKENDS_PER_FRONTEND} endpoints; the rest are ignored",
-                            port.name
-                        )),
-                    ));
-                }
-                let spec = FrontendSpec {
-                    kind: FrontendKind::Service,
-                    name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
-                    import: import.key.clone(),
-                    backends,
-                    affinity_timeout,
-                };
-                match state.frontends.entry(frontend) {
-                    Entry::Vacant(entry) => {
-                        entry.insert(spec);
+                Entry::Occupied(entry) => {
+                    if spec.kind == FrontendKind::Service {
+                        rejections.push(conflict(&import.key, &frontend, &entry.get().import));
                     }
-                    Entry::Occupied(entry) => rejections.push(rejection(
-                        import,
-                        Problem::Conflict(format!(
-                            "{frontend} is already served for {}",
-                            entry.get().import
-                        )),
-                    )),
                 }
-            }
-            for protocol in [Protocol::Tcp, Protocol::Udp] {
-                let marker = Frontend {
-                    addr: vip,
-                    port: 0,
-                    protocol,
-                };
-                state
-                    .frontends
-                    .entry(marker)
-                    .or_insert_with(|| FrontendSpec {
-                        kind: FrontendKind::VipMarker,
-                        name: format!("{}:<vip>", import.key),
-                        import: import.key.clone(),
-                        backends: Vec::new(),
-                        affinity_timeout: None,
-                    });
             }
         }
     }
     // An endpoint refused for one port is refused for every port: report once.
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     rejections.retain(|rejection| seen.insert(rejection.to_string()));
     (state, rejections)
 }
@@ -345,7 +248,7 @@ proptest! {
                     prop_assert!(touched.contains(frontend), "{frontend} changed unreported");
                 }
             }
-            // And the full computation is the original single pass.
+            // And the full computation is the one-pass reference.
             let (reference, reference_rejections) = reference_compute(&snapshot, &policy);
             prop_assert_eq!(&full, &reference);
             prop_assert_eq!(sorted(full_rejections), sorted(reference_rejections));

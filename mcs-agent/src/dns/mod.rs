@@ -5,12 +5,10 @@
 //! * [`records`] — pure builder: model → every record of the zone, and the
 //!   lookup deciding answer / NODATA / NXDOMAIN / not our zone;
 //! * [`server`]  — UDP and TCP server (hickory) answering from the current
-//!   table, rebuilt and swapped atomically on every source update;
-//! * [`bench`]   — UDP queries-per-second load generator.
+//!   table, rebuilt and swapped atomically on every source update.
 //!
 //! `docs/dns.md` lists the records with `dig` examples.
 
-pub mod bench;
 pub mod records;
 pub mod server;
 

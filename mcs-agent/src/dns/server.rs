@@ -3,7 +3,6 @@
 //! current [`ZoneTable`], which a task rebuilds on every source update.
 
 use std::{
-    collections::BTreeSet,
     io,
     net::SocketAddr,
     sync::{
@@ -29,10 +28,10 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::records::{Lookup, ZoneTable};
-use crate::sources::SourceUpdate;
+use crate::{rejection_log::RejectionLog, sources::SourceUpdate};
 
 /// Default zone (KEP-1645 mandates `clusterset.local`).
 pub const DEFAULT_ZONE: &str = "clusterset.local";
@@ -179,7 +178,7 @@ pub async fn serve(
         ttl: config.ttl,
         table: Arc::clone(&table),
         serial: 0,
-        reported: BTreeSet::new(),
+        rejections: RejectionLog::default(),
     };
     // What the source already published is served from the first query on.
     follower.apply(&mut updates);
@@ -248,9 +247,9 @@ struct ZoneFollower {
     ttl: u32,
     table: Arc<ArcSwapOption<ZoneTable>>,
     serial: u32,
-    /// Rejections already logged, so an unchanged bad object is reported
-    /// once, not on every change of something else.
-    reported: BTreeSet<String>,
+    /// The zone's own rejections (names DNS cannot serve), logged once
+    /// each while they persist.
+    rejections: RejectionLog,
 }
 
 impl ZoneFollower {
@@ -265,20 +264,7 @@ impl ZoneFollower {
         let Some((next, rejections)) = built else {
             return;
         };
-        let mut current = BTreeSet::new();
-        for rejection in &rejections {
-            let line = rejection.to_string();
-            if !self.reported.contains(&line) {
-                warn!(
-                    kind = rejection.kind,
-                    object = %rejection.object,
-                    reason = rejection.reason(),
-                    "rejected: {line}"
-                );
-            }
-            current.insert(line);
-        }
-        self.reported = current;
+        self.rejections.log(&rejections);
         let first = self.table.load().is_none();
         let records = next.record_count();
         self.table.store(Some(Arc::new(next)));

@@ -1,6 +1,7 @@
 //! Consistency checks of [`MemoryMaps`] and of the reconciler's own id
 //! tables, shared by the churn model check, the hostile-input corpus and the
-//! fuzz targets (all outside this crate's unit tests, hence public).
+//! fuzz targets (all outside this crate's unit tests, hence public; behind
+//! the `testing` feature, never in the agent binary).
 //!
 //! Two levels:
 //! * [`check_serving`]: what the datapath relies on at every instant — each
@@ -331,6 +332,9 @@ pub struct IdTables {
     pub next_frontend_id: u32,
     pub free_frontend_ids: Vec<u32>,
     pub clusters: BTreeMap<String, u32>,
+    /// Cluster ids start at 1 (0 means unknown).
+    pub next_cluster_id: u32,
+    pub free_cluster_ids: Vec<u32>,
     pub backend_ids: BTreeMap<Identity, u32>,
     pub next_backend_id: u32,
     pub free_backend_ids: Vec<u32>,
@@ -341,29 +345,39 @@ impl Reconciler {
     pub fn id_tables(&self) -> IdTables {
         IdTables {
             frontend_ids: self.applied.iter().map(|(f, a)| (*f, a.id)).collect(),
-            next_frontend_id: self.next_id,
-            free_frontend_ids: self.free_ids.clone(),
+            next_frontend_id: self.frontend_pool.next(),
+            free_frontend_ids: self.frontend_pool.free().to_vec(),
             clusters: self.clusters.clone(),
+            next_cluster_id: self.cluster_pool.next(),
+            free_cluster_ids: self.cluster_pool.free().to_vec(),
             backend_ids: self.backend_ids.clone(),
-            next_backend_id: self.next_backend_id,
-            free_backend_ids: self.free_backend_ids.clone(),
+            next_backend_id: self.backend_pool.next(),
+            free_backend_ids: self.backend_pool.free().to_vec(),
         }
     }
 }
 
-/// Whether `used` and `free` partition `0..next` exactly.
-fn partitions(used: impl IntoIterator<Item = u32>, free: &[u32], next: u32) -> Result<(), String> {
+/// Whether `used` and `free` partition `first..next` exactly.
+fn partitions(
+    used: impl IntoIterator<Item = u32>,
+    free: &[u32],
+    first: u32,
+    next: u32,
+) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for id in used.into_iter().chain(free.iter().copied()) {
-        if id >= next {
-            return Err(format!("id {id} beyond the high-water mark {next}"));
+        if !(first..next).contains(&id) {
+            return Err(format!("id {id} outside {first}..{next}"));
         }
         if !seen.insert(id) {
             return Err(format!("id {id} both used and free, or used twice"));
         }
     }
-    if seen.len() != next as usize {
-        return Err(format!("{} of {next} ids accounted for", seen.len()));
+    if seen.len() != (next - first) as usize {
+        return Err(format!(
+            "{} of the ids {first}..{next} accounted for",
+            seen.len()
+        ));
     }
     Ok(())
 }
@@ -390,6 +404,7 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
     partitions(
         ids.frontend_ids.values().copied(),
         &ids.free_frontend_ids,
+        0,
         ids.next_frontend_id,
     )
     .or_else(|what| fail(format!("frontend ids: {what}")))?;
@@ -404,6 +419,13 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
             ids.clusters
         ));
     }
+    partitions(
+        ids.clusters.values().copied(),
+        &ids.free_cluster_ids,
+        1,
+        ids.next_cluster_id,
+    )
+    .or_else(|what| fail(format!("cluster ids: {what}")))?;
     let mut counters: BTreeMap<Identity, u32> = BTreeMap::new();
     for (key, service) in &maps.services {
         for slot in 0..service.backend_count {
@@ -433,6 +455,7 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
     partitions(
         ids.backend_ids.values().copied(),
         &ids.free_backend_ids,
+        0,
         ids.next_backend_id,
     )
     .or_else(|what| fail(format!("backend ids: {what}")))

@@ -13,163 +13,50 @@
 //! at a time, each group in one batch call (see [`deferred`]), in chunks
 //! that flow through three threads: Maglev tables, bookkeeping, writes.
 //!
-//! The maps are reached through [`DataplaneWriter`], so the logic is tested
-//! against [`memory::MemoryMaps`] without root.
+//! Files, one job each:
+//! * `mod.rs` — the [`Reconciler`]: what is applied, [`Reconciler::apply`]
+//!   and [`Reconciler::apply_changed`], the [`ApplyReport`];
+//! * `writer.rs` — the [`DataplaneWriter`] trait the maps are reached through;
+//! * `layout.rs` — slot layout, Maglev table and service key of a frontend;
+//! * `plan.rs` — what one frontend needs written, as a pure function;
+//!   `execute.rs` runs plans through the writer and keeps the books;
+//! * `ids.rs` — the one id pool behind frontend, counter and cluster ids;
+//! * `adopt.rs` — the applied state rebuilt from pinned maps after a restart;
+//! * `cold.rs` and `deferred.rs` — the batched, pipelined cold sync.
+//!
+//! Test support behind the `testing` feature (never in the agent binary):
+//! `memory.rs`, in-memory maps the logic is tested against without root,
+//! and `check.rs`, their consistency checks.
 
+mod adopt;
+mod cold;
 mod deferred;
+mod execute;
+mod ids;
+mod layout;
+mod plan;
+mod writer;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod check;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use mcs_common::{
-    BACKEND_F_READY, BACKEND_F_TERMINATING, BackendKey, BackendValue, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+use mcs_common::{MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, NameValue};
+use tracing::instrument;
+
+use self::ids::IdPool;
+pub use self::{
+    adopt::{AdoptError, PinnedState},
+    layout::{maglev_table, service_key, stable_layout},
+    writer::{DataplaneWriter, WriteError, one_by_one},
 };
-use tracing::{instrument, warn};
-
-use crate::{
-    desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
-    maglev::{self, Member},
-};
-
-/// A failed map operation.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} on map {map} failed")]
-pub struct WriteError {
-    pub map: &'static str,
-    pub op: &'static str,
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-/// Write access to the dataplane maps. `Send`: a cold sync writes from a
-/// helper thread.
-pub trait DataplaneWriter: Send {
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError>;
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError>;
-    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError>;
-    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError>;
-    fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError>;
-    fn delete_frontend_name(&mut self, frontend_id: u32) -> Result<(), WriteError>;
-    /// Zeroes a frontend's counters (an id is being reused).
-    fn reset_frontend_stats(&mut self, frontend_id: u32) -> Result<(), WriteError>;
-    /// Zeroes a backend's counters (an id is being reused).
-    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError>;
-    fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError>;
-    /// Replaces a frontend's Maglev table in one map update.
-    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError>;
-    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError>;
-
-    // Many puts at once (a cold sync). Each writes `keys[i] → values[i]`
-    // in order and returns the positions that failed with their errors;
-    // every other entry is written. The defaults write one by one.
-
-    fn put_services(
-        &mut self,
-        keys: &[ServiceKey],
-        values: &[ServiceValue],
-    ) -> Vec<(usize, WriteError)> {
-        one_by_one(keys, values, |key, value| self.put_service(key, value))
-    }
-    fn put_backends(
-        &mut self,
-        keys: &[BackendKey],
-        values: &[BackendValue],
-    ) -> Vec<(usize, WriteError)> {
-        one_by_one(keys, values, |key, value| self.put_backend(key, value))
-    }
-    fn put_frontend_names(
-        &mut self,
-        frontend_ids: &[u32],
-        names: &[NameValue],
-    ) -> Vec<(usize, WriteError)> {
-        one_by_one(frontend_ids, names, |id, name| {
-            self.put_frontend_name(*id, name)
-        })
-    }
-    fn put_maglevs(
-        &mut self,
-        frontend_ids: &[u32],
-        tables: &[MaglevTable],
-    ) -> Vec<(usize, WriteError)> {
-        one_by_one(frontend_ids, tables, |id, table| {
-            self.put_maglev(*id, table)
-        })
-    }
-}
-
-/// The default batch put: `put` for each pair, failures by position.
-pub fn one_by_one<K, V>(
-    keys: &[K],
-    values: &[V],
-    mut put: impl FnMut(&K, &V) -> Result<(), WriteError>,
-) -> Vec<(usize, WriteError)> {
-    keys.iter()
-        .zip(values)
-        .enumerate()
-        .filter_map(|(index, (key, value))| put(key, value).err().map(|error| (index, error)))
-        .collect()
-}
-
-/// Slot layout for a new backend set that moves as few backends as
-/// possible: a backend keeps its slot while that slot still exists; freed
-/// and new slots are filled in sorted order. Identity is address and port
-/// (weight or state changes rewrite the slot in place).
-pub fn stable_layout(old: &[Backend], new: &[Backend]) -> Vec<Backend> {
-    let identity = |b: &Backend| (b.addr, b.port);
-    let wanted: BTreeMap<_, &Backend> = new.iter().map(|b| (identity(b), b)).collect();
-    let mut slots: Vec<Option<Backend>> = vec![None; new.len()];
-    let mut placed = BTreeSet::new();
-    for (slot, backend) in old.iter().enumerate().take(new.len()) {
-        if let Some(current) = wanted.get(&identity(backend)) {
-            slots[slot] = Some((*current).clone());
-            placed.insert(identity(backend));
-        }
-    }
-    let mut rest = new.iter().filter(|b| !placed.contains(&identity(b)));
-    for slot in &mut slots {
-        if slot.is_none() {
-            *slot = rest.next().cloned();
-        }
-    }
-    slots.into_iter().flatten().collect()
-}
-
-/// The Maglev table of a slot layout (entries are slot numbers).
-pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
-    let members: Vec<Member> = layout
-        .iter()
-        .map(|b| Member {
-            addr: b.addr,
-            port: b.port,
-            weight: b.weight,
-        })
-        .collect();
-    let mut table = Box::new(MaglevTable {
-        slots: [0; MAGLEV_TABLE_SIZE],
-        _pad: 0,
-    });
-    for (entry, slot) in table
-        .slots
-        .iter_mut()
-        .zip(maglev::build_table(&members, MAGLEV_TABLE_SIZE))
-    {
-        *entry = slot;
-    }
-    table
-}
-
-pub fn service_key(frontend: &Frontend) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from_ne_bytes(frontend.addr.octets()),
-        port: frontend.port.to_be(),
-        proto: frontend.protocol.number(),
-        _pad: 0,
-    }
-}
+use crate::desired::{Backend, DesiredState, Frontend, FrontendKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Applied {
@@ -190,22 +77,21 @@ struct Applied {
     table_stale: bool,
 }
 
-/// What pinned maps hold, read back for adoption after a restart.
-#[derive(Clone, Debug, Default)]
-pub struct PinnedState {
-    pub services: Vec<(ServiceKey, ServiceValue)>,
-    pub backends: BTreeMap<BackendKey, BackendValue>,
-    pub frontend_names: BTreeMap<u32, String>,
-    pub clusters: BTreeMap<u32, String>,
-}
-
-/// Adoption found something it cannot make sense of.
-#[derive(Debug, thiserror::Error)]
-pub enum AdoptError {
-    #[error("service entry {0:?} has an unknown protocol")]
-    UnknownProtocol(ServiceKey),
-    #[error("frontend id {0} is used twice or out of range")]
-    BadFrontendId(u32),
+impl Applied {
+    /// A new frontend's entry before anything is written: dirty, so a
+    /// failed write leaves it to be rewritten whole.
+    fn allocated(id: u32, kind: FrontendKind) -> Self {
+        Self {
+            id,
+            kind,
+            affinity_timeout: None,
+            name: String::new(),
+            backends: Vec::new(),
+            slot_high: 0,
+            dirty: true,
+            table_stale: false,
+        }
+    }
 }
 
 /// A backend that stopped serving a frontend (removed, not ready any more,
@@ -239,12 +125,13 @@ impl ApplyReport {
 #[derive(Debug)]
 pub struct Reconciler {
     applied: BTreeMap<Frontend, Applied>,
-    next_id: u32,
-    free_ids: Vec<u32>,
+    frontend_pool: IdPool,
     clusters: BTreeMap<String, u32>,
+    cluster_pool: IdPool,
+    /// Per-backend counter ids by backend identity.
     backend_ids: BTreeMap<(Ipv4Addr, u16), u32>,
-    next_backend_id: u32,
-    free_backend_ids: Vec<u32>,
+    /// Below the capacity of the per-backend counters (`--backends-max`).
+    backend_pool: IdPool,
     /// Frontend ids found on adoption with slots or a name but no service
     /// entry (an agent died mid-apply), with how many slots to delete. Held
     /// out of the free list until the first apply has cleaned them.
@@ -267,9 +154,6 @@ pub struct Reconciler {
     /// incomplete): the next targeted apply looks for them all. Writes
     /// only fail loudly, so without failures nothing needs the O(N) scan.
     may_have_dirty: bool,
-    /// Capacity of the per-backend counters (`--backends-max`): backend ids
-    /// are handed out below it.
-    max_backends: u32,
 }
 
 /// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
@@ -290,12 +174,12 @@ impl Reconciler {
     pub fn new() -> Self {
         Self {
             applied: BTreeMap::new(),
-            next_id: 0,
-            free_ids: Vec::new(),
+            frontend_pool: IdPool::new(0..MAX_FRONTENDS),
             clusters: BTreeMap::new(),
+            // Cluster id 0 means "unknown".
+            cluster_pool: IdPool::new(1..MAX_CLUSTERS),
             backend_ids: BTreeMap::new(),
-            next_backend_id: 0,
-            free_backend_ids: Vec::new(),
+            backend_pool: IdPool::new(0..MAX_BACKENDS),
             orphans: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
             cluster_refs: BTreeMap::new(),
@@ -304,13 +188,12 @@ impl Reconciler {
             fresh_frontend_stats: false,
             fresh_backend_stats: false,
             may_have_dirty: false,
-            max_backends: MAX_BACKENDS,
         }
     }
 
     /// A reconciler for a backend counter map of `max_backends` entries.
     pub fn with_max_backends(mut self, max_backends: u32) -> Self {
-        self.max_backends = max_backends;
+        self.backend_pool.set_capacity(max_backends);
         self
     }
 
@@ -372,217 +255,9 @@ impl Reconciler {
         }
     }
 
-    /// Rebuilds the applied state from pinned maps, so the first reconcile
-    /// after a restart is a diff against what the kernel serves, never a
-    /// flush. Stale slots beyond a frontend's count are remembered and
-    /// removed by that reconcile.
-    pub fn adopt(state: &PinnedState) -> Result<Self, AdoptError> {
-        let mut reconciler = Self::new();
-        let mut used_ids = BTreeSet::new();
-        let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
-        for (key, value) in &state.backends {
-            slots_of
-                .entry(key.frontend_id)
-                .or_default()
-                .push((key.slot, *value));
-        }
-        let cluster_name = |id: u32| -> String {
-            if id == 0 {
-                String::new()
-            } else {
-                state.clusters.get(&id).cloned().unwrap_or_default()
-            }
-        };
-        for (key, value) in &state.services {
-            let protocol = crate::model::Protocol::from_number(key.proto)
-                .ok_or(AdoptError::UnknownProtocol(*key))?;
-            if value.frontend_id >= MAX_FRONTENDS || !used_ids.insert(value.frontend_id) {
-                return Err(AdoptError::BadFrontendId(value.frontend_id));
-            }
-            let frontend = Frontend {
-                addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-                port: u16::from_be(key.port),
-                protocol,
-            };
-            let slots = slots_of.remove(&value.frontend_id).unwrap_or_default();
-            let slot_high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
-            let mut backends = Vec::with_capacity(value.backend_count as usize);
-            let mut complete = true;
-            for wanted in 0..value.backend_count {
-                let Some((_, backend)) = slots.iter().find(|(slot, _)| *slot == wanted) else {
-                    complete = false;
-                    break;
-                };
-                let addr = Ipv4Addr::from(backend.addr.to_ne_bytes());
-                let port = u16::from_be(backend.port);
-                reconciler
-                    .backend_ids
-                    .insert((addr, port), backend.backend_id);
-                backends.push(Backend {
-                    addr,
-                    port,
-                    cluster: cluster_name(backend.cluster_id),
-                    weight: 1,
-                    terminating: backend.flags & BACKEND_F_TERMINATING != 0,
-                });
-            }
-            let kind = if value.flags & SVC_F_VIP_MARKER != 0 {
-                FrontendKind::VipMarker
-            } else {
-                FrontendKind::Service
-            };
-            reconciler.set_applied(
-                frontend,
-                Applied {
-                    id: value.frontend_id,
-                    kind,
-                    affinity_timeout: (value.flags & SVC_F_AFFINITY != 0)
-                        .then_some(value.affinity_timeout_s),
-                    name: state
-                        .frontend_names
-                        .get(&value.frontend_id)
-                        .cloned()
-                        .unwrap_or_default(),
-                    backends,
-                    slot_high: slot_high.max(value.backend_count),
-                    // A frontend with a hole in its slots is rewritten whole.
-                    dirty: !complete,
-                    table_stale: true,
-                },
-            );
-        }
-        // What no service owns was left by an agent that died mid-apply
-        // (slots and name are written before a new service entry and
-        // deleted after a removed one, and a table never outlives its
-        // name): removed by the first apply, never adopted or leaked.
-        for (id, slots) in &slots_of {
-            let high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
-            reconciler.orphans.insert(*id, high);
-        }
-        for id in state.frontend_names.keys() {
-            if !used_ids.contains(id) {
-                reconciler.orphans.entry(*id).or_insert(0);
-            }
-        }
-        let in_range = |id: &&u32| **id < MAX_FRONTENDS;
-        reconciler.next_id = used_ids
-            .iter()
-            .chain(reconciler.orphans.keys().filter(in_range))
-            .max()
-            .map_or(0, |id| id + 1);
-        reconciler.free_ids = (0..reconciler.next_id)
-            .filter(|id| !used_ids.contains(id) && !reconciler.orphans.contains_key(id))
-            .rev()
-            .collect();
-        let used_backend_ids: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
-        reconciler.next_backend_id = used_backend_ids.iter().next_back().map_or(0, |id| id + 1);
-        reconciler.free_backend_ids = (0..reconciler.next_backend_id)
-            .filter(|id| !used_backend_ids.contains(id))
-            .rev()
-            .collect();
-        for (id, name) in &state.clusters {
-            if !name.is_empty() {
-                reconciler.clusters.insert(name.clone(), *id);
-            }
-        }
-        reconciler.may_have_dirty = reconciler.applied.values().any(|a| a.dirty);
-        // What no adopted slot references is released by the first apply.
-        reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
-        reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
-        Ok(reconciler)
-    }
-
-    /// Per-backend counter index of `backend`, allocated on first use.
-    fn backend_id(
-        &mut self,
-        backend: &Backend,
-        maps: &mut impl DataplaneWriter,
-        report: &mut ApplyReport,
-    ) -> Result<u32, WriteError> {
-        let identity = (backend.addr, backend.port);
-        if let Some(id) = self.backend_ids.get(&identity) {
-            return Ok(*id);
-        }
-        let (id, reused) = match self.free_backend_ids.pop() {
-            Some(id) => (id, true),
-            None if self.next_backend_id < self.max_backends => {
-                self.next_backend_id += 1;
-                (self.next_backend_id - 1, false)
-            }
-            None => {
-                return Err(WriteError {
-                    map: mcs_common::names::BACKEND_STATS,
-                    op: "allocate backend id",
-                    source: format!(
-                        "all {} backend ids in use (raise --backends-max)",
-                        self.max_backends
-                    )
-                    .into(),
-                });
-            }
-        };
-        if reused || !self.fresh_backend_stats {
-            if let Err(error) = maps.reset_backend_stats(id) {
-                self.free_backend_ids.push(id);
-                return Err(error);
-            }
-            report.map_writes += 1;
-        }
-        self.backend_ids.insert(identity, id);
-        // Released again at the end of the apply unless a slot takes it.
-        self.unreferenced_backends.insert(identity);
-        Ok(id)
-    }
-
     /// Number of frontends currently programmed.
     pub fn frontend_count(&self) -> usize {
         self.applied.len()
-    }
-
-    /// A free frontend id, and whether it was used before.
-    fn allocate_id(&mut self) -> Option<(u32, bool)> {
-        if let Some(id) = self.free_ids.pop() {
-            return Some((id, true));
-        }
-        (self.next_id < MAX_FRONTENDS).then(|| {
-            self.next_id += 1;
-            (self.next_id - 1, false)
-        })
-    }
-
-    /// Cluster id for `name` (0 = unknown or table full).
-    fn cluster_id(
-        &mut self,
-        name: &str,
-        maps: &mut impl DataplaneWriter,
-        report: &mut ApplyReport,
-    ) -> u32 {
-        if name.is_empty() {
-            return 0;
-        }
-        if let Some(id) = self.clusters.get(name) {
-            return *id;
-        }
-        let used: BTreeSet<u32> = self.clusters.values().copied().collect();
-        let Some(id) = (1..MAX_CLUSTERS).find(|id| !used.contains(id)) else {
-            warn!(
-                cluster = name,
-                "cluster table full; backends shown without cluster name"
-            );
-            return 0;
-        };
-        match maps.put_cluster_name(id, &NameValue::new(name)) {
-            Ok(()) => {
-                report.map_writes += 1;
-                self.clusters.insert(name.to_owned(), id);
-                self.unreferenced_clusters.insert(name.to_owned());
-                id
-            }
-            Err(error) => {
-                warn!(cluster = name, error = %error, "cannot record cluster name");
-                0
-            }
-        }
     }
 
     /// Brings the maps from the last applied state to `desired`.
@@ -648,100 +323,6 @@ impl Reconciler {
         self.applied.is_empty() && self.orphans.is_empty()
     }
 
-    /// The first apply into maps holding no frontend (a cold sync): every
-    /// frontend is new and its id unused, so puts are deferred and written
-    /// in batches (see [`deferred`]), a chunk of frontends at a time to
-    /// bound the memory held. The Maglev tables of the next chunks are
-    /// built on another thread meanwhile: a table takes about as long to
-    /// build as a chunk's entries take to write.
-    fn apply_cold<'a, W: DataplaneWriter + Send>(
-        &mut self,
-        desired: &'a DesiredState,
-        upserts: impl Iterator<Item = &'a Frontend>,
-        maps: &mut W,
-    ) -> ApplyReport {
-        // Frontends per batch: large enough to amortise a batch call,
-        // small enough that the tables in flight stay a few MiB.
-        const CHUNK: usize = 1024;
-        let mut report = ApplyReport::default();
-        let frontends: Vec<(&Frontend, &FrontendSpec)> = upserts
-            .filter_map(|frontend| Some((frontend, desired.frontends.get(frontend)?)))
-            .collect();
-        let chunks: Vec<&[(&Frontend, &FrontendSpec)]> = frontends.chunks(CHUNK).collect();
-        let mut by_id: HashMap<u32, Frontend> = HashMap::with_capacity(frontends.len());
-        let shared = deferred::Shared::new(maps);
-        // Three stages, one chunk apart: Maglev tables are built on one
-        // thread, this thread does the bookkeeping and collects the puts,
-        // another writes them (taking the maps' lock per chunk).
-        let failed = std::thread::scope(|scope| {
-            let (built, tables_of) = std::sync::mpsc::sync_channel(1);
-            let builder_chunks = &chunks;
-            scope.spawn(move || {
-                for chunk in builder_chunks {
-                    let tables: Vec<Box<MaglevTable>> = chunk
-                        .iter()
-                        .filter(|(_, spec)| !spec.backends.is_empty())
-                        .map(|(_, spec)| maglev_table(&spec.backends))
-                        .collect();
-                    if built.send(tables).is_err() {
-                        return;
-                    }
-                }
-            });
-            let (to_writer, puts_of) = std::sync::mpsc::sync_channel::<deferred::Puts>(1);
-            let shared = &shared;
-            let writer = scope.spawn(move || {
-                let mut failed = BTreeMap::new();
-                for puts in puts_of {
-                    for (id, error) in puts.flush(&mut **shared.lock()) {
-                        failed.entry(id).or_insert(error);
-                    }
-                }
-                failed
-            });
-            for chunk in &chunks {
-                // Built from `spec.backends` in order: what a new
-                // frontend's full rewrite lays out.
-                let mut tables = tables_of.recv().unwrap_or_default().into_iter();
-                let mut batch = deferred::Deferred::new(shared);
-                for (frontend, spec) in chunk.iter() {
-                    let table = if spec.backends.is_empty() {
-                        None
-                    } else {
-                        tables.next()
-                    };
-                    match self.upsert(frontend, spec, table, &mut batch, &mut report) {
-                        Ok(()) => {
-                            if let Some(applied) = self.applied.get(frontend) {
-                                by_id.insert(applied.id, **frontend);
-                            }
-                        }
-                        Err(error) => report.errors.push((**frontend, error)),
-                    }
-                }
-                if to_writer.send(batch.into_puts()).is_err() {
-                    break; // the writer panicked; its join below re-raises it
-                }
-            }
-            drop(to_writer);
-            writer
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-        for (id, error) in failed {
-            let Some(frontend) = by_id.get(&id) else {
-                continue;
-            };
-            if let Some(applied) = self.applied.get_mut(frontend) {
-                applied.dirty = true; // rewritten whole next time
-            }
-            report.added = report.added.saturating_sub(1);
-            report.errors.push((*frontend, error));
-        }
-        self.finish_apply(shared.into_inner(), &mut report);
-        report
-    }
-
     fn apply_inner<'a>(
         &mut self,
         desired: &DesiredState,
@@ -783,6 +364,7 @@ impl Reconciler {
             if maps.put_cluster_name(id, &NameValue::EMPTY).is_ok() {
                 report.map_writes += 1;
                 self.clusters.remove(&name);
+                self.cluster_pool.release(id);
             } else {
                 self.unreferenced_clusters.insert(name); // retried next time
             }
@@ -793,397 +375,14 @@ impl Reconciler {
                 continue;
             }
             if let Some(id) = self.backend_ids.remove(&identity) {
-                self.free_backend_ids.push(id);
+                self.backend_pool.release(id);
             }
         }
         // Every dirty frontend was retried above (a full apply visits all,
         // a targeted one all when this was set): only new failures remain.
         self.may_have_dirty = !report.errors.is_empty();
     }
-
-    /// Deletes what adoption found without a service entry; an id becomes
-    /// free only once all of it is gone.
-    fn remove_orphans(&mut self, maps: &mut impl DataplaneWriter, report: &mut ApplyReport) {
-        let orphans: Vec<(u32, u32)> = self.orphans.iter().map(|(id, high)| (*id, *high)).collect();
-        for (id, slot_high) in orphans {
-            let result = (|| {
-                maps.delete_maglev(id)?;
-                report.map_writes += 1;
-                for slot in 0..slot_high {
-                    maps.delete_backend(&BackendKey {
-                        frontend_id: id,
-                        slot,
-                    })?;
-                    report.map_writes += 1;
-                }
-                maps.delete_frontend_name(id)?;
-                report.map_writes += 1;
-                Ok(())
-            })();
-            match result {
-                Ok(()) => {
-                    self.orphans.remove(&id);
-                    if id < MAX_FRONTENDS {
-                        self.free_ids.push(id);
-                    }
-                }
-                Err(error) => report.errors.push((ORPHAN_FRONTEND, error)),
-            }
-        }
-    }
-
-    fn remove(
-        &mut self,
-        frontend: &Frontend,
-        maps: &mut impl DataplaneWriter,
-        report: &mut ApplyReport,
-    ) -> Result<(), WriteError> {
-        let Some(applied) = self.applied.get_mut(frontend) else {
-            return Ok(());
-        };
-        applied.dirty = true;
-        let (id, slot_high) = (applied.id, applied.slot_high);
-        maps.delete_service(&service_key(frontend))?;
-        maps.delete_maglev(id)?;
-        report.map_writes += 2;
-        for slot in 0..slot_high {
-            maps.delete_backend(&BackendKey {
-                frontend_id: id,
-                slot,
-            })?;
-            report.map_writes += 1;
-        }
-        maps.delete_frontend_name(id)?;
-        report.map_writes += 1;
-        if let Some(applied) = self.take_applied(frontend) {
-            report
-                .retired
-                .extend(applied.backends.iter().map(|b| Retired {
-                    frontend_id: id,
-                    addr: b.addr,
-                    port: b.port,
-                    protocol: frontend.protocol,
-                }));
-        }
-        self.free_ids.push(id);
-        report.removed += 1;
-        Ok(())
-    }
-
-    /// `prebuilt`: the Maglev table of `spec.backends` in their given
-    /// order, if the caller built it already (used when all is rewritten).
-    fn upsert(
-        &mut self,
-        frontend: &Frontend,
-        spec: &FrontendSpec,
-        prebuilt: Option<Box<MaglevTable>>,
-        maps: &mut impl DataplaneWriter,
-        report: &mut ApplyReport,
-    ) -> Result<(), WriteError> {
-        let name_value = NameValue::new(&spec.name);
-        let name = name_value.as_str().to_owned();
-        let (is_new, reset_stats) = match self.applied.get(frontend) {
-            Some(existing) => {
-                if !existing.dirty
-                    && !existing.table_stale
-                    && existing.kind == spec.kind
-                    && existing.affinity_timeout == spec.affinity_timeout
-                    && existing.name == name
-                    && stable_layout(&existing.backends, &spec.backends) == existing.backends
-                {
-                    return Ok(()); // unchanged: not a single write
-                }
-                (false, false)
-            }
-            None => {
-                let Some((id, reused)) = self.allocate_id() else {
-                    return Err(WriteError {
-                        map: mcs_common::names::SERVICES,
-                        op: "allocate frontend id",
-                        source: format!("all {MAX_FRONTENDS} frontend ids in use").into(),
-                    });
-                };
-                // Recorded before any write, so a failure below leaves the
-                // id owned (and retried as dirty), never leaked.
-                self.set_applied(
-                    *frontend,
-                    Applied {
-                        id,
-                        kind: spec.kind,
-                        affinity_timeout: None,
-                        name: String::new(),
-                        backends: Vec::new(),
-                        slot_high: 0,
-                        dirty: true,
-                        table_stale: false,
-                    },
-                );
-                (true, reused || !self.fresh_frontend_stats)
-            }
-        };
-        // What is known to be in the maps; the stored entry stays marked
-        // dirty until every write below has succeeded.
-        let Some(stored) = self.applied.get_mut(frontend) else {
-            return Ok(()); // inserted or present above
-        };
-        let known = stored.clone();
-        stored.dirty = true;
-        let id = known.id;
-        let rewrite_all = known.dirty;
-        let layout = if rewrite_all {
-            spec.backends.clone()
-        } else {
-            stable_layout(&known.backends, &spec.backends)
-        };
-
-        if reset_stats {
-            maps.reset_frontend_stats(id)?;
-            report.map_writes += 1;
-        }
-        if rewrite_all || known.name != name {
-            maps.put_frontend_name(id, &name_value)?;
-            report.map_writes += 1;
-        }
-        // 1. Slots (new and changed ones; the old table still points only
-        //    at slots that exist).
-        for (slot, backend) in layout.iter().enumerate() {
-            if !rewrite_all && known.backends.get(slot) == Some(backend) {
-                continue;
-            }
-            let cluster_id = self.cluster_id(&backend.cluster, maps, report);
-            let backend_id = self.backend_id(backend, maps, report)?;
-            if let Some(applied) = self.applied.get_mut(frontend) {
-                applied.slot_high = applied.slot_high.max(slot as u32 + 1);
-            }
-            let flags = if backend.terminating {
-                BACKEND_F_TERMINATING
-            } else {
-                BACKEND_F_READY
-            };
-            let value = BackendValue {
-                addr: u32::from_ne_bytes(backend.addr.octets()),
-                port: backend.port.to_be(),
-                _pad: 0,
-                cluster_id,
-                flags,
-                backend_id,
-                _pad2: 0,
-            };
-            maps.put_backend(
-                &BackendKey {
-                    frontend_id: id,
-                    slot: slot as u32,
-                },
-                &value,
-            )?;
-            report.map_writes += 1;
-        }
-        // 2. The table, swapped whole, before the count can grow.
-        let members = |list: &[Backend]| -> Vec<(std::net::Ipv4Addr, u16, u32)> {
-            list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
-        };
-        let table_changed =
-            rewrite_all || known.table_stale || members(&known.backends) != members(&layout);
-        if table_changed && !layout.is_empty() {
-            let table = match prebuilt {
-                // A full rewrite lays the backends out in spec order.
-                Some(table) if rewrite_all => table,
-                _ => maglev_table(&layout),
-            };
-            maps.put_maglev(id, &table)?;
-            report.map_writes += 1;
-        }
-        // 3. The service entry.
-        if rewrite_all
-            || known.backends.len() != layout.len()
-            || known.affinity_timeout != spec.affinity_timeout
-        {
-            let mut flags = match spec.kind {
-                FrontendKind::Service => SVC_F_NONE,
-                FrontendKind::VipMarker => SVC_F_VIP_MARKER,
-            };
-            if spec.affinity_timeout.is_some() {
-                flags |= SVC_F_AFFINITY;
-            }
-            maps.put_service(
-                &service_key(frontend),
-                &ServiceValue {
-                    frontend_id: id,
-                    backend_count: layout.len() as u32,
-                    flags,
-                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
-                },
-            )?;
-            report.map_writes += 1;
-        }
-        // 4. What the new state no longer uses.
-        // (A new frontend's id has no table: ids are freed only after
-        // their table is deleted.)
-        if layout.is_empty() && ((rewrite_all && !is_new) || !known.backends.is_empty()) {
-            maps.delete_maglev(id)?;
-            report.map_writes += 1;
-        }
-        let slot_high = self.applied.get(frontend).map_or(0, |a| a.slot_high);
-        for slot in layout.len() as u32..slot_high {
-            maps.delete_backend(&BackendKey {
-                frontend_id: id,
-                slot,
-            })?;
-            report.map_writes += 1;
-        }
-        let kept: BTreeSet<(Ipv4Addr, u16)> = layout.iter().map(|b| (b.addr, b.port)).collect();
-        report.retired.extend(
-            known
-                .backends
-                .iter()
-                .filter(|b| !kept.contains(&(b.addr, b.port)))
-                .map(|b| Retired {
-                    frontend_id: id,
-                    addr: b.addr,
-                    port: b.port,
-                    protocol: frontend.protocol,
-                }),
-        );
-        self.set_applied(
-            *frontend,
-            Applied {
-                id,
-                kind: spec.kind,
-                affinity_timeout: spec.affinity_timeout,
-                name,
-                slot_high: layout.len() as u32,
-                backends: layout,
-                dirty: false,
-                table_stale: false,
-            },
-        );
-        if is_new {
-            report.added += 1;
-        } else {
-            report.updated += 1;
-        }
-        Ok(())
-    }
 }
-
-/// An in-memory [`DataplaneWriter`] for tests and model checks.
-pub mod memory {
-    use std::collections::BTreeMap;
-
-    use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
-
-    use super::{DataplaneWriter, WriteError};
-
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub struct MemoryMaps {
-        pub services: BTreeMap<ServiceKey, ServiceValue>,
-        pub backends: BTreeMap<BackendKey, BackendValue>,
-        pub names: BTreeMap<u32, String>,
-        pub clusters: BTreeMap<u32, String>,
-        pub maglev: BTreeMap<u32, Vec<u16>>,
-        pub stats_resets: Vec<u32>,
-        pub backend_stats_resets: Vec<u32>,
-        /// Fail every write after this many (fault injection).
-        pub fail_after: Option<usize>,
-        pub writes: usize,
-    }
-
-    impl MemoryMaps {
-        /// The state adoption would read back from these maps.
-        pub fn pinned_state(&self) -> super::PinnedState {
-            super::PinnedState {
-                services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
-                backends: self.backends.clone(),
-                frontend_names: self.names.clone(),
-                clusters: self.clusters.clone(),
-            }
-        }
-
-        fn write(&mut self, map: &'static str, op: &'static str) -> Result<(), WriteError> {
-            self.writes += 1;
-            match self.fail_after {
-                Some(limit) if self.writes > limit => Err(WriteError {
-                    map,
-                    op,
-                    source: "injected failure".into(),
-                }),
-                _ => Ok(()),
-            }
-        }
-    }
-
-    impl DataplaneWriter for MemoryMaps {
-        fn put_service(
-            &mut self,
-            key: &ServiceKey,
-            value: &ServiceValue,
-        ) -> Result<(), WriteError> {
-            self.write("services", "put")?;
-            self.services.insert(*key, *value);
-            Ok(())
-        }
-        fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
-            self.write("services", "delete")?;
-            self.services.remove(key);
-            Ok(())
-        }
-        fn put_backend(
-            &mut self,
-            key: &BackendKey,
-            value: &BackendValue,
-        ) -> Result<(), WriteError> {
-            self.write("backends", "put")?;
-            self.backends.insert(*key, *value);
-            Ok(())
-        }
-        fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
-            self.write("backends", "delete")?;
-            self.backends.remove(key);
-            Ok(())
-        }
-        fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
-            self.write("names", "put")?;
-            self.names.insert(id, name.as_str().to_owned());
-            Ok(())
-        }
-        fn delete_frontend_name(&mut self, id: u32) -> Result<(), WriteError> {
-            self.write("names", "delete")?;
-            self.names.remove(&id);
-            Ok(())
-        }
-        fn reset_frontend_stats(&mut self, id: u32) -> Result<(), WriteError> {
-            self.write("stats", "reset")?;
-            self.stats_resets.push(id);
-            Ok(())
-        }
-        fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
-            self.write("clusters", "put")?;
-            if name.len == 0 {
-                self.clusters.remove(&id);
-            } else {
-                self.clusters.insert(id, name.as_str().to_owned());
-            }
-            Ok(())
-        }
-        fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
-            self.write("backend_stats", "reset")?;
-            self.backend_stats_resets.push(id);
-            Ok(())
-        }
-        fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-            self.write("maglev", "put")?;
-            self.maglev.insert(id, table.slots.to_vec());
-            Ok(())
-        }
-        fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
-            self.write("maglev", "delete")?;
-            self.maglev.remove(&id);
-            Ok(())
-        }
-    }
-}
-
-pub mod check;
 
 #[cfg(test)]
 mod tests;

@@ -162,6 +162,7 @@ impl FileSource {
         SourceUpdate {
             snapshot,
             rejections: all,
+            references: Default::default(),
         }
     }
 

@@ -1,10 +1,14 @@
 //! Object sources. Each turns its objects into the shared model and
-//! publishes a [`SourceUpdate`] whenever what it knows changes.
+//! publishes a [`SourceUpdate`] whenever what it knows changes: the
+//! snapshot, the problems found converting it, and (API server only) a
+//! reference to every object, so that the rejections the agent derives
+//! later can become Events on them ([`crate::events`]). Sources neither
+//! compute desired state nor report: that is the run loop's job.
 
 pub mod file;
 pub mod kube;
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use tokio::sync::watch;
 
@@ -14,7 +18,7 @@ use self::{
 };
 use crate::{
     cli::SourceSpec,
-    model::{Rejection, Snapshot},
+    model::{ObjectKey, Rejection, Snapshot},
 };
 
 /// Everything a source currently knows, with the problems it found.
@@ -22,6 +26,22 @@ use crate::{
 pub struct SourceUpdate {
     pub snapshot: Snapshot,
     pub rejections: Vec<Rejection>,
+    /// The API objects behind the snapshot (empty for files).
+    pub references: Arc<References>,
+}
+
+/// API objects by kind and namespace/name.
+pub type References = HashMap<(String, ObjectKey), ObjectRef>;
+
+/// An API object a rejection may name: what an Event's `regarding` needs.
+/// No resourceVersion, so an object changed in nothing the agent reads
+/// keeps an equal reference (and publishes no update).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub key: ObjectKey,
+    pub uid: Option<String>,
 }
 
 /// The source the agent follows.
@@ -52,6 +72,14 @@ impl Source {
             SourceSpec::Kube => Ok(Self::Kube(
                 KubeSource::connect(kubeconfig, KubeSourceOptions::default()).await?,
             )),
+        }
+    }
+
+    /// The API server client, for Events (none for files).
+    pub fn kube_client(&self) -> Option<::kube::Client> {
+        match self {
+            Self::File(_) => None,
+            Self::Kube(source) => Some(source.client().clone()),
         }
     }
 

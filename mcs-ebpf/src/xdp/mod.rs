@@ -10,6 +10,8 @@
 //! 4. on a miss, look the destination up as a frontend; if it is one, pick a
 //!    backend, record both directions in conntrack and DNAT;
 //! 5. pass the packet on for the kernel to route.
+//!
+//! With the `debug-log` feature each step logs its outcome (`debug_log!`).
 
 mod conntrack;
 mod nat;
@@ -17,7 +19,11 @@ mod reject;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
-use mcs_common::{CT_F_REPLY, DropReason, PROTO_TCP, SVC_F_VIP_MARKER, prefilter::Role};
+use mcs_common::{
+    DropReason, PROTO_TCP, SVC_F_VIP_MARKER,
+    byte_order::{host_port, ipv4},
+    prefilter::Role,
+};
 
 use crate::{
     lb::{self, SelectError, Selector},
@@ -42,10 +48,12 @@ pub fn mcs_xdp(ctx: XdpContext) -> u32 {
         Ok(()) => xdp_action::XDP_PASS,
         Err(Error::NotOurs) => xdp_action::XDP_PASS,
         Err(Error::Refused) => {
+            debug_log!(&ctx, "refused: no backend, reply sent to the client");
             count_drop(DropReason::NoBackend);
             xdp_action::XDP_PASS
         }
         Err(Error::Drop(reason)) => {
+            debug_log!(&ctx, "drop: {}", reason.name());
             count_drop(reason);
             xdp_action::XDP_DROP
         }
@@ -56,8 +64,16 @@ pub fn mcs_xdp(ctx: XdpContext) -> u32 {
 fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     let pkt = match packet::parse(ctx) {
         Ok(pkt) => pkt,
-        Err(ParseError::NotTcpUdpV4 | ParseError::Truncated) => return Err(Error::NotOurs),
+        Err(ParseError::NotTcpUdpV4) => {
+            debug_log!(ctx, "parse: not IPv4 TCP/UDP, passed");
+            return Err(Error::NotOurs);
+        }
+        Err(ParseError::Truncated) => {
+            debug_log!(ctx, "parse: headers cut short, passed");
+            return Err(Error::NotOurs);
+        }
         Err(ParseError::Fragment { daddr, proto }) => {
+            debug_log!(ctx, "parse: fragment to {} proto {}", ipv4(daddr), proto);
             // Only the first fragment carries ports, so fragments to a
             // ClusterSetIP cannot be translated consistently: drop them
             // rather than let them wander off towards an unrouted VIP.
@@ -68,6 +84,12 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
             });
         }
         Err(ParseError::L4Truncated { daddr, proto }) => {
+            debug_log!(
+                ctx,
+                "parse: L4 header cut short, to {} proto {}",
+                ipv4(daddr),
+                proto
+            );
             return Err(if nat::is_cluster_set_ip(daddr, proto) {
                 Error::Drop(DropReason::Malformed)
             } else {
@@ -76,18 +98,36 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
         }
     };
     let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
+    debug_log!(
+        ctx,
+        "parse: {}:{} -> {}:{} proto {}",
+        ipv4(saddr),
+        host_port(sport),
+        ipv4(daddr),
+        host_port(dport),
+        pkt.proto
+    );
     // Every forward conntrack entry and frontend has a destination member,
     // every reply entry a source member (kept so by the agent).
     if !prefilter_may_contain(daddr, Role::Destination)
         && !prefilter_may_contain(saddr, Role::Source)
     {
+        debug_log!(ctx, "prefilter: neither address is ours, passed");
         return Err(Error::NotOurs);
     }
 
     let key = conntrack::key(saddr, daddr, sport, dport, pkt.proto);
     if let Some(entry) = conntrack::lookup(&key) {
         let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
-        if entry.flags & CT_F_REPLY != 0 {
+        debug_log!(
+            ctx,
+            "conntrack: frontend {} {} entry, rewrite to {}:{}",
+            entry.frontend_id,
+            if entry.is_reply() { "reply" } else { "forward" },
+            ipv4(entry.nat_addr),
+            host_port(entry.nat_port)
+        );
+        if entry.is_reply() {
             nat::rewrite(&pkt, nat::Side::Source, entry.nat_addr, entry.nat_port);
         } else {
             nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
@@ -98,13 +138,21 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     }
 
     let Some(service) = lb::lookup_service(daddr, dport, pkt.proto) else {
+        debug_log!(ctx, "frontend: none for this destination, passed");
         return Err(Error::NotOurs);
     };
     if service.flags & SVC_F_VIP_MARKER != 0 {
+        debug_log!(ctx, "frontend: port 0 marker, passed");
         return Err(Error::NotOurs); // port 0: not a service port
     }
+    debug_log!(
+        ctx,
+        "frontend {}: {} backends",
+        service.frontend_id,
+        service.backend_count
+    );
     let selector = Selector::for_packet(saddr, daddr, sport, dport, pkt.proto);
-    let (backend, _slot) = match lb::select_backend(&service, &selector) {
+    let (backend, slot) = match lb::select_backend(&service, &selector) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => {
             count_no_backend(service.frontend_id);
@@ -120,6 +168,14 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
         }
         Err(SelectError::SlotMissing) => return Err(Error::Drop(DropReason::BackendMissing)),
     };
+    debug_log!(
+        ctx,
+        "frontend {}: backend {}:{} (slot {})",
+        service.frontend_id,
+        ipv4(backend.addr),
+        host_port(backend.port),
+        slot
+    );
     if conntrack::create(&key, &service, &backend, pkt.l4.tcp_flags).is_err() {
         warn!(ctx, "conntrack insert failed (map full?)");
         return Err(Error::Drop(DropReason::CtFull));

@@ -15,10 +15,16 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use mcs_common::{PROTO_TCP, checksum::fold};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use mcs_common::{
+    PROTO_TCP,
+    checksum::{finish, pseudo_header_seed, sum_words},
+};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet::{Packet, ptr_at};
+use crate::packet::{
+    ETH_P_IP_RAW, Packet, TCP_DOFF_BYTE, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
+    TCP_FLAGS_BYTE, ptr_at,
+};
 
 /// The reply could not be built; the caller drops the packet.
 pub struct Unreplied;
@@ -27,26 +33,10 @@ const IPPROTO_ICMP: u8 = 1;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const TTL: u8 = 64;
-const TCP_FLAG_ACK: u8 = 0x10;
-const TCP_FLAG_RST: u8 = 0x04;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_FIN: u8 = 0x01;
-
-/// Sum of `N` native-order 16-bit words starting at `ptr`.
-///
-/// # Safety
-/// `ptr .. ptr + 2N` must be inside the packet (bounds-checked by caller).
-#[inline(always)]
-unsafe fn sum_words<const N: usize>(ptr: *const u8) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < N {
-        // SAFETY: within the caller-checked range.
-        sum += u32::from(unsafe { u16::from_ne_bytes([*ptr.add(2 * i), *ptr.add(2 * i + 1)]) });
-        i += 1;
-    }
-    sum
-}
+/// IPv4 `frags` with Don't Fragment set.
+const IP_DF: u16 = 0x4000;
+/// TCP data offset of a header without options, in 32-bit words.
+const TCP_DOFF_NO_OPTIONS: u8 = (TcpHdr::LEN / 4) as u8;
 
 /// Fills a fresh 20-byte IPv4 header and its checksum.
 ///
@@ -60,13 +50,13 @@ unsafe fn write_ip(ip: *mut Ipv4Hdr, saddr: u32, daddr: u32, proto: u8, tot_len:
         (*ip).tos = 0;
         (*ip).tot_len = tot_len.to_be_bytes();
         (*ip).id = [0, 0];
-        (*ip).frags = 0x4000u16.to_be_bytes();
+        (*ip).frags = IP_DF.to_be_bytes();
         (*ip).ttl = TTL;
         (*ip).proto = proto;
         (*ip).check = [0, 0];
         (*ip).src_addr = saddr.to_ne_bytes();
         (*ip).dst_addr = daddr.to_ne_bytes();
-        let check = !fold(sum_words::<10>(ip as *const u8));
+        let check = finish(sum_words(0, &*ip.cast::<[u8; Ipv4Hdr::LEN]>()));
         (*ip).check = check.to_ne_bytes();
     }
 }
@@ -85,8 +75,8 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
         (
             u32::from_be_bytes((*tcp).seq),
             u32::from_be_bytes((*tcp).ack_seq),
-            *(tcp as *const u8).add(13),
-            u32::from(*(tcp as *const u8).add(12) >> 4) * 4,
+            *(tcp as *const u8).add(TCP_FLAGS_BYTE),
+            u32::from(*(tcp as *const u8).add(TCP_DOFF_BYTE) >> 4) * 4,
         )
     };
     if flags & TCP_FLAG_RST != 0 {
@@ -119,24 +109,19 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
             PROTO_TCP,
             (Ipv4Hdr::LEN + TcpHdr::LEN) as u16,
         );
-        let bytes = tcp as *mut u8;
+        let bytes = tcp.cast::<u8>();
         (*tcp).source = dport.to_ne_bytes();
         (*tcp).dest = sport.to_ne_bytes();
         (*tcp).seq = reply_seq.to_be_bytes();
         (*tcp).ack_seq = reply_ack.to_be_bytes();
-        *bytes.add(12) = 5 << 4; // data offset 5 words, no options
-        *bytes.add(13) = reply_flags;
+        *bytes.add(TCP_DOFF_BYTE) = TCP_DOFF_NO_OPTIONS << 4;
+        *bytes.add(TCP_FLAGS_BYTE) = reply_flags;
         (*tcp).window = [0, 0];
         (*tcp).check = [0, 0];
         (*tcp).urg_ptr = [0, 0];
-        let pseudo = u32::from(u16::from_ne_bytes([0, PROTO_TCP]))
-            + u32::from(u16::from_ne_bytes((TcpHdr::LEN as u16).to_be_bytes()))
-            + (daddr & 0xffff)
-            + (daddr >> 16)
-            + (saddr & 0xffff)
-            + (saddr >> 16);
-        let check = !fold(pseudo + sum_words::<10>(bytes));
-        (*tcp).check = check.to_ne_bytes();
+        let pseudo = pseudo_header_seed(daddr, saddr, PROTO_TCP, TcpHdr::LEN as u16);
+        let segment = sum_words(u32::from(pseudo), &*tcp.cast::<[u8; TcpHdr::LEN]>());
+        (*tcp).check = finish(segment).to_ne_bytes();
     }
     Ok(())
 }
@@ -145,9 +130,11 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
 /// quoting its IP header and first 8 bytes (RFC 792).
 #[inline(always)]
 pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
-    const ICMP_LEN: usize = 8;
+    /// The quoted part: the datagram's IP header and UDP header.
     const QUOTE_LEN: usize = Ipv4Hdr::LEN + UdpHdr::LEN;
-    const GROW: i32 = (Ipv4Hdr::LEN + ICMP_LEN) as i32;
+    /// The ICMP message: its header and the quote.
+    const MESSAGE_LEN: usize = Icmpv4Hdr::LEN + QUOTE_LEN;
+    const GROW: i32 = (Ipv4Hdr::LEN + Icmpv4Hdr::LEN) as i32;
     if pkt.ihl_bytes != Ipv4Hdr::LEN {
         return Err(Unreplied);
     }
@@ -163,7 +150,7 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unrep
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -GROW) } != 0 {
         return Err(Unreplied);
     }
-    let total = EthHdr::LEN + Ipv4Hdr::LEN + ICMP_LEN + QUOTE_LEN;
+    let total = EthHdr::LEN + Ipv4Hdr::LEN + MESSAGE_LEN;
     let old_len = (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: the helper checks the resulting length itself.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, total as i32 - old_len) } != 0 {
@@ -171,34 +158,27 @@ pub fn icmp_port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unrep
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Unreplied)?;
-    let icmp: *mut [u8; ICMP_LEN + QUOTE_LEN] =
+    let message: *mut [u8; MESSAGE_LEN] =
         ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
+    let icmp = message.cast::<Icmpv4Hdr>();
     // SAFETY: all bounds-checked just above; the old Ethernet header (now
     // overlapping the new IP header) was read before these writes.
     unsafe {
         (*eth).dst_addr = node_mac;
         (*eth).src_addr = client_mac;
-        (*eth).ether_type = u16::from_ne_bytes(0x0800u16.to_be_bytes());
+        (*eth).ether_type = ETH_P_IP_RAW;
         write_ip(
             ip,
             daddr,
             saddr,
             IPPROTO_ICMP,
-            (Ipv4Hdr::LEN + ICMP_LEN + QUOTE_LEN) as u16,
+            (Ipv4Hdr::LEN + MESSAGE_LEN) as u16,
         );
-        let bytes = icmp as *mut u8;
-        *bytes = ICMP_DEST_UNREACH;
-        *bytes.add(1) = ICMP_PORT_UNREACH;
-        *bytes.add(2) = 0;
-        *bytes.add(3) = 0;
-        *bytes.add(4) = 0;
-        *bytes.add(5) = 0;
-        *bytes.add(6) = 0;
-        *bytes.add(7) = 0;
-        let check = !fold(sum_words::<{ (ICMP_LEN + QUOTE_LEN) / 2 }>(bytes));
-        let check = check.to_ne_bytes();
-        *bytes.add(2) = check[0];
-        *bytes.add(3) = check[1];
+        (*icmp).type_ = ICMP_DEST_UNREACH;
+        (*icmp).code = ICMP_PORT_UNREACH;
+        (*icmp).check = [0, 0];
+        (*icmp).data = [0; 4]; // unused for port unreachable
+        (*icmp).check = finish(sum_words(0, &*message)).to_ne_bytes();
     }
     Ok(())
 }

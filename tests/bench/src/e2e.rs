@@ -501,10 +501,8 @@ impl Lab {
 /// Attaches the bench's XDP_PASS program (native mode, as the agent does on
 /// veth) to both veths of `lb`.
 fn attach_xdp_pass(lb: &Netns) -> Result<aya::Ebpf> {
-    let mut ebpf = aya::EbpfLoader::new()
-        .map_max_entries(mcs_common::names::CONNTRACK, 1024)
-        .load(mcs_agent::dataplane::EBPF_OBJECT)
-        .context("load the eBPF object")?;
+    let mut ebpf = aya::Ebpf::load(&crate::perpacket::calibration_object()?)
+        .context("load the calibration object")?;
     let program: &mut aya::programs::Xdp = ebpf
         .program_mut(crate::perpacket::BENCH_PASS)
         .context("mcs_bench_pass missing from the object")?

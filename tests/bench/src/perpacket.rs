@@ -5,7 +5,9 @@
 //! unit), `mcs_bench_lru_insert` and `mcs_bench_lru_insert_pcpu` (one
 //! conntrack-shaped LRU insert, common and per-CPU LRU lists) and the real
 //! `mcs_xdp` on a miss, a new flow, a conntrack hit and a reverse-NAT reply,
-//! all from the agent's embedded object.
+//! the calibration programs from their own object (`mcs-bench-ebpf`,
+//! `MCS_BENCH_OBJECT`; the agent never embeds them), the real program from
+//! the agent's embedded object.
 //!
 //! With `repeat > 1` the kernel runs the program again on the packet the
 //! previous run rewrote, so two methods are used:
@@ -29,8 +31,10 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    env, fs,
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
     time::Instant,
 };
 
@@ -216,7 +220,10 @@ pub fn ct_capacity(fill: usize) -> u32 {
 }
 
 struct Bench {
+    /// The agent's object: `mcs_xdp` and its maps.
     ebpf: Ebpf,
+    /// The calibration programs and their maps (`mcs-bench-ebpf`).
+    calibration: Ebpf,
     maps: MapHandles,
     /// The LRU-insert calibration map (filled like conntrack).
     lru: AyaHashMap<MapData, [u8; 16], [u8; 40]>,
@@ -231,6 +238,35 @@ fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    program
+        .load()
+        .with_context(|| format!("the verifier refused {name}"))
+}
+
+/// The calibration programs' object: `MCS_BENCH_OBJECT` (set by `cargo
+/// xtask bench`), else where `cargo xtask build-ebpf` links it.
+pub fn calibration_object() -> Result<Vec<u8>> {
+    let path = env::var_os("MCS_BENCH_OBJECT").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/bpf/bpfel-unknown-none/release/mcs-bench-ebpf")
+        },
+        PathBuf::from,
+    );
+    fs::read(&path).with_context(|| {
+        format!(
+            "read the calibration object {} (built by `cargo xtask build-ebpf`; MCS_BENCH_OBJECT overrides the path)",
+            path.display()
+        )
+    })
+}
+
 impl Bench {
     fn load(ct_capacity: u32, services: usize) -> Result<Self> {
         ensure!(
@@ -238,11 +274,7 @@ impl Bench {
             "mcs-agent was built without its eBPF object: run `cargo xtask build-ebpf` first"
         );
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::CONNTRACK, ct_capacity)
-            .map_max_entries(BENCH_LRU, ct_capacity)
-            .map_max_entries(BENCH_LRU_PCPU, ct_capacity)
-            .map_max_entries(BENCH_MAP, BENCH_MAP_ENTRIES);
+        loader.map_max_entries(names::CONNTRACK, ct_capacity);
         if services > RECONCILER_MAX_SERVICES {
             // Written directly (see `program_direct`): room for every
             // frontend, counter and backend slot.
@@ -261,40 +293,49 @@ impl Bench {
                 .map_max_entries(names::BACKENDS, slots);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
+        load_xdp(&mut ebpf, programs::XDP)?;
+        let mut calibration = EbpfLoader::new()
+            .map_max_entries(BENCH_LRU, ct_capacity)
+            .map_max_entries(BENCH_LRU_PCPU, ct_capacity)
+            .map_max_entries(BENCH_MAP, BENCH_MAP_ENTRIES)
+            .load(&calibration_object()?)
+            .context("load the calibration object")?;
         for name in [
-            programs::XDP,
             BENCH_PASS,
             BENCH_LOOKUP,
             BENCH_LRU_INSERT,
             BENCH_LRU_INSERT_PCPU,
         ] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()
-                .with_context(|| format!("{name} is not an XDP program"))?;
-            program
-                .load()
-                .with_context(|| format!("the verifier refused {name}"))?;
+            load_xdp(&mut calibration, name)?;
         }
         let mut maps = MapHandles::take(&mut ebpf).context("take the maps")?;
         // As the agent does before its first sync: timestamps from jiffies.
         mcs_agent::dataplane::clock::calibrate(&mut ebpf, &mut maps.clock)
             .context("calibrate the datapath clock")?;
-        let lru = ebpf
+        let lru = calibration
             .take_map(BENCH_LRU)
             .with_context(|| format!("map {BENCH_LRU} missing"))?;
         let lru = AyaHashMap::try_from(lru).context("LRU calibration map type")?;
-        let lru_pcpu = ebpf
+        let lru_pcpu = calibration
             .take_map(BENCH_LRU_PCPU)
             .with_context(|| format!("map {BENCH_LRU_PCPU} missing"))?;
         let lru_pcpu = AyaHashMap::try_from(lru_pcpu).context("LRU calibration map type")?;
         Ok(Self {
             ebpf,
+            calibration,
             maps,
             lru,
             lru_pcpu,
         })
+    }
+
+    /// The object holding `program`.
+    fn object_of(&self, program: &str) -> &Ebpf {
+        if program == programs::XDP {
+            &self.ebpf
+        } else {
+            &self.calibration
+        }
     }
 
     fn run(
@@ -304,7 +345,7 @@ impl Bench {
         repeat: u32,
         out: Option<&mut [u8]>,
     ) -> Result<(u32, u64)> {
-        let result = xdp(&self.ebpf, program)?
+        let result = xdp(self.object_of(program), program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: out,
@@ -319,7 +360,7 @@ impl Bench {
     /// Fills the calibration map with 64k keys, `hit` among them.
     fn fill_lookup_map(&mut self, hit: [u8; 16]) -> Result<()> {
         let map = self
-            .ebpf
+            .calibration
             .take_map(BENCH_MAP)
             .with_context(|| format!("map {BENCH_MAP} missing"))?;
         let map: AyaHashMap<MapData, [u8; 16], u64> =
@@ -396,12 +437,7 @@ fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
     let mut maglev_values = Vec::new();
     for (index, service) in set.services.iter().enumerate() {
         let id = u32::try_from(index).context("frontend id")?;
-        let key = ServiceKey {
-            addr: u32::from_ne_bytes(service.vip.octets()),
-            port: service.tcp.0.to_be(),
-            proto: PROTO_TCP,
-            _pad: 0,
-        };
+        let key = ServiceKey::new(service.vip, service.tcp.0, PROTO_TCP);
         let backends: Vec<desired::Backend> = service
             .endpoints
             .iter()
@@ -420,15 +456,12 @@ fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
                 frontend_id: id,
                 slot: u32::try_from(slot).context("slot")?,
             });
-            be_values.push(BackendValue {
-                addr: u32::from_ne_bytes(backend.addr.octets()),
-                port: backend.port.to_be(),
-                _pad: 0,
-                cluster_id: 1,
-                flags: BACKEND_F_READY,
+            be_values.push(BackendValue::new(
+                SocketAddrV4::new(backend.addr, backend.port),
+                1,
+                BACKEND_F_READY,
                 backend_id,
-                _pad2: 0,
-            });
+            ));
         }
         // The Maglev table depends only on the member set; pool services
         // repeat their sets every POOL_SIZE/10 services.
@@ -451,12 +484,7 @@ fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
             affinity_timeout_s: 0,
         });
         for (m, proto) in [(0u32, PROTO_TCP), (1, mcs_common::PROTO_UDP)] {
-            svc_keys.push(ServiceKey {
-                addr: key.addr,
-                port: 0,
-                proto,
-                _pad: 0,
-            });
+            svc_keys.push(ServiceKey::new(service.vip, 0, proto));
             svc_values.push(ServiceValue {
                 frontend_id: u32::try_from(n).context("id")? + id * 2 + m,
                 backend_count: 0,
@@ -491,43 +519,16 @@ fn prefill_conntrack(bench: &Bench, fill: usize) -> Result<()> {
         let vip = Ipv4Addr::from(0x0a61_0000 | ((r >> 16) as u32 & 0xffff)); // 10.97.x.y
         let backend = Ipv4Addr::from(0x0a40_0000 | ((r >> 32) as u32 & 0xffff)); // 10.64.x.y
         let sport = ((r >> 48) as u16) | 1024;
-        let forward = CtKey {
-            saddr: u32::from_ne_bytes(client.octets()),
-            daddr: u32::from_ne_bytes(vip.octets()),
-            sport: sport.to_be(),
-            dport: 80u16.to_be(),
-            proto: PROTO_TCP,
-            _pad: [0; 3],
-        };
-        let value = CtValue {
-            nat_addr: u32::from_ne_bytes(backend.octets()),
-            nat_port: 8080u16.to_be(),
-            _pad: 0,
-            flags: 0,
-            frontend_id: 0,
-            backend_addr: u32::from_ne_bytes(backend.octets()),
-            backend_port: 8080u16.to_be(),
-            _pad2: 0,
-            backend_id: 0,
-            _pad3: 0,
-            last_seen_ns: 0,
-        };
-        keys.push(forward);
+        let (client, vip) = (SocketAddrV4::new(client, sport), SocketAddrV4::new(vip, 80));
+        let backend = SocketAddrV4::new(backend, 8080);
+        let value = CtValue::new(backend, 0, 0, backend, 0);
+        keys.push(CtKey::new(client, vip, PROTO_TCP));
         values.push(value);
         if keys.len() < fill {
-            keys.push(CtKey {
-                saddr: value.nat_addr,
-                daddr: forward.saddr,
-                sport: value.nat_port,
-                dport: forward.sport,
-                proto: PROTO_TCP,
-                _pad: [0; 3],
-            });
+            keys.push(CtKey::new(backend, client, PROTO_TCP));
             values.push(CtValue {
-                nat_addr: forward.daddr,
-                nat_port: forward.dport,
                 flags: CT_F_REPLY,
-                ..value
+                ..value.with_nat(vip)
             });
         }
     }
@@ -554,14 +555,11 @@ fn prefill_conntrack(bench: &Bench, fill: usize) -> Result<()> {
 }
 
 fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> CtKey {
-    CtKey {
-        saddr: u32::from_ne_bytes(src.octets()),
-        daddr: u32::from_ne_bytes(dst.octets()),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
+    CtKey::new(
+        SocketAddrV4::new(src, sport),
+        SocketAddrV4::new(dst, dport),
+        PROTO_TCP,
+    )
 }
 
 /// The packets of one measurement point, checked to take the path they
@@ -631,11 +629,7 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
         .conntrack
         .insert(
             ct_key(CLIENT, CLIENT_PORT, backend, backend_port),
-            CtValue {
-                nat_addr: u32::from_ne_bytes(TARGET_VIP.octets()),
-                nat_port: HTTP_PORT.to_be(),
-                ..forward
-            },
+            forward.with_nat(SocketAddrV4::new(TARGET_VIP, HTTP_PORT)),
             0,
         )
         .context("mirror of the forward entry")?;
@@ -644,11 +638,7 @@ fn prepare_frames(bench: &mut Bench) -> Result<Frames> {
         .conntrack
         .insert(
             ct_key(TARGET_VIP, HTTP_PORT, CLIENT, CLIENT_PORT),
-            CtValue {
-                nat_addr: u32::from_ne_bytes(backend.octets()),
-                nat_port: backend_port.to_be(),
-                ..reply_entry
-            },
+            reply_entry.with_nat(SocketAddrV4::new(backend, backend_port)),
             0,
         )
         .context("mirror of the reply entry")?;

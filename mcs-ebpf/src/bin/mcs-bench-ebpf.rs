@@ -1,7 +1,8 @@
-//! Calibration programs for `cargo xtask bench` (per-packet cost through
-//! `BPF_PROG_TEST_RUN`). The agent never loads or attaches them; they only
-//! share the object so the bench measures them with the same compiler and
-//! flags as the real program.
+//! `mcs-bench-ebpf`: the calibration programs of `cargo xtask bench`
+//! (per-packet cost through `BPF_PROG_TEST_RUN`), in an object of their own
+//! that the agent never embeds. Built beside the agent's object by `cargo
+//! xtask build-ebpf`, with the same compiler and flags, so the bench
+//! measures both alike.
 //!
 //! * `mcs_bench_pass`   — returns `XDP_PASS`: the floor of a test run.
 //! * `mcs_bench_lookup` — one hash lookup with a 16-byte key read from the
@@ -11,6 +12,7 @@
 //!   like conntrack (16-byte key, 40-byte value): what a new flow pays twice.
 //! * `mcs_bench_lru_insert_pcpu` — the same into an LRU hash with per-CPU
 //!   LRU lists (`BPF_F_NO_COMMON_LRU`), for comparison in the same run.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
@@ -19,14 +21,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::packet::ptr_at;
+use mcs_ebpf::packet::ptr_at;
 
 /// Offset of the lookup key in the frame (Ethernet 14 + IPv4 `saddr` at 12).
 const KEY_OFFSET: usize = 26;
 
-/// Calibration map: 16-byte key → counter. Declared with one entry so an
-/// agent loading the object pays nothing for it; the bench loads it with
-/// 65 536 entries (`EbpfLoader::map_max_entries`) and fills it. Not pinned.
+/// Calibration map: 16-byte key → counter; the bench sizes it at load
+/// (`EbpfLoader::map_max_entries`) and fills it.
 #[btf_map]
 pub static MCS_BENCH_MAP: HashMap<[u8; 16], u64, 1> = HashMap::new();
 
@@ -52,7 +53,7 @@ pub fn mcs_bench_lookup(ctx: XdpContext) -> u32 {
 }
 
 /// Conntrack-shaped LRU hash for `mcs_bench_lru_insert`; sized by the bench
-/// at load like the conntrack map under test. Not pinned.
+/// at load like the conntrack map under test.
 #[btf_map]
 pub static MCS_BENCH_LRU: LruHashMap<[u8; 16], [u8; 40], 256> = LruHashMap::new();
 
@@ -93,3 +94,11 @@ pub fn mcs_bench_lru_insert_pcpu(ctx: XdpContext) -> u32 {
         Err(_) => xdp_action::XDP_DROP,
     }
 }
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,4 +1,6 @@
-//! Queries per second over UDP: a load generator for the bench harness.
+//! Queries per second over UDP against a DNS server: a load generator for
+//! timing the agent's clusterset DNS server (`mcs-agent`'s `dns` test), kept
+//! out of the agent itself.
 //!
 //! It keeps a window of queries in flight on one socket (as a busy
 //! resolver would) and counts answered queries per second of wall time.

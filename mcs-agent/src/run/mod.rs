@@ -1,8 +1,10 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
-//! reconcile every change, shut down cleanly on SIGTERM/SIGINT.
+//! reconcile every change (`context.rs`), shut down cleanly on
+//! SIGTERM/SIGINT.
+
+mod context;
 
 use std::{
-    collections::BTreeSet,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -12,162 +14,23 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
-use tracing::{error, info, instrument, warn};
+use tracing::{info, warn};
 
+use self::context::Context;
 use crate::{
     cli::RunArgs,
-    conntrack::{Janitor, JanitorReport},
-    dataplane::{AdoptionReport, Dataplane, MapHandles},
+    conntrack::Janitor,
+    dataplane::{AdoptionReport, Dataplane},
     desired,
     dns::{self, DnsConfig},
-    metrics::{Metrics, RejectionLabels},
-    model::{Rejection, Snapshot},
+    events::{self, Events},
+    metrics::Metrics,
     reconcile::Reconciler,
     sources::{Source, SourceError, SourceUpdate},
-    telemetry::chain,
 };
 
 /// Retry delay after a failed map write.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
-
-/// State shared by reconciles.
-struct Context {
-    maps: MapHandles,
-    metrics: Arc<Metrics>,
-    policy: desired::Policy,
-    reconciler: Reconciler,
-    /// Desired state kept up to date import by import, with the snapshot
-    /// it was computed from (None until the first sync).
-    desired: Option<(desired::Incremental, Snapshot)>,
-    /// Rejections already logged, so an unchanged bad object is reported
-    /// once, not on every change of something else.
-    reported: BTreeSet<String>,
-    /// Map writes failing in the last reconcile.
-    failing: BTreeSet<String>,
-    /// Conntrack scans for retired backends, off the reconcile path.
-    janitor: Janitor,
-}
-
-impl Context {
-    #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices().len()))]
-    fn reconcile(&mut self, update: SourceUpdate, received: Instant) -> bool {
-        let started = Instant::now();
-        // A failed apply may have left frontends out (a full map refuses new
-        // ids): retry everything until all writes succeed again.
-        let full_apply = !self.failing.is_empty();
-        let report = match self.desired.take() {
-            Some((mut engine, previous)) if engine.policy() == &self.policy => {
-                let changes = desired::Changes::between(&previous, &update.snapshot);
-                let affected = engine.affected(&changes);
-                let touched = engine.update(&update.snapshot, &affected);
-                let report = if full_apply {
-                    self.reconciler.apply(engine.state(), &mut self.maps)
-                } else {
-                    self.reconciler
-                        .apply_changed(engine.state(), &touched, &mut self.maps)
-                };
-                self.desired = Some((engine, update.snapshot));
-                report
-            }
-            _ => {
-                let engine = desired::Incremental::new(&update.snapshot, self.policy.clone());
-                let report = self.reconciler.apply(engine.state(), &mut self.maps);
-                self.desired = Some((engine, update.snapshot));
-                report
-            }
-        };
-        if let Some((engine, _)) = &self.desired {
-            let derived = engine.rejections();
-            self.report_rejections(update.rejections.iter().chain(&derived));
-        }
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
-        if report.changed() {
-            self.metrics
-                .event_to_map
-                .observe(received.elapsed().as_secs_f64());
-        }
-        self.metrics
-            .frontends
-            .set(self.reconciler.frontend_count() as i64);
-        self.metrics
-            .map_write_errors
-            .inc_by(report.errors.len() as u64);
-        // A full map fails the same writes on every retry: log a failure
-        // when it appears, not once a second.
-        let failures: BTreeSet<String> = report
-            .errors
-            .iter()
-            .map(|(frontend, error)| format!("{frontend}: {}", chain(error)))
-            .collect();
-        for failure in failures.difference(&self.failing) {
-            error!(failure = %failure, "map update failed; retrying every second");
-        }
-        if failures.is_empty() && !self.failing.is_empty() {
-            info!("all map updates succeeded again");
-        }
-        self.failing = failures;
-        if !report.retired.is_empty() {
-            let sweep = self.maps.prefilter.sweep_due(Instant::now());
-            self.janitor.submit(report.retired.clone(), sweep);
-        }
-        if report.changed() {
-            info!(
-                added = report.added,
-                updated = report.updated,
-                removed = report.removed,
-                map_writes = report.map_writes,
-                frontends = self.reconciler.frontend_count(),
-                "dataplane updated"
-            );
-        }
-        report.errors.is_empty()
-    }
-
-    /// A conntrack scan finished (see [`Janitor`]).
-    fn scanned(&mut self, report: JanitorReport) {
-        match report.scan {
-            Ok(scan) => {
-                if let Some((live, scan_started)) = &scan.live {
-                    self.maps.prefilter.sweep(live, *scan_started);
-                }
-                if scan.removed > 0 {
-                    info!(
-                        removed = scan.removed,
-                        retired_backends = report.retired_backends,
-                        "removed UDP conntrack entries of backends that stopped serving"
-                    );
-                }
-            }
-            Err(error) => warn!(error = %chain(&error), "conntrack scan failed"),
-        }
-    }
-
-    fn report_rejections<'a>(&mut self, rejections: impl Iterator<Item = &'a Rejection>) {
-        let mut current = BTreeSet::new();
-        for rejection in rejections {
-            let line = rejection.to_string();
-            if !self.reported.contains(&line) {
-                self.metrics
-                    .rejected
-                    .get_or_create(&RejectionLabels {
-                        kind: rejection.kind.clone(),
-                        reason: rejection.reason().to_owned(),
-                    })
-                    .inc();
-                warn!(
-                    kind = rejection.kind,
-                    object = %rejection.object,
-                    reason = rejection.reason(),
-                    "rejected: {line}"
-                );
-            }
-            current.insert(line);
-        }
-        self.reported = current;
-    }
-}
 
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
     let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -187,6 +50,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = Source::open(&args.source, args.kubeconfig.as_deref())
         .await
         .context("open the source")?;
+    // Events are posted with the source's client: the run loop reports
+    // every rejection, under the agent's real policy.
+    let events = source
+        .kube_client()
+        .map(|client| Events::start(client, events::reporting_instance()));
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
     // DNS answers from the same updates as the dataplane (its own receiver),
@@ -212,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &adoption,
         &mut updates,
         &mut source_task,
+        events,
     )
     .await;
     source_task.abort();
@@ -230,6 +99,7 @@ async fn serve(
     adoption: &AdoptionReport,
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
     source_task: &mut tokio::task::JoinHandle<Result<(), SourceError>>,
+    events: Option<Events>,
 ) -> anyhow::Result<()> {
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
@@ -282,20 +152,12 @@ async fn serve(
         None => None,
     };
     let janitor = Janitor::start(&maps.conntrack).context("start the conntrack janitor")?;
-    let mut ctx = Context {
-        janitor,
-        maps,
-        metrics: metrics.clone(),
-        policy: desired::Policy {
-            local_cluster: args.cluster_id.clone(),
-            locality: args.locality.clone(),
-            cluster_cidrs: args.cluster_cidrs.clone(),
-        },
-        reconciler,
-        desired: None,
-        reported: BTreeSet::new(),
-        failing: BTreeSet::new(),
+    let policy = desired::Policy {
+        local_cluster: args.cluster_id.clone(),
+        locality: args.locality.clone(),
+        cluster_cidrs: args.cluster_cidrs.clone(),
     };
+    let mut ctx = Context::new(maps, metrics.clone(), policy, reconciler, janitor, events);
     // Program the maps before attaching, so the first packet already sees
     // the complete state.
     let shutdown = shutdown_signal();

@@ -1,0 +1,155 @@
+//! Adoption after a restart: the applied state rebuilt from what the pinned
+//! maps hold, so the first reconcile is a diff against what the kernel
+//! serves, never a flush.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use mcs_common::{
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MAX_CLUSTERS, MAX_FRONTENDS, SVC_F_AFFINITY,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+};
+
+use super::{Applied, Reconciler, ids::IdPool};
+use crate::desired::{Backend, Frontend, FrontendKind};
+
+/// What pinned maps hold, read back for adoption after a restart.
+#[derive(Clone, Debug, Default)]
+pub struct PinnedState {
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    pub backends: BTreeMap<BackendKey, BackendValue>,
+    pub frontend_names: BTreeMap<u32, String>,
+    pub clusters: BTreeMap<u32, String>,
+}
+
+/// Adoption found something it cannot make sense of.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("service entry {0:?} has an unknown protocol")]
+    UnknownProtocol(ServiceKey),
+    #[error("frontend id {0} is used twice or out of range")]
+    BadFrontendId(u32),
+}
+
+impl Reconciler {
+    /// Rebuilds the applied state from pinned maps. Stale slots beyond a
+    /// frontend's count are remembered and removed by the first reconcile.
+    pub fn adopt(state: &PinnedState) -> Result<Self, AdoptError> {
+        let mut reconciler = Self::new();
+        let mut used_ids = BTreeSet::new();
+        let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
+        for (key, value) in &state.backends {
+            slots_of
+                .entry(key.frontend_id)
+                .or_default()
+                .push((key.slot, *value));
+        }
+        let cluster_name = |id: u32| -> String {
+            if id == 0 {
+                String::new()
+            } else {
+                state.clusters.get(&id).cloned().unwrap_or_default()
+            }
+        };
+        for (key, value) in &state.services {
+            let protocol = crate::model::Protocol::from_number(key.proto)
+                .ok_or(AdoptError::UnknownProtocol(*key))?;
+            if value.frontend_id >= MAX_FRONTENDS || !used_ids.insert(value.frontend_id) {
+                return Err(AdoptError::BadFrontendId(value.frontend_id));
+            }
+            let frontend = Frontend {
+                addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+                port: u16::from_be(key.port),
+                protocol,
+            };
+            let slots = slots_of.remove(&value.frontend_id).unwrap_or_default();
+            let slot_high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+            let mut backends = Vec::with_capacity(value.backend_count as usize);
+            let mut complete = true;
+            for wanted in 0..value.backend_count {
+                let Some((_, backend)) = slots.iter().find(|(slot, _)| *slot == wanted) else {
+                    complete = false;
+                    break;
+                };
+                let addr = Ipv4Addr::from(backend.addr.to_ne_bytes());
+                let port = u16::from_be(backend.port);
+                reconciler
+                    .backend_ids
+                    .insert((addr, port), backend.backend_id);
+                backends.push(Backend {
+                    addr,
+                    port,
+                    cluster: cluster_name(backend.cluster_id),
+                    weight: 1,
+                    terminating: backend.flags & BACKEND_F_TERMINATING != 0,
+                });
+            }
+            let kind = if value.flags & SVC_F_VIP_MARKER != 0 {
+                FrontendKind::VipMarker
+            } else {
+                FrontendKind::Service
+            };
+            reconciler.set_applied(
+                frontend,
+                Applied {
+                    id: value.frontend_id,
+                    kind,
+                    affinity_timeout: (value.flags & SVC_F_AFFINITY != 0)
+                        .then_some(value.affinity_timeout_s),
+                    name: state
+                        .frontend_names
+                        .get(&value.frontend_id)
+                        .cloned()
+                        .unwrap_or_default(),
+                    backends,
+                    slot_high: slot_high.max(value.backend_count),
+                    // A frontend with a hole in its slots is rewritten whole.
+                    dirty: !complete,
+                    table_stale: true,
+                },
+            );
+        }
+        // What no service owns was left by an agent that died mid-apply
+        // (slots and name are written before a new service entry and
+        // deleted after a removed one, and a table never outlives its
+        // name): removed by the first apply, never adopted or leaked.
+        for (id, slots) in &slots_of {
+            let high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+            reconciler.orphans.insert(*id, high);
+        }
+        for id in state.frontend_names.keys() {
+            if !used_ids.contains(id) {
+                reconciler.orphans.entry(*id).or_insert(0);
+            }
+        }
+        // Orphaned ids are held out of the pool until cleaned up.
+        let taken: BTreeSet<u32> = used_ids
+            .iter()
+            .chain(reconciler.orphans.keys())
+            .copied()
+            .filter(|id| *id < MAX_FRONTENDS)
+            .collect();
+        reconciler.frontend_pool = IdPool::with_taken(0..MAX_FRONTENDS, &taken);
+        let taken: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
+        reconciler.backend_pool = IdPool::with_taken(0..reconciler.backend_pool.capacity(), &taken);
+        for (id, name) in &state.clusters {
+            if !name.is_empty() {
+                reconciler.clusters.insert(name.clone(), *id);
+            }
+        }
+        let taken: BTreeSet<u32> = reconciler
+            .clusters
+            .values()
+            .copied()
+            .filter(|id| *id < MAX_CLUSTERS)
+            .collect();
+        reconciler.cluster_pool = IdPool::with_taken(1..MAX_CLUSTERS, &taken);
+        reconciler.may_have_dirty = reconciler.applied.values().any(|a| a.dirty);
+        // What no adopted slot references is released by the first apply.
+        reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
+        reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
+        Ok(reconciler)
+    }
+}

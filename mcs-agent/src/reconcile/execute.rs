@@ -1,0 +1,167 @@
+//! Runs plans ([`super::plan`]) through the [`DataplaneWriter`], keeping the
+//! reconciler's books: a frontend stays marked dirty until every write of
+//! its plan succeeded (a failure leaves it to be rewritten whole next time,
+//! its id owned, never leaked), its slot high-water mark covers every slot
+//! a write may have reached, and ids are released only once nothing in the
+//! maps uses them.
+
+use mcs_common::{BACKEND_F_READY, BACKEND_F_TERMINATING, BackendValue, MaglevTable};
+
+use super::{
+    Applied, ApplyReport, DataplaneWriter, ORPHAN_FRONTEND, Reconciler, Retired, WriteError,
+    layout::service_key,
+    plan::{self, Current, Write},
+};
+use crate::desired::{Backend, Frontend, FrontendSpec};
+
+impl Reconciler {
+    /// Brings `frontend` to `spec`; nothing is written when it is current.
+    /// `prebuilt`: see [`plan::upsert`].
+    pub(super) fn upsert(
+        &mut self,
+        frontend: &Frontend,
+        spec: &FrontendSpec,
+        prebuilt: Option<Box<MaglevTable>>,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> Result<(), WriteError> {
+        let plan = match self.applied.get(frontend) {
+            Some(applied) if plan::is_current(applied, spec) => return Ok(()),
+            Some(applied) => plan::upsert(frontend, Current::Applied(applied), spec, prebuilt),
+            None => {
+                let (id, reset_stats) = self.allocate_frontend_id()?;
+                // Recorded before any write, so a failure below leaves the
+                // id owned (and retried as dirty), never leaked.
+                self.set_applied(*frontend, Applied::allocated(id, spec.kind));
+                plan::upsert(frontend, Current::New { id, reset_stats }, spec, prebuilt)
+            }
+        };
+        if let Some(stored) = self.applied.get_mut(frontend) {
+            stored.dirty = true; // until every write below has succeeded
+        }
+        self.run(frontend, plan.writes, maps, report)?;
+        report
+            .retired
+            .extend(retired(frontend, plan.applied.id, &plan.retired));
+        self.set_applied(*frontend, plan.applied);
+        if plan.is_new {
+            report.added += 1;
+        } else {
+            report.updated += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove(
+        &mut self,
+        frontend: &Frontend,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> Result<(), WriteError> {
+        let Some(applied) = self.applied.get_mut(frontend) else {
+            return Ok(());
+        };
+        applied.dirty = true;
+        let (id, slot_high) = (applied.id, applied.slot_high);
+        let writes = plan::removal(Some(service_key(frontend)), id, slot_high);
+        self.run(frontend, writes, maps, report)?;
+        if let Some(applied) = self.take_applied(frontend) {
+            report
+                .retired
+                .extend(retired(frontend, id, &applied.backends));
+        }
+        self.frontend_pool.release(id);
+        report.removed += 1;
+        Ok(())
+    }
+
+    /// Deletes what adoption found without a service entry; an id becomes
+    /// free only once all of it is gone.
+    pub(super) fn remove_orphans(
+        &mut self,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) {
+        let orphans: Vec<(u32, u32)> = self.orphans.iter().map(|(id, high)| (*id, *high)).collect();
+        for (id, slot_high) in orphans {
+            let writes = plan::removal(None, id, slot_high);
+            match self.run(&ORPHAN_FRONTEND, writes, maps, report) {
+                Ok(()) => {
+                    self.orphans.remove(&id);
+                    self.frontend_pool.release(id);
+                }
+                Err(error) => report.errors.push((ORPHAN_FRONTEND, error)),
+            }
+        }
+    }
+
+    /// Runs `writes` in order, stopping at the first failure.
+    fn run(
+        &mut self,
+        frontend: &Frontend,
+        writes: Vec<Write>,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> Result<(), WriteError> {
+        for write in writes {
+            match write {
+                Write::ResetStats(id) => maps.reset_frontend_stats(id)?,
+                Write::PutName(id, name) => maps.put_frontend_name(id, &name)?,
+                Write::PutSlot(key, backend) => {
+                    let value = self.slot_value(&backend, maps, report)?;
+                    if let Some(applied) = self.applied.get_mut(frontend) {
+                        applied.slot_high = applied.slot_high.max(key.slot + 1);
+                    }
+                    maps.put_backend(&key, &value)?;
+                }
+                Write::PutTable(id, table) => maps.put_maglev(id, &table)?,
+                Write::PutService(key, value) => maps.put_service(&key, &value)?,
+                Write::DeleteService(key) => maps.delete_service(&key)?,
+                Write::DeleteTable(id) => maps.delete_maglev(id)?,
+                Write::DeleteSlot(key) => maps.delete_backend(&key)?,
+                Write::DeleteName(id) => maps.delete_frontend_name(id)?,
+            }
+            report.map_writes += 1;
+        }
+        Ok(())
+    }
+
+    /// A slot's value, with the backend's cluster id and counter id
+    /// (allocated on first use, which may write too).
+    fn slot_value(
+        &mut self,
+        backend: &Backend,
+        maps: &mut impl DataplaneWriter,
+        report: &mut ApplyReport,
+    ) -> Result<BackendValue, WriteError> {
+        let cluster_id = self.cluster_id(&backend.cluster, maps, report);
+        let backend_id = self.backend_id(backend, maps, report)?;
+        let flags = if backend.terminating {
+            BACKEND_F_TERMINATING
+        } else {
+            BACKEND_F_READY
+        };
+        Ok(BackendValue {
+            addr: u32::from_ne_bytes(backend.addr.octets()),
+            port: backend.port.to_be(),
+            _pad: 0,
+            cluster_id,
+            flags,
+            backend_id,
+            _pad2: 0,
+        })
+    }
+}
+
+fn retired<'a>(
+    frontend: &'a Frontend,
+    frontend_id: u32,
+    backends: &'a [Backend],
+) -> impl Iterator<Item = Retired> + 'a {
+    backends.iter().map(move |b| Retired {
+        frontend_id,
+        addr: b.addr,
+        port: b.port,
+        protocol: frontend.protocol,
+    })
+}

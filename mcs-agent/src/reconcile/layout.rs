@@ -1,0 +1,69 @@
+//! Where a frontend's entries go: the slot layout of its backends, the
+//! Maglev table over those slots, and its service key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mcs_common::{MAGLEV_TABLE_SIZE, MaglevTable, ServiceKey};
+
+use crate::{
+    desired::{Backend, Frontend},
+    maglev::{self, Member},
+};
+
+/// Slot layout for a new backend set that moves as few backends as
+/// possible: a backend keeps its slot while that slot still exists; freed
+/// and new slots are filled in sorted order. Identity is address and port
+/// (weight or state changes rewrite the slot in place).
+pub fn stable_layout(old: &[Backend], new: &[Backend]) -> Vec<Backend> {
+    let identity = |b: &Backend| (b.addr, b.port);
+    let wanted: BTreeMap<_, &Backend> = new.iter().map(|b| (identity(b), b)).collect();
+    let mut slots: Vec<Option<Backend>> = vec![None; new.len()];
+    let mut placed = BTreeSet::new();
+    for (slot, backend) in old.iter().enumerate().take(new.len()) {
+        if let Some(current) = wanted.get(&identity(backend)) {
+            slots[slot] = Some((*current).clone());
+            placed.insert(identity(backend));
+        }
+    }
+    let mut rest = new.iter().filter(|b| !placed.contains(&identity(b)));
+    for slot in &mut slots {
+        if slot.is_none() {
+            *slot = rest.next().cloned();
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The Maglev table of a slot layout (entries are slot numbers).
+pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
+    let members: Vec<Member> = layout
+        .iter()
+        .map(|b| Member {
+            addr: b.addr,
+            port: b.port,
+            weight: b.weight,
+        })
+        .collect();
+    let mut table = Box::new(MaglevTable {
+        slots: [0; MAGLEV_TABLE_SIZE],
+        _pad: 0,
+    });
+    for (entry, slot) in table
+        .slots
+        .iter_mut()
+        .zip(maglev::build_table(&members, MAGLEV_TABLE_SIZE))
+    {
+        *entry = slot;
+    }
+    table
+}
+
+/// The service map key of `frontend` (address and port as the packet carries them).
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from_ne_bytes(frontend.addr.octets()),
+        port: frontend.port.to_be(),
+        proto: frontend.protocol.number(),
+        _pad: 0,
+    }
+}

@@ -1,0 +1,211 @@
+//! What must be written for one frontend, as a pure function of what is
+//! applied and what is desired: an ordered list of [`Write`]s that keeps
+//! the reconciler's guarantees (see the module above) at every step.
+//!
+//! Order of an upsert: counters reset (a reused id), name, slots (new and
+//! changed ones; the old table still points only at slots that exist), the
+//! Maglev table swapped whole, the service entry (count, flags), and last
+//! what the new state no longer uses (its table when it has no backends,
+//! slots beyond the new count). A new frontend thus becomes visible only
+//! after its name, slots and table exist.
+//!
+//! A removal ([`removal`]) goes the other way: service entry first, then
+//! table, slots and name.
+//!
+//! Backend counter ids and cluster ids are shared by all frontends and are
+//! allocated by the execute step ([`super::execute`]) when it writes a slot.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::Range};
+
+use mcs_common::{
+    BackendKey, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey,
+    ServiceValue,
+};
+
+use super::{
+    Applied,
+    layout::{maglev_table, service_key, stable_layout},
+};
+use crate::desired::{Backend, Frontend, FrontendKind, FrontendSpec};
+
+/// One map operation of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Write {
+    /// Zero a frontend's counters (its id was used before).
+    ResetStats(u32),
+    PutName(u32, NameValue),
+    /// The execute step turns the backend into the slot's value, with its
+    /// cluster id and counter id.
+    PutSlot(BackendKey, Backend),
+    PutTable(u32, Box<MaglevTable>),
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteTable(u32),
+    DeleteSlot(BackendKey),
+    DeleteName(u32),
+}
+
+/// What a frontend has before the plan.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Current<'a> {
+    /// Nothing yet: a newly allocated id, whose counters need a reset if
+    /// the id was used before (or the stats maps were not fresh).
+    New { id: u32, reset_stats: bool },
+    /// What was written for it (in part, when `dirty`).
+    Applied(&'a Applied),
+}
+
+/// The writes for one frontend and what the maps hold once all succeeded.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub(super) writes: Vec<Write>,
+    pub(super) applied: Applied,
+    pub(super) is_new: bool,
+    /// Backends that stop serving the frontend (for the conntrack janitor).
+    pub(super) retired: Vec<Backend>,
+}
+
+/// Whether `applied` is exactly what `spec` asks for: nothing to write.
+pub(super) fn is_current(applied: &Applied, spec: &FrontendSpec) -> bool {
+    !applied.dirty
+        && !applied.table_stale
+        && applied.kind == spec.kind
+        && applied.affinity_timeout == spec.affinity_timeout
+        && applied.name == NameValue::new(&spec.name).as_str()
+        && stable_layout(&applied.backends, &spec.backends) == applied.backends
+}
+
+/// The writes taking `frontend` from `current` to `spec`. `prebuilt`: the
+/// Maglev table of `spec.backends` in their given order, if the caller
+/// built it already; used when everything is rewritten.
+pub(super) fn upsert(
+    frontend: &Frontend,
+    current: Current<'_>,
+    spec: &FrontendSpec,
+    prebuilt: Option<Box<MaglevTable>>,
+) -> Plan {
+    let (known, id, reset_stats) = match current {
+        Current::New { id, reset_stats } => (None, id, reset_stats),
+        Current::Applied(applied) => (Some(applied), applied.id, false),
+    };
+    let is_new = known.is_none();
+    // A new frontend, or one a failed write left incomplete: all of it.
+    let rewrite_all = known.is_none_or(|known| known.dirty);
+    let old: &[Backend] = known.map_or(&[], |known| &known.backends);
+    let layout = if rewrite_all {
+        spec.backends.clone()
+    } else {
+        stable_layout(old, &spec.backends)
+    };
+    let name = NameValue::new(&spec.name);
+    let mut writes = Vec::new();
+
+    if reset_stats {
+        writes.push(Write::ResetStats(id));
+    }
+    if rewrite_all || known.is_some_and(|known| known.name != name.as_str()) {
+        writes.push(Write::PutName(id, name));
+    }
+    // 1. Slots (new and changed ones; the old table still points only at
+    //    slots that exist).
+    for (slot, backend) in layout.iter().enumerate() {
+        if !rewrite_all && old.get(slot) == Some(backend) {
+            continue;
+        }
+        writes.push(Write::PutSlot(slot_key(id, slot as u32), backend.clone()));
+    }
+    // 2. The table, swapped whole, before the count can grow.
+    let members = |list: &[Backend]| -> Vec<(Ipv4Addr, u16, u32)> {
+        list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
+    };
+    let table_stale = known.is_some_and(|known| known.table_stale);
+    let table_changed = rewrite_all || table_stale || members(old) != members(&layout);
+    if table_changed && !layout.is_empty() {
+        let table = match prebuilt {
+            // A full rewrite lays the backends out in spec order.
+            Some(table) if rewrite_all => table,
+            _ => maglev_table(&layout),
+        };
+        writes.push(Write::PutTable(id, table));
+    }
+    // 3. The service entry.
+    let affinity_timeout = known.and_then(|known| known.affinity_timeout);
+    if rewrite_all || old.len() != layout.len() || affinity_timeout != spec.affinity_timeout {
+        writes.push(Write::PutService(
+            service_key(frontend),
+            service_value(id, spec, layout.len() as u32),
+        ));
+    }
+    // 4. What the new state no longer uses. (A new frontend's id has no
+    //    table: ids are freed only after their table is deleted.)
+    if layout.is_empty() && ((rewrite_all && !is_new) || !old.is_empty()) {
+        writes.push(Write::DeleteTable(id));
+    }
+    let slot_high = known.map_or(0, |known| known.slot_high);
+    writes.extend(delete_slots(id, layout.len() as u32..slot_high));
+
+    let kept: BTreeSet<(Ipv4Addr, u16)> = layout.iter().map(|b| (b.addr, b.port)).collect();
+    let retired = old
+        .iter()
+        .filter(|b| !kept.contains(&(b.addr, b.port)))
+        .cloned()
+        .collect();
+    Plan {
+        writes,
+        applied: Applied {
+            id,
+            kind: spec.kind,
+            affinity_timeout: spec.affinity_timeout,
+            name: name.as_str().to_owned(),
+            slot_high: layout.len() as u32,
+            backends: layout,
+            dirty: false,
+            table_stale: false,
+        },
+        is_new,
+        retired,
+    }
+}
+
+/// The writes removing everything of frontend id `id`: its service entry
+/// (when it has one) first, so the datapath stops choosing it; then its
+/// table, its slots `0..slot_high` and its name. Adoption recognises what
+/// an interrupted removal left by the slots and name that outlive the
+/// service entry.
+pub(super) fn removal(service: Option<ServiceKey>, id: u32, slot_high: u32) -> Vec<Write> {
+    service
+        .map(Write::DeleteService)
+        .into_iter()
+        .chain([Write::DeleteTable(id)])
+        .chain(delete_slots(id, 0..slot_high))
+        .chain([Write::DeleteName(id)])
+        .collect()
+}
+
+fn delete_slots(id: u32, slots: Range<u32>) -> impl Iterator<Item = Write> {
+    slots.map(move |slot| Write::DeleteSlot(slot_key(id, slot)))
+}
+
+fn slot_key(frontend_id: u32, slot: u32) -> BackendKey {
+    BackendKey { frontend_id, slot }
+}
+
+fn service_value(id: u32, spec: &FrontendSpec, backend_count: u32) -> ServiceValue {
+    let mut flags = match spec.kind {
+        FrontendKind::Service => SVC_F_NONE,
+        FrontendKind::VipMarker => SVC_F_VIP_MARKER,
+    };
+    if spec.affinity_timeout.is_some() {
+        flags |= SVC_F_AFFINITY;
+    }
+    ServiceValue {
+        frontend_id: id,
+        backend_count,
+        flags,
+        affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

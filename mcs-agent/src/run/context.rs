@@ -1,0 +1,181 @@
+//! The reconcile context: the one desired-state engine (under the agent's
+//! policy), the reconciler and its maps, and the one place rejections are
+//! reported — logged and counted once each ([`RejectionLog`]), and handed to
+//! the Events module when the source is the API server.
+
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
+
+use tracing::{error, info, instrument, warn};
+
+use crate::{
+    conntrack::{Janitor, JanitorReport},
+    dataplane::MapHandles,
+    desired,
+    events::Events,
+    metrics::{Metrics, RejectionLabels},
+    model::{Rejection, Snapshot},
+    reconcile::Reconciler,
+    rejection_log::RejectionLog,
+    sources::{References, SourceUpdate},
+    telemetry::chain,
+};
+
+/// State shared by reconciles.
+pub(super) struct Context {
+    maps: MapHandles,
+    metrics: Arc<Metrics>,
+    policy: desired::Policy,
+    reconciler: Reconciler,
+    /// Desired state kept up to date import by import, with the snapshot
+    /// it was computed from (None until the first sync).
+    desired: Option<(desired::Incremental, Snapshot)>,
+    /// Rejections logged and counted, each once while it persists.
+    rejections: RejectionLog,
+    /// Kubernetes Events for rejections (API-server source only).
+    events: Option<Events>,
+    /// Map writes failing in the last reconcile.
+    failing: BTreeSet<String>,
+    /// Conntrack scans for retired backends, off the reconcile path.
+    pub(super) janitor: Janitor,
+}
+
+impl Context {
+    pub(super) fn new(
+        maps: MapHandles,
+        metrics: Arc<Metrics>,
+        policy: desired::Policy,
+        reconciler: Reconciler,
+        janitor: Janitor,
+        events: Option<Events>,
+    ) -> Self {
+        Self {
+            maps,
+            metrics,
+            policy,
+            reconciler,
+            desired: None,
+            rejections: RejectionLog::default(),
+            events,
+            failing: BTreeSet::new(),
+            janitor,
+        }
+    }
+
+    #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices().len()))]
+    pub(super) fn reconcile(&mut self, update: SourceUpdate, received: Instant) -> bool {
+        let started = Instant::now();
+        // A failed apply may have left frontends out (a full map refuses new
+        // ids): retry everything until all writes succeed again.
+        let full_apply = !self.failing.is_empty();
+        let report = match self.desired.take() {
+            Some((mut engine, previous)) if engine.policy() == &self.policy => {
+                let changes = desired::Changes::between(&previous, &update.snapshot);
+                let affected = engine.affected(&changes);
+                let touched = engine.update(&update.snapshot, &affected);
+                let report = if full_apply {
+                    self.reconciler.apply(engine.state(), &mut self.maps)
+                } else {
+                    self.reconciler
+                        .apply_changed(engine.state(), &touched, &mut self.maps)
+                };
+                self.desired = Some((engine, update.snapshot));
+                report
+            }
+            _ => {
+                let engine = desired::Incremental::new(&update.snapshot, self.policy.clone());
+                let report = self.reconciler.apply(engine.state(), &mut self.maps);
+                self.desired = Some((engine, update.snapshot));
+                report
+            }
+        };
+        if let Some((engine, _)) = &self.desired {
+            let derived = engine.rejections();
+            self.report_rejections(&update.rejections, &derived, &update.references);
+        }
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        if report.changed() {
+            self.metrics
+                .event_to_map
+                .observe(received.elapsed().as_secs_f64());
+        }
+        self.metrics
+            .frontends
+            .set(self.reconciler.frontend_count() as i64);
+        self.metrics
+            .map_write_errors
+            .inc_by(report.errors.len() as u64);
+        // A full map fails the same writes on every retry: log a failure
+        // when it appears, not once a second.
+        let failures: BTreeSet<String> = report
+            .errors
+            .iter()
+            .map(|(frontend, error)| format!("{frontend}: {}", chain(error)))
+            .collect();
+        for failure in failures.difference(&self.failing) {
+            error!(failure = %failure, "map update failed; retrying every second");
+        }
+        if failures.is_empty() && !self.failing.is_empty() {
+            info!("all map updates succeeded again");
+        }
+        self.failing = failures;
+        if !report.retired.is_empty() {
+            let sweep = self.maps.prefilter.sweep_due(Instant::now());
+            self.janitor.submit(report.retired.clone(), sweep);
+        }
+        if report.changed() {
+            info!(
+                added = report.added,
+                updated = report.updated,
+                removed = report.removed,
+                map_writes = report.map_writes,
+                frontends = self.reconciler.frontend_count(),
+                "dataplane updated"
+            );
+        }
+        report.errors.is_empty()
+    }
+
+    /// A conntrack scan finished (see [`Janitor`]).
+    pub(super) fn scanned(&mut self, report: JanitorReport) {
+        match report.scan {
+            Ok(scan) => {
+                if let Some((live, scan_started)) = &scan.live {
+                    self.maps.prefilter.sweep(live, *scan_started);
+                }
+                if scan.removed > 0 {
+                    info!(
+                        removed = scan.removed,
+                        retired_backends = report.retired_backends,
+                        "removed UDP conntrack entries of backends that stopped serving"
+                    );
+                }
+            }
+            Err(error) => warn!(error = %chain(&error), "conntrack scan failed"),
+        }
+    }
+
+    /// Every rejection of the current state: the source's (conversion)
+    /// and those the engine derives under the agent's policy (conflicts,
+    /// unsupported features, endpoints outside the cluster CIDRs).
+    fn report_rejections(
+        &mut self,
+        source: &[Rejection],
+        derived: &[Rejection],
+        references: &References,
+    ) {
+        for rejection in self.rejections.log(source.iter().chain(derived)) {
+            self.metrics
+                .rejected
+                .get_or_create(&RejectionLabels {
+                    kind: rejection.kind.clone(),
+                    reason: rejection.reason().to_owned(),
+                })
+                .inc();
+        }
+        if let Some(events) = &mut self.events {
+            events.report(source.iter().chain(derived), references);
+        }
+    }
+}

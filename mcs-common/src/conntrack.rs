@@ -1,0 +1,158 @@
+//! Conntrack entries (`MCS_CT_V1`): one per direction of a translated flow.
+
+use core::{mem::size_of, net::SocketAddrV4};
+
+use crate::byte_order::{endpoint, net_addr, net_port};
+
+/// Conntrack key: the 5-tuple exactly as the packet carries it. Forward
+/// entries are keyed client→ClusterSetIP, reply entries backend→client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Addresses and ports, network order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key of a packet from `src` to `dst` (ports in host order).
+    pub const fn new(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Self {
+        Self {
+            saddr: net_addr(*src.ip()),
+            daddr: net_addr(*dst.ip()),
+            sport: net_port(src.port()),
+            dport: net_port(dst.port()),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The packet's source.
+    pub const fn src(&self) -> SocketAddrV4 {
+        endpoint(self.saddr, self.sport)
+    }
+
+    /// The packet's destination.
+    pub const fn dst(&self) -> SocketAddrV4 {
+        endpoint(self.daddr, self.dport)
+    }
+}
+
+/// Conntrack value: the address and port to write into the packet.
+/// For a forward entry that is the backend (destination); for a reply entry
+/// the ClusterSetIP and service port (source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// Address and port written into the packet, network order.
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub _pad: u16,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    pub frontend_id: u32,
+    /// Backend (pod) address of this flow, network order; lets the agent
+    /// find and remove flows of a backend that went away.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad2: u16,
+    /// Per-backend counter index of the flow's backend.
+    pub backend_id: u32,
+    pub _pad3: u32,
+    /// Coarse-clock nanoseconds of the last packet (`ClockValue`).
+    pub last_seen_ns: u64,
+}
+
+impl CtValue {
+    /// An entry writing `nat` into the packet, of a flow of `frontend_id`
+    /// to `backend` (its counter index `backend_id`); never seen yet.
+    pub const fn new(
+        nat: SocketAddrV4,
+        flags: u32,
+        frontend_id: u32,
+        backend: SocketAddrV4,
+        backend_id: u32,
+    ) -> Self {
+        Self {
+            nat_addr: net_addr(*nat.ip()),
+            nat_port: net_port(nat.port()),
+            _pad: 0,
+            flags,
+            frontend_id,
+            backend_addr: net_addr(*backend.ip()),
+            backend_port: net_port(backend.port()),
+            _pad2: 0,
+            backend_id,
+            _pad3: 0,
+            last_seen_ns: 0,
+        }
+    }
+
+    /// This entry writing `nat` into the packet instead.
+    pub const fn with_nat(mut self, nat: SocketAddrV4) -> Self {
+        self.nat_addr = net_addr(*nat.ip());
+        self.nat_port = net_port(nat.port());
+        self
+    }
+
+    /// What the packet's destination (forward) or source (reply) becomes.
+    pub const fn nat(&self) -> SocketAddrV4 {
+        endpoint(self.nat_addr, self.nat_port)
+    }
+
+    /// The flow's backend.
+    pub const fn backend(&self) -> SocketAddrV4 {
+        endpoint(self.backend_addr, self.backend_port)
+    }
+
+    /// Whether the entry translates replies (source rewrite).
+    pub const fn is_reply(&self) -> bool {
+        self.flags & CT_F_REPLY != 0
+    }
+}
+
+/// `CtValue::flags`: entry translates replies (source rewrite).
+pub const CT_F_REPLY: u32 = 1 << 0;
+/// `CtValue::flags`: a TCP SYN was seen for this flow.
+pub const CT_F_SYN: u32 = 1 << 1;
+/// `CtValue::flags`: a TCP FIN was seen.
+pub const CT_F_FIN: u32 = 1 << 2;
+/// `CtValue::flags`: a TCP RST was seen.
+pub const CT_F_RST: u32 = 1 << 3;
+
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 40);
+
+#[cfg(test)]
+mod tests {
+    use core::net::Ipv4Addr;
+
+    use super::*;
+    use crate::PROTO_TCP;
+
+    #[test]
+    fn accessors_round_trip_and_store_packet_order() {
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 40000);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        let backend = SocketAddrV4::new(Ipv4Addr::new(10, 101, 1, 10), 8080);
+        let key = CtKey::new(client, vip, PROTO_TCP);
+        assert_eq!((key.src(), key.dst()), (client, vip));
+        assert_eq!(key.saddr.to_ne_bytes(), [10, 1, 0, 2]);
+        assert_eq!(key.dport.to_ne_bytes(), [0, 80]);
+
+        let value = CtValue::new(backend, CT_F_SYN, 3, backend, 5);
+        assert_eq!((value.nat(), value.backend()), (backend, backend));
+        assert!(!value.is_reply());
+        let reply = CtValue {
+            flags: CT_F_REPLY,
+            ..value.with_nat(vip)
+        };
+        assert_eq!((reply.nat(), reply.backend()), (vip, backend));
+        assert!(reply.is_reply());
+        assert_eq!(reply.nat_port.to_ne_bytes(), [0, 80]);
+    }
+}

@@ -1,0 +1,228 @@
+//! Frontends and their backends: what a new flow's lookup reads
+//! (`MCS_SVC_V1`, `MCS_BACKEND_V2`, `MCS_MAGLEV_V1`, `MCS_AFFINITY_V1`).
+
+use core::{
+    mem::size_of,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use crate::byte_order::{endpoint, host_port, ipv4, net_addr, net_port};
+
+/// Entries of a frontend's Maglev lookup table (prime). 2 KiB per frontend
+/// with backends: 10 000 service ports cost 20 MiB of kernel memory. With N
+/// backends each owns ⌊M/N⌋ or ⌈M/N⌉ entries (share error ≤ 1/M absolute;
+/// ≤ 1 % relative up to 10 backends, ≤ 10 % at 100).
+pub const MAGLEV_TABLE_SIZE: usize = 1021;
+/// Maximum backends of one frontend (each needs at least one table entry).
+pub const MAX_BACKENDS_PER_FRONTEND: u32 = MAGLEV_TABLE_SIZE as u32;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Frontend key: a ClusterSetIP, a service port and its protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// ClusterSetIP, network order.
+    pub addr: u32,
+    /// Service port, network order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey {
+    /// The key of `addr:port/proto` (`port` in host order).
+    pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr: net_addr(addr),
+            port: net_port(port),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The ClusterSetIP.
+    pub const fn addr(&self) -> Ipv4Addr {
+        ipv4(self.addr)
+    }
+
+    /// The service port, host order.
+    pub const fn port(&self) -> u16 {
+        host_port(self.port)
+    }
+}
+
+/// A frontend: its id (index into per-frontend maps) and how many backend
+/// slots it has. `backend_count == 0` means "known service, no endpoint".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub frontend_id: u32,
+    pub backend_count: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// ClientIP session affinity timeout (with [`SVC_F_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+
+/// `ServiceValue::flags`: no option.
+pub const SVC_F_NONE: u32 = 0;
+/// `ServiceValue::flags`: port-0 marker saying the address is a ClusterSetIP.
+pub const SVC_F_VIP_MARKER: u32 = 1 << 0;
+/// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
+pub const SVC_F_AFFINITY: u32 = 1 << 1;
+
+/// One backend slot of a frontend; slots are `0..backend_count`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub frontend_id: u32,
+    pub slot: u32,
+}
+
+/// A backend endpoint: pod IP and target port, possibly in another cluster.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Pod IP, network order.
+    pub addr: u32,
+    /// Target port, network order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Index into the cluster names (`MCS_CLUSTERS`).
+    pub cluster_id: u32,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+    /// Index into the per-backend counters (same for every frontend the
+    /// endpoint backs).
+    pub backend_id: u32,
+    pub _pad2: u32,
+}
+
+impl BackendValue {
+    /// The backend `endpoint` (port in host order).
+    pub const fn new(endpoint: SocketAddrV4, cluster_id: u32, flags: u32, backend_id: u32) -> Self {
+        Self {
+            addr: net_addr(*endpoint.ip()),
+            port: net_port(endpoint.port()),
+            _pad: 0,
+            cluster_id,
+            flags,
+            backend_id,
+            _pad2: 0,
+        }
+    }
+
+    /// The pod IP.
+    pub const fn addr(&self) -> Ipv4Addr {
+        ipv4(self.addr)
+    }
+
+    /// The target port, host order.
+    pub const fn port(&self) -> u16 {
+        host_port(self.port)
+    }
+
+    /// Pod IP and target port.
+    pub const fn endpoint(&self) -> SocketAddrV4 {
+        endpoint(self.addr, self.port)
+    }
+}
+
+/// `BackendValue::flags`: the endpoint is ready (serves new flows).
+pub const BACKEND_F_READY: u32 = 1 << 0;
+/// `BackendValue::flags`: serving but terminating; used only while the
+/// frontend has no ready endpoint (KEP-1669 fallback).
+pub const BACKEND_F_TERMINATING: u32 = 1 << 1;
+
+/// A frontend's Maglev lookup table: entry `hash % M` is a backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub slots: [u16; MAGLEV_TABLE_SIZE],
+    pub _pad: u16,
+}
+
+/// Session-affinity key: frontend and client address (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub frontend_id: u32,
+    pub client_addr: u32,
+}
+
+impl AffinityKey {
+    pub const fn new(frontend_id: u32, client: Ipv4Addr) -> Self {
+        Self {
+            frontend_id,
+            client_addr: net_addr(client),
+        }
+    }
+
+    /// The client the binding is for.
+    pub const fn client(&self) -> Ipv4Addr {
+        ipv4(self.client_addr)
+    }
+}
+
+/// The backend a client is bound to, and when it last opened a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// Backend address and port, network order.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad: u16,
+    pub slot: u32,
+    pub _pad2: u32,
+    pub last_used_ns: u64,
+}
+
+impl AffinityValue {
+    /// The bound backend.
+    pub const fn backend(&self) -> SocketAddrV4 {
+        endpoint(self.backend_addr, self.backend_port)
+    }
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<BackendKey>() == 8);
+const _: () = assert!(size_of::<BackendValue>() == 24);
+const _: () = assert!(size_of::<MaglevTable>() == 2044);
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+const _: () = assert!(size_of::<AffinityValue>() == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accessors_round_trip_and_store_packet_order() {
+        let vip = Ipv4Addr::new(10, 96, 100, 10);
+        let key = ServiceKey::new(vip, 80, PROTO_TCP);
+        assert_eq!((key.addr(), key.port(), key.proto), (vip, 80, PROTO_TCP));
+        assert_eq!(key.addr.to_ne_bytes(), [10, 96, 100, 10]);
+        assert_eq!(key.port.to_ne_bytes(), [0, 80]);
+
+        let pod = SocketAddrV4::new(Ipv4Addr::new(10, 101, 1, 10), 8080);
+        let backend = BackendValue::new(pod, 2, BACKEND_F_READY, 7);
+        assert_eq!(backend.endpoint(), pod);
+        assert_eq!((backend.addr(), backend.port()), (*pod.ip(), 8080));
+        assert_eq!(backend.port.to_ne_bytes(), [0x1f, 0x90]);
+
+        let client = Ipv4Addr::new(10, 1, 0, 2);
+        assert_eq!(AffinityKey::new(3, client).client(), client);
+        let bound = AffinityValue {
+            backend_addr: backend.addr,
+            backend_port: backend.port,
+            _pad: 0,
+            slot: 0,
+            _pad2: 0,
+            last_used_ns: 0,
+        };
+        assert_eq!(bound.backend(), pod);
+    }
+}
