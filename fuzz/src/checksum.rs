@@ -20,8 +20,9 @@
 use mcs_common::checksum::{
     fold, full_replace_u32, is_partial, l4_rewrite, pseudo_header_seed, sum_bytes,
 };
+use mcs_tests::packet::rfc1071;
 
-use crate::{Cursor, rfc1071};
+use crate::Cursor;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;

@@ -1,4 +1,4 @@
-//! Manifest text → `manifest::parse` → `manifest::snapshot` →
+//! Manifest text → `manifest::snapshot_from_yaml` (parse, snapshot) →
 //! `desired::compute_with` → `Reconciler::apply` into in-memory maps.
 //!
 //! The input is one or two manifest versions separated by a line
@@ -54,10 +54,9 @@ pub fn run(data: &[u8]) {
     let mut maps = CheckedMaps::default();
     let mut reconciler = Reconciler::new();
     for version in [first, second] {
-        let Ok(converted) = manifest::parse(version) else {
+        let Ok((snapshot, _)) = manifest::snapshot_from_yaml(version) else {
             continue; // a syntax error keeps the previous state
         };
-        let (snapshot, _) = manifest::snapshot(converted.objects);
         let (state, _) = desired::compute_with(&snapshot, &policy);
         assert_clean(&state);
         let report = reconciler.apply(&state, &mut maps);

@@ -27,11 +27,15 @@
 
 use std::{cell::RefCell, net::Ipv4Addr};
 
-use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
+use etherparse::{IpNumber, Ipv4Header, TcpHeader};
 use mcs_agent::dataplane::test_run::XdpTestRun;
 use mcs_common::names;
+use mcs_tests::{
+    is_root,
+    packet::{Csum, ETH_LEN, Packet, Proto, rfc1071, verify},
+};
 
-use crate::{Cursor, rfc1071};
+use crate::Cursor;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -91,17 +95,14 @@ fn load() -> XdpTestRun {
     // Small LRU maps: the fuzzer creates flows by the million.
     let mut dataplane = XdpTestRun::load(&[(names::CONNTRACK, 4096), (names::AFFINITY, 1024)])
         .expect("load the XDP program");
-    dataplane.apply_manifest(MANIFEST).expect("program the maps");
+    dataplane
+        .apply_manifest(MANIFEST)
+        .expect("program the maps");
     dataplane
 }
 
 thread_local! {
     static HARNESS: RefCell<Option<Option<XdpTestRun>>> = const { RefCell::new(None) };
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 pub fn run(data: &[u8]) {
@@ -163,36 +164,35 @@ pub fn frame_of(data: &[u8]) -> Vec<u8> {
     };
     let sport = port(input.u8().wrapping_add(4), input.u16());
     let dport = port(input.u8(), input.u16());
-    let csum = input.u8() % 3;
+    let csum = match input.u8() % 3 {
+        1 => Csum::Partial,
+        2 if udp => Csum::Zero,
+        _ => Csum::Full,
+    };
     let options = usize::from(input.u8() % 4) * 4;
-    let frag_bits = match input.u8() % 8 {
+    let frags = match input.u8() % 8 {
         0 => 0x2000u16, // first fragment, more to come
         1 => 0x0010,    // a later fragment
         2 => 0,         // no DF
         _ => 0x4000,    // DF
     };
-    let tcp_flags = input.u8();
+    // FIN, SYN, RST, PSH, ACK.
+    let tcp_flags = input.u8() & 0x1f;
     let payload_len = usize::from(input.u8());
     let payload = input.bytes(payload_len).to_vec();
-
-    let segment = l4_segment(udp, src, dst, sport, dport, tcp_flags, &payload, csum);
-    let mut ip = Ipv4Header::new(
-        segment.len() as u16,
-        64,
-        if udp { IpNumber::UDP } else { IpNumber::TCP },
-        src,
-        dst,
-    )
-    .expect("valid header");
-    ip.options = Ipv4Options::try_from(&[1u8; 12][..options]).expect("NOP options");
-    ip.set_payload_len(segment.len()).expect("length fits");
-    ip.dont_fragment = frag_bits & 0x4000 != 0;
-    ip.more_fragments = frag_bits & 0x2000 != 0;
-    ip.fragment_offset = (frag_bits & 0x1fff).try_into().expect("13 bits");
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    ip.write(&mut frame).expect("write IPv4 header");
-    frame.extend_from_slice(&segment);
+    let mut frame = Packet {
+        src: src.into(),
+        sport,
+        dst: dst.into(),
+        dport,
+        proto: if udp { Proto::Udp } else { Proto::Tcp },
+        csum,
+        options: vec![1; options], // NOPs
+        frags,
+        tcp_flags,
+        payload,
+    }
+    .build();
 
     // Modes 2 and 3: byte mutations (offset, xor) and a cut.
     if mode >= 2 {
@@ -207,54 +207,6 @@ pub fn frame_of(data: &[u8]) -> Vec<u8> {
         }
     }
     frame
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one field per packet header field"
-)]
-fn l4_segment(
-    udp: bool,
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    tcp_flags: u8,
-    payload: &[u8],
-    csum: u8,
-) -> Vec<u8> {
-    let mut segment = Vec::new();
-    let check_at = if udp {
-        let mut header =
-            UdpHeader::without_ipv4_checksum(sport, dport, payload.len()).expect("udp length");
-        header.checksum = header
-            .calc_checksum_ipv4_raw(src, dst, payload)
-            .expect("checksum");
-        header.write(&mut segment).expect("write udp");
-        6
-    } else {
-        let mut header = TcpHeader::new(sport, dport, 1000, 64240);
-        header.fin = tcp_flags & 0x01 != 0;
-        header.syn = tcp_flags & 0x02 != 0;
-        header.rst = tcp_flags & 0x04 != 0;
-        header.psh = tcp_flags & 0x08 != 0;
-        header.ack = tcp_flags & 0x10 != 0;
-        header.checksum = header
-            .calc_checksum_ipv4_raw(src, dst, payload)
-            .expect("checksum");
-        header.write(&mut segment).expect("write tcp");
-        16
-    };
-    segment.extend_from_slice(payload);
-    let proto = if udp { 17 } else { 6 };
-    let field = match csum {
-        0 => return segment, // full
-        1 => rfc1071::seed(src, dst, proto, segment.len() as u16),
-        _ if udp => 0,
-        _ => return segment,
-    };
-    segment[check_at..check_at + 2].copy_from_slice(&field.to_be_bytes());
-    segment
 }
 
 /// The parsed fields of an IPv4 TCP/UDP frame as the datapath reads them.
@@ -420,15 +372,11 @@ fn check_pass(input: &[u8], out: &[u8]) {
 fn check_refusal(input: &[u8], out: &[u8]) {
     let p = parse(input).expect("only IPv4 TCP/UDP frames are refused");
     assert!(VIPS.contains(&p.dst), "refusal for a non-VIP destination");
-    let (ip, rest) = Ipv4Header::from_slice(&out[14..]).expect("refusal has an IPv4 header");
+    // IPv4 and TCP/ICMP checksums, all full ones.
+    let seen = verify(out, Csum::Full).unwrap_or_else(|error| panic!("refusal: {error:#}"));
     assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "refusal IPv4 checksum"
-    );
-    assert_eq!(
-        (ip.source, ip.destination),
-        (p.dst, p.src),
+        (seen.src, seen.dst),
+        (Ipv4Addr::from(p.dst), Ipv4Addr::from(p.src)),
         "refusal addresses"
     );
     assert_eq!(
@@ -436,7 +384,8 @@ fn check_refusal(input: &[u8], out: &[u8]) {
         &input[..12],
         "refusal keeps the Ethernet header (the node's stack routes it to the client)"
     );
-    if ip.protocol == IpNumber::TCP {
+    let (_, rest) = Ipv4Header::from_slice(&out[ETH_LEN..]).expect("verified IPv4 header");
+    if seen.proto == IpNumber::TCP {
         assert_eq!(out.len(), 54, "RST is a bare 54-byte frame");
         assert!(
             out.len() <= input.len(),
@@ -444,25 +393,15 @@ fn check_refusal(input: &[u8], out: &[u8]) {
         );
         let (tcp, payload) = TcpHeader::from_slice(rest).expect("RST has a TCP header");
         assert!(tcp.rst && payload.is_empty(), "a refusal is a bare RST");
-        assert_eq!(
-            tcp.checksum,
-            tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum"),
-            "RST checksum"
-        );
-    } else if ip.protocol == IpNumber::ICMP {
+    } else if seen.proto == IpNumber::ICMP {
         assert_eq!(out.len(), 70, "ICMP port unreachable is 70 bytes");
         assert_eq!(&rest[..2], &[3, 3], "destination/port unreachable");
-        assert_eq!(
-            rfc1071::fold(rfc1071::sum(0, &rest[..36])),
-            0xffff,
-            "ICMP checksum"
-        );
         assert_eq!(
             &rest[8..36],
             &input[14..42],
             "quotes the IP header and 8 bytes"
         );
     } else {
-        panic!("refusal with protocol {:?}", ip.protocol);
+        panic!("refusal with protocol {:?}", seen.proto);
     }
 }

@@ -323,8 +323,7 @@ impl Store {
             .map(|file| fs::read_to_string(file).expect("read"))
             .collect::<Vec<_>>()
             .join("---\n");
-        let converted = manifest::parse(&text).expect("generated YAML parses");
-        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let (snapshot, _) = manifest::snapshot_from_yaml(&text).expect("generated YAML parses");
         desired::compute_with(&snapshot, policy).0
     }
 }

@@ -71,13 +71,8 @@ endpoints:
 "#;
 
 fn update_of(yaml: &str) -> SourceUpdate {
-    let converted = manifest::parse(yaml).expect("valid YAML");
-    assert!(
-        converted.rejections.is_empty(),
-        "{:?}",
-        converted.rejections
-    );
-    let (snapshot, rejections) = manifest::snapshot(converted.objects);
+    let (snapshot, rejections) = manifest::snapshot_from_yaml(yaml).expect("valid YAML");
+    assert!(rejections.is_empty(), "{rejections:?}");
     SourceUpdate {
         snapshot,
         rejections,

@@ -3,8 +3,8 @@
 //! protocols, huge lists and strings, garbage YAML, wrong kinds and types),
 //! each placed in a manifest next to a well-formed sibling import and slice.
 //!
-//! For every case: the whole control path (`manifest::parse` →
-//! `manifest::snapshot` → `desired::compute` → `Reconciler::apply` into
+//! For every case: the whole control path (`manifest::snapshot_from_yaml`,
+//! i.e. parse and snapshot → `desired::compute` → `Reconciler::apply` into
 //! `MemoryMaps`) runs under `catch_unwind`; the case must yield the *typed*
 //! rejections it is expected to (matched on `Rejection::reason()`, i.e. the
 //! `Problem` variant, never on message text), no forbidden address may reach
@@ -1134,7 +1134,7 @@ fn bounded_and_clean(state: &DesiredState) -> Result<(), String> {
 /// Runs one case through the control path; `Err` is a failed expectation.
 fn run_case(case: &Case) -> Result<Outcome, String> {
     let text = format!("{}\n---\n{SIBLING}", case.text);
-    match manifest::parse(&text) {
+    match manifest::snapshot_from_yaml(&text) {
         Err(SyntaxError(_)) => {
             // The whole file is refused (typed); the file source keeps its
             // previous objects and every other file keeps working.
@@ -1145,11 +1145,9 @@ fn run_case(case: &Case) -> Result<Outcome, String> {
                 state: None,
             })
         }
-        Ok(converted) => {
+        Ok((snapshot, rejections)) => {
             let mut reasons: BTreeSet<&'static str> =
-                converted.rejections.iter().map(|r| r.reason()).collect();
-            let (snapshot, duplicates) = manifest::snapshot(converted.objects);
-            reasons.extend(duplicates.iter().map(|r| r.reason()));
+                rejections.iter().map(|r| r.reason()).collect();
             let (state, rejections) = desired::compute(&snapshot);
             reasons.extend(rejections.iter().map(|r| r.reason()));
             bounded_and_clean(&state)?;

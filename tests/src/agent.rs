@@ -275,25 +275,21 @@ impl Agent {
         child.kill().context("SIGKILL the agent")?;
         let status = child.wait()?;
         self.exit = Some(status);
-        self.keep_dataplane = true;
-        Ok(StoppedAgent {
-            status,
-            log: self.log(),
-            dataplane: PinnedDataplane {
-                bin: self.bin.clone(),
-                netns: self.netns.clone(),
-                dir: self.bpffs_dir.clone(),
-                armed: true,
-            },
-        })
+        Ok(self.keeping_dataplane(status))
     }
 
     /// Stops the agent like [`stop`](Self::stop) and keeps its pinned
     /// dataplane serving; pass the returned guard to [`Agent::adopt`].
     pub fn stop_keeping_dataplane(mut self) -> Result<StoppedAgent> {
         let status = self.stop()?;
+        Ok(self.keeping_dataplane(status))
+    }
+
+    /// The stopped agent with a guard of its pinned dataplane, which this
+    /// agent's drop no longer removes.
+    fn keeping_dataplane(&mut self, status: ExitStatus) -> StoppedAgent {
         self.keep_dataplane = true;
-        Ok(StoppedAgent {
+        StoppedAgent {
             status,
             log: self.log(),
             dataplane: PinnedDataplane {
@@ -302,7 +298,7 @@ impl Agent {
                 dir: self.bpffs_dir.clone(),
                 armed: true,
             },
-        })
+        }
     }
 
     /// Starts an agent that adopts the dataplane a stopped agent left

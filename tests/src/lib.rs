@@ -1,6 +1,7 @@
 //! Test harness for mcs: simulated clusters built from network namespaces,
-//! traffic servers and clients that live inside them, checksum counters, and a
-//! driver for the `mcs-agent` binary.
+//! traffic servers and clients that live inside them, checksum counters, a
+//! driver for the `mcs-agent` binary, and the test frames (builder and
+//! independent checksum verifier) every packet-level test uses.
 //!
 //! Everything here creates its own hosts (network namespaces joined by veth
 //! pairs) and tears them down on `Drop`, also while a failing test unwinds.
@@ -16,6 +17,7 @@ pub mod dns_load;
 pub mod load;
 pub mod manifest;
 pub mod netns;
+pub mod packet;
 pub mod scenario;
 pub mod servers;
 pub mod topology;
@@ -29,11 +31,11 @@ pub fn is_root() -> bool {
 }
 
 /// Panics with a clear message unless running as root; the first line of
-/// every test that builds namespaces.
+/// every root tier test (BPF, network namespaces, veth, cgroups).
 pub fn require_root() {
     assert!(
         is_root(),
-        "this test needs root (network namespaces, veth, XDP): run it with `cargo xtask test` \
-         or as root with `cargo test -p mcs-tests -- --include-ignored`"
+        "this test needs root (BPF, network namespaces, veth, cgroups): run it with \
+         `cargo xtask test` or as root with `cargo test -p mcs-tests -- --include-ignored`"
     );
 }

@@ -89,6 +89,23 @@ impl Netns {
         command_in(&self.name, program)
     }
 
+    /// A veth pair: `local` in this namespace, `peer` in `peer_ns`.
+    pub fn add_veth(&self, local: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &peer_ns.name,
+        ])
+        .map(drop)
+    }
+
     /// Writes a sysctl below `/proc/sys` (`key` in dotted form, e.g.
     /// `net.ipv4.ip_forward`) as seen from inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {

@@ -445,18 +445,7 @@ impl Topology {
         ns.sysctl("net.ipv4.conf.default.accept_redirects", "0")?;
 
         let r = &router.netns;
-        r.ip(&[
-            "link",
-            "add",
-            &router_port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ETH0,
-            "netns",
-            ns.name(),
-        ])?;
+        r.add_veth(&router_port, ns, ETH0)?;
         r.ip(&["link", "set", &router_port, "master", ROUTER_BRIDGE, "up"])?;
         let addr = format!("{underlay_ip}/{}", self.underlay.len);
         ns.ip(&["addr", "add", &addr, "dev", ETH0])?;
@@ -516,18 +505,7 @@ impl Topology {
         let pod = self.pods.last().context("pod just added")?;
         let (n, p) = (&node.netns, &pod.netns);
         host_sysctls(p)?;
-        n.ip(&[
-            "link",
-            "add",
-            &node_iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ETH0,
-            "netns",
-            p.name(),
-        ])?;
+        n.add_veth(&node_iface, p, ETH0)?;
         let gateway = format!("{POD_GATEWAY}/32");
         let pod_addr = format!("{ip}/32");
         n.ip(&["addr", "add", &gateway, "dev", &node_iface])?;

@@ -16,7 +16,6 @@ use aya::{
     programs::{CgroupSockAddr, TestRun as _, TestRunOptions, Xdp},
 };
 use aya_log::EbpfLogger;
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use mcs_agent::{
     dataplane::{EBPF_OBJECT, MapHandles, clock},
     desired,
@@ -24,13 +23,16 @@ use mcs_agent::{
     reconcile::Reconciler,
 };
 use mcs_common::{names, programs};
+use mcs_tests::{
+    packet::{Packet, frag},
+    require_root,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 const CLIENT: [u8; 4] = [10, 101, 1, 2];
 const VIP: [u8; 4] = [10, 96, 100, 10];
-const MACS: ([u8; 6], [u8; 6]) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
 
 const MANIFEST: &str = r#"
 apiVersion: multicluster.x-k8s.io/v1alpha1
@@ -45,15 +47,6 @@ addressType: IPv4
 ports: [{name: http, protocol: TCP, port: 8080}]
 endpoints: [{addresses: ["10.101.1.10"]}]
 "#;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this tier needs root (CAP_BPF): run `cargo xtask test`"
-    );
-}
 
 /// The `debug-log` object: `MCS_DEBUG_LOG_OBJECT`, else where `cargo xtask
 /// test` links it.
@@ -144,8 +137,7 @@ impl Loaded {
         let logger = EbpfLogger::init_with_logger(&mut ebpf, capture.clone()).ok();
         let mut maps = MapHandles::take(&mut ebpf).expect("map handles");
         clock::calibrate(&mut ebpf, &mut maps.clock).expect("calibrate the clock");
-        let converted = manifest::parse(MANIFEST).expect("manifest");
-        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let (snapshot, _) = manifest::snapshot_from_yaml(MANIFEST).expect("manifest");
         let report = Reconciler::new().apply(&desired::compute(&snapshot).0, &mut maps);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         Self {
@@ -180,29 +172,18 @@ impl Loaded {
     }
 }
 
+/// A bare SYN to the ClusterSetIP.
 fn syn(sport: u16) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(MACS.0, MACS.1)
-        .ipv4(CLIENT, VIP, 64)
-        .tcp(sport, 80, 1, 64240)
-        .syn();
-    let mut packet = Vec::with_capacity(builder.size(0));
-    builder.write(&mut packet, &[]).expect("build the SYN");
-    packet
+    Packet::tcp(CLIENT, sport, VIP, 80).payload(b"").build()
 }
 
 /// A first fragment (more fragments follow) of a UDP datagram to the
 /// ClusterSetIP: dropped, as its later fragments carry no ports.
 fn fragment() -> Vec<u8> {
-    let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, CLIENT, VIP).expect("IPv4 header");
-    ip.more_fragments = true;
-    let builder = PacketBuilder::ethernet2(MACS.0, MACS.1)
-        .ip(IpHeaders::Ipv4(ip, Default::default()))
-        .udp(40000, 80);
-    let mut packet = Vec::with_capacity(builder.size(8));
-    builder
-        .write(&mut packet, &[0; 8])
-        .expect("build the fragment");
-    packet
+    Packet::udp(CLIENT, 40000, VIP, 80)
+        .frags(frag::MF)
+        .payload(&[0; 8])
+        .build()
 }
 
 fn assert_logged(lines: &[String], wanted: &str) {

@@ -78,12 +78,7 @@ fn reached(set: &ClusterSet, n: usize) -> BTreeSet<String> {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn kube_source_programs_what_the_file_source_does_and_rides_out_an_outage() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this tier needs root: run `cargo xtask test`"
-    );
+    mcs_tests::require_root();
     let all = scenario::manifest(&scenario::all_backends_ready());
     let mut set = ClusterSet::create(&all.to_yaml(), &|_| {}).expect("ClusterSet");
 

@@ -64,12 +64,7 @@ fn standard(extra_spec: &str) -> String {
 }
 
 fn start(yaml: &str, args: &[&str]) -> ClusterSet {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this tier needs root: run `cargo xtask test`"
-    );
+    mcs_tests::require_root();
     let mut set = ClusterSet::create(yaml, &|_| {}).expect("ClusterSet");
     set.start_agent_with(args).expect("agent");
     set

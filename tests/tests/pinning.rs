@@ -22,13 +22,9 @@ use mcs_agent::{
 };
 use mcs_common::{ABI_MAGIC, AbiInfo, CT_F_REPLY, CtKey, CtValue, PROTO_TCP, names, programs};
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this tier needs root: run `cargo xtask test`"
-    );
+/// Root, and bpffs where the agent pins.
+fn require_root_and_bpffs() {
+    mcs_tests::require_root();
     assert!(
         dataplane::is_bpffs(std::path::Path::new("/sys/fs/bpf")),
         "bpffs not mounted at /sys/fs/bpf (cargo xtask setup mounts it)"
@@ -40,7 +36,7 @@ struct PinDir(PathBuf);
 
 impl PinDir {
     fn new(test: &str) -> Self {
-        require_root();
+        require_root_and_bpffs();
         let path = PathBuf::from(format!(
             "/sys/fs/bpf/mcs-test-{test}-{}",
             std::process::id()
@@ -71,8 +67,7 @@ endpoints: [{addresses: ["10.101.1.10"]}, {addresses: ["10.102.1.10"]}]
 "#;
 
 fn desired_state(yaml: &str) -> desired::DesiredState {
-    let converted = manifest::parse(yaml).expect("manifest");
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, _) = manifest::snapshot_from_yaml(yaml).expect("manifest");
     desired::compute(&snapshot).0
 }
 

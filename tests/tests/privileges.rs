@@ -25,12 +25,7 @@ fn agent_bin() -> String {
 /// Runs the agent as nobody with only `caps` in the netns; returns whether
 /// it became ready (attached XDP) and its log.
 fn run_with(caps: &str, tag: &str) -> (bool, String) {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this tier needs root: run `cargo xtask test`"
-    );
+    mcs_tests::require_root();
     let netns = Netns::create(&format!("{}{tag}", unique_prefix())).expect("netns");
     netns
         .ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])

@@ -101,12 +101,7 @@ fn frontend(report: &DumpReport, port: u16, protocol: &str) -> mcs_agent::dump::
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn local_sockets_are_balanced_at_connect_time() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this tier needs root: run `cargo xtask test`"
-    );
+    mcs_tests::require_root();
     let cgroup_name = format!("mcs-test-socklb-{}", std::process::id());
     let yaml = scenario::manifest(&scenario::all_backends_ready()).to_yaml();
     // Declared first so it is dropped last, after the agent and the

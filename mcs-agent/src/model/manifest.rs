@@ -167,6 +167,17 @@ pub fn snapshot(objects: impl IntoIterator<Item = Object>) -> (Snapshot, Vec<Rej
     (snapshot, rejections)
 }
 
+/// What one manifest text serves: [`parse`] then [`snapshot`]. The
+/// rejections are the text's own (unparsable documents, invalid objects),
+/// then its duplicates, as the file source reports them.
+pub fn snapshot_from_yaml(text: &str) -> Result<(Snapshot, Vec<Rejection>), SyntaxError> {
+    let converted = parse(text)?;
+    let (snapshot, duplicates) = snapshot(converted.objects);
+    let mut rejections = converted.rejections;
+    rejections.extend(duplicates);
+    Ok((snapshot, rejections))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +253,25 @@ items:
         let (snapshot, duplicates) = snapshot(converted.objects);
         assert_eq!(snapshot.imports.len(), 1);
         assert_eq!(duplicates.len(), 2);
+    }
+
+    #[test]
+    fn snapshot_from_yaml_is_parse_then_snapshot() {
+        let doubled = format!("{MANIFEST}\n---\n{MANIFEST}");
+        let (snapshot, rejections) = snapshot_from_yaml(&doubled).expect("valid YAML");
+        assert_eq!(snapshot.imports.len(), 1);
+        assert_eq!(snapshot.slices().len(), 1);
+        let reasons: Vec<_> = rejections.iter().map(Rejection::reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "unsupported_kind",
+                "unsupported_kind",
+                "conflict",
+                "conflict"
+            ],
+            "the text's own rejections first, then the duplicates"
+        );
+        assert!(snapshot_from_yaml("a: [unclosed").is_err());
     }
 }

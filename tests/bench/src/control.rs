@@ -119,13 +119,14 @@ fn fresh_maps() -> Result<(aya::Ebpf, MapHandles)> {
 }
 
 fn snapshot_of(set: &ServiceSet) -> Result<Snapshot> {
-    let converted = manifest::parse(&rules::manifest(set)).context("generated manifest")?;
+    let (snapshot, rejections) =
+        manifest::snapshot_from_yaml(&rules::manifest(set)).context("generated manifest")?;
     ensure!(
-        converted.rejections.is_empty(),
+        rejections.is_empty(),
         "manifest rejected: {:?}",
-        converted.rejections.first()
+        rejections.first()
     );
-    Ok(manifest::snapshot(converted.objects).0)
+    Ok(snapshot)
 }
 
 fn cold_iptables_restore(rules_path: &Path) -> Result<f64> {

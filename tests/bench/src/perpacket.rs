@@ -400,13 +400,13 @@ fn splitmix(state: &mut u64) -> u64 {
 /// own manifest parser and desired-state function.
 pub fn desired_state(count: usize) -> Result<DesiredState> {
     let set = ServiceSet::new(count, 10, &target_backends());
-    let converted = manifest::parse(&rules::manifest(&set)).context("generated manifest")?;
+    let (snapshot, rejections) =
+        manifest::snapshot_from_yaml(&rules::manifest(&set)).context("generated manifest")?;
     ensure!(
-        converted.rejections.is_empty(),
+        rejections.is_empty(),
         "generated manifest rejected: {:?}",
-        converted.rejections.first()
+        rejections.first()
     );
-    let (snapshot, _) = manifest::snapshot(converted.objects);
     let (state, rejections) = desired::compute(&snapshot);
     ensure!(
         rejections.is_empty(),

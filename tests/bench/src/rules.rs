@@ -437,14 +437,9 @@ mod tests {
     fn manifest_parses_into_the_expected_frontends() {
         let set = ServiceSet::new(3, 4, &backends());
         let yaml = manifest(&set);
-        let converted = mcs_agent::model::manifest::parse(&yaml).expect("valid YAML");
-        assert!(
-            converted.rejections.is_empty(),
-            "{:?}",
-            converted.rejections
-        );
-        let (snapshot, duplicates) = mcs_agent::model::manifest::snapshot(converted.objects);
-        assert!(duplicates.is_empty());
+        let (snapshot, rejections) =
+            mcs_agent::model::manifest::snapshot_from_yaml(&yaml).expect("valid YAML");
+        assert!(rejections.is_empty(), "{rejections:?}");
         let (state, rejections) = mcs_agent::desired::compute(&snapshot);
         assert!(rejections.is_empty(), "{rejections:?}");
         assert_eq!(state.frontends.len(), set.mcs_frontends());

@@ -12,13 +12,8 @@ fn zone() -> Name {
 }
 
 fn table_of(yaml: &str) -> (ZoneTable, Vec<Rejection>) {
-    let converted = manifest::parse(yaml).expect("valid YAML");
-    assert!(
-        converted.rejections.is_empty(),
-        "{:?}",
-        converted.rejections
-    );
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, rejections) = manifest::snapshot_from_yaml(yaml).expect("valid YAML");
+    assert!(rejections.is_empty(), "{rejections:?}");
     ZoneTable::build(&snapshot, &zone(), TTL, 42)
 }
 
@@ -514,8 +509,7 @@ fn same_address_in_two_slices_is_answered_once() {
 
 #[test]
 fn other_zones() {
-    let converted = manifest::parse(CLUSTERSET_IP).expect("valid YAML");
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, _) = manifest::snapshot_from_yaml(CLUSTERSET_IP).expect("valid YAML");
     let zone = Name::from_ascii("mcs.example.").expect("valid zone");
     let (table, _) = ZoneTable::build(&snapshot, &zone, TTL, 1);
     assert_eq!(

@@ -1,0 +1,229 @@
+//! The benchmark's goals as one table: the part of the bench each belongs
+//! to, what it promises, how it is measured (a function of the report, in
+//! `measure.rs`), and what limits it when it is missed. Judging a report is
+//! running every row's measurement and filling its texts.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Report,
+    measure::{self, Measured},
+};
+use crate::{e2e::Mode, perpacket::Case};
+
+/// One goal judged from a report: a row of report.md's goal table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Goal {
+    pub part: String,
+    pub goal: String,
+    pub measured: String,
+    /// `None`: not measured in this run, or not at the goal's size.
+    pub met: Option<bool>,
+    /// What limits it; empty unless it needs explaining.
+    pub limits: String,
+}
+
+/// A goal of [`GOALS`]. In `goal` and `limits`, `{limit}` stands for the
+/// row's limit, `{noise}` for [`NOISE`], and other `{name}`s for values of
+/// the measurement ([`Measured::values`]).
+struct GoalRow {
+    part: &'static str,
+    goal: &'static str,
+    /// The number the goal compares against, in the goal's unit.
+    limit: f64,
+    /// How it is measured: `None` when the report has no such numbers at
+    /// all (the row is left out).
+    measure: fn(&Report, f64) -> Option<Measured>,
+    /// What limits it, for a reader of a missed goal.
+    limits: &'static str,
+    explain: Explain,
+}
+
+/// When a goal's `limits` text is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Explain {
+    /// When the numbers miss the goal.
+    WhenMissed,
+    /// Unless the numbers meet the goal (also when there are none).
+    UnlessMet,
+}
+
+/// Why end-to-end ratios are noisy.
+const NOISE: &str = "client, server, softirq and other work share 2 noisy vCPUs; run-to-run spread (min–max) is of the same order as the difference";
+
+const GOALS: &[GoalRow] = &[
+    GoalRow {
+        part: "per-packet",
+        goal: "mcs: conntrack hit adds ≤ {limit}× the calibration lookup's cost over XDP_PASS (every point)",
+        limit: 3.0,
+        measure: |report, limit| measure::per_packet_case(report, Case::CtHit, limit),
+        limits: "a hit is the prefilter's inlined array read, a conntrack lookup (a 16-byte-key hash lookup in the largest map, itself about one calibration lookup) plus the rewrite (address, port, IP and L4 checksum), a jiffies read (inlined: one load) for the entry's last-seen time (written back at most once a second) and two per-CPU counter updates (frontend, backend)",
+        explain: Explain::UnlessMet,
+    },
+    GoalRow {
+        part: "per-packet",
+        goal: "mcs: miss (not a ClusterSetIP) adds ≤ {limit}× the calibration lookup's cost over XDP_PASS (every point)",
+        limit: 1.5,
+        measure: |report, limit| measure::per_packet_case(report, Case::Miss, limit),
+        limits: "a miss is parsing plus two inlined array reads of the prefilter bitmap (destination not a ClusterSetIP, source not a backend), no hash lookup; a false positive (another address on the same bit) takes the full path: conntrack and service lookups",
+        explain: Explain::UnlessMet,
+    },
+    GoalRow {
+        part: "per-packet",
+        goal: "mcs: new flow adds ≤ {limit}× the calibration lookup's cost over XDP_PASS (every point)",
+        limit: 6.0,
+        measure: |report, limit| measure::per_packet_case(report, Case::NewFlow, limit),
+        limits: "a new flow does the prefilter read, a conntrack miss, the service, Maglev-table and backend lookups, two LRU-hash inserts (reply and forward entries){lru_insert}, one jiffies read, counters and the DNAT{inserts_over_limit}",
+        explain: Explain::UnlessMet,
+    },
+    GoalRow {
+        part: "per-packet",
+        goal: "cost over XDP_PASS grows ≤ {limit}× from {smallest} to {largest}",
+        limit: 1.3,
+        measure: measure::per_packet_growth,
+        limits: "bigger maps: more cache and TLB misses per lookup (a 1M-entry conntrack alone is ~100 MiB of hash elements), and larger service/backend tables; one test packet keeps its own entries hot, so this is the floor of the growth",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "end to end",
+        goal: "mcs XDP ≥ {limit}× direct new connections/s, every scale",
+        limit: 0.95,
+        measure: |report, limit| {
+            measure::e2e_every_scale(report, Mode::McsXdp, measure::RATE, limit)
+        },
+        limits: "{cost_at_largest}the program itself accounts for ≈ {program_us} µs per connection (≈ 10 packets × Δ conntrack hit + one new flow, part 1); the rest is XDP on veth: an XDP_PASS program on the same two veths already gives {xdp_pass_ratio} of direct{xdp_pass_at} and mcs reaches {over_xdp_pass} of that (same-run control `direct+xdp-pass`) — a native XDP program moves the veth's receive path to NAPI and copies every cloned skb (all TCP segments) into a buffer with XDP headroom before the program runs: the cost of attaching at veths, not of the lookups; {noise}",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "end to end",
+        goal: "mcs XDP p99 latency (Connection: close) ≤ {limit}× direct, every scale",
+        limit: 1.1,
+        measure: |report, limit| {
+            measure::e2e_every_scale(report, Mode::McsXdp, measure::P99, limit)
+        },
+        limits: "p99 of a few thousand connections per run is set by scheduling delays on the shared vCPUs (milliseconds), not by the ~µs the program adds; {noise}",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "end to end",
+        goal: "mcs XDP ≥ {limit}× iptables new connections/s at 10k services",
+        limit: 3.5,
+        measure: |report, limit| measure::e2e_versus(report, Mode::Iptables, limit),
+        limits: "{baseline} itself reaches {baseline_vs_direct} of direct here: mcs cannot be more than 1/that faster than {baseline}, i.e. the baseline's per-connection cost on this machine is smaller than the goal assumed; {noise}",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "end to end",
+        goal: "mcs XDP ≥ {limit}× nftables new connections/s at 10k services",
+        limit: 1.15,
+        measure: |report, limit| measure::e2e_versus(report, Mode::Nftables, limit),
+        limits: "{baseline} itself reaches {baseline_vs_direct} of direct here: mcs cannot be more than 1/that faster than {baseline}, i.e. the baseline's per-connection cost on this machine is smaller than the goal assumed; {noise}",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "end to end",
+        goal: "mcs socket LB ≥ {limit}× direct new connections/s, every scale",
+        limit: 0.98,
+        measure: |report, limit| {
+            measure::e2e_every_scale(report, Mode::McsSocklb, measure::RATE, limit)
+        },
+        limits: "{cost_at_largest}connect() runs the cgroup connect4 program (service + Maglev + backend lookups, a reverse-NAT LRU insert) once per connection; {noise}",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "control plane",
+        goal: "cold sync of 10k services × 10 endpoints ≤ {limit} s",
+        limit: 0.5,
+        measure: measure::cold_sync,
+        limits: "{map_writes} map writes, written with BPF_MAP_UPDATE_BATCH a group at a time (at the batched rate measured below that alone is {batched_writes_s} s; batching measured {batch_vs_single} faster than single updates), plus building a Maglev table per frontend in userspace ({maglev_s} s for all on one CPU, timed alone) and the reconciler's bookkeeping; the three run as a pipeline of threads (tables, bookkeeping, writes) sharing the machine's CPUs",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "control plane",
+        goal: "cold sync ≥ {limit}× faster than iptables-restore of the same services",
+        limit: 30.0,
+        measure: measure::cold_sync_vs_iptables,
+        limits: "the sync's map writes (batched, but still one kernel hash-map update per entry) and Maglev tables against a restore that the nf_tables backend commits in one transaction",
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "control plane",
+        goal: "p50 endpoint change → map ≤ {limit} ms with 10k×10 loaded",
+        limit: 2.0,
+        measure: |report, limit| measure::endpoint_change(report, 50.0, limit),
+        limits: CHANGE_LIMITS,
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "control plane",
+        goal: "p99 endpoint change → map ≤ {limit} ms with 10k×10 loaded",
+        limit: 10.0,
+        measure: |report, limit| measure::endpoint_change(report, 99.0, limit),
+        limits: CHANGE_LIMITS,
+        explain: Explain::WhenMissed,
+    },
+    GoalRow {
+        part: "control plane",
+        goal: "agent peak RSS ≤ {limit} MiB at 10k×10",
+        limit: 128.0,
+        measure: measure::agent_rss,
+        limits: "the manifest text and the model (converted document by document) are alive at once during a reload, the agent keeps the last applied snapshot and the desired state, and the reconciler every frontend's backends",
+        explain: Explain::WhenMissed,
+    },
+];
+
+const CHANGE_LIMITS: &str = "the agent diffs the whole new snapshot against the last one to find the changed objects (O(objects) comparisons, see the changed-set time), then recomputes only the affected imports and writes only their frontends";
+
+/// Every goal the report has numbers for, judged, in table order.
+pub fn goals(report: &Report) -> Vec<Goal> {
+    GOALS.iter().filter_map(|row| row.judge(report)).collect()
+}
+
+impl GoalRow {
+    fn judge(&self, report: &Report) -> Option<Goal> {
+        let measured = (self.measure)(report, self.limit)?;
+        let explain = match self.explain {
+            Explain::WhenMissed => measured.met == Some(false),
+            Explain::UnlessMet => measured.met != Some(true),
+        };
+        Some(Goal {
+            part: self.part.to_owned(),
+            goal: self.fill(self.goal, &measured),
+            limits: if explain {
+                self.fill(self.limits, &measured)
+            } else {
+                String::new()
+            },
+            met: measured.met.filter(|_| measured.at_goal_size),
+            measured: measured.text,
+        })
+    }
+
+    fn fill(&self, template: &str, measured: &Measured) -> String {
+        let mut text = template
+            .replace("{limit}", &self.limit.to_string())
+            .replace("{noise}", NOISE);
+        for (name, value) in &measured.values {
+            text = text.replace(&format!("{{{name}}}"), value);
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+pub(super) fn every_text_filled(report: &Report) -> Result<(), String> {
+    for row in GOALS {
+        let Some(measured) = (row.measure)(report, row.limit) else {
+            continue;
+        };
+        for text in [
+            row.fill(row.goal, &measured),
+            row.fill(row.limits, &measured),
+        ] {
+            if text.contains('{') || text.contains('}') {
+                return Err(text);
+            }
+        }
+    }
+    Ok(())
+}

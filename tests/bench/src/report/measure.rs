@@ -1,0 +1,366 @@
+//! How each goal of the table in `goals.rs` is measured: the numbers a
+//! report holds for it, whether they meet the goal's limit, and the values
+//! its texts quote.
+
+use super::{Report, fmt_summary, rates, ratio, scale_name};
+use crate::{
+    control::Control,
+    e2e::Mode,
+    load::{Kind, LoadResult},
+    perpacket::{Case, PointResult},
+    stats::{self, Summary},
+};
+
+/// A goal's numbers in one report.
+pub struct Measured {
+    /// The numbers, as the goal table shows them.
+    pub text: String,
+    /// Whether they meet the goal; `None`: not measured.
+    pub met: Option<bool>,
+    /// Whether the run had the goal's size (a smoke run measures, but its
+    /// numbers do not judge a goal set for 10k services).
+    pub at_goal_size: bool,
+    /// Values for the `{name}`s of the goal's texts.
+    pub values: Vec<(&'static str, String)>,
+}
+
+impl Measured {
+    fn new(text: String, met: Option<bool>) -> Self {
+        Self {
+            text,
+            met,
+            at_goal_size: true,
+            values: Vec::new(),
+        }
+    }
+}
+
+/// An end-to-end number compared against the direct path.
+pub struct Metric {
+    value: fn(&LoadResult) -> f64,
+    /// Whether the goal is a floor (at least `limit` × direct) rather than
+    /// a ceiling.
+    at_least: bool,
+}
+
+/// New connections per second.
+pub const RATE: Metric = Metric {
+    value: |r| r.rate,
+    at_least: true,
+};
+
+/// p99 request latency.
+pub const P99: Metric = Metric {
+    value: |r| r.p99_us,
+    at_least: false,
+};
+
+/// A per-packet case's cost in calibration lookups, at every point.
+pub fn per_packet_case(report: &Report, case: Case, limit: f64) -> Option<Measured> {
+    let pp = report.per_packet.as_ref()?;
+    let base = pp.points.first()?;
+    let per_point: Vec<(&PointResult, Summary)> = pp
+        .points
+        .iter()
+        .filter_map(|p| Some((p, p.in_lookups(case)?)))
+        .collect();
+    let worst = per_point
+        .iter()
+        .max_by(|a, b| a.1.median.total_cmp(&b.1.median));
+    let met = (!per_point.is_empty()).then(|| per_point.iter().all(|(_, s)| s.median <= limit));
+    let base_delta = base.delta(case);
+    let base_lookup = base.delta(Case::Lookup);
+    let text = format!(
+        "{} lookups at {} services / {} CT (Δ {} ns vs lookup Δ {} ns); worst point {}",
+        fmt_summary(base.in_lookups(case), 2),
+        scale_name(base.services),
+        scale_name(base.conntrack_fill),
+        base_delta.map_or("–".into(), |s| format!("{:.0}", s.median)),
+        base_lookup.map_or("–".into(), |s| format!("{:.0}", s.median)),
+        worst.map_or("–".into(), |(p, s)| format!(
+            "{:.2} ({} services, {} CT)",
+            s.median,
+            scale_name(p.services),
+            scale_name(p.conntrack_fill)
+        )),
+    );
+    let lru_insert = match (
+        base.in_lookups(Case::LruInsert),
+        base.in_lookups(Case::LruInsertPerCpu),
+    ) {
+        (Some(common), Some(per_cpu)) => format!(
+            " (one conntrack-shaped LRU insert alone measures {:.1} lookups here, {:.1} with per-CPU LRU lists)",
+            common.median, per_cpu.median
+        ),
+        (Some(common), None) => format!(
+            " (one conntrack-shaped LRU insert alone measures {:.1} lookups here)",
+            common.median
+        ),
+        _ => String::new(),
+    };
+    // A new flow inserts twice: whether that alone costs more than the goal.
+    let inserts_over_limit = match base.in_lookups(Case::LruInsert) {
+        Some(common) if 2.0 * common.median > limit => {
+            ": the two inserts alone cost more than the goal"
+        }
+        _ => "",
+    };
+    Some(Measured {
+        values: vec![
+            ("lru_insert", lru_insert),
+            ("inserts_over_limit", inserts_over_limit.to_owned()),
+        ],
+        ..Measured::new(text, met)
+    })
+}
+
+/// Growth of the cost over XDP_PASS from the smallest to the largest point.
+pub fn per_packet_growth(report: &Report, limit: f64) -> Option<Measured> {
+    let pp = report.per_packet.as_ref()?;
+    let (first, last) = (pp.points.first()?, pp.points.last()?);
+    let mut parts = Vec::new();
+    let mut worst: f64 = 0.0;
+    for case in [Case::Miss, Case::NewFlow, Case::CtHit, Case::Reply] {
+        if let (Some(a), Some(b)) = (first.delta(case), last.delta(case))
+            && a.median > 0.0
+        {
+            let growth = b.median / a.median;
+            worst = worst.max(growth);
+            parts.push(format!("{} {growth:.2}×", case.key()));
+        }
+    }
+    let met = (!parts.is_empty() && pp.points.len() > 1).then_some(worst <= limit);
+    let point = |p: &PointResult| {
+        format!(
+            "{} services / {} CT",
+            scale_name(p.services),
+            scale_name(p.conntrack_fill)
+        )
+    };
+    Some(Measured {
+        values: vec![("smallest", point(first)), ("largest", point(last))],
+        ..Measured::new(parts.join(", "), met)
+    })
+}
+
+/// `mode` against the direct path, at every scale of the end-to-end part.
+pub fn e2e_every_scale(
+    report: &Report,
+    mode: Mode,
+    metric: Metric,
+    limit: f64,
+) -> Option<Measured> {
+    let e2e = report.e2e.as_ref()?;
+    let values: Vec<(usize, Option<Summary>)> = e2e
+        .scales
+        .iter()
+        .map(|s| {
+            (
+                s.services,
+                ratio(s, mode, Mode::Direct, Kind::Close, metric.value),
+            )
+        })
+        .collect();
+    let met = (values.iter().all(|(_, r)| r.is_some()) && !values.is_empty()).then(|| {
+        values.iter().all(|(_, r)| {
+            r.is_some_and(|r| {
+                if metric.at_least {
+                    r.median >= limit
+                } else {
+                    r.median <= limit
+                }
+            })
+        })
+    });
+    let text = values
+        .iter()
+        .map(|(n, r)| format!("{}: {}", scale_name(*n), fmt_summary(*r, 2)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    // What a connection costs at the largest scale, and what the program
+    // itself accounts for (from part 1: about ten packets, both directions,
+    // are conntrack hits, the SYN a new flow).
+    let largest = e2e.scales.last();
+    let program_us = report
+        .per_packet
+        .as_ref()
+        .and_then(|pp| pp.points.first())
+        .and_then(|p| {
+            Some((10.0 * p.delta(Case::CtHit)?.median + p.delta(Case::NewFlow)?.median) / 1000.0)
+        });
+    let close_rate = |s, a, b| ratio(s, a, b, Kind::Close, |r| r.rate);
+    let xdp_pass = largest.and_then(|s| {
+        Some((
+            s.services,
+            close_rate(s, Mode::DirectXdpPass, Mode::Direct)?,
+        ))
+    });
+    let over_xdp_pass = largest.and_then(|s| close_rate(s, Mode::McsXdp, Mode::DirectXdpPass));
+    Some(Measured {
+        values: vec![
+            ("cost_at_largest", connection_cost(report, mode)),
+            (
+                "program_us",
+                program_us.map_or("?".to_owned(), |us| format!("{us:.1}")),
+            ),
+            (
+                "xdp_pass_ratio",
+                xdp_pass.map_or("?".to_owned(), |(_, r)| r.display(2)),
+            ),
+            (
+                "xdp_pass_at",
+                xdp_pass.map_or(String::new(), |(n, _)| format!(" at {}", scale_name(n))),
+            ),
+            (
+                "over_xdp_pass",
+                over_xdp_pass.map_or("?".to_owned(), |r| r.display(2)),
+            ),
+        ],
+        ..Measured::new(text, met)
+    })
+}
+
+/// Direct and `mode`'s new connections/s at the largest scale, as CPU time
+/// per connection.
+fn connection_cost(report: &Report, mode: Mode) -> String {
+    let Some(scale) = report.e2e.as_ref().and_then(|e2e| e2e.scales.last()) else {
+        return String::new();
+    };
+    let direct = Summary::of(&rates(scale, Mode::Direct, Kind::Close, |r| r.rate));
+    let this = Summary::of(&rates(scale, mode, Kind::Close, |r| r.rate));
+    match (direct, this) {
+        (Some(d), Some(t)) if d.median > 0.0 && t.median > 0.0 => format!(
+            "at {}: direct {:.0} conn/s ≈ {:.0} µs of the two CPUs per connection, {} {:.0} conn/s ≈ {:.0} µs; ",
+            scale_name(scale.services),
+            d.median,
+            2e6 / d.median,
+            mode.name(),
+            t.median,
+            2e6 / t.median
+        ),
+        _ => String::new(),
+    }
+}
+
+/// mcs XDP against a kube-proxy baseline at the largest scale.
+pub fn e2e_versus(report: &Report, baseline: Mode, limit: f64) -> Option<Measured> {
+    let scale = report.e2e.as_ref()?.scales.last()?;
+    let full_scale = scale.services >= 10_000;
+    let suffix = if full_scale {
+        ""
+    } else {
+        " (smoke size: not the goal's 10k scale)"
+    };
+    let r = ratio(scale, Mode::McsXdp, baseline, Kind::Close, |r| r.rate);
+    let text = format!(
+        "at {}: {}{suffix}",
+        scale_name(scale.services),
+        fmt_summary(r, 2)
+    );
+    let vs_direct = ratio(scale, baseline, Mode::Direct, Kind::Close, |r| r.rate);
+    Some(Measured {
+        at_goal_size: full_scale,
+        values: vec![
+            ("baseline", baseline.name().to_owned()),
+            ("baseline_vs_direct", fmt_summary(vs_direct, 2)),
+        ],
+        ..Measured::new(text, r.map(|r| r.median >= limit))
+    })
+}
+
+/// The control part's size, whether it is the goals' (10k services), and
+/// the note a smaller run's numbers carry.
+fn control_size(c: &Control) -> (String, bool, &'static str) {
+    let full = c.services >= 10_000;
+    (
+        format!("{}×{}", scale_name(c.services), c.endpoints),
+        full,
+        if full { "" } else { " (smoke size)" },
+    )
+}
+
+/// Cold sync of every service into empty maps, in seconds.
+pub fn cold_sync(report: &Report, limit: f64) -> Option<Measured> {
+    let c = report.control.as_ref()?;
+    let (size, full, suffix) = control_size(c);
+    let cold = Summary::of(&c.cold_sync_s);
+    let text = format!(
+        "{size}: {} s, {} map writes{suffix}",
+        fmt_summary(cold, 3),
+        c.cold_map_writes
+    );
+    let batched_s = Summary::of(&c.batch_updates_per_s)
+        .map_or(f64::NAN, |s| c.cold_map_writes as f64 / s.median);
+    Some(Measured {
+        at_goal_size: full,
+        values: vec![
+            ("map_writes", c.cold_map_writes.to_string()),
+            ("batched_writes_s", format!("{batched_s:.2}")),
+            (
+                "batch_vs_single",
+                fmt_summary(
+                    stats::paired_ratio(&c.batch_updates_per_s, &c.single_updates_per_s),
+                    1,
+                ),
+            ),
+            ("maglev_s", format!("{:.2}", c.maglev_build_s)),
+        ],
+        ..Measured::new(text, cold.map(|s| s.median <= limit))
+    })
+}
+
+/// iptables-restore of the same services ÷ the cold sync.
+pub fn cold_sync_vs_iptables(report: &Report, limit: f64) -> Option<Measured> {
+    let c = report.control.as_ref()?;
+    let (size, full, suffix) = control_size(c);
+    let speedup = stats::paired_ratio(&c.iptables_restore_s, &c.cold_sync_s);
+    let text = format!(
+        "{size}: iptables-restore {} s ({} rules) = {}× the mcs sync{suffix}",
+        fmt_summary(Summary::of(&c.iptables_restore_s), 2),
+        c.iptables_rules,
+        fmt_summary(speedup, 1)
+    );
+    Some(Measured {
+        at_goal_size: full,
+        ..Measured::new(text, speedup.map(|s| s.median >= limit))
+    })
+}
+
+/// Percentile `q` of an endpoint change's way into the maps, in ms.
+pub fn endpoint_change(report: &Report, q: f64, limit: f64) -> Option<Measured> {
+    let c = report.control.as_ref()?;
+    let (size, full, suffix) = control_size(c);
+    let value = stats::percentile(&c.change.total_ms, q);
+    let median = |values: &[f64]| {
+        stats::percentile(values, 50.0).map_or("–".into(), |v| format!("{v:.3}"))
+    };
+    let text = format!(
+        "{size}: p{q:.0} {} ms over {} changes (p50: changed set {} ms, desired state incl. changed set {} ms, map writes {} ms, {:.1} writes/change){suffix}",
+        value.map_or("–".into(), |v| format!("{v:.2}")),
+        c.change.total_ms.len(),
+        median(&c.change.diff_ms),
+        median(&c.change.compute_ms),
+        median(&c.change.apply_ms),
+        c.change.map_writes_per_change
+    );
+    Some(Measured {
+        at_goal_size: full,
+        ..Measured::new(text, value.map(|v| v <= limit))
+    })
+}
+
+/// The agent's peak resident memory, in MiB.
+pub fn agent_rss(report: &Report, limit: f64) -> Option<Measured> {
+    let c = report.control.as_ref()?;
+    let (size, full, suffix) = control_size(c);
+    #[expect(clippy::cast_precision_loss, reason = "KiB to MiB")]
+    let rss = c.agent.vm_hwm_kib as f64 / 1024.0;
+    let text = format!(
+        "{size}: VmHWM {rss:.1} MiB (VmRSS after sync {:.1} MiB){suffix}",
+        c.agent.vm_rss_kib as f64 / 1024.0
+    );
+    Some(Measured {
+        at_goal_size: full,
+        ..Measured::new(text, (c.agent.vm_hwm_kib > 0).then_some(rss <= limit))
+    })
+}

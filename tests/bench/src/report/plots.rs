@@ -1,0 +1,140 @@
+//! The report's SVG plots: per-packet cost by size, end-to-end connection
+//! rate and p99 latency by scale, and the cold sync against
+//! iptables-restore.
+
+use super::{Report, rates, scale_name};
+use crate::{
+    e2e::Mode,
+    load::{Kind, LoadResult},
+    perpacket::Case,
+    stats::Summary,
+    svg::{self, Bar, Point, Series},
+};
+
+fn point(x: f64, s: Option<Summary>) -> Point {
+    s.map_or(
+        Point {
+            x,
+            y: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+        },
+        |s| Point {
+            x,
+            y: s.median,
+            lo: s.min,
+            hi: s.max,
+        },
+    )
+}
+
+/// The SVG files of the report: (file name, contents).
+pub fn plots(report: &Report) -> Vec<(&'static str, String)> {
+    let mut files = Vec::new();
+    if let Some(pp) = &report.per_packet {
+        let mut fills: Vec<usize> = pp.points.iter().map(|p| p.conntrack_fill).collect();
+        fills.sort_unstable();
+        fills.dedup();
+        let mut series = Vec::new();
+        for case in [
+            Case::Lookup,
+            Case::Miss,
+            Case::CtHit,
+            Case::Reply,
+            Case::NewFlow,
+        ] {
+            for fill in &fills {
+                series.push(Series {
+                    name: format!("{} @ CT {}", case.key(), scale_name(*fill)),
+                    points: pp
+                        .points
+                        .iter()
+                        .filter(|p| p.conntrack_fill == *fill)
+                        .map(|p| point(p.services as f64, p.delta(case)))
+                        .collect(),
+                });
+            }
+        }
+        files.push((
+            "perpacket.svg",
+            svg::line_chart(
+                "Per-packet cost over XDP_PASS (BPF_PROG_TEST_RUN)",
+                "services",
+                "ns per packet over XDP_PASS",
+                true,
+                &series,
+            ),
+        ));
+    }
+    if let Some(e2e) = &report.e2e {
+        let series = |f: fn(&LoadResult) -> f64| -> Vec<Series> {
+            Mode::ALL
+                .iter()
+                .map(|mode| Series {
+                    name: mode.name().to_owned(),
+                    points: e2e
+                        .scales
+                        .iter()
+                        .map(|s| {
+                            point(
+                                s.services as f64,
+                                Summary::of(&rates(s, *mode, Kind::Close, f)),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        files.push((
+            "e2e-conn.svg",
+            svg::line_chart(
+                "New connections/s (Connection: close)",
+                "services × 10 endpoints",
+                "connections/s",
+                true,
+                &series(|r| r.rate),
+            ),
+        ));
+        files.push((
+            "e2e-p99.svg",
+            svg::line_chart(
+                "p99 request latency (Connection: close)",
+                "services × 10 endpoints",
+                "µs",
+                true,
+                &series(|r| r.p99_us),
+            ),
+        ));
+    }
+    if let Some(c) = &report.control {
+        let bar = |label: String, s: Option<Summary>| {
+            s.map_or(
+                Bar {
+                    label: label.clone(),
+                    value: f64::NAN,
+                    lo: f64::NAN,
+                    hi: f64::NAN,
+                },
+                |s| Bar {
+                    label,
+                    value: s.median,
+                    lo: s.min,
+                    hi: s.max,
+                },
+            )
+        };
+        let size = format!("{}×{}", scale_name(c.services), c.endpoints);
+        let bars = vec![
+            bar(format!("mcs cold sync {size}"), Summary::of(&c.cold_sync_s)),
+            bar(
+                format!("iptables-restore {size}"),
+                Summary::of(&c.iptables_restore_s),
+            ),
+        ];
+        files.push((
+            "control.svg",
+            svg::bar_chart("Cold sync of all services", "seconds", &bars),
+        ));
+    }
+    files
+}
