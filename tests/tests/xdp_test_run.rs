@@ -10,18 +10,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
 };
 
 use etherparse::{IpNumber, Ipv4Header, TcpHeader};
 use mcs_agent::{
     conntrack::{Janitor, Scan},
-    dataplane::test_run::XdpTestRun,
+    dataplane::{prefilter::Member, test_run::XdpTestRun},
     desired,
     dump::{self, DumpReport},
     model::manifest,
 };
-use mcs_common::{CtKey, CtValue, PROTO_TCP, names, prefilter::Role};
+use mcs_common::{CtKey, CtValue, PROTO_TCP, names};
 use mcs_tests::{
     packet::{
         CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Packet, Proto, Seen, TCP_SEQ, frag, rfc1071,
@@ -39,14 +39,11 @@ const OTHER: [u8; 4] = [10, 102, 1, 99];
 
 /// The conntrack key of a TCP packet from `src:sport` to `dst:dport`.
 fn tcp_ct_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtKey {
-    CtKey {
-        saddr: u32::from_ne_bytes(src),
-        daddr: u32::from_ne_bytes(dst),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
+    CtKey::new(
+        SocketAddrV4::new(src.into(), sport),
+        SocketAddrV4::new(dst.into(), dport),
+        PROTO_TCP,
+    )
 }
 
 fn manifest(backends: &[(&str, &str)]) -> String {
@@ -711,8 +708,8 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
 
     // A sweep while the flow lives keeps both addresses; once conntrack
     // has no flow through them, the next sweep releases them.
-    let vip = (Role::Destination, u32::from_ne_bytes(VIP));
-    let backend = (Role::Source, u32::from_ne_bytes(tcp_backend.octets()));
+    let vip = Member::destination(VIP.into());
+    let backend = Member::source(tcp_backend);
     std::thread::sleep(std::time::Duration::from_millis(1100)); // the grace period
     assert!(
         harness
@@ -777,7 +774,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
                 .dataplane
                 .maps
                 .prefilter
-                .contains((Role::Source, u32::from_ne_bytes(addr.octets())))
+                .contains(Member::source(addr))
         );
     }
     assert!(
@@ -785,25 +782,14 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
             .dataplane
             .maps
             .prefilter
-            .contains((Role::Destination, u32::from_ne_bytes(VIP)))
+            .contains(Member::destination(VIP.into()))
     );
     // A conntrack entry written behind the agent's back for a flow between
     // two unrelated addresses: the prefilter lets its packet skip conntrack.
     let key = tcp_ct_key(CLIENT, 40000, OTHER, 80);
     let target = [10, 101, 1, 77];
-    let value = CtValue {
-        nat_addr: u32::from_ne_bytes(target),
-        nat_port: 8080u16.to_be(),
-        _pad: 0,
-        flags: 0,
-        frontend_id: 0,
-        backend_addr: u32::from_ne_bytes(target),
-        backend_port: 8080u16.to_be(),
-        _pad2: 0,
-        backend_id: 0,
-        _pad3: 0,
-        last_seen_ns: 0,
-    };
+    let target = SocketAddrV4::new(target.into(), 8080);
+    let value = CtValue::new(target, 0, 0, target, 0);
     harness
         .dataplane
         .maps
@@ -817,7 +803,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
     // destinations in: now the entry is found and applied.
     harness.dataplane.maps.rebuild_prefilter().expect("rebuild");
     let seen = harness.send(&packet);
-    assert_eq!((seen.dst, seen.dport), (Ipv4Addr::from(target), 8080));
+    assert_eq!((seen.dst, seen.dport), (*target.ip(), target.port()));
     // Service traffic still translates after the rebuild.
     let seen = harness.send(&Packet::tcp(CLIENT, 40001, VIP, 80));
     assert!(is_backend(seen.dst));

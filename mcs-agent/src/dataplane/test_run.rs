@@ -66,13 +66,8 @@ impl XdpTestRun {
     /// Brings the maps to what `yaml` describes, as the agent would; a
     /// rejected object or a failed map write is an error.
     pub fn apply_manifest(&mut self, yaml: &str) -> Result<ApplyReport> {
-        let converted = manifest::parse(yaml).context("manifest")?;
-        ensure!(
-            converted.rejections.is_empty(),
-            "manifest rejected: {:?}",
-            converted.rejections
-        );
-        let (snapshot, _) = manifest::snapshot(converted.objects);
+        let (snapshot, rejections) = manifest::snapshot_from_yaml(yaml).context("manifest")?;
+        ensure!(rejections.is_empty(), "manifest rejected: {rejections:?}");
         let (state, _) = desired::compute(&snapshot);
         let report = self.reconciler.apply(&state, &mut self.maps);
         ensure!(

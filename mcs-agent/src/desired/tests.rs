@@ -5,13 +5,8 @@ use super::*;
 use crate::model::manifest;
 
 fn state_of(yaml: &str) -> (DesiredState, Vec<Rejection>) {
-    let converted = manifest::parse(yaml).expect("valid YAML");
-    assert!(
-        converted.rejections.is_empty(),
-        "{:?}",
-        converted.rejections
-    );
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, rejections) = manifest::snapshot_from_yaml(yaml).expect("valid YAML");
+    assert!(rejections.is_empty(), "{rejections:?}");
     compute(&snapshot)
 }
 
@@ -162,8 +157,7 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
 }
 
 fn with_policy(yaml: &str, locality: &str, local: &str) -> Vec<Backend> {
-    let converted = manifest::parse(yaml).expect("valid YAML");
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, _) = manifest::snapshot_from_yaml(yaml).expect("valid YAML");
     let policy = Policy {
         local_cluster: Some(local.to_owned()),
         locality: locality.parse().expect("valid locality"),
@@ -232,8 +226,7 @@ fn affinity_reaches_the_frontend() {
 
 #[test]
 fn cluster_cidrs_keep_a_cluster_from_hijacking_another() {
-    let converted = manifest::parse(TWO_CLUSTERS).expect("valid YAML");
-    let (snapshot, _) = manifest::snapshot(converted.objects);
+    let (snapshot, _) = manifest::snapshot_from_yaml(TWO_CLUSTERS).expect("valid YAML");
     let policy = Policy {
         // b may only publish 10.2.0.0/16: its 10.1.0.1 is refused.
         cluster_cidrs: "a=10.1.0.0/16, b=10.2.0.0/16".parse().expect("valid list"),

@@ -14,7 +14,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     process::Command,
@@ -260,7 +260,6 @@ fn change_latency(
             .services
             .get(&service_key(&frontend), 0)
             .context("service entry")?;
-        let wanted = u32::from_ne_bytes(fresh.octets());
         let found = (0..value.backend_count).any(|slot| {
             maps.backends
                 .get(
@@ -270,7 +269,7 @@ fn change_latency(
                     },
                     0,
                 )
-                .is_ok_and(|b| b.addr == wanted)
+                .is_ok_and(|b| b.addr() == fresh)
         });
         let seen = Instant::now();
         ensure!(
@@ -298,14 +297,9 @@ fn update_rates(entries: usize) -> Result<(f64, f64)> {
         })
         .collect();
     let values: Vec<BackendValue> = (0..entries)
-        .map(|i| BackendValue {
-            addr: u32::try_from(i).unwrap_or(0),
-            port: 8080u16.to_be(),
-            _pad: 0,
-            cluster_id: 1,
-            flags: BACKEND_F_READY,
-            backend_id: 0,
-            _pad2: 0,
+        .map(|i| {
+            let addr = Ipv4Addr::from(u32::try_from(i).unwrap_or(0));
+            BackendValue::new(SocketAddrV4::new(addr, 8080), 1, BACKEND_F_READY, 0)
         })
         .collect();
     let (_ebpf, mut maps) = fresh_maps()?;
