@@ -12,6 +12,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod client;
 pub mod clusterset;
+pub mod clusterset_traffic;
 pub mod csum;
 pub mod dns_load;
 pub mod load;
