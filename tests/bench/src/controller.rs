@@ -98,6 +98,11 @@ pub struct ControllerBench {
     /// Per change: patch acknowledged → the new endpoint in the agent's
     /// maps on a node of another cluster (ms).
     pub endpoint_change_ms: Vec<f64>,
+    /// Of each change: patch acknowledged → a watch on the agent's cluster
+    /// delivers the MCS slice with the new address (the controller's part).
+    pub change_controller_ms: Vec<f64>,
+    /// Of each change: that slice delivered → the agent's maps hold it.
+    pub change_agent_ms: Vec<f64>,
     pub changes_not_seen: usize,
     pub controllers: Vec<ReconcileStats>,
     pub agent_vm_hwm_kib: u64,
@@ -418,6 +423,8 @@ pub fn run(config: &Config) -> Result<ControllerBench> {
         export_to_first_import_ms: measured.export_to_first_import_ms,
         exports_not_seen: measured.exports_not_seen,
         endpoint_change_ms: measured.endpoint_change_ms,
+        change_controller_ms: measured.change_controller_ms,
+        change_agent_ms: measured.change_agent_ms,
         changes_not_seen: measured.changes_not_seen,
         controllers,
         agent_vm_hwm_kib,

@@ -133,9 +133,9 @@ fn plan(size: Size) -> Plan {
             controller: controller::Config {
                 exports: 150,
                 endpoints: 4,
-                export_rate: 20.0,
-                changes: 50,
-                change_rate: 5.0,
+                export_rate: 10.0,
+                changes: 40,
+                change_rate: 2.0,
             },
         },
         Size::Full => Plan {
@@ -167,9 +167,9 @@ fn plan(size: Size) -> Plan {
             controller: controller::Config {
                 exports: 1000,
                 endpoints: 4,
-                export_rate: 20.0,
-                changes: 300,
-                change_rate: 5.0,
+                export_rate: 10.0,
+                changes: 200,
+                change_rate: 2.0,
             },
         },
     }

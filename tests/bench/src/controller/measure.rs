@@ -20,10 +20,13 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use mcs_agent::{
-    controller::exports::{export_resource, import_resource},
+    controller::{
+        CONTROLLER_NAME,
+        exports::{export_resource, import_resource},
+    },
     dataplane::{MapHandles, PinnedMaps},
     desired::Frontend,
-    model::{Flavour, Protocol},
+    model::{Flavour, Protocol, convert::LABEL_MANAGED_BY},
     reconcile::service_key,
 };
 use mcs_common::BackendKey;
@@ -43,6 +46,11 @@ pub struct Measured {
     pub export_to_first_import_ms: Vec<f64>,
     pub exports_not_seen: usize,
     pub endpoint_change_ms: Vec<f64>,
+    /// Of each change: patch answered → the MCS slice with the new address
+    /// delivered by a watch on the agent's cluster (the controller's part).
+    pub change_controller_ms: Vec<f64>,
+    /// Of each change: that slice delivered → the agent's maps hold it.
+    pub change_agent_ms: Vec<f64>,
     pub changes_not_seen: usize,
 }
 
@@ -121,6 +129,31 @@ async fn watch_imports(
     }
 }
 
+/// Watches the MCS EndpointSlices in cluster `client`'s namespace and
+/// records when each endpoint address first appears in one.
+async fn watch_slice_addresses(client: Client, seen: Arc<Mutex<HashMap<Ipv4Addr, Instant>>>) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, NS, &slices_resource());
+    let config =
+        watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={CONTROLLER_NAME}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let now = Instant::now();
+        let Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice)) = event else {
+            continue;
+        };
+        let addresses = slice.data["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+            .filter_map(|a| a.as_str()?.parse::<Ipv4Addr>().ok());
+        let mut seen = lock(&seen);
+        for address in addresses {
+            seen.entry(address).or_insert(now);
+        }
+    }
+}
+
 /// Whether the maps hold `addr` among the backends of `vip`:[`PORT`]/TCP.
 fn map_holds(maps: &MapHandles, vip: Ipv4Addr, addr: Ipv4Addr) -> bool {
     let frontend = Frontend {
@@ -170,10 +203,16 @@ pub async fn measure(
         ensure!(Instant::now() < deadline, "import watches did not sync");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let addresses: Arc<Mutex<HashMap<Ipv4Addr, Instant>>> = Arc::default();
+    watchers.spawn(watch_slice_addresses(clients[0].clone(), addresses.clone()));
     let mut measured = Measured::default();
     exports(config, services, &clients, &seen, &mut measured).await?;
     let maps = agent_caught_up(services, &seen, bpffs).await?;
-    changes(config, services, &clients, &seen, &maps, &mut measured).await?;
+    let observed = Observed {
+        maps: &maps,
+        addresses: &addresses,
+    };
+    changes(config, services, &clients, &seen, &observed, &mut measured).await?;
     watchers.abort_all();
     Ok(measured)
 }
@@ -296,6 +335,13 @@ async fn agent_caught_up(
     }
 }
 
+/// Where a change shows: the agent's maps, and the addresses of the MCS
+/// slices in the agent's cluster.
+struct Observed<'a> {
+    maps: &'a MapHandles,
+    addresses: &'a Mutex<HashMap<Ipv4Addr, Instant>>,
+}
+
 /// A change whose patch was answered, waiting for the map.
 struct Pending {
     vip: Ipv4Addr,
@@ -310,7 +356,7 @@ async fn changes(
     services: &[Service],
     clients: &[Client],
     seen: &Mutex<Seen>,
-    maps: &MapHandles,
+    observed: &Observed<'_>,
     measured: &mut Measured,
 ) -> Result<()> {
     let vips: HashMap<&str, Ipv4Addr> = {
@@ -338,7 +384,7 @@ async fn changes(
         let due = start + interval * u32::try_from(k).context("change count")?;
         last_due = due;
         while Instant::now() < due {
-            resolve(maps, &pending, &mut measured.endpoint_change_ms);
+            resolve(observed, &pending, measured);
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let count = candidates.len();
@@ -374,22 +420,36 @@ async fn changes(
     }
     let deadline = last_due.max(Instant::now()) + GRACE;
     while !lock(&pending).is_empty() && Instant::now() < deadline {
-        resolve(maps, &pending, &mut measured.endpoint_change_ms);
+        resolve(observed, &pending, measured);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     measured.changes_not_seen = lock(&pending).len();
     Ok(())
 }
 
-/// Takes every pending change the maps now hold, with its latency.
-fn resolve(maps: &MapHandles, pending: &Mutex<Vec<Pending>>, latencies: &mut Vec<f64>) {
+/// Takes every pending change the maps now hold, with its latency and
+/// where the time went.
+fn resolve(observed: &Observed<'_>, pending: &Mutex<Vec<Pending>>, measured: &mut Measured) {
     let mut pending = lock(pending);
     pending.retain(|p| {
-        if map_holds(maps, p.vip, p.addr) {
-            latencies.push(ms(Instant::now().saturating_duration_since(p.acked)));
-            false
-        } else {
-            true
+        if !map_holds(observed.maps, p.vip, p.addr) {
+            return true;
         }
+        let now = Instant::now();
+        measured
+            .endpoint_change_ms
+            .push(ms(now.saturating_duration_since(p.acked)));
+        // The slice's watch event is normally in by now; if the map was
+        // faster than this process's watch, the split is not known.
+        if let Some(slice) = lock(observed.addresses).get(&p.addr).copied() {
+            let slice = slice.min(now);
+            measured
+                .change_controller_ms
+                .push(ms(slice.saturating_duration_since(p.acked)));
+            measured
+                .change_agent_ms
+                .push(ms(now.saturating_duration_since(slice)));
+        }
+        false
     });
 }

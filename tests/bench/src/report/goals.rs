@@ -185,7 +185,7 @@ const GOALS: &[GoalRow] = &[
         goal: "p99 endpoint change → map on a node of another cluster ≤ {limit} s with 1 000 exports across 3 clusters",
         limit: 1.0,
         measure: |report, limit| measure::endpoint_change_to_map(report, 99.0, limit),
-        limits: "two watches and two debounces in a row: the controller of the agent's cluster sees the member's slice change, waits out its --debounce window (0.1 s), reconciles everything ({reconcile_ms} ms, mean) and writes the MCS slice; the agent's watch delivers it, the agent publishes it (at once after a quiet period; bursts are coalesced into 75 ms windows), diffs the new snapshot against the last and writes only the touched frontend",
+        limits: "two watches and two debounces in a row: the controller of the agent's cluster sees the member's slice change, waits out its --debounce window (0.1 s), reconciles everything ({reconcile_ms} ms, mean) and writes the MCS slice (patch → slice seen in the agent's cluster: {controller_part}); the agent's watch delivers it, the agent publishes it (at once after a quiet period; bursts are coalesced into 75 ms windows), diffs the new snapshot against the last and writes only the touched frontend (slice → map: {agent_part}); every controller reconciles on every change of any member, so the three share the CPUs with the agent and the API servers",
         explain: Explain::Always,
     },
 ];

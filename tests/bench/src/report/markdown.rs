@@ -291,6 +291,16 @@ fn controller_section(md: &mut String, c: &ControllerBench) {
             &c.endpoint_change_ms,
             Some(c.changes_not_seen),
         ),
+        (
+            "… of which patch → MCS slice seen in the agent's cluster (controller)",
+            &c.change_controller_ms,
+            None,
+        ),
+        (
+            "… of which MCS slice seen → map (agent)",
+            &c.change_agent_ms,
+            None,
+        ),
     ] {
         let _ = writeln!(
             md,

@@ -444,11 +444,19 @@ pub fn export_to_import(report: &Report, q: f64, limit: f64) -> Option<Measured>
 /// Percentile `q` of endpoint change → the agent's map in another cluster.
 pub fn endpoint_change_to_map(report: &Report, q: f64, limit: f64) -> Option<Measured> {
     let c = report.controller.as_ref()?;
-    Some(latency_goal(
-        c,
-        &c.endpoint_change_ms,
-        c.changes_not_seen,
-        q,
-        limit,
-    ))
+    let mut measured = latency_goal(c, &c.endpoint_change_ms, c.changes_not_seen, q, limit);
+    let split = |samples: &[f64]| {
+        format!(
+            "p50 {} / p99 {} ms",
+            stats::percentile(samples, 50.0).map_or("–".into(), |v| format!("{v:.0}")),
+            stats::percentile(samples, 99.0).map_or("–".into(), |v| format!("{v:.0}"))
+        )
+    };
+    measured
+        .values
+        .push(("controller_part", split(&c.change_controller_ms)));
+    measured
+        .values
+        .push(("agent_part", split(&c.change_agent_ms)));
+    Some(measured)
 }

@@ -151,6 +151,8 @@ fn sample_report() -> Report {
             exports_not_seen: 0,
             // p99 = 1200 ms: missed.
             endpoint_change_ms: (1..=100).map(|v| f64::from(v) * 12.0).collect(),
+            change_controller_ms: (1..=100).map(|v| f64::from(v) * 10.0).collect(),
+            change_agent_ms: vec![20.0; 100],
             changes_not_seen: 0,
             controllers: vec![ReconcileStats {
                 cluster: "cluster-a".into(),
@@ -209,7 +211,14 @@ fn goals_are_judged_from_the_numbers() {
         "{}",
         import.limits
     );
-    assert_eq!(find("endpoint change → map on a node").met, Some(false));
+    let change = find("endpoint change → map on a node");
+    assert_eq!(change.met, Some(false));
+    assert!(
+        change.limits.contains("p50 500 / p99 990 ms")
+            && change.limits.contains("p50 20 / p99 20 ms"),
+        "{}",
+        change.limits
+    );
     // A change never seen misses the goal whatever the percentiles say.
     let mut report = sample_report();
     if let Some(c) = &mut report.controller {
