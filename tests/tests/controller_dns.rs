@@ -134,7 +134,7 @@ fn a_dns_srv_query_of_a_cluster_ip_service_should_return_valid_srv_records() {
         export_web(world)?;
         let web = format!("web.{NS}.{ZONE}");
         let target = format!("{web}.");
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             let vip = world.routed(i, "web", 80, &["b-web1"])?;
             for (port, number) in [("http", 80), ("metrics", 9090)] {
                 let response = answer(
@@ -148,20 +148,20 @@ fn a_dns_srv_query_of_a_cluster_ip_service_should_return_valid_srv_records() {
                 ensure!(
                     records == set(&[(number, target.clone())]),
                     "{}: _{port}._tcp: {records:?}",
-                    CLUSTERS[i].0
+                    cluster
                 );
             }
             let all = srv_records(&answer(world, i, &web, RecordType::SRV, noerror)?);
             ensure!(
                 all == set(&[(80, target.clone()), (9090, target.clone())]),
                 "{}: {web} SRV: {all:?}",
-                CLUSTERS[i].0
+                cluster
             );
             let resolved = a_records(&answer(world, i, &web, RecordType::A, noerror)?);
             ensure!(
                 resolved == set(&[vip]),
                 "{}: A {resolved:?}, ClusterSetIP {vip}",
-                CLUSTERS[i].0
+                cluster
             );
             // A port the service does not have, or another protocol, is no name.
             for missing in [format!("_admin._tcp.{web}"), format!("_http._udp.{web}")] {
@@ -169,7 +169,7 @@ fn a_dns_srv_query_of_a_cluster_ip_service_should_return_valid_srv_records() {
                 ensure!(
                     response.metadata.response_code == ResponseCode::NXDomain,
                     "{}: {missing}: {response:?}",
-                    CLUSTERS[i].0
+                    cluster
                 );
             }
         }
@@ -185,7 +185,7 @@ fn a_dns_srv_query_of_a_cluster_ip_service_should_return_valid_srv_records() {
 fn dns_lookups_of_the_cluster_local_domain_are_not_answered_by_the_clusterset_responder() {
     run(|world| {
         export_web(world)?;
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             world.routed(i, "web", 80, &["b-web1"])?;
             let clusterset = format!("web.{NS}.{ZONE}");
             answer(world, i, &clusterset, RecordType::A, |r| {
@@ -197,7 +197,7 @@ fn dns_lookups_of_the_cluster_local_domain_are_not_answered_by_the_clusterset_re
                     local.metadata.response_code == ResponseCode::Refused
                         && local.answers.is_empty(),
                     "{}: cluster.local {record_type}: {local:?}",
-                    CLUSTERS[i].0
+                    cluster
                 );
             }
         }
@@ -235,7 +235,7 @@ fn a_dns_query_of_hostname_clusterid_service_of_a_headless_service_should_return
             ("db-0", "cluster-b", pod_ip(1, 21)),
             ("10-101-1-23", "cluster-a", pod_ip(0, 23)),
         ];
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             for (host, cluster, addr) in names {
                 let name = format!("{host}.{cluster}.{}", db());
                 answer(world, i, &name, RecordType::A, |r| {
@@ -246,7 +246,7 @@ fn a_dns_query_of_hostname_clusterid_service_of_a_headless_service_should_return
             ensure!(
                 not_ready.metadata.response_code == ResponseCode::NXDomain,
                 "{}: the pod that is not ready: {not_ready:?}",
-                CLUSTERS[i].0
+                cluster
             );
         }
         Ok(())

@@ -183,7 +183,7 @@ fn a_port_name_with_different_numbers_in_two_clusters_reaches_only_the_clusters_
         export_web(world, 0, &[("http", 80)], "2024-01-01T00:00:00Z")?;
         export_web(world, 1, &[("http", 81)], "2024-01-02T00:00:00Z")?;
         export_web(world, 2, &[("http", 80)], "2024-01-03T00:00:00Z")?;
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             let import = world.import(i, SERVICE, |import| {
                 import["status"]["clusters"].as_array().map(Vec::len) == Some(3)
             })?;
@@ -196,14 +196,14 @@ fn a_port_name_with_different_numbers_in_two_clusters_reaches_only_the_clusters_
             ensure!(
                 ports == [("http".to_owned(), 80)],
                 "{}: ports {ports:?}",
-                CLUSTERS[i].0
+                cluster
             );
             let vip = world.routed(i, SERVICE, 80, &["a-web1", "c-web1"])?;
             let answered = world.answered(i, target(vip, 80), 30)?;
             ensure!(
                 answered == pods(&["a-web1", "c-web1"]),
                 "{}: port 80 answered by {answered:?}",
-                CLUSTERS[i].0
+                cluster
             );
             unanswered(world, i, target(vip, 81))?;
         }
@@ -220,7 +220,7 @@ fn different_port_names_in_two_clusters_each_reach_only_the_cluster_exposing_the
     run(|world| {
         export_web(world, 0, &[("http", 80)], "2024-01-01T00:00:00Z")?;
         export_web(world, 1, &[("admin", 81)], "2024-01-02T00:00:00Z")?;
-        for i in 0..CLUSTERS.len() {
+        for (i, (cluster, ..)) in CLUSTERS.iter().enumerate() {
             let vip = world.routed(i, SERVICE, 80, &["a-web1"])?;
             ensure!(
                 world.routed(i, SERVICE, 81, &["b-web1"])? == vip,
@@ -231,7 +231,7 @@ fn different_port_names_in_two_clusters_each_reach_only_the_cluster_exposing_the
                 ensure!(
                     answered == pods(&[pod]),
                     "{}: port {port} answered by {answered:?}",
-                    CLUSTERS[i].0
+                    cluster
                 );
             }
         }
