@@ -673,7 +673,7 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
         .apply(&state, &mut harness.dataplane.maps);
     assert!(!report.retired.is_empty());
     // The agent's path: the janitor thread scans conntrack.
-    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack).expect("janitor");
+    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack, None).expect("janitor");
     janitor.submit(report.retired.clone(), false);
     let scan = next_scan(&mut janitor);
     assert_eq!(scan.removed, 2, "both directions of the UDP flow");
