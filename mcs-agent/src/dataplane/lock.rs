@@ -51,7 +51,7 @@ pub enum LockError {
     #[error(
         "another agent holds {dir} ({holder}): one agent per bpffs directory; stop it, or give this one its own --bpffs-dir"
     )]
-    Held { dir: PathBuf, holder: Holder },
+    Held { dir: PathBuf, holder: Box<Holder> },
     #[error("cannot lock {dir}")]
     Io {
         dir: PathBuf,
@@ -59,7 +59,13 @@ pub enum LockError {
         source: io::Error,
     },
     #[error(transparent)]
-    Directory(#[from] DataplaneError),
+    Directory(Box<DataplaneError>),
+}
+
+impl From<DataplaneError> for LockError {
+    fn from(error: DataplaneError) -> Self {
+        Self::Directory(Box::new(error))
+    }
 }
 
 /// Locks `bpffs_dir` (created 0700 if missing, on a bpffs mount), or fails
@@ -89,7 +95,7 @@ pub fn acquire(bpffs_dir: &Path) -> Result<DirLock, LockError> {
             .unwrap_or_default();
         return Err(LockError::Held {
             dir: bpffs_dir.to_path_buf(),
-            holder,
+            holder: Box::new(holder),
         });
     }
     Ok(DirLock { _dir: dir })

@@ -115,7 +115,7 @@ pub fn forget_reply(key: &CtKey, old: &CtValue, backend: &BackendValue) {
             key.proto,
         );
         // Already gone (evicted, expired) is fine.
-        let _ = MCS_CT_V1.remove(&reply_key);
+        let _ = MCS_CT_V1.remove(reply_key);
     }
 }
 
