@@ -44,7 +44,8 @@ pub enum Command {
     /// (pinned) maps.
     Dump(DumpArgs),
     /// Remove everything mcs pinned (XDP links, maps) under --bpffs-dir:
-    /// the dataplane stops. Run it after stopping the agent for good.
+    /// the dataplane stops. Run it after stopping the agent for good (it
+    /// refuses while an agent runs on the directory).
     Cleanup(CleanupArgs),
     /// The export side (one per cluster of the set): read the
     /// ServiceExports, Services and EndpointSlices of every member cluster

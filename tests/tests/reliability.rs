@@ -594,11 +594,24 @@ fn a_second_agent_on_the_same_directory_exits_at_once_and_touches_nothing() {
     assert!(!status.success(), "the second agent exited with {status}");
     assert!(ran < Duration::from_secs(2), "took {ran:?}");
     assert!(
-        stderr.contains("another agent holds") && stderr.contains(&format!("pid {pid}")),
+        stderr.contains("another mcs-agent holds") && stderr.contains(&format!("pid {pid}")),
         "{stderr}"
     );
     assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
     assert_eq!(pins(&dir), before_pins, "pins changed");
+    // `cleanup` refuses too while the agent runs.
+    let cleanup = Command::new(agent::binary())
+        .arg("cleanup")
+        .arg("--bpffs-dir")
+        .arg(&dir)
+        .output()
+        .expect("mcs-agent cleanup");
+    assert!(!cleanup.status.success());
+    assert_eq!(
+        pins(&dir),
+        before_pins,
+        "cleanup removed pins under a running agent"
+    );
     let after = set.agent().expect("agent").dump().expect("dump");
     assert_eq!(after.services, before.services, "maps changed");
     set.agent()

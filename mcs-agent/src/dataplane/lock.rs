@@ -49,7 +49,7 @@ impl fmt::Display for Holder {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "another agent holds {dir} ({holder}): one agent per bpffs directory; stop it, or give this one its own --bpffs-dir"
+        "another mcs-agent holds {dir} ({holder}): one agent per bpffs directory (stop it first, or use another --bpffs-dir)"
     )]
     Held { dir: PathBuf, holder: Box<Holder> },
     #[error("cannot lock {dir}")]
