@@ -133,11 +133,19 @@ pub struct ThreeClusters {
     _servers: Vec<HttpServer>,
     pub clusters: Vec<SimCluster>,
     pub topology: Topology,
+    /// The agents' DNS port on their node's underlay address.
+    pub dns_port: u16,
     _source: tempfile::TempDir,
 }
 
 impl ThreeClusters {
     pub fn build() -> Result<Self> {
+        Self::build_with_dns_port(DNS_PORT)
+    }
+
+    /// As [`ThreeClusters::build`], the agents answering DNS on `dns_port`
+    /// (53 lets a pod's own resolver reach them).
+    pub fn build_with_dns_port(dns_port: u16) -> Result<Self> {
         crate::require_root();
         let mut builder = Topology::builder().underlay("10.100.0.1/24");
         for (i, (cluster, node, ip, prefix)) in CLUSTERS.iter().enumerate() {
@@ -187,7 +195,7 @@ impl ThreeClusters {
                 "--kubeconfig".into(),
                 cluster.kubeconfig.display().to_string(),
                 "--dns-addr".into(),
-                format!("{ip}:{DNS_PORT}"),
+                format!("{ip}:{dns_port}"),
             ];
             agents.push(Agent::start(&topology.node(node)?.netns, &config)?);
         }
@@ -197,6 +205,7 @@ impl ThreeClusters {
             _servers: servers,
             clusters,
             topology,
+            dns_port,
             _source: source,
         })
     }
@@ -243,7 +252,8 @@ impl ThreeClusters {
         Ok(vip)
     }
 
-    fn client(&self, i: usize) -> Result<&crate::netns::Netns> {
+    /// Cluster `i`'s client pod.
+    pub fn client(&self, i: usize) -> Result<&crate::netns::Netns> {
         Ok(&self
             .topology
             .pod(&format!("{}-client", &CLUSTERS[i].0[8..]))?
@@ -262,7 +272,7 @@ impl ThreeClusters {
     /// node's DNS server.
     pub fn resolve(&self, i: usize, name: &str) -> Result<Vec<Ipv4Addr>> {
         let server = format!("@{}", CLUSTERS[i].2);
-        let port = DNS_PORT.to_string();
+        let port = self.dns_port.to_string();
         let out = self.client(i)?.exec(
             "dig",
             &[
@@ -283,7 +293,7 @@ impl ThreeClusters {
             record_type,
         ));
         let bytes = query.to_bytes().context("encode the query")?;
-        let server: SocketAddr = format!("{}:{DNS_PORT}", CLUSTERS[i].2).parse()?;
+        let server: SocketAddr = format!("{}:{}", CLUSTERS[i].2, self.dns_port).parse()?;
         let reply = self.client(i)?.enter(move || -> Result<Vec<u8>> {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
             socket.set_read_timeout(Some(Duration::from_secs(2)))?;

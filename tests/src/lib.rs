@@ -15,6 +15,8 @@ pub mod clusterset;
 pub mod clusterset_traffic;
 pub mod csum;
 pub mod dns_load;
+pub mod export_demo;
+pub mod kubectl;
 pub mod load;
 pub mod manifest;
 pub mod netns;
