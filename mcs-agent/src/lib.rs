@@ -27,6 +27,7 @@ pub mod desired;
 pub mod dns;
 pub mod dump;
 pub mod events;
+pub mod kube_config;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

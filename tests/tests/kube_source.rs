@@ -996,7 +996,10 @@ async fn an_unusable_kubeconfig_is_a_typed_error() {
         .err()
         .expect("fails");
     assert!(
-        matches!(error, KubeSourceError::Kubeconfig { .. }),
+        matches!(
+            error,
+            KubeSourceError::Config(mcs_agent::kube_config::KubeConfigError::Kubeconfig { .. })
+        ),
         "{error:?}"
     );
 }

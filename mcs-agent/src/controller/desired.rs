@@ -31,10 +31,10 @@ use serde_json::Value;
 use super::{
     CONTROLLER_NAME,
     allocate::{AllocError, Allocator},
-    exports::{ClusterModel, Export, ServiceKind, group_version},
+    exports::{ClusterModel, Export, ServiceKind},
     merge::{Exported, Merged, merge},
     observed::{ImportGroup, Observed, ObservedImport, ObservedSlice, covers},
-    render,
+    render::{self, SliceWrite},
 };
 use crate::model::{Flavour, ObjectKey};
 
@@ -95,14 +95,6 @@ pub struct ImportWrite {
     pub hash: String,
     pub clusters: Vec<String>,
     pub conditions: Vec<Condition>,
-}
-
-/// An EndpointSlice to apply.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SliceWrite {
-    pub key: ObjectKey,
-    pub object: Value,
-    pub hash: String,
 }
 
 /// Status conditions of one of the own cluster's ServiceExports.
@@ -313,7 +305,7 @@ pub fn plan(input: &Input<'_>, allocator: &mut Allocator) -> Plan {
                 "ImportNotManaged",
                 format!(
                     "ServiceImport {key} ({}) exists and was not written by {CONTROLLER_NAME}; it is left alone",
-                    group_version(foreign.flavour).1
+                    foreign.flavour.group_version().1
                 ),
             ));
             continue;
@@ -323,7 +315,13 @@ pub fn plan(input: &Input<'_>, allocator: &mut Allocator) -> Plan {
         for (exported, entry) in &valid {
             let exposed = merged.exposed_by(exported);
             for source in entry.member.model.slices.get(*key).into_iter().flatten() {
-                if let Some(slice) = render::slice_write(key, entry.member, source, &exposed) {
+                if let Some(slice) = render::slice_write(
+                    key,
+                    entry.member.id,
+                    entry.member.unreachable_since,
+                    source,
+                    &exposed,
+                ) {
                     desired_slices.insert(slice.key.clone());
                     plan.slices.push(slice);
                 }

@@ -14,10 +14,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{
-    desired::{ExportStatus, Notice},
-    exports::group_version,
-};
+use super::desired::{ExportStatus, Notice};
 use crate::{model::ObjectKey, telemetry::chain};
 
 /// `reportingController` of the Events.
@@ -103,7 +100,7 @@ impl Events {
             if !self.reported.contains(notice) {
                 info!(service = %notice.service, reason = notice.reason, message = %notice.message, "notice");
                 if let (Some(queue), Some(export)) = (&self.queue, regarding.get(&notice.service)) {
-                    let (group, version) = group_version(export.flavour);
+                    let (group, version) = export.flavour.group_version();
                     let reference = ObjectReference {
                         api_version: Some(format!("{group}/{version}")),
                         kind: Some("ServiceExport".to_owned()),

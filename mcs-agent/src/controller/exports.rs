@@ -26,10 +26,15 @@ use crate::model::{
     Flavour, ObjectKey, Protocol,
     convert::{LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME},
 };
+/// The slices a member's Services own are those of the ordinary
+/// EndpointSlice controller (or any other writer of
+/// `kubernetes.io/service-name`), never the MCS slices controllers write:
+/// the agent's kube source watches the same set.
+pub use crate::sources::kube::{SERVICE_SLICES_SELECTOR, import_resource};
 
 /// The `ApiResource` of a ServiceExport flavour.
 pub fn export_resource(flavour: Flavour) -> ApiResource {
-    let (group, version) = group_version(flavour);
+    let (group, version) = flavour.group_version();
     ApiResource {
         group: group.to_owned(),
         version: version.to_owned(),
@@ -39,36 +44,10 @@ pub fn export_resource(flavour: Flavour) -> ApiResource {
     }
 }
 
-/// The `ApiResource` of a ServiceImport flavour.
-pub fn import_resource(flavour: Flavour) -> ApiResource {
-    let (group, version) = group_version(flavour);
-    ApiResource {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        api_version: format!("{group}/{version}"),
-        kind: "ServiceImport".to_owned(),
-        plural: "serviceimports".to_owned(),
-    }
-}
-
-pub const fn group_version(flavour: Flavour) -> (&'static str, &'static str) {
-    match flavour {
-        Flavour::McsV1alpha1 => ("multicluster.x-k8s.io", "v1alpha1"),
-        Flavour::McsV1beta1 => ("multicluster.x-k8s.io", "v1beta1"),
-        Flavour::Gke => ("net.gke.io", "v1"),
-    }
-}
-
 /// Flavours in the order an object seen in several is taken from: v1beta1
 /// (the storage version) before v1alpha1 — two views of one CRD, so the same
 /// object — and mcs-api before GKE.
 pub const FLAVOURS: [Flavour; 3] = [Flavour::McsV1beta1, Flavour::McsV1alpha1, Flavour::Gke];
-
-/// Label selector of the slices a member's Services own: those of the
-/// ordinary EndpointSlice controller (or any other writer of
-/// `kubernetes.io/service-name`), never the MCS slices controllers write.
-pub const SERVICE_SLICES_SELECTOR: &str =
-    "kubernetes.io/service-name,!multicluster.kubernetes.io/service-name";
 
 /// A status condition as observed on an object.
 #[derive(Clone, Debug, PartialEq, Eq)]

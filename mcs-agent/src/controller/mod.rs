@@ -31,7 +31,7 @@ pub mod writer;
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -39,7 +39,6 @@ use std::{
 use kube::{
     Api, Client, Config,
     api::{DynamicObject, ListParams},
-    config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -61,7 +60,11 @@ use self::{
     observed::Observed,
     writer::{WriteError, Writer},
 };
-use crate::{model::Flavour, telemetry::chain};
+use crate::{
+    kube_config::{self, KubeConfigError},
+    model::Flavour,
+    telemetry::chain,
+};
 
 /// `endpointslice.kubernetes.io/managed-by` of the slices this controller
 /// writes, and the value of [`LABEL_IMPORT_MANAGED_BY`] on its imports.
@@ -85,17 +88,12 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Failed to start the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("cannot load kubeconfig {path} of cluster {cluster}")]
-    Kubeconfig {
+    #[error("cluster {cluster}")]
+    Config {
         cluster: String,
-        path: PathBuf,
         #[source]
-        source: KubeconfigError,
+        source: KubeConfigError,
     },
-    #[error(
-        "no in-cluster Kubernetes configuration (pass --kubeconfig when running outside a pod)"
-    )]
-    InCluster(#[source] InClusterError),
     #[error("cannot build the Kubernetes client of cluster {cluster}")]
     Client {
         cluster: String,
@@ -111,20 +109,13 @@ pub enum ControllerError {
 }
 
 async fn connect(cluster: &str, kubeconfig: Option<&Path>) -> Result<Client, ControllerError> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let error = |source| ControllerError::Kubeconfig {
+    let mut config =
+        kube_config::load(kubeconfig)
+            .await
+            .map_err(|source| ControllerError::Config {
                 cluster: cluster.to_owned(),
-                path: path.to_owned(),
                 source,
-            };
-            let kubeconfig = Kubeconfig::read_from(path).map_err(error)?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(error)?
-        }
-        None => Config::incluster().map_err(ControllerError::InCluster)?,
-    };
+            })?;
     // kube's client retries 429/503 answers itself, with a backoff growing
     // to minutes: a request sent while a member is down would then wait
     // that long after it is back. Watchers have their own backoff and

@@ -6,19 +6,25 @@
 
 use std::{collections::BTreeSet, hash::Hasher as _, net::IpAddr};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
 use serde_json::{Map, Value, json};
 
 use super::{
     ANNOTATION_APPLIED, ANNOTATION_UNREACHABLE_SINCE, CONTROLLER_NAME, LABEL_IMPORT_MANAGED_BY,
-    desired::{Member, SliceWrite},
-    exports::group_version,
     merge::{Affinity, IpFamily, Merged},
 };
 use crate::model::{
     Flavour, ObjectKey, Protocol,
     convert::{LABEL_MANAGED_BY, LABEL_MC_SERVICE_NAME, LABEL_SOURCE_CLUSTER},
 };
+
+/// An EndpointSlice to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceWrite {
+    pub key: ObjectKey,
+    pub object: Value,
+    pub hash: String,
+}
 
 /// Stamps `object` with the hash of its content (FNV-1a of its JSON, keys
 /// sorted) and returns the hash.
@@ -117,7 +123,7 @@ pub fn import_object(
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    let (group, version) = group_version(flavour);
+    let (group, version) = flavour.group_version();
     let mut object = json!({
         "apiVersion": format!("{group}/{version}"),
         "kind": "ServiceImport",
@@ -137,7 +143,8 @@ pub fn import_object(
 /// an FQDN slice (no addresses to balance).
 pub fn slice_write(
     service: &ObjectKey,
-    member: &Member<'_>,
+    member: &str,
+    unreachable_since: Option<Timestamp>,
     source: &EndpointSlice,
     exposed: &BTreeSet<(String, Protocol)>,
 ) -> Option<SliceWrite> {
@@ -145,7 +152,7 @@ pub fn slice_write(
         return None;
     }
     let source_name = source.metadata.name.as_deref().unwrap_or_default();
-    let name = slice_name(&service.name, member.id, source_name);
+    let name = slice_name(&service.name, member, source_name);
     let ports: Vec<Value> = source
         .ports
         .iter()
@@ -197,7 +204,7 @@ pub fn slice_write(
         })
         .collect();
     let mut annotations = Map::new();
-    if let Some(since) = member.unreachable_since {
+    if let Some(since) = unreachable_since {
         annotations.insert(
             ANNOTATION_UNREACHABLE_SINCE.to_owned(),
             json!(since.to_string()),
@@ -210,7 +217,7 @@ pub fn slice_write(
             "name": name, "namespace": service.namespace,
             "labels": {
                 LABEL_MC_SERVICE_NAME: service.name,
-                LABEL_SOURCE_CLUSTER: member.id,
+                LABEL_SOURCE_CLUSTER: member,
                 LABEL_MANAGED_BY: CONTROLLER_NAME,
             },
             "annotations": annotations,

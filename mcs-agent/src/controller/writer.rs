@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use super::{
     FIELD_MANAGER,
     desired::{Condition, ExportStatus, ImportWrite, Plan},
-    exports::{ObservedCondition, export_resource, group_version, import_resource},
+    exports::{ObservedCondition, export_resource, import_resource},
     leader::Leadership,
     metrics::Metrics,
     observed::{ImportGroup, Observed},
@@ -316,7 +316,7 @@ fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
 }
 
 fn status_body(flavour: Flavour, kind: &str, key: &ObjectKey, status: Value) -> Value {
-    let (group, version) = group_version(flavour);
+    let (group, version) = flavour.group_version();
     json!({
         "apiVersion": format!("{group}/{version}"),
         "kind": kind,

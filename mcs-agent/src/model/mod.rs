@@ -100,6 +100,17 @@ pub enum Flavour {
     Gke,
 }
 
+impl Flavour {
+    /// The API group and version of its ServiceImports and ServiceExports.
+    pub const fn group_version(self) -> (&'static str, &'static str) {
+        match self {
+            Self::McsV1alpha1 => ("multicluster.x-k8s.io", "v1alpha1"),
+            Self::McsV1beta1 => ("multicluster.x-k8s.io", "v1beta1"),
+            Self::Gke => ("net.gke.io", "v1"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportType {
     ClusterSetIp,

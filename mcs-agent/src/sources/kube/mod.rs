@@ -37,16 +37,10 @@ mod snapshot;
 mod trim;
 mod watchers;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use futures::{StreamExt, stream::select_all};
-use kube::{
-    Client, Config,
-    config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
-};
+use kube::Client;
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, instrument};
 
@@ -56,20 +50,13 @@ use self::{
     watchers::{ListState, WATCHED, WatchState, observe, watch_all},
 };
 use super::SourceUpdate;
+use crate::kube_config::{self, KubeConfigError};
 
 /// Failed to start the Kubernetes source.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
-    #[error("cannot load kubeconfig {path}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: KubeconfigError,
-    },
-    #[error(
-        "no in-cluster Kubernetes configuration (pass --kubeconfig when running outside a pod)"
-    )]
-    InCluster(#[source] InClusterError),
+    #[error(transparent)]
+    Config(#[from] KubeConfigError),
     #[error("cannot build the Kubernetes client")]
     Client(#[source] kube::Error),
     /// Watchers never end on their own; this means the runtime is shutting
@@ -115,19 +102,7 @@ impl KubeSource {
         kubeconfig: Option<&Path>,
         options: KubeSourceOptions,
     ) -> Result<Self, KubeSourceError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kubeconfig_error = |source| KubeSourceError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                };
-                let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-                Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .map_err(kubeconfig_error)?
-            }
-            None => Config::incluster().map_err(KubeSourceError::InCluster)?,
-        };
+        let config = kube_config::load(kubeconfig).await?;
         info!(server = %config.cluster_url, "Kubernetes API server");
         let client = Client::try_from(config).map_err(KubeSourceError::Client)?;
         Ok(Self::new(client, options))
@@ -224,6 +199,9 @@ mod tests {
             KubeSourceOptions::default(),
         )
         .await;
-        assert!(matches!(missing, Err(KubeSourceError::Kubeconfig { .. })));
+        assert!(matches!(
+            missing,
+            Err(KubeSourceError::Config(KubeConfigError::Kubeconfig { .. }))
+        ));
     }
 }

@@ -78,11 +78,7 @@ impl Watched {
 
 /// The `ApiResource` of a ServiceImport flavour.
 pub fn import_resource(flavour: Flavour) -> ApiResource {
-    let (group, version) = match flavour {
-        Flavour::McsV1alpha1 => ("multicluster.x-k8s.io", "v1alpha1"),
-        Flavour::McsV1beta1 => ("multicluster.x-k8s.io", "v1beta1"),
-        Flavour::Gke => ("net.gke.io", "v1"),
-    };
+    let (group, version) = flavour.group_version();
     ApiResource {
         group: group.to_owned(),
         version: version.to_owned(),
