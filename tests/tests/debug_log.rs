@@ -177,6 +177,14 @@ fn syn(sport: u16) -> Vec<u8> {
     Packet::tcp(CLIENT, sport, VIP, 80).payload(b"").build()
 }
 
+/// A later segment of the flow [`syn`] opened.
+fn ack(sport: u16) -> Vec<u8> {
+    Packet::tcp(CLIENT, sport, VIP, 80)
+        .established()
+        .payload(b"")
+        .build()
+}
+
 /// A first fragment (more fragments follow) of a UDP datagram to the
 /// ClusterSetIP: dropped, as its later fragments carry no ports.
 fn fragment() -> Vec<u8> {
@@ -213,8 +221,9 @@ fn the_debug_log_build_loads_and_logs_the_packet_path() {
     assert_logged(&lines, ": 1 backends");
     assert_logged(&lines, ": backend 10.101.1.10:8080 (slot 0)");
 
-    // The flow's next packet is a conntrack hit.
-    let (verdict, lines) = loaded.run(&syn(40000));
+    // The flow's next segment (an ACK: a SYN is balanced afresh) is a
+    // conntrack hit.
+    let (verdict, lines) = loaded.run(&ack(40000));
     assert_eq!(verdict, XDP_PASS, "{lines:#?}");
     assert_logged(&lines, "forward entry, rewrite to 10.101.1.10:8080");
 
