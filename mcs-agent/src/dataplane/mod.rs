@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod clock;
 pub mod layout;
+pub mod maglev;
 pub mod maps;
 pub mod prefilter;
 #[cfg(any(test, feature = "testing"))]
@@ -94,6 +95,12 @@ pub enum DataplaneError {
         name: &'static str,
         #[source]
         source: prefilter::PrefilterError,
+    },
+    #[error("map {name}")]
+    TableArray {
+        name: &'static str,
+        #[source]
+        source: maglev::TableArrayError,
     },
     #[error("map {name}")]
     Map {

@@ -422,7 +422,8 @@ pub fn run(config: &Config) -> Result<Control> {
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
     let maglev_start = Instant::now();
     for (_, spec) in desired_state.service_frontends() {
-        std::hint::black_box(mcs_agent::reconcile::maglev_table(&spec.backends));
+        let size = mcs_agent::maglev::rule_size(spec.backends.len());
+        std::hint::black_box(mcs_agent::reconcile::maglev_table(&spec.backends, size));
     }
     let maglev_build_s = maglev_start.elapsed().as_secs_f64();
     let rules_file = tempfile::Builder::new()
