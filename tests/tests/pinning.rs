@@ -407,3 +407,49 @@ fn the_frontend_maps_are_adopted_together_or_recreated_together() {
     assert_eq!(maps.read_state().expect("state").backends.len(), 2);
     second.shutdown(true);
 }
+
+/// The kernel's accounting (`memlock` in each map's fdinfo) of every map
+/// the agent creates is what the memory model (`dataplane::memory`, the
+/// formula of docs/operations.md) says, at two sets of sizes; the frontend
+/// names, allocated as written, count the names present.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn map_memory_is_what_the_model_says_at_two_sizes() {
+    use mcs_agent::dataplane::memory;
+    let cpus = memory::possible_cpus().expect("possible CPUs");
+    let small = MapSizes {
+        frontends: 4096,
+        backend_slots: 8192,
+        backends: 1024,
+        maglev_chunks: 100_000,
+        conntrack: 10_000,
+        affinity: 3000,
+        sock_revnat: 5000,
+    };
+    let desired = desired_state(MANIFEST);
+    for (test, sizes) in [("memory-small", small), ("memory-default", MapSizes::default())] {
+        let pins = PinDir::new(test);
+        let (mut dataplane, _) = Dataplane::load(&pins.0, &sizes).expect("load");
+        let mut maps = dataplane.maps().expect("maps");
+        let applied = Reconciler::with_capacities(sizes.capacities()).apply(&desired, &mut maps);
+        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+        let names_written = maps.read_state().expect("state").frontend_names.len() as u32;
+        assert_eq!(names_written, 3, "a port and two markers");
+        for def in MAPS {
+            let pin = dataplane::map_pin_dir(&pins.0).join(def.name);
+            let data = aya::maps::MapData::from_pin(&pin).expect("pin");
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+            let memlock: u64 = fdinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("memlock:"))
+                .and_then(|value| value.trim().parse().ok())
+                .expect("memlock in fdinfo");
+            let entries = sizes.entries(def.capacity, def.max_entries);
+            let present = (def.name == names::FRONTEND_META).then_some(names_written);
+            let model = memory::map_bytes(&def, entries, cpus, present);
+            assert_eq!(memlock, model, "{} at {entries} entries", def.name);
+        }
+        dataplane.shutdown(true);
+    }
+}

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod layout;
 pub mod maglev;
 pub mod maps;
+pub mod memory;
 pub mod prefilter;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_run;

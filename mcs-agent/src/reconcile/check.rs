@@ -179,6 +179,7 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
     let mut clusters_used = BTreeSet::new();
     let mut counter_ids: BTreeMap<Identity, u32> = BTreeMap::new();
     let mut places: Vec<(MaglevPlace, Frontend)> = Vec::new();
+    let mut named = BTreeSet::new();
     for (key, service) in &maps.services {
         let frontend = frontend_of(key)?;
         if !ids.insert(service.frontend_id) {
@@ -228,19 +229,24 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
             }
             None => Vec::new(),
         };
-        let name =
-            maps.names
-                .get(&service.frontend_id)
-                .cloned()
-                .ok_or(Inconsistency::MissingName {
-                    frontend,
-                    id: service.frontend_id,
-                })?;
         let kind = if service.flags & SVC_F_VIP_MARKER != 0 {
             FrontendKind::VipMarker
         } else {
             FrontendKind::Service
         };
+        // Markers have no name (see `plan`).
+        let name = match kind {
+            FrontendKind::Service => maps.names.get(&service.frontend_id).cloned().ok_or(
+                Inconsistency::MissingName {
+                    frontend,
+                    id: service.frontend_id,
+                },
+            )?,
+            FrontendKind::VipMarker => String::new(),
+        };
+        if kind == FrontendKind::Service {
+            named.insert(service.frontend_id);
+        }
         let affinity_timeout =
             (service.flags & SVC_F_AFFINITY != 0).then_some(service.affinity_timeout_s);
         rendered.insert(
@@ -263,7 +269,7 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
             return Err(Inconsistency::SharedTable(pair[0].1, pair[1].1));
         }
     }
-    if let Some(leaked) = maps.names.keys().find(|id| !ids.contains(id)) {
+    if let Some(leaked) = maps.names.keys().find(|id| !named.contains(id)) {
         return Err(Inconsistency::LeakedName(*leaked));
     }
     if let Some((_, name)) = maps
@@ -338,7 +344,10 @@ pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
                 *frontend,
                 RenderedFrontend {
                     kind: spec.kind,
-                    name: NameValue::new(&spec.name).as_str().to_owned(),
+                    name: match spec.kind {
+                        FrontendKind::Service => NameValue::new(&spec.name).as_str().to_owned(),
+                        FrontendKind::VipMarker => String::new(),
+                    },
                     affinity_timeout: spec.affinity_timeout,
                     slots,
                     table,

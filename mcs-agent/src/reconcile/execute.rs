@@ -15,7 +15,7 @@ use super::{
     layout::{Table, service_key},
     plan::{self, Current, Write},
 };
-use crate::desired::{Backend, Frontend, FrontendSpec};
+use crate::desired::{Backend, Frontend, FrontendKind, FrontendSpec};
 
 impl Reconciler {
     /// Brings `frontend` to `spec`; nothing is written when it is current.
@@ -71,7 +71,8 @@ impl Reconciler {
         };
         applied.dirty = true;
         let (id, slot_high) = (applied.id, applied.slot_high);
-        let writes = plan::removal(Some(service_key(frontend)), id, slot_high);
+        let named = applied.kind == FrontendKind::Service;
+        let writes = plan::removal(Some(service_key(frontend)), id, slot_high, named);
         self.run(frontend, writes, maps, report)?;
         if let Some(applied) = self.take_applied(frontend) {
             report
@@ -92,7 +93,8 @@ impl Reconciler {
     ) {
         let orphans: Vec<(u32, u32)> = self.orphans.iter().map(|(id, high)| (*id, *high)).collect();
         for (id, slot_high) in orphans {
-            let writes = plan::removal(None, id, slot_high);
+            // Whatever it was, a name may be left.
+            let writes = plan::removal(None, id, slot_high, true);
             match self.run(&ORPHAN_FRONTEND, writes, maps, report) {
                 Ok(()) => {
                     self.orphans.remove(&id);

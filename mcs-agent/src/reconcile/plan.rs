@@ -84,8 +84,18 @@ pub(super) fn is_current(applied: &Applied, spec: &FrontendSpec) -> bool {
         && applied.staged.is_none()
         && applied.kind == spec.kind
         && applied.affinity_timeout == spec.affinity_timeout
-        && applied.name == NameValue::new(&spec.name).as_str()
+        && applied.name == stored_name(spec).as_str()
         && stable_layout(&applied.backends, &spec.backends) == applied.backends
+}
+
+/// The name stored for operators: a service port's; none for a
+/// ClusterSetIP marker (it serves no traffic and `dump` does not show it;
+/// two per ClusterSetIP, their names would be most of the name map).
+fn stored_name(spec: &FrontendSpec) -> NameValue {
+    match spec.kind {
+        FrontendKind::Service => NameValue::new(&spec.name),
+        FrontendKind::VipMarker => NameValue::EMPTY,
+    }
 }
 
 fn wide_for(backends: usize) -> bool {
@@ -115,13 +125,14 @@ pub(super) fn upsert(
     } else {
         stable_layout(old, &spec.backends)
     };
-    let name = NameValue::new(&spec.name);
+    let name = stored_name(spec);
+    let named = spec.kind == FrontendKind::Service;
     let mut writes = Vec::new();
 
     if reset_stats {
         writes.push(Write::ResetStats(id));
     }
-    if rewrite_all || known.is_some_and(|known| known.name != name.as_str()) {
+    if named && (rewrite_all || known.is_some_and(|known| known.name != name.as_str())) {
         writes.push(Write::PutName(id, name));
     }
     // 1. Slots (new and changed ones; the old table still points only at
@@ -198,14 +209,19 @@ pub(super) fn upsert(
 /// The writes removing everything of frontend id `id`: its service entry
 /// (when it has one) first, so the datapath stops choosing it (and its
 /// table's place can be released); then its slots `0..slot_high` and its
-/// name. Adoption recognises what an interrupted removal left by the slots
-/// and name that outlive the service entry.
-pub(super) fn removal(service: Option<ServiceKey>, id: u32, slot_high: u32) -> Vec<Write> {
+/// name (when `named`). Adoption recognises what an interrupted removal
+/// left by the slots and name that outlive the service entry.
+pub(super) fn removal(
+    service: Option<ServiceKey>,
+    id: u32,
+    slot_high: u32,
+    named: bool,
+) -> Vec<Write> {
     service
         .map(Write::DeleteService)
         .into_iter()
         .chain(delete_slots(id, 0..slot_high))
-        .chain([Write::DeleteName(id)])
+        .chain(named.then_some(Write::DeleteName(id)))
         .collect()
 }
 

@@ -245,6 +245,28 @@ fn a_frontend_left_without_backends_loses_its_table_with_its_count() {
 }
 
 #[test]
+fn a_cluster_set_ip_marker_is_only_a_service_entry() {
+    let marker = FrontendSpec {
+        kind: FrontendKind::VipMarker,
+        name: "ns/web:<vip>".into(),
+        ..spec(vec![])
+    };
+    let current = Current::New {
+        id: ID,
+        reset_stats: false,
+    };
+    let plan = upsert(&frontend(), current, &marker, None);
+    assert_eq!(kinds(&plan.writes), [Kind::Service(0)]);
+    assert!(is_current(&plan.applied, &marker));
+    // Another owner (conflict resolution) changes nothing stored.
+    let renamed = FrontendSpec {
+        name: "other/web:<vip>".into(),
+        ..marker
+    };
+    assert!(is_current(&plan.applied, &renamed));
+}
+
+#[test]
 fn a_change_of_name_or_affinity_alone_writes_only_that() {
     let known = applied(vec![backend(1)]);
     let mut renamed = spec(vec![backend(1)]);
@@ -339,7 +361,7 @@ fn a_prebuilt_table_is_used_only_when_all_is_rewritten_at_its_size() {
 fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
     let key: ServiceKey = service_key(&frontend());
     assert_eq!(
-        removal(Some(key), ID, 2),
+        removal(Some(key), ID, 2, true),
         [
             Write::DeleteService(key),
             Write::DeleteSlot(slot(0)),
@@ -349,9 +371,11 @@ fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
     );
     // An orphan (no service entry) is cleaned the same way.
     assert_eq!(
-        kinds(&removal(None, ID, 1)),
+        kinds(&removal(None, ID, 1, true)),
         [Kind::DeleteSlot(0), Kind::DeleteName]
     );
+    // A ClusterSetIP marker has no name to delete.
+    assert_eq!(removal(Some(key), ID, 0, false), [Write::DeleteService(key)]);
 }
 
 /// One frontend's entries, as the datapath sees them: the table is the

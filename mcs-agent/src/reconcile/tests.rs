@@ -193,7 +193,12 @@ fn render(maps: &MemoryMaps) -> Rendered {
         } else {
             FrontendKind::Service
         };
-        let name = maps.names[&service.frontend_id].clone();
+        // Markers have no name.
+        let name = maps
+            .names
+            .get(&service.frontend_id)
+            .cloned()
+            .unwrap_or_default();
         rendered.insert(frontend, (kind, name, backends));
     }
     assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
@@ -203,7 +208,10 @@ fn render(maps: &MemoryMaps) -> Rendered {
         panic!("{error}");
     }
     assert_eq!(
-        maps.services.len(),
+        maps.services
+            .values()
+            .filter(|s| s.flags & SVC_F_VIP_MARKER == 0)
+            .count(),
         maps.names.len(),
         "leaked frontend names"
     );
@@ -214,7 +222,13 @@ fn expected(desired: &DesiredState) -> Rendered {
     desired
         .frontends
         .iter()
-        .map(|(f, s)| (*f, (s.kind, s.name.clone(), s.backends.clone())))
+        .map(|(f, s)| {
+            let name = match s.kind {
+                FrontendKind::Service => s.name.clone(),
+                FrontendKind::VipMarker => String::new(),
+            };
+            (*f, (s.kind, name, s.backends.clone()))
+        })
         .collect()
 }
 

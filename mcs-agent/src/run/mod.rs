@@ -1,8 +1,9 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
-//! reconcile every change (`context.rs`), shut down cleanly on
-//! SIGTERM/SIGINT.
+//! reconcile every change (`context.rs`; failed writes logged and counted
+//! once each, `failures.rs`), shut down cleanly on SIGTERM/SIGINT.
 
 mod context;
+mod failures;
 
 use std::{
     sync::{Arc, atomic::Ordering},
