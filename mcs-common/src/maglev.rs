@@ -93,8 +93,7 @@ mod tests {
                 assert!(chunk >= base && chunk < base + maglev_chunks(size, wide));
                 let width = if wide { 2 } else { 1 };
                 assert!(byte + width <= 8);
-                for b in byte..byte + width {
-                    let cell = &mut seen[(chunk - base) as usize][b];
+                for cell in &mut seen[(chunk - base) as usize][byte..byte + width] {
                     assert!(!*cell, "entry {index} overlaps");
                     *cell = true;
                 }

@@ -427,19 +427,26 @@ fn map_memory_is_what_the_model_says_at_two_sizes() {
         sock_revnat: 5000,
     };
     let desired = desired_state(MANIFEST);
-    for (test, sizes) in [("memory-small", small), ("memory-default", MapSizes::default())] {
+    for (test, sizes) in [
+        ("memory-small", small),
+        ("memory-default", MapSizes::default()),
+    ] {
         let pins = PinDir::new(test);
         let (mut dataplane, _) = Dataplane::load(&pins.0, &sizes).expect("load");
         let mut maps = dataplane.maps().expect("maps");
         let applied = Reconciler::with_capacities(sizes.capacities()).apply(&desired, &mut maps);
         assert!(applied.errors.is_empty(), "{:?}", applied.errors);
         let names_written = maps.read_state().expect("state").frontend_names.len() as u32;
-        assert_eq!(names_written, 3, "a port and two markers");
+        assert_eq!(
+            names_written, 1,
+            "a port (ClusterSetIP markers store no name)"
+        );
         for def in MAPS {
             let pin = dataplane::map_pin_dir(&pins.0).join(def.name);
             let data = aya::maps::MapData::from_pin(&pin).expect("pin");
             let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
-            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+            let fdinfo =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
             let memlock: u64 = fdinfo
                 .lines()
                 .find_map(|line| line.strip_prefix("memlock:"))

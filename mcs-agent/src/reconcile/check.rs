@@ -235,15 +235,16 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
             FrontendKind::Service
         };
         // Markers have no name (see `plan`).
-        let name = match kind {
-            FrontendKind::Service => maps.names.get(&service.frontend_id).cloned().ok_or(
-                Inconsistency::MissingName {
-                    frontend,
-                    id: service.frontend_id,
-                },
-            )?,
-            FrontendKind::VipMarker => String::new(),
-        };
+        let name =
+            match kind {
+                FrontendKind::Service => maps.names.get(&service.frontend_id).cloned().ok_or(
+                    Inconsistency::MissingName {
+                        frontend,
+                        id: service.frontend_id,
+                    },
+                )?,
+                FrontendKind::VipMarker => String::new(),
+            };
         if kind == FrontendKind::Service {
             named.insert(service.frontend_id);
         }

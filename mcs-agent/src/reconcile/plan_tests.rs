@@ -375,7 +375,10 @@ fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
         [Kind::DeleteSlot(0), Kind::DeleteName]
     );
     // A ClusterSetIP marker has no name to delete.
-    assert_eq!(removal(Some(key), ID, 0, false), [Write::DeleteService(key)]);
+    assert_eq!(
+        removal(Some(key), ID, 0, false),
+        [Write::DeleteService(key)]
+    );
 }
 
 /// One frontend's entries, as the datapath sees them: the table is the

@@ -286,7 +286,7 @@ mod tests {
             Some(BadRange(3..6))
         );
         assert_eq!(
-            TableSpace::with_taken(10, [8..12]).err(),
+            TableSpace::with_taken(10, std::iter::once(8..12)).err(),
             Some(BadRange(8..12))
         );
         let space = TableSpace::with_taken(10, [6..8, 0..2]).expect("disjoint");

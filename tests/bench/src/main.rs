@@ -9,12 +9,14 @@
 
 mod bpfsys;
 mod control;
+mod counters;
 mod e2e;
 mod load;
 mod packet;
 mod perpacket;
 mod report;
 mod rules;
+mod scale;
 mod server;
 mod stats;
 mod svg;
@@ -47,6 +49,8 @@ enum Part {
     PerPacket,
     E2e,
     Control,
+    /// The control plane at 100k services.
+    Scale,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +100,7 @@ struct Plan {
     per_packet: perpacket::Config,
     e2e: e2e::Config,
     control: control::Config,
+    scale: Vec<scale::Config>,
 }
 
 fn plan(size: Size) -> Plan {
@@ -126,6 +131,16 @@ fn plan(size: Size) -> Plan {
                 changes: 50,
                 batch_entries: 20_000,
             },
+            scale: [false, true]
+                .map(|three_ports| scale::Config {
+                    services: 2000,
+                    endpoints: 10,
+                    three_ports,
+                    reps: 1,
+                    changes: 20,
+                    conntrack: 1 << 16,
+                })
+                .to_vec(),
         },
         Size::Full => Plan {
             per_packet: perpacket::Config {
@@ -153,6 +168,24 @@ fn plan(size: Size) -> Plan {
                 changes: 500,
                 batch_entries: 200_000,
             },
+            scale: vec![
+                scale::Config {
+                    services: 100_000,
+                    endpoints: 10,
+                    three_ports: false,
+                    reps: 3,
+                    changes: 500,
+                    conntrack: 1 << 20,
+                },
+                scale::Config {
+                    services: 100_000,
+                    endpoints: 10,
+                    three_ports: true,
+                    reps: 2,
+                    changes: 100,
+                    conntrack: 1 << 20,
+                },
+            ],
         },
     }
 }
@@ -206,6 +239,11 @@ fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
     if wanted(Part::Control) {
         println!("\n==> bench 3/3: control plane");
         report.control = Some(control::run(&plan.control).context("control-plane benchmark")?);
+        save(&mut report)?;
+    }
+    if wanted(Part::Scale) {
+        println!("\n==> bench 3b: control plane at scale");
+        report.scale = scale::run(&plan.scale).context("scale benchmark")?;
     }
     let goals = save(&mut report)?;
     println!(

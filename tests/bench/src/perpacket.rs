@@ -54,7 +54,9 @@ use mcs_common::{CT_F_REPLY, CtKey, CtValue, MAX_CONNTRACK, PROTO_TCP, programs}
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpfsys, packet,
+    bpfsys,
+    counters::{self, CounterCalibration},
+    packet,
     rules::{self, HTTP_PORT, ServiceSet, TARGET_VIP},
     stats::{self, Summary},
 };
@@ -196,6 +198,9 @@ pub struct PerPacket {
     pub runs_per_sample: usize,
     pub repeat: u32,
     pub points: Vec<PointResult>,
+    /// Per-CPU against shared atomic counters (`counters.rs`).
+    #[serde(default)]
+    pub counters: Option<CounterCalibration>,
     pub notes: Vec<String>,
 }
 
@@ -750,6 +755,17 @@ pub fn run(config: &Config) -> Result<PerPacket> {
         // The largest states are big; keep only what a later point reuses.
         cache.remove(&services);
     }
+    let counters = {
+        let mut calibration = EbpfLoader::new()
+            .load(&calibration_object()?)
+            .context("load the calibration object")?;
+        for name in [BENCH_PASS, counters::COUNT_PCPU, counters::COUNT_SHARED] {
+            load_xdp(&mut calibration, name)?;
+        }
+        let frame = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, false)?;
+        counters::calibrate(&calibration, &frame, config.rounds, config.repeat)
+            .context("counter calibration")?
+    };
     progress(&format!(
         "  per-packet done in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -759,10 +775,12 @@ pub fn run(config: &Config) -> Result<PerPacket> {
         runs_per_sample: config.runs_per_sample,
         repeat: config.repeat,
         points,
+        counters: Some(counters),
         notes: vec![
             "Katran method: repeat=1 test runs in a loop, mean of the kernel-reported durations per batch (runs over 10x the batch median dropped as interrupted); one sample per round, rounds interleave all cases; a warm-up round is discarded.".to_owned(),
             "Repeat method (cross-check): one test run with repeat=N; conntrack-hit and reply packets stay valid through mirror entries (client->backend translating back to the ClusterSetIP), so every run is a hit with a rewrite.".to_owned(),
             "New flow: every run has a new source port (new 5-tuple: conntrack miss, service lookup, Maglev pick, backend lookup, two LRU inserts, DNAT); the flows a batch created are deleted after it, so conntrack stays at the fill under test.".to_owned(),
+            "Counters: a conntrack hit's counter updates (packets and bytes of two counters) in per-CPU counters and in shared counters with atomic adds, repeat method, on one CPU and on every CPU at once updating the same counters (one hot service), each paired with XDP_PASS of the same round.".to_owned(),
         ],
     })
 }
@@ -799,6 +817,16 @@ impl Drop for PinnedToLastCpu {
             // SAFETY: restores a mask sched_getaffinity filled.
             let _ = unsafe { libc::sched_setaffinity(0, size_of_cpu_set(), previous) };
         }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, size_of_cpu_set(), &raw const set);
     }
 }
 
