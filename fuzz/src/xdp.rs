@@ -28,8 +28,7 @@
 use std::{cell::RefCell, net::Ipv4Addr};
 
 use etherparse::{IpNumber, Ipv4Header, TcpHeader};
-use mcs_agent::dataplane::test_run::XdpTestRun;
-use mcs_common::names;
+use mcs_agent::dataplane::{MapSizes, test_run::XdpTestRun};
 use mcs_tests::{
     is_root,
     packet::{Csum, ETH_LEN, Packet, Proto, rfc1071, verify},
@@ -93,7 +92,11 @@ endpoints: [{addresses: ["10.102.1.10"]}, {addresses: ["10.102.1.11"]}]
 
 fn load() -> XdpTestRun {
     // Small LRU maps: the fuzzer creates flows by the million.
-    let mut dataplane = XdpTestRun::load(&[(names::CONNTRACK, 4096), (names::AFFINITY, 1024)])
+    let mut dataplane = XdpTestRun::load(&MapSizes {
+        conntrack: 4096,
+        affinity: 1024,
+        ..MapSizes::default()
+    })
         .expect("load the XDP program");
     dataplane
         .apply_manifest(MANIFEST)

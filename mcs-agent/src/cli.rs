@@ -127,22 +127,58 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
 
-    /// Conntrack capacity in entries (an LRU map: two entries per
-    /// translated flow, the least recently used evicted when full; about
-    /// 100 bytes each). A pinned conntrack of another size is recreated at
-    /// start, which drops its entries (logged).
-    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_CONNTRACK,
+    /// Frontends: every ClusterSetIP × port × protocol, plus two port-0
+    /// markers per ClusterSetIP. Sizes the service map, the frontend names
+    /// and the per-frontend counters (per CPU: 32 bytes × this × possible
+    /// CPUs). A frontend beyond it is not programmed (an error names it and
+    /// this flag; retried every second); the others are unaffected.
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_FRONTENDS,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 24)), help_heading = "Map sizes")]
+    pub frontends_max: u32,
+
+    /// Backend slots over all frontends (a frontend with 10 endpoints takes
+    /// 10). About 100 bytes each, preallocated. A frontend whose slots do
+    /// not fit is not updated (an error names it and this flag).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKEND_SLOTS,
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
-    pub conntrack_max: u32,
+    pub backend_slots_max: u32,
 
     /// Distinct backends (pod address and port) across all imports, each
     /// with its own packet counters. A frontend that needs one more is not
     /// updated (an error names it, retried every second). The counters are
-    /// per CPU: 32 bytes × this × possible CPUs. A pinned counter map of another size is recreated
-    /// at start (counters restart from zero, logged).
+    /// per CPU: 32 bytes × this × possible CPUs.
     #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKENDS,
           value_parser = clap::value_parser!(u32).range(16..=(1 << 24)), help_heading = "Map sizes")]
     pub backends_max: u32,
+
+    /// Bytes of Maglev tables (one array, preallocated). A frontend with N
+    /// backends takes the smallest prime ≥ 100 × N entries (at most 16 381),
+    /// one byte each up to 256 backends, two above: about 100 bytes per
+    /// backend slot, up to twice that after its backend count halved.
+    /// [default: 160 × --backend-slots-max]
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 34)), help_heading = "Map sizes")]
+    pub maglev_bytes_max: Option<u64>,
+
+    /// Conntrack capacity in entries (an LRU map: two entries per
+    /// translated flow, the least recently used evicted when full; about
+    /// 100 bytes each).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_CONNTRACK,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub conntrack_max: u32,
+
+    /// ClientIP session-affinity bindings (an LRU map: one per client and
+    /// frontend with affinity, the least recently used evicted when full;
+    /// the client then keeps its backend through the Maglev hash).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_AFFINITY,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub affinity_max: u32,
+
+    /// Socket-LB reverse translations (an LRU map: one per socket and
+    /// backend; an evicted socket sees the backend in getpeername).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_SOCK_REVNAT,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub sock_revnat_max: u32,
 
     /// Idle time after which a TCP flow that never completed its handshake
     /// (only SYNs seen) expires from conntrack, in seconds (Cilium's
@@ -269,6 +305,9 @@ pub struct DumpArgs {
     pub limit: usize,
 }
 
+/// Default bytes of Maglev tables per backend slot.
+pub const MAGLEV_BYTES_PER_SLOT: u64 = 160;
+
 impl RunArgs {
     /// How the conntrack janitor collects expired entries.
     pub fn gc_config(&self) -> crate::conntrack::gc::GcConfig {
@@ -285,11 +324,21 @@ impl RunArgs {
         }
     }
 
-    /// The operator-sized map capacities.
+    /// The operator-sized map capacities. A pinned map of another size is
+    /// recreated at start (logged with what that loses).
     pub fn map_sizes(&self) -> crate::dataplane::MapSizes {
-        crate::dataplane::MapSizes {
-            conntrack: self.conntrack_max,
+        use crate::dataplane::MapSizes;
+        let maglev_bytes = self
+            .maglev_bytes_max
+            .unwrap_or(u64::from(self.backend_slots_max) * MAGLEV_BYTES_PER_SLOT);
+        MapSizes {
+            frontends: self.frontends_max,
+            backend_slots: self.backend_slots_max,
             backends: self.backends_max,
+            maglev_chunks: MapSizes::maglev_chunks_for(maglev_bytes),
+            conntrack: self.conntrack_max,
+            affinity: self.affinity_max,
+            sock_revnat: self.sock_revnat_max,
         }
     }
 }
@@ -303,6 +352,47 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn map_sizes_follow_the_flags_and_default_to_the_object() {
+        let parse = |extra: &[&str]| {
+            let base = ["mcs-agent", "run", "--source", "file:/x", "-i", "eth0"];
+            match Cli::try_parse_from(base.iter().chain(extra)) {
+                Ok(Cli {
+                    command: Command::Run(args),
+                    ..
+                }) => Ok(args.map_sizes()),
+                Ok(_) => panic!("not a run command"),
+                Err(error) => Err(error),
+            }
+        };
+        assert_eq!(
+            parse(&[]).expect("defaults"),
+            crate::dataplane::MapSizes::default()
+        );
+        let sizes = parse(&[
+            "--frontends-max=300000",
+            "--backend-slots-max=1048576",
+            "--backends-max=65536",
+            "--conntrack-max=1048576",
+            "--affinity-max=4096",
+            "--sock-revnat-max=8192",
+        ])
+        .expect("valid");
+        assert_eq!(sizes.frontends, 300_000);
+        assert_eq!(sizes.backend_slots, 1 << 20);
+        // 160 bytes per slot unless given.
+        assert_eq!(u64::from(sizes.maglev_chunks) * 8, 160 << 20);
+        assert_eq!(
+            (sizes.conntrack, sizes.affinity, sizes.sock_revnat),
+            (1 << 20, 4096, 8192)
+        );
+        let sizes = parse(&["--maglev-bytes-max=100000001"]).expect("valid");
+        assert_eq!(sizes.maglev_chunks, 12_500_001);
+        assert!(parse(&["--frontends-max=10"]).is_err());
+        assert!(parse(&["--backend-slots-max=0"]).is_err());
+        assert!(parse(&["--maglev-bytes-max=100"]).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, DropReason,
-    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS,
+    MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,16 +147,20 @@ pub fn collect(maps: &MapHandles) -> anyhow::Result<DumpReport> {
 pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Result<DumpReport> {
     let mut backend_seen: BTreeMap<u32, (Ipv4Addr, u16, String)> = BTreeMap::new();
     let mut services = Vec::new();
+    let mut table_chunks = 0u64;
     for entry in maps.services.iter() {
         let (key, value) = entry.context("iterate services")?;
         if value.flags & SVC_F_VIP_MARKER != 0 {
             continue;
         }
         let mut owned = vec![0u32; value.backend_count as usize];
-        let table = maps.maglev.get(&value.frontend_id, 0).ok();
+        let place = value.maglev();
+        table_chunks += place.map_or(0, |place| u64::from(place.chunks()));
+        // Unreadable (mid-update): shown without shares; the next dump has it.
+        let table = place.and_then(|place| maps.maglev.read(place).ok());
         if let Some(table) = &table {
-            for slot in table.slots {
-                if let Some(count) = owned.get_mut(usize::from(slot)) {
+            for slot in table {
+                if let Some(count) = owned.get_mut(usize::from(*slot)) {
                     *count += 1;
                 }
             }
@@ -205,14 +209,12 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
                 no_backend: sum.no_backend + cpu.no_backend,
             });
         let mut socket_stats = Stats::default();
-        for cpu in maps
-            .sock_stats
-            .get(&value.frontend_id, 0)
-            .context("read socket-LB counters")?
-            .iter()
-        {
-            socket_stats.add(cpu);
-        }
+        socket_stats.add(
+            &maps
+                .sock_stats
+                .get(&value.frontend_id, 0)
+                .context("read socket-LB counters")?,
+        );
         services.push(ServiceDump {
             socket_stats,
             frontend_id: value.frontend_id,
@@ -223,11 +225,7 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
                 .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
             affinity_timeout_seconds: (value.flags & SVC_F_AFFINITY != 0)
                 .then_some(value.affinity_timeout_s),
-            maglev_table_size: if table.is_some() {
-                MAGLEV_TABLE_SIZE
-            } else {
-                0
-            },
+            maglev_table_size: place.map_or(0, |place| place.size as usize),
             backends,
             stats,
         });
@@ -330,9 +328,10 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             capacity: capacity(maps.backends.map(), MAX_BACKEND_SLOTS),
         },
         MapFill {
+            // Chunks of the table array the service entries point at.
             name: names::MAGLEV.into(),
-            entries: count(maps.maglev.keys().filter(Result::is_ok).count()),
-            capacity: capacity(maps.maglev.map(), MAX_FRONTENDS),
+            entries: table_chunks,
+            capacity: maps.maglev.capacity(),
         },
         MapFill {
             name: names::CONNTRACK.into(),

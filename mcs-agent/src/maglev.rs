@@ -1,10 +1,24 @@
-//! Maglev consistent hashing (Eisenbud et al., NSDI 2016), with weights.
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016), with weights,
+//! and the size of each frontend's table.
 //!
-//! The lookup table is built here, in userspace, and written to the
-//! `MCS_MAGLEV_V1` map whole (one atomic map update per frontend); the
-//! datapath only computes `table[hash % M]`.
+//! The lookup table is built here, in userspace, and written into the
+//! table array `MCS_MAGLEV_V2` (see `reconcile`); the datapath only reads
+//! `table[hash % M]`.
 //!
-//! Properties (checked by the property tests below):
+//! Table size ([`table_size`]): Maglev's rule of thumb, the smallest prime
+//! M ≥ 100 × N for N backends (each backend's share then within 1 % of
+//! 1/N), capped at `MAGLEV_MAX_TABLE_SIZE`, so a one-backend service costs
+//! 101 entries where a large one costs 16 381. The disruption bound below
+//! holds between two tables *of the same size*; a table of another size
+//! is a new permutation (flows in conntrack keep their backend, new flows
+//! of clients without an affinity entry may move). So a frontend keeps its
+//! size while it suits its backend count ([`keeps`]: not below the rule,
+//! not above the rule for twice the backends), and grows with headroom for
+//! half as many backends again: scaling one backend at a time from 10 to
+//! 40 resizes three times, not thirty.
+//!
+//! Properties (checked by the property tests below, at every table size a
+//! frontend of 1 to 300 backends gets):
 //! * every entry names a backend; with equal weights each backend owns
 //!   ⌊M/N⌋ or ⌈M/N⌉ entries, so a backend's share is within ±1/M of 1/N;
 //! * weighted backends own entries in proportion to their weights, within
@@ -18,7 +32,54 @@
 
 use std::net::Ipv4Addr;
 
-pub use mcs_common::MAGLEV_TABLE_SIZE;
+use mcs_common::MAGLEV_MAX_TABLE_SIZE;
+
+/// Table entries per backend (Maglev's rule of thumb).
+pub const ENTRIES_PER_BACKEND: u32 = 100;
+
+/// The smallest prime ≥ `n` (`n` ≥ 2).
+fn next_prime(n: u32) -> u32 {
+    let is_prime = |m: u32| {
+        m >= 2
+            && (2..)
+                .take_while(|d| d * d <= m)
+                .all(|d| !m.is_multiple_of(d))
+    };
+    (n.max(2)..)
+        .find(|m| is_prime(*m))
+        .unwrap_or(MAGLEV_MAX_TABLE_SIZE)
+}
+
+/// The rule's size for `backends` (≥ 1): the smallest prime ≥ 100 ×
+/// backends, capped.
+pub fn rule_size(backends: usize) -> u32 {
+    let wanted = u32::try_from(backends.max(1))
+        .unwrap_or(u32::MAX)
+        .saturating_mul(ENTRIES_PER_BACKEND);
+    if wanted >= MAGLEV_MAX_TABLE_SIZE {
+        MAGLEV_MAX_TABLE_SIZE
+    } else {
+        next_prime(wanted).min(MAGLEV_MAX_TABLE_SIZE)
+    }
+}
+
+/// Whether a table of `size` entries still suits `backends`: not below the
+/// rule, and not above the rule for twice as many.
+pub fn keeps(size: u32, backends: usize) -> bool {
+    rule_size(backends) <= size && size <= rule_size(backends.saturating_mul(2))
+}
+
+/// The table size of a frontend with `backends` (≥ 1) whose table has
+/// `current` entries now (`None`: no table yet): kept while it suits, else
+/// grown with headroom for half as many backends again, or shrunk to the
+/// rule.
+pub fn table_size(backends: usize, current: Option<u32>) -> u32 {
+    match current {
+        Some(size) if keeps(size, backends) => size,
+        Some(size) if size < rule_size(backends) => rule_size(backends + backends / 2),
+        _ => rule_size(backends),
+    }
+}
 
 /// A backend's identity for table building, with its weight (> 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,13 +229,11 @@ mod tests {
                 }),
                 0..40,
             ),
-            size in prop::sample::select(vec![7usize, 251, MAGLEV_TABLE_SIZE]),
+            size in prop::sample::select(vec![7usize, 101, 251, 1009, MAGLEV_MAX_TABLE_SIZE as usize]),
         ) {
             prop_assert_eq!(build_table(&members, size), reference_table(&members, size));
         }
     }
-
-    const M: usize = MAGLEV_TABLE_SIZE;
 
     fn members(n: usize) -> Vec<Member> {
         (0..n)
@@ -194,22 +253,64 @@ mod tests {
         counts
     }
 
+    fn is_prime(m: u32) -> bool {
+        m >= 2
+            && (2..m)
+                .take_while(|d| d * d <= m)
+                .all(|d| !m.is_multiple_of(d))
+    }
+
     #[test]
-    fn table_size_is_prime() {
-        assert!(
-            (2..M)
-                .take_while(|d| d * d <= M)
-                .all(|d| !M.is_multiple_of(d))
-        );
+    fn sizes_follow_the_rule_and_are_prime() {
+        assert!(is_prime(MAGLEV_MAX_TABLE_SIZE));
+        for (backends, size) in [(1, 101), (2, 211), (3, 307), (10, 1009), (100, 10_007)] {
+            assert_eq!(rule_size(backends), size, "{backends} backends");
+        }
+        for backends in 1..400 {
+            let size = rule_size(backends);
+            assert!(is_prime(size), "{size}");
+            assert!(
+                size >= 100 * backends as u32 || size == MAGLEV_MAX_TABLE_SIZE,
+                "{backends}: {size}"
+            );
+            assert!(keeps(size, backends));
+            assert_eq!(table_size(backends, None), size);
+        }
+        assert_eq!(rule_size(164), MAGLEV_MAX_TABLE_SIZE);
+        assert_eq!(rule_size(1021), MAGLEV_MAX_TABLE_SIZE);
     }
 
     proptest! {
+        /// The size changes only when the backend count leaves the window
+        /// (below the rule, or over twice as many as the table was made
+        /// for); growth leaves room for half as many backends again.
         #[test]
-        fn equal_weights_give_equal_shares(n in 1usize..200) {
-            let table = build_table(&members(n), M);
-            prop_assert_eq!(table.len(), M);
+        fn sizes_hold_while_they_suit(start in 1usize..400, steps in prop::collection::vec(-3i32..4, 1..40)) {
+            let mut backends = start;
+            let mut size = table_size(backends, None);
+            for step in steps {
+                let next = (backends as i64 + i64::from(step)).clamp(1, 1021) as usize;
+                let resized = table_size(next, Some(size));
+                prop_assert!(keeps(resized, next), "{} for {}", resized, next);
+                if keeps(size, next) {
+                    prop_assert_eq!(resized, size, "kept while it suits");
+                } else if size < rule_size(next) {
+                    prop_assert_eq!(resized, rule_size(next + next / 2));
+                }
+                backends = next;
+                size = resized;
+            }
+        }
+
+        /// At every table size the rule gives: each of N backends owns
+        /// ⌊M/N⌋ or ⌈M/N⌉ entries.
+        #[test]
+        fn equal_weights_give_equal_shares(n in 1usize..300) {
+            let m = rule_size(n) as usize;
+            let table = build_table(&members(n), m);
+            prop_assert_eq!(table.len(), m);
             let counts = counts(&table, n);
-            let (low, high) = (M / n, M.div_ceil(n));
+            let (low, high) = (m / n, m.div_ceil(n));
             prop_assert!(counts.iter().all(|c| (low..=high).contains(c)), "{:?}", counts);
         }
 
@@ -219,52 +320,59 @@ mod tests {
             for (member, weight) in list.iter_mut().zip(&weights) {
                 member.weight = *weight;
             }
-            let table = build_table(&list, M);
+            let m = rule_size(list.len()) as usize;
+            let table = build_table(&list, m);
             let total: u32 = weights.iter().sum();
             for (count, weight) in counts(&table, list.len()).iter().zip(&weights) {
-                let share = *count as f64 / M as f64;
+                let share = *count as f64 / m as f64;
                 let expected = f64::from(*weight) / f64::from(total);
                 // One entry per member per round: error ≤ N/M, plus rounding.
-                let tolerance = (list.len() as f64 + 1.0) / M as f64;
+                let tolerance = (list.len() as f64 + 1.0) / m as f64;
                 prop_assert!((share - expected).abs() <= tolerance,
                     "weight {weight}: share {share:.4} vs {expected:.4}");
             }
         }
 
+        /// Removing one of N backends, at the size the table keeps for
+        /// it (the size of N backends suits N - 1: [`keeps`]), moves the
+        /// removed backend's entries and few others. The sizes are the
+        /// rule's for 2 to 300 backends, capped ones included.
         #[test]
-        fn removing_a_backend_disrupts_little(n in 2usize..40, removed_seed in any::<usize>()) {
+        fn removing_a_backend_disrupts_little(n in 2usize..300, removed_seed in any::<usize>()) {
+            let m = rule_size(n) as usize;
+            prop_assert_eq!(table_size(n - 1, Some(m as u32)) as usize, m);
             let before_members = members(n);
-            let before = build_table(&before_members, M);
+            let before = build_table(&before_members, m);
             let removed = removed_seed % n;
             let after_members: Vec<Member> = before_members.iter().enumerate()
                 .filter(|(i, _)| *i != removed).map(|(_, m)| *m).collect();
-            let after = build_table(&after_members, M);
+            let after = build_table(&after_members, m);
             let owner_before = |e: usize| before_members[before[e] as usize];
             let owner_after = |e: usize| after_members[after[e] as usize];
-            let moved = (0..M).filter(|&e| owner_before(e) != owner_after(e)).count();
-            let survivors_moved = (0..M)
+            let moved = (0..m).filter(|&e| owner_before(e) != owner_after(e)).count();
+            let survivors_moved = (0..m)
                 .filter(|&e| before[e] as usize != removed && owner_before(e) != owner_after(e))
                 .count();
             let removed_share = counts(&before, n)[removed];
             // The removed backend's entries all move; of the others, at most
-            // 6 % of the table (Maglev's bound depends on N/M; measured max
-            // at M = 1021, N < 40 is well below this).
+            // 6 % of the table (Maglev's bound depends on N/M).
             prop_assert!(moved >= removed_share);
-            prop_assert!(survivors_moved * 100 <= 6 * M,
-                "{survivors_moved} of {M} entries moved between surviving backends (n = {n})");
+            prop_assert!(survivors_moved * 100 <= 6 * m,
+                "{survivors_moved} of {m} entries moved between surviving backends (n = {n})");
         }
 
         #[test]
         fn tables_are_deterministic(n in 1usize..50) {
-            prop_assert_eq!(build_table(&members(n), M), build_table(&members(n), M));
+            let m = rule_size(n) as usize;
+            prop_assert_eq!(build_table(&members(n), m), build_table(&members(n), m));
         }
     }
 
     #[test]
     fn no_members_no_table() {
-        assert!(build_table(&[], M).is_empty());
+        assert!(build_table(&[], 101).is_empty());
         let mut idle = members(2);
         idle.iter_mut().for_each(|m| m.weight = 0);
-        assert!(build_table(&idle, M).is_empty());
+        assert!(build_table(&idle, 211).is_empty());
     }
 }

@@ -54,6 +54,12 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// A map, by its pinned name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
 /// The agent's own metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,6 +68,11 @@ pub struct Metrics {
     pub event_to_map: Histogram,
     pub frontends: Gauge,
     pub map_write_errors: Counter,
+    /// Frontends that started failing because a map was full (each time a
+    /// frontend's failure appears, not on every retry), by map.
+    pub map_full: Family<MapLabels, Counter>,
+    /// Frontends failing now because a map is full, by map.
+    pub map_full_frontends: Family<MapLabels, Gauge>,
     pub ready: AtomicBool,
     /// Why the agent is not ready (for `/readyz`), when it is not.
     pub not_ready: Mutex<String>,
@@ -92,6 +103,8 @@ impl Default for Metrics {
             event_to_map: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             frontends: Gauge::default(),
             map_write_errors: Counter::default(),
+            map_full: Family::default(),
+            map_full_frontends: Family::default(),
             ready: AtomicBool::new(false),
             not_ready: Mutex::new("waiting for the first full sync".to_owned()),
             conntrack_expired: Family::default(),
@@ -366,6 +379,16 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "source_errors",
         "Source failures (unparsable file, failed list), each counted when it appears.",
         metrics.source_errors.clone(),
+    );
+    registry.register(
+        "map_full",
+        "Frontends that could not be programmed because a map (or the ids indexing it) was full, counted when the failure appears; raise the map's size flag.",
+        metrics.map_full.clone(),
+    );
+    registry.register(
+        "map_full_frontends",
+        "Frontends not programmed now because a map is full, by map.",
+        metrics.map_full_frontends.clone(),
     );
     registry.register_collector(Box::new(DataplaneCollector {
         bpffs_dir,

@@ -495,11 +495,12 @@ fn run_history(policy: Policy, ops: &[Op], figures: &Figures) -> Result<(), Test
     prop_assert!(
         maps.services.is_empty()
             && maps.backends.is_empty()
-            && maps.maglev.is_empty()
             && maps.names.is_empty()
             && maps.clusters.is_empty(),
         "left behind: {maps:?}"
     );
+    // The table array holds no table any more (released, if waiting).
+    prop_assert_eq!(agent.reconciler.table_chunks_in_use(), 0);
     let ids = agent.reconciler.id_tables();
     prop_assert!(
         ids.frontend_ids.is_empty() && ids.backend_ids.is_empty() && ids.clusters.is_empty()

@@ -1,6 +1,7 @@
 //! Every manifest in `deploy/` parses as its Kubernetes type, and the
 //! security-relevant parts are what the docs promise: least privilege,
-//! read-only RBAC (+ events), probes on the agent's endpoints.
+//! read-only RBAC (+ events), probes on the agent's endpoints, a memory
+//! limit that holds the agent's maps at its configured sizes.
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
@@ -121,6 +122,83 @@ fn daemonset_runs_with_least_privilege_and_probes() {
         .collect();
     assert!(host_paths.contains("/sys/fs/bpf"));
     assert!(host_paths.contains("/sys/fs/cgroup/unified"));
+}
+
+/// The possible CPUs and service ports the DaemonSet's memory limit is
+/// sized for (its comment says so): per-CPU counters grow with the CPUs,
+/// the agent's own memory with the service ports.
+const SIZED_FOR_CPUS: u32 = 16;
+const SIZED_FOR_SERVICE_PORTS: u64 = 10_000;
+
+/// `NNNMi` or `NGi` as bytes.
+fn quantity_bytes(quantity: &str) -> u64 {
+    let (number, unit) = quantity.split_at(quantity.len() - 2);
+    let number: u64 = number.parse().unwrap_or_else(|e| panic!("{quantity}: {e}"));
+    match unit {
+        "Mi" => number << 20,
+        "Gi" => number << 30,
+        _ => panic!("{quantity}: Mi or Gi expected"),
+    }
+}
+
+#[test]
+fn daemonset_memory_limit_holds_the_maps_at_its_sizes() {
+    use clap::Parser;
+    use mcs_agent::dataplane::memory;
+
+    let manifests = load();
+    let [daemonset] = manifests.daemonsets.as_slice() else {
+        panic!("exactly one DaemonSet expected");
+    };
+    let pod = daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container expected");
+    };
+    let args = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| a.replace("$(MCS_CLUSTER_ID)", "cluster-a"));
+    let cli =
+        mcs_agent::cli::Cli::try_parse_from(std::iter::once("mcs-agent".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("daemonset args: {e}"));
+    let mcs_agent::cli::Command::Run(run) = cli.command else {
+        panic!("not the run subcommand");
+    };
+    let sizes = run.map_sizes();
+    assert_ne!(
+        sizes,
+        mcs_agent::dataplane::MapSizes::default(),
+        "the DaemonSet states its map sizes"
+    );
+    let limit = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| quantity_bytes(&q.0))
+        .expect("memory limit");
+    // The formula of docs/operations.md ("Memory"): every map at its
+    // capacity, and the agent at the service ports the sizes are for (one
+    // port per ClusterSetIP: three frontends each, with its two markers).
+    assert!(u64::from(sizes.frontends) >= 3 * SIZED_FOR_SERVICE_PORTS);
+    assert!(u64::from(sizes.backend_slots) >= 10 * SIZED_FOR_SERVICE_PORTS);
+    let maps = memory::total(&sizes, SIZED_FOR_CPUS);
+    let agent = memory::agent_bytes(SIZED_FOR_SERVICE_PORTS);
+    let needed = maps + agent;
+    assert!(
+        limit >= needed,
+        "limit {limit} below {needed} bytes (maps {maps}, agent {agent}) at {SIZED_FOR_CPUS} CPUs"
+    );
+    // And not a limit that would hide a model gone wrong.
+    assert!(
+        limit <= needed + needed / 4,
+        "limit {limit} far above {needed} bytes (maps {maps}, agent {agent}) at {SIZED_FOR_CPUS} CPUs"
+    );
 }
 
 #[test]

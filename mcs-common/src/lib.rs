@@ -6,7 +6,8 @@
 //!   declarations' compile-time checks (`mcs-ebpf/src/maps.rs`) and the
 //!   agent's adoption layout (`mcs-agent/src/dataplane/layout.rs`) follow
 //!   from it.
-//! * [`service`], [`conntrack`], [`sock`], [`meta`] — the keys and values.
+//! * [`service`], [`maglev`], [`conntrack`], [`sock`], [`meta`] — the keys
+//!   and values.
 //! * [`byte_order`] — the conversions between packet byte order and
 //!   `Ipv4Addr`/host-order ports, behind the types' accessors.
 //! * [`pod`] — `aya::Pod` for every key and value, each checked field by
@@ -29,6 +30,7 @@ pub mod byte_order;
 pub mod checksum;
 pub mod conntrack;
 pub mod flow;
+pub mod maglev;
 pub mod maps;
 pub mod meta;
 pub mod pod;
@@ -37,6 +39,7 @@ pub mod service;
 pub mod sock;
 
 pub use conntrack::*;
+pub use maglev::*;
 pub use maps::*;
 pub use meta::*;
 pub use service::*;

@@ -1,6 +1,6 @@
 //! The one table of maps ([`MAPS`]): every map the agent pins, with its
-//! kind, key and value sizes, capacity and flags. Everything else follows
-//! from it:
+//! kind, key and value sizes, default capacity, what sizes it at run time
+//! ([`Capacity`]) and flags. Everything else follows from it:
 //! * [`names::ALL`] is the table's names in its order;
 //! * `mcs-ebpf/src/maps.rs` declares each map from its row (capacity and
 //!   flags) with a compile-time check of name, kind, key and value;
@@ -14,14 +14,15 @@ use core::mem::size_of;
 
 use crate::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey,
+    DropReason, FrontendStats, MaglevChunk, NameValue, ServiceKey, ServiceValue, SockRevKey,
     SockRevValue, prefilter::PREFILTER_WORDS,
 };
 
 /// Map names as they appear in the ELF object, in bpffs and to `bpftool`.
 /// Kernel map names are at most 15 characters.
 pub mod names {
-    pub const SERVICES: &str = "MCS_SVC_V1";
+    /// `_V2`: the value names the frontend's Maglev table (`_V1` had none).
+    pub const SERVICES: &str = "MCS_SVC_V2";
     /// `_V2`: preallocated (`_V1` was `BPF_F_NO_PREALLOC`).
     pub const BACKENDS: &str = "MCS_BACKEND_V2";
     pub const CONNTRACK: &str = "MCS_CT_V1";
@@ -29,12 +30,15 @@ pub mod names {
     pub const DROPS: &str = "MCS_DROPS";
     pub const FRONTEND_META: &str = "MCS_SVC_META";
     pub const CLUSTERS: &str = "MCS_CLUSTERS";
-    pub const MAGLEV: &str = "MCS_MAGLEV_V1";
+    /// `_V2`: one flat array of every table (`_V1` was a hash map of
+    /// fixed-size tables).
+    pub const MAGLEV: &str = "MCS_MAGLEV_V2";
     pub const AFFINITY: &str = "MCS_AFFINITY_V1";
     pub const BACKEND_STATS: &str = "MCS_BE_STATS";
     /// `_V2`: entries carry their protocol and last use (aged out).
     pub const SOCK_REVNAT: &str = "MCS_SOCK_REV_V2";
-    pub const SOCK_STATS: &str = "MCS_SOCK_STATS";
+    /// `_V2`: one shared (atomic) array; `MCS_SOCK_STATS` was per CPU.
+    pub const SOCK_STATS: &str = "MCS_SOCKSTAT_V2";
     /// Miss prefilter bitmap (`crate::prefilter`).
     pub const PREFILTER: &str = "MCS_FILTER_V1";
     /// Layout version of the pinned set; its own layout never changes.
@@ -69,9 +73,13 @@ pub mod programs {
     pub const ALL: [&str; 6] = [XDP, CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4, CLOCK_PROBE];
 }
 
-/// Maximum number of frontends (ClusterSetIP × port × protocol).
+// Default capacities: the object's sizes, which the agent overrides at
+// load from its flags (`mcs-agent run --frontends-max` and the others).
+
+/// Frontends (ClusterSetIP × port × protocol, and two port-0 markers per
+/// ClusterSetIP); frontend ids index the per-frontend counters.
 pub const MAX_FRONTENDS: u32 = 1 << 17;
-/// Maximum number of backend slots over all frontends.
+/// Backend slots over all frontends.
 pub const MAX_BACKEND_SLOTS: u32 = 1 << 18;
 /// Socket-LB reverse translations (LRU): one per socket and backend.
 pub const MAX_SOCK_REVNAT: u32 = 1 << 18;
@@ -82,6 +90,10 @@ pub const MAX_BACKENDS: u32 = 1 << 16;
 pub const MAX_AFFINITY: u32 = 1 << 17;
 /// Conntrack entries (LRU; each flow uses two: forward and reply).
 pub const MAX_CONNTRACK: u32 = 1 << 19;
+/// Chunks of the Maglev table array (8 bytes each): 160 bytes per default
+/// backend slot (a table takes about 100 bytes per backend, see the
+/// agent's table sizes).
+pub const MAX_MAGLEV_CHUNKS: u32 = MAX_BACKEND_SLOTS / 8 * 160;
 /// Source clusters the agent can name (cluster id 0 means "unknown").
 pub const MAX_CLUSTERS: u32 = 256;
 
@@ -103,6 +115,29 @@ pub enum MapKind {
     PerCpuArray,
 }
 
+/// What sizes a map at run time: each capacity but `Fixed` is a flag of
+/// `mcs-agent run`, and every map of one capacity gets the same number of
+/// entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Capacity {
+    /// The object's size, always.
+    Fixed,
+    /// Frontends: the service map, names and per-frontend counters.
+    Frontends,
+    /// Backend slots over all frontends.
+    BackendSlots,
+    /// Distinct backends (the per-backend counters).
+    Backends,
+    /// Chunks of the Maglev table array.
+    MaglevChunks,
+    /// Conntrack entries.
+    Conntrack,
+    /// Session-affinity entries.
+    Affinity,
+    /// Socket-LB reverse translations.
+    SockRevnat,
+}
+
 /// One row of [`MAPS`]: what a map must look like, in the object and when
 /// pinned by an earlier agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,23 +146,32 @@ pub struct MapDef {
     pub kind: MapKind,
     pub key_size: u32,
     pub value_size: u32,
-    /// The object's capacity; the agent sizes conntrack and the backend
-    /// counters per node (`--conntrack-max`, `--backends-max`).
+    /// The object's (default) capacity; the agent sizes every map but the
+    /// `Fixed` ones at load.
     pub max_entries: u32,
+    /// Which capacity sizes it.
+    pub capacity: Capacity,
     /// `BPF_F_*` creation flags (preallocation, mmap).
     pub flags: u32,
 }
 
 impl MapDef {
-    const fn new<K, V>(name: &'static str, kind: MapKind, max_entries: u32) -> Self {
+    const fn new<K, V>(name: &'static str, kind: MapKind, capacity: Capacity) -> Self {
         Self {
             name,
             kind,
             key_size: size_of::<K>() as u32,
             value_size: size_of::<V>() as u32,
-            max_entries,
+            max_entries: default_entries(capacity),
+            capacity,
             flags: 0,
         }
+    }
+
+    const fn fixed<K, V>(name: &'static str, kind: MapKind, max_entries: u32) -> Self {
+        let mut def = Self::new::<K, V>(name, kind, Capacity::Fixed);
+        def.max_entries = max_entries;
+        def
     }
 
     const fn with_flags(mut self, flags: u32) -> Self {
@@ -142,6 +186,20 @@ impl MapDef {
             && self.kind as u8 == kind as u8
             && self.key_size as usize == size_of::<K>()
             && self.value_size as usize == size_of::<V>()
+    }
+}
+
+/// The object's size of each run-time capacity.
+pub const fn default_entries(capacity: Capacity) -> u32 {
+    match capacity {
+        Capacity::Fixed => 1,
+        Capacity::Frontends => MAX_FRONTENDS,
+        Capacity::BackendSlots => MAX_BACKEND_SLOTS,
+        Capacity::Backends => MAX_BACKENDS,
+        Capacity::MaglevChunks => MAX_MAGLEV_CHUNKS,
+        Capacity::Conntrack => MAX_CONNTRACK,
+        Capacity::Affinity => MAX_AFFINITY,
+        Capacity::SockRevnat => MAX_SOCK_REVNAT,
     }
 }
 
@@ -164,52 +222,74 @@ const fn str_eq(a: &str, b: &str) -> bool {
 pub mod def {
     use super::*;
 
-    pub const ABI: MapDef = MapDef::new::<u32, AbiInfo>(names::ABI, MapKind::Array, 1);
-    pub const BACKEND_STATS: MapDef =
-        MapDef::new::<u32, FrontendStats>(names::BACKEND_STATS, MapKind::PerCpuArray, MAX_BACKENDS);
+    pub const ABI: MapDef = MapDef::fixed::<u32, AbiInfo>(names::ABI, MapKind::Array, 1);
+    /// Per CPU: every packet of a flow updates its backend's counters (the
+    /// bench's counter calibration: shared atomic counters cost more per
+    /// packet once two CPUs update the same one).
+    pub const BACKEND_STATS: MapDef = MapDef::new::<u32, FrontendStats>(
+        names::BACKEND_STATS,
+        MapKind::PerCpuArray,
+        Capacity::Backends,
+    );
     pub const SOCK_REVNAT: MapDef = MapDef::new::<SockRevKey, SockRevValue>(
         names::SOCK_REVNAT,
         MapKind::LruHash,
-        MAX_SOCK_REVNAT,
+        Capacity::SockRevnat,
     );
+    /// Shared, updated atomically: socket LB counts once per connection
+    /// (or datagram destination), not per packet, so contention is rare and
+    /// a per-CPU copy would multiply the memory by the CPUs for nothing.
     pub const SOCK_STATS: MapDef =
-        MapDef::new::<u32, FrontendStats>(names::SOCK_STATS, MapKind::PerCpuArray, MAX_FRONTENDS);
-    pub const SERVICES: MapDef =
-        MapDef::new::<ServiceKey, ServiceValue>(names::SERVICES, MapKind::Hash, MAX_FRONTENDS);
+        MapDef::new::<u32, FrontendStats>(names::SOCK_STATS, MapKind::Array, Capacity::Frontends);
+    pub const SERVICES: MapDef = MapDef::new::<ServiceKey, ServiceValue>(
+        names::SERVICES,
+        MapKind::Hash,
+        Capacity::Frontends,
+    );
     /// Preallocated: a cold sync writes every slot of every frontend, and an
     /// insert that pops a preallocated element is about twice as fast as
     /// one that allocates; the memory is fixed at creation and a write can
     /// never fail for lack of memory later.
-    pub const BACKENDS: MapDef =
-        MapDef::new::<BackendKey, BackendValue>(names::BACKENDS, MapKind::Hash, MAX_BACKEND_SLOTS);
+    pub const BACKENDS: MapDef = MapDef::new::<BackendKey, BackendValue>(
+        names::BACKENDS,
+        MapKind::Hash,
+        Capacity::BackendSlots,
+    );
     /// Common LRU lists: per-CPU lists (`BPF_F_NO_COMMON_LRU`) measured
     /// slower per insert in the bench and split the capacity per CPU.
     pub const CONNTRACK: MapDef =
-        MapDef::new::<CtKey, CtValue>(names::CONNTRACK, MapKind::LruHash, MAX_CONNTRACK);
+        MapDef::new::<CtKey, CtValue>(names::CONNTRACK, MapKind::LruHash, Capacity::Conntrack);
+    /// Per CPU: every packet updates its frontend's counters (see
+    /// [`BACKEND_STATS`]).
     pub const FRONTEND_STATS: MapDef = MapDef::new::<u32, FrontendStats>(
         names::FRONTEND_STATS,
         MapKind::PerCpuArray,
-        MAX_FRONTENDS,
+        Capacity::Frontends,
     );
     pub const DROPS: MapDef =
-        MapDef::new::<u32, u64>(names::DROPS, MapKind::PerCpuArray, DropReason::COUNT);
+        MapDef::fixed::<u32, u64>(names::DROPS, MapKind::PerCpuArray, DropReason::COUNT);
     pub const FRONTEND_META: MapDef =
-        MapDef::new::<u32, NameValue>(names::FRONTEND_META, MapKind::Hash, MAX_FRONTENDS)
+        MapDef::new::<u32, NameValue>(names::FRONTEND_META, MapKind::Hash, Capacity::Frontends)
             .with_flags(BPF_F_NO_PREALLOC);
     pub const CLUSTERS: MapDef =
-        MapDef::new::<u32, NameValue>(names::CLUSTERS, MapKind::Array, MAX_CLUSTERS);
-    /// Replaced whole by the agent, so allocated per entry.
+        MapDef::fixed::<u32, NameValue>(names::CLUSTERS, MapKind::Array, MAX_CLUSTERS);
+    /// Every frontend's table at the chunk its service entry names: an
+    /// array, so the verifier inlines the lookup; mmapable, so the agent
+    /// writes tables without a system call each.
     pub const MAGLEV: MapDef =
-        MapDef::new::<u32, MaglevTable>(names::MAGLEV, MapKind::Hash, MAX_FRONTENDS)
-            .with_flags(BPF_F_NO_PREALLOC);
-    pub const AFFINITY: MapDef =
-        MapDef::new::<AffinityKey, AffinityValue>(names::AFFINITY, MapKind::LruHash, MAX_AFFINITY);
+        MapDef::new::<u32, MaglevChunk>(names::MAGLEV, MapKind::Array, Capacity::MaglevChunks)
+            .with_flags(BPF_F_MMAPABLE);
+    pub const AFFINITY: MapDef = MapDef::new::<AffinityKey, AffinityValue>(
+        names::AFFINITY,
+        MapKind::LruHash,
+        Capacity::Affinity,
+    );
     /// An array, so the verifier inlines its lookups; mmapable, so the agent
     /// sets and clears bits without a system call each.
     pub const PREFILTER: MapDef =
-        MapDef::new::<u32, u64>(names::PREFILTER, MapKind::Array, PREFILTER_WORDS)
+        MapDef::fixed::<u32, u64>(names::PREFILTER, MapKind::Array, PREFILTER_WORDS)
             .with_flags(BPF_F_MMAPABLE);
-    pub const CLOCK: MapDef = MapDef::new::<u32, ClockValue>(names::CLOCK, MapKind::Array, 1);
+    pub const CLOCK: MapDef = MapDef::fixed::<u32, ClockValue>(names::CLOCK, MapKind::Array, 1);
 }
 
 /// Every map the agent pins, in a stable order.
@@ -252,6 +332,8 @@ mod tests {
             }
         }
         assert!(def::CONNTRACK.declares::<CtKey, CtValue>("MCS_CT_V1", MapKind::LruHash));
+        assert_eq!(def::CONNTRACK.max_entries, MAX_CONNTRACK);
+        assert_eq!(def::ABI.max_entries, 1);
         assert!(!def::CONNTRACK.declares::<CtKey, CtValue>("MCS_CT_V0", MapKind::LruHash));
         assert!(!def::CONNTRACK.declares::<CtKey, CtValue>("MCS_CT_V1", MapKind::Hash));
         assert!(!def::CONNTRACK.declares::<CtKey, [u8; 32]>("MCS_CT_V1", MapKind::LruHash));

@@ -8,7 +8,7 @@
 #[cfg(any(test, feature = "user"))]
 use crate::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    FrontendStats, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    FrontendStats, MaglevChunk, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
 };
 
 /// The size of the field `field` selects (its type inferred).
@@ -55,7 +55,9 @@ macro_rules! pod_types {
 
 pod_types! {
     ServiceKey { addr, port, proto, _pad }
-    ServiceValue { frontend_id, backend_count, flags, affinity_timeout_s }
+    ServiceValue {
+        frontend_id, backend_count, flags, affinity_timeout_s, maglev_base, maglev_size,
+    }
     BackendKey { frontend_id, slot }
     BackendValue { addr, port, _pad, cluster_id, flags, backend_id, _pad2 }
     CtKey { saddr, daddr, sport, dport, proto, _pad }
@@ -65,7 +67,7 @@ pod_types! {
     }
     FrontendStats { packets, bytes, new_flows, no_backend }
     NameValue { len, _pad, bytes }
-    MaglevTable { slots, _pad }
+    MaglevChunk { bytes }
     AbiInfo { magic, version }
     ClockValue { ns_per_jiffy, offset_ns }
     SockRevKey { cookie, addr, port, _pad }

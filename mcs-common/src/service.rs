@@ -1,20 +1,20 @@
 //! Frontends and their backends: what a new flow's lookup reads
-//! (`MCS_SVC_V1`, `MCS_BACKEND_V2`, `MCS_MAGLEV_V1`, `MCS_AFFINITY_V1`).
+//! (`MCS_SVC_V2`, `MCS_BACKEND_V2`, `MCS_AFFINITY_V1`; the Maglev tables
+//! of `MCS_MAGLEV_V2` are in [`crate::maglev`]).
 
 use core::{
     mem::size_of,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use crate::byte_order::{endpoint, host_port, ipv4, net_addr, net_port};
+use crate::{
+    byte_order::{endpoint, host_port, ipv4, net_addr, net_port},
+    maglev::MaglevPlace,
+};
 
-/// Entries of a frontend's Maglev lookup table (prime). 2 KiB per frontend
-/// with backends: 10 000 service ports cost 20 MiB of kernel memory. With N
-/// backends each owns ⌊M/N⌋ or ⌈M/N⌉ entries (share error ≤ 1/M absolute;
-/// ≤ 1 % relative up to 10 backends, ≤ 10 % at 100).
-pub const MAGLEV_TABLE_SIZE: usize = 1021;
-/// Maximum backends of one frontend (each needs at least one table entry).
-pub const MAX_BACKENDS_PER_FRONTEND: u32 = MAGLEV_TABLE_SIZE as u32;
+/// Maximum backends of one frontend: each owns at least 16 entries of the
+/// largest Maglev table (`MAGLEV_MAX_TABLE_SIZE`).
+pub const MAX_BACKENDS_PER_FRONTEND: u32 = 1021;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -54,8 +54,9 @@ impl ServiceKey {
     }
 }
 
-/// A frontend: its id (index into per-frontend maps) and how many backend
-/// slots it has. `backend_count == 0` means "known service, no endpoint".
+/// A frontend: its id (index into per-frontend maps), how many backend
+/// slots it has and where its Maglev table is. `backend_count == 0` means
+/// "known service, no endpoint" (and no table).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
@@ -65,6 +66,50 @@ pub struct ServiceValue {
     pub flags: u32,
     /// ClientIP session affinity timeout (with [`SVC_F_AFFINITY`]).
     pub affinity_timeout_s: u32,
+    /// First chunk of the Maglev table in `MCS_MAGLEV_V2`.
+    pub maglev_base: u32,
+    /// Entries of the Maglev table (a prime; 0: no table). Two bytes each
+    /// with [`SVC_F_MAGLEV_WIDE`], else one.
+    pub maglev_size: u32,
+}
+
+impl ServiceValue {
+    /// Whether the table's entries are two bytes wide.
+    pub const fn maglev_wide(&self) -> bool {
+        self.flags & SVC_F_MAGLEV_WIDE != 0
+    }
+
+    /// Where the frontend's Maglev table is (`None`: it has none).
+    pub const fn maglev(&self) -> Option<MaglevPlace> {
+        if self.maglev_size == 0 {
+            None
+        } else {
+            Some(MaglevPlace {
+                base: self.maglev_base,
+                size: self.maglev_size,
+                wide: self.maglev_wide(),
+            })
+        }
+    }
+
+    /// The same frontend with its table at `place` (or without table).
+    pub const fn with_maglev(mut self, place: Option<MaglevPlace>) -> Self {
+        self.flags &= !SVC_F_MAGLEV_WIDE;
+        match place {
+            Some(place) => {
+                self.maglev_base = place.base;
+                self.maglev_size = place.size;
+                if place.wide {
+                    self.flags |= SVC_F_MAGLEV_WIDE;
+                }
+            }
+            None => {
+                self.maglev_base = 0;
+                self.maglev_size = 0;
+            }
+        }
+        self
+    }
 }
 
 /// `ServiceValue::flags`: no option.
@@ -73,6 +118,9 @@ pub const SVC_F_NONE: u32 = 0;
 pub const SVC_F_VIP_MARKER: u32 = 1 << 0;
 /// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
 pub const SVC_F_AFFINITY: u32 = 1 << 1;
+/// `ServiceValue::flags`: Maglev entries are two bytes (more than
+/// `MAGLEV_NARROW_SLOTS` backends).
+pub const SVC_F_MAGLEV_WIDE: u32 = 1 << 2;
 
 /// One backend slot of a frontend; slots are `0..backend_count`.
 #[repr(C)]
@@ -137,14 +185,6 @@ pub const BACKEND_F_READY: u32 = 1 << 0;
 /// frontend has no ready endpoint (KEP-1669 fallback).
 pub const BACKEND_F_TERMINATING: u32 = 1 << 1;
 
-/// A frontend's Maglev lookup table: entry `hash % M` is a backend slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MaglevTable {
-    pub slots: [u16; MAGLEV_TABLE_SIZE],
-    pub _pad: u16,
-}
-
 /// Session-affinity key: frontend and client address (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,10 +228,9 @@ impl AffinityValue {
 }
 
 const _: () = assert!(size_of::<ServiceKey>() == 8);
-const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 24);
 const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 24);
-const _: () = assert!(size_of::<MaglevTable>() == 2044);
 const _: () = assert!(size_of::<AffinityKey>() == 8);
 const _: () = assert!(size_of::<AffinityValue>() == 24);
 
@@ -215,6 +254,25 @@ mod tests {
 
         let client = Ipv4Addr::new(10, 1, 0, 2);
         assert_eq!(AffinityKey::new(3, client).client(), client);
+
+        let service = ServiceValue {
+            frontend_id: 1,
+            backend_count: 300,
+            flags: SVC_F_AFFINITY,
+            affinity_timeout_s: 10,
+            maglev_base: 0,
+            maglev_size: 0,
+        };
+        assert_eq!(service.maglev(), None);
+        let place = MaglevPlace {
+            base: 40,
+            size: 16_381,
+            wide: true,
+        };
+        let placed = service.with_maglev(Some(place));
+        assert_eq!(placed.maglev(), Some(place));
+        assert_eq!(placed.flags, SVC_F_AFFINITY | SVC_F_MAGLEV_WIDE);
+        assert_eq!(placed.with_maglev(None), service);
         let bound = AffinityValue {
             backend_addr: backend.addr,
             backend_port: backend.port,

@@ -7,16 +7,18 @@
 //! 2. otherwise the frontend's Maglev table at `hash % M` names the slot —
 //!    the hash covers the 5-tuple, or only the client address (no ports)
 //!    with affinity, so a client keeps its backend even when its affinity
-//!    entry is gone (LRU eviction, agent restart).
+//!    entry is gone (LRU eviction, agent restart). The table's place, size
+//!    `M` and entry width come with the service entry; the entry is one
+//!    inlined array read of `MCS_MAGLEV_V2` (`mcs_common::maglev`).
 
 use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    AffinityKey, AffinityValue, BackendKey, BackendValue, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY,
-    ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BackendKey, BackendValue, MaglevChunk, SVC_F_AFFINITY, ServiceKey,
+    ServiceValue,
     flow::{flow_hash, reduce},
 };
 
-use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V2, MCS_MAGLEV_V1, MCS_SVC_V1, now_ns};
+use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V2, MCS_MAGLEV_V2, MCS_SVC_V2, now_ns};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -31,7 +33,28 @@ pub fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
     };
     // SAFETY: the value is copied out at once; the agent replaces entries
     // whole, so a concurrent update yields the old or the new value.
-    unsafe { MCS_SVC_V1.get(key).copied() }
+    unsafe { MCS_SVC_V2.get(key).copied() }
+}
+
+/// The backend slot that entry `hash % M` of the frontend's Maglev table
+/// names (entries laid out as `mcs_common::maglev_position` says: eight
+/// one-byte or four two-byte entries per chunk).
+#[inline(always)]
+fn maglev_slot(service: &ServiceValue, hash: u32) -> Option<u32> {
+    if service.maglev_size == 0 {
+        return None;
+    }
+    let index = reduce(hash, service.maglev_size);
+    let base = service.maglev_base;
+    if service.maglev_wide() {
+        let chunk = MCS_MAGLEV_V2.get(base.wrapping_add(index >> 2))?;
+        // SAFETY: a chunk is 8 bytes, 8-aligned in the map: four u16s.
+        let entries = unsafe { &*(chunk as *const MaglevChunk).cast::<[u16; 4]>() };
+        Some(u32::from(entries[(index & 3) as usize]))
+    } else {
+        let chunk = MCS_MAGLEV_V2.get(base.wrapping_add(index >> 3))?;
+        Some(u32::from(chunk.bytes[(index & 7) as usize]))
+    }
 }
 
 /// Why no backend could be chosen.
@@ -111,17 +134,7 @@ pub fn select_backend(
     } else {
         selector.flow_hash
     };
-    let index = reduce(hash, MAGLEV_TABLE_SIZE as u32) as usize;
-    let table = MCS_MAGLEV_V1
-        .get_ptr(service.frontend_id)
-        .ok_or(SelectError::SlotMissing)?;
-    if index >= MAGLEV_TABLE_SIZE {
-        return Err(SelectError::SlotMissing);
-    }
-    // SAFETY: `table` points at a whole `MaglevTable` value and `index` is
-    // within its array (checked above, in a form the verifier sees). Only
-    // one entry is read: the table never lands on the BPF stack.
-    let slot = u32::from(unsafe { (*table).slots[index] });
+    let slot = maglev_slot(service, hash).ok_or(SelectError::SlotMissing)?;
     let backend = backend_in_slot(service.frontend_id, slot).ok_or(SelectError::SlotMissing)?;
     if affinity {
         let binding = AffinityValue {

@@ -1,5 +1,6 @@
 //! What the two eBPF objects of this crate share: bounds-checked packet
-//! access and IPv4 TCP/UDP parsing (`packet`), and the panic handler.
+//! access and IPv4 TCP/UDP parsing (`packet`), atomic counter adds
+//! (`atomic`), and the panic handler.
 //!
 //! * `mcs-ebpf` (`src/main.rs`) — the agent's object, embedded in
 //!   `mcs-agent`: the datapath programs and the maps of `mcs_common::MAPS`.
@@ -7,7 +8,13 @@
 //!   programs of `cargo xtask bench`, in an object of their own that the
 //!   agent never embeds.
 #![no_std]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(unstable_features, reason = "inline assembly for BPF is unstable"),
+    feature(asm_experimental_arch)
+)]
 
+pub mod atomic;
 pub mod packet;
 
 #[cfg(target_arch = "bpf")]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MaglevTable, MapKind, NameValue, ServiceKey, ServiceValue,
+    DropReason, FrontendStats, MaglevChunk, MapKind, NameValue, ServiceKey, ServiceValue,
     SockRevKey, SockRevValue, def,
     prefilter::{self, Role},
 };
@@ -63,16 +63,17 @@ pub fn prefilter_may_contain(addr: u32, role: Role) -> bool {
 }
 
 abi_map! {
-    /// ClusterSetIP:port/proto → frontend.
-    MCS_SVC_V1: HashMap<ServiceKey, ServiceValue> = def::SERVICES
+    /// ClusterSetIP:port/proto → frontend (with where its Maglev table is).
+    MCS_SVC_V2: HashMap<ServiceKey, ServiceValue> = def::SERVICES
 }
 abi_map! {
     /// (frontend, slot) → backend; preallocated (see `def::BACKENDS`).
     MCS_BACKEND_V2: HashMap<BackendKey, BackendValue> = def::BACKENDS
 }
 abi_map! {
-    /// Frontend id → Maglev lookup table (replaced whole by the agent).
-    MCS_MAGLEV_V1: HashMap<u32, MaglevTable> = def::MAGLEV
+    /// Every frontend's Maglev table, at the chunk its service entry names
+    /// (`mcs_common::maglev`).
+    MCS_MAGLEV_V2: Array<MaglevChunk> = def::MAGLEV
 }
 abi_map! {
     /// ClientIP session affinity: (frontend, client) → backend.
@@ -97,8 +98,9 @@ abi_map! {
 }
 abi_map! {
     /// Socket-LB counters per frontend (`new_flows` = connections/datagram
-    /// destinations translated, `no_backend` = refused).
-    MCS_SOCK_STATS: PerCpuArray<FrontendStats> = def::SOCK_STATS
+    /// destinations translated, `no_backend` = refused), shared by all CPUs
+    /// and updated atomically (see `def::SOCK_STATS`).
+    MCS_SOCKSTAT_V2: Array<FrontendStats> = def::SOCK_STATS
 }
 abi_map! {
     /// Layout version of this map set (written by the agent, checked on

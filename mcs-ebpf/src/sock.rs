@@ -22,9 +22,11 @@ use mcs_common::{
     flow::{flow_hash, mix32},
 };
 
+use mcs_ebpf::atomic;
+
 use crate::{
     lb::{self, SelectError, Selector},
-    maps::{MCS_SOCK_REV_V2, MCS_SOCK_STATS, now_ns},
+    maps::{MCS_SOCK_REV_V2, MCS_SOCKSTAT_V2, now_ns},
 };
 
 /// Refresh a reverse entry's `last_used_ns` at most this often (as
@@ -61,14 +63,16 @@ fn proto_of(ctx: &SockAddrContext) -> u8 {
 
 #[inline(always)]
 fn count(frontend_id: u32, refused: bool) {
-    if let Some(stats) = MCS_SOCK_STATS.get_ptr_mut(frontend_id) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    if let Some(stats) = MCS_SOCKSTAT_V2.get_ptr_mut(frontend_id) {
+        // SAFETY: a field of the map value, valid for the run; every CPU
+        // updates it with `atomic::add` only.
         unsafe {
-            if refused {
-                (*stats).no_backend += 1;
+            let counter = if refused {
+                &raw mut (*stats).no_backend
             } else {
-                (*stats).new_flows += 1;
-            }
+                &raw mut (*stats).new_flows
+            };
+            atomic::add(counter, 1);
         }
     }
 }

@@ -16,13 +16,15 @@ use std::{
 use etherparse::{IpNumber, Ipv4Header, TcpHeader};
 use mcs_agent::{
     conntrack::{Janitor, Scan},
-    dataplane::{prefilter::Member, test_run::XdpTestRun},
+    dataplane::{MapSizes, prefilter::Member, test_run::XdpTestRun},
     desired,
     dump::{self, DumpReport},
+    maglev,
     model::manifest,
 };
 use mcs_common::{
-    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue, PROTO_TCP, names,
+    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue, MAGLEV_MAX_TABLE_SIZE,
+    PROTO_TCP, names,
 };
 use mcs_tests::{
     packet::{
@@ -78,8 +80,11 @@ impl Harness {
     fn new() -> Self {
         require_root();
         // Small maps: each test loads its own copy.
-        let dataplane =
-            XdpTestRun::load(&[(names::CONNTRACK, 4096)]).expect("load the XDP program");
+        let dataplane = XdpTestRun::load(&MapSizes {
+            conntrack: 4096,
+            ..MapSizes::default()
+        })
+        .expect("load the XDP program");
         Self { dataplane }
     }
 
@@ -672,11 +677,130 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_across_ports() {
     let report = harness.dump();
     let http = report.services.iter().find(|s| s.port == 80).expect("http");
     assert_eq!(http.affinity_timeout_seconds, Some(30));
-    assert_eq!(http.maglev_table_size, mcs_common::MAGLEV_TABLE_SIZE);
+    assert_eq!(
+        http.maglev_table_size,
+        maglev::rule_size(BACKENDS.len()) as usize
+    );
     assert!(
         harness.dataplane.maps.affinity.keys().count() >= 30,
         "one binding per client"
     );
+}
+
+/// `count` endpoints of cluster-a, 10.101.x.y.
+fn many_backends(count: u16) -> Vec<(String, &'static str)> {
+    (0..count)
+        .map(|i| {
+            let addr = Ipv4Addr::new(10, 101, (i / 200) as u8 + 1, (i % 200) as u8 + 10);
+            (addr.to_string(), "cluster-a")
+        })
+        .collect()
+}
+
+fn manifest_of(backends: &[(String, &'static str)]) -> String {
+    let borrowed: Vec<(&str, &str)> = backends.iter().map(|(a, c)| (a.as_str(), *c)).collect();
+    manifest(&borrowed)
+}
+
+/// Every table size the datapath meets: one backend (101 one-byte
+/// entries), ten (1009), and beyond 256 backends the capped two-byte table.
+/// New flows reach only listed backends, spread over all of them, each as
+/// often as its share of the table read back from the maps.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn tables_of_every_size_and_width_spread_flows_over_their_backends() {
+    for count in [1u16, 10, 300] {
+        let mut harness = Harness::new();
+        let backends = many_backends(count);
+        harness.apply(&manifest_of(&backends));
+        let report = harness.dump();
+        let http = report.services.iter().find(|s| s.port == 80).expect("http");
+        let size = maglev::rule_size(usize::from(count));
+        assert_eq!(http.maglev_table_size, size as usize, "{count} backends");
+        if count > 256 {
+            assert_eq!(size, MAGLEV_MAX_TABLE_SIZE);
+        }
+        // Every backend owns its share of the table (read back through the
+        // service entry's place, as the datapath reads it).
+        let owned: u32 = http.backends.iter().map(|b| b.table_entries).sum();
+        assert_eq!(owned, size, "{count} backends");
+        let share = size / u32::from(count);
+        for backend in &http.backends {
+            assert!(
+                (share..=share + 1).contains(&backend.table_entries),
+                "{count} backends: {} owns {}",
+                backend.addr,
+                backend.table_entries
+            );
+        }
+        let listed: BTreeSet<Ipv4Addr> = backends
+            .iter()
+            .map(|(a, _)| a.parse().expect("addr"))
+            .collect();
+        let mut hits: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        let flows = u32::from(count) * 20;
+        for flow in 0..flows {
+            let sport = 1024 + (flow % 60_000) as u16;
+            let client = [10, 110, (flow / 60_000) as u8, 2];
+            // Partial checksums: among thousands of flows some full
+            // checksum would equal its pseudo-header seed (1 in 65536, the
+            // documented ambiguity of `checksum::is_partial`).
+            let packet = Packet::tcp(client, sport, VIP, 80).csum(Csum::Partial);
+            let seen = harness.send(&packet);
+            assert!(listed.contains(&seen.dst), "{} is not a backend", seen.dst);
+            *hits.entry(seen.dst).or_default() += 1;
+        }
+        // 20 flows per backend on average: every one is reached.
+        assert_eq!(hits.len(), usize::from(count), "{count} backends: {hits:?}");
+    }
+}
+
+/// A third backend outgrows a two-backend table: the new table goes to a
+/// new place and the service entry switches to it. Established flows keep
+/// their backend (conntrack), new ones reach all three; shrinking back
+/// keeps the grown table (it still suits two backends).
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_table_that_grows_moves_and_flows_follow() {
+    let mut harness = Harness::new();
+    let backends = many_backends(3);
+    harness.apply(&manifest_of(&backends[..2]));
+    let size_of = |harness: &Harness| {
+        harness
+            .dump()
+            .services
+            .iter()
+            .find(|s| s.port == 80)
+            .expect("http")
+            .maglev_table_size
+    };
+    assert_eq!(size_of(&harness), maglev::rule_size(2) as usize);
+    let established: Vec<(Packet, Ipv4Addr)> = (0..40)
+        .map(|i| {
+            let packet = Packet::tcp(CLIENT, 41000 + i, VIP, 80);
+            let dst = harness.send(&packet).dst;
+            (packet, dst)
+        })
+        .collect();
+    harness.apply(&manifest_of(&backends));
+    let grown = size_of(&harness);
+    assert_eq!(grown, maglev::rule_size(4) as usize, "grown with headroom");
+    for (packet, dst) in &established {
+        assert_eq!(harness.send(&packet.clone().established()).dst, *dst);
+    }
+    let reached: BTreeSet<Ipv4Addr> = (0..90)
+        .map(|i| harness.send(&Packet::tcp(CLIENT, 42000 + i, VIP, 80)).dst)
+        .collect();
+    assert_eq!(reached.len(), 3, "{reached:?}");
+    harness.apply(&manifest_of(&backends[..2]));
+    assert_eq!(size_of(&harness), grown, "kept: it suits two backends");
+    let third: Ipv4Addr = backends[2].0.parse().expect("addr");
+    for i in 0..60 {
+        assert_ne!(
+            harness.send(&Packet::tcp(CLIENT, 43000 + i, VIP, 80)).dst,
+            third
+        );
+    }
 }
 
 #[test]
@@ -909,7 +1033,12 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
 fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     require_root();
     let mut harness = Harness {
-        dataplane: XdpTestRun::load(&[(names::SERVICES, 6), (names::CONNTRACK, 64)]).expect("load"),
+        dataplane: XdpTestRun::load(&MapSizes {
+            frontends: 6,
+            conntrack: 64,
+            ..MapSizes::default()
+        })
+        .expect("load"),
     };
     // web: 2 ports + 2 VIP markers = 4 entries; api adds 4 more: 2 fail.
     let mut yaml = manifest(&BACKENDS);
@@ -930,6 +1059,7 @@ fn a_full_service_map_fails_loudly_and_spares_what_is_programmed() {
     );
     for (_, error) in &report.errors {
         assert_eq!(error.map, names::SERVICES);
+        assert!(error.is_full(), "{error:?}");
     }
     // What fits serves; a retry fails the same way without disturbing it.
     let served = harness.send(&Packet::tcp(CLIENT, 40000, VIP, 80));

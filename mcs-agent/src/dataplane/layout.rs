@@ -8,8 +8,11 @@ use aya::maps::{Array, Map, MapData, MapInfo, MapType};
 
 use super::pins::PinLedger;
 use mcs_common::{
-    ABI_MAGIC, ABI_VERSION, AbiInfo, MAPS, MAX_BACKENDS, MAX_CONNTRACK, MapDef, MapKind, names,
+    ABI_MAGIC, ABI_VERSION, AbiInfo, Capacity, MAGLEV_CHUNK_BYTES, MAPS, MapDef, MapKind,
+    default_entries, names,
 };
+
+use crate::reconcile::Capacities;
 
 /// What a pinned map must look like to be adopted.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,50 +58,102 @@ pub const EXPECTED: [MapSpec; MAPS.len()] = {
     specs
 };
 
-/// Map capacities an operator may size (`--conntrack-max`,
-/// `--backends-max`); every other map has the object's fixed size.
+/// Map capacities, sized per node by the flags of `mcs-agent run` (every
+/// map but the fixed ones: `mcs_common::Capacity`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Conntrack entries (two per translated flow).
-    pub conntrack: u32,
+    /// Frontends (service ports and two markers per ClusterSetIP): the
+    /// service map, names and per-frontend counters.
+    pub frontends: u32,
+    /// Backend slots over all frontends.
+    pub backend_slots: u32,
     /// Distinct backends (address and port) with their own counters: the
     /// per-CPU counter array takes 32 bytes × this × possible CPUs.
     pub backends: u32,
+    /// Chunks (8 bytes) of the Maglev table array.
+    pub maglev_chunks: u32,
+    /// Conntrack entries (two per translated flow).
+    pub conntrack: u32,
+    /// Session-affinity entries.
+    pub affinity: u32,
+    /// Socket-LB reverse translations.
+    pub sock_revnat: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            conntrack: MAX_CONNTRACK,
-            backends: MAX_BACKENDS,
+            frontends: default_entries(Capacity::Frontends),
+            backend_slots: default_entries(Capacity::BackendSlots),
+            backends: default_entries(Capacity::Backends),
+            maglev_chunks: default_entries(Capacity::MaglevChunks),
+            conntrack: default_entries(Capacity::Conntrack),
+            affinity: default_entries(Capacity::Affinity),
+            sock_revnat: default_entries(Capacity::SockRevnat),
         }
     }
 }
 
 impl MapSizes {
+    /// Maglev table chunks for `bytes` of tables.
+    pub fn maglev_chunks_for(bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(u64::from(MAGLEV_CHUNK_BYTES))).unwrap_or(u32::MAX)
+    }
+
+    /// Entries of every map sized by `capacity`.
+    pub fn entries(&self, capacity: Capacity, fixed: u32) -> u32 {
+        match capacity {
+            Capacity::Fixed => fixed,
+            Capacity::Frontends => self.frontends,
+            Capacity::BackendSlots => self.backend_slots,
+            Capacity::Backends => self.backends,
+            Capacity::MaglevChunks => self.maglev_chunks,
+            Capacity::Conntrack => self.conntrack,
+            Capacity::Affinity => self.affinity,
+            Capacity::SockRevnat => self.sock_revnat,
+        }
+    }
+
     /// The sized maps by name, as `EbpfLoader::map_max_entries` takes them.
-    pub fn overrides(&self) -> [(&'static str, u32); 2] {
-        [
-            (names::CONNTRACK, self.conntrack),
-            (names::BACKEND_STATS, self.backends),
-        ]
+    pub fn overrides(&self) -> Vec<(&'static str, u32)> {
+        MAPS.iter()
+            .filter(|def| def.capacity != Capacity::Fixed)
+            .map(|def| (def.name, self.entries(def.capacity, def.max_entries)))
+            .collect()
     }
 
     /// [`EXPECTED`] with these sizes.
     pub fn expected(&self) -> [MapSpec; names::ALL.len()] {
         let mut specs = EXPECTED;
-        for spec in &mut specs {
-            if let Some((_, entries)) = self
-                .overrides()
-                .into_iter()
-                .find(|(name, _)| *name == spec.name)
-            {
-                spec.max_entries = entries;
-            }
+        for (spec, def) in specs.iter_mut().zip(&MAPS) {
+            spec.max_entries = self.entries(def.capacity, def.max_entries);
         }
         specs
     }
+
+    /// What the reconciler must keep within.
+    pub fn capacities(&self) -> Capacities {
+        Capacities {
+            frontends: self.frontends,
+            backend_slots: self.backend_slots,
+            backends: self.backends,
+            maglev_chunks: self.maglev_chunks,
+        }
+    }
 }
+
+/// Maps whose entries refer to each other by frontend id and slot: adopted
+/// together or not at all (a service entry names its id, slots and table
+/// place; a name belongs to an id). When one of them cannot be adopted
+/// (a layout change, another size), the others are recreated with it and
+/// the first sync writes all of them anew; nothing established depends on
+/// them (conntrack entries carry their own translation).
+pub const FRONTEND_GROUP: [&str; 4] = [
+    names::SERVICES,
+    names::BACKENDS,
+    names::FRONTEND_META,
+    names::MAGLEV,
+];
 
 /// What happened to each pinned map at load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -135,7 +190,11 @@ pub fn disruption(name: &str) -> &'static str {
         names::AFFINITY => {
             "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend"
         }
-        names::FRONTEND_STATS | names::BACKEND_STATS | names::SOCK_STATS | names::DROPS => {
+        names::FRONTEND_STATS
+        | names::BACKEND_STATS
+        | names::SOCK_STATS
+        | "MCS_SOCK_STATS"
+        | names::DROPS => {
             "counters restart from zero"
         }
         // `_V1` is retired by the upgrade to `_V2` (entries carry a last use).
@@ -216,15 +275,36 @@ pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes, ledger: &mut PinLedger) ->
             }
         }
     }
-    for spec in &expected {
+    let problems: Vec<Option<Option<String>>> = expected
+        .iter()
+        .map(|spec| {
+            let path = pin_dir.join(spec.name);
+            path.exists().then(|| match MapInfo::from_pin(&path) {
+                Err(error) => Some(format!("unreadable pin: {error}")),
+                Ok(info) => describe(&info, spec).or_else(|| version_problem.clone()),
+            })
+        })
+        .collect();
+    // The first member of the frontend group that cannot be adopted takes
+    // the others with it.
+    let group_breaker = expected
+        .iter()
+        .zip(&problems)
+        .find(|(spec, problem)| {
+            FRONTEND_GROUP.contains(&spec.name) && !matches!(problem, Some(None))
+        })
+        .map(|(spec, _)| spec.name);
+    for (spec, problem) in expected.iter().zip(problems) {
         let path = pin_dir.join(spec.name);
-        if !path.exists() {
-            report.created.push(spec.name);
-            continue;
-        }
-        let problem = match MapInfo::from_pin(&path) {
-            Err(error) => Some(format!("unreadable pin: {error}")),
-            Ok(info) => describe(&info, spec).or_else(|| version_problem.clone()),
+        let problem = match (problem, group_breaker) {
+            (None, _) => {
+                report.created.push(spec.name);
+                continue;
+            }
+            (Some(None), Some(breaker)) if FRONTEND_GROUP.contains(&spec.name) => Some(format!(
+                "{breaker} is created anew, and frontend ids, slots, names and table places are only valid together"
+            )),
+            (Some(problem), _) => problem,
         };
         match problem {
             None => report.adopted.push(spec.name),

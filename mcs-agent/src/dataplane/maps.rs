@@ -13,11 +13,11 @@ use aya::{
 };
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    FrontendStats, MaglevTable, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    FrontendStats, MaglevPlace, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
     names,
 };
 
-use super::{DataplaneError, batch, map_pin_dir, prefilter::Prefilter};
+use super::{DataplaneError, batch, maglev::TableArray, map_pin_dir, prefilter::Prefilter};
 use crate::reconcile::{DataplaneWriter, PinnedState, WriteError};
 
 /// Every map, typed.
@@ -29,14 +29,16 @@ pub struct MapHandles {
     pub drops: PerCpuArray<MapData, u64>,
     pub frontend_names: HashMap<MapData, u32, NameValue>,
     pub clusters: Array<MapData, NameValue>,
-    pub maglev: HashMap<MapData, u32, MaglevTable>,
+    /// Every frontend's Maglev table (`dataplane::maglev`).
+    pub maglev: TableArray,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub backend_stats: PerCpuArray<MapData, FrontendStats>,
     pub abi: Array<MapData, AbiInfo>,
     /// Jiffies → coarse-clock nanoseconds (`dataplane::clock`).
     pub clock: Array<MapData, ClockValue>,
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
-    pub sock_stats: PerCpuArray<MapData, FrontendStats>,
+    /// Shared by all CPUs (socket LB counts per connection).
+    pub sock_stats: Array<MapData, FrontendStats>,
     /// The miss prefilter, kept in step with `services` and `backends` by
     /// the writer methods below.
     pub prefilter: Prefilter,
@@ -61,7 +63,12 @@ impl MapHandles {
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             frontend_names: typed(names::FRONTEND_META, get(names::FRONTEND_META)?)?,
             clusters: typed(names::CLUSTERS, get(names::CLUSTERS)?)?,
-            maglev: typed(names::MAGLEV, get(names::MAGLEV)?)?,
+            maglev: TableArray::new(typed(names::MAGLEV, get(names::MAGLEV)?)?).map_err(
+                |source| DataplaneError::TableArray {
+                    name: names::MAGLEV,
+                    source,
+                },
+            )?,
             affinity: typed(names::AFFINITY, get(names::AFFINITY)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             abi: typed(names::ABI, get(names::ABI)?)?,
@@ -264,6 +271,14 @@ fn put_batch<K: Pod + Sync, V: Pod + Sync>(
     failures
 }
 
+fn table_error(error: super::maglev::TableArrayError) -> WriteError {
+    WriteError {
+        map: names::MAGLEV,
+        op: "write table",
+        source: Box::new(error),
+    }
+}
+
 /// Deleting something already gone is fine (idempotent reconcile).
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
@@ -323,9 +338,8 @@ impl DataplaneWriter for MapHandles {
         self.frontend_stats
             .set(frontend_id, zeroes, 0)
             .map_err(write_error(names::FRONTEND_STATS, "reset"))?;
-        let zeroes = zeroed_per_cpu(names::SOCK_STATS)?;
         self.sock_stats
-            .set(frontend_id, zeroes, 0)
+            .set(frontend_id, FrontendStats::default(), 0)
             .map_err(write_error(names::SOCK_STATS, "reset"))
     }
 
@@ -342,15 +356,16 @@ impl DataplaneWriter for MapHandles {
             .map_err(write_error(names::CLUSTERS, "set"))
     }
 
-    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-        self.maglev
-            .insert(frontend_id, table, 0)
-            .map_err(write_error(names::MAGLEV, "insert"))
-    }
-
-    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        ignore_missing(self.maglev.remove(&frontend_id))
-            .map_err(write_error(names::MAGLEV, "remove"))
+    fn put_maglev(
+        &mut self,
+        _frontend_id: u32,
+        place: MaglevPlace,
+        slots: &[u16],
+    ) -> Result<(), WriteError> {
+        match self.maglev.write(&[(place, slots)]).pop() {
+            None => Ok(()),
+            Some((_, error)) => Err(table_error(error)),
+        }
     }
 
     fn put_services(
@@ -391,9 +406,17 @@ impl DataplaneWriter for MapHandles {
 
     fn put_maglevs(
         &mut self,
-        frontend_ids: &[u32],
-        tables: &[MaglevTable],
+        _frontend_ids: &[u32],
+        tables: &[(MaglevPlace, Vec<u16>)],
     ) -> Vec<(usize, WriteError)> {
-        put_batch(&mut self.maglev, names::MAGLEV, frontend_ids, tables)
+        let tables: Vec<(MaglevPlace, &[u16])> = tables
+            .iter()
+            .map(|(place, slots)| (*place, slots.as_slice()))
+            .collect();
+        self.maglev
+            .write(&tables)
+            .into_iter()
+            .map(|(index, error)| (index, table_error(error)))
+            .collect()
     }
 }

@@ -20,7 +20,9 @@ pub mod batch;
 pub mod clock;
 pub mod layout;
 pub mod lock;
+pub mod maglev;
 pub mod maps;
+pub mod memory;
 pub mod pins;
 pub mod prefilter;
 #[cfg(any(test, feature = "testing"))]
@@ -105,6 +107,12 @@ pub enum DataplaneError {
         name: &'static str,
         #[source]
         source: prefilter::PrefilterError,
+    },
+    #[error("map {name}")]
+    TableArray {
+        name: &'static str,
+        #[source]
+        source: maglev::TableArrayError,
     },
     #[error("map {name}")]
     Map {

@@ -14,7 +14,7 @@ use aya::{
 use mcs_common::programs;
 
 use crate::{
-    dataplane::{EBPF_OBJECT, MapHandles},
+    dataplane::{EBPF_OBJECT, MapHandles, MapSizes},
     desired,
     model::manifest,
     reconcile::{ApplyReport, Reconciler},
@@ -31,17 +31,17 @@ pub struct XdpTestRun {
 }
 
 impl XdpTestRun {
-    /// Loads the embedded object with the given map sizes overridden
-    /// (e.g. a small conntrack: each harness has its own maps) and verifies
-    /// the XDP program.
-    pub fn load(map_sizes: &[(&str, u32)]) -> Result<Self> {
+    /// Loads the embedded object with maps of `sizes` (e.g. a small
+    /// conntrack: each harness has its own maps), verifies the XDP program
+    /// and makes a reconciler for those sizes, as the agent does.
+    pub fn load(sizes: &MapSizes) -> Result<Self> {
         ensure!(
             !EBPF_OBJECT.is_empty(),
             "mcs-agent was built without its eBPF object: run `cargo xtask build-ebpf` first"
         );
         let mut loader = EbpfLoader::new();
-        for (name, entries) in map_sizes {
-            loader.map_max_entries(name, *entries);
+        for (name, entries) in sizes.overrides() {
+            loader.map_max_entries(name, entries);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
         let program: &mut Xdp = ebpf
@@ -59,7 +59,7 @@ impl XdpTestRun {
         Ok(Self {
             ebpf,
             maps,
-            reconciler: Reconciler::new(),
+            reconciler: Reconciler::with_capacities(sizes.capacities()),
         })
     }
 

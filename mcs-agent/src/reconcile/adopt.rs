@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MAX_CLUSTERS, MAX_FRONTENDS, SVC_F_AFFINITY,
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MAX_CLUSTERS, SVC_F_AFFINITY,
     SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
 };
 
-use super::{Applied, Reconciler, ids::IdPool};
+use super::{Applied, Capacities, Reconciler, ids::IdPool, space::TableSpace};
 use crate::desired::{Backend, Frontend, FrontendKind};
 
 /// What pinned maps hold, read back for adoption after a restart.
@@ -31,10 +31,17 @@ pub enum AdoptError {
 }
 
 impl Reconciler {
-    /// Rebuilds the applied state from pinned maps. Stale slots beyond a
-    /// frontend's count are remembered and removed by the first reconcile.
+    /// [`Reconciler::adopt_with`] for maps of the default sizes.
     pub fn adopt(state: &PinnedState) -> Result<Self, AdoptError> {
-        let mut reconciler = Self::new();
+        Self::adopt_with(state, Capacities::default())
+    }
+
+    /// Rebuilds the applied state from pinned maps of these sizes. Stale
+    /// slots beyond a frontend's count are remembered and removed by the
+    /// first reconcile; a table whose place overlaps another's or lies
+    /// beyond the table array is rewritten at a new place.
+    pub fn adopt_with(state: &PinnedState, capacities: Capacities) -> Result<Self, AdoptError> {
+        let mut reconciler = Self::with_capacities(capacities);
         let mut used_ids = BTreeSet::new();
         let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
         for (key, value) in &state.backends {
@@ -53,7 +60,7 @@ impl Reconciler {
         for (key, value) in &state.services {
             let protocol = crate::model::Protocol::from_number(key.proto)
                 .ok_or(AdoptError::UnknownProtocol(*key))?;
-            if value.frontend_id >= MAX_FRONTENDS || !used_ids.insert(value.frontend_id) {
+            if value.frontend_id >= capacities.frontends || !used_ids.insert(value.frontend_id) {
                 return Err(AdoptError::BadFrontendId(value.frontend_id));
             }
             let frontend = Frontend {
@@ -105,9 +112,12 @@ impl Reconciler {
                     // A frontend with a hole in its slots is rewritten whole.
                     dirty: !complete,
                     table_stale: true,
+                    table: value.maglev().filter(|_| value.backend_count > 0),
+                    staged: None,
                 },
             );
         }
+        reconciler.adopt_tables();
         // What no service owns was left by an agent that died mid-apply
         // (slots and name are written before a new service entry and
         // deleted after a removed one, and a table never outlives its
@@ -115,6 +125,7 @@ impl Reconciler {
         for (id, slots) in &slots_of {
             let high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
             reconciler.orphans.insert(*id, high);
+            reconciler.slots_in_use += u64::from(high);
         }
         for id in state.frontend_names.keys() {
             if !used_ids.contains(id) {
@@ -126,9 +137,9 @@ impl Reconciler {
             .iter()
             .chain(reconciler.orphans.keys())
             .copied()
-            .filter(|id| *id < MAX_FRONTENDS)
+            .filter(|id| *id < capacities.frontends)
             .collect();
-        reconciler.frontend_pool = IdPool::with_taken(0..MAX_FRONTENDS, &taken);
+        reconciler.frontend_pool = IdPool::with_taken(0..capacities.frontends, &taken);
         let taken: BTreeSet<u32> = reconciler.backend_ids.values().copied().collect();
         reconciler.backend_pool = IdPool::with_taken(0..reconciler.backend_pool.capacity(), &taken);
         for (id, name) in &state.clusters {
@@ -148,5 +159,37 @@ impl Reconciler {
         reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
         reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
         Ok(reconciler)
+    }
+
+    /// Marks the adopted tables' places in use; a place that overlaps an
+    /// earlier one or lies beyond the array is dropped, its frontend left
+    /// to be rewritten whole (the datapath keeps reading the old place
+    /// until the new service entry points elsewhere).
+    fn adopt_tables(&mut self) {
+        let capacity = self.table_space.capacity();
+        let mut places: Vec<(mcs_common::MaglevPlace, crate::desired::Frontend)> = self
+            .applied
+            .iter()
+            .filter_map(|(frontend, applied)| Some((applied.table?, *frontend)))
+            .collect();
+        places.sort_by_key(|(place, _)| (place.base, place.size));
+        let mut end = 0;
+        let mut kept = Vec::with_capacity(places.len());
+        for (place, frontend) in places {
+            let range = place.range();
+            if range.start < end || range.end > capacity {
+                if let Some(applied) = self.applied.get_mut(&frontend) {
+                    applied.table = None;
+                    applied.dirty = true;
+                    self.may_have_dirty = true;
+                }
+                continue;
+            }
+            end = range.end;
+            kept.push(range);
+        }
+        // Disjoint and inside the array by construction.
+        self.table_space =
+            TableSpace::with_taken(capacity, kept).unwrap_or_else(|_| TableSpace::new(capacity));
     }
 }

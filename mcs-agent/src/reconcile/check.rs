@@ -5,7 +5,9 @@
 //!
 //! Two levels:
 //! * [`check_serving`]: what the datapath relies on at every instant — each
-//!   service's slots `0..count` exist and every Maglev entry names one;
+//!   service's slots `0..count` exist, its Maglev table (read where its
+//!   service entry says, as the datapath reads it) has a size that suits
+//!   its backend count, and every entry names an existing slot;
 //! * [`render`]: the maps read back as frontends → backends (cluster names,
 //!   affinity, Maglev tables resolved to backend identities, names), failing
 //!   on anything left behind (slots, tables, names, clusters nobody uses).
@@ -20,13 +22,14 @@ use std::{
 };
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevTable, NameValue, SVC_F_AFFINITY,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevPlace, NameValue, SVC_F_AFFINITY,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceValue, maglev_wide,
 };
 
 use super::{DataplaneWriter, Reconciler, WriteError, maglev_table, memory::MemoryMaps};
 use crate::{
     desired::{Backend, DesiredState, Frontend, FrontendKind},
+    maglev,
     model::Protocol,
 };
 
@@ -76,8 +79,15 @@ pub enum Inconsistency {
         entry: usize,
         slot: u16,
     },
-    #[error("{frontend}: Maglev table has {len} entries")]
-    TableSize { frontend: Frontend, len: usize },
+    #[error("{frontend}: a Maglev table of {size} entries (wide: {wide}) for {backends} backends")]
+    TableSize {
+        frontend: Frontend,
+        size: u32,
+        wide: bool,
+        backends: u32,
+    },
+    #[error("{frontend}: a table without backends")]
+    TableWithoutBackends { frontend: Frontend },
     #[error("{frontend}: backend names cluster id {cluster_id}, which has no name")]
     UnknownCluster { frontend: Frontend, cluster_id: u32 },
     #[error("{frontend}: no name for frontend id {id}")]
@@ -86,8 +96,8 @@ pub enum Inconsistency {
     SharedFrontendId(u32),
     #[error("backend slot {0:?} belongs to no service or lies beyond its count")]
     LeakedSlot(BackendKey),
-    #[error("Maglev table of frontend id {0} belongs to no service with backends")]
-    LeakedTable(u32),
+    #[error("Maglev tables of {0} and {1} overlap")]
+    SharedTable(Frontend, Frontend),
     #[error("name of frontend id {0} belongs to no service")]
     LeakedName(u32),
     #[error("cluster name {0:?} is used by no backend")]
@@ -125,20 +135,24 @@ pub fn check_serving(maps: &MemoryMaps) -> Result<(), Inconsistency> {
                 });
             }
         }
+        let place = service.maglev();
         if service.backend_count == 0 {
+            if place.is_some() {
+                return Err(Inconsistency::TableWithoutBackends { frontend });
+            }
             continue;
         }
-        let table = maps
-            .maglev
-            .get(&service.frontend_id)
-            .ok_or(Inconsistency::MissingTable { frontend })?;
-        if table.len() != mcs_common::MAGLEV_TABLE_SIZE {
+        let place = place.ok_or(Inconsistency::MissingTable { frontend })?;
+        let backends = service.backend_count;
+        if !maglev::keeps(place.size, backends as usize) || place.wide != maglev_wide(backends) {
             return Err(Inconsistency::TableSize {
                 frontend,
-                len: table.len(),
+                size: place.size,
+                wide: place.wide,
+                backends,
             });
         }
-        for (entry, slot) in table.iter().enumerate() {
+        for (entry, slot) in maps.table(place).iter().enumerate() {
             let slot_key = BackendKey {
                 frontend_id: service.frontend_id,
                 slot: u32::from(*slot),
@@ -164,6 +178,8 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
     let mut ids = BTreeSet::new();
     let mut clusters_used = BTreeSet::new();
     let mut counter_ids: BTreeMap<Identity, u32> = BTreeMap::new();
+    let mut places: Vec<(MaglevPlace, Frontend)> = Vec::new();
+    let mut named = BTreeSet::new();
     for (key, service) in &maps.services {
         let frontend = frontend_of(key)?;
         if !ids.insert(service.frontend_id) {
@@ -200,30 +216,38 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
                 terminating: value.flags & BACKEND_F_TERMINATING != 0,
             });
         }
-        let table = match maps.maglev.get(&service.frontend_id) {
-            Some(table) if service.backend_count > 0 => table
-                .iter()
-                .map(|slot| {
-                    let backend = &slots[usize::from(*slot)];
-                    (backend.addr, backend.port)
-                })
-                .collect(),
-            Some(_) => return Err(Inconsistency::LeakedTable(service.frontend_id)),
+        let table = match service.maglev() {
+            Some(place) => {
+                places.push((place, frontend));
+                maps.table(place)
+                    .iter()
+                    .map(|slot| {
+                        let backend = &slots[usize::from(*slot)];
+                        (backend.addr, backend.port)
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
-        let name =
-            maps.names
-                .get(&service.frontend_id)
-                .cloned()
-                .ok_or(Inconsistency::MissingName {
-                    frontend,
-                    id: service.frontend_id,
-                })?;
         let kind = if service.flags & SVC_F_VIP_MARKER != 0 {
             FrontendKind::VipMarker
         } else {
             FrontendKind::Service
         };
+        // Markers have no name (see `plan`).
+        let name =
+            match kind {
+                FrontendKind::Service => maps.names.get(&service.frontend_id).cloned().ok_or(
+                    Inconsistency::MissingName {
+                        frontend,
+                        id: service.frontend_id,
+                    },
+                )?,
+                FrontendKind::VipMarker => String::new(),
+            };
+        if kind == FrontendKind::Service {
+            named.insert(service.frontend_id);
+        }
         let affinity_timeout =
             (service.flags & SVC_F_AFFINITY != 0).then_some(service.affinity_timeout_s);
         rendered.insert(
@@ -240,10 +264,13 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
     if let Some(leaked) = maps.backends.keys().find(|k| !owned_slots.contains(k)) {
         return Err(Inconsistency::LeakedSlot(*leaked));
     }
-    if let Some(leaked) = maps.maglev.keys().find(|id| !ids.contains(id)) {
-        return Err(Inconsistency::LeakedTable(*leaked));
+    places.sort_by_key(|(place, _)| place.base);
+    for pair in places.windows(2) {
+        if pair[0].0.range().end > pair[1].0.base {
+            return Err(Inconsistency::SharedTable(pair[0].1, pair[1].1));
+        }
     }
-    if let Some(leaked) = maps.names.keys().find(|id| !ids.contains(id)) {
+    if let Some(leaked) = maps.names.keys().find(|id| !named.contains(id)) {
         return Err(Inconsistency::LeakedName(*leaked));
     }
     if let Some((_, name)) = maps
@@ -256,11 +283,12 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
     Ok(rendered)
 }
 
-/// What the maps must render for `desired`, given the slot order the maps
-/// chose (slot order and hence the Maglev tie-breaks depend on history; the
-/// table must nevertheless be exactly the table of those slots with the
-/// desired weights). Frontends missing from `slot_order` are laid out in
-/// sorted order, as a fresh reconcile does.
+/// What the maps must render for `desired`, given the slot order and table
+/// sizes the maps chose (both depend on history; the table must
+/// nevertheless be exactly the table of those slots with the desired
+/// weights, at a size that suits them). Frontends missing from
+/// `slot_order` are laid out in sorted order at the rule's size, as a fresh
+/// reconcile does.
 pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
     desired
         .frontends
@@ -287,10 +315,15 @@ pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
                 }
                 _ => spec.backends.clone(),
             };
+            let seen_size = slot_order
+                .get(frontend)
+                .and_then(|seen| u32::try_from(seen.table.len()).ok())
+                .filter(|size| maglev::keeps(*size, layout.len()));
             let table = if layout.is_empty() {
                 Vec::new()
             } else {
-                maglev_table(&layout)
+                let size = seen_size.unwrap_or_else(|| maglev::rule_size(layout.len()));
+                maglev_table(&layout, size)
                     .slots
                     .iter()
                     .map(|slot| {
@@ -312,7 +345,10 @@ pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
                 *frontend,
                 RenderedFrontend {
                     kind: spec.kind,
-                    name: NameValue::new(&spec.name).as_str().to_owned(),
+                    name: match spec.kind {
+                        FrontendKind::Service => NameValue::new(&spec.name).as_str().to_owned(),
+                        FrontendKind::VipMarker => String::new(),
+                    },
                     affinity_timeout: spec.affinity_timeout,
                     slots,
                     table,
@@ -335,6 +371,15 @@ pub struct IdTables {
     pub backend_ids: BTreeMap<Identity, u32>,
     pub next_backend_id: u32,
     pub free_backend_ids: Vec<u32>,
+    /// Each frontend's table places: where its service entry points, and a
+    /// staged one (written, not pointed at yet).
+    pub tables: BTreeMap<Frontend, (Option<MaglevPlace>, Option<MaglevPlace>)>,
+    /// Unused ranges of the table array (free or waiting out the grace
+    /// period), and its capacity.
+    pub unused_table_chunks: Vec<std::ops::Range<u32>>,
+    pub table_capacity: u32,
+    /// Backend slots the reconciler counts as possibly present.
+    pub slots_in_use: u64,
 }
 
 impl Reconciler {
@@ -350,6 +395,14 @@ impl Reconciler {
             backend_ids: self.backend_ids.clone(),
             next_backend_id: self.backend_pool.next(),
             free_backend_ids: self.backend_pool.free().to_vec(),
+            tables: self
+                .applied
+                .iter()
+                .map(|(f, a)| (*f, (a.table, a.staged)))
+                .collect(),
+            unused_table_chunks: self.table_space.unused(),
+            table_capacity: self.table_space.capacity(),
+            slots_in_use: self.slots_in_use,
         }
     }
 }
@@ -449,7 +502,57 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
         0,
         ids.next_backend_id,
     )
-    .or_else(|what| fail(format!("backend ids: {what}")))
+    .or_else(|what| fail(format!("backend ids: {what}")))?;
+    check_tables(&ids, maps)
+}
+
+/// The table places the reconciler keeps are the ones the service entries
+/// point at (nothing staged after a successful apply), and together with
+/// the unused ranges they tile the table array exactly: no place leaked,
+/// none handed out twice. The slot count is the slots present.
+fn check_tables(ids: &IdTables, maps: &MemoryMaps) -> Result<(), Inconsistency> {
+    let fail = |what: String| Err(Inconsistency::Ids(what));
+    let mut ranges = ids.unused_table_chunks.clone();
+    for (key, service) in &maps.services {
+        let frontend = frontend_of(key)?;
+        let kept = ids.tables.get(&frontend).copied().unwrap_or_default();
+        if kept != (service.maglev(), None) {
+            return fail(format!(
+                "{frontend}: table {:?} in the map, {kept:?} in the reconciler",
+                service.maglev()
+            ));
+        }
+        ranges.extend(service.maglev().map(|place| place.range()));
+    }
+    ranges.sort_by_key(|range| range.start);
+    let mut at = 0;
+    for range in &ranges {
+        if range.start != at {
+            return fail(format!(
+                "table array: chunk {at} is {} (ranges {ranges:?})",
+                if range.start < at {
+                    "used twice"
+                } else {
+                    "leaked"
+                }
+            ));
+        }
+        at = range.end;
+    }
+    if at != ids.table_capacity {
+        return fail(format!(
+            "table array: {at} of {} chunks accounted for",
+            ids.table_capacity
+        ));
+    }
+    if ids.slots_in_use != maps.backends.len() as u64 {
+        return fail(format!(
+            "{} backend slots counted, {} in the map",
+            ids.slots_in_use,
+            maps.backends.len()
+        ));
+    }
+    Ok(())
 }
 
 /// In-memory maps that check the datapath's invariant ([`check_serving`])
@@ -502,12 +605,8 @@ impl DataplaneWriter for CheckedMaps {
     fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.maps.put_cluster_name(id, name)
     }
-    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-        let result = self.maps.put_maglev(id, table);
-        self.after(result)
-    }
-    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
-        let result = self.maps.delete_maglev(id);
+    fn put_maglev(&mut self, id: u32, place: MaglevPlace, slots: &[u16]) -> Result<(), WriteError> {
+        let result = self.maps.put_maglev(id, place, slots);
         self.after(result)
     }
 }

@@ -8,10 +8,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mcs_common::MaglevTable;
-
-use super::{ApplyReport, DataplaneWriter, Reconciler, deferred, layout::maglev_table};
-use crate::desired::{DesiredState, Frontend, FrontendSpec};
+use super::{
+    ApplyReport, DataplaneWriter, Reconciler, deferred,
+    layout::{Table, maglev_table},
+};
+use crate::{
+    desired::{DesiredState, Frontend, FrontendSpec},
+    maglev,
+};
 
 impl Reconciler {
     /// Applies `upserts` of `desired` to maps holding no frontend. A
@@ -40,10 +44,13 @@ impl Reconciler {
             let builder_chunks = &chunks;
             scope.spawn(move || {
                 for chunk in builder_chunks {
-                    let tables: Vec<Box<MaglevTable>> = chunk
+                    let tables: Vec<Table> = chunk
                         .iter()
                         .filter(|(_, spec)| !spec.backends.is_empty())
-                        .map(|(_, spec)| maglev_table(&spec.backends))
+                        .map(|(_, spec)| {
+                            let size = maglev::table_size(spec.backends.len(), None);
+                            maglev_table(&spec.backends, size)
+                        })
                         .collect();
                     if built.send(tables).is_err() {
                         return;

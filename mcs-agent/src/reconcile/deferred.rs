@@ -22,7 +22,7 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{BackendKey, BackendValue, MaglevPlace, NameValue, ServiceKey, ServiceValue};
 
 use super::{DataplaneWriter, WriteError};
 
@@ -42,10 +42,10 @@ impl<K, V> Default for Group<K, V> {
     }
 }
 
-impl<K: Copy, V: Copy> Group<K, V> {
+impl<K: Clone, V: Clone> Group<K, V> {
     fn push(&mut self, key: &K, value: &V) {
-        self.keys.push(*key);
-        self.values.push(*value);
+        self.keys.push(key.clone());
+        self.values.push(value.clone());
     }
 
     /// Writes the entries whose frontend has not failed yet, recording new
@@ -60,10 +60,9 @@ impl<K: Copy, V: Copy> Group<K, V> {
             let failed_ids: BTreeSet<u32> = failed.keys().copied().collect();
             let (keys, values) = self
                 .keys
-                .iter()
-                .zip(&self.values)
+                .into_iter()
+                .zip(self.values)
                 .filter(|(key, value)| !failed_ids.contains(&frontend_of(key, value)))
-                .map(|(key, value)| (*key, *value))
                 .unzip();
             self.keys = keys;
             self.values = values;
@@ -84,7 +83,8 @@ impl<K: Copy, V: Copy> Group<K, V> {
 pub(super) struct Puts {
     names: Group<u32, NameValue>,
     backends: Group<BackendKey, BackendValue>,
-    tables: Group<u32, MaglevTable>,
+    /// Keyed by frontend id, for the failure bookkeeping.
+    tables: Group<u32, (MaglevPlace, Vec<u16>)>,
     services: Group<ServiceKey, ServiceValue>,
 }
 
@@ -187,11 +187,15 @@ impl<W: DataplaneWriter> DataplaneWriter for Deferred<'_, '_, W> {
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.shared.lock().put_cluster_name(cluster_id, name)
     }
-    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-        self.puts.tables.push(&frontend_id, table);
+    fn put_maglev(
+        &mut self,
+        frontend_id: u32,
+        place: MaglevPlace,
+        slots: &[u16],
+    ) -> Result<(), WriteError> {
+        self.puts
+            .tables
+            .push(&frontend_id, &(place, slots.to_vec()));
         Ok(())
-    }
-    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError> {
-        self.shared.lock().delete_maglev(frontend_id)
     }
 }

@@ -2,19 +2,20 @@
 //! reconciler's books: a frontend stays marked dirty until every write of
 //! its plan succeeded (a failure leaves it to be rewritten whole next time,
 //! its id owned, never leaked), its slot high-water mark covers every slot
-//! a write may have reached, and ids are released only once nothing in the
-//! maps uses them.
+//! a write may have reached, its tables' places are tracked until released
+//! (`tables.rs`), and ids are released only once nothing in the maps uses
+//! them.
 
 use std::net::SocketAddrV4;
 
-use mcs_common::{BACKEND_F_READY, BACKEND_F_TERMINATING, BackendValue, MaglevTable};
+use mcs_common::{BACKEND_F_READY, BACKEND_F_TERMINATING, BackendValue};
 
 use super::{
     Applied, ApplyReport, DataplaneWriter, ORPHAN_FRONTEND, Reconciler, Retired, WriteError,
-    layout::service_key,
+    layout::{Table, service_key},
     plan::{self, Current, Write},
 };
-use crate::desired::{Backend, Frontend, FrontendSpec};
+use crate::desired::{Backend, Frontend, FrontendKind, FrontendSpec};
 
 impl Reconciler {
     /// Brings `frontend` to `spec`; nothing is written when it is current.
@@ -23,7 +24,7 @@ impl Reconciler {
         &mut self,
         frontend: &Frontend,
         spec: &FrontendSpec,
-        prebuilt: Option<Box<MaglevTable>>,
+        prebuilt: Option<Table>,
         maps: &mut impl DataplaneWriter,
         report: &mut ApplyReport,
     ) -> Result<(), WriteError> {
@@ -45,7 +46,12 @@ impl Reconciler {
         report
             .retired
             .extend(retired(frontend, plan.applied.id, &plan.retired));
-        self.set_applied(*frontend, plan.applied);
+        let mut applied = plan.applied;
+        if let Some(stored) = self.applied.get(frontend) {
+            // Where the run placed the table.
+            (applied.table, applied.staged) = (stored.table, stored.staged);
+        }
+        self.set_applied(*frontend, applied);
         if plan.is_new {
             report.added += 1;
         } else {
@@ -65,7 +71,8 @@ impl Reconciler {
         };
         applied.dirty = true;
         let (id, slot_high) = (applied.id, applied.slot_high);
-        let writes = plan::removal(Some(service_key(frontend)), id, slot_high);
+        let named = applied.kind == FrontendKind::Service;
+        let writes = plan::removal(Some(service_key(frontend)), id, slot_high, named);
         self.run(frontend, writes, maps, report)?;
         if let Some(applied) = self.take_applied(frontend) {
             report
@@ -86,10 +93,12 @@ impl Reconciler {
     ) {
         let orphans: Vec<(u32, u32)> = self.orphans.iter().map(|(id, high)| (*id, *high)).collect();
         for (id, slot_high) in orphans {
-            let writes = plan::removal(None, id, slot_high);
+            // Whatever it was, a name may be left.
+            let writes = plan::removal(None, id, slot_high, true);
             match self.run(&ORPHAN_FRONTEND, writes, maps, report) {
                 Ok(()) => {
                     self.orphans.remove(&id);
+                    self.slots_in_use -= u64::from(slot_high);
                     self.frontend_pool.release(id);
                 }
                 Err(error) => report.errors.push((ORPHAN_FRONTEND, error)),
@@ -110,16 +119,32 @@ impl Reconciler {
                 Write::ResetStats(id) => maps.reset_frontend_stats(id)?,
                 Write::PutName(id, name) => maps.put_frontend_name(id, &name)?,
                 Write::PutSlot(key, backend) => {
+                    let high = self.applied.get(frontend).map_or(0, |a| a.slot_high);
+                    if key.slot >= high {
+                        self.check_slot_room()?;
+                    }
                     let value = self.slot_value(&backend, maps, report)?;
-                    if let Some(applied) = self.applied.get_mut(frontend) {
-                        applied.slot_high = applied.slot_high.max(key.slot + 1);
+                    if let Some(applied) = self.applied.get_mut(frontend)
+                        && key.slot >= applied.slot_high
+                    {
+                        self.slots_in_use += u64::from(key.slot + 1 - applied.slot_high);
+                        applied.slot_high = key.slot + 1;
                     }
                     maps.put_backend(&key, &value)?;
                 }
-                Write::PutTable(id, table) => maps.put_maglev(id, &table)?,
-                Write::PutService(key, value) => maps.put_service(&key, &value)?,
-                Write::DeleteService(key) => maps.delete_service(&key)?,
-                Write::DeleteTable(id) => maps.delete_maglev(id)?,
+                Write::PutTable(id, table) => {
+                    let place = self.place_table(frontend, &table)?;
+                    maps.put_maglev(id, place, &table.slots)?;
+                }
+                Write::PutService(key, value) => {
+                    let value = self.with_table(frontend, value);
+                    maps.put_service(&key, &value)?;
+                    self.settle_tables(frontend, value.maglev());
+                }
+                Write::DeleteService(key) => {
+                    maps.delete_service(&key)?;
+                    self.settle_tables(frontend, None);
+                }
                 Write::DeleteSlot(key) => maps.delete_backend(&key)?,
                 Write::DeleteName(id) => maps.delete_frontend_name(id)?,
             }

@@ -99,11 +99,13 @@ impl Reconciler {
     /// An id for a new frontend, and whether its counters need a reset.
     pub(super) fn allocate_frontend_id(&mut self) -> Result<(u32, bool), WriteError> {
         let Some((id, reused)) = self.frontend_pool.allocate() else {
-            return Err(WriteError {
-                map: mcs_common::names::SERVICES,
-                op: "allocate frontend id",
-                source: format!("all {} frontend ids in use", self.frontend_pool.capacity()).into(),
-            });
+            return Err(WriteError::full(
+                mcs_common::names::SERVICES,
+                "allocate frontend id",
+                "frontend ids",
+                u64::from(self.frontend_pool.capacity()),
+                "--frontends-max",
+            ));
         };
         Ok((id, reused || !self.fresh_frontend_stats))
     }
@@ -120,15 +122,13 @@ impl Reconciler {
             return Ok(*id);
         }
         let Some((id, reused)) = self.backend_pool.allocate() else {
-            return Err(WriteError {
-                map: mcs_common::names::BACKEND_STATS,
-                op: "allocate backend id",
-                source: format!(
-                    "all {} backend ids in use (raise --backends-max)",
-                    self.backend_pool.capacity()
-                )
-                .into(),
-            });
+            return Err(WriteError::full(
+                mcs_common::names::BACKEND_STATS,
+                "allocate backend id",
+                "backend ids",
+                u64::from(self.backend_pool.capacity()),
+                "--backends-max",
+            ));
         };
         if reused || !self.fresh_backend_stats {
             if let Err(error) = maps.reset_backend_stats(id) {
@@ -189,7 +189,7 @@ mod tests {
     use crate::{
         desired::{Backend, DesiredState, Frontend, FrontendKind, FrontendSpec},
         model::{ObjectKey, Protocol},
-        reconcile::{Reconciler, check, memory::MemoryMaps, service_key},
+        reconcile::{CapacityError, Reconciler, check, memory::MemoryMaps, service_key},
     };
 
     #[derive(Clone, Debug)]
@@ -330,11 +330,19 @@ mod tests {
             for (frontend, error) in &report.errors {
                 prop_assert!(wanted.frontends.contains_key(frontend));
                 prop_assert!(!maps.services.contains_key(&service_key(frontend)));
-                let message = error.source.to_string();
+                let full = error.source.downcast_ref::<CapacityError>();
+                prop_assert!(error.is_full(), "{:?}", error);
                 prop_assert!(
-                    message.contains(&format!("all {frontends} frontend ids in use"))
-                        || message.contains(&format!("all {backends} backend ids in use")),
-                    "{}", message
+                    full == Some(&CapacityError {
+                        what: "frontend ids",
+                        capacity: u64::from(frontends),
+                        flag: "--frontends-max",
+                    }) || full == Some(&CapacityError {
+                        what: "backend ids",
+                        capacity: u64::from(backends),
+                        flag: "--backends-max",
+                    }),
+                    "{:?}", full
                 );
             }
             let failed: BTreeSet<Frontend> = report.errors.iter().map(|(f, _)| *f).collect();

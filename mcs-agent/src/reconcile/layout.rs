@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mcs_common::{MAGLEV_TABLE_SIZE, MaglevTable, ServiceKey};
+use mcs_common::{ServiceKey, maglev_wide};
 
 use crate::{
     desired::{Backend, Frontend},
@@ -34,8 +34,17 @@ pub fn stable_layout(old: &[Backend], new: &[Backend]) -> Vec<Backend> {
     slots.into_iter().flatten().collect()
 }
 
-/// The Maglev table of a slot layout (entries are slot numbers).
-pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
+/// A frontend's Maglev table: `size` entries (prime), each a slot number;
+/// written with two-byte entries when `wide`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub size: u32,
+    pub wide: bool,
+    pub slots: Vec<u16>,
+}
+
+/// The Maglev table of `size` entries over a slot layout.
+pub fn maglev_table(layout: &[Backend], size: u32) -> Table {
     let members: Vec<Member> = layout
         .iter()
         .map(|b| Member {
@@ -44,18 +53,11 @@ pub fn maglev_table(layout: &[Backend]) -> Box<MaglevTable> {
             weight: b.weight,
         })
         .collect();
-    let mut table = Box::new(MaglevTable {
-        slots: [0; MAGLEV_TABLE_SIZE],
-        _pad: 0,
-    });
-    for (entry, slot) in table
-        .slots
-        .iter_mut()
-        .zip(maglev::build_table(&members, MAGLEV_TABLE_SIZE))
-    {
-        *entry = slot;
+    Table {
+        size,
+        wide: maglev_wide(u32::try_from(layout.len()).unwrap_or(u32::MAX)),
+        slots: maglev::build_table(&members, size as usize),
     }
-    table
 }
 
 /// The service map key of `frontend` (address and port as the packet carries them).

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{
+    BackendKey, BackendValue, MAGLEV_CHUNK_BYTES, MaglevPlace, NameValue, ServiceKey, ServiceValue,
+    maglev_position,
+};
 
 use super::{DataplaneWriter, PinnedState, WriteError};
 
@@ -14,7 +17,8 @@ pub struct MemoryMaps {
     pub backends: BTreeMap<BackendKey, BackendValue>,
     pub names: BTreeMap<u32, String>,
     pub clusters: BTreeMap<u32, String>,
-    pub maglev: BTreeMap<u32, Vec<u16>>,
+    /// The Maglev table array, as bytes (grown as written).
+    pub maglev: Vec<u8>,
     pub stats_resets: Vec<u32>,
     pub backend_stats_resets: Vec<u32>,
     /// Fail every write after this many (fault injection).
@@ -23,6 +27,23 @@ pub struct MemoryMaps {
 }
 
 impl MemoryMaps {
+    /// The table at `place`, as the datapath reads it (entries beyond what
+    /// was ever written read as slot 0, as in a fresh array).
+    pub fn table(&self, place: MaglevPlace) -> Vec<u16> {
+        (0..place.size)
+            .map(|index| {
+                let (chunk, byte) = maglev_position(place.base, index, place.wide);
+                let at = chunk as usize * MAGLEV_CHUNK_BYTES as usize + byte;
+                let byte_at = |i: usize| self.maglev.get(i).copied().unwrap_or(0);
+                if place.wide {
+                    u16::from_ne_bytes([byte_at(at), byte_at(at + 1)])
+                } else {
+                    u16::from(byte_at(at))
+                }
+            })
+            .collect()
+    }
+
     /// The state adoption would read back from these maps.
     pub fn pinned_state(&self) -> PinnedState {
         PinnedState {
@@ -103,14 +124,27 @@ impl DataplaneWriter for MemoryMaps {
             }
         })
     }
-    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+    fn put_maglev(
+        &mut self,
+        _id: u32,
+        place: MaglevPlace,
+        slots: &[u16],
+    ) -> Result<(), WriteError> {
         self.write("maglev", "put", |m| {
-            m.maglev.insert(id, table.slots.to_vec());
-        })
-    }
-    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
-        self.write("maglev", "delete", |m| {
-            m.maglev.remove(&id);
+            let end = place.range().end as usize * MAGLEV_CHUNK_BYTES as usize;
+            if m.maglev.len() < end {
+                m.maglev.resize(end, 0);
+            }
+            for (index, slot) in (0..place.size).zip(slots) {
+                let (chunk, byte) = maglev_position(place.base, index, place.wide);
+                let at = chunk as usize * MAGLEV_CHUNK_BYTES as usize + byte;
+                if place.wide {
+                    m.maglev[at..at + 2].copy_from_slice(&slot.to_ne_bytes());
+                } else {
+                    // Narrow tables hold slots below 256.
+                    m.maglev[at] = *slot as u8;
+                }
+            }
         })
     }
 }

@@ -21,6 +21,10 @@
 //! * `plan.rs` — what one frontend needs written, as a pure function;
 //!   `execute.rs` runs plans through the writer and keeps the books;
 //! * `ids.rs` — the one id pool behind frontend, counter and cluster ids;
+//! * `space.rs` — room in the Maglev table array: a range per table,
+//!   released ranges reused after a grace period;
+//! * `tables.rs` — where each frontend's table goes (in place, or a new
+//!   range the service entry then switches to), and the capacity checks;
 //! * `adopt.rs` — the applied state rebuilt from pinned maps after a restart;
 //! * `cold.rs` and `deferred.rs` — the batched, pipelined cold sync.
 //!
@@ -35,6 +39,8 @@ mod execute;
 mod ids;
 mod layout;
 mod plan;
+mod space;
+mod tables;
 mod writer;
 
 #[cfg(any(test, feature = "testing"))]
@@ -47,15 +53,19 @@ use std::{
     net::Ipv4Addr,
 };
 
-use mcs_common::{MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, NameValue};
+use mcs_common::{
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, MAX_MAGLEV_CHUNKS, MaglevPlace,
+    NameValue,
+};
 use tracing::instrument;
 
-use self::ids::IdPool;
 pub use self::{
     adopt::{AdoptError, PinnedState},
-    layout::{maglev_table, service_key, stable_layout},
-    writer::{DataplaneWriter, WriteError, one_by_one},
+    layout::{Table, maglev_table, service_key, stable_layout},
+    space::GRACE as TABLE_GRACE,
+    writer::{CapacityError, DataplaneWriter, WriteError, one_by_one},
 };
+use self::{ids::IdPool, space::TableSpace};
 use crate::desired::{Backend, DesiredState, Frontend, FrontendKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +85,11 @@ struct Applied {
     dirty: bool,
     /// Adopted from pinned maps: weights unknown, rewrite the table once.
     table_stale: bool,
+    /// The table the service entry in the map points at.
+    table: Option<MaglevPlace>,
+    /// A table written at a new place that the service entry does not
+    /// point at yet (its write is pending or failed).
+    staged: Option<MaglevPlace>,
 }
 
 impl Applied {
@@ -90,6 +105,34 @@ impl Applied {
             slot_high: 0,
             dirty: true,
             table_stale: false,
+            table: None,
+            staged: None,
+        }
+    }
+}
+
+/// How much the maps hold (the agent's map sizes), so that what does not
+/// fit is refused by the reconciler with an error naming the flag, before
+/// the kernel would refuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Frontend ids (entries of the service map and the per-frontend maps).
+    pub frontends: u32,
+    /// Backend slots over all frontends.
+    pub backend_slots: u32,
+    /// Backend counter ids.
+    pub backends: u32,
+    /// Chunks of the Maglev table array.
+    pub maglev_chunks: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            frontends: MAX_FRONTENDS,
+            backend_slots: MAX_BACKEND_SLOTS,
+            backends: MAX_BACKENDS,
+            maglev_chunks: MAX_MAGLEV_CHUNKS,
         }
     }
 }
@@ -126,6 +169,12 @@ impl ApplyReport {
 pub struct Reconciler {
     applied: BTreeMap<Frontend, Applied>,
     frontend_pool: IdPool,
+    /// Room in the Maglev table array.
+    table_space: TableSpace,
+    /// Backend slots that may exist in the map (the sum of every frontend's
+    /// and orphan's `slot_high`), against `slot_capacity`.
+    slots_in_use: u64,
+    slot_capacity: u32,
     clusters: BTreeMap<String, u32>,
     cluster_pool: IdPool,
     /// Per-backend counter ids by backend identity.
@@ -172,14 +221,22 @@ impl Default for Reconciler {
 
 impl Reconciler {
     pub fn new() -> Self {
+        Self::with_capacities(Capacities::default())
+    }
+
+    /// A reconciler for maps of these sizes.
+    pub fn with_capacities(capacities: Capacities) -> Self {
         Self {
             applied: BTreeMap::new(),
-            frontend_pool: IdPool::new(0..MAX_FRONTENDS),
+            frontend_pool: IdPool::new(0..capacities.frontends),
+            table_space: TableSpace::new(capacities.maglev_chunks),
+            slots_in_use: 0,
+            slot_capacity: capacities.backend_slots,
             clusters: BTreeMap::new(),
             // Cluster id 0 means "unknown".
             cluster_pool: IdPool::new(1..MAX_CLUSTERS),
             backend_ids: BTreeMap::new(),
-            backend_pool: IdPool::new(0..MAX_BACKENDS),
+            backend_pool: IdPool::new(0..capacities.backends),
             orphans: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
             cluster_refs: BTreeMap::new(),
@@ -197,6 +254,11 @@ impl Reconciler {
         self
     }
 
+    /// Chunks of the Maglev table array in use (not released).
+    pub fn table_chunks_in_use(&self) -> u64 {
+        self.table_space.used()
+    }
+
     /// A reconciler for stats maps this agent has just created (all
     /// counters zero): an id's first use skips the reset write, which is
     /// most writes of a cold sync. Reused ids are reset as always; after
@@ -210,14 +272,17 @@ impl Reconciler {
     /// Records `applied` for `frontend`, keeping the reference counts.
     fn set_applied(&mut self, frontend: Frontend, applied: Applied) {
         self.add_refs(&applied.backends);
+        self.slots_in_use += u64::from(applied.slot_high);
         if let Some(old) = self.applied.insert(frontend, applied) {
             self.drop_refs(&old.backends);
+            self.slots_in_use -= u64::from(old.slot_high);
         }
     }
 
     fn take_applied(&mut self, frontend: &Frontend) -> Option<Applied> {
         let old = self.applied.remove(frontend)?;
         self.drop_refs(&old.backends);
+        self.slots_in_use -= u64::from(old.slot_high);
         Some(old)
     }
 

@@ -4,13 +4,19 @@
 //!
 //! Order of an upsert: counters reset (a reused id), name, slots (new and
 //! changed ones; the old table still points only at slots that exist), the
-//! Maglev table swapped whole, the service entry (count, flags), and last
-//! what the new state no longer uses (its table when it has no backends,
-//! slots beyond the new count). A new frontend thus becomes visible only
-//! after its name, slots and table exist.
+//! Maglev table, the service entry (count, flags, where the table is), and
+//! last the slots beyond the new count. A new frontend thus becomes visible
+//! only after its name, slots and table exist.
+//!
+//! The table is written over the frontend's current one when the size
+//! ([`crate::maglev::table_size`]) and entry width stay (every entry goes
+//! from one existing slot to another), else at a new place the service
+//! entry then switches to (the execute step places it, see
+//! [`super::tables`]); the old place is released once no service entry
+//! points at it.
 //!
 //! A removal ([`removal`]) goes the other way: service entry first, then
-//! table, slots and name.
+//! slots and name (and the table's place is released).
 //!
 //! Backend counter ids and cluster ids are shared by all frontends and are
 //! allocated by the execute step ([`super::execute`]) when it writes a slot.
@@ -18,15 +24,18 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, ops::Range};
 
 use mcs_common::{
-    BackendKey, MaglevTable, NameValue, SVC_F_AFFINITY, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey,
-    ServiceValue,
+    BackendKey, NameValue, SVC_F_AFFINITY, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+    maglev_wide,
 };
 
 use super::{
     Applied,
-    layout::{maglev_table, service_key, stable_layout},
+    layout::{Table, maglev_table, service_key, stable_layout},
 };
-use crate::desired::{Backend, Frontend, FrontendKind, FrontendSpec};
+use crate::{
+    desired::{Backend, Frontend, FrontendKind, FrontendSpec},
+    maglev,
+};
 
 /// One map operation of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,10 +46,13 @@ pub(super) enum Write {
     /// The execute step turns the backend into the slot's value, with its
     /// cluster id and counter id.
     PutSlot(BackendKey, Backend),
-    PutTable(u32, Box<MaglevTable>),
+    /// The execute step places it (over the current table, or at a new
+    /// place).
+    PutTable(u32, Table),
+    /// The execute step fills in where the table is (none without
+    /// backends).
     PutService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
-    DeleteTable(u32),
     DeleteSlot(BackendKey),
     DeleteName(u32),
 }
@@ -69,20 +81,36 @@ pub(super) struct Plan {
 pub(super) fn is_current(applied: &Applied, spec: &FrontendSpec) -> bool {
     !applied.dirty
         && !applied.table_stale
+        && applied.staged.is_none()
         && applied.kind == spec.kind
         && applied.affinity_timeout == spec.affinity_timeout
-        && applied.name == NameValue::new(&spec.name).as_str()
+        && applied.name == stored_name(spec).as_str()
         && stable_layout(&applied.backends, &spec.backends) == applied.backends
 }
 
+/// The name stored for operators: a service port's; none for a
+/// ClusterSetIP marker (it serves no traffic and `dump` does not show it;
+/// two per ClusterSetIP, their names would be most of the name map).
+fn stored_name(spec: &FrontendSpec) -> NameValue {
+    match spec.kind {
+        FrontendKind::Service => NameValue::new(&spec.name),
+        FrontendKind::VipMarker => NameValue::EMPTY,
+    }
+}
+
+fn wide_for(backends: usize) -> bool {
+    maglev_wide(u32::try_from(backends).unwrap_or(u32::MAX))
+}
+
 /// The writes taking `frontend` from `current` to `spec`. `prebuilt`: the
-/// Maglev table of `spec.backends` in their given order, if the caller
-/// built it already; used when everything is rewritten.
+/// Maglev table of `spec.backends` in their given order at the size a new
+/// frontend gets, if the caller built it already; used when everything is
+/// rewritten and the size matches.
 pub(super) fn upsert(
     frontend: &Frontend,
     current: Current<'_>,
     spec: &FrontendSpec,
-    prebuilt: Option<Box<MaglevTable>>,
+    prebuilt: Option<Table>,
 ) -> Plan {
     let (known, id, reset_stats) = match current {
         Current::New { id, reset_stats } => (None, id, reset_stats),
@@ -97,13 +125,14 @@ pub(super) fn upsert(
     } else {
         stable_layout(old, &spec.backends)
     };
-    let name = NameValue::new(&spec.name);
+    let name = stored_name(spec);
+    let named = spec.kind == FrontendKind::Service;
     let mut writes = Vec::new();
 
     if reset_stats {
         writes.push(Write::ResetStats(id));
     }
-    if rewrite_all || known.is_some_and(|known| known.name != name.as_str()) {
+    if named && (rewrite_all || known.is_some_and(|known| known.name != name.as_str())) {
         writes.push(Write::PutName(id, name));
     }
     // 1. Slots (new and changed ones; the old table still points only at
@@ -114,33 +143,40 @@ pub(super) fn upsert(
         }
         writes.push(Write::PutSlot(slot_key(id, slot as u32), backend.clone()));
     }
-    // 2. The table, swapped whole, before the count can grow.
+    // 2. The table, before the count can grow: over the current one when
+    //    it keeps its size and width, else at a new place.
     let members = |list: &[Backend]| -> Vec<(Ipv4Addr, u16, u32)> {
         list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
     };
+    let current_table = known.and_then(|known| known.table);
+    let size = maglev::table_size(layout.len(), current_table.map(|table| table.size));
+    let wide = wide_for(layout.len());
+    let moves = !layout.is_empty() && !current_table.is_some_and(|table| table.fits(size, wide));
     let table_stale = known.is_some_and(|known| known.table_stale);
-    let table_changed = rewrite_all || table_stale || members(old) != members(&layout);
+    let table_changed = rewrite_all || table_stale || moves || members(old) != members(&layout);
     if table_changed && !layout.is_empty() {
         let table = match prebuilt {
             // A full rewrite lays the backends out in spec order.
-            Some(table) if rewrite_all => table,
-            _ => maglev_table(&layout),
+            Some(table) if rewrite_all && table.size == size => table,
+            _ => maglev_table(&layout, size),
         };
         writes.push(Write::PutTable(id, table));
     }
-    // 3. The service entry.
+    // 3. The service entry (and with it where the table is).
     let affinity_timeout = known.and_then(|known| known.affinity_timeout);
-    if rewrite_all || old.len() != layout.len() || affinity_timeout != spec.affinity_timeout {
+    let table_dropped = layout.is_empty() && current_table.is_some();
+    if rewrite_all
+        || moves
+        || table_dropped
+        || old.len() != layout.len()
+        || affinity_timeout != spec.affinity_timeout
+    {
         writes.push(Write::PutService(
             service_key(frontend),
             service_value(id, spec, layout.len() as u32),
         ));
     }
-    // 4. What the new state no longer uses. (A new frontend's id has no
-    //    table: ids are freed only after their table is deleted.)
-    if layout.is_empty() && ((rewrite_all && !is_new) || !old.is_empty()) {
-        writes.push(Write::DeleteTable(id));
-    }
+    // 4. The slots the new state no longer uses.
     let slot_high = known.map_or(0, |known| known.slot_high);
     writes.extend(delete_slots(id, layout.len() as u32..slot_high));
 
@@ -161,6 +197,9 @@ pub(super) fn upsert(
             backends: layout,
             dirty: false,
             table_stale: false,
+            // Where the execute step placed it.
+            table: None,
+            staged: None,
         },
         is_new,
         retired,
@@ -168,17 +207,21 @@ pub(super) fn upsert(
 }
 
 /// The writes removing everything of frontend id `id`: its service entry
-/// (when it has one) first, so the datapath stops choosing it; then its
-/// table, its slots `0..slot_high` and its name. Adoption recognises what
-/// an interrupted removal left by the slots and name that outlive the
-/// service entry.
-pub(super) fn removal(service: Option<ServiceKey>, id: u32, slot_high: u32) -> Vec<Write> {
+/// (when it has one) first, so the datapath stops choosing it (and its
+/// table's place can be released); then its slots `0..slot_high` and its
+/// name (when `named`). Adoption recognises what an interrupted removal
+/// left by the slots and name that outlive the service entry.
+pub(super) fn removal(
+    service: Option<ServiceKey>,
+    id: u32,
+    slot_high: u32,
+    named: bool,
+) -> Vec<Write> {
     service
         .map(Write::DeleteService)
         .into_iter()
-        .chain([Write::DeleteTable(id)])
         .chain(delete_slots(id, 0..slot_high))
-        .chain([Write::DeleteName(id)])
+        .chain(named.then_some(Write::DeleteName(id)))
         .collect()
 }
 
@@ -203,6 +246,8 @@ fn service_value(id: u32, spec: &FrontendSpec, backend_count: u32) -> ServiceVal
         backend_count,
         flags,
         affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+        maglev_base: 0,
+        maglev_size: 0,
     }
 }
 

@@ -3,16 +3,17 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use mcs_common::{BackendKey, MaglevTable, ServiceKey};
+use mcs_common::{BackendKey, MaglevPlace, ServiceKey, maglev_wide};
 use proptest::prelude::*;
 
 use super::{Current, Plan, Write, is_current, removal, upsert};
 use crate::{
     desired::{Backend, Frontend, FrontendKind, FrontendSpec},
+    maglev::{rule_size, table_size},
     model::{ObjectKey, Protocol},
     reconcile::{
         Applied,
-        layout::{maglev_table, service_key},
+        layout::{Table, maglev_table, service_key},
     },
 };
 
@@ -46,9 +47,31 @@ fn spec(backends: Vec<Backend>) -> FrontendSpec {
     }
 }
 
+/// What the execute step records once `plan` (from `known`) completed:
+/// the plan's record with the table where the service entry now points
+/// (a place of the size last written; the place itself does not matter
+/// here).
+fn completed(plan: &Plan, known: Option<&Applied>) -> Applied {
+    let mut applied = plan.applied.clone();
+    let written = plan.writes.iter().rev().find_map(|write| match write {
+        Write::PutTable(_, table) => Some(MaglevPlace {
+            base: 0,
+            size: table.size,
+            wide: table.wide,
+        }),
+        _ => None,
+    });
+    applied.table = if applied.backends.is_empty() {
+        None
+    } else {
+        written.or(known.and_then(|known| known.table))
+    };
+    applied
+}
+
 /// What a completed plan for `spec` leaves recorded.
 fn applied(backends: Vec<Backend>) -> Applied {
-    upsert(
+    let plan = upsert(
         &frontend(),
         Current::New {
             id: ID,
@@ -56,8 +79,13 @@ fn applied(backends: Vec<Backend>) -> Applied {
         },
         &spec(backends),
         None,
-    )
-    .applied
+    );
+    completed(&plan, None)
+}
+
+/// The table of `backends` at the size a new frontend gets.
+fn rule_table(backends: &[Backend]) -> Table {
+    maglev_table(backends, rule_size(backends.len()))
 }
 
 fn new_plan(backends: Vec<Backend>, reset_stats: bool) -> Plan {
@@ -84,7 +112,6 @@ enum Kind {
     Table,
     Service(u32),
     DeleteService,
-    DeleteTable,
     DeleteSlot(u32),
     DeleteName,
 }
@@ -99,7 +126,6 @@ fn kinds(writes: &[Write]) -> Vec<Kind> {
             Write::PutTable(..) => Kind::Table,
             Write::PutService(_, value) => Kind::Service(value.backend_count),
             Write::DeleteService(_) => Kind::DeleteService,
-            Write::DeleteTable(_) => Kind::DeleteTable,
             Write::DeleteSlot(key) => Kind::DeleteSlot(key.slot),
             Write::DeleteName(_) => Kind::DeleteName,
         })
@@ -129,6 +155,9 @@ fn a_new_frontend_is_visible_only_after_its_name_slots_and_table() {
 
 #[test]
 fn a_new_backend_gets_its_slot_before_the_table_and_the_count() {
+    // Two backends take 211 entries; a third needs 307 or more: the table
+    // grows (to the size for 4, half as many again) and moves, and the
+    // service entry switches to it.
     let known = applied(vec![backend(1), backend(2)]);
     let plan = upsert(
         &frontend(),
@@ -141,6 +170,42 @@ fn a_new_backend_gets_its_slot_before_the_table_and_the_count() {
         [Kind::Slot(2), Kind::Table, Kind::Service(3)]
     );
     assert!(!plan.is_new && plan.retired.is_empty());
+    let grown = completed(&plan, Some(&known));
+    assert_eq!(grown.table.map(|t| t.size), Some(rule_size(4)));
+    // A fourth backend fits that table: rewritten in place, the count
+    // written with it.
+    let plan = upsert(
+        &frontend(),
+        Current::Applied(&grown),
+        &spec(vec![backend(1), backend(2), backend(3), backend(4)]),
+        None,
+    );
+    assert_eq!(
+        kinds(&plan.writes),
+        [Kind::Slot(3), Kind::Table, Kind::Service(4)]
+    );
+    assert!(
+        plan.writes
+            .iter()
+            .any(|w| matches!(w, Write::PutTable(_, t) if t.size == rule_size(4)))
+    );
+}
+
+#[test]
+fn a_table_that_keeps_its_size_is_rewritten_without_touching_the_service_entry() {
+    // Weights change the table, not the count: same size, so in place.
+    let known = applied(vec![backend(1), backend(2)]);
+    let heavier = Backend {
+        weight: 3,
+        ..backend(2)
+    };
+    let plan = upsert(
+        &frontend(),
+        Current::Applied(&known),
+        &spec(vec![backend(1), heavier]),
+        None,
+    );
+    assert_eq!(kinds(&plan.writes), [Kind::Slot(1), Kind::Table]);
 }
 
 #[test]
@@ -168,19 +233,37 @@ fn a_removed_backend_is_replaced_in_place_and_its_stale_slot_deleted_last() {
 }
 
 #[test]
-fn a_frontend_left_without_backends_loses_its_table_after_its_count() {
+fn a_frontend_left_without_backends_loses_its_table_with_its_count() {
     let known = applied(vec![backend(1), backend(2)]);
     let plan = upsert(&frontend(), Current::Applied(&known), &spec(vec![]), None);
     assert_eq!(
         kinds(&plan.writes),
-        [
-            Kind::Service(0),
-            Kind::DeleteTable,
-            Kind::DeleteSlot(0),
-            Kind::DeleteSlot(1)
-        ]
+        [Kind::Service(0), Kind::DeleteSlot(0), Kind::DeleteSlot(1)]
     );
     assert_eq!(plan.retired, [backend(1), backend(2)]);
+    assert_eq!(completed(&plan, Some(&known)).table, None);
+}
+
+#[test]
+fn a_cluster_set_ip_marker_is_only_a_service_entry() {
+    let marker = FrontendSpec {
+        kind: FrontendKind::VipMarker,
+        name: "ns/web:<vip>".into(),
+        ..spec(vec![])
+    };
+    let current = Current::New {
+        id: ID,
+        reset_stats: false,
+    };
+    let plan = upsert(&frontend(), current, &marker, None);
+    assert_eq!(kinds(&plan.writes), [Kind::Service(0)]);
+    assert!(is_current(&plan.applied, &marker));
+    // Another owner (conflict resolution) changes nothing stored.
+    let renamed = FrontendSpec {
+        name: "other/web:<vip>".into(),
+        ..marker
+    };
+    assert!(is_current(&plan.applied, &renamed));
 }
 
 #[test]
@@ -215,8 +298,11 @@ fn a_dirty_frontend_is_rewritten_whole_in_spec_order() {
     let mut known = applied(vec![backend(1), backend(2), backend(3)]);
     known.dirty = true;
     known.slot_high = 5; // a failed update may have reached further
-    // A full rewrite takes the caller's table of the spec's order as is.
-    let prebuilt = maglev_table(&[backend(9)]);
+    // A full rewrite takes the caller's table of the spec's order as is,
+    // when it has the size the frontend keeps (three backends' 307 entries
+    // suit two).
+    assert_eq!(table_size(2, Some(rule_size(3))), rule_size(3));
+    let prebuilt = maglev_table(&[backend(9)], rule_size(3));
     let plan = upsert(
         &frontend(),
         Current::Applied(&known),
@@ -237,22 +323,37 @@ fn a_dirty_frontend_is_rewritten_whole_in_spec_order() {
         ]
     );
     assert!(plan.writes.contains(&Write::PutTable(ID, prebuilt)));
-    // A dirty frontend left without backends deletes a table it may have.
+    // A dirty frontend left without backends writes its entry without
+    // table.
     let plan = upsert(&frontend(), Current::Applied(&known), &spec(vec![]), None);
-    assert!(kinds(&plan.writes).contains(&Kind::DeleteTable));
+    assert!(kinds(&plan.writes).contains(&Kind::Service(0)));
 }
 
 #[test]
-fn a_prebuilt_table_is_used_only_when_all_is_rewritten() {
+fn a_prebuilt_table_is_used_only_when_all_is_rewritten_at_its_size() {
     let known = applied(vec![backend(1)]);
-    let wrong: Box<MaglevTable> = maglev_table(&[backend(9)]);
+    let wrong = rule_table(&[backend(9), backend(8)]);
     let plan = upsert(
         &frontend(),
         Current::Applied(&known),
         &spec(vec![backend(1), backend(2)]),
-        Some(wrong),
+        Some(wrong.clone()),
     );
-    let expected = maglev_table(&plan.applied.backends);
+    let size = table_size(2, known.table.map(|t| t.size));
+    let expected = maglev_table(&plan.applied.backends, size);
+    assert!(plan.writes.contains(&Write::PutTable(ID, expected)));
+    // Rewritten whole, but the frontend keeps another size than the
+    // prebuilt table's: built again.
+    let mut dirty = applied(vec![backend(1), backend(2), backend(3)]);
+    dirty.dirty = true;
+    let plan = upsert(
+        &frontend(),
+        Current::Applied(&dirty),
+        &spec(vec![backend(1), backend(2)]),
+        Some(wrong.clone()),
+    );
+    assert!(!plan.writes.contains(&Write::PutTable(ID, wrong)));
+    let expected = maglev_table(&plan.applied.backends, rule_size(3));
     assert!(plan.writes.contains(&Write::PutTable(ID, expected)));
 }
 
@@ -260,10 +361,9 @@ fn a_prebuilt_table_is_used_only_when_all_is_rewritten() {
 fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
     let key: ServiceKey = service_key(&frontend());
     assert_eq!(
-        removal(Some(key), ID, 2),
+        removal(Some(key), ID, 2, true),
         [
             Write::DeleteService(key),
-            Write::DeleteTable(ID),
             Write::DeleteSlot(slot(0)),
             Write::DeleteSlot(slot(1)),
             Write::DeleteName(ID),
@@ -271,16 +371,24 @@ fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
     );
     // An orphan (no service entry) is cleaned the same way.
     assert_eq!(
-        kinds(&removal(None, ID, 1)),
-        [Kind::DeleteTable, Kind::DeleteSlot(0), Kind::DeleteName]
+        kinds(&removal(None, ID, 1, true)),
+        [Kind::DeleteSlot(0), Kind::DeleteName]
+    );
+    // A ClusterSetIP marker has no name to delete.
+    assert_eq!(
+        removal(Some(key), ID, 0, false),
+        [Write::DeleteService(key)]
     );
 }
 
-/// One frontend's entries, as the datapath sees them.
+/// One frontend's entries, as the datapath sees them: the table is the
+/// one the service entry points at; a table of another size is written to
+/// a new place (staged) that the next service entry points at.
 #[derive(Debug, Default)]
 struct Model {
     slots: BTreeMap<u32, Backend>,
-    table: Option<Vec<u16>>,
+    table: Option<Table>,
+    staged: Option<Table>,
     count: Option<u32>,
     named: bool,
 }
@@ -295,8 +403,10 @@ impl Model {
         }
         Self {
             slots,
-            table: (!applied.backends.is_empty())
-                .then(|| maglev_table(&applied.backends).slots.to_vec()),
+            table: applied
+                .table
+                .map(|place| maglev_table(&applied.backends, place.size)),
+            staged: None,
             count: Some(applied.backends.len() as u32),
             named: true,
         }
@@ -309,10 +419,27 @@ impl Model {
             Write::PutSlot(key, backend) => {
                 self.slots.insert(key.slot, backend.clone());
             }
-            Write::PutTable(_, table) => self.table = Some(table.slots.to_vec()),
-            Write::PutService(_, value) => self.count = Some(value.backend_count),
-            Write::DeleteService(_) => self.count = None,
-            Write::DeleteTable(_) => self.table = None,
+            Write::PutTable(_, table) => {
+                let fits = |t: &Table| t.size == table.size && t.wide == table.wide;
+                if self.staged.is_none() && self.table.as_ref().is_some_and(fits) {
+                    self.table = Some(table.clone());
+                } else {
+                    self.staged = Some(table.clone());
+                }
+            }
+            Write::PutService(_, value) => {
+                self.count = Some(value.backend_count);
+                let staged = self.staged.take();
+                self.table = if value.backend_count == 0 {
+                    None
+                } else {
+                    staged.or(self.table.take())
+                };
+            }
+            Write::DeleteService(_) => {
+                self.count = None;
+                self.table = None;
+            }
             Write::DeleteSlot(key) => {
                 self.slots.remove(&key.slot);
             }
@@ -337,7 +464,12 @@ impl Model {
             return Ok(());
         }
         let table = self.table.as_ref().ok_or("backends but no table")?;
+        let wide = maglev_wide(count);
+        if !crate::maglev::keeps(table.size, count as usize) || table.wide != wide {
+            return Err(format!("a table of {} for {count} backends", table.size));
+        }
         match table
+            .slots
             .iter()
             .find(|s| !self.slots.contains_key(&u32::from(**s)))
         {
@@ -392,11 +524,13 @@ proptest! {
                 prop_assert_ne!(model.count, Some(0), "no backends in between");
             }
         }
-        let end = Model::of(&plan.applied, &[]);
+        let done = completed(&plan, Some(&known));
+        let end = Model::of(&done, &[]);
         prop_assert_eq!(&model.slots, &end.slots, "stale slots left or missing");
         prop_assert_eq!(&model.table, &end.table);
+        prop_assert!(model.staged.is_none(), "a table left staged");
         prop_assert_eq!(model.count, end.count);
-        prop_assert!(is_current(&plan.applied, &wanted));
+        prop_assert!(is_current(&done, &wanted));
         // The recorded layout is the wanted set; what left is retired.
         let mut layout = plan.applied.backends.clone();
         layout.sort();
@@ -405,7 +539,7 @@ proptest! {
             prop_assert!(old.contains(gone) && !new.iter().any(|b| (b.addr, b.port) == (gone.addr, gone.port)));
         }
         // Planning again from the result writes nothing.
-        let again = upsert(&frontend(), Current::Applied(&plan.applied), &wanted, None);
+        let again = upsert(&frontend(), Current::Applied(&done), &wanted, None);
         prop_assert!(again.writes.is_empty(), "{:?}", kinds(&again.writes));
     }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevTable, NameValue, SVC_F_VIP_MARKER,
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevPlace, NameValue, SVC_F_VIP_MARKER,
     ServiceKey, ServiceValue,
 };
 use proptest::prelude::*;
@@ -25,37 +25,12 @@ use crate::{
 struct Checked(MemoryMaps);
 
 impl Checked {
+    /// Every service's slots exist, its table (read where its entry says,
+    /// as the datapath does) suits its backend count and every entry names
+    /// an existing slot.
     fn check(&self) {
-        for (key, service) in &self.0.services {
-            if service.backend_count > 0 {
-                let table = self
-                    .0
-                    .maglev
-                    .get(&service.frontend_id)
-                    .unwrap_or_else(|| panic!("service {key:?} has backends but no table"));
-                // The datapath follows table entries to slots: every one
-                // must exist (the count only says "has backends").
-                for slot in table {
-                    let slot_key = BackendKey {
-                        frontend_id: service.frontend_id,
-                        slot: u32::from(*slot),
-                    };
-                    assert!(
-                        self.0.backends.contains_key(&slot_key),
-                        "table of {key:?} points at missing slot {slot}"
-                    );
-                }
-            }
-            for slot in 0..service.backend_count {
-                let slot_key = BackendKey {
-                    frontend_id: service.frontend_id,
-                    slot,
-                };
-                assert!(
-                    self.0.backends.contains_key(&slot_key),
-                    "service {key:?} points at missing slot {slot}"
-                );
-            }
+        if let Err(error) = super::check::check_serving(&self.0) {
+            panic!("{error}");
         }
     }
 }
@@ -92,13 +67,8 @@ impl DataplaneWriter for Checked {
     fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
         self.0.reset_backend_stats(id)
     }
-    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
-        let result = self.0.put_maglev(id, table);
-        self.check();
-        result
-    }
-    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
-        let result = self.0.delete_maglev(id);
+    fn put_maglev(&mut self, id: u32, place: MaglevPlace, slots: &[u16]) -> Result<(), WriteError> {
+        let result = self.0.put_maglev(id, place, slots);
         self.check();
         result
     }
@@ -165,14 +135,11 @@ impl<W: DataplaneWriter> DataplaneWriter for FailingPuts<W> {
     fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
         self.maps.reset_backend_stats(id)
     }
-    fn put_maglev(&mut self, id: u32, table: &MaglevTable) -> Result<(), WriteError> {
+    fn put_maglev(&mut self, id: u32, place: MaglevPlace, slots: &[u16]) -> Result<(), WriteError> {
         if self.tables.contains(&id) {
             return self.refuse("maglev", id);
         }
-        self.maps.put_maglev(id, table)
-    }
-    fn delete_maglev(&mut self, id: u32) -> Result<(), WriteError> {
-        self.maps.delete_maglev(id)
+        self.maps.put_maglev(id, place, slots)
     }
 }
 
@@ -210,7 +177,8 @@ fn render(maps: &MemoryMaps) -> Rendered {
             })
             .collect::<Vec<_>>();
         // Every slot owns table entries (all weights are 1 here).
-        if let Some(table) = maps.maglev.get(&service.frontend_id) {
+        if let Some(place) = service.maglev() {
+            let table = maps.table(place);
             for slot in 0..service.backend_count {
                 assert!(
                     table.iter().any(|s| u32::from(*s) == slot),
@@ -225,18 +193,25 @@ fn render(maps: &MemoryMaps) -> Rendered {
         } else {
             FrontendKind::Service
         };
-        let name = maps.names[&service.frontend_id].clone();
+        // Markers have no name.
+        let name = maps
+            .names
+            .get(&service.frontend_id)
+            .cloned()
+            .unwrap_or_default();
         rendered.insert(frontend, (kind, name, backends));
     }
     assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
-    let with_backends = maps
-        .services
-        .values()
-        .filter(|s| s.backend_count > 0)
-        .count();
-    assert_eq!(maps.maglev.len(), with_backends, "leaked Maglev tables");
+    // Tables never share chunks (their places are checked against the
+    // reconciler's books by `check::check_ids`).
+    if let Err(error) = super::check::render(maps) {
+        panic!("{error}");
+    }
     assert_eq!(
-        maps.services.len(),
+        maps.services
+            .values()
+            .filter(|s| s.flags & SVC_F_VIP_MARKER == 0)
+            .count(),
         maps.names.len(),
         "leaked frontend names"
     );
@@ -247,7 +222,13 @@ fn expected(desired: &DesiredState) -> Rendered {
     desired
         .frontends
         .iter()
-        .map(|(f, s)| (*f, (s.kind, s.name.clone(), s.backends.clone())))
+        .map(|(f, s)| {
+            let name = match s.kind {
+                FrontendKind::Service => s.name.clone(),
+                FrontendKind::VipMarker => String::new(),
+            };
+            (*f, (s.kind, name, s.backends.clone()))
+        })
         .collect()
 }
 
@@ -487,7 +468,6 @@ proptest! {
         prop_assert_eq!(visible, &wanted - &failed);
         for id in &maps.refused {
             prop_assert!(!maps.maps.0.services.values().any(|s| s.frontend_id == *id));
-            prop_assert!(!maps.maps.0.maglev.contains_key(id) || !maps.tables.contains(id));
         }
         // Without failures, the next apply completes every frontend.
         let mut maps = maps.maps;

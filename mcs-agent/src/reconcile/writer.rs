@@ -1,7 +1,7 @@
 //! The reconciler's only way to the maps: [`DataplaneWriter`] (the pinned
 //! BPF maps in the agent, in-memory maps in tests) and its error.
 
-use mcs_common::{BackendKey, BackendValue, MaglevTable, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{BackendKey, BackendValue, MaglevPlace, NameValue, ServiceKey, ServiceValue};
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +11,54 @@ pub struct WriteError {
     pub op: &'static str,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A map (or the id space indexing it) is full: what did not fit, and the
+/// flag that sizes it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("all {capacity} {what} in use (raise {flag})")]
+pub struct CapacityError {
+    pub what: &'static str,
+    pub capacity: u64,
+    pub flag: &'static str,
+}
+
+impl WriteError {
+    /// `map` has no room for `what` (`capacity` of them, sized by `flag`).
+    pub fn full(
+        map: &'static str,
+        op: &'static str,
+        what: &'static str,
+        capacity: u64,
+        flag: &'static str,
+    ) -> Self {
+        Self {
+            map,
+            op,
+            source: Box::new(CapacityError {
+                what,
+                capacity,
+                flag,
+            }),
+        }
+    }
+
+    /// Whether the write failed because its map is full: the agent's own
+    /// capacity check, or the kernel refusing an insert into a full hash
+    /// map (`E2BIG`).
+    pub fn is_full(&self) -> bool {
+        if self.source.downcast_ref::<CapacityError>().is_some() {
+            return true;
+        }
+        let errno = |error: &std::io::Error| error.raw_os_error() == Some(libc::E2BIG);
+        match self.source.downcast_ref::<aya::maps::MapError>() {
+            Some(aya::maps::MapError::SyscallError(error)) => errno(&error.io_error),
+            _ => self
+                .source
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(errno),
+        }
+    }
 }
 
 /// Write access to the dataplane maps. `Send`: a cold sync writes from a
@@ -27,9 +75,17 @@ pub trait DataplaneWriter: Send {
     /// Zeroes a backend's counters (an id is being reused).
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), WriteError>;
     fn put_cluster_name(&mut self, cluster_id: u32, name: &NameValue) -> Result<(), WriteError>;
-    /// Replaces a frontend's Maglev table in one map update.
-    fn put_maglev(&mut self, frontend_id: u32, table: &MaglevTable) -> Result<(), WriteError>;
-    fn delete_maglev(&mut self, frontend_id: u32) -> Result<(), WriteError>;
+    /// Writes frontend `frontend_id`'s Maglev table (entries are slot
+    /// numbers) at `place` of the table array. The reconciler writes a
+    /// table either where no service entry points yet, or over the table of
+    /// the same frontend and size (each entry changes from one existing
+    /// slot to another).
+    fn put_maglev(
+        &mut self,
+        frontend_id: u32,
+        place: MaglevPlace,
+        slots: &[u16],
+    ) -> Result<(), WriteError>;
 
     // Many puts at once (a cold sync). Each writes `keys[i] → values[i]`
     // in order and returns the positions that failed with their errors;
@@ -61,10 +117,10 @@ pub trait DataplaneWriter: Send {
     fn put_maglevs(
         &mut self,
         frontend_ids: &[u32],
-        tables: &[MaglevTable],
+        tables: &[(MaglevPlace, Vec<u16>)],
     ) -> Vec<(usize, WriteError)> {
-        one_by_one(frontend_ids, tables, |id, table| {
-            self.put_maglev(*id, table)
+        one_by_one(frontend_ids, tables, |id, (place, slots)| {
+            self.put_maglev(*id, *place, slots)
         })
     }
 }

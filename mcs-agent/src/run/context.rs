@@ -3,10 +3,11 @@
 //! reported — logged and counted once each ([`RejectionLog`]), and handed to
 //! the Events module when the source is the API server.
 
-use std::{collections::BTreeSet, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
-use tracing::{error, info, instrument, warn};
+use tracing::{info, instrument, warn};
 
+use super::failures::Failures;
 use crate::{
     conntrack::{Janitor, JanitorReport},
     dataplane::MapHandles,
@@ -34,7 +35,7 @@ pub(super) struct Context {
     /// Kubernetes Events for rejections (API-server source only).
     events: Option<Events>,
     /// Map writes failing in the last reconcile.
-    failing: BTreeSet<String>,
+    failures: Failures,
     /// Conntrack scans for retired backends, off the reconcile path.
     pub(super) janitor: Janitor,
     /// The source's name in metrics (`file`, `kube`).
@@ -60,7 +61,7 @@ impl Context {
             desired: None,
             rejections: RejectionLog::default(),
             events,
-            failing: BTreeSet::new(),
+            failures: Failures::default(),
             janitor,
             source,
             source_failures: BTreeSet::new(),
@@ -95,7 +96,7 @@ impl Context {
         let started = Instant::now();
         // A failed apply may have left frontends out (a full map refuses new
         // ids): retry everything until all writes succeed again.
-        let full_apply = !self.failing.is_empty();
+        let full_apply = self.failures.any();
         let report = match self.desired.take() {
             Some((mut engine, previous)) if engine.policy() == &self.policy => {
                 let changes = desired::Changes::between(&previous, &update.snapshot);
@@ -135,20 +136,7 @@ impl Context {
         self.metrics
             .map_write_errors
             .inc_by(report.errors.len() as u64);
-        // A full map fails the same writes on every retry: log a failure
-        // when it appears, not once a second.
-        let failures: BTreeSet<String> = report
-            .errors
-            .iter()
-            .map(|(frontend, error)| format!("{frontend}: {}", chain(error)))
-            .collect();
-        for failure in failures.difference(&self.failing) {
-            error!(failure = %failure, "map update failed; retrying every second");
-        }
-        if failures.is_empty() && !self.failing.is_empty() {
-            info!("all map updates succeeded again");
-        }
-        self.failing = failures;
+        self.failures.report(&report.errors, &self.metrics);
         if !report.retired.is_empty() {
             let sweep = self.maps.prefilter.sweep_due(Instant::now());
             self.janitor.submit(report.retired.clone(), sweep);

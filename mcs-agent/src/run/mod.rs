@@ -1,6 +1,6 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
-//! reconcile every change (`context.rs`), shut down cleanly on
-//! SIGTERM/SIGINT.
+//! reconcile every change (`context.rs`; failed writes logged and counted
+//! once each, `failures.rs`), shut down cleanly on SIGTERM/SIGINT.
 //!
 //! Nothing is lost across restarts and faults:
 //! * one agent per bpffs directory (`dataplane/lock.rs`), locked before
@@ -13,6 +13,7 @@
 //!   it found them (`Dataplane::abandon`).
 
 mod context;
+mod failures;
 
 use std::{
     sync::Arc,
@@ -145,10 +146,10 @@ async fn serve(
             "datapath clock not calibrated: entry timestamps keep calling the clock helper (slower per packet)"
         ),
     }
+    let capacities = args.map_sizes().capacities();
     let reconciler = if let Some(state) = adopted {
-        let reconciler = Reconciler::adopt(&state)
-            .context("adopt the pinned maps")?
-            .with_max_backends(args.backends_max);
+        let reconciler =
+            Reconciler::adopt_with(&state, capacities).context("adopt the pinned maps")?;
         info!(
             frontends = reconciler.frontend_count(),
             "adopted the pinned dataplane; the first sync is a diff against it"
@@ -158,12 +159,10 @@ async fn serve(
         // Stats maps this agent just created hold zero counters: first
         // uses of ids need no reset (most writes of a cold sync).
         let fresh = |name| !adoption.adopted.contains(&name);
-        Reconciler::new()
-            .with_fresh_stats(
-                fresh(mcs_common::names::FRONTEND_STATS),
-                fresh(mcs_common::names::BACKEND_STATS),
-            )
-            .with_max_backends(args.backends_max)
+        Reconciler::with_capacities(capacities).with_fresh_stats(
+            fresh(mcs_common::names::FRONTEND_STATS),
+            fresh(mcs_common::names::BACKEND_STATS),
+        )
     };
     let metrics = Arc::new(Metrics::default());
     let _metrics_server = match args.metrics_addr {

@@ -12,16 +12,22 @@
 //!   like conntrack (16-byte key, 40-byte value): what a new flow pays twice.
 //! * `mcs_bench_lru_insert_pcpu` — the same into an LRU hash with per-CPU
 //!   LRU lists (`BPF_F_NO_COMMON_LRU`), for comparison in the same run.
+//! * `mcs_bench_count_pcpu` / `mcs_bench_count_shared` — a conntrack hit's
+//!   counter updates (packets and bytes of a frontend and of a backend) in
+//!   per-CPU counters, and in counters shared by all CPUs updated with
+//!   atomic adds: the bench runs them on one CPU and on two CPUs at once
+//!   (both updating the same counters), which says whether per-packet
+//!   counters need per-CPU copies.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
-    btf_maps::{HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 
-use mcs_ebpf::packet::ptr_at;
+use mcs_ebpf::{atomic, packet::ptr_at};
 
 /// Offset of the lookup key in the frame (Ethernet 14 + IPv4 `saddr` at 12).
 const KEY_OFFSET: usize = 26;
@@ -93,6 +99,55 @@ pub fn mcs_bench_lru_insert_pcpu(ctx: XdpContext) -> u32 {
         Ok(()) => xdp_action::XDP_PASS,
         Err(_) => xdp_action::XDP_DROP,
     }
+}
+
+/// Counters shaped like `FrontendStats` (packets, bytes, new flows, no
+/// backend): entry 0 stands for a frontend, entry 1 for a backend.
+type Counters = [u64; 4];
+
+#[btf_map]
+pub static MCS_BENCH_PCPU: PerCpuArray<Counters, 2> = PerCpuArray::new();
+
+#[btf_map]
+pub static MCS_BENCH_SHARED: Array<Counters, 2> = Array::new();
+
+#[inline(always)]
+fn packet_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// Adds the packet to two per-CPU counters, as the XDP program does.
+#[xdp]
+pub fn mcs_bench_count_pcpu(ctx: XdpContext) -> u32 {
+    let len = packet_len(&ctx);
+    for index in 0..2 {
+        if let Some(counters) = MCS_BENCH_PCPU.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the
+            // program runs.
+            unsafe {
+                (*counters)[0] += 1;
+                (*counters)[1] += len;
+            }
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Adds the packet to two shared counters with atomic adds.
+#[xdp]
+pub fn mcs_bench_count_shared(ctx: XdpContext) -> u32 {
+    let len = packet_len(&ctx);
+    for index in 0..2 {
+        if let Some(counters) = MCS_BENCH_SHARED.get_ptr_mut(index) {
+            // SAFETY: a map value, valid and u64-aligned for the run; every
+            // writer updates it atomically.
+            unsafe {
+                atomic::add(&raw mut (*counters)[0], 1);
+                atomic::add(&raw mut (*counters)[1], len);
+            }
+        }
+    }
+    xdp_action::XDP_PASS
 }
 
 #[cfg(target_arch = "bpf")]

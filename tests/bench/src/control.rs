@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{EbpfLoader, maps::IterableMap as _};
 use mcs_agent::{
-    dataplane::{EBPF_OBJECT, MapHandles, PinnedMaps},
+    dataplane::{EBPF_OBJECT, MapHandles, MapSizes, PinnedMaps},
     desired,
     model::{EndpointSlice, ObjectKey, Snapshot, manifest},
     reconcile::{Reconciler, service_key},
@@ -104,13 +104,18 @@ pub struct Control {
     pub notes: Vec<String>,
 }
 
-/// Fresh maps (no program loaded; conntrack kept small, it is not written).
-fn fresh_maps() -> Result<(aya::Ebpf, MapHandles)> {
+/// Fresh maps of `sizes` (no program loaded; conntrack kept small, it is
+/// not written).
+pub fn fresh_maps(sizes: &MapSizes) -> Result<(aya::Ebpf, MapHandles)> {
     ensure!(
         !EBPF_OBJECT.is_empty(),
         "mcs-agent was built without its eBPF object"
     );
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in sizes.overrides() {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf = loader
         .map_max_entries(names::CONNTRACK, 1024)
         .load(EBPF_OBJECT)
         .context("load the eBPF object")?;
@@ -118,7 +123,7 @@ fn fresh_maps() -> Result<(aya::Ebpf, MapHandles)> {
     Ok((ebpf, maps))
 }
 
-fn snapshot_of(set: &ServiceSet) -> Result<Snapshot> {
+pub fn snapshot_of(set: &ServiceSet) -> Result<Snapshot> {
     let (snapshot, rejections) =
         manifest::snapshot_from_yaml(&rules::manifest(set)).context("generated manifest")?;
     ensure!(
@@ -159,7 +164,7 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 /// the kernel tears a network namespace with 320k rules down, and frees
 /// maps, in the background after the step that used them returned, and
 /// that work must not land in the next timed step.
-fn settle() {
+pub fn settle() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     while Instant::now() < deadline {
@@ -193,7 +198,7 @@ fn ms(d: Duration) -> f64 {
 /// (`run.rs`) until the backend map holds the new address: snapshot diff →
 /// affected imports → incremental desired state → apply of the touched
 /// frontends → map lookup.
-fn change_latency(
+pub fn change_latency(
     set: &ServiceSet,
     snapshot: &mut Snapshot,
     engine: &mut desired::Incremental,
@@ -302,7 +307,7 @@ fn update_rates(entries: usize) -> Result<(f64, f64)> {
             BackendValue::new(SocketAddrV4::new(addr, 8080), 1, BACKEND_F_READY, 0)
         })
         .collect();
-    let (_ebpf, mut maps) = fresh_maps()?;
+    let (_ebpf, mut maps) = fresh_maps(&MapSizes::default())?;
     let start = Instant::now();
     for (key, value) in keys.iter().zip(&values) {
         maps.backends
@@ -311,7 +316,7 @@ fn update_rates(entries: usize) -> Result<(f64, f64)> {
     }
     let single = start.elapsed().as_secs_f64();
     drop(maps);
-    let (_ebpf2, maps) = fresh_maps()?;
+    let (_ebpf2, maps) = fresh_maps(&MapSizes::default())?;
     let fd = maps.backends.map().fd().as_fd().as_raw_fd();
     let start = Instant::now();
     bpfsys::update_batch(fd, &keys, &values, 4096).context("batch update")?;
@@ -357,7 +362,9 @@ fn bpf_map_memory(bpffs_dir: &Path) -> Result<Vec<(String, u64)>> {
     Ok(maps)
 }
 
-fn agent_memory(set: &ServiceSet) -> Result<AgentMemory> {
+/// The agent on `set`'s manifest with `flags` (map sizes): time to sync,
+/// peak memory and its maps' memory.
+pub fn agent_memory(set: &ServiceSet, flags: &[String]) -> Result<AgentMemory> {
     let ns = Netns::create(&format!("{}-agent", netns::unique_prefix()))?;
     ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"])?;
     ns.ip(&["link", "set", "a0", "up"])?;
@@ -368,6 +375,7 @@ fn agent_memory(set: &ServiceSet) -> Result<AgentMemory> {
     fs::write(dir.path().join("services.yaml"), rules::manifest(set))?;
     let mut config = AgentConfig::new(dir.path(), vec!["a0".to_owned()]);
     config.extra_args = vec!["--log-level".to_owned(), "warn".to_owned()];
+    config.extra_args.extend(flags.iter().cloned());
     let start = Instant::now();
     let mut agent = Agent::start(&ns, &config)?;
     let frontends = set.mcs_frontends();
@@ -422,7 +430,8 @@ pub fn run(config: &Config) -> Result<Control> {
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
     let maglev_start = Instant::now();
     for (_, spec) in desired_state.service_frontends() {
-        std::hint::black_box(mcs_agent::reconcile::maglev_table(&spec.backends));
+        let size = mcs_agent::maglev::rule_size(spec.backends.len());
+        std::hint::black_box(mcs_agent::reconcile::maglev_table(&spec.backends, size));
     }
     let maglev_build_s = maglev_start.elapsed().as_secs_f64();
     let rules_file = tempfile::Builder::new()
@@ -453,7 +462,7 @@ pub fn run(config: &Config) -> Result<Control> {
     };
     // Warm-up (discarded), then interleaved repetitions.
     for rep in 0..=config.reps {
-        let (_ebpf, mut maps) = fresh_maps()?;
+        let (_ebpf, mut maps) = fresh_maps(&MapSizes::default())?;
         // As the agent on maps it created (zero counters).
         let mut reconciler = Reconciler::new().with_fresh_stats(true, true);
         settle();
@@ -480,7 +489,7 @@ pub fn run(config: &Config) -> Result<Control> {
         }
     }
 
-    let (_ebpf, mut maps) = fresh_maps()?;
+    let (_ebpf, mut maps) = fresh_maps(&MapSizes::default())?;
     let mut reconciler = Reconciler::new().with_fresh_stats(true, true);
     let report = reconciler.apply(desired_state, &mut maps);
     ensure!(
@@ -508,7 +517,7 @@ pub fn run(config: &Config) -> Result<Control> {
     drop(snapshot);
     drop(engine);
 
-    result.agent = agent_memory(&set)?;
+    result.agent = agent_memory(&set, &[])?;
     progress(&format!(
         "  control: agent synced in {:.1}s, VmHWM {:.1} MiB, BPF maps {:.1} MiB ({:.0}s in total)",
         result.agent.start_to_synced_s,

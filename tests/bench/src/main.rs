@@ -10,12 +10,14 @@
 mod bpfsys;
 mod control;
 mod controller;
+mod counters;
 mod e2e;
 mod load;
 mod packet;
 mod perpacket;
 mod report;
 mod rules;
+mod scale;
 mod server;
 mod stats;
 mod svg;
@@ -50,6 +52,8 @@ enum Part {
     E2e,
     Control,
     Controller,
+    /// The control plane at 100k services.
+    Scale,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +104,7 @@ struct Plan {
     e2e: e2e::Config,
     control: control::Config,
     controller: controller::Config,
+    scale: Vec<scale::Config>,
 }
 
 fn plan(size: Size) -> Plan {
@@ -137,6 +142,16 @@ fn plan(size: Size) -> Plan {
                 changes: 40,
                 change_rate: 2.0,
             },
+            scale: [false, true]
+                .map(|three_ports| scale::Config {
+                    services: 2000,
+                    endpoints: 10,
+                    three_ports,
+                    reps: 1,
+                    changes: 20,
+                    conntrack: 1 << 16,
+                })
+                .to_vec(),
         },
         Size::Full => Plan {
             per_packet: perpacket::Config {
@@ -171,6 +186,24 @@ fn plan(size: Size) -> Plan {
                 changes: 200,
                 change_rate: 2.0,
             },
+            scale: vec![
+                scale::Config {
+                    services: 100_000,
+                    endpoints: 10,
+                    three_ports: false,
+                    reps: 3,
+                    changes: 500,
+                    conntrack: 1 << 20,
+                },
+                scale::Config {
+                    services: 100_000,
+                    endpoints: 10,
+                    three_ports: true,
+                    reps: 2,
+                    changes: 100,
+                    conntrack: 1 << 20,
+                },
+            ],
         },
     }
 }
@@ -225,6 +258,10 @@ fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
         println!("\n==> bench 3/4: control plane");
         report.control = Some(control::run(&plan.control).context("control-plane benchmark")?);
         save(&mut report)?;
+    }
+    if wanted(Part::Scale) {
+        println!("\n==> bench 3b: control plane at scale");
+        report.scale = scale::run(&plan.scale).context("scale benchmark")?;
     }
     if wanted(Part::Controller) {
         println!(

@@ -45,19 +45,18 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use mcs_agent::{
-    dataplane::{EBPF_OBJECT, MapHandles},
+    dataplane::{EBPF_OBJECT, MapHandles, MapSizes},
     desired::{self, DesiredState},
     model::manifest,
-    reconcile::{self, Reconciler},
+    reconcile::Reconciler,
 };
-use mcs_common::{
-    BACKEND_F_READY, BackendKey, BackendValue, CT_F_REPLY, CtKey, CtValue, MAX_CONNTRACK,
-    PROTO_TCP, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey, ServiceValue, names, programs,
-};
+use mcs_common::{CT_F_REPLY, CtKey, CtValue, MAX_CONNTRACK, PROTO_TCP, programs};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpfsys, packet,
+    bpfsys,
+    counters::{self, CounterCalibration},
+    packet,
     rules::{self, HTTP_PORT, ServiceSet, TARGET_VIP},
     stats::{self, Summary},
 };
@@ -73,10 +72,6 @@ pub const BENCH_LRU_PCPU: &str = "MCS_BENCH_LRU_PCPU";
 pub const BENCH_MAP_ENTRIES: u32 = 1 << 16;
 /// Runs longer than this many batch medians are dropped (interrupted).
 const OUTLIER_CUTOFF: f64 = 10.0;
-/// Largest service count the agent's reconciler can program: each
-/// ClusterSetIP takes three frontend ids (its port and two markers) out of
-/// `MAX_FRONTENDS` = 131 072.
-pub const RECONCILER_MAX_SERVICES: usize = 40_000;
 
 const XDP_PASS: u32 = 2;
 
@@ -203,6 +198,9 @@ pub struct PerPacket {
     pub runs_per_sample: usize,
     pub repeat: u32,
     pub points: Vec<PointResult>,
+    /// Per-CPU against shared atomic counters (`counters.rs`).
+    #[serde(default)]
+    pub counters: Option<CounterCalibration>,
     pub notes: Vec<String>,
 }
 
@@ -268,29 +266,17 @@ pub fn calibration_object() -> Result<Vec<u8>> {
 }
 
 impl Bench {
-    fn load(ct_capacity: u32, services: usize) -> Result<Self> {
+    /// The agent's object with maps of `sizes` (those an operator would
+    /// give the agent for the point's services and conntrack fill).
+    fn load(sizes: &MapSizes) -> Result<Self> {
         ensure!(
             !EBPF_OBJECT.is_empty(),
             "mcs-agent was built without its eBPF object: run `cargo xtask build-ebpf` first"
         );
+        let ct_capacity = sizes.conntrack;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, ct_capacity);
-        if services > RECONCILER_MAX_SERVICES {
-            // Written directly (see `program_direct`): room for every
-            // frontend, counter and backend slot.
-            let frontends = u32::try_from(services * 3)
-                .unwrap_or(u32::MAX)
-                .next_power_of_two();
-            let slots = u32::try_from(services * 10)
-                .unwrap_or(u32::MAX)
-                .next_power_of_two();
-            loader
-                .map_max_entries(names::SERVICES, frontends)
-                .map_max_entries(names::FRONTEND_STATS, frontends)
-                .map_max_entries(names::SOCK_STATS, frontends)
-                .map_max_entries(names::FRONTEND_META, frontends)
-                .map_max_entries(names::MAGLEV, frontends)
-                .map_max_entries(names::BACKENDS, slots);
+        for (name, entries) in sizes.overrides() {
+            loader.map_max_entries(name, entries);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("load the eBPF object")?;
         load_xdp(&mut ebpf, programs::XDP)?;
@@ -419,93 +405,6 @@ pub fn desired_state(count: usize) -> Result<DesiredState> {
 /// The target's endpoints in the per-packet part (never routed anywhere).
 pub fn target_backends() -> Vec<Ipv4Addr> {
     (10..20).map(|i| Ipv4Addr::new(10, 101, 1, i)).collect()
-}
-
-/// Writes the same keys and values the reconciler would, for service
-/// counts beyond its frontend-id space (into enlarged maps).
-fn program_direct(bench: &mut Bench, count: usize) -> Result<()> {
-    let set = ServiceSet::new(count, 10, &target_backends());
-    let n = set.services.len();
-    let mut svc_keys = Vec::with_capacity(n * 3);
-    let mut svc_values = Vec::with_capacity(n * 3);
-    let mut be_keys = Vec::with_capacity(n * 10);
-    let mut be_values = Vec::with_capacity(n * 10);
-    let mut backend_ids: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-    let mut maglev_cache: BTreeMap<usize, Box<mcs_common::MaglevTable>> = BTreeMap::new();
-    let maglev_fd = bench.maps.maglev.map().fd().as_fd().as_raw_fd();
-    let mut maglev_keys = Vec::new();
-    let mut maglev_values = Vec::new();
-    for (index, service) in set.services.iter().enumerate() {
-        let id = u32::try_from(index).context("frontend id")?;
-        let key = ServiceKey::new(service.vip, service.tcp.0, PROTO_TCP);
-        let backends: Vec<desired::Backend> = service
-            .endpoints
-            .iter()
-            .map(|addr| desired::Backend {
-                addr: *addr,
-                port: service.tcp.1,
-                cluster: rules::CLUSTER.to_owned(),
-                weight: 1,
-                terminating: false,
-            })
-            .collect();
-        for (slot, backend) in backends.iter().enumerate() {
-            let next = u32::try_from(backend_ids.len()).context("backend id")?;
-            let backend_id = *backend_ids.entry(backend.addr).or_insert(next);
-            be_keys.push(BackendKey {
-                frontend_id: id,
-                slot: u32::try_from(slot).context("slot")?,
-            });
-            be_values.push(BackendValue::new(
-                SocketAddrV4::new(backend.addr, backend.port),
-                1,
-                BACKEND_F_READY,
-                backend_id,
-            ));
-        }
-        // The Maglev table depends only on the member set; pool services
-        // repeat their sets every POOL_SIZE/10 services.
-        let shape = index % (rules::POOL_SIZE as usize / 10);
-        let table = if index + 1 == n {
-            reconcile::maglev_table(&backends)
-        } else {
-            maglev_cache
-                .entry(shape)
-                .or_insert_with(|| reconcile::maglev_table(&backends))
-                .clone()
-        };
-        maglev_keys.push(id);
-        maglev_values.push(*table);
-        svc_keys.push(key);
-        svc_values.push(ServiceValue {
-            frontend_id: id,
-            backend_count: u32::try_from(backends.len()).context("count")?,
-            flags: SVC_F_NONE,
-            affinity_timeout_s: 0,
-        });
-        for (m, proto) in [(0u32, PROTO_TCP), (1, mcs_common::PROTO_UDP)] {
-            svc_keys.push(ServiceKey::new(service.vip, 0, proto));
-            svc_values.push(ServiceValue {
-                frontend_id: u32::try_from(n).context("id")? + id * 2 + m,
-                backend_count: 0,
-                flags: SVC_F_VIP_MARKER,
-                affinity_timeout_s: 0,
-            });
-        }
-        if maglev_keys.len() >= 1024 {
-            bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024)
-                .context("write Maglev tables")?;
-            maglev_keys.clear();
-            maglev_values.clear();
-        }
-    }
-    bpfsys::update_batch(maglev_fd, &maglev_keys, &maglev_values, 1024)
-        .context("write Maglev tables")?;
-    let be_fd = bench.maps.backends.map().fd().as_fd().as_raw_fd();
-    bpfsys::update_batch(be_fd, &be_keys, &be_values, 8192).context("write backends")?;
-    let svc_fd = bench.maps.services.map().fd().as_fd().as_raw_fd();
-    bpfsys::update_batch(svc_fd, &svc_keys, &svc_values, 8192).context("write services")?;
-    Ok(())
 }
 
 /// Fills conntrack with `fill` entries of other flows (forward/reply pairs).
@@ -753,32 +652,20 @@ fn measure_point(
 ) -> Result<PointResult> {
     let capacity = ct_capacity(fill);
     let started = Instant::now();
-    let mut bench = Bench::load(capacity, services)?;
-    let programmed_by = if services <= RECONCILER_MAX_SERVICES {
-        let state = match cache.entry(services) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                entry.insert(desired_state(services)?)
-            }
-        };
-        let report = Reconciler::new().apply(state, &mut bench.maps);
-        if let Some((frontend, error)) = report.errors.first() {
-            bail!("reconciler failed on {frontend}: {error}");
-        }
-        "agent Reconciler::apply through MapHandles".to_owned()
-    } else {
-        program_direct(&mut bench, services)?;
-        // Written behind the writer's back: the prefilter learns them as
-        // an adopting agent would.
-        bench
-            .maps
-            .rebuild_prefilter()
-            .context("rebuild the prefilter")?;
-        format!(
-            "direct map writes with the reconciler's layout into enlarged maps ({services} ClusterSetIPs need {} frontend ids, over MAX_FRONTENDS = 131072)",
-            services * 3
-        )
+    let sizes = ServiceSet::new(services, 10, &target_backends()).map_sizes(capacity);
+    let mut bench = Bench::load(&sizes)?;
+    let state = match cache.entry(services) {
+        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::btree_map::Entry::Vacant(entry) => entry.insert(desired_state(services)?),
     };
+    let report = Reconciler::with_capacities(sizes.capacities()).apply(state, &mut bench.maps);
+    if let Some((frontend, error)) = report.errors.first() {
+        bail!("reconciler failed on {frontend}: {error}");
+    }
+    let programmed_by = format!(
+        "agent Reconciler::apply through MapHandles, maps sized for the services ({} frontends, {} backend slots)",
+        sizes.frontends, sizes.backend_slots
+    );
     prefill_conntrack(&bench, fill)?;
     let frames = prepare_frames(&mut bench)?;
     progress(&format!(
@@ -868,6 +755,17 @@ pub fn run(config: &Config) -> Result<PerPacket> {
         // The largest states are big; keep only what a later point reuses.
         cache.remove(&services);
     }
+    let counters = {
+        let mut calibration = EbpfLoader::new()
+            .load(&calibration_object()?)
+            .context("load the calibration object")?;
+        for name in [BENCH_PASS, counters::COUNT_PCPU, counters::COUNT_SHARED] {
+            load_xdp(&mut calibration, name)?;
+        }
+        let frame = packet::tcp(CLIENT, CLIENT_PORT, TARGET_VIP, HTTP_PORT, false)?;
+        counters::calibrate(&calibration, &frame, config.rounds, config.repeat)
+            .context("counter calibration")?
+    };
     progress(&format!(
         "  per-packet done in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -877,10 +775,12 @@ pub fn run(config: &Config) -> Result<PerPacket> {
         runs_per_sample: config.runs_per_sample,
         repeat: config.repeat,
         points,
+        counters: Some(counters),
         notes: vec![
             "Katran method: repeat=1 test runs in a loop, mean of the kernel-reported durations per batch (runs over 10x the batch median dropped as interrupted); one sample per round, rounds interleave all cases; a warm-up round is discarded.".to_owned(),
             "Repeat method (cross-check): one test run with repeat=N; conntrack-hit and reply packets stay valid through mirror entries (client->backend translating back to the ClusterSetIP), so every run is a hit with a rewrite.".to_owned(),
             "New flow: every run has a new source port (new 5-tuple: conntrack miss, service lookup, Maglev pick, backend lookup, two LRU inserts, DNAT); the flows a batch created are deleted after it, so conntrack stays at the fill under test.".to_owned(),
+            "Counters: a conntrack hit's counter updates (packets and bytes of two counters) in per-CPU counters and in shared counters with atomic adds, repeat method, on one CPU and on every CPU at once updating the same counters (one hot service), each paired with XDP_PASS of the same round.".to_owned(),
         ],
     })
 }
@@ -917,6 +817,16 @@ impl Drop for PinnedToLastCpu {
             // SAFETY: restores a mask sched_getaffinity filled.
             let _ = unsafe { libc::sched_setaffinity(0, size_of_cpu_set(), previous) };
         }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, size_of_cpu_set(), &raw const set);
     }
 }
 

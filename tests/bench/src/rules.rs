@@ -12,6 +12,8 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
+use mcs_agent::dataplane::MapSizes;
+
 /// The measured service's ClusterSetIP.
 pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// Its TCP (HTTP) service port and the backends' target port.
@@ -30,8 +32,12 @@ pub const SERVICES_PER_NAMESPACE: usize = 100;
 pub const CLUSTER: &str = "bench";
 /// Pod addresses of the non-target services' endpoints: `POOL_BASE + k`,
 /// `k < POOL_SIZE`. Each pod backs several services (as pods do), which
-/// keeps the distinct endpoints of 10k × 10 under the agent's per-backend
-/// counter limit (`MAX_BACKENDS` = 65 536).
+/// keeps the distinct endpoints of 10k × 10 under the agent's default
+/// per-backend counter capacity (`MAX_BACKENDS` = 65 536). Service `i`
+/// takes every `1 + i / POOL_SIZE`-th pod from pod `i % POOL_SIZE` on, so
+/// no two services have the same endpoints (up to 100k services × 10): a
+/// set of identical endpoint sets would let an implementation that shares
+/// equal Maglev tables look better than real clusters make it.
 pub const POOL_BASE: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 1);
 pub const POOL_SIZE: u32 = 50_000;
 /// Cluster CIDR kube-proxy would be given (no masquerade from inside it).
@@ -45,10 +51,16 @@ pub struct Service {
     pub vip: Ipv4Addr,
     /// TCP service port → target port.
     pub tcp: (u16, u16),
-    /// UDP service port → target port (only the target has one).
+    /// UDP service port → target port (the target, and every service of a
+    /// three-port set).
     pub udp: Option<(u16, u16)>,
+    /// A second TCP port → target port (three-port sets).
+    pub https: Option<(u16, u16)>,
     pub endpoints: Vec<Ipv4Addr>,
 }
+
+/// The second TCP port of three-port services, and its target port.
+pub const HTTPS_PORT: (u16, u16) = (443, 8443);
 
 /// `count` services × `endpoints` endpoints; the last is the target with
 /// `target_backends` as its endpoints.
@@ -63,23 +75,39 @@ fn offset(base: Ipv4Addr, by: u32) -> Ipv4Addr {
 
 impl ServiceSet {
     pub fn new(count: usize, endpoints: usize, target_backends: &[Ipv4Addr]) -> Self {
+        Self::with_ports(count, endpoints, target_backends, false)
+    }
+
+    /// With `three_ports`, every service but the target has an HTTP and an
+    /// HTTPS TCP port and a DNS UDP port (each its own frontend with its
+    /// own target port).
+    pub fn with_ports(
+        count: usize,
+        endpoints: usize,
+        target_backends: &[Ipv4Addr],
+        three_ports: bool,
+    ) -> Self {
         let count = count.max(1);
         let mut services = Vec::with_capacity(count);
         for i in 0..count - 1 {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let endpoints = (0..endpoints)
+            let index = u64::try_from(i).unwrap_or(u64::MAX);
+            let pool = u64::from(POOL_SIZE);
+            let (start, stride) = (index % pool, 1 + index / pool);
+            let endpoints = (0..endpoints as u64)
                 .map(|j| {
-                    let k = (u64::from(index) * endpoints as u64 + j as u64) % u64::from(POOL_SIZE);
+                    let k = (start + j * stride) % pool;
                     offset(POOL_BASE, u32::try_from(k).unwrap_or(0))
                 })
                 .collect();
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
             services.push(Service {
                 namespace: format!("{NAMESPACE}-{}", i / SERVICES_PER_NAMESPACE),
                 name: format!("svc-{i}"),
                 // 10.97.0.1, 10.97.0.2, ...: never the target's 10.96.0.10.
                 vip: offset(Ipv4Addr::new(10, 97, 0, 1), index),
                 tcp: (HTTP_PORT, HTTP_TARGET_PORT),
-                udp: None,
+                udp: three_ports.then_some((UDP_PORT, UDP_TARGET_PORT)),
+                https: three_ports.then_some(HTTPS_PORT),
                 endpoints,
             });
         }
@@ -89,9 +117,61 @@ impl ServiceSet {
             vip: TARGET_VIP,
             tcp: (HTTP_PORT, HTTP_TARGET_PORT),
             udp: Some((UDP_PORT, UDP_TARGET_PORT)),
+            https: None,
             endpoints: target_backends.to_vec(),
         });
         Self { services }
+    }
+
+    /// Map sizes that hold this set (what an operator would give the agent
+    /// for it, with a little room), with `conntrack` entries.
+    pub fn map_sizes(&self, conntrack: u32) -> MapSizes {
+        let room = |n: usize| u32::try_from(n + n / 20 + 1024).unwrap_or(u32::MAX);
+        let slots: usize = self
+            .services
+            .iter()
+            .map(|s| ports(s).len() * s.endpoints.len())
+            .sum();
+        let table_bytes: u64 = self
+            .services
+            .iter()
+            .filter(|s| !s.endpoints.is_empty())
+            .map(|s| {
+                let size = mcs_agent::maglev::rule_size(s.endpoints.len());
+                let wide = mcs_common::maglev_wide(u32::try_from(s.endpoints.len()).unwrap_or(0));
+                ports(s).len() as u64 * u64::from(mcs_common::maglev_chunks(size, wide)) * 8
+            })
+            .sum();
+        let mut backends = std::collections::BTreeSet::new();
+        for service in &self.services {
+            for port in ports(service) {
+                for endpoint in &service.endpoints {
+                    backends.insert((*endpoint, port.target));
+                }
+            }
+        }
+        let defaults = MapSizes::default();
+        MapSizes {
+            frontends: room(self.mcs_frontends()).max(defaults.frontends),
+            backend_slots: room(slots).max(defaults.backend_slots),
+            backends: room(backends.len()).max(defaults.backends),
+            maglev_chunks: MapSizes::maglev_chunks_for(table_bytes + table_bytes / 20 + (1 << 20))
+                .max(defaults.maglev_chunks),
+            conntrack,
+            ..defaults
+        }
+    }
+
+    /// The `mcs-agent run` flags of [`ServiceSet::map_sizes`].
+    pub fn map_size_flags(&self, conntrack: u32) -> Vec<String> {
+        let sizes = self.map_sizes(conntrack);
+        vec![
+            format!("--frontends-max={}", sizes.frontends),
+            format!("--backend-slots-max={}", sizes.backend_slots),
+            format!("--backends-max={}", sizes.backends),
+            format!("--maglev-bytes-max={}", u64::from(sizes.maglev_chunks) * 8),
+            format!("--conntrack-max={}", sizes.conntrack),
+        ]
     }
 
     pub fn len(&self) -> usize {
@@ -100,10 +180,7 @@ impl ServiceSet {
 
     /// Service ports (each TCP/UDP port is one kube-proxy service chain).
     pub fn service_ports(&self) -> usize {
-        self.services
-            .iter()
-            .map(|s| 1 + usize::from(s.udp.is_some()))
-            .sum()
+        self.services.iter().map(|s| ports(s).len()).sum()
     }
 
     /// Frontends the mcs agent programs: every service port plus a TCP and
@@ -127,13 +204,20 @@ pub fn manifest(set: &ServiceSet) -> String {
 pub fn manifest_service(yaml: &mut String, service: &Service) {
     let name = &service.name;
     let namespace = &service.namespace;
-    let mut import_ports = format!("{{name: http, protocol: TCP, port: {}}}", service.tcp.0);
-    let mut slice_ports = format!("{{name: http, protocol: TCP, port: {}}}", service.tcp.1);
-    if let Some((port, target)) = service.udp {
-        let _ = write!(import_ports, ", {{name: dns, protocol: UDP, port: {port}}}");
+    let mut import_ports = String::new();
+    let mut slice_ports = String::new();
+    for (i, port) in ports(service).iter().enumerate() {
+        let separator = if i == 0 { "" } else { ", " };
+        let (name, proto) = (port.port_name, port.proto.to_uppercase());
+        let _ = write!(
+            import_ports,
+            "{separator}{{name: {name}, protocol: {proto}, port: {}}}",
+            port.port
+        );
         let _ = write!(
             slice_ports,
-            ", {{name: dns, protocol: UDP, port: {target}}}"
+            "{separator}{{name: {name}, protocol: {proto}, port: {}}}",
+            port.target
         );
     }
     let _ = write!(
@@ -203,6 +287,14 @@ fn ports(service: &Service) -> Vec<Port> {
         port: service.tcp.0,
         target: service.tcp.1,
     }];
+    if let Some((port, target)) = service.https {
+        ports.push(Port {
+            proto: "tcp",
+            port_name: "https",
+            port,
+            target,
+        });
+    }
     if let Some((port, target)) = service.udp {
         ports.push(Port {
             proto: "udp",
@@ -421,16 +513,41 @@ mod tests {
 
     #[test]
     fn pool_endpoints_are_distinct_per_service_and_bounded() {
-        let set = ServiceSet::new(10_000, 10, &backends());
+        let set = ServiceSet::new(100_000, 10, &backends());
         let mut all = std::collections::BTreeSet::new();
+        let mut sets = std::collections::BTreeSet::new();
         for service in &set.services[..set.len() - 1] {
             let distinct: std::collections::BTreeSet<_> = service.endpoints.iter().collect();
             assert_eq!(distinct.len(), 10);
             all.extend(service.endpoints.iter().copied());
+            assert!(
+                sets.insert(distinct),
+                "{} repeats an endpoint set",
+                service.name
+            );
         }
         assert!(all.len() <= POOL_SIZE as usize);
-        assert_eq!(set.service_ports(), 10_001);
-        assert_eq!(set.mcs_frontends(), 10_001 + 20_000);
+        assert_eq!(set.service_ports(), 100_001);
+        assert_eq!(set.mcs_frontends(), 100_001 + 200_000);
+        let sizes = set.map_sizes(1 << 20);
+        assert!(sizes.frontends as usize >= set.mcs_frontends());
+        assert!(sizes.backend_slots as usize >= 100_001 * 10);
+        // 1009 one-byte entries per service port: 127 chunks each.
+        assert!(u64::from(sizes.maglev_chunks) >= 100_001 * 127);
+    }
+
+    #[test]
+    fn three_port_sets_give_every_service_three_frontends() {
+        let set = ServiceSet::with_ports(4, 3, &backends()[..3], true);
+        assert_eq!(set.service_ports(), 3 * 3 + 2);
+        let (snapshot, rejections) =
+            mcs_agent::model::manifest::snapshot_from_yaml(&manifest(&set)).expect("valid YAML");
+        assert!(rejections.is_empty(), "{rejections:?}");
+        let (state, rejections) = mcs_agent::desired::compute(&snapshot);
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(state.frontends.len(), set.mcs_frontends());
+        let sizes = set.map_sizes(4096);
+        assert!(sizes.backend_slots as usize >= 3 * 3 * 3 + 2 * 3);
     }
 
     #[test]

@@ -7,9 +7,11 @@ use super::{Goal, Report, fmt_summary, ratio, scale_name};
 use crate::{
     control::Control,
     controller::ControllerBench,
+    counters::CounterCalibration,
     e2e::{E2e, Mode},
     load::{Kind, LoadResult},
     perpacket::{Case, PerPacket},
+    scale::ScalePoint,
     stats::{self, Summary},
 };
 
@@ -65,7 +67,182 @@ pub fn markdown(report: &Report, goals: &[Goal]) -> String {
     if let Some(c) = &report.controller {
         controller_section(&mut md, c);
     }
+    if !report.scale.is_empty() {
+        scale_section(&mut md, &report.scale);
+    }
     md
+}
+
+#[expect(clippy::cast_precision_loss, reason = "bytes to MiB")]
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+/// A row of the scale table: its label and how each point shows it.
+type ScaleRow = (&'static str, Box<dyn Fn(&ScalePoint) -> String>);
+
+fn scale_section(md: &mut String, points: &[ScalePoint]) {
+    let _ = writeln!(md, "\n## 3b. Control plane at scale\n");
+    md.push_str("* Each set: services × endpoints × ports per service (every port its own frontend with its own target port; the measured target service has TCP and UDP); the agent's maps sized for the set as an operator would (the flags below; 1M conntrack entries in a full run); no two services share an endpoint set.\n");
+    md.push_str("* Cold sync and endpoint change as in part 3, into maps of those sizes; the agent on the set's manifest (file source) with those flags for its peak RSS and the kernel's accounting of its maps, next to the memory model of docs/operations.md for the same sizes (names counted for the service ports).\n");
+    md.push_str("* Tables: frontends whose member lists (address, port, weight in slot order) are identical have identical Maglev tables; the last rows say what sharing them would save.\n");
+    let header: Vec<String> = points
+        .iter()
+        .map(|p| {
+            format!(
+                "{}×{}×{}",
+                scale_name(p.services),
+                p.endpoints,
+                p.ports_per_service
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "\n| measurement | {} |\n|---|{}",
+        header.join(" | "),
+        "---|".repeat(points.len())
+    );
+    let p = |v: &[f64], q| stats::percentile(v, q).map_or("–".to_owned(), |v| format!("{v:.3}"));
+    let rows: Vec<ScaleRow> = vec![
+        (
+            "service ports (frontends)",
+            Box::new(|s| format!("{} ({})", s.service_ports, s.frontends)),
+        ),
+        ("map-size flags", Box::new(|s| s.flags.join(" "))),
+        (
+            "manifest parse + desired state (once, not part of the sync)",
+            Box::new(|s| format!("{:.2} s", s.parse_and_compute_s)),
+        ),
+        (
+            "Maglev tables of every frontend, built alone (part of the sync)",
+            Box::new(|s| format!("{:.3} s", s.maglev_build_s)),
+        ),
+        (
+            "cold sync (Reconciler::apply)",
+            Box::new(|s| {
+                format!(
+                    "{} s, {} map writes",
+                    fmt_summary(Summary::of(&s.cold_sync_s), 3),
+                    s.cold_map_writes
+                )
+            }),
+        ),
+        (
+            "endpoint change → map: p50 / p99",
+            Box::new(move |s| {
+                format!(
+                    "{} / {} ms",
+                    p(&s.change.total_ms, 50.0),
+                    p(&s.change.total_ms, 99.0)
+                )
+            }),
+        ),
+        (
+            "of which changed set (snapshot diff) p50 / p99",
+            Box::new(move |s| {
+                format!(
+                    "{} / {} ms",
+                    p(&s.change.diff_ms, 50.0),
+                    p(&s.change.diff_ms, 99.0)
+                )
+            }),
+        ),
+        (
+            "of which map writes p50 / p99",
+            Box::new(move |s| {
+                format!(
+                    "{} / {} ms",
+                    p(&s.change.apply_ms, 50.0),
+                    p(&s.change.apply_ms, 99.0)
+                )
+            }),
+        ),
+        (
+            "agent start → all frontends in the maps",
+            Box::new(|s| format!("{:.1} s", s.agent.start_to_synced_s)),
+        ),
+        (
+            "agent peak RSS (VmHWM) / RSS after sync / model",
+            Box::new(|s| {
+                format!(
+                    "{:.1} / {:.1} / {:.0} MiB",
+                    s.agent.vm_hwm_kib as f64 / 1024.0,
+                    s.agent.vm_rss_kib as f64 / 1024.0,
+                    mib(s.model_agent_bytes)
+                )
+            }),
+        ),
+        (
+            "BPF map memory: measured / model",
+            Box::new(|s| {
+                format!(
+                    "{:.1} / {:.1} MiB ({} possible CPUs)",
+                    mib(s.agent.bpf_memlock_bytes),
+                    mib(s.model_bpf_bytes()),
+                    s.cpus
+                )
+            }),
+        ),
+        (
+            "frontends with backends / distinct Maglev tables",
+            Box::new(|s| {
+                format!(
+                    "{} / {}",
+                    s.tables.frontends_with_backends, s.tables.distinct_tables
+                )
+            }),
+        ),
+        (
+            "Maglev table bytes / if identical tables were shared",
+            Box::new(|s| {
+                format!(
+                    "{:.1} / {:.1} MiB",
+                    mib(s.tables.table_bytes),
+                    mib(s.tables.distinct_table_bytes)
+                )
+            }),
+        ),
+    ];
+    for (label, value) in rows {
+        let cells: Vec<String> = points.iter().map(|s| cell(&value(s))).collect();
+        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+    }
+    md.push_str("\nBPF map memory by map (MiB), measured / model:\n\n");
+    let _ = writeln!(
+        md,
+        "| map | {} |\n|---|{}",
+        header.join(" | "),
+        "---|".repeat(points.len())
+    );
+    let names: Vec<&String> = points
+        .first()
+        .map(|s| s.model_bpf_maps.iter().map(|(name, _)| name).collect())
+        .unwrap_or_default();
+    for name in names {
+        let cells: Vec<String> = points
+            .iter()
+            .map(|s| {
+                let measured = s
+                    .agent
+                    .bpf_maps
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, b)| *b);
+                let model = s
+                    .model_bpf_maps
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, b)| *b);
+                format!(
+                    "{} / {}",
+                    measured.map_or("–".into(), |b| format!("{:.2}", mib(b))),
+                    model.map_or("–".into(), |b| format!("{:.2}", mib(b)))
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+    }
 }
 
 fn per_packet_section(md: &mut String, pp: &PerPacket) {
@@ -123,7 +300,37 @@ fn per_packet_section(md: &mut String, pp: &PerPacket) {
             );
         }
     }
+    if let Some(counters) = &pp.counters {
+        counters_table(md, counters);
+    }
     md.push_str("\n![per-packet cost](perpacket.svg)\n");
+}
+
+fn counters_table(md: &mut String, c: &CounterCalibration) {
+    let _ = writeln!(
+        md,
+        "\nCounter updates of a conntrack hit (two counters' packets and bytes), repeat={}: Δ ns over XDP_PASS of the same round, on one CPU and on all {} CPUs at once updating the same counters.\n\n| counters | Δ ns, one CPU | Δ ns, all CPUs at once |\n|---|---|---|",
+        c.repeat, c.cpus
+    );
+    for (label, one, all) in [
+        (
+            "per CPU (per-CPU array)",
+            &c.per_cpu_one_cpu,
+            &c.per_cpu_all_cpus,
+        ),
+        (
+            "shared (array, atomic adds)",
+            &c.shared_one_cpu,
+            &c.shared_all_cpus,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} |",
+            fmt_summary(stats::paired_delta(one, &c.pass_one_cpu), 1),
+            fmt_summary(stats::paired_delta(all, &c.pass_all_cpus), 1),
+        );
+    }
 }
 
 fn e2e_section(md: &mut String, e2e: &E2e) {

@@ -4,11 +4,12 @@
 
 use super::{Report, fmt_summary, rates, ratio, scale_name};
 use crate::{
-    control::Control,
+    control::{ChangeTimes, Control},
     controller::ControllerBench,
     e2e::Mode,
     load::{Kind, LoadResult},
     perpacket::{Case, PointResult},
+    scale::ScalePoint,
     stats::{self, Summary},
 };
 
@@ -458,5 +459,201 @@ pub fn endpoint_change_to_map(report: &Report, q: f64, limit: f64) -> Option<Mea
     measured
         .values
         .push(("agent_part", split(&c.change_agent_ms)));
+    Some(measured)
+}
+
+/// A new flow's cost over XDP_PASS against its floor in the same round:
+/// two conntrack-shaped LRU inserts plus four calibration lookups.
+pub fn new_flow_floor(report: &Report, limit: f64) -> Option<Measured> {
+    let pp = report.per_packet.as_ref()?;
+    let over_floor = |p: &PointResult| -> Option<Summary> {
+        let pass = &p.case(Case::Pass)?.katran_ns;
+        let delta = |case| -> Option<Vec<f64>> {
+            Some(
+                p.case(case)?
+                    .katran_ns
+                    .iter()
+                    .zip(pass)
+                    .map(|(c, p)| c - p)
+                    .collect(),
+            )
+        };
+        let (new, lru, lookup) = (
+            delta(Case::NewFlow)?,
+            delta(Case::LruInsert)?,
+            delta(Case::Lookup)?,
+        );
+        let floor: Vec<f64> = lru
+            .iter()
+            .zip(&lookup)
+            .map(|(l, k)| 2.0 * l + 4.0 * k)
+            .collect();
+        stats::paired_ratio(&new, &floor)
+    };
+    let per_point: Vec<(&PointResult, Summary)> = pp
+        .points
+        .iter()
+        .filter_map(|p| Some((p, over_floor(p)?)))
+        .collect();
+    let base = pp.points.first()?;
+    let worst = per_point
+        .iter()
+        .max_by(|a, b| a.1.median.total_cmp(&b.1.median));
+    let met = (!per_point.is_empty()).then(|| per_point.iter().all(|(_, s)| s.median <= limit));
+    let median = |case| {
+        base.delta(case)
+            .map_or("–".into(), |s| format!("{:.0}", s.median))
+    };
+    let text = format!(
+        "{} of the floor at {} services / {} CT (Δ new flow {} ns; Δ LRU insert {} ns, Δ lookup {} ns); worst point {}",
+        fmt_summary(over_floor(base), 2),
+        scale_name(base.services),
+        scale_name(base.conntrack_fill),
+        median(Case::NewFlow),
+        median(Case::LruInsert),
+        median(Case::Lookup),
+        worst.map_or("–".into(), |(p, s)| format!(
+            "{:.2} ({} services, {} CT)",
+            s.median,
+            scale_name(p.services),
+            scale_name(p.conntrack_fill)
+        )),
+    );
+    Some(Measured::new(text, met))
+}
+
+/// The scale part's one-port point (the goals' set) and how the others
+/// compare, for a goal's text.
+fn scale_points(report: &Report) -> Option<(&ScalePoint, Vec<&ScalePoint>)> {
+    let judged = report.scale.iter().find(|p| p.ports_per_service == 1)?;
+    let others = report
+        .scale
+        .iter()
+        .filter(|p| p.ports_per_service != 1)
+        .collect();
+    Some((judged, others))
+}
+
+fn scale_size(p: &ScalePoint) -> String {
+    format!(
+        "{}×{}×{}",
+        scale_name(p.services),
+        p.endpoints,
+        p.ports_per_service
+    )
+}
+
+/// A scale goal: `value` of the one-port point against `limit` (at most),
+/// the other points shown, not judged.
+fn scale_goal(
+    report: &Report,
+    limit: f64,
+    value: impl Fn(&ScalePoint) -> Option<f64>,
+    show: impl Fn(&ScalePoint) -> String,
+) -> Option<Measured> {
+    let (judged, others) = scale_points(report)?;
+    let full = judged.services >= 100_000;
+    let suffix = if full { "" } else { " (smoke size)" };
+    let mut text = format!("{}: {}{suffix}", scale_size(judged), show(judged));
+    for other in others {
+        text.push_str(&format!(
+            "; {}: {} (not judged)",
+            scale_size(other),
+            show(other)
+        ));
+    }
+    Some(Measured {
+        at_goal_size: full,
+        ..Measured::new(text, value(judged).map(|v| v <= limit))
+    })
+}
+
+pub fn scale_cold_sync(report: &Report, limit: f64) -> Option<Measured> {
+    let mut measured = scale_goal(
+        report,
+        limit,
+        |p| Summary::of(&p.cold_sync_s).map(|s| s.median),
+        |p| {
+            format!(
+                "{} s, {} map writes",
+                fmt_summary(Summary::of(&p.cold_sync_s), 3),
+                p.cold_map_writes
+            )
+        },
+    )?;
+    let (judged, _) = scale_points(report)?;
+    measured.values = vec![
+        ("maglev_s", format!("{:.2}", judged.maglev_build_s)),
+        ("map_writes", judged.cold_map_writes.to_string()),
+    ];
+    Some(measured)
+}
+
+pub fn scale_rss(report: &Report, limit: f64) -> Option<Measured> {
+    #[expect(clippy::cast_precision_loss, reason = "KiB to MiB")]
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    scale_goal(
+        report,
+        limit,
+        |p| (p.agent.vm_hwm_kib > 0).then(|| mib(p.agent.vm_hwm_kib)),
+        |p| {
+            format!(
+                "VmHWM {:.1} MiB (model {:.0} MiB)",
+                mib(p.agent.vm_hwm_kib),
+                p.model_agent_bytes as f64 / 1_048_576.0
+            )
+        },
+    )
+}
+
+pub fn scale_bpf_memory(report: &Report, limit: f64) -> Option<Measured> {
+    #[expect(clippy::cast_precision_loss, reason = "bytes to MiB")]
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    scale_goal(
+        report,
+        limit,
+        |p| (p.agent.bpf_memlock_bytes > 0).then(|| mib(p.agent.bpf_memlock_bytes)),
+        |p| {
+            let conntrack = p
+                .flags
+                .iter()
+                .find_map(|f| f.strip_prefix("--conntrack-max="))
+                .unwrap_or("?");
+            format!(
+                "{:.1} MiB with {conntrack} conntrack entries (model {:.1} MiB)",
+                mib(p.agent.bpf_memlock_bytes),
+                mib(p.model_bpf_bytes())
+            )
+        },
+    )
+}
+
+fn change_text(change: &ChangeTimes, q: f64) -> String {
+    let value = stats::percentile(&change.total_ms, q);
+    let median = |values: &[f64]| {
+        stats::percentile(values, 50.0).map_or("–".into(), |v| format!("{v:.3}"))
+    };
+    format!(
+        "p{q:.0} {} ms over {} changes (p50: changed set {} ms, desired state incl. changed set {} ms, map writes {} ms)",
+        value.map_or("–".into(), |v| format!("{v:.2}")),
+        change.total_ms.len(),
+        median(&change.diff_ms),
+        median(&change.compute_ms),
+        median(&change.apply_ms),
+    )
+}
+
+pub fn scale_change(report: &Report, q: f64, limit: f64) -> Option<Measured> {
+    let mut measured = scale_goal(
+        report,
+        limit,
+        |p| stats::percentile(&p.change.total_ms, q),
+        |p| change_text(&p.change, q),
+    )?;
+    let (judged, _) = scale_points(report)?;
+    measured.values = vec![(
+        "diff_p99",
+        stats::percentile(&judged.change.diff_ms, q).map_or("?".into(), |v| format!("{v:.2}")),
+    )];
     Some(measured)
 }

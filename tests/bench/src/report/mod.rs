@@ -25,6 +25,7 @@ use crate::{
     e2e::{E2e, Mode, ScaleResult},
     load::{Kind, LoadResult},
     perpacket::PerPacket,
+    scale::ScalePoint,
     stats::{self, Summary},
 };
 
@@ -41,6 +42,9 @@ pub struct Report {
     pub e2e: Option<E2e>,
     pub control: Option<Control>,
     pub controller: Option<ControllerBench>,
+    /// The control plane at scale (100k services in a full run).
+    #[serde(default)]
+    pub scale: Vec<ScalePoint>,
 }
 
 /// Writes report.json, report.md and the plots into `dir`.

@@ -124,13 +124,24 @@ pub fn plots(report: &Report) -> Vec<(&'static str, String)> {
             )
         };
         let size = format!("{}×{}", scale_name(c.services), c.endpoints);
-        let bars = vec![
+        let mut bars = vec![
             bar(format!("mcs cold sync {size}"), Summary::of(&c.cold_sync_s)),
             bar(
                 format!("iptables-restore {size}"),
                 Summary::of(&c.iptables_restore_s),
             ),
         ];
+        for point in &report.scale {
+            bars.push(bar(
+                format!(
+                    "mcs cold sync {}×{}×{}",
+                    scale_name(point.services),
+                    point.endpoints,
+                    point.ports_per_service
+                ),
+                Summary::of(&point.cold_sync_s),
+            ));
+        }
         files.push((
             "control.svg",
             svg::bar_chart("Cold sync of all services", "seconds", &bars),
