@@ -433,6 +433,8 @@ fn a_start_that_fails_or_stops_before_attaching_leaves_the_pins_as_it_found_them
     let after = pinned_ids(&pins.0);
     assert!(!after.contains_key("MCS_SOCK_REV_V1"));
     assert_ne!(after.get(names::CONNTRACK), before.get(names::CONNTRACK));
+}
+
 /// Services, slots, names and tables refer to each other by frontend id
 /// and table place: when one of them cannot be adopted (here the table
 /// array of another size), the others are recreated with it and the agent

@@ -23,8 +23,8 @@ use mcs_agent::{
     model::manifest,
 };
 use mcs_common::{
-    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue, MAGLEV_MAX_TABLE_SIZE,
-    PROTO_TCP, names,
+    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue,
+    MAGLEV_MAX_TABLE_SIZE, PROTO_TCP, names,
 };
 use mcs_tests::{
     packet::{
