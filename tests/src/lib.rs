@@ -14,6 +14,7 @@ pub mod client;
 pub mod clusterset;
 pub mod csum;
 pub mod dns_load;
+pub mod figures;
 pub mod load;
 pub mod manifest;
 pub mod netns;

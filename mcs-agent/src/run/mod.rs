@@ -21,8 +21,7 @@ use crate::{
     cli::RunArgs,
     conntrack::Janitor,
     dataplane::{AdoptionReport, Dataplane},
-    desired,
-    dns::{self, DnsConfig},
+    desired, dns,
     events::{self, Events},
     metrics::Metrics,
     reconcile::Reconciler,
@@ -59,13 +58,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut source_task = tokio::spawn(source.run(updates_tx));
     // DNS answers from the same updates as the dataplane (its own receiver),
     // bound before the kernel is touched so a taken port fails fast.
-    let dns = match args.dns_addr {
-        Some(addr) => {
-            let config = DnsConfig {
-                addr,
-                zone: args.dns_zone.clone(),
-                ttl: args.dns_ttl,
-            };
+    let dns = match args.dns_config() {
+        Some(config) => {
             let server = dns::serve(&config, updates.clone()).await;
             Some(server.context("start the DNS server")?)
         }
@@ -156,6 +150,7 @@ async fn serve(
         local_cluster: args.cluster_id.clone(),
         locality: args.locality.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
+        clusterset_ip_cidrs: args.clusterset_ip_cidrs.clone(),
     };
     let mut ctx = Context::new(maps, metrics.clone(), policy, reconciler, janitor, events);
     // Program the maps before attaching, so the first packet already sees
