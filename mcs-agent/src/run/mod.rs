@@ -53,7 +53,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // every rejection, under the agent's real policy.
     let events = source
         .kube_client()
-        .map(|client| Events::start(client, events::reporting_instance()));
+        .map(|client| Events::start(client, events::Publisher::from_env()));
     let (updates_tx, mut updates) = watch::channel(None);
     let mut source_task = tokio::spawn(source.run(updates_tx));
     // DNS answers from the same updates as the dataplane (its own receiver),
