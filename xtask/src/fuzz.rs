@@ -361,9 +361,24 @@ fn fuzzer_failed(target: &str, lines: &[String], status: std::process::ExitStatu
     TargetResult::Failed(crate::cmd::describe(status))
 }
 
-/// The last `count` lines, joined.
+/// The last `count` lines that say something, joined: cargo's progress
+/// lines (`Compiling …`) and cargo-fuzz's own backtrace are left out.
 fn tail(lines: &[String], count: usize) -> String {
-    lines[lines.len().saturating_sub(count)..].join("\n")
+    let progress = [
+        "Compiling ",
+        "Checking ",
+        "Downloaded ",
+        "Downloading ",
+        "Updating ",
+        "Locking ",
+    ];
+    let telling: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .take_while(|line| !line.starts_with("Stack backtrace:"))
+        .filter(|line| !progress.iter().any(|p| line.trim_start().starts_with(p)))
+        .collect();
+    telling[telling.len().saturating_sub(count)..].join("\n")
 }
 
 /// The compiler's first error line, for the summary table.
@@ -535,4 +550,43 @@ fn write_figures(dir: &Path, table: &str) -> Result<PathBuf> {
     )
     .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_failure_shows_the_compiler_errors_not_the_progress() {
+        let lines: Vec<String> = [
+            "   Compiling mcs-agent v0.1.0",
+            "error[E0308]: mismatched types",
+            "  --> src/manifest.rs:125:22",
+            "error: could not compile `mcs-fuzz` (lib) due to 1 previous error",
+            "Error: failed to build fuzz script: cargo build",
+            "",
+            "Stack backtrace:",
+            "   0: anyhow::error::<impl anyhow::Error>::msg",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let shown = tail(&lines, 60);
+        assert!(
+            !shown.contains("Compiling") && !shown.contains("backtrace"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("error[E0308]"), "{shown}");
+        assert_eq!(first_error(&shown), "error[E0308]: mismatched types");
+        assert_eq!(
+            tail(&lines, 2),
+            "Error: failed to build fuzz script: cargo build\n"
+        );
+    }
+
+    #[test]
+    fn artifacts_are_named_relative_to_the_workspace() {
+        let inside = workspace_root().join("fuzz/artifacts/manifest/crash-1");
+        assert_eq!(relative(&inside), "fuzz/artifacts/manifest/crash-1");
+        assert_eq!(relative(Path::new("/elsewhere/x")), "/elsewhere/x");
+    }
 }

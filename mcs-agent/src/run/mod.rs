@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
+    task::block_in_place,
 };
 use tracing::{info, warn};
 
@@ -139,9 +140,14 @@ async fn serve(
     let metrics = Arc::new(Metrics::default());
     let _metrics_server = match args.metrics_addr {
         Some(addr) => Some(
-            crate::metrics::serve(addr, metrics.clone(), args.bpffs_dir.clone())
-                .await
-                .with_context(|| format!("serve metrics on {addr}"))?,
+            crate::metrics::serve(
+                addr,
+                metrics.clone(),
+                args.bpffs_dir.clone(),
+                crate::metrics::Limits::default(),
+            )
+            .await
+            .with_context(|| format!("serve metrics on {addr}"))?,
         ),
         None => None,
     };
@@ -165,7 +171,12 @@ async fn serve(
     let Some(first) = first else {
         anyhow::bail!("source stopped before its first load");
     };
-    let mut healthy = ctx.reconcile(first, Instant::now());
+    // Reconciles and conntrack sweeps are map writes (blocking syscalls,
+    // thousands in a cold sync): they must never hold an async worker that
+    // health checks, DNS and the watches need. This loop is the runtime's
+    // main future (`block_on`, not a worker), and `block_in_place` keeps
+    // them off the workers wherever the loop runs.
+    let mut healthy = block_in_place(|| ctx.reconcile(first, Instant::now()));
     info!("initial sync done");
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
@@ -190,16 +201,16 @@ async fn serve(
                 let received = Instant::now();
                 let update = updates.borrow_and_update().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(update, received);
+                    healthy = block_in_place(|| ctx.reconcile(update, received));
                 }
             }
             () = tokio::time::sleep(RETRY_DELAY), if !healthy => {
                 let update = updates.borrow().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(update, Instant::now());
+                    healthy = block_in_place(|| ctx.reconcile(update, Instant::now()));
                 }
             }
-            Some(report) = ctx.janitor.report() => ctx.scanned(report),
+            Some(report) = ctx.janitor.report() => block_in_place(|| ctx.scanned(report)),
             result = &mut *source_task => return source_failed(result),
             signal = &mut shutdown => {
                 info!(signal = signal?, "shutting down");

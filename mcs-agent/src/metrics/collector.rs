@@ -1,79 +1,46 @@
-//! Prometheus metrics and health endpoints (`--metrics-addr`).
+//! The dataplane's counters for `/metrics`, read from the pinned maps.
 //!
-//! * `GET /metrics` — Prometheus text: the agent's own metrics (rejections,
-//!   sync duration, event-to-map latency, frontend count) and the
-//!   dataplane's counters read from the maps at scrape time (per frontend,
-//!   per backend, per source cluster, drops by reason, map fill).
-//! * `GET /healthz` — 200 while the agent runs.
-//! * `GET /readyz` — 200 once the first full sync reached the maps, 503
-//!   before.
+//! Reading the maps walks them (conntrack included, for its fill), so the
+//! result is cached for [`super::DATAPLANE_MAX_AGE`]: however many scrapes
+//! arrive, the maps are read at most once per that interval, and scrapes
+//! arriving during a read share it. Conntrack appears only as a count
+//! (`map_fill_ratio`); its entries are never listed here.
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::Registry,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{dataplane::PinnedMaps, dump};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectionLabels {
-    pub kind: String,
-    pub reason: String,
-}
-
-/// The agent's own metrics.
+/// Reads the dataplane's counters from the pinned maps (cached).
 #[derive(Debug)]
-pub struct Metrics {
-    pub rejected: Family<RejectionLabels, Counter>,
-    pub sync_duration: Histogram,
-    pub event_to_map: Histogram,
-    pub frontends: Gauge,
-    pub map_write_errors: Counter,
-    pub ready: AtomicBool,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            rejected: Family::default(),
-            // 100 µs … ~13 s.
-            sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
-            event_to_map: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
-            frontends: Gauge::default(),
-            map_write_errors: Counter::default(),
-            ready: AtomicBool::new(false),
-        }
-    }
-}
-
-/// Reads the dataplane's counters from the pinned maps at scrape time.
-#[derive(Debug)]
-struct DataplaneCollector {
+pub(super) struct DataplaneCollector {
     bpffs_dir: PathBuf,
-    maps: Mutex<Option<PinnedMaps>>,
+    max_age: Duration,
+    state: Mutex<State>,
 }
 
-impl std::fmt::Debug for PinnedMaps {
+#[derive(Default)]
+struct State {
+    maps: Option<PinnedMaps>,
+    cached: Option<(Instant, Arc<dump::DumpReport>)>,
+}
+
+impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PinnedMaps")
+        f.debug_struct("State")
+            .field("open", &self.maps.is_some())
+            .field("cached", &self.cached.as_ref().map(|(at, _)| at))
+            .finish()
     }
 }
 
@@ -105,24 +72,49 @@ fn gauge(
     Ok(())
 }
 
-impl Collector for DataplaneCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(mut guard) = self.maps.lock() else {
-            return Ok(());
-        };
-        if guard.is_none() {
-            *guard = PinnedMaps::open(&self.bpffs_dir).ok();
+impl DataplaneCollector {
+    pub(super) fn new(bpffs_dir: PathBuf, max_age: Duration) -> Self {
+        Self {
+            bpffs_dir,
+            max_age,
+            state: Mutex::new(State::default()),
         }
-        let Some(maps) = guard.as_ref() else {
-            return Ok(());
-        };
-        let report = match dump::collect(&maps.0) {
-            Ok(report) => report,
+    }
+
+    /// The cached report, read again from the maps when older than
+    /// `max_age`. Callers serialize on the lock, so scrapes arriving while
+    /// the maps are read wait for that read and share it.
+    fn report(&self) -> Option<Arc<dump::DumpReport>> {
+        let mut state = self.state.lock().ok()?;
+        if let Some((read_at, report)) = &state.cached
+            && read_at.elapsed() < self.max_age
+        {
+            return Some(Arc::clone(report));
+        }
+        if state.maps.is_none() {
+            state.maps = PinnedMaps::open(&self.bpffs_dir).ok();
+        }
+        let maps = state.maps.as_ref()?;
+        match dump::collect(&maps.0) {
+            Ok(report) => {
+                let report = Arc::new(report);
+                state.cached = Some((Instant::now(), Arc::clone(&report)));
+                Some(report)
+            }
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "cannot read the maps for metrics");
-                *guard = None; // reopen next time
-                return Ok(());
+                state.maps = None; // reopen next time
+                state.cached = None;
+                None
             }
+        }
+    }
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(report) = self.report() else {
+            return Ok(());
         };
         let frontend = |s: &dump::ServiceDump| {
             vec![
@@ -265,102 +257,4 @@ impl Collector for DataplaneCollector {
         )?;
         Ok(())
     }
-}
-
-/// Registry with the agent's metrics and the dataplane collector.
-pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
-    let mut registry = Registry::with_prefix("mcs");
-    registry.register(
-        "objects_rejected",
-        "Objects (or parts of them) rejected by validation, by kind and reason.",
-        metrics.rejected.clone(),
-    );
-    registry.register(
-        "sync_duration_seconds",
-        "Time to compute and apply one reconcile.",
-        metrics.sync_duration.clone(),
-    );
-    registry.register(
-        "event_to_map_seconds",
-        "Time from a source publishing a change to the maps holding it.",
-        metrics.event_to_map.clone(),
-    );
-    registry.register(
-        "frontends",
-        "Frontends programmed.",
-        metrics.frontends.clone(),
-    );
-    registry.register(
-        "map_write_errors",
-        "Failed map writes (retried).",
-        metrics.map_write_errors.clone(),
-    );
-    registry.register_collector(Box::new(DataplaneCollector {
-        bpffs_dir,
-        maps: Mutex::new(None),
-    }));
-    registry
-}
-
-#[derive(Clone)]
-struct AppState {
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-}
-
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let registry = state.registry.clone();
-    // Reading the maps is blocking syscalls: keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        encode(&mut text, &registry).map(|()| text)
-    })
-    .await;
-    match body {
-        Ok(Ok(text)) => (
-            StatusCode::OK,
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    if state.metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first full sync\n",
-        )
-    }
-}
-
-/// Binds `addr` and serves until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    bpffs_dir: PathBuf,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let state = AppState {
-        registry: Arc::new(registry(&metrics, bpffs_dir)),
-        metrics,
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "metrics and health endpoints listening");
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            warn!(%error, "metrics server stopped");
-        }
-    }))
 }
