@@ -24,7 +24,6 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     panic::{AssertUnwindSafe, catch_unwind},
-    path::Path,
     sync::atomic::{AtomicUsize, Ordering},
 };
 

@@ -542,7 +542,7 @@ fn summary(outcomes: &[Outcome], engine: &str, time: u64) -> String {
 
 /// Writes `fuzzing.md` into `dir` (created); returns its path.
 fn write_figures(dir: &Path, table: &str) -> Result<PathBuf> {
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("fuzzing.md");
     fs::write(
         &path,

@@ -1,16 +1,12 @@
 //! The dataplane's counters for `/metrics`, read from the pinned maps.
 //!
-//! Reading the maps walks them (conntrack included, for its fill), so the
-//! result is cached for [`super::DATAPLANE_MAX_AGE`]: however many scrapes
-//! arrive, the maps are read at most once per that interval, and scrapes
-//! arriving during a read share it. Conntrack appears only as a count
-//! (`map_fill_ratio`); its entries are never listed here.
+//! Reading the maps walks them (conntrack included, for its fill: keys
+//! only), so the page that includes them is rendered at most once per
+//! [`super::PAGE_MAX_AGE`] whatever the number of scrapes (`mod.rs`).
+//! Conntrack appears only as a count (`map_fill_ratio`); its entries are
+//! never listed here.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Mutex};
 
 use prometheus_client::{
     collector::Collector,
@@ -21,26 +17,17 @@ use tracing::warn;
 
 use crate::{dataplane::PinnedMaps, dump};
 
-/// Reads the dataplane's counters from the pinned maps (cached).
+/// Reads the dataplane's counters from the pinned maps.
 #[derive(Debug)]
 pub(super) struct DataplaneCollector {
     bpffs_dir: PathBuf,
-    max_age: Duration,
-    state: Mutex<State>,
+    /// Opened at the first scrape, reopened after a failed read.
+    maps: Mutex<Option<PinnedMaps>>,
 }
 
-#[derive(Default)]
-struct State {
-    maps: Option<PinnedMaps>,
-    cached: Option<(Instant, Arc<dump::DumpReport>)>,
-}
-
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for PinnedMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("open", &self.maps.is_some())
-            .field("cached", &self.cached.as_ref().map(|(at, _)| at))
-            .finish()
+        f.write_str("PinnedMaps")
     }
 }
 
@@ -73,38 +60,23 @@ fn gauge(
 }
 
 impl DataplaneCollector {
-    pub(super) fn new(bpffs_dir: PathBuf, max_age: Duration) -> Self {
+    pub(super) fn new(bpffs_dir: PathBuf) -> Self {
         Self {
             bpffs_dir,
-            max_age,
-            state: Mutex::new(State::default()),
+            maps: Mutex::new(None),
         }
     }
 
-    /// The cached report, read again from the maps when older than
-    /// `max_age`. Callers serialize on the lock, so scrapes arriving while
-    /// the maps are read wait for that read and share it.
-    fn report(&self) -> Option<Arc<dump::DumpReport>> {
-        let mut state = self.state.lock().ok()?;
-        if let Some((read_at, report)) = &state.cached
-            && read_at.elapsed() < self.max_age
-        {
-            return Some(Arc::clone(report));
+    fn report(&self) -> Option<dump::DumpReport> {
+        let mut maps = self.maps.lock().ok()?;
+        if maps.is_none() {
+            *maps = PinnedMaps::open(&self.bpffs_dir).ok();
         }
-        if state.maps.is_none() {
-            state.maps = PinnedMaps::open(&self.bpffs_dir).ok();
-        }
-        let maps = state.maps.as_ref()?;
-        match dump::collect(&maps.0) {
-            Ok(report) => {
-                let report = Arc::new(report);
-                state.cached = Some((Instant::now(), Arc::clone(&report)));
-                Some(report)
-            }
+        match dump::collect(&maps.as_ref()?.0) {
+            Ok(report) => Some(report),
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "cannot read the maps for metrics");
-                state.maps = None; // reopen next time
-                state.cached = None;
+                *maps = None; // reopen next time
                 None
             }
         }

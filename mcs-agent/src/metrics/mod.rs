@@ -3,8 +3,10 @@
 //! * `GET /metrics` — Prometheus text: the agent's own metrics (rejections,
 //!   sync duration, event-to-map latency, frontend count) and the
 //!   dataplane's counters read from the maps (per frontend, per backend,
-//!   per source cluster, drops by reason, map fill), at most
-//!   [`DATAPLANE_MAX_AGE`] old (`collector.rs`).
+//!   per source cluster, drops by reason, map fill; `collector.rs`). The
+//!   page is rendered at most once per [`PAGE_MAX_AGE`] and shared by
+//!   every scrape meanwhile: a scrape costs a copy of a reference, however
+//!   many arrive and however large the dataplane.
 //! * `GET /healthz` — 200 while the agent runs.
 //! * `GET /readyz` — 200 once the first full sync reached the maps, 503
 //!   before.
@@ -23,9 +25,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use axum::body::Bytes;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -37,13 +40,13 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::Mutex;
 
 use self::collector::DataplaneCollector;
-pub use self::server::{EVICTABLE_AFTER, Limits, MAX_HEAD_BYTES, MetricsServer};
+pub use self::server::{Limits, MAX_HEAD_BYTES, MetricsServer};
 
-/// The dataplane's counters are read from the maps at most this often.
-pub const DATAPLANE_MAX_AGE: Duration = Duration::from_secs(5);
+/// `/metrics` is rendered (the maps read) at most this often.
+pub const PAGE_MAX_AGE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
@@ -104,10 +107,7 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "Failed map writes (retried).",
         metrics.map_write_errors.clone(),
     );
-    registry.register_collector(Box::new(DataplaneCollector::new(
-        bpffs_dir,
-        DATAPLANE_MAX_AGE,
-    )));
+    registry.register_collector(Box::new(DataplaneCollector::new(bpffs_dir)));
     registry
 }
 
@@ -115,24 +115,35 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
 struct AppState {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// One encoding at a time: scrapes wait here (a task, not a thread)
-    /// and then share the collector's cached read of the maps.
-    encoding: Arc<Semaphore>,
+    /// The last rendered page and when; scrapes wait here (as tasks, not
+    /// threads) while one renders it.
+    page: Arc<Mutex<Option<(Instant, Bytes)>>>,
+}
+
+/// The current page: the cached one, or a new one rendered on a blocking
+/// thread (reading the maps is blocking syscalls, encoding is CPU work).
+async fn page(state: &AppState) -> Option<Bytes> {
+    let mut page = state.page.lock().await;
+    if let Some((rendered, text)) = &*page
+        && rendered.elapsed() < PAGE_MAX_AGE
+    {
+        return Some(text.clone());
+    }
+    let registry = state.registry.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        encode(&mut text, &registry).map(|()| Bytes::from(text))
+    })
+    .await
+    .ok()?
+    .ok()?;
+    *page = Some((Instant::now(), text.clone()));
+    Some(text)
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let Ok(_turn) = state.encoding.acquire().await else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    };
-    let registry = state.registry.clone();
-    // Reading the maps is blocking syscalls: keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        encode(&mut text, &registry).map(|()| text)
-    })
-    .await;
-    match body {
-        Ok(Ok(text)) => (
+    match page(&state).await {
+        Some(text) => (
             StatusCode::OK,
             [(
                 "content-type",
@@ -141,7 +152,7 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
             text,
         )
             .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -166,7 +177,7 @@ pub async fn serve(
     let state = AppState {
         registry: Arc::new(registry(&metrics, bpffs_dir)),
         metrics,
-        encoding: Arc::new(Semaphore::new(1)),
+        page: Arc::new(Mutex::new(None)),
     };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))

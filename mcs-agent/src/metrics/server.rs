@@ -8,10 +8,10 @@
 //!   [`Limits::idle_timeout`] is closed, also while its response is still
 //!   being written (a client that stops reading);
 //! * at most [`Limits::max_connections`] are open: a new one closes the
-//!   oldest connection that has no request in progress and has been open
-//!   for at least [`EVICTABLE_AFTER`] (a kubelet probe, which sends its
-//!   request at once, is never the one closed), or is refused if there is
-//!   none.
+//!   oldest connection that has no request being handled (one trickling
+//!   its head, or idle), or is refused when every one is busy. A kubelet
+//!   probe, which sends its request at once, is the newest connection
+//!   until it is answered: clients holding connections cannot lock it out.
 
 use std::{
     collections::BTreeMap,
@@ -39,8 +39,6 @@ use tracing::{debug, info, warn};
 /// Largest request head (hyper's minimum buffer): the endpoints take no
 /// body and no meaningful headers.
 pub const MAX_HEAD_BYTES: usize = 8192;
-/// A connection younger than this is never closed to make room.
-pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Bounds on what clients can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +99,6 @@ pub(super) async fn serve(
 
 /// One open connection, as the acceptor sees it.
 struct Open {
-    opened: Instant,
     activity: Arc<Activity>,
     close: oneshot::Sender<()>,
 }
@@ -113,8 +110,8 @@ struct Connections {
 }
 
 impl Connections {
-    /// Registers a new connection, first closing the oldest evictable one
-    /// when full; `None` when full of busy or young connections.
+    /// Registers a new connection, first closing the oldest one without a
+    /// request being handled when full; `None` when every one is busy.
     fn admit(&self, id: u64, limits: &Limits) -> Option<(Arc<Activity>, oneshot::Receiver<()>)> {
         let mut open = self
             .open
@@ -123,7 +120,7 @@ impl Connections {
         if open.len() >= limits.max_connections {
             let evictable = open
                 .iter()
-                .find(|(_, c)| c.activity.in_flight() == 0 && c.opened.elapsed() >= EVICTABLE_AFTER)
+                .find(|(_, c)| c.activity.in_flight() == 0)
                 .map(|(id, _)| *id)?;
             if let Some(oldest) = open.remove(&evictable) {
                 let _ = oldest.close.send(());
@@ -134,7 +131,6 @@ impl Connections {
         open.insert(
             id,
             Open {
-                opened: Instant::now(),
                 activity: Arc::clone(&activity),
                 close,
             },
@@ -246,7 +242,12 @@ async fn serve_connection(
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     loop {
-        let idle = activity.idle_deadline(limits.idle_timeout);
+        // While a request is handled, look again an idle timeout later.
+        let idle = if activity.in_flight() > 0 {
+            tokio::time::Instant::now() + limits.idle_timeout
+        } else {
+            activity.idle_deadline(limits.idle_timeout)
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -263,5 +264,48 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_full_table_closes_the_oldest_connection_not_being_served() {
+        let connections = Connections::default();
+        let mut admitted = Vec::new();
+        for id in 1..=3 {
+            admitted.push(connections.admit(id, &limits(3)).expect("room"));
+        }
+        // The oldest is being served: the second oldest makes room.
+        admitted[0].0.begin();
+        let (_, mut fourth_closed) = connections.admit(4, &limits(3)).expect("evicts");
+        assert!(admitted[0].1.try_recv().is_err(), "busy, kept");
+        assert!(admitted[1].1.try_recv().is_ok(), "oldest idle, closed");
+        assert!(admitted[2].1.try_recv().is_err(), "newer, kept");
+        assert!(fourth_closed.try_recv().is_err());
+        // Every connection busy: the new one is refused.
+        admitted[2].0.begin();
+        let four = connections
+            .open
+            .lock()
+            .expect("lock")
+            .get(&4)
+            .map(|open| Arc::clone(&open.activity))
+            .expect("admitted");
+        four.begin();
+        assert!(connections.admit(5, &limits(3)).is_none());
+        // One finishes its request: room again, and it is the one closed.
+        four.end();
+        assert!(connections.admit(6, &limits(3)).is_some());
+        assert!(fourth_closed.try_recv().is_ok());
     }
 }
