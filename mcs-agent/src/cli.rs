@@ -44,7 +44,8 @@ pub enum Command {
     /// (pinned) maps.
     Dump(DumpArgs),
     /// Remove everything mcs pinned (XDP links, maps) under --bpffs-dir:
-    /// the dataplane stops. Run it after stopping the agent for good.
+    /// the dataplane stops. Run it after stopping the agent for good (it
+    /// refuses while an agent runs on the directory).
     Cleanup(CleanupArgs),
     /// The export side (one per cluster of the set): read the
     /// ServiceExports, Services and EndpointSlices of every member cluster
@@ -142,6 +143,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKENDS,
           value_parser = clap::value_parser!(u32).range(16..=(1 << 24)), help_heading = "Map sizes")]
     pub backends_max: u32,
+
+    /// Idle time after which a TCP flow that never completed its handshake
+    /// (only SYNs seen) expires from conntrack, in seconds (Cilium's
+    /// CT_SYN_TIMEOUT).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Conntrack expiry")]
+    pub conntrack_timeout_syn: u32,
+
+    /// Idle time after which an established TCP flow expires, in seconds
+    /// (Cilium's CT_CONNECTION_LIFETIME_TCP, 6 h).
+    #[arg(long, value_name = "SECONDS", default_value_t = 21600,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Conntrack expiry")]
+    pub conntrack_timeout_established: u32,
+
+    /// Idle time after which a closed TCP flow (RST either way, or FIN both
+    /// ways) expires, in seconds (Cilium's CT_CLOSE_TIMEOUT).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Conntrack expiry")]
+    pub conntrack_timeout_closed: u32,
+
+    /// Idle time after which a UDP flow expires, in seconds (Cilium's
+    /// CT_CONNECTION_LIFETIME_NONTCP). Socket-LB reverse translations of
+    /// UDP sockets age the same; those of TCP sockets like established
+    /// flows.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Conntrack expiry")]
+    pub conntrack_timeout_other: u32,
 
     /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`,
     /// `/readyz`: ready after the first full sync) on this address.
@@ -313,6 +341,21 @@ impl RunArgs {
                 ipv6_prefix: self.dns_rate_limit_ipv6_prefix,
             },
         })
+    }
+
+    /// How the conntrack janitor collects expired entries.
+    pub fn gc_config(&self) -> crate::conntrack::gc::GcConfig {
+        use std::time::Duration;
+        let seconds = |s: u32| Duration::from_secs(u64::from(s));
+        crate::conntrack::gc::GcConfig {
+            timeouts: crate::conntrack::expiry::Timeouts {
+                syn: seconds(self.conntrack_timeout_syn),
+                established: seconds(self.conntrack_timeout_established),
+                closed: seconds(self.conntrack_timeout_closed),
+                other: seconds(self.conntrack_timeout_other),
+            },
+            ..Default::default()
+        }
     }
 
     /// The operator-sized map capacities.

@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_RST, CT_F_SYN, DropReason, FrontendStats,
-    MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS,
-    MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, DropReason,
+    FrontendStats, MAGLEV_TABLE_SIZE, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +80,8 @@ pub struct ConntrackDump {
     pub nat: String,
     pub backend: String,
     pub frontend_id: u32,
-    /// TCP flags seen (`SYN`, `FIN`, `RST`).
+    /// TCP flags seen (`SYN`, `FIN`, `RST`; `ACK`: a packet without SYN,
+    /// i.e. the handshake completed).
     pub tcp_flags: Vec<String>,
     pub idle_seconds: f64,
 }
@@ -291,11 +292,16 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         {
             continue;
         }
-        let flags = [(CT_F_SYN, "SYN"), (CT_F_FIN, "FIN"), (CT_F_RST, "RST")]
-            .iter()
-            .filter(|(bit, _)| value.flags & bit != 0)
-            .map(|(_, name)| (*name).to_owned())
-            .collect();
+        let flags = [
+            (CT_F_SYN, "SYN"),
+            (CT_F_SEEN_NON_SYN, "ACK"),
+            (CT_F_FIN, "FIN"),
+            (CT_F_RST, "RST"),
+        ]
+        .iter()
+        .filter(|(bit, _)| value.flags & bit != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
         conntrack.push(ConntrackDump {
             direction: if reply { "reply" } else { "forward" }.to_owned(),
             protocol: Protocol::from_number(key.proto)

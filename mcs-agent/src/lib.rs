@@ -9,6 +9,8 @@
 //!   to date import by import by one engine (in [`run`]);
 //! * [`reconcile`] — diff of desired vs. applied state, written to the maps;
 //! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
+//! * [`conntrack`] — the janitor: conntrack and socket-LB expiry, UDP flows
+//!   of retired backends;
 //! * [`rejection_log`], [`events`] — every rejection reported once: logs
 //!   and metrics, and Kubernetes Events for API objects;
 //! * [`dump`]      — reads the live maps for operators;

@@ -35,6 +35,12 @@ fn main() -> ExitCode {
                 mcs_agent::controller::run(*args).await.map_err(Into::into)
             }
             Command::Cleanup(args) => {
+                // Not under a running agent: it would go on with its pins gone.
+                let _lock = if args.bpffs_dir.exists() {
+                    Some(mcs_agent::dataplane::lock::acquire(&args.bpffs_dir)?)
+                } else {
+                    None
+                };
                 let removed = mcs_agent::dataplane::remove_pins(&args.bpffs_dir);
                 println!(
                     "removed {} pinned objects under {}",

@@ -113,6 +113,40 @@ impl CtValue {
     pub const fn is_reply(&self) -> bool {
         self.flags & CT_F_REPLY != 0
     }
+
+    /// The key of the flow's other direction, given this entry's own key:
+    /// a forward entry's partner is keyed backend→client, a reply entry's
+    /// client→ClusterSetIP (the reply entry's `nat`).
+    pub const fn partner_key(&self, key: &CtKey) -> CtKey {
+        if self.is_reply() {
+            CtKey {
+                saddr: key.daddr,
+                daddr: self.nat_addr,
+                sport: key.dport,
+                dport: self.nat_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            }
+        } else {
+            CtKey {
+                saddr: self.backend_addr,
+                daddr: key.saddr,
+                sport: self.backend_port,
+                dport: key.sport,
+                proto: key.proto,
+                _pad: [0; 3],
+            }
+        }
+    }
+
+    /// Whether `other` is the other direction of this entry's flow: the
+    /// opposite direction, with the same frontend and backend.
+    pub const fn pairs_with(&self, other: &CtValue) -> bool {
+        self.is_reply() != other.is_reply()
+            && self.frontend_id == other.frontend_id
+            && self.backend_addr == other.backend_addr
+            && self.backend_port == other.backend_port
+    }
 }
 
 /// `CtValue::flags`: entry translates replies (source rewrite).
@@ -123,6 +157,13 @@ pub const CT_F_SYN: u32 = 1 << 1;
 pub const CT_F_FIN: u32 = 1 << 2;
 /// `CtValue::flags`: a TCP RST was seen.
 pub const CT_F_RST: u32 = 1 << 3;
+/// `CtValue::flags`: a packet without SYN was seen in this direction — for
+/// TCP, the handshake completed (or the flow was picked up mid-way). Set on
+/// every UDP entry too (no SYN there); expiry reads it for TCP only.
+/// Added after the first layout: entries written before it lack it, which
+/// only makes their flow look younger to expiry (the SYN class) until its
+/// next packet without SYN sets it.
+pub const CT_F_SEEN_NON_SYN: u32 = 1 << 4;
 
 const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<CtValue>() == 40);
@@ -154,5 +195,14 @@ mod tests {
         assert_eq!((reply.nat(), reply.backend()), (vip, backend));
         assert!(reply.is_reply());
         assert_eq!(reply.nat_port.to_ne_bytes(), [0, 80]);
+
+        // Each direction names the other's key.
+        let reply_key = CtKey::new(backend, client, PROTO_TCP);
+        assert_eq!(value.partner_key(&key), reply_key);
+        assert_eq!(reply.partner_key(&reply_key), key);
+        assert!(value.pairs_with(&reply) && reply.pairs_with(&value));
+        assert!(!value.pairs_with(&value));
+        let elsewhere = CtValue::new(backend, CT_F_REPLY, 4, backend, 5).with_nat(vip);
+        assert!(!value.pairs_with(&elsewhere), "another frontend");
     }
 }

@@ -32,7 +32,8 @@ pub mod names {
     pub const MAGLEV: &str = "MCS_MAGLEV_V1";
     pub const AFFINITY: &str = "MCS_AFFINITY_V1";
     pub const BACKEND_STATS: &str = "MCS_BE_STATS";
-    pub const SOCK_REVNAT: &str = "MCS_SOCK_REV_V1";
+    /// `_V2`: entries carry their protocol and last use (aged out).
+    pub const SOCK_REVNAT: &str = "MCS_SOCK_REV_V2";
     pub const SOCK_STATS: &str = "MCS_SOCK_STATS";
     /// Miss prefilter bitmap (`crate::prefilter`).
     pub const PREFILTER: &str = "MCS_FILTER_V1";

@@ -69,7 +69,7 @@ pod_types! {
     AbiInfo { magic, version }
     ClockValue { ns_per_jiffy, offset_ns }
     SockRevKey { cookie, addr, port, _pad }
-    SockRevValue { vip, vport, _pad, frontend_id, _pad2 }
+    SockRevValue { vip, vport, proto, _pad, frontend_id, _pad2, last_used_ns }
     AffinityKey { frontend_id, client_addr }
     AffinityValue { backend_addr, backend_port, _pad, slot, _pad2, last_used_ns }
 }

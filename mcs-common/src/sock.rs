@@ -1,5 +1,9 @@
-//! Socket-LB reverse translations (`MCS_SOCK_REV_V1`): what a socket
+//! Socket-LB reverse translations (`MCS_SOCK_REV_V2`): what a socket
 //! connected to a backend must see instead (`recvmsg`, `getpeername`).
+//!
+//! `_V2` (`_V1` had no protocol and no timestamp): entries carry when they
+//! were last used, so the agent's conntrack janitor ages them out like
+//! conntrack entries of their protocol.
 
 use core::{mem::size_of, net::SocketAddrV4};
 
@@ -40,21 +44,28 @@ pub struct SockRevValue {
     /// ClusterSetIP and service port, network order.
     pub vip: u32,
     pub vport: u16,
-    pub _pad: u16,
+    /// IP protocol of the socket (`PROTO_TCP`, `PROTO_UDP`).
+    pub proto: u8,
+    pub _pad: u8,
     pub frontend_id: u32,
     pub _pad2: u32,
+    /// Coarse-clock nanoseconds of the last translation or lookup
+    /// (`ClockValue`), refreshed at most once a second.
+    pub last_used_ns: u64,
 }
 
 impl SockRevValue {
     /// The ClusterSetIP and service port `service` (host order) of
-    /// `frontend_id`.
-    pub const fn new(service: SocketAddrV4, frontend_id: u32) -> Self {
+    /// `frontend_id`, for a socket of protocol `proto`, never used yet.
+    pub const fn new(service: SocketAddrV4, proto: u8, frontend_id: u32) -> Self {
         Self {
             vip: net_addr(*service.ip()),
             vport: net_port(service.port()),
+            proto,
             _pad: 0,
             frontend_id,
             _pad2: 0,
+            last_used_ns: 0,
         }
     }
 
@@ -65,7 +76,7 @@ impl SockRevValue {
 }
 
 const _: () = assert!(size_of::<SockRevKey>() == 16);
-const _: () = assert!(size_of::<SockRevValue>() == 16);
+const _: () = assert!(size_of::<SockRevValue>() == 24);
 
 #[cfg(test)]
 mod tests {
@@ -80,8 +91,9 @@ mod tests {
         assert_eq!((key.cookie, key.backend()), (42, backend));
         assert_eq!(key.addr.to_ne_bytes(), [10, 101, 1, 10]);
         let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
-        let value = SockRevValue::new(vip, 9);
+        let value = SockRevValue::new(vip, crate::PROTO_UDP, 9);
         assert_eq!((value.service(), value.frontend_id), (vip, 9));
+        assert_eq!(value.proto, crate::PROTO_UDP);
         assert_eq!(value.vport.to_ne_bytes(), [0, 53]);
     }
 }

@@ -92,8 +92,8 @@ abi_map! {
 }
 abi_map! {
     /// Socket LB: (socket, backend) → ClusterSetIP, for replies and
-    /// getpeername.
-    MCS_SOCK_REV_V1: LruHashMap<SockRevKey, SockRevValue> = def::SOCK_REVNAT
+    /// getpeername; aged out by the agent after `last_used_ns`.
+    MCS_SOCK_REV_V2: LruHashMap<SockRevKey, SockRevValue> = def::SOCK_REVNAT
 }
 abi_map! {
     /// Socket-LB counters per frontend (`new_flows` = connections/datagram

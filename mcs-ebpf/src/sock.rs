@@ -24,8 +24,12 @@ use mcs_common::{
 
 use crate::{
     lb::{self, SelectError, Selector},
-    maps::{MCS_SOCK_REV_V1, MCS_SOCK_STATS},
+    maps::{MCS_SOCK_REV_V2, MCS_SOCK_STATS, now_ns},
 };
+
+/// Refresh a reverse entry's `last_used_ns` at most this often (as
+/// conntrack does): the agent ages entries out by it, in seconds.
+const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Let the system call go on.
 const PROCEED: i32 = 1;
@@ -127,13 +131,15 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
     let value = SockRevValue {
         vip,
         vport,
+        proto,
         _pad: 0,
         frontend_id: service.frontend_id,
         _pad2: 0,
+        last_used_ns: now_ns(),
     };
     // Without the entry the application would see the backend as peer,
     // but the connection itself works: translate anyway.
-    let _ = MCS_SOCK_REV_V1.insert(key, value, u64::from(BPF_ANY));
+    let _ = MCS_SOCK_REV_V2.insert(key, value, u64::from(BPF_ANY));
     // SAFETY: the context pointer is valid; these fields are writable for
     // connect4/sendmsg4.
     unsafe {
@@ -144,7 +150,8 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
     Ok(())
 }
 
-/// Shows the ClusterSetIP instead of the backend (recvmsg, getpeername).
+/// Shows the ClusterSetIP instead of the backend (recvmsg, getpeername),
+/// and marks the entry used (the agent ages out unused ones).
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the program's run.
@@ -157,8 +164,16 @@ fn reverse(ctx: &SockAddrContext) {
         port,
         _pad: 0,
     };
-    // SAFETY: copied out at once.
-    if let Some(original) = unsafe { MCS_SOCK_REV_V1.get(key) }.copied() {
+    if let Some(entry) = MCS_SOCK_REV_V2.get_ptr_mut(key) {
+        // SAFETY: pointer from the lookup just made; copied out at once. A
+        // racing writer only stores a newer timestamp (or the same
+        // translation again).
+        let original = unsafe { *entry };
+        let now = now_ns();
+        if now.wrapping_sub(original.last_used_ns) > TOUCH_INTERVAL_NS {
+            // SAFETY: as above.
+            unsafe { (*entry).last_used_ns = now };
+        }
         // SAFETY: writable fields for recvmsg4/getpeername4.
         unsafe {
             (*ctx.sock_addr).user_ip4 = original.vip;

@@ -229,6 +229,28 @@ impl Controller {
         members: &[&SimCluster],
         extra: &[&str],
     ) -> Result<Self> {
+        Self::spawn(netns, own, members, extra, true)
+    }
+
+    /// A controller with the production defaults of every timing (debounce,
+    /// Lease, member sync) and the `info` log level, rather than the tests'
+    /// short timings and debug logs: what the benchmark measures.
+    pub fn start_with_defaults(
+        netns: Option<&Netns>,
+        own: &SimCluster,
+        members: &[&SimCluster],
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::spawn(netns, own, members, extra, false)
+    }
+
+    fn spawn(
+        netns: Option<&Netns>,
+        own: &SimCluster,
+        members: &[&SimCluster],
+        extra: &[&str],
+        test_timings: bool,
+    ) -> Result<Self> {
         let mut command = match netns {
             Some(ns) => ns.command(crate::agent::binary())?,
             None => Command::new(crate::agent::binary()),
@@ -238,18 +260,27 @@ impl Controller {
             .args(["--cluster-id", &own.id])
             .arg("--kubeconfig")
             .arg(&own.kubeconfig)
-            .args(["--clusterset-ip-cidr", CIDR_V4, "--debounce", "0.05"])
+            .args(["--clusterset-ip-cidr", CIDR_V4])
             .args(["--lease-namespace", "mcs-system"])
-            .args(FAST_LEASE)
             .args(extra)
-            .env("RUST_LOG", "info,mcs_agent=debug,kube=warn")
+            .env(
+                "RUST_LOG",
+                if test_timings {
+                    "info,mcs_agent=debug,kube=warn"
+                } else {
+                    "info,kube=warn"
+                },
+            )
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if !extra.contains(&"--member-sync-timeout") {
-            command.args(["--member-sync-timeout", "5"]);
+        if test_timings {
+            command.args(["--debounce", "0.05"]).args(FAST_LEASE);
+            if !extra.contains(&"--member-sync-timeout") {
+                command.args(["--member-sync-timeout", "5"]);
+            }
         }
         for member in members {
             command

@@ -7,61 +7,12 @@
 //! kubectl v1.32 is the machine image's `/usr/bin/kubectl` (or
 //! `$MCS_KUBECTL`); without it the test fails, saying so. No root needed.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+use anyhow::{Result, ensure};
+use mcs_tests::{
+    clusterset::{Controller, SETTLE, SimCluster, wait_for},
+    kubectl::Kubectl,
 };
-
-use anyhow::{Context, Result, ensure};
-use mcs_tests::clusterset::{Controller, SETTLE, SimCluster, wait_for};
 use serde_json::Value;
-
-fn kubectl_binary() -> PathBuf {
-    let path = std::env::var_os("MCS_KUBECTL")
-        .map_or_else(|| PathBuf::from("/usr/bin/kubectl"), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "kubectl not found at {}: this test needs kubectl v1.32 (the machine image ships it at \
-         /usr/bin/kubectl); install it or point MCS_KUBECTL at one",
-        path.display()
-    );
-    path
-}
-
-/// Runs kubectl against `kubeconfig` with its own discovery cache.
-fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(kubectl_binary())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env("HOME", cache)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 const SEED: &str = r#"
 apiVersion: v1
@@ -95,7 +46,6 @@ metadata: {name: checkout, namespace: store}
 
 #[test]
 fn the_seeds_workflow_with_kubectl_exports_in_one_cluster_and_imports_in_the_other() {
-    let cache = tempfile::tempdir().unwrap();
     let (a, b) = (
         SimCluster::start("cluster-a").unwrap(),
         SimCluster::start("cluster-b").unwrap(),
@@ -106,29 +56,13 @@ fn the_seeds_workflow_with_kubectl_exports_in_one_cluster_and_imports_in_the_oth
         Controller::start(&b, &[&a, &b], &[]).unwrap(),
     ];
     let result = (|| -> Result<()> {
+        let (in_a, in_b) = (Kubectl::new(&a.kubeconfig)?, Kubectl::new(&b.kubeconfig)?);
+        let imports =
+            || in_b.get_json(&["get", "serviceimports.multicluster.x-k8s.io", "-n", "store"]);
         // GKE's ServiceExport, as the seed writes it.
-        kubectl(
-            &a.kubeconfig,
-            cache.path(),
-            &["apply", "-f", "-"],
-            Some(SEED),
-        )?;
+        in_a.apply(SEED)?;
         let import = wait_for(SETTLE, "kubectl get serviceimports in cluster-b", || {
-            let out = kubectl(
-                &b.kubeconfig,
-                cache.path(),
-                &[
-                    "get",
-                    "serviceimports.multicluster.x-k8s.io",
-                    "-n",
-                    "store",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
-            .ok()?;
-            let list: Value = serde_json::from_str(&out).ok()?;
+            let list = imports().ok()?;
             list["items"]
                 .as_array()?
                 .iter()
@@ -145,44 +79,29 @@ fn the_seeds_workflow_with_kubectl_exports_in_one_cluster_and_imports_in_the_oth
             import["status"]["clusters"][0]["cluster"] == "cluster-a",
             "{import}"
         );
-        let slices = kubectl(
-            &b.kubeconfig,
-            cache.path(),
-            &[
-                "get",
-                "endpointslices",
-                "-n",
-                "store",
-                "-l",
-                "multicluster.kubernetes.io/service-name=checkout",
-                "-o",
-                "json",
-            ],
-            None,
-        )?;
-        let slices: Value = serde_json::from_str(&slices)?;
+        let slices = in_b.get_json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "store",
+            "-l",
+            "multicluster.kubernetes.io/service-name=checkout",
+        ])?;
         ensure!(
             slices["items"][0]["endpoints"][0]["addresses"][0] == "10.101.1.10",
             "{slices}"
         );
 
         let export = wait_for(SETTLE, "the export's Ready condition", || {
-            let out = kubectl(
-                &a.kubeconfig,
-                cache.path(),
-                &[
+            let export = in_a
+                .get_json(&[
                     "get",
                     "serviceexports.net.gke.io",
                     "checkout",
                     "-n",
                     "store",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
-            .ok()?;
-            let export: Value = serde_json::from_str(&out).ok()?;
+                ])
+                .ok()?;
             export["status"]["conditions"]
                 .as_array()?
                 .iter()
@@ -196,9 +115,7 @@ fn the_seeds_workflow_with_kubectl_exports_in_one_cluster_and_imports_in_the_oth
             "{export}"
         );
 
-        kubectl(
-            &a.kubeconfig,
-            cache.path(),
+        in_a.run(
             &[
                 "delete",
                 "serviceexports.net.gke.io",
@@ -209,21 +126,7 @@ fn the_seeds_workflow_with_kubectl_exports_in_one_cluster_and_imports_in_the_oth
             None,
         )?;
         wait_for(SETTLE, "the import gone from cluster-b", || {
-            let out = kubectl(
-                &b.kubeconfig,
-                cache.path(),
-                &[
-                    "get",
-                    "serviceimports.multicluster.x-k8s.io",
-                    "-n",
-                    "store",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
-            .ok()?;
-            let list: Value = serde_json::from_str(&out).ok()?;
+            let list: Value = imports().ok()?;
             list["items"].as_array()?.is_empty().then_some(())
         })?;
         Ok(())

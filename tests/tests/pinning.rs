@@ -342,3 +342,79 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
     assert_eq!(max_entries(names::BACKEND_STATS), mcs_common::MAX_BACKENDS);
     third.shutdown(true);
 }
+
+/// Every pin under the map directory and the id of the map it holds.
+fn pinned_ids(dir: &std::path::Path) -> std::collections::BTreeMap<String, u32> {
+    std::fs::read_dir(dataplane::map_pin_dir(dir))
+        .expect("map pins")
+        .flatten()
+        .map(|entry| {
+            let id = aya::maps::MapInfo::from_pin(entry.path())
+                .expect("map info")
+                .id();
+            (entry.file_name().to_string_lossy().into_owned(), id)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_start_that_fails_or_stops_before_attaching_leaves_the_pins_as_it_found_them() {
+    let pins = PinDir::new("rollback");
+    {
+        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        first.shutdown(false);
+    }
+    // An older agent's map under a name this one retired, and a conntrack
+    // of another layout: a start replaces both.
+    let map_dir = dataplane::map_pin_dir(&pins.0);
+    let create = |pin: &std::path::Path, name: &str, value: &str| {
+        let status = Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pin)
+            .args([
+                "type", "lru_hash", "key", "16", "value", value, "entries", "1024", "name", name,
+            ])
+            .status()
+            .expect("run bpftool (installed by cargo xtask setup)");
+        assert!(status.success(), "bpftool map create {name}");
+    };
+    std::fs::remove_file(map_dir.join(names::CONNTRACK)).expect("unpin conntrack");
+    create(&map_dir.join(names::CONNTRACK), names::CONNTRACK, "32");
+    create(&map_dir.join("MCS_SOCK_REV_V1"), "MCS_SOCK_REV_V1", "16");
+    let before = pinned_ids(&pins.0);
+
+    // A load that fails (a conntrack the kernel cannot create) puts back
+    // what it replaced and removes what it created.
+    let broken = MapSizes {
+        conntrack: 0,
+        ..MapSizes::default()
+    };
+    assert!(Dataplane::load(&pins.0, &broken).is_err());
+    assert_eq!(pinned_ids(&pins.0), before, "after a failed load");
+    assert!(!dataplane::pins::stash_dir(&pins.0).exists());
+
+    // A load that succeeds but is abandoned before attaching (its source
+    // never delivered, SIGTERM meanwhile, a port it cannot bind) likewise.
+    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    assert_eq!(report.retired, ["MCS_SOCK_REV_V1"], "{report:?}");
+    assert_eq!(report.recreated.len(), 1, "{report:?}");
+    assert_ne!(pinned_ids(&pins.0), before, "the load replaced the maps");
+    second.abandon();
+    assert_eq!(pinned_ids(&pins.0), before, "after an abandoned start");
+
+    // One killed between the two (the replaced pins still aside): the next
+    // start puts them back first, then replaces them again, and keeps its
+    // own maps on a normal stop.
+    let (third, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    let replaced = dataplane::pins::stash_dir(&pins.0);
+    assert!(replaced.join(names::CONNTRACK).exists());
+    std::mem::forget(third); // as a SIGKILL would: no rollback, no commit
+    let (fourth, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    assert_eq!(report.retired, ["MCS_SOCK_REV_V1"], "{report:?}");
+    fourth.shutdown(false);
+    assert!(!replaced.exists(), "a normal stop keeps nothing aside");
+    let after = pinned_ids(&pins.0);
+    assert!(!after.contains_key("MCS_SOCK_REV_V1"));
+    assert_ne!(after.get(names::CONNTRACK), before.get(names::CONNTRACK));
+}

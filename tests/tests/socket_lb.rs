@@ -203,6 +203,28 @@ fn local_sockets_are_balanced_at_connect_time() {
     );
     assert!(udp_after.socket_stats.new_flows > udp_before.socket_stats.new_flows);
     assert_eq!(set.http_requests()[UNLISTED], 0);
+
+    // Every reverse translation says its protocol and when it was last
+    // used (what the janitor ages it out by): just now.
+    let pin = mcs_agent::dataplane::map_pin_dir(&bpffs).join(mcs_common::names::SOCK_REVNAT);
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(pin).expect("pin"))
+        .expect("map");
+    let reverse: aya::maps::HashMap<_, mcs_common::SockRevKey, mcs_common::SockRevValue> =
+        aya::maps::HashMap::try_from(map).expect("hash map");
+    let now = mcs_agent::dataplane::clock::coarse_now().expect("clock");
+    let entries: Vec<_> = reverse.iter().map(|e| e.expect("entry").1).collect();
+    let protocols: BTreeSet<u8> = entries.iter().map(|v| v.proto).collect();
+    assert_eq!(
+        protocols,
+        BTreeSet::from([mcs_common::PROTO_TCP, mcs_common::PROTO_UDP])
+    );
+    for value in &entries {
+        let age = now.saturating_sub(value.last_used_ns);
+        assert!(
+            value.last_used_ns > 0 && age < 60_000_000_000,
+            "{value:?}: last used {age} ns ago"
+        );
+    }
     drop(_inside);
     drop(set);
     drop(cgroup);

@@ -21,7 +21,9 @@ use mcs_agent::{
     dump::{self, DumpReport},
     model::manifest,
 };
-use mcs_common::{CtKey, CtValue, PROTO_TCP, names};
+use mcs_common::{
+    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue, PROTO_TCP, names,
+};
 use mcs_tests::{
     packet::{
         CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Packet, Proto, Seen, TCP_SEQ, frag, rfc1071,
@@ -144,6 +146,30 @@ struct PacketCase {
     /// Drop counters (by name) and how much this frame adds to them; every
     /// other drop counter must stay.
     drops: &'static [(&'static str, u64)],
+    /// Conntrack entries written before the frame is sent: a flow the
+    /// datapath already knows.
+    conntrack: Vec<(CtKey, CtValue)>,
+}
+
+/// A removed backend (in no manifest of these tests).
+const REMOVED: [u8; 4] = [10, 102, 1, 99];
+
+/// Both entries of a TCP flow from `CLIENT:sport` to the ClusterSetIP's
+/// port 80 translated to `backend:8080`, with `flags` seen both ways.
+fn tcp_flow_entries(sport: u16, backend: [u8; 4], flags: u32) -> Vec<(CtKey, CtValue)> {
+    let client = SocketAddrV4::new(CLIENT.into(), sport);
+    let vip = SocketAddrV4::new(VIP.into(), 80);
+    let backend = SocketAddrV4::new(backend.into(), 8080);
+    vec![
+        (
+            CtKey::new(client, vip, PROTO_TCP),
+            CtValue::new(backend, flags, 0, backend, 0),
+        ),
+        (
+            CtKey::new(backend, client, PROTO_TCP),
+            CtValue::new(vip, flags | CT_F_REPLY, 0, backend, 0),
+        ),
+    ]
 }
 
 /// What the program must hand back.
@@ -165,6 +191,7 @@ impl PacketCase {
             verdict: XDP_PASS,
             output: Output::Unchanged,
             drops: &[],
+            conntrack: Vec::new(),
         }
     }
 
@@ -175,17 +202,27 @@ impl PacketCase {
             verdict: XDP_DROP,
             output: Output::Any,
             drops,
+            conntrack: Vec::new(),
         }
     }
 
     /// `packet` to a ClusterSetIP, translated to one of [`BACKENDS`] on the
     /// target port, everything else (checksum kind included) kept.
     fn dnat(description: String, packet: &Packet) -> Self {
-        let expected = BACKENDS
+        let backends: Vec<Ipv4Addr> = BACKENDS
             .iter()
-            .map(|(addr, _)| {
+            .map(|(addr, _)| addr.parse().expect("backend address"))
+            .collect();
+        Self::dnat_to(description, packet, &backends)
+    }
+
+    /// `packet` translated to one of `backends` on the target port.
+    fn dnat_to(description: String, packet: &Packet, backends: &[Ipv4Addr]) -> Self {
+        let expected = backends
+            .iter()
+            .map(|addr| {
                 let to = Packet {
-                    dst: addr.parse().expect("backend address"),
+                    dst: *addr,
                     dport: target_port(packet.dport),
                     ..packet.clone()
                 };
@@ -198,11 +235,26 @@ impl PacketCase {
             verdict: XDP_PASS,
             output: Output::OneOf(packet.csum, expected),
             drops: &[],
+            conntrack: Vec::new(),
         }
     }
 
+    /// This case, sent after `entries` were written to conntrack.
+    fn after(mut self, entries: Vec<(CtKey, CtValue)>) -> Self {
+        self.conntrack = entries;
+        self
+    }
+
     /// Runs the case: the output frame, or what went wrong.
-    fn check(&self, harness: &Harness) -> Result<Vec<u8>, String> {
+    fn check(&self, harness: &mut Harness) -> Result<Vec<u8>, String> {
+        for (key, value) in &self.conntrack {
+            harness
+                .dataplane
+                .maps
+                .conntrack
+                .insert(key, value, 0)
+                .map_err(|error| format!("conntrack entry: {error}"))?;
+        }
         let before = harness.dump().drops;
         let (verdict, out) = harness.run(&self.input);
         if verdict != self.verdict {
@@ -323,6 +375,49 @@ fn packet_cases() -> Vec<PacketCase> {
                 .csum(Csum::Partial),
         ),
     ];
+    // Conntrack holds a flow of this tuple to a backend that is gone (a pod
+    // removed while no agent ran, its address maybe reused elsewhere): a
+    // SYN opens a new connection and is balanced over the current
+    // backends, whatever the old flow's state; other packets of a flow
+    // follow it (an established flow may finish on its backend).
+    let finished = CT_F_SYN | CT_F_SEEN_NON_SYN | CT_F_FIN;
+    cases.extend([
+        PacketCase::dnat(
+            "SYN on the tuple of a finished flow to a removed backend".to_owned(),
+            &Packet::tcp(CLIENT, 42000, VIP, 80),
+        )
+        .after(tcp_flow_entries(42000, REMOVED, finished)),
+        PacketCase::dnat(
+            "SYN on the tuple of a reset flow to a removed backend".to_owned(),
+            &Packet::tcp(CLIENT, 42001, VIP, 80),
+        )
+        .after(tcp_flow_entries(42001, REMOVED, CT_F_SYN | CT_F_RST)),
+        PacketCase::dnat(
+            "SYN on the tuple of a live flow to a removed backend".to_owned(),
+            &Packet::tcp(CLIENT, 42002, VIP, 80),
+        )
+        .after(tcp_flow_entries(
+            42002,
+            REMOVED,
+            CT_F_SYN | CT_F_SEEN_NON_SYN,
+        )),
+        PacketCase::dnat_to(
+            "ACK of an established flow to a removed backend".to_owned(),
+            &Packet::tcp(CLIENT, 42003, VIP, 80).established(),
+            &[REMOVED.into()],
+        )
+        .after(tcp_flow_entries(
+            42003,
+            REMOVED,
+            CT_F_SYN | CT_F_SEEN_NON_SYN,
+        )),
+        PacketCase::dnat_to(
+            "FIN of a closing flow to a removed backend".to_owned(),
+            &Packet::tcp(CLIENT, 42004, VIP, 80).flags(tcp_flags::FIN | tcp_flags::ACK),
+            &[REMOVED.into()],
+        )
+        .after(tcp_flow_entries(42004, REMOVED, finished)),
+    ]);
     // Translated with exact checksums of every kind.
     for (proto, csum) in CHECKSUM_KINDS {
         let packet = Packet::new(proto, CLIENT, 40000, VIP, service_port(proto)).csum(csum);
@@ -337,12 +432,12 @@ fn packet_cases() -> Vec<PacketCase> {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn packet_cases_get_their_verdict_output_and_counters() {
-    let harness = Harness::with_backends(&BACKENDS);
+    let mut harness = Harness::with_backends(&BACKENDS);
     let cases = packet_cases();
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|case| {
-            case.check(&harness)
+            case.check(&mut harness)
                 .err()
                 .map(|error| format!("{}: {error}", case.description))
         })
@@ -371,11 +466,11 @@ fn packet_cases_get_their_verdict_output_and_counters() {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn dnat_and_reverse_nat_keep_checksums_exact() {
-    let harness = Harness::with_backends(&BACKENDS);
+    let mut harness = Harness::with_backends(&BACKENDS);
     for (proto, csum) in CHECKSUM_KINDS {
         let forward = Packet::new(proto, CLIENT, 40000, VIP, service_port(proto)).csum(csum);
         let out = PacketCase::dnat("forward".to_owned(), &forward)
-            .check(&harness)
+            .check(&mut harness)
             .unwrap_or_else(|error| panic!("{forward:?}: {error}"));
         let seen = verify(&out, forward.csum).expect("DNAT checksums");
         assert!(
@@ -422,7 +517,7 @@ fn flows_stick_to_their_backend_and_spread_across_backends() {
         let first = harness.send(&packet).dst;
         *chosen.entry(first).or_insert(0) += 1;
         for _ in 0..3 {
-            let again = harness.send(&packet).dst;
+            let again = harness.send(&packet.clone().established()).dst;
             assert_eq!(
                 again, first,
                 "every packet of a flow goes to the same backend"
@@ -437,7 +532,7 @@ fn flows_stick_to_their_backend_and_spread_across_backends() {
 
     // Remove the backend of flow 20000: the established flow keeps it
     // (conntrack), new flows never get it.
-    let packet = Packet::tcp(CLIENT, 20000, VIP, 80);
+    let packet = Packet::tcp(CLIENT, 20000, VIP, 80).established();
     let pinned = harness.send(&packet).dst;
     let remaining: Vec<_> = BACKENDS
         .iter()
@@ -606,7 +701,7 @@ fn terminating_endpoints_serve_new_flows_only_without_ready_ones() {
     }
     // The ready endpoint goes away: the terminating one takes new flows,
     // while the established flow keeps its (now removed) backend.
-    let established = Packet::tcp(CLIENT, 50000, VIP, 80);
+    let established = Packet::tcp(CLIENT, 50000, VIP, 80).established();
     harness.apply(&yaml.replace(
         "addresses: [\"10.101.1.10\"]",
         "addresses: [\"10.101.1.10\"], conditions: {ready: false, serving: false}",
@@ -673,7 +768,7 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
         .apply(&state, &mut harness.dataplane.maps);
     assert!(!report.retired.is_empty());
     // The agent's path: the janitor thread scans conntrack.
-    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack).expect("janitor");
+    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack, None).expect("janitor");
     janitor.submit(report.retired.clone(), false);
     let scan = next_scan(&mut janitor);
     assert_eq!(scan.removed, 2, "both directions of the UDP flow");
@@ -796,7 +891,7 @@ fn the_prefilter_skips_conntrack_only_for_unrelated_packets() {
         .conntrack
         .insert(key, value, 0)
         .expect("insert");
-    let packet = Packet::tcp(CLIENT, 40000, OTHER, 80);
+    let packet = Packet::tcp(CLIENT, 40000, OTHER, 80).established();
     let frame = packet.build();
     assert_eq!(harness.run(&frame), (XDP_PASS, frame.clone()), "skipped");
     // A rebuild from the maps (as after adoption) takes conntrack's
@@ -930,4 +1025,225 @@ fn conntrack_timestamps_follow_the_coarse_clock_through_jiffies() {
         again.offset_ns.abs_diff(calibration.offset_ns) <= 2 * tick,
         "{calibration:?} vs {again:?}"
     );
+}
+
+/// New frontend counters: new flows of the HTTP frontend.
+fn http_new_flows(harness: &Harness) -> u64 {
+    let report = harness.dump();
+    report
+        .services
+        .iter()
+        .find(|s| s.port == 80)
+        .expect("http frontend")
+        .stats
+        .new_flows
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_syn_on_a_finished_flows_tuple_goes_to_a_current_backend() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    let syn = Packet::tcp(CLIENT, 45000, VIP, 80);
+    let first = harness.send(&syn).dst;
+    // A retransmitted SYN: the same backend (Maglev), the same flow.
+    let flows = http_new_flows(&harness);
+    assert_eq!(harness.send(&syn).dst, first);
+    assert_eq!(
+        http_new_flows(&harness),
+        flows,
+        "a retransmit is no new flow"
+    );
+
+    // The connection runs and closes both ways.
+    let from_backend = |flags| Packet::tcp(first, 8080, CLIENT, 45000).flags(flags);
+    let back = harness.send(&from_backend(tcp_flags::SYN | tcp_flags::ACK));
+    assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
+    harness.send(&syn.clone().established());
+    harness.send(&syn.clone().flags(tcp_flags::FIN | tcp_flags::ACK));
+    harness.send(&from_backend(tcp_flags::FIN | tcp_flags::ACK));
+    let forward_key = tcp_ct_key(CLIENT, 45000, VIP, 80);
+    let old_reply_key = tcp_ct_key(first.octets(), 8080, CLIENT, 45000);
+    let conntrack = &harness.dataplane.maps.conntrack;
+    let forward = conntrack.get(&forward_key, 0).expect("forward entry");
+    assert_eq!(
+        forward.flags & (CT_F_SEEN_NON_SYN | CT_F_FIN),
+        CT_F_SEEN_NON_SYN | CT_F_FIN,
+        "the datapath records the handshake and the close"
+    );
+
+    // Its backend goes away; the client opens a new connection on the
+    // same tuple: a current backend, however the old flow ended.
+    let remaining: Vec<_> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|(addr, _)| *addr != first.to_string())
+        .collect();
+    harness.apply(&manifest(&remaining));
+    let again = harness.send(&syn).dst;
+    assert_ne!(again, first, "a new connection reached the removed backend");
+    assert!(remaining.iter().any(|(addr, _)| *addr == again.to_string()));
+    assert_eq!(http_new_flows(&harness), flows + 1);
+    // Both entries are the new flow's: the old reply entry is gone, the
+    // new backend's replies come back from the ClusterSetIP.
+    let conntrack = &harness.dataplane.maps.conntrack;
+    assert!(
+        conntrack.get(&old_reply_key, 0).is_err(),
+        "old reply entry left"
+    );
+    let forward = conntrack.get(&forward_key, 0).expect("forward entry");
+    assert_eq!(forward.backend().ip(), &again);
+    assert_eq!(forward.flags & CT_F_FIN, 0, "the new flow starts afresh");
+    let reply = Packet::tcp(again, 8080, CLIENT, 45000).flags(tcp_flags::SYN | tcp_flags::ACK);
+    let back = harness.send(&reply);
+    assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
+
+    // The service gone entirely: a SYN on the tuple is not translated.
+    let report = harness.dataplane.reconciler.apply(
+        &desired::DesiredState::default(),
+        &mut harness.dataplane.maps,
+    );
+    assert!(report.errors.is_empty());
+    let frame = syn.build();
+    assert_eq!(harness.run(&frame), (XDP_PASS, frame.clone()));
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn expired_flows_are_collected_by_class_both_directions_together() {
+    use mcs_agent::{
+        conntrack::{
+            expiry::Class,
+            gc::{Collected, Collector, GcConfig},
+        },
+        dataplane::clock,
+    };
+    use mcs_common::{PROTO_UDP, SockRevKey, SockRevValue};
+
+    let mut harness = Harness::with_backends(&BACKENDS);
+    // One flow per class (and a half-closed one), through the program.
+    let open = |sport| {
+        let syn = Packet::tcp(CLIENT, sport, VIP, 80);
+        let backend = harness.send(&syn).dst;
+        (syn, Packet::tcp(backend, 8080, CLIENT, sport))
+    };
+    let (closed, closed_back) = open(46000);
+    let (established, established_back) = open(46001);
+    let (half_closed, _) = open(46002);
+    let (syn_only, _) = open(46003);
+    for (forward, back) in [(&closed, &closed_back), (&established, &established_back)] {
+        harness.send(&back.clone().flags(tcp_flags::SYN | tcp_flags::ACK));
+        harness.send(&forward.clone().established());
+    }
+    harness.send(&half_closed.clone().established());
+    harness.send(&half_closed.clone().flags(tcp_flags::FIN | tcp_flags::ACK));
+    harness.send(&closed.clone().flags(tcp_flags::FIN | tcp_flags::ACK));
+    harness.send(&closed_back.clone().flags(tcp_flags::FIN | tcp_flags::ACK));
+    let udp = harness.send(&Packet::udp(CLIENT, 46004, VIP, 53)).dst;
+    let key_of = |packet: &Packet, proto| {
+        CtKey::new(
+            SocketAddrV4::new(packet.src, packet.sport),
+            SocketAddrV4::new(packet.dst, packet.dport),
+            proto,
+        )
+    };
+    let udp_key = CtKey::new(
+        SocketAddrV4::new(CLIENT.into(), 46004),
+        SocketAddrV4::new(VIP.into(), 53),
+        PROTO_UDP,
+    );
+    let udp_reply_key = CtKey::new(
+        SocketAddrV4::new(udp, 5353),
+        SocketAddrV4::new(CLIENT.into(), 46004),
+        PROTO_UDP,
+    );
+    // Socket-LB reverse entries of a TCP and a UDP socket, used a minute
+    // and a half ago.
+    let now = clock::coarse_now().expect("clock");
+    let sock = |cookie, proto| {
+        let key = SockRevKey::new(cookie, SocketAddrV4::new([10, 101, 1, 10].into(), 8080));
+        let mut value = SockRevValue::new(SocketAddrV4::new(VIP.into(), 80), proto, 1);
+        value.last_used_ns = now - 90_000_000_000;
+        (key, value)
+    };
+    for (key, value) in [sock(1, PROTO_TCP), sock(2, PROTO_UDP)] {
+        harness
+            .dataplane
+            .maps
+            .sock_revnat
+            .insert(key, value, 0)
+            .expect("socket entry");
+    }
+    assert_eq!(harness.dataplane.maps.conntrack.keys().count(), 10);
+
+    // Whole passes in steps of three entries (the cursor resumes), at
+    // clock times later than now.
+    let mut collector = Collector::new(GcConfig {
+        batch: 3,
+        ..GcConfig::default()
+    });
+    let mut pass = |harness: &Harness, after_s: u64| {
+        let mut total = Collected::default();
+        for _ in 0..100 {
+            let step = collector
+                .step(
+                    &harness.dataplane.maps.conntrack,
+                    Some(&harness.dataplane.maps.sock_revnat),
+                    now + after_s * 1_000_000_000,
+                )
+                .expect("collection step");
+            total.scanned += step.scanned;
+            for (sum, add) in total.expired.iter_mut().zip(step.expired) {
+                *sum += add;
+            }
+            total.deleted += step.deleted;
+            total.sockets_expired += step.sockets_expired;
+            if step.pass_finished.is_some() {
+                return total;
+            }
+        }
+        panic!("no pass finished in 100 steps");
+    };
+    let present =
+        |harness: &Harness, key: &CtKey| harness.dataplane.maps.conntrack.get(key, 0).is_ok();
+    let expired = |total: &Collected, class: Class| total.expired[class.index()];
+
+    let fresh = pass(&harness, 5);
+    assert_eq!(fresh.scanned, 10);
+    assert_eq!((fresh.deleted, fresh.sockets_expired), (0, 1), "{fresh:?}");
+    assert!(
+        harness
+            .dataplane
+            .maps
+            .sock_revnat
+            .get(&sock(1, PROTO_TCP).0, 0)
+            .is_ok()
+    );
+
+    // Closed after 10 s: both entries.
+    let later = pass(&harness, 11);
+    assert_eq!(
+        (expired(&later, Class::Closed), later.deleted),
+        (1, 2),
+        "{later:?}"
+    );
+    assert!(!present(&harness, &key_of(&closed, PROTO_TCP)));
+    assert!(!present(&harness, &key_of(&closed_back, PROTO_TCP)));
+    // A FIN one way is not closed.
+    assert!(present(&harness, &key_of(&half_closed, PROTO_TCP)));
+
+    // SYN-only and UDP after 60 s.
+    let minute = pass(&harness, 61);
+    assert_eq!(expired(&minute, Class::Syn), 1, "{minute:?}");
+    assert_eq!(expired(&minute, Class::Other), 1, "{minute:?}");
+    assert_eq!(minute.deleted, 4);
+    assert!(!present(&harness, &key_of(&syn_only, PROTO_TCP)));
+    assert!(!present(&harness, &udp_key) && !present(&harness, &udp_reply_key));
+    assert!(present(&harness, &key_of(&established, PROTO_TCP)));
+    assert!(present(&harness, &key_of(&established_back, PROTO_TCP)));
+
+    // Established flows (the half-closed one too) after 6 h.
+    let hours = pass(&harness, 6 * 3600 + 1);
+    assert_eq!(expired(&hours, Class::Established), 2, "{hours:?}");
+    assert_eq!(harness.dataplane.maps.conntrack.keys().count(), 0);
+    assert_eq!(hours.sockets_expired, 1, "the TCP socket's entry");
 }

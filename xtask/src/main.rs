@@ -119,16 +119,18 @@ enum Command {
     /// Per-packet cost through BPF_PROG_TEST_RUN (XDP_PASS, a calibration lookup, mcs on a
     /// miss, new flow, conntrack hit and reverse-NAT reply; services and conntrack fill
     /// swept), end to end over veth in network namespaces (direct, mcs XDP, mcs socket LB,
-    /// kube-proxy-shaped iptables and nftables rules) and the control plane (cold sync,
-    /// endpoint-change latency, batched map writes, agent RSS, BPF map memory). Writes
-    /// report.json, report.md and SVG plots. `--size smoke` takes a few minutes (CI).
+    /// kube-proxy-shaped iptables and nftables rules), the control plane (cold sync,
+    /// endpoint-change latency, batched map writes, agent RSS, BPF map memory) and the export
+    /// controller across three simulated clusters (export → import and endpoint change → map,
+    /// p50/p99 with 1 000 exports). Writes report.json, report.md and SVG plots. `--size
+    /// smoke` takes a few minutes (CI).
     Bench {
         #[arg(long, value_enum, default_value_t = bench::Size::Full)]
         size: bench::Size,
         /// Output directory.
         #[arg(long, default_value = "bench-results", value_name = "DIR")]
         out: std::path::PathBuf,
-        /// Only these parts (comma-separated: per-packet, e2e, control).
+        /// Only these parts (comma-separated: per-packet, e2e, control, controller).
         #[arg(long)]
         parts: Option<String>,
         /// Copy the report to docs/benchmarks.md and its plots to docs/benchmarks/.

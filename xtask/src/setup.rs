@@ -6,6 +6,10 @@
 //! `libstd-rust-web-dev-bpf`, and `bpf-linker` 0.13 built against the same LLVM major (rustc
 //! hands bpf-linker LLVM bitcode, so the majors must match). The check is quick (a few probes,
 //! well under a second); installing runs `apt-get` (needs root) and `cargo install`.
+//!
+//! kubectl (v1.32, which the kubectl tests drive) is only reported, on a line of its own: Debian
+//! does not package it and the machine image ships it, so its absence is not something to
+//! install and does not stop the other commands.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -87,6 +91,8 @@ struct State {
     bpf_linker: Piece,
     bpffs: Piece,
     rustup: Piece,
+    /// Reported, never installed: Debian has no kubectl, the machine image ships it.
+    kubectl: Piece,
 }
 
 enum Piece {
@@ -108,6 +114,7 @@ impl State {
             bpf_linker: probe_bpf_linker(),
             bpffs: probe_bpffs()?,
             rustup: probe_rustup(),
+            kubectl: probe_kubectl(),
         })
     }
 
@@ -153,6 +160,16 @@ impl State {
                 }
             }
         }
+        self.print_kubectl();
+    }
+
+    /// kubectl cannot be installed from here, so it never counts as missing for `all_ok`; its
+    /// line says which tests need it.
+    fn print_kubectl(&self) {
+        match &self.kubectl {
+            Piece::Ok(detail) => line("ok", &format!("kubectl: {detail}")),
+            Piece::Missing(why) => line("absent", &format!("kubectl: {why}")),
+        }
     }
 }
 
@@ -174,10 +191,13 @@ fn ensure_inner(report: Report, mode: Mode) -> Result<()> {
     if state.all_ok() {
         match report {
             Report::EveryPiece => state.print("missing", "missing"),
-            Report::Summary => println!(
-                "setup: all {} apt packages, Debian rustc, bpf-linker, bpffs, rustup components ok",
-                APT_PACKAGES.len()
-            ),
+            Report::Summary => {
+                println!(
+                    "setup: all {} apt packages, Debian rustc, bpf-linker, bpffs, rustup components ok",
+                    APT_PACKAGES.len()
+                );
+                state.print_kubectl();
+            }
         }
         return Ok(());
     }
@@ -437,6 +457,34 @@ fn probe_bpffs() -> Result<Piece> {
     } else {
         Piece::Missing(format!("{BPFFS} is not mounted as bpf"))
     })
+}
+
+/// Where the kubectl tests look for kubectl: `$MCS_KUBECTL`, else the machine image's.
+const KUBECTL_ENV: &str = "MCS_KUBECTL";
+const KUBECTL_DEFAULT: &str = "/usr/bin/kubectl";
+
+/// kubectl as the kubectl tests (`tests/tests/kubectl.rs`, `controller_kubectl.rs`) find it.
+fn probe_kubectl() -> Piece {
+    let path = std::env::var_os(KUBECTL_ENV)
+        .map_or_else(|| Path::new(KUBECTL_DEFAULT).to_path_buf(), Into::into);
+    let needed = "the kubectl tests (kubectl, controller_kubectl) need v1.32; Debian has no \
+                  package for it (the machine image ships it), or point MCS_KUBECTL at one";
+    if !path.is_file() {
+        return Piece::Missing(format!("not found at {}: {needed}", path.display()));
+    }
+    match Cmd::new(&path).args(["version", "--client"]).probe_stdout() {
+        Ok(out) => {
+            let version = out
+                .lines()
+                .find_map(|l| l.strip_prefix("Client Version:"))
+                .map_or("version unknown", str::trim);
+            Piece::Ok(format!("{version} at {}", path.display()))
+        }
+        Err(err) => Piece::Missing(format!(
+            "{} does not run ({err:#}): {needed}",
+            path.display()
+        )),
+    }
 }
 
 fn probe_rustup() -> Piece {

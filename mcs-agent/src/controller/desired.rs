@@ -320,9 +320,10 @@ pub fn plan(input: &Input<'_>, allocator: &mut Allocator) -> Plan {
         }
         let import = import_write(input, key, &merged, &valid, allocator, &mut plan.notices);
         desired_imports.insert((*key).clone());
-        for (_, entry) in &valid {
+        for (exported, entry) in &valid {
+            let exposed = merged.exposed_by(exported);
             for source in entry.member.model.slices.get(*key).into_iter().flatten() {
-                if let Some(slice) = render::slice_write(key, entry.member, source) {
+                if let Some(slice) = render::slice_write(key, entry.member, source, &exposed) {
                     desired_slices.insert(slice.key.clone());
                     plan.slices.push(slice);
                 }

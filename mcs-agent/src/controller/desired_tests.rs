@@ -220,6 +220,43 @@ fn an_exported_cluster_ip_service_is_imported_with_an_address_and_its_slices() {
 }
 
 #[test]
+fn a_slice_lists_only_the_ports_its_cluster_exposes_as_the_import_does() {
+    let a = exporting(
+        "2025-01-01T00:00:00Z",
+        hello_service(json!({})),
+        &[hello_slice("hello-x1", &["10.1.0.5"])],
+    );
+    // b (newer) declares `tcp` as 43: that port loses the conflict, so
+    // b's endpoints must not serve the import's tcp/42.
+    let b = exporting(
+        "2025-01-02T00:00:00Z",
+        hello_service(
+            json!({"ports": [{"name": "tcp", "port": 43, "protocol": "TCP"},
+                                       {"name": "udp", "port": 42, "protocol": "UDP"}]}),
+        ),
+        &[hello_slice("hello-y1", &["10.2.0.5"])],
+    );
+    let observed = observed_with_namespaces(&["demo"]);
+    let plan = run("a", &[("a", &a), ("b", &b)], &observed, &mut allocator());
+    let ports_of = |cluster: &str| {
+        plan.slices
+            .iter()
+            .find(|s| s.object["metadata"]["labels"][LABEL_SOURCE_CLUSTER] == cluster)
+            .map(|s| s.object["ports"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        ports_of("a"),
+        json!([{"name": "tcp", "port": 8042, "protocol": "TCP"}])
+    );
+    // Its endpoints stay listed (headless records, other ports), without
+    // the lost port.
+    assert_eq!(ports_of("b"), json!([]));
+    assert_eq!(plan.summary.slices, 2);
+    assert_eq!(plan.summary.conflicts, 1);
+}
+
+#[test]
 fn what_is_written_is_current_when_read_back_and_the_plan_is_stable() {
     let a = exporting(
         "2025-01-01T00:00:00Z",

@@ -177,6 +177,21 @@ pub struct Merged {
 }
 
 impl Merged {
+    /// The ports of `exported` that the import exposes as that cluster
+    /// declares them, by name and protocol. A port that lost a conflict
+    /// (its name imported with another number, protocol or appProtocol, or
+    /// its number under another name) is not one of them: that cluster's
+    /// endpoints must not serve the import's port, which its Service does
+    /// not expose.
+    pub fn exposed_by(&self, exported: &Exported) -> BTreeSet<(String, Protocol)> {
+        exported
+            .ports
+            .iter()
+            .filter(|port| self.ports.contains(port))
+            .map(|port| (port.name.clone(), port.protocol))
+            .collect()
+    }
+
     /// The Conflict condition's reason: every kind, comma-separated (as
     /// mcs-api allows when several conflicts occur).
     pub fn conflict_reason(&self) -> Option<String> {

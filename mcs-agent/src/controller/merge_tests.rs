@@ -93,6 +93,35 @@ fn a_port_name_with_another_number_loses_to_the_older_export() {
 }
 
 #[test]
+fn a_port_lost_to_a_conflict_is_not_exposed_by_its_cluster() {
+    let mut b = hello("b", 200);
+    b.ports[0].port = 43;
+    let a = hello("a", 100);
+    let merged = merge(&[a.clone(), b.clone()]).unwrap();
+    let both = BTreeSet::from([
+        ("tcp".to_owned(), Protocol::Tcp),
+        ("udp".to_owned(), Protocol::Udp),
+    ]);
+    assert_eq!(merged.exposed_by(&a), both);
+    // b's tcp is 43, the import's 42: only b's udp serves the import.
+    assert_eq!(
+        merged.exposed_by(&b),
+        BTreeSet::from([("udp".to_owned(), Protocol::Udp)])
+    );
+    // Another name for a known number loses too; a new name is exposed.
+    let mut c = hello("c", 300);
+    c.ports = vec![
+        port("web", Protocol::Tcp, 42),
+        port("admin", Protocol::Tcp, 81),
+    ];
+    let merged = merge(&[a, c.clone()]).unwrap();
+    assert_eq!(
+        merged.exposed_by(&c),
+        BTreeSet::from([("admin".to_owned(), Protocol::Tcp)])
+    );
+}
+
+#[test]
 fn another_name_for_a_known_port_number_is_a_conflict() {
     let mut b = hello("b", 200);
     b.ports = vec![port("web", Protocol::Tcp, 42)];
@@ -349,6 +378,14 @@ proptest! {
         for port in &winner.ports {
             if seen_names.insert(port.name.clone()) && seen_numbers.insert((port.protocol, port.port)) {
                 prop_assert!(merged.ports.contains(port));
+            }
+        }
+        // What a cluster exposes is exactly its ports the import has.
+        for export in &exports {
+            let exposed = merged.exposed_by(export);
+            for port in &export.ports {
+                let key = (port.name.clone(), port.protocol);
+                prop_assert_eq!(exposed.contains(&key), merged.ports.contains(port), "{:?}", port);
             }
         }
         // Without a port conflict, the import has every port of every export.

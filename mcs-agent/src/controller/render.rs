@@ -4,7 +4,7 @@
 //! its own content, so an object that is current can be told from one that
 //! must be written again, also after a restart.
 
-use std::{hash::Hasher as _, net::IpAddr};
+use std::{collections::BTreeSet, hash::Hasher as _, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Map, Value, json};
@@ -16,7 +16,7 @@ use super::{
     merge::{Affinity, IpFamily, Merged},
 };
 use crate::model::{
-    Flavour, ObjectKey,
+    Flavour, ObjectKey, Protocol,
     convert::{LABEL_MANAGED_BY, LABEL_MC_SERVICE_NAME, LABEL_SOURCE_CLUSTER},
 };
 
@@ -132,11 +132,14 @@ pub fn import_object(
 }
 
 /// The slice holding `member`'s endpoints of `service` from its slice
-/// `source`; `None` for an FQDN slice (no addresses to balance).
+/// `source`, with only the ports the import exposes as `member` declares
+/// them (`exposed`: name and protocol, [`Merged::exposed_by`]); `None` for
+/// an FQDN slice (no addresses to balance).
 pub fn slice_write(
     service: &ObjectKey,
     member: &Member<'_>,
     source: &EndpointSlice,
+    exposed: &BTreeSet<(String, Protocol)>,
 ) -> Option<SliceWrite> {
     if !matches!(source.address_type.as_str(), "IPv4" | "IPv6") {
         return None;
@@ -147,6 +150,11 @@ pub fn slice_write(
         .ports
         .iter()
         .flatten()
+        .filter(|port| {
+            Protocol::parse(port.protocol.as_deref()).is_some_and(|protocol| {
+                exposed.contains(&(port.name.clone().unwrap_or_default(), protocol))
+            })
+        })
         .map(|port| {
             let mut value = json!({"protocol": port.protocol.as_deref().unwrap_or("TCP")});
             if let Some(number) = port.port {

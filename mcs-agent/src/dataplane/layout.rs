@@ -5,6 +5,8 @@
 use std::{fs, path::Path};
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType};
+
+use super::pins::PinLedger;
 use mcs_common::{
     ABI_MAGIC, ABI_VERSION, AbiInfo, MAPS, MAX_BACKENDS, MAX_CONNTRACK, MapDef, MapKind, names,
 };
@@ -117,6 +119,11 @@ impl AdoptionReport {
     pub fn adopted_state(&self) -> bool {
         self.adopted.contains(&names::SERVICES) && self.adopted.contains(&names::BACKENDS)
     }
+
+    /// Whether no map was pinned before this agent (every pin is its own).
+    pub fn found_nothing(&self) -> bool {
+        self.adopted.is_empty() && self.recreated.is_empty() && self.retired.is_empty()
+    }
 }
 
 /// What recreating a map costs, for the log line that announces it.
@@ -131,7 +138,8 @@ pub fn disruption(name: &str) -> &'static str {
         names::FRONTEND_STATS | names::BACKEND_STATS | names::SOCK_STATS | names::DROPS => {
             "counters restart from zero"
         }
-        names::SOCK_REVNAT => {
+        // `_V1` is retired by the upgrade to `_V2` (entries carry a last use).
+        names::SOCK_REVNAT | "MCS_SOCK_REV_V1" => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
         }
         names::CLOCK => {
@@ -180,9 +188,10 @@ fn stored_abi(pin_dir: &Path) -> Option<AbiInfo> {
 }
 
 /// Checks every pin against [`EXPECTED`] (with `sizes`) and the stored
-/// layout version, and removes the ones that cannot be adopted (never
-/// silently: each is in the report with its reason).
-pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> AdoptionReport {
+/// layout version, and moves the ones that cannot be adopted aside through
+/// `ledger` (never silently: each is in the report with its reason), so a
+/// start that fails can put them back.
+pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes, ledger: &mut PinLedger) -> AdoptionReport {
     let mut report = AdoptionReport::default();
     let expected = sizes.expected();
     let any_pinned = expected.iter().any(|spec| pin_dir.join(spec.name).exists());
@@ -202,7 +211,7 @@ pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> AdoptionReport {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("MCS_") && !names::ALL.contains(&name.as_str()) {
-                let _ = fs::remove_file(entry.path());
+                ledger.replace(&entry.path());
                 report.retired.push(name);
             }
         }
@@ -220,7 +229,7 @@ pub fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> AdoptionReport {
         match problem {
             None => report.adopted.push(spec.name),
             Some(reason) => {
-                let _ = fs::remove_file(&path);
+                ledger.replace(&path);
                 report.recreated.push((spec.name, reason));
             }
         }

@@ -9,11 +9,19 @@
 //! * `links/<interface>` — the XDP bpf_link of each interface. It keeps the
 //!   program attached while no agent runs (crash, SIGKILL, upgrade); the
 //!   next agent swaps its own program into the same link atomically.
+//! * `replaced/` — pins a starting agent replaced, kept until its program
+//!   is attached, so a start that fails before can put them back
+//!   (`pins.rs`).
+//!
+//! One agent per directory: `lock.rs` takes an exclusive lock on it before
+//! anything is touched.
 
 pub mod batch;
 pub mod clock;
 pub mod layout;
+pub mod lock;
 pub mod maps;
+pub mod pins;
 pub mod prefilter;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_run;
@@ -37,6 +45,9 @@ use tracing::{error, info, warn};
 
 pub use layout::{AdoptionReport, MapSizes, MapSpec};
 pub use maps::{MapHandles, PinnedMaps};
+pub use pins::remove_pins;
+
+use self::pins::PinLedger;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
@@ -165,6 +176,10 @@ pub struct Dataplane {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
     attached: Vec<String>,
+    /// What this start did to the pins, until a program is attached.
+    ledger: PinLedger,
+    /// Whether a program of this agent was attached (no way back after).
+    links_touched: bool,
     _logger: Option<crate::telemetry::BpfLogTask>,
 }
 
@@ -186,7 +201,22 @@ impl Dataplane {
         create_private_dir(&pin_dir)?;
         create_private_dir(&link_pin_dir(bpffs_dir))?;
 
-        let report = layout::prepare_pins(&pin_dir, sizes);
+        let restored = pins::restore_leftover(bpffs_dir);
+        if !restored.is_empty() {
+            warn!(
+                pins = ?restored,
+                "put back pins an earlier start replaced and never committed (it stopped before attaching)"
+            );
+        }
+        let mut ledger = PinLedger::new(bpffs_dir);
+        let report = layout::prepare_pins(&pin_dir, sizes, &mut ledger);
+        for name in report
+            .created
+            .iter()
+            .chain(report.recreated.iter().map(|(name, _)| name))
+        {
+            ledger.created(pin_dir.join(name));
+        }
         for (name, reason) in &report.recreated {
             error!(
                 map = name,
@@ -199,51 +229,38 @@ impl Dataplane {
         for name in &report.retired {
             warn!(
                 map = name,
-                "removed the pin of a map this agent replaced (older name)"
+                disruption = layout::disruption(name),
+                "replacing the pin of a map this agent has under a newer name"
             );
         }
-
-        let pin_paths: Vec<(&'static str, PathBuf)> = names::ALL
-            .iter()
-            .map(|name| (*name, pin_dir.join(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &pin_paths {
-            loader.map_pin_path(name, path.as_path());
+        let loaded = load_pinned(&pin_dir, sizes).and_then(|(ebpf, logger)| {
+            let mut dataplane = Self {
+                ebpf,
+                bpffs_dir: bpffs_dir.to_path_buf(),
+                attached: Vec::new(),
+                ledger: PinLedger::new(bpffs_dir),
+                links_touched: false,
+                _logger: logger,
+            };
+            dataplane.write_abi().map(|()| dataplane)
+        });
+        match loaded {
+            Ok(mut dataplane) => {
+                dataplane.ledger = ledger;
+                info!(
+                    dir = %pin_dir.display(),
+                    adopted = report.adopted.len(),
+                    created = report.created.len(),
+                    recreated = report.recreated.len(),
+                    "eBPF dataplane loaded"
+                );
+                Ok((dataplane, report))
+            }
+            Err(error) => {
+                roll_back(bpffs_dir, &mut ledger);
+                Err(error)
+            }
         }
-        for (name, entries) in sizes.overrides() {
-            loader.map_max_entries(name, entries);
-        }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
-        let logger = crate::telemetry::BpfLogTask::start(&mut ebpf);
-
-        let program = xdp_program(&mut ebpf)?;
-        program
-            .load()
-            .map_err(|source| DataplaneError::LoadProgram {
-                name: programs::XDP,
-                source,
-            })?;
-        for name in programs::SOCKET {
-            socket_program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DataplaneError::LoadProgram { name, source })?;
-        }
-        let mut dataplane = Self {
-            ebpf,
-            bpffs_dir: bpffs_dir.to_path_buf(),
-            attached: Vec::new(),
-            _logger: logger,
-        };
-        dataplane.write_abi()?;
-        info!(
-            dir = %pin_dir.display(),
-            adopted = report.adopted.len(),
-            created = report.created.len(),
-            recreated = report.recreated.len(),
-            "eBPF dataplane loaded"
-        );
-        Ok((dataplane, report))
     }
 
     fn write_abi(&mut self) -> Result<(), DataplaneError> {
@@ -288,6 +305,9 @@ impl Dataplane {
                 });
             match swapped {
                 Ok(link_id) => {
+                    // (Fields, not `program_attached`: `program` borrows the object.)
+                    self.links_touched = true;
+                    self.ledger.commit();
                     // The pin keeps the link; the program need not own it.
                     let _link = program.take_link(link_id);
                     info!(interface, "XDP program swapped into the pinned link");
@@ -320,6 +340,7 @@ impl Dataplane {
                 }
             },
         };
+        self.links_touched = true;
         let pin_error =
             |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
                 interface: interface.to_owned(),
@@ -335,7 +356,15 @@ impl Dataplane {
             .map_err(|error| pin_error(Box::new(error)))?;
         info!(interface, ?mode, "XDP attached (link pinned)");
         self.attached.push(interface.to_owned());
+        self.program_attached();
         Ok(())
+    }
+
+    /// A program of this agent serves: the start can no longer be undone,
+    /// and the pins it replaced are deleted.
+    fn program_attached(&mut self) {
+        self.links_touched = true;
+        self.ledger.commit();
     }
 
     /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup`
@@ -361,6 +390,7 @@ impl Dataplane {
                     program: name,
                     source,
                 })?;
+            self.links_touched = true;
             let pin_error =
                 |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
                     interface: cgroup.display().to_string(),
@@ -383,6 +413,7 @@ impl Dataplane {
         }
         info!(cgroup = %cgroup.display(), "socket LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
         self.attached.push("cgroup".to_owned());
+        self.program_attached();
         Ok(())
     }
 
@@ -431,16 +462,79 @@ impl Dataplane {
         MapHandles::take_with_state(&mut self.ebpf)
     }
 
+    /// Ends an agent whose start did not complete: if none of its programs
+    /// was attached, the pins are left as it found them (what it created is
+    /// removed, what it replaced put back), so an earlier agent's dataplane
+    /// keeps serving untouched; otherwise as [`shutdown`](Self::shutdown)
+    /// without detaching.
+    pub fn abandon(mut self) {
+        if self.links_touched {
+            self.shutdown(false);
+        } else {
+            roll_back(&self.bpffs_dir, &mut self.ledger);
+        }
+    }
+
+    /// Whether a program of this agent was attached.
+    pub fn attached_any(&self) -> bool {
+        self.links_touched
+    }
+
     /// Ends this agent. With `detach`, removes every link and map pin (the
     /// dataplane stops); otherwise leaves the pinned dataplane serving for
     /// the next agent (an upgrade or restart).
-    pub fn shutdown(self, detach: bool) {
+    pub fn shutdown(mut self, detach: bool) {
         if detach {
             remove_pins(&self.bpffs_dir);
         } else {
+            self.ledger.commit();
             info!(dir = %self.bpffs_dir.display(), "dataplane left running from its pins (use --detach-on-exit or `mcs-agent cleanup` to remove it)");
         }
     }
+}
+
+/// Loads the object with its maps pinned in `pin_dir`, and its programs.
+fn load_pinned(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<(Ebpf, Option<crate::telemetry::BpfLogTask>), DataplaneError> {
+    let mut loader = EbpfLoader::new();
+    let pin_paths: Vec<(&'static str, PathBuf)> = names::ALL
+        .iter()
+        .map(|name| (*name, pin_dir.join(name)))
+        .collect();
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    for (name, entries) in sizes.overrides() {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+    let logger = crate::telemetry::BpfLogTask::start(&mut ebpf);
+    let program = xdp_program(&mut ebpf)?;
+    program
+        .load()
+        .map_err(|source| DataplaneError::LoadProgram {
+            name: programs::XDP,
+            source,
+        })?;
+    for name in programs::SOCKET {
+        socket_program(&mut ebpf, name)?
+            .load()
+            .map_err(|source| DataplaneError::LoadProgram { name, source })?;
+    }
+    Ok((ebpf, logger))
+}
+
+/// Undoes what a start did to the pins (see `pins.rs`), loudly.
+fn roll_back(bpffs_dir: &Path, ledger: &mut PinLedger) {
+    let undone = ledger.roll_back();
+    pins::remove_empty_dirs(bpffs_dir);
+    warn!(
+        removed = ?undone.removed,
+        restored = ?undone.restored,
+        "start abandoned before attaching: removed the pins it created and put back the ones it replaced"
+    );
 }
 
 fn socket_program<'a>(
@@ -472,28 +566,4 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
             name: programs::XDP,
             source,
         })
-}
-
-/// Removes everything mcs pinned under `bpffs_dir`: links first (the XDP
-/// programs detach when their last reference goes), then maps. Returns
-/// what was removed.
-pub fn remove_pins(bpffs_dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for dir in [link_pin_dir(bpffs_dir), map_pin_dir(bpffs_dir)] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => removed.push(entry.path()),
-                Err(error) => warn!(path = %entry.path().display(), %error, "cannot remove pin"),
-            }
-        }
-        let _ = fs::remove_dir(&dir);
-    }
-    let _ = fs::remove_dir(bpffs_dir);
-    if !removed.is_empty() {
-        info!(count = removed.len(), dir = %bpffs_dir.display(), "removed pinned links and maps");
-    }
-    removed
 }

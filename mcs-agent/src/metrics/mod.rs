@@ -9,7 +9,10 @@
 //!   many arrive and however large the dataplane.
 //! * `GET /healthz` — 200 while the agent runs.
 //! * `GET /readyz` — 200 once the first full sync reached the maps, 503
-//!   before.
+//!   before, with the reason (e.g. a source that has not delivered a
+//!   complete snapshot since an earlier agent's dataplane was adopted);
+//!   while ready, the body lists what the source fails to read, if
+//!   anything.
 //!
 //! The HTTP server (`server.rs`) bounds what clients can hold: a request
 //! head must arrive within a timeout, idle connections are closed, and the
@@ -54,6 +57,18 @@ pub struct RejectionLabels {
     pub reason: String,
 }
 
+/// A conntrack expiry class (`crate::conntrack::expiry::Class::label`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+/// An object source (`file`, `kube`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
 /// The agent's own metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +78,24 @@ pub struct Metrics {
     pub frontends: Gauge,
     pub map_write_errors: Counter,
     pub ready: AtomicBool,
+    /// Why the agent is not ready (for `/readyz`), when it is not.
+    pub not_ready: std::sync::Mutex<String>,
+    /// Conntrack flows expired by the janitor, by class.
+    pub conntrack_expired: Family<ClassLabels, Counter>,
+    /// Conntrack entries the janitor's collection read.
+    pub conntrack_scanned: Counter,
+    /// Duration of a collection pass over the whole conntrack map.
+    pub conntrack_gc_pass: Histogram,
+    /// Socket-LB reverse entries expired.
+    pub sock_revnat_expired: Counter,
+    /// 1 while the source delivers complete snapshots, 0 while it fails
+    /// (the last good state is kept).
+    pub source_healthy: Family<SourceLabels, Gauge>,
+    /// Source failures (a file that does not parse, a list that fails),
+    /// each counted once when it appears.
+    pub source_errors: Family<SourceLabels, Counter>,
+    /// What the source fails to read right now (shown by `/readyz`).
+    pub source_failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -75,6 +108,15 @@ impl Default for Metrics {
             frontends: Gauge::default(),
             map_write_errors: Counter::default(),
             ready: AtomicBool::new(false),
+            not_ready: std::sync::Mutex::new("waiting for the first full sync".to_owned()),
+            conntrack_expired: Family::default(),
+            conntrack_scanned: Counter::default(),
+            // 1 ms … ~65 s.
+            conntrack_gc_pass: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            sock_revnat_expired: Counter::default(),
+            source_healthy: Family::default(),
+            source_errors: Family::default(),
+            source_failures: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -106,6 +148,36 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "map_write_errors",
         "Failed map writes (retried).",
         metrics.map_write_errors.clone(),
+    );
+    registry.register(
+        "conntrack_expired",
+        "Conntrack flows (both entries) expired by the janitor, by class (syn, established, closed, other).",
+        metrics.conntrack_expired.clone(),
+    );
+    registry.register(
+        "conntrack_gc_scanned",
+        "Conntrack entries read by the janitor's expiry collection.",
+        metrics.conntrack_scanned.clone(),
+    );
+    registry.register(
+        "conntrack_gc_pass_seconds",
+        "Time for one expiry collection pass over the whole conntrack map.",
+        metrics.conntrack_gc_pass.clone(),
+    );
+    registry.register(
+        "socket_revnat_expired",
+        "Socket-LB reverse translations expired by the janitor.",
+        metrics.sock_revnat_expired.clone(),
+    );
+    registry.register(
+        "source_healthy",
+        "1 while the source delivers complete snapshots; 0 while it fails and the last good state is kept.",
+        metrics.source_healthy.clone(),
+    );
+    registry.register(
+        "source_errors",
+        "Source failures (unparsable file, failed list), each counted when it appears.",
+        metrics.source_errors.clone(),
     );
     registry.register_collector(Box::new(DataplaneCollector::new(bpffs_dir)));
     registry
@@ -158,12 +230,46 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     if state.metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+        // Still ready while the source fails: the dataplane serves the
+        // last good state (a broken source is the metrics' and logs' to
+        // report; readiness flapping with it would help nobody).
+        let failures = state
+            .metrics
+            .source_failures
+            .lock()
+            .map(|failures| failures.clone())
+            .unwrap_or_default();
+        let mut body = "ready\n".to_owned();
+        if !failures.is_empty() {
+            body.push_str("source failing, serving its last good state:\n");
+            for failure in failures {
+                body.push_str(&format!("  {failure}\n"));
+            }
+        }
+        (StatusCode::OK, body)
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first full sync\n",
-        )
+        let reason = state
+            .metrics
+            .not_ready
+            .lock()
+            .map(|reason| reason.clone())
+            .unwrap_or_default();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+    }
+}
+
+impl Metrics {
+    /// Not ready, and why (`/readyz` says it).
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.ready.store(false, Ordering::Relaxed);
+        if let Ok(mut current) = self.not_ready.lock() {
+            *current = reason.into();
+        }
+    }
+
+    /// Ready (the first full sync reached the maps).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
     }
 }
 

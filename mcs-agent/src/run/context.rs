@@ -12,7 +12,7 @@ use crate::{
     dataplane::MapHandles,
     desired,
     events::Events,
-    metrics::{Metrics, RejectionLabels},
+    metrics::{Metrics, RejectionLabels, SourceLabels},
     model::{Rejection, Snapshot},
     reconcile::Reconciler,
     rejection_log::RejectionLog,
@@ -37,6 +37,10 @@ pub(super) struct Context {
     failing: BTreeSet<String>,
     /// Conntrack scans for retired backends, off the reconcile path.
     pub(super) janitor: Janitor,
+    /// The source's name in metrics (`file`, `kube`).
+    source: &'static str,
+    /// What the source reported failing in its last update.
+    source_failures: BTreeSet<String>,
 }
 
 impl Context {
@@ -46,7 +50,7 @@ impl Context {
         policy: desired::Policy,
         reconciler: Reconciler,
         janitor: Janitor,
-        events: Option<Events>,
+        (source, events): (&'static str, Option<Events>),
     ) -> Self {
         Self {
             maps,
@@ -58,7 +62,32 @@ impl Context {
             events,
             failing: BTreeSet::new(),
             janitor,
+            source,
+            source_failures: BTreeSet::new(),
         }
+    }
+
+    /// Counts what the source reports failing (each failure once, when it
+    /// appears; the source logs it) and sets its health gauge. The source
+    /// keeps its last good state meanwhile.
+    pub(super) fn source_health(&mut self, update: &SourceUpdate) {
+        let labels = SourceLabels {
+            source: self.source.to_owned(),
+        };
+        let failures: BTreeSet<String> = update.failures.iter().cloned().collect();
+        let new = failures.difference(&self.source_failures).count();
+        self.metrics
+            .source_errors
+            .get_or_create(&labels)
+            .inc_by(new as u64);
+        self.metrics
+            .source_healthy
+            .get_or_create(&labels)
+            .set(i64::from(failures.is_empty()));
+        if let Ok(mut shown) = self.metrics.source_failures.lock() {
+            shown.clone_from(&update.failures);
+        }
+        self.source_failures = failures;
     }
 
     #[instrument(skip_all, fields(imports = update.snapshot.imports.len(), slices = update.snapshot.slices().len()))]

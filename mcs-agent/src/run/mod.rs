@@ -1,11 +1,21 @@
 //! `mcs-agent run`: load and attach the dataplane, follow the source,
 //! reconcile every change (`context.rs`), shut down cleanly on
 //! SIGTERM/SIGINT.
+//!
+//! Nothing is lost across restarts and faults:
+//! * one agent per bpffs directory (`dataplane/lock.rs`), locked before
+//!   anything is touched;
+//! * after adopting an earlier agent's dataplane, the first apply waits for
+//!   a complete snapshot from the source ([`SourceUpdate::complete`]):
+//!   until then the adopted maps keep serving as they are and `/readyz`
+//!   says why;
+//! * a start that ends before its program is attached leaves the pins as
+//!   it found them (`Dataplane::abandon`).
 
 mod context;
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,8 +30,8 @@ use tracing::{info, warn};
 use self::context::Context;
 use crate::{
     cli::RunArgs,
-    conntrack::Janitor,
-    dataplane::{AdoptionReport, Dataplane},
+    conntrack::{GcSetup, Janitor},
+    dataplane::{AdoptionReport, Dataplane, lock},
     desired, dns,
     events::{self, Events},
     metrics::Metrics,
@@ -45,6 +55,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &args.cluster_id {
         info!(cluster, "starting");
     }
+    // Before anything else: a second agent on the directory must not touch
+    // the first one's pins (nor bind its ports, nor read its source).
+    let _lock = lock::acquire(&args.bpffs_dir)?;
     // Open and start the source before touching the kernel: a wrong path
     // or kubeconfig fails fast.
     let source = Source::open(&args.source, args.kubeconfig.as_deref())
@@ -56,6 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .kube_client()
         .map(|client| Events::start(client, events::Publisher::from_env()));
     let (updates_tx, mut updates) = watch::channel(None);
+    let source_kind = source.kind();
     let mut source_task = tokio::spawn(source.run(updates_tx));
     // DNS answers from the same updates as the dataplane (its own receiver),
     // bound before the kernel is touched so a taken port fails fast.
@@ -75,15 +89,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &adoption,
         &mut updates,
         &mut source_task,
-        events,
+        (source_kind, events),
     )
     .await;
     source_task.abort();
     drop(dns); // stops answering
-    // A failed start leaves nothing behind unless an earlier agent's
-    // dataplane was adopted (then it keeps serving, as before we came).
-    let detach = args.detach_on_exit || (result.is_err() && adoption.adopted.is_empty());
-    dataplane.shutdown(detach);
+    if args.detach_on_exit {
+        dataplane.shutdown(true);
+    } else if !dataplane.attached_any() {
+        // Never attached (failed or stopped before the first sync): the
+        // pins are left as they were found, an earlier agent's dataplane
+        // serving untouched.
+        dataplane.abandon();
+    } else if result.is_err() && adoption.found_nothing() {
+        // A failed start on an empty directory: everything is its own.
+        dataplane.shutdown(true);
+    } else {
+        dataplane.shutdown(false);
+    }
     info!("stopped");
     result
 }
@@ -94,7 +117,7 @@ async fn serve(
     adoption: &AdoptionReport,
     updates: &mut watch::Receiver<Option<SourceUpdate>>,
     source_task: &mut tokio::task::JoinHandle<Result<(), SourceError>>,
-    events: Option<Events>,
+    (source_kind, events): (&'static str, Option<Events>),
 ) -> anyhow::Result<()> {
     if args.locality == desired::Locality::LocalFirst && args.cluster_id.is_none() {
         warn!("--locality local-first without --cluster-id behaves like `none`");
@@ -151,25 +174,60 @@ async fn serve(
         ),
         None => None,
     };
-    let janitor = Janitor::start(&maps.conntrack).context("start the conntrack janitor")?;
+    let gc = GcSetup {
+        config: args.gc_config(),
+        sockets: &maps.sock_revnat,
+        metrics: metrics.clone(),
+    };
+    let janitor =
+        Janitor::start(&maps.conntrack, Some(gc)).context("start the conntrack janitor")?;
     let policy = desired::Policy {
         local_cluster: args.cluster_id.clone(),
         locality: args.locality.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
         clusterset_ip_cidrs: args.clusterset_ip_cidrs.clone(),
     };
-    let mut ctx = Context::new(maps, metrics.clone(), policy, reconciler, janitor, events);
+    let mut ctx = Context::new(
+        maps,
+        metrics.clone(),
+        policy,
+        reconciler,
+        janitor,
+        (source_kind, events),
+    );
     // Program the maps before attaching, so the first packet already sees
     // the complete state.
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let first = tokio::select! {
-        changed = updates.wait_for(Option::is_some) => changed.ok().and_then(|update| update.clone()),
-        result = &mut *source_task => return source_failed(result),
-        signal = &mut shutdown => { info!(signal = signal?, "shutting down before first sync"); return Ok(()); }
-    };
-    let Some(first) = first else {
-        anyhow::bail!("source stopped before its first load");
+    metrics.set_not_ready("waiting for the source's first snapshot");
+    let adopted = adoption.adopted_state();
+    let mut waiting_for = String::new();
+    let first = loop {
+        let current = updates.borrow_and_update().clone();
+        if let Some(update) = current {
+            ctx.source_health(&update);
+            // An incomplete snapshot applied over adopted maps could only
+            // delete what the source failed to deliver.
+            if update.complete || !adopted {
+                break update;
+            }
+            let reason = format!(
+                "keeping the adopted dataplane as it is until the source delivers a complete snapshot (failing: {})",
+                update.failures.join("; ")
+            );
+            if reason != waiting_for {
+                warn!(%reason, "first sync deferred");
+                metrics.set_not_ready(reason.clone());
+                waiting_for = reason;
+            }
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() {
+                anyhow::bail!("source stopped before its first load");
+            },
+            result = &mut *source_task => return source_failed(result),
+            signal = &mut shutdown => { info!(signal = signal?, "shutting down before first sync"); return Ok(()); }
+        }
     };
     // Reconciles and conntrack sweeps are map writes (blocking syscalls,
     // thousands in a cold sync): they must never hold an async worker that
@@ -190,7 +248,7 @@ async fn serve(
         dataplane.attach_socket_lb(&cgroup)?;
     }
     dataplane.detach_others();
-    metrics.ready.store(true, Ordering::Relaxed);
+    metrics.set_ready();
 
     loop {
         tokio::select! {
@@ -201,6 +259,7 @@ async fn serve(
                 let received = Instant::now();
                 let update = updates.borrow_and_update().clone();
                 if let Some(update) = update {
+                    ctx.source_health(&update);
                     healthy = block_in_place(|| ctx.reconcile(update, received));
                 }
             }

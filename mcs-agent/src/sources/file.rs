@@ -1,21 +1,33 @@
 //! File source: a YAML/JSON manifest file or a directory of them.
 //!
 //! * Changes are picked up through inotify (`notify`), debounced, with a
-//!   periodic re-read as a safety net.
+//!   periodic re-read as a safety net. Only events that can change what a
+//!   file holds wake the source (not the opens and reads of its own
+//!   re-reads, which would wake it again and again).
+//! * Reading and parsing run on a blocking thread, never on the async
+//!   workers (a large manifest takes a while to parse).
 //! * A file that cannot be read or is not YAML keeps the objects it had
-//!   (nothing is lost to a half-written file); the error names the file.
+//!   (nothing is lost to a half-written file); the error names the file
+//!   and is logged once, when it appears (and once when it is gone). The
+//!   update says which files fail ([`SourceUpdate::failures`]) and whether
+//!   the snapshot is still complete: a file that never parsed since the
+//!   agent started (a restart onto a broken file) makes it incomplete, and
+//!   an incomplete snapshot never replaces an adopted dataplane.
 //! * If PATH itself disappears (e.g. a volume being remounted) the last
 //!   state is kept until it comes back; a file removed from a directory
 //!   that still exists removes its objects.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use notify::{RecursiveMode, Watcher};
+use notify::{
+    EventKind, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -52,6 +64,9 @@ pub enum FileSourceError {
         #[source]
         source: notify::Error,
     },
+    /// The blocking thread that reads the files panicked or was cancelled.
+    #[error("the file reader thread failed")]
+    Reader(#[source] tokio::task::JoinError),
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +80,11 @@ struct FileContents {
 pub struct FileSource {
     path: PathBuf,
     files: BTreeMap<PathBuf, FileContents>,
+    /// Files listed at the last reload that have never parsed (no contents
+    /// to keep): the snapshot misses whatever they hold.
+    unread: BTreeSet<PathBuf>,
+    /// What failed at the last reload, one line each.
+    failures: Vec<String>,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -82,6 +102,8 @@ impl FileSource {
         Self {
             path,
             files: BTreeMap::new(),
+            unread: BTreeSet::new(),
+            failures: Vec::new(),
         }
     }
 
@@ -110,10 +132,18 @@ impl FileSource {
     }
 
     /// Re-reads everything; returns the errors of files that kept their old
-    /// contents. Fails only when PATH itself is unusable (state kept).
+    /// contents (or, never having parsed, have none). Fails only when PATH
+    /// itself is unusable (state kept).
     pub fn reload(&mut self) -> Result<Vec<FileSourceError>, FileSourceError> {
-        let files = self.list()?;
+        let files = match self.list() {
+            Ok(files) => files,
+            Err(error) => {
+                self.failures = vec![crate::telemetry::chain(&error)];
+                return Err(error);
+            }
+        };
         let mut errors = Vec::new();
+        let mut unread = BTreeSet::new();
         let mut next = BTreeMap::new();
         for file in files {
             let parsed = fs::read_to_string(&file)
@@ -138,15 +168,31 @@ impl FileSource {
                     );
                 }
                 Err(error) => {
-                    if let Some(previous) = self.files.get(&file) {
-                        next.insert(file, previous.clone());
+                    match self.files.get(&file) {
+                        Some(previous) => {
+                            next.insert(file, previous.clone());
+                        }
+                        None => {
+                            unread.insert(file);
+                        }
                     }
                     errors.push(error);
                 }
             }
         }
         self.files = next;
+        self.unread = unread;
+        self.failures = errors
+            .iter()
+            .map(|error| crate::telemetry::chain(error))
+            .collect();
         Ok(errors)
+    }
+
+    /// Whether the snapshot holds every listed file (see
+    /// [`SourceUpdate::complete`]).
+    pub fn complete(&self) -> bool {
+        self.unread.is_empty()
     }
 
     /// The merged state of all files.
@@ -163,24 +209,54 @@ impl FileSource {
             snapshot,
             rejections: all,
             references: Default::default(),
+            complete: self.complete(),
+            failures: self.failures.clone(),
         }
     }
 
-    /// Loads once, then watches PATH and publishes every change until the
-    /// receiver is dropped. The first load must succeed (the agent should
-    /// not start on a path that does not exist).
-    pub async fn run(
+    /// [`reload`](Self::reload) and [`update`](Self::update) on a blocking
+    /// thread; hands the source back.
+    async fn reload_blocking(
         mut self,
+    ) -> Result<
+        (
+            Self,
+            Result<Vec<FileSourceError>, FileSourceError>,
+            SourceUpdate,
+        ),
+        FileSourceError,
+    > {
+        tokio::task::spawn_blocking(move || {
+            let result = self.reload();
+            let update = self.update();
+            (self, result, update)
+        })
+        .await
+        .map_err(FileSourceError::Reader)
+    }
+
+    /// Loads once, then watches PATH and publishes every change until the
+    /// receiver is dropped. The first load must find PATH (the agent should
+    /// not start on a path that does not exist); files in it that fail are
+    /// reported in the update.
+    pub async fn run(
+        self,
         updates: watch::Sender<Option<SourceUpdate>>,
     ) -> Result<(), FileSourceError> {
-        for error in self.reload()? {
-            error!(error = %crate::telemetry::chain(&error), "manifest file rejected");
+        let (mut source, loaded, update) = self.reload_blocking().await?;
+        let mut logged = FailureLog::default();
+        logged.report(&loaded?);
+        if !update.complete {
+            warn!(
+                path = %source.path.display(),
+                "some files never parsed: the snapshot is incomplete (an adopted dataplane is kept as it is until they do)"
+            );
         }
-        updates.send_replace(Some(self.update()));
-        info!(path = %self.path.display(), "file source loaded");
+        updates.send_replace(Some(update));
+        info!(path = %source.path.display(), "file source loaded");
 
         let (events_tx, mut events) = mpsc::channel::<()>(1);
-        let mut watcher = Some(self.watch(events_tx.clone())?);
+        let mut watcher = Some(source.watch(events_tx.clone())?);
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.tick().await;
         // While PATH is missing, look for it every second (its watch is gone
@@ -200,12 +276,14 @@ impl FileSource {
                 _ = missing_poll.tick(), if missing => {}
                 () = updates.closed() => return Ok(()),
             }
-            match self.reload() {
+            let (reloaded, result, update) = source.reload_blocking().await?;
+            source = reloaded;
+            match result {
                 Ok(errors) => {
                     if missing || watcher.is_none() {
-                        info!(path = %self.path.display(), "source back; applying its current state");
+                        info!(path = %source.path.display(), "source back; applying its current state");
                         missing = false;
-                        watcher = match self.watch(events_tx.clone()) {
+                        watcher = match source.watch(events_tx.clone()) {
                             Ok(watcher) => Some(watcher),
                             Err(error) => {
                                 warn!(error = %crate::telemetry::chain(&error), "cannot watch the source again; re-reading periodically");
@@ -213,9 +291,7 @@ impl FileSource {
                             }
                         };
                     }
-                    for error in errors {
-                        error!(error = %crate::telemetry::chain(&error), "manifest file rejected; keeping its previous objects");
-                    }
+                    logged.report(&errors);
                 }
                 Err(error) => {
                     if !missing {
@@ -223,10 +299,8 @@ impl FileSource {
                         missing = true;
                         watcher = None;
                     }
-                    continue;
                 }
             }
-            let update = self.update();
             updates.send_if_modified(|current| {
                 if current.as_ref() == Some(&update) {
                     false
@@ -254,7 +328,7 @@ impl FileSource {
         };
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|event| changes_contents(&event.kind)) {
                     let _ = events.try_send(());
                 }
             })
@@ -269,6 +343,44 @@ impl FileSource {
                 source,
             })?;
         Ok(watcher)
+    }
+}
+
+/// Whether an event may change what the watched files hold. Opens, reads
+/// and read-only closes do not, and the source's own re-reads cause them.
+fn changes_contents(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+                | AccessKind::Any
+                | AccessKind::Other
+        )
+    )
+}
+
+/// File errors logged once each, when they appear, and once when they are
+/// gone.
+#[derive(Default)]
+struct FailureLog {
+    current: BTreeSet<String>,
+}
+
+impl FailureLog {
+    fn report(&mut self, errors: &[FileSourceError]) {
+        let now: BTreeSet<String> = errors
+            .iter()
+            .map(|error| crate::telemetry::chain(error))
+            .collect();
+        for error in now.difference(&self.current) {
+            error!(error = %error, "manifest file rejected; keeping its previous objects (if any) until it parses");
+        }
+        for error in self.current.difference(&now) {
+            info!(was = %error, "manifest file problem gone");
+        }
+        self.current = now;
     }
 }
 
@@ -294,7 +406,15 @@ mod tests {
             errors.as_slice(),
             [FileSourceError::Syntax { .. }]
         ));
-        assert_eq!(source.update().snapshot.imports.len(), 1, "kept");
+        let update = source.update();
+        assert_eq!(update.snapshot.imports.len(), 1, "kept");
+        assert!(update.complete, "the last good contents stand in");
+        assert_eq!(update.failures.len(), 1);
+        assert!(
+            update.failures[0].contains("web.yaml"),
+            "{:?}",
+            update.failures
+        );
 
         fs::remove_file(&file).unwrap();
         assert!(source.reload().unwrap().is_empty());
@@ -302,6 +422,102 @@ mod tests {
             source.update().snapshot.imports.is_empty(),
             "removed file removes objects"
         );
+    }
+
+    #[test]
+    fn a_file_that_never_parsed_makes_the_snapshot_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("good.yaml"), IMPORT).unwrap();
+        let broken = dir.path().join("broken.yaml");
+        fs::write(&broken, "spec: [broken").unwrap();
+        // A fresh source (an agent restart) meets the broken file first.
+        let mut source = FileSource::new(dir.path().to_path_buf());
+        assert_eq!(source.reload().unwrap().len(), 1);
+        let update = source.update();
+        assert!(!update.complete);
+        assert_eq!(
+            update.snapshot.imports.len(),
+            1,
+            "the good file still counts"
+        );
+        // Once it parses the snapshot is complete, and stays so when it
+        // breaks again (its contents are kept).
+        fs::write(&broken, IMPORT.replace("web", "api")).unwrap();
+        assert!(source.reload().unwrap().is_empty());
+        let update = source.update();
+        assert!(update.complete && update.failures.is_empty());
+        assert_eq!(update.snapshot.imports.len(), 2);
+        fs::write(&broken, "spec: [broken").unwrap();
+        source.reload().unwrap();
+        assert!(source.update().complete);
+    }
+
+    #[test]
+    fn only_events_that_can_change_contents_wake_the_source() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind};
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!changes_contents(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(changes_contents(&kind), "{kind:?}");
+        }
+    }
+
+    /// The source's own re-read of a broken file does not wake it again:
+    /// it re-reads once per change, not in a loop.
+    #[tokio::test]
+    async fn a_broken_file_is_read_once_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        fs::write(&file, IMPORT).unwrap();
+        let (tx, mut rx) = watch::channel(None);
+        let source = FileSource::new(dir.path().to_path_buf());
+        let task = tokio::spawn(source.run(tx));
+        rx.wait_for(Option::is_some).await.unwrap();
+        // The file breaks: the source reads it, reports it, and then rests.
+        fs::write(&file, "spec: [broken").unwrap();
+        rx.wait_for(|u| u.as_ref().is_some_and(|u| !u.failures.is_empty()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every re-read opens the file: count the opens a second watch
+        // sees while nothing changes (a source woken by its own reads
+        // re-reads ten times a second).
+        let (events_tx, mut events) = mpsc::channel::<()>(64);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    && matches!(event.kind, EventKind::Access(AccessKind::Open(_)))
+                {
+                    let _ = events_tx.try_send(());
+                }
+            })
+            .unwrap();
+        watcher
+            .watch(dir.path(), RecursiveMode::NonRecursive)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let mut opens = 0;
+        while events.try_recv().is_ok() {
+            opens += 1;
+        }
+        assert_eq!(opens, 0, "the source kept re-reading an unchanged file");
+        // A change is still read.
+        fs::write(&file, IMPORT.replace("web", "api")).unwrap();
+        rx.wait_for(|u| u.as_ref().is_some_and(|u| u.failures.is_empty()))
+            .await
+            .unwrap();
+        task.abort();
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub struct SourceUpdate {
     pub rejections: Vec<Rejection>,
     /// The API objects behind the snapshot (empty for files).
     pub references: Arc<References>,
+    /// Whether the snapshot is authoritative: it holds everything the
+    /// source has — every file read and parsed (now, or for a file that
+    /// broke since, its last good contents), every watcher listed. The run
+    /// loop never lets an incomplete snapshot replace a dataplane adopted
+    /// from an earlier agent: it could only delete what it does not know.
+    pub complete: bool,
+    /// What the source cannot read right now, one line each (its last good
+    /// state is kept meanwhile); empty while it is healthy.
+    pub failures: Vec<String>,
 }
 
 /// API objects by kind and namespace/name.
@@ -80,6 +89,14 @@ impl Source {
         match self {
             Self::File(_) => None,
             Self::Kube(source) => Some(source.client().clone()),
+        }
+    }
+
+    /// The source's name in metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Kube(_) => "kube",
         }
     }
 

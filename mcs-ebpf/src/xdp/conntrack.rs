@@ -1,13 +1,26 @@
 //! Conntrack: one LRU entry per direction of a translated flow.
+//!
+//! A TCP SYN without ACK opens a connection: it never follows an existing
+//! forward entry ([`opens_connection`]); the flow is balanced afresh over the
+//! frontend's current backends and both entries are written again
+//! ([`create`], after [`forget_reply`] of a changed backend). So whatever
+//! conntrack holds — a finished flow of a backend removed while no agent
+//! ran, a pod address reused by another service — a new connection goes to
+//! a current backend. A retransmitted SYN gets the same backend from Maglev
+//! while the backend set is unchanged. Every other packet follows its entry,
+//! so established and closing flows to a removed or terminating backend may
+//! finish; entries expire by protocol state, collected by the agent's
+//! janitor (`mcs-agent/src/conntrack/`).
 
 use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    BackendValue, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SYN, CtKey, CtValue, ServiceValue,
+    BackendValue, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue,
+    ServiceValue,
 };
 
 use crate::{
     maps::{MCS_CT_V1, now_ns},
-    packet::{TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    packet::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
 
 /// Refresh `last_seen_ns` at most this often, to keep hot flows from
@@ -19,6 +32,8 @@ fn ct_flags(tcp_flags: u8) -> u32 {
     let mut flags = 0;
     if tcp_flags & TCP_FLAG_SYN != 0 {
         flags |= CT_F_SYN;
+    } else {
+        flags |= CT_F_SEEN_NON_SYN;
     }
     if tcp_flags & TCP_FLAG_FIN != 0 {
         flags |= CT_F_FIN;
@@ -27,6 +42,13 @@ fn ct_flags(tcp_flags: u8) -> u32 {
         flags |= CT_F_RST;
     }
     flags
+}
+
+/// Whether a packet with these TCP flags opens a connection (SYN without
+/// ACK). UDP packets carry no flags: never.
+#[inline(always)]
+pub fn opens_connection(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
 }
 
 /// A conntrack key. The key is zeroed whole first: LLVM turns a 3-byte
@@ -69,8 +91,37 @@ pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
     }
 }
 
+/// Whether a flow that had entry `old` and is now balanced to `backend`
+/// is a new flow for the counters: another backend, or the tuple of a
+/// finished flow used again (not a retransmitted SYN).
+#[inline(always)]
+pub fn is_new_flow(old: &CtValue, backend: &BackendValue) -> bool {
+    old.backend_addr != backend.addr
+        || old.backend_port != backend.port
+        || old.flags & (CT_F_FIN | CT_F_RST) != 0
+}
+
+/// Deletes the reply entry of the flow `key` had with `old` when the flow
+/// now goes to another backend (a reply entry is keyed by its backend, so
+/// the new one does not replace it).
+#[inline(always)]
+pub fn forget_reply(key: &CtKey, old: &CtValue, backend: &BackendValue) {
+    if old.backend_addr != backend.addr || old.backend_port != backend.port {
+        let reply_key = self::key(
+            old.backend_addr,
+            key.saddr,
+            old.backend_port,
+            key.sport,
+            key.proto,
+        );
+        // Already gone (evicted, expired) is fine.
+        let _ = MCS_CT_V1.remove(reply_key);
+    }
+}
+
 /// Records a new flow: the reply entry first, so a reply can never arrive
-/// before the kernel knows how to translate it.
+/// before the kernel knows how to translate it. Replaces the entries of an
+/// earlier flow of the same tuple whole (its flags included).
 #[inline(always)]
 pub fn create(
     key: &CtKey,

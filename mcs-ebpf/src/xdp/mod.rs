@@ -7,6 +7,8 @@
 //!    untouched without any hash lookup;
 //! 3. look the packet's own 5-tuple up in conntrack: a forward entry gives
 //!    the backend (DNAT), a reply entry gives the ClusterSetIP (reverse NAT);
+//!    a TCP SYN without ACK on a forward entry opens a new connection and
+//!    goes on to step 4 instead (`conntrack.rs` says why);
 //! 4. on a miss, look the destination up as a frontend; if it is one, pick a
 //!    backend, record both directions in conntrack and DNAT;
 //! 5. pass the packet on for the kernel to route.
@@ -117,24 +119,41 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
     }
 
     let key = conntrack::key(saddr, daddr, sport, dport, pkt.proto);
+    // The entry of an earlier flow of this tuple, when a SYN opens a new one.
+    let mut replaced = None;
     if let Some(entry) = conntrack::lookup(&key) {
-        let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
-        debug_log!(
-            ctx,
-            "conntrack: frontend {} {} entry, rewrite to {}:{}",
-            entry.frontend_id,
-            if entry.is_reply() { "reply" } else { "forward" },
-            ipv4(entry.nat_addr),
-            host_port(entry.nat_port)
-        );
-        if entry.is_reply() {
-            nat::rewrite(&pkt, nat::Side::Source, entry.nat_addr, entry.nat_port);
+        // Only a SYN reads the entry here: the hit path stays as it was.
+        // SAFETY: pointer from the lookup just made; copied out at once.
+        let opening = conntrack::opens_connection(pkt.l4.tcp_flags)
+            .then(|| unsafe { *entry })
+            .filter(|old| !old.is_reply());
+        if let Some(old) = opening {
+            debug_log!(
+                ctx,
+                "conntrack: SYN on an entry to {}:{}, balanced afresh",
+                ipv4(old.backend_addr),
+                host_port(old.backend_port)
+            );
+            replaced = Some(old);
         } else {
-            nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
+            let entry = conntrack::touch(entry, pkt.l4.tcp_flags);
+            debug_log!(
+                ctx,
+                "conntrack: frontend {} {} entry, rewrite to {}:{}",
+                entry.frontend_id,
+                if entry.is_reply() { "reply" } else { "forward" },
+                ipv4(entry.nat_addr),
+                host_port(entry.nat_port)
+            );
+            if entry.is_reply() {
+                nat::rewrite(&pkt, nat::Side::Source, entry.nat_addr, entry.nat_port);
+            } else {
+                nat::rewrite(&pkt, nat::Side::Destination, entry.nat_addr, entry.nat_port);
+            }
+            count_frontend(entry.frontend_id, pkt.len, false);
+            count_backend(entry.backend_id, pkt.len, false);
+            return Ok(());
         }
-        count_frontend(entry.frontend_id, pkt.len, false);
-        count_backend(entry.backend_id, pkt.len, false);
-        return Ok(());
     }
 
     let Some(service) = lb::lookup_service(daddr, dport, pkt.proto) else {
@@ -176,12 +195,19 @@ fn try_mcs_xdp(ctx: &XdpContext) -> Result<(), Error> {
         host_port(backend.port),
         slot
     );
+    let new_flow = match &replaced {
+        Some(old) => {
+            conntrack::forget_reply(&key, old, &backend);
+            conntrack::is_new_flow(old, &backend)
+        }
+        None => true,
+    };
     if conntrack::create(&key, &service, &backend, pkt.l4.tcp_flags).is_err() {
         warn!(ctx, "conntrack insert failed (map full?)");
         return Err(Error::Drop(DropReason::CtFull));
     }
     nat::rewrite(&pkt, nat::Side::Destination, backend.addr, backend.port);
-    count_frontend(service.frontend_id, pkt.len, true);
-    count_backend(backend.backend_id, pkt.len, true);
+    count_frontend(service.frontend_id, pkt.len, new_flow);
+    count_backend(backend.backend_id, pkt.len, new_flow);
     Ok(())
 }

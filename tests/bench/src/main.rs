@@ -1,14 +1,15 @@
 //! `mcs-bench`: the benchmarks behind `cargo xtask bench` — mcs against its
 //! baselines on one machine in one run (per-packet cost through
 //! BPF_PROG_TEST_RUN, end to end over veth against kube-proxy-shaped
-//! iptables and nftables rules, control plane), written as JSON, markdown
-//! and SVG plots. Needs root (BPF, network namespaces, cgroups).
+//! iptables and nftables rules, control plane, the export controller across
+//! simulated clusters), written as JSON, markdown and SVG plots. Needs root (BPF, network namespaces, cgroups).
 //!
 //! `serve` and `load` are the backend server and the load generator that
 //! `run` starts inside its network namespaces.
 
 mod bpfsys;
 mod control;
+mod controller;
 mod e2e;
 mod load;
 mod packet;
@@ -38,7 +39,8 @@ struct Cli {
 enum Size {
     /// A few minutes; every part at small scales (CI).
     Smoke,
-    /// The sizes of the goals (10k services, 1M conntrack entries).
+    /// The sizes of the goals (10k services, 1M conntrack entries, 1 000
+    /// exports across 3 clusters).
     Full,
 }
 
@@ -47,6 +49,7 @@ enum Part {
     PerPacket,
     E2e,
     Control,
+    Controller,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +99,7 @@ struct Plan {
     per_packet: perpacket::Config,
     e2e: e2e::Config,
     control: control::Config,
+    controller: controller::Config,
 }
 
 fn plan(size: Size) -> Plan {
@@ -126,6 +130,13 @@ fn plan(size: Size) -> Plan {
                 changes: 50,
                 batch_entries: 20_000,
             },
+            controller: controller::Config {
+                exports: 150,
+                endpoints: 4,
+                export_rate: 10.0,
+                changes: 40,
+                change_rate: 2.0,
+            },
         },
         Size::Full => Plan {
             per_packet: perpacket::Config {
@@ -152,6 +163,13 @@ fn plan(size: Size) -> Plan {
                 reps: 5,
                 changes: 500,
                 batch_entries: 200_000,
+            },
+            controller: controller::Config {
+                exports: 1000,
+                endpoints: 4,
+                export_rate: 10.0,
+                changes: 200,
+                change_rate: 2.0,
             },
         },
     }
@@ -192,20 +210,28 @@ fn run(size: Size, out: &std::path::Path, parts: &[Part]) -> Result<ExitCode> {
         report::write(report, out)
     };
     if wanted(Part::PerPacket) {
-        println!("\n==> bench 1/3: per-packet cost (BPF_PROG_TEST_RUN)");
+        println!("\n==> bench 1/4: per-packet cost (BPF_PROG_TEST_RUN)");
         report.per_packet = Some(perpacket::run(&plan.per_packet).context("per-packet benchmark")?);
         save(&mut report)?;
     }
     if wanted(Part::E2e) {
         println!(
-            "\n==> bench 2/3: end to end over veth (direct, mcs XDP, mcs socket LB, iptables, nftables)"
+            "\n==> bench 2/4: end to end over veth (direct, mcs XDP, mcs socket LB, iptables, nftables)"
         );
         report.e2e = Some(e2e::run(&plan.e2e).context("end-to-end benchmark")?);
         save(&mut report)?;
     }
     if wanted(Part::Control) {
-        println!("\n==> bench 3/3: control plane");
+        println!("\n==> bench 3/4: control plane");
         report.control = Some(control::run(&plan.control).context("control-plane benchmark")?);
+        save(&mut report)?;
+    }
+    if wanted(Part::Controller) {
+        println!(
+            "\n==> bench 4/4: the export controller (export → import, endpoint change → map, three clusters)"
+        );
+        report.controller =
+            Some(controller::run(&plan.controller).context("controller benchmark")?);
     }
     let goals = save(&mut report)?;
     println!(

@@ -5,7 +5,9 @@
 //! UDP echo servers in the backend pods, runs `mcs-agent` on a1 with that
 //! manifest, sends HTTP and UDP requests to 10.96.100.10 and prints who
 //! answered, prints the agent's `dump`, and tears everything down: also on
-//! Ctrl-C (SIGINT), SIGTERM or any failure.
+//! Ctrl-C (SIGINT), SIGTERM or any failure. Then the export workflow
+//! ([`mcs_tests::export_demo`]): `kubectl apply` of a ServiceExport in two
+//! clusters, the import in a third, `curl` of its clusterset name.
 
 use std::{
     net::Ipv4Addr,
@@ -137,7 +139,11 @@ fn run(options: &Options, interrupted: &AtomicBool) -> Result<()> {
     } else {
         eprintln!("mcs-demo: namespaces left behind: {left:?}");
     }
-    result
+    result?;
+    check(interrupted)?;
+    // The seed's workflow: ServiceExports applied with kubectl, imported by
+    // the controllers, called by name from a pod of a third cluster.
+    mcs_tests::export_demo::run(interrupted, &step, &say)
 }
 
 fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Result<()> {

@@ -10,9 +10,15 @@
 //!   are disjoint, so no slice is held twice); all `Endpoints`.
 //! * Every object is trimmed before it is stored (`trim.rs`).
 //! * Nothing is published before every watcher has completed its first
-//!   list, or has been answered `404 Not Found` (a CRD that is not
-//!   installed: treated as empty, logged once, retried with the watcher
-//!   backoff, picked up when it appears).
+//!   list, or — a ServiceImport flavour only — has been answered `404 Not
+//!   Found` (a CRD that is not installed: treated as empty, logged once,
+//!   retried with the watcher backoff, picked up when it appears). A 404
+//!   for EndpointSlices or Endpoints (core APIs) is a failure like any
+//!   other: nothing is published until they list, so an adopted dataplane
+//!   is never emptied by a server that does not serve them. Every update
+//!   is therefore complete ([`SourceUpdate::complete`]); lists failing
+//!   since (a relist, or a resource that never listed) are in
+//!   [`SourceUpdate::failures`] (the stores keep the last known objects).
 //! * The stores are read only as a whole and only when ready (`snapshot.rs`).
 //!   A relist (after `410 Gone` or a failed resume) is buffered by the
 //!   reflector and swapped in at once when complete, so no snapshot ever
@@ -165,7 +171,15 @@ impl KubeSource {
                 () = tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() && ready => {
                     publish_at = None;
                     last_publish = Some(Instant::now());
-                    let update = builder.build(&stores);
+                    let mut update = builder.build(&stores);
+                    update.complete = true;
+                    update.failures = WATCHED
+                        .iter()
+                        .zip(&states)
+                        .filter_map(|(watched, state)| {
+                            state.failing_list.as_ref().map(|error| format!("{}: {error}", watched.describe()))
+                        })
+                        .collect();
                     let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices().len());
                     let changed = updates.send_if_modified(|current| {
                         if current.as_ref() == Some(&update) {

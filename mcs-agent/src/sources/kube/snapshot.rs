@@ -193,6 +193,7 @@ impl SnapshotBuilder {
             snapshot,
             rejections,
             references: Arc::new(gathered.references),
+            ..SourceUpdate::default()
         }
     }
 }

@@ -52,8 +52,15 @@ impl Watched {
         WATCHED.iter().position(|w| *w == self).unwrap_or(0)
     }
 
+    /// Whether the resource may legitimately not be served: a ServiceImport
+    /// flavour whose CRD is not installed. EndpointSlices and Endpoints are
+    /// core APIs: a 404 for them is a broken server or proxy, never "none".
+    pub(super) fn optional(self) -> bool {
+        matches!(self, Self::Imports(_))
+    }
+
     /// `resource.version.group` and the selector, for logs.
-    fn describe(self) -> &'static str {
+    pub(super) fn describe(self) -> &'static str {
         match self {
             Self::Imports(Flavour::McsV1beta1) => "serviceimports.v1beta1.multicluster.x-k8s.io",
             Self::Imports(Flavour::McsV1alpha1) => "serviceimports.v1alpha1.multicluster.x-k8s.io",
@@ -156,8 +163,9 @@ pub(super) enum ListState {
     Pending,
     /// First list complete; the store is authoritative from now on.
     Listed,
-    /// The resource is not served (404 on list, e.g. a CRD that is not
-    /// installed) and has never been listed: counts as empty, retried.
+    /// An optional resource ([`Watched::optional`]) that is not served (404
+    /// on list: a CRD that is not installed) and has never been listed:
+    /// counts as empty, retried.
     NotServed,
 }
 
@@ -165,6 +173,11 @@ pub(super) struct WatchState {
     pub(super) list: ListState,
     /// Last error logged, so a persisting failure is logged once.
     last_error: Option<String>,
+    /// The last list failure, until a list succeeds: what the source
+    /// reports as failing. (A watch that breaks resumes from its last
+    /// version without telling when it is back, so only lists, which end
+    /// in a definite success, make the source unhealthy.)
+    pub(super) failing_list: Option<String>,
 }
 
 impl WatchState {
@@ -172,6 +185,7 @@ impl WatchState {
         Self {
             list: ListState::Pending,
             last_error: None,
+            failing_list: None,
         }
     }
 }
@@ -250,6 +264,7 @@ pub(super) fn observe(watched: Watched, state: &mut WatchState, progress: Progre
                 info!(resource, "watch recovered");
             }
             if matches!(progress, Progress::Listed) {
+                state.failing_list = None;
                 if state.list == ListState::NotServed {
                     info!(resource, "now served; its objects are included");
                 }
@@ -264,7 +279,7 @@ pub(super) fn observe(watched: Watched, state: &mut WatchState, progress: Progre
                 &error,
                 watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
             );
-            if not_found && state.list != ListState::Listed {
+            if not_found && watched.optional() && state.list != ListState::Listed {
                 // Never listed and not served: most likely a CRD that is not
                 // installed (GKE's on an upstream cluster, or one mcs-api
                 // version). Waiting for it would block every other flavour
@@ -295,12 +310,20 @@ pub(super) fn observe(watched: Watched, state: &mut WatchState, progress: Progre
                 );
                 if forbidden {
                     warn!(resource, error = %message, "access denied; check the agent's RBAC (deploy/rbac.yaml); retrying with backoff");
+                } else if not_found {
+                    warn!(resource, error = %message, "not served by the API server (a core API: nothing is published, and an adopted dataplane is kept, until it lists); retrying with backoff");
                 } else {
                     warn!(resource, error = %message, "watch failed; keeping the last known objects, retrying with backoff");
                 }
-                state.last_error = Some(message);
+                state.last_error = Some(message.clone());
             } else {
                 debug!(resource, error = %message, "watch still failing");
+            }
+            let list_failed = matches!(&error, watcher::Error::InitialListFailed(_));
+            if list_failed && state.failing_list.as_deref() != Some(message.as_str()) {
+                // A new list failure: the source publishes it (metrics, logs).
+                state.failing_list = Some(message);
+                return true;
             }
             false
         }

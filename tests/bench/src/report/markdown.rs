@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::{Goal, Report, fmt_summary, ratio, scale_name};
 use crate::{
     control::Control,
+    controller::ControllerBench,
     e2e::{E2e, Mode},
     load::{Kind, LoadResult},
     perpacket::{Case, PerPacket},
@@ -60,6 +61,9 @@ pub fn markdown(report: &Report, goals: &[Goal]) -> String {
     }
     if let Some(c) = &report.control {
         control_section(&mut md, c);
+    }
+    if let Some(c) = &report.controller {
+        controller_section(&mut md, c);
     }
     md
 }
@@ -257,4 +261,74 @@ fn control_section(md: &mut String, c: &Control) {
         let _ = writeln!(md, "| {name} | {:.2} |", *bytes as f64 / 1_048_576.0);
     }
     md.push_str("\n![control plane](control.svg)\n");
+}
+
+fn controller_section(md: &mut String, c: &ControllerBench) {
+    let _ = writeln!(md, "\n## 4. Export controller\n");
+    let _ = writeln!(
+        md,
+        "{} exports across {} clusters, {} endpoints each; exports created at {}/s, endpoint changes at {}/s.\n",
+        c.exports, c.clusters, c.endpoints, c.export_rate, c.change_rate
+    );
+    for note in &c.notes {
+        let _ = writeln!(md, "* {note}");
+    }
+    md.push_str("\n| latency (ms) | p50 | p99 | min | max | n | never seen |\n|---|---|---|---|---|---|---|\n");
+    let p = |v: &[f64], q| stats::percentile(v, q).map_or("–".to_owned(), |v| format!("{v:.0}"));
+    for (what, samples, missing) in [
+        (
+            "export → import with its IP, in every cluster",
+            &c.export_to_import_ms,
+            Some(c.exports_not_seen),
+        ),
+        (
+            "export → import with its IP, in the first cluster",
+            &c.export_to_first_import_ms,
+            None,
+        ),
+        (
+            "endpoint change → map on a node of another cluster",
+            &c.endpoint_change_ms,
+            Some(c.changes_not_seen),
+        ),
+        (
+            "… of which patch → MCS slice seen in the agent's cluster (controller)",
+            &c.change_controller_ms,
+            None,
+        ),
+        (
+            "… of which MCS slice seen → map (agent)",
+            &c.change_agent_ms,
+            None,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {} | {} | {} |",
+            p(samples, 50.0),
+            p(samples, 99.0),
+            p(samples, 0.0),
+            p(samples, 100.0),
+            samples.len(),
+            missing.map_or("–".to_owned(), |m| m.to_string())
+        );
+    }
+    md.push_str("\nEach controller's own account (its `/metrics` at the end, and its peak memory):\n\n| cluster | reconciles | mean reconcile ms | writes | peak RSS (VmHWM) MiB |\n|---|---|---|---|---|\n");
+    for r in &c.controllers {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {} | {:.1} |",
+            r.cluster,
+            r.reconciles,
+            r.mean_ms,
+            r.writes,
+            r.vm_hwm_kib as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe agent (`--source kube`, {} imports): peak RSS {:.1} MiB.\n\n![controller latencies](controller.svg)",
+        c.exports,
+        c.agent_vm_hwm_kib as f64 / 1024.0
+    );
 }

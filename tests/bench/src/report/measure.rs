@@ -5,6 +5,7 @@
 use super::{Report, fmt_summary, rates, ratio, scale_name};
 use crate::{
     control::Control,
+    controller::ControllerBench,
     e2e::Mode,
     load::{Kind, LoadResult},
     perpacket::{Case, PointResult},
@@ -363,4 +364,99 @@ pub fn agent_rss(report: &Report, limit: f64) -> Option<Measured> {
         at_goal_size: full,
         ..Measured::new(text, (c.agent.vm_hwm_kib > 0).then_some(rss <= limit))
     })
+}
+
+/// The controller part's size, whether it is the goals' (1 000 exports),
+/// and the values its texts quote.
+fn controller_size(c: &ControllerBench) -> (String, bool, Vec<(&'static str, String)>) {
+    let full = c.exports >= 1000;
+    let reconcile: Vec<f64> = c
+        .controllers
+        .iter()
+        .map(|r| r.mean_ms)
+        .filter(|v| v.is_finite())
+        .collect();
+    let reconcile_ms = Summary::of(&reconcile).map_or("?".to_owned(), |s| {
+        if s.max - s.min < 0.05 {
+            format!("{:.1}", s.median)
+        } else {
+            format!("{:.1}–{:.1}", s.min, s.max)
+        }
+    });
+    (
+        format!(
+            "{} exports / {} clusters{}",
+            scale_name(c.exports),
+            c.clusters,
+            if full { "" } else { " (smoke size)" }
+        ),
+        full,
+        vec![
+            ("reconcile_ms", reconcile_ms),
+            ("rate", format!("{}", c.export_rate)),
+        ],
+    )
+}
+
+/// Percentile `q` of `samples` (ms) against a limit in seconds, as a goal
+/// row: also the median, min–max, count and what was not seen at all.
+fn latency_goal(
+    c: &ControllerBench,
+    samples: &[f64],
+    not_seen: usize,
+    q: f64,
+    limit_s: f64,
+) -> Measured {
+    let (size, full, values) = controller_size(c);
+    let value = stats::percentile(samples, q);
+    let spread =
+        Summary::of(samples).map_or("–".to_owned(), |s| format!("{:.0}–{:.0}", s.min, s.max));
+    let text = format!(
+        "{size}: p{q:.0} {} ms (p50 {} ms, min–max {spread} ms, n = {}{})",
+        value.map_or("–".into(), |v| format!("{v:.0}")),
+        stats::percentile(samples, 50.0).map_or("–".into(), |v| format!("{v:.0}")),
+        samples.len(),
+        if not_seen > 0 {
+            format!(", {not_seen} never seen")
+        } else {
+            String::new()
+        }
+    );
+    Measured {
+        at_goal_size: full,
+        values,
+        ..Measured::new(text, value.map(|v| v / 1000.0 <= limit_s && not_seen == 0))
+    }
+}
+
+/// Percentile `q` of export → import (seen in every cluster).
+pub fn export_to_import(report: &Report, q: f64, limit: f64) -> Option<Measured> {
+    let c = report.controller.as_ref()?;
+    Some(latency_goal(
+        c,
+        &c.export_to_import_ms,
+        c.exports_not_seen,
+        q,
+        limit,
+    ))
+}
+
+/// Percentile `q` of endpoint change → the agent's map in another cluster.
+pub fn endpoint_change_to_map(report: &Report, q: f64, limit: f64) -> Option<Measured> {
+    let c = report.controller.as_ref()?;
+    let mut measured = latency_goal(c, &c.endpoint_change_ms, c.changes_not_seen, q, limit);
+    let split = |samples: &[f64]| {
+        format!(
+            "p50 {} / p99 {} ms",
+            stats::percentile(samples, 50.0).map_or("–".into(), |v| format!("{v:.0}")),
+            stats::percentile(samples, 99.0).map_or("–".into(), |v| format!("{v:.0}"))
+        )
+    };
+    measured
+        .values
+        .push(("controller_part", split(&c.change_controller_ms)));
+    measured
+        .values
+        .push(("agent_part", split(&c.change_agent_ms)));
+    Some(measured)
 }

@@ -21,6 +21,7 @@ pub use plots::plots;
 
 use crate::{
     control::Control,
+    controller::ControllerBench,
     e2e::{E2e, Mode, ScaleResult},
     load::{Kind, LoadResult},
     perpacket::PerPacket,
@@ -39,6 +40,7 @@ pub struct Report {
     pub per_packet: Option<PerPacket>,
     pub e2e: Option<E2e>,
     pub control: Option<Control>,
+    pub controller: Option<ControllerBench>,
 }
 
 /// Writes report.json, report.md and the plots into `dir`.

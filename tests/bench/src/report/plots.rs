@@ -7,7 +7,7 @@ use crate::{
     e2e::Mode,
     load::{Kind, LoadResult},
     perpacket::Case,
-    stats::Summary,
+    stats::{self, Summary},
     svg::{self, Bar, Point, Series},
 };
 
@@ -134,6 +134,45 @@ pub fn plots(report: &Report) -> Vec<(&'static str, String)> {
         files.push((
             "control.svg",
             svg::bar_chart("Cold sync of all services", "seconds", &bars),
+        ));
+    }
+    if let Some(c) = &report.controller {
+        let percentiles = |samples: &[f64]| -> Vec<Point> {
+            (1..=100)
+                .filter_map(|q| {
+                    let y = stats::percentile(samples, f64::from(q))?;
+                    Some(Point {
+                        x: f64::from(q),
+                        y,
+                        lo: y,
+                        hi: y,
+                    })
+                })
+                .collect()
+        };
+        let series = [
+            Series {
+                name: "export → import (every cluster)".to_owned(),
+                points: percentiles(&c.export_to_import_ms),
+            },
+            Series {
+                name: "endpoint change → map".to_owned(),
+                points: percentiles(&c.endpoint_change_ms),
+            },
+        ];
+        files.push((
+            "controller.svg",
+            svg::line_chart(
+                &format!(
+                    "Controller latencies, {} exports across {} clusters",
+                    scale_name(c.exports),
+                    c.clusters
+                ),
+                "percentile",
+                "ms",
+                false,
+                &series,
+            ),
         ));
     }
     files

@@ -4,6 +4,7 @@
 use super::*;
 use crate::{
     control::{AgentMemory, ChangeTimes},
+    controller::{ControllerBench, ReconcileStats},
     e2e::ModeResult,
     perpacket::{Case, CaseResult, PointResult},
 };
@@ -138,6 +139,31 @@ fn sample_report() -> Report {
             },
             ..Control::default()
         }),
+        controller: Some(ControllerBench {
+            clusters: 3,
+            exports: 1000,
+            endpoints: 4,
+            export_rate: 20.0,
+            change_rate: 5.0,
+            // p99 = 990 ms: met; p50 500 ms.
+            export_to_import_ms: (1..=1000).map(f64::from).collect(),
+            export_to_first_import_ms: vec![100.0; 1000],
+            exports_not_seen: 0,
+            // p99 = 1200 ms: missed.
+            endpoint_change_ms: (1..=100).map(|v| f64::from(v) * 12.0).collect(),
+            change_controller_ms: (1..=100).map(|v| f64::from(v) * 10.0).collect(),
+            change_agent_ms: vec![20.0; 100],
+            changes_not_seen: 0,
+            controllers: vec![ReconcileStats {
+                cluster: "cluster-a".into(),
+                reconciles: 400,
+                mean_ms: 12.5,
+                writes: 4000,
+                vm_hwm_kib: 40 * 1024,
+            }],
+            agent_vm_hwm_kib: 30 * 1024,
+            notes: vec!["note".into()],
+        }),
         ..Report::default()
     }
 }
@@ -172,6 +198,39 @@ fn goals_are_judged_from_the_numbers() {
     assert_eq!(find("30× faster").met, Some(true)); // 15/0.35 ≈ 43
     assert_eq!(find("p50 endpoint change").met, Some(false)); // 50 ms
     assert_eq!(find("peak RSS").met, Some(true));
+    let import = find("export → import");
+    assert_eq!(import.met, Some(true));
+    assert!(
+        import.measured.contains("p99 990 ms (p50 500 ms"),
+        "{}",
+        import.measured
+    );
+    // Where the time goes is shown even when the goal is met.
+    assert!(
+        import.limits.contains("take 12.5 ms per reconcile"),
+        "{}",
+        import.limits
+    );
+    let change = find("endpoint change → map on a node");
+    assert_eq!(change.met, Some(false));
+    assert!(
+        change.limits.contains("p50 500 / p99 990 ms")
+            && change.limits.contains("p50 20 / p99 20 ms"),
+        "{}",
+        change.limits
+    );
+    // A change never seen misses the goal whatever the percentiles say.
+    let mut report = sample_report();
+    if let Some(c) = &mut report.controller {
+        c.exports_not_seen = 1;
+    }
+    let judged = super::goals(&report);
+    let import = judged
+        .iter()
+        .find(|g| g.goal.contains("export → import"))
+        .unwrap();
+    assert_eq!(import.met, Some(false));
+    assert!(import.measured.contains("1 never seen"));
 }
 
 #[test]
@@ -185,6 +244,8 @@ fn markdown_and_plots_render() {
     assert!(md.contains("### 10k services"));
     assert!(md.contains("| mcs-xdp | 9000 (9000–9000) | 0.90 (0.90–0.90) |"));
     assert!(md.contains("| MCS_CT_V1 | 40.00 |"));
+    assert!(md.contains("## 4. Export controller"));
+    assert!(md.contains("| cluster-a | 400 | 12.5 | 4000 | 40.0 |"));
     assert!(!md.contains("NaN"));
     let files = plots(&report);
     let names: Vec<_> = files.iter().map(|(n, _)| *n).collect();
@@ -194,7 +255,8 @@ fn markdown_and_plots_render() {
             "perpacket.svg",
             "e2e-conn.svg",
             "e2e-p99.svg",
-            "control.svg"
+            "control.svg",
+            "controller.svg"
         ]
     );
     for (name, svg) in &files {
@@ -220,8 +282,13 @@ fn smoke_sizes_are_not_judged_against_full_size_goals() {
     if let Some(e2e) = &mut report.e2e {
         e2e.scales[1].services = 100;
     }
+    if let Some(c) = &mut report.controller {
+        c.exports = 60;
+    }
     let goals = goals(&report);
     let find = |text: &str| goals.iter().find(|g| g.goal.contains(text)).unwrap();
+    assert_eq!(find("export → import").met, None);
+    assert!(find("export → import").measured.contains("smoke size"));
     assert_eq!(find("cold sync of 10k").met, None);
     assert_eq!(find("3.5× iptables").met, None);
     assert!(find("3.5× iptables").measured.contains("smoke"));
@@ -260,6 +327,7 @@ fn a_report_without_parts_has_no_goals() {
     let mut report = sample_report();
     report.e2e = None;
     report.control = None;
+    report.controller = None;
     let parts: Vec<_> = goals(&report).into_iter().map(|g| g.part).collect();
     assert_eq!(parts, ["per-packet"; 4]);
 }

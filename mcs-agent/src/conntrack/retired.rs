@@ -1,19 +1,6 @@
-//! Conntrack hygiene: flows of backends that stopped serving.
-//!
-//! Policy (see docs/reliability.md):
-//! * **UDP**: entries pointing at a retired backend are deleted as soon as
-//!   the reconcile that retired it has run, both directions. UDP has no
-//!   connection end, so a client on a fixed source port would otherwise keep
-//!   sending to a dead backend (kubernetes#19029); its next datagram is a
-//!   new flow, balanced over the current backends.
-//! * **TCP**: entries are kept, as kube-proxy does. A terminating pod
-//!   finishes its connections; a pod that is really gone answers nothing
-//!   (or its node answers RST), the client reconnects and the new connection
-//!   is balanced anew. Idle entries age out of the LRU.
-//!
-//! The same conntrack scan releases prefilter members that only lingered
-//! for flows that are gone (`dataplane/prefilter.rs`). Scans run on the
-//! [`Janitor`]'s thread, off the reconcile path.
+//! UDP flows of retired backends, and the prefilter members conntrack
+//! still needs: one full scan, asked for by the reconcile that retired them
+//! (see the policy in [`super`]).
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -21,13 +8,10 @@ use std::{
     time::Instant,
 };
 
-use std::os::fd::AsFd as _;
-
-use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use mcs_common::{CtKey, CtValue, PROTO_UDP};
 
 use crate::{dataplane::prefilter::Member, reconcile::Retired};
-
 /// A frontend and one of its backends.
 type BackendRef = (u32, SocketAddrV4);
 
@@ -102,90 +86,6 @@ pub fn scan(
         }
     }
     Ok(Scan { removed, live })
-}
-
-/// Work for the janitor: merged when several queue up during a scan.
-#[derive(Debug, Default)]
-struct Job {
-    retired: Vec<Retired>,
-    sweep: bool,
-}
-
-/// What the janitor reports back after a scan.
-#[derive(Debug)]
-pub struct JanitorReport {
-    /// Backends whose UDP flows the scan looked for.
-    pub retired_backends: usize,
-    pub scan: Result<Scan, MapError>,
-}
-
-/// Conntrack scans on their own thread. A scan reads every entry (about a
-/// second per million), so on the reconcile path it would hold up the next
-/// change; here a change's writes never wait for one. The thread has its
-/// own handle to the conntrack map; what the prefilter sweep needs comes
-/// back in a [`JanitorReport`] for the owner of the prefilter to apply
-/// (sound later too: a sweep releases only members that lingered since
-/// before the scan started).
-pub struct Janitor {
-    jobs: std::sync::mpsc::Sender<Job>,
-    reports: tokio::sync::mpsc::UnboundedReceiver<JanitorReport>,
-}
-
-impl Janitor {
-    /// Starts the thread on a second handle to `conntrack`.
-    pub fn start(conntrack: &HashMap<MapData, CtKey, CtValue>) -> Result<Self, MapError> {
-        let fd = conntrack
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|io_error| {
-                MapError::from(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error,
-                })
-            })?;
-        let mut own: HashMap<MapData, CtKey, CtValue> =
-            HashMap::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)?;
-        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
-        let (outbox, reports) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("conntrack-janitor".into())
-            .spawn(move || {
-                // Ends when the agent drops the `Janitor`.
-                while let Ok(mut job) = inbox.recv() {
-                    for more in inbox.try_iter() {
-                        job.retired.extend(more.retired);
-                        job.sweep |= more.sweep;
-                    }
-                    let report = JanitorReport {
-                        retired_backends: job.retired.len(),
-                        scan: scan(&mut own, &job.retired, job.sweep),
-                    };
-                    if outbox.send(report).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|io_error| {
-                MapError::from(aya::sys::SyscallError {
-                    call: "spawn the conntrack janitor thread",
-                    io_error,
-                })
-            })?;
-        Ok(Self { jobs, reports })
-    }
-
-    /// Queues a scan for `retired` backends, with a prefilter sweep.
-    pub fn submit(&self, retired: Vec<Retired>, sweep: bool) {
-        // The thread only stops when this handle is dropped.
-        let _ = self.jobs.send(Job { retired, sweep });
-    }
-
-    /// The next finished scan.
-    pub async fn report(&mut self) -> Option<JanitorReport> {
-        self.reports.recv().await
-    }
 }
 
 #[cfg(test)]
