@@ -808,6 +808,11 @@ fn udp_answers_are_rate_limited_per_client_network_and_slip_to_tcp() {
     // The burst, plus what refilled meanwhile (RATE per second).
     let refilled = (started.elapsed().as_secs_f64() * f64::from(RATE)).ceil() as u32 + 1;
     let limited = truncated + silent;
+    println!(
+        "dns_rate_limit: {} queries in {:?} at {RATE}/s: {answered} answered, {truncated} truncated, {silent} dropped",
+        4 * RATE,
+        started.elapsed()
+    );
     assert!(
         answered >= RATE && answered <= RATE + refilled,
         "answered {answered}, truncated {truncated}, silent {silent} in {:?}",
