@@ -21,6 +21,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_millis(800);
 struct Server {
     _runtime: Runtime,
     server: MetricsServer,
+    metrics: Arc<Metrics>,
 }
 
 fn start(max_connections: usize) -> Server {
@@ -37,10 +38,11 @@ fn start_with(limits: Limits) -> Server {
         .enable_all()
         .build()
         .expect("runtime");
+    let metrics = Arc::new(Metrics::default());
     let server = runtime
         .block_on(metrics::serve(
             "127.0.0.1:0".parse().expect("address"),
-            Arc::new(Metrics::default()),
+            Arc::clone(&metrics),
             "/nonexistent/mcs-bpffs".into(),
             limits,
         ))
@@ -48,6 +50,7 @@ fn start_with(limits: Limits) -> Server {
     Server {
         _runtime: runtime,
         server,
+        metrics,
     }
 }
 
@@ -106,8 +109,14 @@ fn health_and_metrics_answer() {
     assert!(get(&mut stream, "/healthz").starts_with("HTTP/1.1 200"));
     let metrics = get(&mut stream, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    assert!(metrics.contains("mcs_frontends"), "{metrics}");
+    assert!(metrics.contains("mcs_frontends 0"), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n") && metrics.matches("# EOF").count() == 1);
     assert!(get(&mut stream, "/readyz").starts_with("HTTP/1.1 503"));
+    // Only the dataplane's part is cached: the agent's own metrics are
+    // current at the next scrape, well within metrics::PAGE_MAX_AGE.
+    server.metrics.frontends.set(7);
+    let metrics = get(&mut stream, "/metrics");
+    assert!(metrics.contains("mcs_frontends 7"), "{metrics}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The dataplane's counters for `/metrics`, read from the pinned maps.
 //!
 //! Reading the maps walks them (conntrack included, for its fill: keys
-//! only), so the page that includes them is rendered at most once per
+//! only), so their part of the page is rendered at most once per
 //! [`super::PAGE_MAX_AGE`] whatever the number of scrapes (`mod.rs`).
 //! Conntrack appears only as a count (`map_fill_ratio`); its entries are
 //! never listed here.

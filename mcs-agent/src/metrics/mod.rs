@@ -4,9 +4,10 @@
 //!   sync duration, event-to-map latency, frontend count) and the
 //!   dataplane's counters read from the maps (per frontend, per backend,
 //!   per source cluster, drops by reason, map fill; `collector.rs`). The
-//!   page is rendered at most once per [`PAGE_MAX_AGE`] and shared by
-//!   every scrape meanwhile: a scrape costs a copy of a reference, however
-//!   many arrive and however large the dataplane.
+//!   dataplane's part is rendered at most once per [`PAGE_MAX_AGE`] and
+//!   shared by every scrape meanwhile, so a scrape costs a copy of it
+//!   however many arrive and however large the dataplane; the agent's own
+//!   metrics (a few dozen series) are encoded fresh on every scrape.
 //! * `GET /healthz` — 200 while the agent runs.
 //! * `GET /readyz` — 200 once the first full sync reached the maps, 503
 //!   before, with the reason (e.g. a source that has not delivered a
@@ -34,7 +35,10 @@ use std::{
 use axum::body::Bytes;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{
+        EncodeLabelSet,
+        text::{encode_eof, encode_registry},
+    },
     metrics::{
         counter::Counter,
         family::Family,
@@ -48,7 +52,8 @@ use tokio::sync::Mutex;
 use self::collector::DataplaneCollector;
 pub use self::server::{Limits, MAX_HEAD_BYTES, MetricsServer};
 
-/// `/metrics` is rendered (the maps read) at most this often.
+/// The dataplane's part of `/metrics` is rendered (the maps read) at most
+/// this often.
 pub const PAGE_MAX_AGE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,8 +126,8 @@ impl Default for Metrics {
     }
 }
 
-/// Registry with the agent's metrics and the dataplane collector.
-pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
+/// Registry with the agent's own metrics.
+pub fn registry(metrics: &Arc<Metrics>) -> Registry {
     let mut registry = Registry::with_prefix("mcs");
     registry.register(
         "objects_rejected",
@@ -179,37 +184,56 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "Source failures (unparsable file, failed list), each counted when it appears.",
         metrics.source_errors.clone(),
     );
+    registry
+}
+
+/// Registry with the dataplane's counters, read from the maps.
+fn dataplane_registry(bpffs_dir: PathBuf) -> Registry {
+    let mut registry = Registry::with_prefix("mcs");
     registry.register_collector(Box::new(DataplaneCollector::new(bpffs_dir)));
     registry
 }
 
 #[derive(Clone)]
 struct AppState {
-    registry: Arc<Registry>,
+    own: Arc<Registry>,
+    dataplane: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// The last rendered page and when; scrapes wait here (as tasks, not
-    /// threads) while one renders it.
-    page: Arc<Mutex<Option<(Instant, Bytes)>>>,
+    /// The dataplane's last rendered part and when; scrapes wait here (as
+    /// tasks, not threads) while one renders it.
+    dataplane_page: Arc<Mutex<Option<(Instant, Bytes)>>>,
 }
 
-/// The current page: the cached one, or a new one rendered on a blocking
-/// thread (reading the maps is blocking syscalls, encoding is CPU work).
-async fn page(state: &AppState) -> Option<Bytes> {
-    let mut page = state.page.lock().await;
+/// The dataplane's part: the cached one, or a new one rendered on a
+/// blocking thread (reading the maps is blocking syscalls, encoding is CPU
+/// work).
+async fn dataplane_page(state: &AppState) -> Option<Bytes> {
+    let mut page = state.dataplane_page.lock().await;
     if let Some((rendered, text)) = &*page
         && rendered.elapsed() < PAGE_MAX_AGE
     {
         return Some(text.clone());
     }
-    let registry = state.registry.clone();
+    let registry = state.dataplane.clone();
     let text = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
-        encode(&mut text, &registry).map(|()| Bytes::from(text))
+        encode_registry(&mut text, &registry).map(|()| Bytes::from(text))
     })
     .await
     .ok()?
     .ok()?;
     *page = Some((Instant::now(), text.clone()));
+    Some(text)
+}
+
+/// The whole page: the agent's own metrics as they are now, then the
+/// dataplane's part.
+async fn page(state: &AppState) -> Option<String> {
+    let dataplane = dataplane_page(state).await?;
+    let mut text = String::new();
+    encode_registry(&mut text, &state.own).ok()?;
+    text.push_str(std::str::from_utf8(&dataplane).ok()?);
+    encode_eof(&mut text).ok()?;
     Some(text)
 }
 
@@ -281,9 +305,10 @@ pub async fn serve(
     limits: Limits,
 ) -> std::io::Result<MetricsServer> {
     let state = AppState {
-        registry: Arc::new(registry(&metrics, bpffs_dir)),
+        own: Arc::new(registry(&metrics)),
+        dataplane: Arc::new(dataplane_registry(bpffs_dir)),
         metrics,
-        page: Arc::new(Mutex::new(None)),
+        dataplane_page: Arc::new(Mutex::new(None)),
     };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
