@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     dataplane::AttachMode,
-    desired::{ClusterCidrs, Locality},
+    desired::{ClusterCidrs, ClustersetIpCidrs, Locality},
     dns,
     telemetry::LogFormat,
 };
@@ -237,6 +237,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "CLUSTER=CIDR,...", default_value = "")]
     pub cluster_cidrs: ClusterCidrs,
 
+    /// The ranges ClusterSetIPs are allocated from (IPv4 and IPv6), e.g.
+    /// `10.96.100.0/24,fd00:96::/108` (what `mcs-agent controller
+    /// --clusterset-ip-cidr` allocates from). When given, an import claiming
+    /// an address outside them (a node's or the API server's, say) is not
+    /// served at that address and is rejected (log, metric, Event), so no
+    /// import can capture traffic meant for something else. Without it
+    /// every ClusterSetIP an import claims is served.
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    pub clusterset_ip_cidrs: ClustersetIpCidrs,
+
     /// Serve the clusterset DNS zone (KEP-1645: `SVC.NS.svc.ZONE` and the
     /// rest, see docs/dns.md) on this UDP and TCP address, e.g.
     /// `127.0.0.1:5353`, or `0.0.0.0:53` (needs CAP_NET_BIND_SERVICE). Off
@@ -262,6 +272,53 @@ pub struct RunArgs {
         help_heading = "DNS"
     )]
     pub dns_ttl: u32,
+
+    /// UDP responses per second per client network (and as many at once),
+    /// 0 for no limit. Over it a network's queries get nothing, except every
+    /// --dns-rate-limit-slip-th, which gets an empty truncated answer so a
+    /// real client retries over TCP (never limited). Keeps a flood with a
+    /// spoofed source from turning the server against that source.
+    #[arg(
+        long,
+        value_name = "PER_SECOND",
+        default_value_t = dns::rate_limit::DEFAULT_RATE,
+        requires = "dns_addr",
+        help_heading = "DNS"
+    )]
+    pub dns_rate_limit: u32,
+
+    /// Every N-th rate-limited query gets a truncated answer (TC=1) instead
+    /// of none; 0 drops them all, 1 truncates them all.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = dns::rate_limit::DEFAULT_SLIP,
+        requires = "dns_addr",
+        help_heading = "DNS"
+    )]
+    pub dns_rate_limit_slip: u32,
+
+    /// Prefix length of the IPv4 client networks limited together.
+    #[arg(
+        long,
+        value_name = "BITS",
+        default_value_t = dns::rate_limit::DEFAULT_IPV4_PREFIX,
+        value_parser = clap::value_parser!(u8).range(8..=32),
+        requires = "dns_addr",
+        help_heading = "DNS"
+    )]
+    pub dns_rate_limit_ipv4_prefix: u8,
+
+    /// Prefix length of the IPv6 client networks limited together.
+    #[arg(
+        long,
+        value_name = "BITS",
+        default_value_t = dns::rate_limit::DEFAULT_IPV6_PREFIX,
+        value_parser = clap::value_parser!(u8).range(16..=128),
+        requires = "dns_addr",
+        help_heading = "DNS"
+    )]
+    pub dns_rate_limit_ipv6_prefix: u8,
 }
 
 /// Checks the zone when the command line is parsed, not at startup.
@@ -309,6 +366,22 @@ pub struct DumpArgs {
 pub const MAGLEV_BYTES_PER_SLOT: u64 = 160;
 
 impl RunArgs {
+    /// The DNS server's configuration (`--dns-*`), if it is on.
+    pub fn dns_config(&self) -> Option<dns::DnsConfig> {
+        Some(dns::DnsConfig {
+            addr: self.dns_addr?,
+            zone: self.dns_zone.clone(),
+            ttl: self.dns_ttl,
+            clusterset_ip_cidrs: self.clusterset_ip_cidrs.clone(),
+            rate_limit: dns::RateLimitConfig {
+                per_second: std::num::NonZeroU32::new(self.dns_rate_limit),
+                slip: self.dns_rate_limit_slip,
+                ipv4_prefix: self.dns_rate_limit_ipv4_prefix,
+                ipv6_prefix: self.dns_rate_limit_ipv6_prefix,
+            },
+        })
+    }
+
     /// How the conntrack janitor collects expired entries.
     pub fn gc_config(&self) -> crate::conntrack::gc::GcConfig {
         use std::time::Duration;

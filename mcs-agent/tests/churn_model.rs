@@ -16,7 +16,8 @@
 //! an unchanged snapshot must cost no write at all.
 //!
 //! `PROPTEST_CASES` sets the number of histories (default 256). The figures
-//! of the last run are written to `docs/figures/churn_model.md`.
+//! of the last run are written to `target/figures/churn_model.md`
+//! (`cargo xtask figures` updates `docs/figures/`).
 
 use std::{
     fs,
@@ -553,19 +554,13 @@ fn maps_are_a_pure_function_of_the_final_objects() {
         load(&figures.max_slots),
     );
     println!("churn model check ({cases} cases):\n{summary}");
-    write_figures(
+    let written = mcs_tests::figures::write(
         "churn_model.md",
         &format!(
-            "<!-- written by `cargo test -p mcs-agent --test churn_model`; do not edit -->\n\
+            "<!-- written by `cargo xtask figures` (the churn_model test); do not edit -->\n\
          | churn model check | result |\n|---|---|\n{summary}"
         ),
-    );
-}
-
-/// Writes a figures file under `docs/figures/` (included by
-/// `docs/reliability.md`).
-fn write_figures(name: &str, text: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/figures");
-    fs::create_dir_all(&dir).expect("create docs/figures");
-    fs::write(dir.join(name), text).expect("write figures");
+    )
+    .expect("write the figures");
+    println!("figures: {}", written.display());
 }

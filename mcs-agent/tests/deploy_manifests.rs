@@ -3,7 +3,11 @@
 //! read-only RBAC (+ events), probes on the agent's endpoints, a memory
 //! limit that holds the agent's maps at its configured sizes.
 
-use std::{collections::BTreeSet, fs, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::PathBuf,
+};
 
 use k8s_openapi::{
     api::{
@@ -109,9 +113,28 @@ fn daemonset_runs_with_least_privilege_and_probes() {
         Some("/readyz")
     );
     let args = container.args.clone().unwrap_or_default();
+    // Metrics and probes on the node's own address, not on every interface.
     assert!(
-        args.iter().any(|a| a.starts_with("--metrics-addr=")),
+        args.iter().any(|a| a == "--metrics-addr=$(POD_IP):9464"),
         "{args:?}"
+    );
+    // Events name the agent (pod and node) from the downward API.
+    let downward: BTreeMap<&str, &str> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|var| {
+            let field = var.value_from.as_ref()?.field_ref.as_ref()?;
+            Some((var.name.as_str(), field.field_path.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        downward,
+        BTreeMap::from([
+            ("NODE_NAME", "spec.nodeName"),
+            ("POD_IP", "status.podIP"),
+            ("POD_NAME", "metadata.name"),
+        ])
     );
 
     let host_paths: BTreeSet<String> = pod
@@ -214,7 +237,7 @@ fn rbac_is_read_only_plus_events() {
             resources.insert(resource.as_str());
             if resource == "events" {
                 assert!(
-                    verbs.is_subset(&BTreeSet::from(["create", "patch"])),
+                    verbs.is_subset(&BTreeSet::from(["create", "get", "patch"])),
                     "{verbs:?}"
                 );
             } else {

@@ -17,7 +17,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinEncodable},
 };
 use mcs_agent::{
-    dns::{self, DnsConfig, DnsServer},
+    dns::{self, DnsConfig, DnsServer, RateLimitConfig},
     model::manifest,
     sources::SourceUpdate,
 };
@@ -90,18 +90,29 @@ struct TestServer {
 }
 
 impl TestServer {
+    /// Rate limiting off: every test here queries from 127.0.0.1 as fast as
+    /// it can (the limit has its own test).
     fn start(initial: Option<&str>) -> Self {
+        Self::start_with(
+            initial,
+            DnsConfig {
+                ttl: TTL,
+                rate_limit: RateLimitConfig {
+                    per_second: None,
+                    ..RateLimitConfig::default()
+                },
+                ..DnsConfig::new("127.0.0.1:0".parse().expect("address"))
+            },
+        )
+    }
+
+    fn start_with(initial: Option<&str>, config: DnsConfig) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
         let (updates, receiver) = watch::channel(initial.map(update_of));
-        let config = DnsConfig {
-            addr: "127.0.0.1:0".parse().expect("address"),
-            zone: "clusterset.local".into(),
-            ttl: TTL,
-        };
         let server = runtime
             .block_on(dns::serve(&config, receiver))
             .expect("DNS server starts");
@@ -752,4 +763,127 @@ fn dns_udp_queries_per_second() {
     bench(&server, 5_000); // warm-up
     let qps = bench(&server, 200_000);
     println!("dns_udp_queries_per_second: {qps:.0}");
+}
+
+/// UDP answers over the rate go out as nothing or, every `slip`-th, as an
+/// empty truncated answer; TCP is never limited, so `dig` (which retries a
+/// truncated answer over TCP) still gets its answer.
+#[test]
+fn udp_answers_are_rate_limited_per_client_network_and_slip_to_tcp() {
+    const RATE: u32 = 10;
+    let server = TestServer::start_with(
+        Some(MANIFEST),
+        DnsConfig {
+            ttl: TTL,
+            rate_limit: RateLimitConfig {
+                per_second: std::num::NonZeroU32::new(RATE),
+                slip: 2,
+                ..RateLimitConfig::default()
+            },
+            ..DnsConfig::new("127.0.0.1:0".parse().expect("address"))
+        },
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(server.addr).expect("connect");
+    // A dropped answer is waited for 50 ms (the server answers in well under).
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let query = query_bytes(3, "web.demo.svc.clusterset.local.", RecordType::A);
+    let (mut answered, mut truncated, mut silent) = (0, 0, 0);
+    let started = Instant::now();
+    for _ in 0..4 * RATE {
+        match udp_exchange(&socket, &query) {
+            Some(response) if response.metadata.truncation => {
+                assert!(response.answers.is_empty(), "{response:?}");
+                truncated += 1;
+            }
+            Some(response) => {
+                assert_eq!(response.answers.len(), 1, "{response:?}");
+                answered += 1;
+            }
+            None => silent += 1,
+        }
+    }
+    // The burst, plus what refilled meanwhile (RATE per second).
+    let refilled = (started.elapsed().as_secs_f64() * f64::from(RATE)).ceil() as u32 + 1;
+    let limited = truncated + silent;
+    println!(
+        "dns_rate_limit: {} queries in {:?} at {RATE}/s: {answered} answered, {truncated} truncated, {silent} dropped",
+        4 * RATE,
+        started.elapsed()
+    );
+    assert!(
+        answered >= RATE && answered <= RATE + refilled,
+        "answered {answered}, truncated {truncated}, silent {silent} in {:?}",
+        started.elapsed()
+    );
+    assert!(limited >= RATE, "answered {answered}, limited {limited}");
+    assert!(
+        truncated * 2 >= limited - 1 && truncated * 2 <= limited + 1,
+        "every second limited answer slips: truncated {truncated} of {limited}"
+    );
+    assert!(server.server.as_ref().expect("running").rate_limited() >= u64::from(limited));
+    // TCP is not limited, and dig falls back to it on a truncated answer.
+    for _ in 0..3 {
+        assert_answer(
+            &server.dig_tcp("web.demo.svc.clusterset.local", "A"),
+            &["10.96.0.10"],
+        );
+    }
+    // A second later the network's bucket is full again.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_answer(
+        &server.dig("web.demo.svc.clusterset.local", "A"),
+        &["10.96.0.10"],
+    );
+}
+
+/// ANY gets one RRset (RFC 8482), not every record of the name.
+#[test]
+fn any_gets_a_minimal_answer() {
+    let server = TestServer::start(Some(MANIFEST));
+    let any = server.dig("web.demo.svc.clusterset.local", "ANY");
+    assert_eq!(any.status, "NOERROR", "{}", any.raw);
+    let types: std::collections::BTreeSet<&str> = any
+        .answers
+        .iter()
+        .map(|rr| rr.record_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        std::collections::BTreeSet::from(["A"]),
+        "{}",
+        any.raw
+    );
+    assert_answer(&any, &["10.96.0.10"]);
+    // The name has SRV and AAAA records too: ANY did not return them.
+    assert!(
+        !server
+            .dig("web.demo.svc.clusterset.local", "SRV")
+            .answers
+            .is_empty()
+    );
+}
+
+/// With `--clusterset-ip-cidrs`, a ClusterSetIP outside them is not
+/// answered (the dataplane does not serve it either).
+#[test]
+fn clusterset_ips_outside_the_allowed_ranges_are_not_answered() {
+    let server = TestServer::start_with(
+        Some(MANIFEST),
+        DnsConfig {
+            ttl: TTL,
+            clusterset_ip_cidrs: "10.96.0.0/16".parse().expect("ranges"),
+            ..DnsConfig::new("127.0.0.1:0".parse().expect("address"))
+        },
+    );
+    assert_answer(
+        &server.dig("web.demo.svc.clusterset.local", "A"),
+        &["10.96.0.10"],
+    );
+    // fd00:96::10 is outside: no AAAA.
+    server
+        .dig("web.demo.svc.clusterset.local", "AAAA")
+        .assert_negative("NOERROR");
 }

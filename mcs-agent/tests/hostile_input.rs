@@ -14,7 +14,8 @@
 //! allocator and must stay linear in the input size.
 //!
 //! The figures (inputs tried / rejected / panics, peak memory) are printed
-//! and written to `docs/figures/hostile_input.md`.
+//! and written to `target/figures/hostile_input.md` (`cargo xtask figures`
+//! updates `docs/figures/`).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -23,7 +24,6 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     panic::{AssertUnwindSafe, catch_unwind},
-    path::Path,
     sync::atomic::{AtomicUsize, Ordering},
 };
 
@@ -1301,12 +1301,14 @@ fn hostile_inputs_are_rejected_typed_without_panic_in_bounded_memory() {
         );
     }
     println!("hostile input corpus:\n{table}{big}");
-    write_figures(
+    let written = mcs_tests::figures::write(
         "hostile_input.md",
         &format!(
-            "<!-- written by `cargo test -p mcs-agent --test hostile_input`; do not edit -->\n{table}{big}"
+            "<!-- written by `cargo xtask figures` (the hostile_input test); do not edit -->\n{table}{big}"
         ),
-    );
+    )
+    .expect("write the figures");
+    println!("figures: {}", written.display());
     assert!(
         failures.is_empty(),
         "{} case(s) failed:\n{}",
@@ -1351,12 +1353,4 @@ fn size(bytes: usize) -> String {
     } else {
         format!("{:.1} KiB", bytes as f64 / 1024.0)
     }
-}
-
-/// Writes a figures file under `docs/figures/` (included by
-/// `docs/reliability.md`).
-fn write_figures(name: &str, text: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/figures");
-    fs::create_dir_all(&dir).expect("create docs/figures");
-    fs::write(dir.join(name), text).expect("write figures");
 }

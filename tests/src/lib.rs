@@ -16,6 +16,7 @@ pub mod clusterset_traffic;
 pub mod csum;
 pub mod dns_load;
 pub mod export_demo;
+pub mod figures;
 pub mod kubectl;
 pub mod load;
 pub mod manifest;

@@ -18,7 +18,7 @@ use std::{
 
 use mcs_agent::{
     desired,
-    events::{Events, event_reason},
+    events::{Events, Publisher, event_reason},
     model::{Flavour, SliceOwner, Snapshot},
     reconcile::{Reconciler, memory::MemoryMaps},
     sources::{
@@ -138,7 +138,7 @@ async fn start_with_events(server: &FakeApiServer, policy: desired::Policy) -> R
     let source = KubeSource::connect(Some(&kubeconfig), options())
         .await
         .expect("connect to the fake API server");
-    let mut events = Events::start(source.client().clone(), Some("test-node".into()));
+    let mut events = Events::start(source.client().clone(), publisher(0));
     let mut running = start_source(source);
     let mut updates = running.updates.clone();
     running.reporter = Some(tokio::spawn(async move {
@@ -154,6 +154,14 @@ async fn start_with_events(server: &FakeApiServer, policy: desired::Policy) -> R
         }
     }));
     running
+}
+
+/// The agent of pod `mcs-agent-N` on node `node-N`.
+fn publisher(n: usize) -> Publisher {
+    Publisher {
+        pod: Some(format!("mcs-agent-{n}")),
+        node: Some(format!("node-{n}")),
+    }
 }
 
 /// What the file source publishes for `objects` (written as YAML), as the
@@ -814,7 +822,8 @@ async fn rejections_become_events_once_per_object_and_reason() {
         .expect("a DuplicatePortName event");
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reportingController"], "mcs-agent");
-    assert_eq!(event["reportingInstance"], "test-node");
+    assert_eq!(event["reportingInstance"], "mcs-agent-0");
+    assert_eq!(event["deprecatedSource"]["host"], "node-0");
     assert_eq!(event["metadata"]["namespace"], "demo");
     assert_eq!(
         event["regarding"]["apiVersion"],
@@ -877,6 +886,108 @@ async fn rejections_become_events_once_per_object_and_reason() {
         "db-cluster-b-1".into(),
         "ForbiddenIp".into()
     )));
+}
+
+/// Every node's agent sees the same bad objects: the cluster gets one Event
+/// per object and reason, naming the agent that reported it (pod and
+/// node), not one per agent; a restarted agent adds none either. A report
+/// long after the Event (the object fixed and broken again) counts as a new
+/// occurrence of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_many_nodes_publish_one_event_per_object_and_reason() {
+    const AGENTS: usize = 3;
+    let server = server_with_fixtures();
+    let mut running = start(&server).await;
+    let objects = mcs_objects();
+    let update = wait_matching(&mut running, &objects, "the initial snapshot").await;
+    let (_, derived) = desired::compute(&update.snapshot);
+    let rejections: Vec<_> = update.rejections.iter().chain(&derived).cloned().collect();
+    let expected: BTreeSet<(String, String, String)> = rejections
+        .iter()
+        .map(|r| {
+            (
+                r.kind.clone(),
+                r.object.name.clone(),
+                event_reason(r.reason()),
+            )
+        })
+        .collect();
+    assert!(expected.len() > 3, "{expected:?}");
+    let client =
+        || kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let wait_posted = |count: usize| {
+        let server = &server;
+        async move {
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while posted(server).len() < count {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "events: {:?}",
+                    posted(server)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let mut agents = Vec::new();
+    for n in 0..AGENTS {
+        let mut events = Events::start(client(), publisher(n));
+        events.report(&rejections, &update.references);
+        agents.push(events);
+    }
+    wait_posted(expected.len()).await;
+    // The other agents' posts are done too (each finds the Event).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        posted(&server),
+        expected.iter().cloned().collect::<Vec<_>>(),
+        "one Event per object and reason, not one per agent"
+    );
+    for event in server.events() {
+        let instance = event["reportingInstance"].as_str().unwrap_or_default();
+        let n: usize = instance
+            .strip_prefix("mcs-agent-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("reportingInstance {instance:?}"));
+        assert!(n < AGENTS, "{event}");
+        assert_eq!(
+            event["deprecatedSource"]["host"],
+            format!("node-{n}"),
+            "{event}"
+        );
+        assert_eq!(event["reportingController"], "mcs-agent");
+    }
+
+    // A restarted agent reports everything again: nothing new.
+    drop(agents);
+    let mut restarted = Events::start(client(), publisher(AGENTS));
+    restarted.report(&rejections, &update.references);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(posted(&server).len(), expected.len());
+    assert!(server.event_patches().is_empty());
+
+    // Long after (here: a window of zero), the same report is a repeat.
+    let mut later = Events::start_with(client(), publisher(0), Duration::ZERO);
+    later.report(&rejections, &update.references);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while server.event_patches().len() < expected.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "patches: {:?}",
+            server.event_patches()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(posted(&server).len(), expected.len(), "no new Event");
+    assert!(
+        server
+            .event_patches()
+            .iter()
+            .all(|patch| patch["series"]["count"] == 2),
+        "{:?}",
+        server.event_patches()
+    );
 }
 
 /// The maps the reconciler programs for a sequence of updates.

@@ -9,10 +9,14 @@
 //!
 //! Targets: `manifest` and `checksum` run anywhere; `xdp` needs root (BPF_PROG_TEST_RUN) and
 //! the eBPF object, so without root it is skipped with a banner, and as root the object is
-//! built first. A crash fails the command and keeps its input under `fuzz/artifacts/TARGET/`.
-//! The working corpus lives under `target/fuzz/corpus/TARGET` (seeds: `fuzz/seeds/TARGET`).
-//! The figures (executions, corpus size, crashes per target) are printed and written to
-//! `docs/figures/fuzzing.md`. `MCS_FUZZ_ENGINE=stable` forces the fallback.
+//! built first. Each target is built before it runs: a build that fails is reported as
+//! "build failed" with the compiler's output, never as a crash. A crash (the fuzzer wrote an
+//! input) fails the command and keeps its input under `fuzz/artifacts/TARGET/`; a fuzzer
+//! that fails without writing one is reported as such. The working corpus lives under
+//! `target/fuzz/corpus/TARGET` (seeds: `fuzz/seeds/TARGET`). The figures (executions, corpus
+//! size, result per target) are printed and written to `OUT/fuzzing.md` (`--out`, default
+//! `fuzz-results/`, ignored by git); only `--update-docs` writes `docs/figures/fuzzing.md`.
+//! `MCS_FUZZ_ENGINE=stable` forces the fallback.
 
 use std::{
     fmt::Write as _,
@@ -39,7 +43,14 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 pub struct Options {
     pub time: u64,
     pub target: Option<String>,
+    /// Where the figures go (`fuzzing.md`).
+    pub out: PathBuf,
+    /// Also write the figures to `docs/figures/fuzzing.md`.
+    pub update_docs: bool,
 }
+
+/// Lines of compiler output shown when a build fails (the whole output scrolled by).
+const BUILD_OUTPUT_TAIL: usize = 60;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Engine {
@@ -60,7 +71,22 @@ enum TargetResult {
         corpus: u64,
     },
     Skipped(String),
+    /// The target did not compile: the tail of the compiler's output.
+    BuildFailed(String),
+    /// The fuzzer found an input that fails: where it is kept (relative to the workspace).
     Crashed(String),
+    /// The fuzzer exited unsuccessfully without writing an input (e.g. it could not start).
+    Failed(String),
+}
+
+impl TargetResult {
+    fn passed(&self) -> bool {
+        matches!(self, Self::Ran { .. })
+    }
+
+    fn failed(&self) -> bool {
+        !matches!(self, Self::Ran { .. } | Self::Skipped(_))
+    }
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -101,6 +127,8 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     let mut outcomes = Vec::new();
+    // The stable driver is one binary for every target: built once.
+    let stable_build = (engine == Engine::Stable).then(build_stable);
     for target in targets {
         heading(&format!("fuzz target: {target} ({} s)", options.time));
         if target == "xdp" && !root {
@@ -114,9 +142,14 @@ pub fn run(options: &Options) -> Result<()> {
             });
             continue;
         }
-        let result = match engine {
-            Engine::LibFuzzer => run_libfuzzer(target, options.time)?,
-            Engine::Stable => run_stable(target, options.time)?,
+        let result = match (&stable_build, engine) {
+            (_, Engine::LibFuzzer) => match build_libfuzzer(target)? {
+                Ok(()) => run_libfuzzer(target, options.time)?,
+                Err(output) => build_failed(target, output),
+            },
+            (Some(Ok(binary)), Engine::Stable) => run_stable(binary, target, options.time)?,
+            (Some(Err(output)), Engine::Stable) => build_failed(target, output.clone()),
+            (None, Engine::Stable) => unreachable!("the stable driver is built first"),
         };
         outcomes.push(Outcome { target, result });
     }
@@ -127,28 +160,60 @@ pub fn run(options: &Options) -> Result<()> {
     };
     let table = summary(&outcomes, engine_name, options.time);
     println!("\n{table}");
-    write_figures(&table)?;
-    let crashed: Vec<&str> = outcomes
+    let out = if options.out.is_absolute() {
+        options.out.clone()
+    } else {
+        std::env::current_dir()
+            .context("current directory")?
+            .join(&options.out)
+    };
+    let written = write_figures(&out, &table)?;
+    println!("figures: {}", written.display());
+    if options.update_docs {
+        let docs = workspace_root().join("docs").join("figures");
+        let written = write_figures(&docs, &table)?;
+        println!("docs updated: {}", written.display());
+    }
+    let failed: Vec<String> = outcomes
         .iter()
-        .filter(|o| matches!(o.result, TargetResult::Crashed(_)))
-        .map(|o| o.target)
+        .filter(|o| o.result.failed())
+        .map(|o| format!("{} ({})", o.target, o.result.short()))
         .collect();
-    let passed = outcomes
-        .iter()
-        .filter(|o| matches!(o.result, TargetResult::Ran { .. }))
-        .count();
-    let skipped = outcomes.len() - passed - crashed.len();
+    let passed = outcomes.iter().filter(|o| o.result.passed()).count();
+    let skipped = outcomes.len() - passed - failed.len();
     // The plain closing line CI reads (one per target).
     let skipped = if skipped > 0 {
         format!(", {skipped} skipped")
     } else {
         String::new()
     };
-    println!("fuzz: {passed} passed, {} failed{skipped}", crashed.len());
-    if !crashed.is_empty() {
-        bail!("fuzz target(s) crashed: {}", crashed.join(", "));
+    println!("fuzz: {passed} passed, {} failed{skipped}", failed.len());
+    if !failed.is_empty() {
+        bail!("fuzz target(s) failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+impl TargetResult {
+    /// One word for the closing error line.
+    fn short(&self) -> &'static str {
+        match self {
+            Self::Ran { .. } => "ok",
+            Self::Skipped(_) => "skipped",
+            Self::BuildFailed(_) => "build failed",
+            Self::Crashed(_) => "crashed",
+            Self::Failed(_) => "fuzzer failed",
+        }
+    }
+}
+
+/// Reports a target that did not compile, with the compiler's last lines.
+fn build_failed(target: &str, output: String) -> TargetResult {
+    eprintln!(
+        "\nfuzz target `{target}`: BUILD FAILED (not a crash: nothing was fuzzed). Compiler \
+         output (last lines):\n{output}"
+    );
+    TargetResult::BuildFailed(output)
 }
 
 fn banner(lines: &[&str]) {
@@ -224,6 +289,19 @@ fn artifact_dir(target: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// `cargo fuzz build TARGET`: `Err` holds the tail of the compiler's output.
+fn build_libfuzzer(target: &'static str) -> Result<Result<(), String>> {
+    let cmd = cargo_fuzz()
+        .args(["build", target, "--sanitizer", "none", "--fuzz-dir"])
+        .arg(fuzz_dir());
+    let (status, lines) = run_streaming(&cmd, |_| true)?;
+    Ok(if status.success() {
+        Ok(())
+    } else {
+        Err(tail(&lines, BUILD_OUTPUT_TAIL))
+    })
+}
+
 fn run_libfuzzer(target: &'static str, time: u64) -> Result<TargetResult> {
     let corpus = corpus_dir(target)?;
     let artifacts = artifact_dir(target)?;
@@ -250,10 +328,14 @@ fn run_libfuzzer(target: &'static str, time: u64) -> Result<TargetResult> {
             .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
     };
     if !status.success() {
-        let artifact = lines
+        // libFuzzer names the input it kept (crash, timeout, out of memory).
+        let Some(artifact) = lines
             .iter()
             .find_map(|l| l.split("Test unit written to ").nth(1))
-            .map_or_else(|| artifacts.display().to_string(), |p| p.trim().to_owned());
+            .map(|p| relative(Path::new(p.trim())))
+        else {
+            return Ok(fuzzer_failed(target, &lines, status));
+        };
         eprintln!(
             "fuzz target `{target}` CRASHED; input kept at {artifact}\n  reproduce: rustup run \
              nightly cargo fuzz run {target} --sanitizer none --fuzz-dir fuzz {artifact}"
@@ -268,11 +350,59 @@ fn run_libfuzzer(target: &'static str, time: u64) -> Result<TargetResult> {
     })
 }
 
-fn run_stable(target: &'static str, time: u64) -> Result<TargetResult> {
-    let artifacts = artifact_dir(target)?;
-    let seeds = fuzz_dir().join("seeds").join(target);
+/// A fuzzer that exited unsuccessfully without keeping an input.
+fn fuzzer_failed(target: &str, lines: &[String], status: std::process::ExitStatus) -> TargetResult {
+    let output = tail(lines, BUILD_OUTPUT_TAIL);
+    eprintln!(
+        "\nfuzz target `{target}`: the fuzzer failed ({}) without keeping an input (not a \
+         crash). Output (last lines):\n{output}",
+        crate::cmd::describe(status)
+    );
+    TargetResult::Failed(crate::cmd::describe(status))
+}
+
+/// The last `count` lines that say something, joined: cargo's progress
+/// lines (`Compiling …`) and cargo-fuzz's own backtrace are left out.
+fn tail(lines: &[String], count: usize) -> String {
+    let progress = [
+        "Compiling ",
+        "Checking ",
+        "Downloaded ",
+        "Downloading ",
+        "Updating ",
+        "Locking ",
+    ];
+    let telling: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .take_while(|line| !line.starts_with("Stack backtrace:"))
+        .filter(|line| !progress.iter().any(|p| line.trim_start().starts_with(p)))
+        .collect();
+    telling[telling.len().saturating_sub(count)..].join("\n")
+}
+
+/// The compiler's first error line, for the summary table.
+fn first_error(output: &str) -> String {
+    output
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or("see the output above")
+        .replace('|', "\\|")
+}
+
+/// `path` relative to the workspace when it is inside it (no machine paths in figures).
+fn relative(path: &Path) -> String {
+    path.strip_prefix(workspace_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Builds the stable driver (`fuzz-stable`, every target): `Err` holds the tail of the
+/// compiler's output.
+fn build_stable() -> Result<PathBuf, String> {
     let manifest = fuzz_dir().join("Cargo.toml");
-    Cmd::cargo()
+    let cmd = Cmd::cargo()
         .args([
             "build",
             "--release",
@@ -282,13 +412,21 @@ fn run_stable(target: &'static str, time: u64) -> Result<TargetResult> {
         ])
         .arg("--manifest-path")
         .arg(&manifest)
-        .env("CARGO_TARGET_DIR", host_target_dir().join("fuzz-stable"))
-        .run()?;
-    let binary = host_target_dir()
-        .join("fuzz-stable")
-        .join("release")
-        .join("fuzz-stable");
-    let cmd = Cmd::new(&binary)
+        .env("CARGO_TARGET_DIR", host_target_dir().join("fuzz-stable"));
+    match run_streaming(&cmd, |_| true) {
+        Ok((status, _)) if status.success() => Ok(host_target_dir()
+            .join("fuzz-stable")
+            .join("release")
+            .join("fuzz-stable")),
+        Ok((_, lines)) => Err(tail(&lines, BUILD_OUTPUT_TAIL)),
+        Err(error) => Err(crate::cmd::error_chain(&error)),
+    }
+}
+
+fn run_stable(binary: &Path, target: &'static str, time: u64) -> Result<TargetResult> {
+    let artifacts = artifact_dir(target)?;
+    let seeds = fuzz_dir().join("seeds").join(target);
+    let cmd = Cmd::new(binary)
         .arg(target)
         .args(["--time", &time.to_string()])
         .arg("--seeds")
@@ -305,13 +443,20 @@ fn run_stable(target: &'static str, time: u64) -> Result<TargetResult> {
             .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
     };
     if !status.success() {
+        // The driver keeps a failing input and names it.
+        let Some(artifact) = lines
+            .iter()
+            .find_map(|l| l.split("input saved to ").nth(1))
+            .map(|p| relative(Path::new(p.trim())))
+        else {
+            return Ok(fuzzer_failed(target, &lines, status));
+        };
         eprintln!(
-            "fuzz target `{target}` CRASHED; input kept under {}\n  reproduce: {} {target} \
-             --replay FILE",
-            artifacts.display(),
-            binary.display()
+            "fuzz target `{target}` CRASHED; input kept at {artifact}\n  reproduce: {} {target} \
+             --replay {artifact}",
+            relative(binary)
         );
-        return Ok(TargetResult::Crashed(artifacts.display().to_string()));
+        return Ok(TargetResult::Crashed(artifact));
     }
     let executions = stat("stat::number_of_executed_units").unwrap_or(0);
     Ok(TargetResult::Ran {
@@ -374,9 +519,20 @@ fn summary(outcomes: &[Outcome], engine: &str, time: u64) -> String {
                     outcome.target
                 )
             }
+            TargetResult::BuildFailed(output) => writeln!(
+                table,
+                "| {} | **build failed** (not fuzzed: {}) | – | – | – |",
+                outcome.target,
+                first_error(output)
+            ),
             TargetResult::Crashed(artifact) => writeln!(
                 table,
                 "| {} | **CRASH** (input: {artifact}) | – | – | – |",
+                outcome.target
+            ),
+            TargetResult::Failed(why) => writeln!(
+                table,
+                "| {} | **fuzzer failed** ({why}, no input kept) | – | – | – |",
                 outcome.target
             ),
         };
@@ -384,13 +540,53 @@ fn summary(outcomes: &[Outcome], engine: &str, time: u64) -> String {
     table
 }
 
-fn write_figures(table: &str) -> Result<()> {
-    let dir = workspace_root().join("docs").join("figures");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path: &Path = &dir.join("fuzzing.md");
+/// Writes `fuzzing.md` into `dir` (created); returns its path.
+fn write_figures(dir: &Path, table: &str) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("fuzzing.md");
     fs::write(
-        path,
-        format!("<!-- written by `cargo xtask fuzz`; do not edit -->\n{table}"),
+        &path,
+        format!("<!-- written by `cargo xtask fuzz --update-docs`; do not edit -->\n{table}"),
     )
-    .with_context(|| format!("writing {}", path.display()))
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_failure_shows_the_compiler_errors_not_the_progress() {
+        let lines: Vec<String> = [
+            "   Compiling mcs-agent v0.1.0",
+            "error[E0308]: mismatched types",
+            "  --> src/manifest.rs:125:22",
+            "error: could not compile `mcs-fuzz` (lib) due to 1 previous error",
+            "Error: failed to build fuzz script: cargo build",
+            "",
+            "Stack backtrace:",
+            "   0: anyhow::error::<impl anyhow::Error>::msg",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let shown = tail(&lines, 60);
+        assert!(
+            !shown.contains("Compiling") && !shown.contains("backtrace"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("error[E0308]"), "{shown}");
+        assert_eq!(first_error(&shown), "error[E0308]: mismatched types");
+        assert_eq!(
+            tail(&lines, 2),
+            "Error: failed to build fuzz script: cargo build\n"
+        );
+    }
+
+    #[test]
+    fn artifacts_are_named_relative_to_the_workspace() {
+        let inside = workspace_root().join("fuzz/artifacts/manifest/crash-1");
+        assert_eq!(relative(&inside), "fuzz/artifacts/manifest/crash-1");
+        assert_eq!(relative(Path::new("/elsewhere/x")), "/elsewhere/x");
+    }
 }

@@ -90,8 +90,10 @@ enum Command {
     /// libFuzzer via `cargo fuzz` when a nightly toolchain is installed (cargo-fuzz is
     /// installed when missing), otherwise a stable fallback driver (random mutation, no
     /// coverage), announced loudly. `xdp` needs root (BPF_PROG_TEST_RUN) and is skipped with a
-    /// banner without it. A crash fails the command and keeps the input under
-    /// fuzz/artifacts/TARGET/. Figures go to docs/figures/fuzzing.md.
+    /// banner without it. Each target is built first: a build failure is reported as "build
+    /// failed" with the compiler's output (not as a crash) and fails the command, as does a
+    /// crash, which keeps its input under fuzz/artifacts/TARGET/. Figures go to
+    /// OUT/fuzzing.md; docs/figures/fuzzing.md changes only with --update-docs.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
@@ -99,7 +101,19 @@ enum Command {
         /// Run only this target.
         #[arg(long)]
         target: Option<String>,
+        /// Output directory of the figures (fuzzing.md).
+        #[arg(long, default_value = "fuzz-results", value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Also write the figures to docs/figures/fuzzing.md (a run of every target).
+        #[arg(long, conflicts_with = "target")]
+        update_docs: bool,
     },
+    /// Run the tests that measure the figures of docs/reliability.md (churn model, hostile
+    /// input) and write their tables to docs/figures/.
+    ///
+    /// Plain test runs write these tables to target/figures/ and never touch docs/; this is
+    /// the explicit update.
+    Figures,
     /// Benchmarks: mcs against its baselines in one run (needs root).
     ///
     /// Per-packet cost through BPF_PROG_TEST_RUN (XDP_PASS, a calibration lookup, mcs on a
@@ -164,7 +178,18 @@ fn run(command: Command) -> Result<ExitCode> {
             });
         }
         Command::Demo { args } => return demo::run(&args),
-        Command::Fuzz { time, target } => fuzz::run(&fuzz::Options { time, target })?,
+        Command::Fuzz {
+            time,
+            target,
+            out,
+            update_docs,
+        } => fuzz::run(&fuzz::Options {
+            time,
+            target,
+            out,
+            update_docs,
+        })?,
+        Command::Figures => test::figures()?,
         Command::Bench {
             size,
             out,

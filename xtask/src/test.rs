@@ -11,19 +11,22 @@
 //! test runs once). Tests spawn the agent binary as shipped: tier 5's build is copied aside
 //! before tier 6, whose `cargo test` rebuilds `target/debug/mcs-agent` with the `testing`
 //! feature its integration tests turn on. A failed build stops the tiers after it; a failed
-//! lint or unit tier does not.
+//! lint or unit tier does not. Last, the work tree must be as it was before the run: a test
+//! that writes into the repository (figures go to `target/figures/`, see `cargo xtask
+//! figures`) fails the command.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::Path,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cmd::{Cmd, error_chain, heading, host_target_dir, is_root},
+    cmd::{Cmd, error_chain, heading, host_target_dir, is_root, workspace_root},
     ebpf, lint,
     setup::{self, Mode, Report},
 };
@@ -127,6 +130,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     let agent_bin = debug_dir.join(AGENT_UNDER_TEST);
     let root = is_root();
     let mut runner = Runner::default();
+    let tree_before = tree_status();
 
     runner.tier("setup", true, || {
         setup::ensure(Report::Summary, Mode::Install)
@@ -166,6 +170,10 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         });
         None
     };
+    match &tree_before {
+        Ok(before) => runner.tier("work tree unchanged", false, || tree_unchanged(before)),
+        Err(error) => runner.skip("work tree unchanged", &error_chain(error)),
+    }
 
     runner.print_summary();
     if let Some(why) = skipped_root_tiers {
@@ -205,6 +213,62 @@ fn cargo_test(
         cmd = cmd.arg("--").args(harness_flag).args(test_args);
     }
     cmd.run()
+}
+
+/// `git status --porcelain` of the workspace, untracked files included (ignored ones not).
+pub fn tree_status() -> Result<BTreeSet<String>> {
+    let out = Cmd::new("git")
+        .args(["status", "--porcelain=v1", "--untracked-files=all"])
+        .probe()?;
+    if !out.status.success() {
+        bail!(
+            "`git status` failed in {}: {}",
+            workspace_root().display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Fails naming every path the run added or changed (ignored paths such as `target/` aside).
+fn tree_unchanged(before: &BTreeSet<String>) -> Result<()> {
+    let after = tree_status()?;
+    let changed: Vec<&String> = after.difference(before).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    for line in &changed {
+        eprintln!("  {line}");
+    }
+    bail!(
+        "the run changed the work tree ({} path(s) above): generated files belong in an \
+         ignored output folder (target/, bench-results/, fuzz-results/)",
+        changed.len()
+    )
+}
+
+/// `cargo xtask figures`: the figure tests, writing their tables to `docs/figures/`.
+pub fn figures() -> Result<()> {
+    let docs = workspace_root().join("docs").join("figures");
+    Cmd::cargo()
+        .env("MCS_FIGURES_DIR", &docs)
+        .args([
+            "test",
+            "-p",
+            "mcs-agent",
+            "--test",
+            "churn_model",
+            "--test",
+            "hostile_input",
+            "--",
+            "--nocapture",
+        ])
+        .run()?;
+    println!("figures updated in {}", docs.display());
+    Ok(())
 }
 
 /// Splits `cargo test` arguments at the first `--` into cargo's and the test binaries'.

@@ -61,15 +61,32 @@ pub(super) fn import_frontends(
         SessionAffinity::None => None,
         SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
     };
-    let vips: Vec<Ipv4Addr> = import
+    let allowed: Vec<IpAddr> = import
         .ips
+        .iter()
+        .copied()
+        .filter(|ip| {
+            let allowed = policy.clusterset_ip_cidrs.allows(*ip);
+            if !allowed {
+                rejections.push(rejection(
+                    import,
+                    Problem::OutsideClustersetIpCidrs {
+                        field: "spec.ips[]".into(),
+                        value: *ip,
+                    },
+                ));
+            }
+            allowed
+        })
+        .collect();
+    let vips: Vec<Ipv4Addr> = allowed
         .iter()
         .filter_map(|ip| match ip {
             IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
         })
         .collect();
-    if import.ips.iter().any(IpAddr::is_ipv6) {
+    if allowed.iter().any(IpAddr::is_ipv6) {
         rejections.push(rejection(
             import,
             Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),

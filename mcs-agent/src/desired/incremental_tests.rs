@@ -174,7 +174,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 }
 
 fn policy_strategy() -> impl Strategy<Value = Policy> {
-    (0..3usize, prop::bool::ANY).prop_map(|(locality, cidrs)| Policy {
+    (0..3usize, prop::bool::ANY, prop::bool::ANY).prop_map(|(locality, cidrs, vips)| Policy {
         local_cluster: Some("c1".to_owned()),
         locality: ["none", "local-first", "weighted:c0=1,c1=3"][locality]
             .parse()
@@ -183,6 +183,12 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
             "c0=10.1.0.0/16, c1=10.2.0.0/16".parse().expect("valid")
         } else {
             ClusterCidrs::default()
+        },
+        // Only 10.96.0.1 of the ClusterSetIPs drawn (10.96.0.1-3, fd00::1).
+        clusterset_ip_cidrs: if vips {
+            "10.96.0.0/31".parse().expect("valid")
+        } else {
+            ClustersetIpCidrs::default()
         },
     })
 }

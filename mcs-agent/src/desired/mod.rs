@@ -10,7 +10,8 @@
 //! policy (agent default, overridable per import by annotation) narrows or
 //! weights the set: see [`Locality`].
 //!
-//! * `policy.rs`: the agent's view (local cluster, locality, cluster CIDRs);
+//! * `policy.rs`: the agent's view (local cluster, locality, cluster CIDRs,
+//!   ClusterSetIP ranges);
 //! * `import.rs`: what one import asks for — its frontends and backends;
 //! * `changes.rs`: which imports two snapshots differ in;
 //! * `incremental.rs`: the engine keeping the whole state up to date import
@@ -26,7 +27,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 pub use self::{
     changes::Changes,
     incremental::Incremental,
-    policy::{ClusterCidrs, Locality, Policy},
+    policy::{ClusterCidrs, ClustersetIpCidrs, Locality, Policy},
 };
 use crate::model::{ObjectKey, Protocol, Rejection, Snapshot};
 

@@ -1,8 +1,11 @@
 //! The agent's own view of where traffic should go: its cluster, the
-//! default locality (overridable per import) and which ranges each cluster
-//! may publish endpoints in.
+//! default locality (overridable per import), which ranges each cluster
+//! may publish endpoints in and which ranges ClusterSetIPs come from.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::Backend;
 
@@ -66,6 +69,40 @@ pub struct Policy {
     /// of a slice without cluster label) are rejected too, so no cluster
     /// can publish endpoints that hijack another's traffic.
     pub cluster_cidrs: ClusterCidrs,
+    /// The ranges ClusterSetIPs are allocated from. When set, an import
+    /// claiming an address outside them (a node's, the API server's) is
+    /// not served at that address, so no import can capture traffic meant
+    /// for something else.
+    pub clusterset_ip_cidrs: ClustersetIpCidrs,
+}
+
+/// `--clusterset-ip-cidrs CIDR,...` (IPv4 and IPv6); empty allows every
+/// address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClustersetIpCidrs(pub Vec<ipnet::IpNet>);
+
+impl ClustersetIpCidrs {
+    /// Whether an import may claim `ip` as its ClusterSetIP.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl std::str::FromStr for ClustersetIpCidrs {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .map(|net| net.trunc())
+                    .map_err(|error| format!("{item:?}: {error} (expected CIDR,CIDR,...)"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 /// `--cluster-cidrs cluster=CIDR,cluster=CIDR,...` (a cluster may repeat).

@@ -2,6 +2,8 @@
 //! conflicts and cluster CIDRs.
 
 use super::*;
+use std::{collections::BTreeSet, net::IpAddr};
+
 use crate::model::manifest;
 
 fn state_of(yaml: &str) -> (DesiredState, Vec<Rejection>) {
@@ -262,4 +264,65 @@ fn cluster_cidrs_keep_a_cluster_from_hijacking_another() {
     );
     assert!("a=10.0.0.0/33".parse::<ClusterCidrs>().is_err());
     assert!("a".parse::<ClusterCidrs>().is_err());
+}
+
+/// An import claiming a ClusterSetIP outside `--clusterset-ip-cidrs` (say
+/// the API server's address) is not served there, with a typed rejection;
+/// without the flag every address is served as before.
+#[test]
+fn clusterset_ip_cidrs_keep_an_import_from_capturing_other_addresses() {
+    let yaml = format!(
+        "{TWO_CLUSTERS}---\n{}",
+        r#"
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceImport
+metadata: {name: rogue, namespace: demo}
+spec:
+  ips: ["192.168.1.1"]
+  ports: [{name: https, protocol: TCP, port: 443}]
+"#
+    );
+    let (snapshot, rejections) = manifest::snapshot_from_yaml(&yaml).expect("valid YAML");
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let vips = |state: &DesiredState| -> BTreeSet<Ipv4Addr> {
+        state.frontends.keys().map(|f| f.addr).collect()
+    };
+    let (unchecked, rejections) = compute_with(&snapshot, &Policy::default());
+    let state = &unchecked;
+    assert_eq!(
+        vips(state),
+        BTreeSet::from([Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(192, 168, 1, 1)])
+    );
+    assert!(rejections.is_empty(), "{rejections:?}");
+
+    let policy = Policy {
+        clusterset_ip_cidrs: "10.96.0.0/16, fd00:96::/108".parse().expect("valid list"),
+        ..Policy::default()
+    };
+    let (state, rejections) = compute_with(&snapshot, &policy);
+    assert_eq!(vips(&state), BTreeSet::from([Ipv4Addr::new(10, 96, 0, 10)]));
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert_eq!(rejections[0].reason(), "outside_clusterset_ip_cidrs");
+    assert_eq!(rejections[0].object.name, "rogue");
+    assert!(
+        matches!(
+            rejections[0].problem,
+            crate::model::Problem::OutsideClustersetIpCidrs { value, .. }
+                if value == IpAddr::from([192, 168, 1, 1])
+        ),
+        "{rejections:?}"
+    );
+    assert!(!rejections[0].fatal);
+    // The other import is untouched.
+    assert_eq!(
+        state.frontends[&frontend(80)],
+        unchecked.frontends[&frontend(80)]
+    );
+
+    assert!("10.96.0.0/33".parse::<ClustersetIpCidrs>().is_err());
+    assert!("10.96.0.1".parse::<ClustersetIpCidrs>().is_err());
+    assert_eq!(
+        "".parse::<ClustersetIpCidrs>(),
+        Ok(ClustersetIpCidrs::default())
+    );
 }

@@ -12,8 +12,12 @@ use hickory_proto::rr::{
     rdata::{A, AAAA, SOA, SRV, TXT},
 };
 
-use crate::model::{
-    EndpointSlice, ImportPort, ImportType, Problem, Protocol, Rejection, ServiceImport, Snapshot,
+use crate::{
+    desired::ClustersetIpCidrs,
+    model::{
+        EndpointSlice, ImportPort, ImportType, Problem, Protocol, Rejection, ServiceImport,
+        Snapshot,
+    },
 };
 
 /// The version of the KEP-1645 multicluster DNS specification served, as
@@ -32,6 +36,16 @@ const SRV_WEIGHT: u16 = 100;
 const SOA_REFRESH: i32 = 7200;
 const SOA_RETRY: i32 = 1800;
 const SOA_EXPIRE: i32 = 86_400;
+
+/// The RRset an `ANY` query gets, by preference (every type the zone
+/// holds is listed).
+pub const ANY_PREFERENCE: [RecordType; 5] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::SRV,
+    RecordType::TXT,
+    RecordType::SOA,
+];
 
 /// What the zone has for a query.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,7 +87,20 @@ impl ZoneTable {
         ttl: u32,
         serial: u32,
     ) -> (Self, Vec<Rejection>) {
-        let mut builder = Builder::new(zone, ttl);
+        Self::build_with(snapshot, zone, ttl, serial, &ClustersetIpCidrs::default())
+    }
+
+    /// [`build`](Self::build), leaving out ClusterSetIPs outside
+    /// `clusterset_ips` as the dataplane does (the desired-state engine
+    /// reports them; they are not reported twice).
+    pub fn build_with(
+        snapshot: &Snapshot,
+        zone: &Name,
+        ttl: u32,
+        serial: u32,
+        clusterset_ips: &ClustersetIpCidrs,
+    ) -> (Self, Vec<Rejection>) {
+        let mut builder = Builder::new(zone, ttl, clusterset_ips);
         let soa = Record::from_rdata(
             zone.clone(),
             ttl,
@@ -114,8 +141,10 @@ impl ZoneTable {
         &self.soa
     }
 
-    /// Looks up `name`/`record_type`; `ANY` returns every record of the
-    /// name.
+    /// Looks up `name`/`record_type`. `ANY` gets one RRset of the name, not
+    /// all of them (RFC 8482 section 4.1: a minimal answer, so ANY cannot
+    /// amplify): the addresses when it has any, else its first type in
+    /// [`ANY_PREFERENCE`] order.
     pub fn lookup(&self, name: &LowerName, record_type: RecordType) -> Lookup<'_> {
         if !self.origin.zone_of(name) {
             return Lookup::NotInZone;
@@ -123,10 +152,19 @@ impl ZoneTable {
         let Some(node) = self.nodes.get(name) else {
             return Lookup::NxDomain;
         };
+        let record_type = if record_type == RecordType::ANY {
+            let has = |wanted: RecordType| node.records.iter().any(|r| r.record_type() == wanted);
+            match ANY_PREFERENCE.into_iter().find(|t| has(*t)) {
+                Some(chosen) => chosen,
+                None => return Lookup::NoData, // an empty non-terminal
+            }
+        } else {
+            record_type
+        };
         let records: Vec<&Record> = node
             .records
             .iter()
-            .filter(|record| record_type == RecordType::ANY || record.record_type() == record_type)
+            .filter(|record| record.record_type() == record_type)
             .collect();
         if records.is_empty() {
             Lookup::NoData
@@ -153,9 +191,10 @@ impl ZoneTable {
     }
 }
 
-struct Builder {
+struct Builder<'a> {
     zone: Name,
     ttl: u32,
+    clusterset_ips: &'a ClustersetIpCidrs,
     nodes: HashMap<LowerName, Node>,
     /// Records already added (every record has the same TTL and class), so
     /// an address seen in several slices is answered once, in O(1).
@@ -205,11 +244,12 @@ fn address_rdata(address: IpAddr) -> RData {
     }
 }
 
-impl Builder {
-    fn new(zone: &Name, ttl: u32) -> Self {
+impl<'a> Builder<'a> {
+    fn new(zone: &Name, ttl: u32, clusterset_ips: &'a ClustersetIpCidrs) -> Self {
         Self {
             zone: zone.clone(),
             ttl,
+            clusterset_ips,
             nodes: HashMap::new(),
             seen: HashSet::new(),
             rejections: Vec::new(),
@@ -336,13 +376,19 @@ impl Builder {
         service_labels: &[&str],
         service_name: &Name,
     ) {
-        if import.ips.is_empty() {
-            // No ClusterSetIP allocated yet: the service cannot be reached,
-            // and SRV records pointing at an address-less name would not help.
+        let ips: Vec<IpAddr> = import
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| self.clusterset_ips.allows(*ip))
+            .collect();
+        if ips.is_empty() {
+            // No (usable) ClusterSetIP: the service cannot be reached, and
+            // SRV records pointing at an address-less name would not help.
             return;
         }
-        for ip in &import.ips {
-            self.add(service_name.clone(), address_rdata(*ip));
+        for ip in ips {
+            self.add(service_name.clone(), address_rdata(ip));
         }
         for port in &import.ports {
             let srv = RData::SRV(SRV::new(

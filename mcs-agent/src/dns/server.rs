@@ -1,37 +1,32 @@
 //! The DNS server: hickory's UDP/TCP machinery (framing, malformed
-//! messages, truncation) with our own request handler answering from the
-//! current [`ZoneTable`], which a task rebuilds on every source update.
+//! messages, truncation) with our own request handler (`handler.rs`)
+//! answering from the current [`ZoneTable`], which a task rebuilds on every
+//! source update, off the async workers and without holding the update
+//! channel's lock.
 
 use std::{
     io,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::AtomicUsize},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwapOption;
-use hickory_proto::{
-    op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode},
-    rr::{DNSClass, LowerName, Name, Record, RecordType},
-};
-use hickory_server::{
-    Server,
-    net::runtime::Time,
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
-};
+use hickory_proto::rr::{LowerName, Name};
+use hickory_server::Server;
 use tokio::{
     net::{TcpListener, UdpSocket},
     sync::watch,
     task::JoinHandle,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::records::{Lookup, ZoneTable};
-use crate::{rejection_log::RejectionLog, sources::SourceUpdate};
+use super::{
+    handler::Handler,
+    rate_limit::{RateLimitConfig, ResponseLimiter, SWEEP_INTERVAL},
+    records::ZoneTable,
+};
+use crate::{desired::ClustersetIpCidrs, rejection_log::RejectionLog, sources::SourceUpdate};
 
 /// Default zone (KEP-1645 mandates `clusterset.local`).
 pub const DEFAULT_ZONE: &str = "clusterset.local";
@@ -44,9 +39,6 @@ pub const DEFAULT_TTL: u32 = 5;
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
-/// Largest UDP response: the DNS Flag Day 2020 size, which avoids IP
-/// fragmentation; larger answers are truncated and retried over TCP.
-const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Attempts at finding a port free for both UDP and TCP when port 0 asks
 /// for any.
 const BIND_ATTEMPTS: usize = 20;
@@ -81,6 +73,11 @@ pub struct DnsConfig {
     pub zone: String,
     /// TTL of every record and of negative answers, in seconds.
     pub ttl: u32,
+    /// ClusterSetIPs outside these ranges are not answered (as the
+    /// dataplane does not serve them); empty answers every one.
+    pub clusterset_ip_cidrs: ClustersetIpCidrs,
+    /// UDP response rate limiting per client prefix.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl DnsConfig {
@@ -89,6 +86,8 @@ impl DnsConfig {
             addr,
             zone: DEFAULT_ZONE.to_owned(),
             ttl: DEFAULT_TTL,
+            clusterset_ip_cidrs: ClustersetIpCidrs::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -121,6 +120,9 @@ pub struct DnsServer {
     local_addr: SocketAddr,
     server: Server<Handler>,
     updater: JoinHandle<()>,
+    /// Forgets idle client prefixes of the rate limiter.
+    sweeper: Option<JoinHandle<()>>,
+    limiter: Option<Arc<ResponseLimiter>>,
 }
 
 impl DnsServer {
@@ -137,9 +139,17 @@ impl DnsServer {
             .map_err(DnsError::Stopped)
     }
 
+    /// UDP responses rate limited so far (dropped or truncated).
+    pub fn rate_limited(&self) -> u64 {
+        self.limiter.as_ref().map_or(0, |limiter| limiter.limited())
+    }
+
     /// Stops answering and waits for the sockets to close.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         self.updater.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
         self.server
             .shutdown_gracefully()
             .await
@@ -150,6 +160,9 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.updater.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
         self.server.shutdown_token().cancel();
     }
 }
@@ -176,26 +189,52 @@ pub async fn serve(
     let mut follower = ZoneFollower {
         zone: zone.clone(),
         ttl: config.ttl,
+        clusterset_ips: config.clusterset_ip_cidrs.clone(),
         table: Arc::clone(&table),
         serial: 0,
         rejections: RejectionLog::default(),
     };
     // What the source already published is served from the first query on.
-    follower.apply(&mut updates);
+    follower.apply(&mut updates).await;
     let updater = tokio::spawn(follower.follow(updates));
+    let limiter = ResponseLimiter::new(config.rate_limit).map(Arc::new);
+    let sweeper = limiter.clone().map(|limiter| {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                limiter.sweep();
+            }
+        })
+    });
     let handler = Handler {
         origin: LowerName::new(&zone),
         table,
         rotation: AtomicUsize::new(0),
+        limiter: limiter.clone(),
     };
     let mut server = Server::new(handler);
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-    info!(%local_addr, zone = %zone, ttl = config.ttl, "DNS server listening (UDP and TCP)");
+    let rate_limit = config.rate_limit.per_second.map(|rate| {
+        format!(
+            "{rate}/s per /{} or /{}, slip {}",
+            config.rate_limit.ipv4_prefix, config.rate_limit.ipv6_prefix, config.rate_limit.slip
+        )
+    });
+    info!(
+        %local_addr,
+        zone = %zone,
+        ttl = config.ttl,
+        udp_rate_limit = rate_limit.as_deref().unwrap_or("off"),
+        "DNS server listening (UDP and TCP)"
+    );
     Ok(DnsServer {
         local_addr,
         server,
         updater,
+        sweeper,
+        limiter,
     })
 }
 
@@ -245,6 +284,7 @@ async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
 struct ZoneFollower {
     zone: Name,
     ttl: u32,
+    clusterset_ips: ClustersetIpCidrs,
     table: Arc<ArcSwapOption<ZoneTable>>,
     serial: u32,
     /// The zone's own rejections (names DNS cannot serve), logged once
@@ -254,15 +294,31 @@ struct ZoneFollower {
 
 impl ZoneFollower {
     /// Builds the table of the current update, if any, and swaps it in.
-    /// Built while the update is borrowed: building is synchronous and
-    /// cheaper than cloning the snapshot.
-    fn apply(&mut self, updates: &mut watch::Receiver<Option<SourceUpdate>>) {
-        let built = updates.borrow_and_update().as_ref().map(|update| {
-            self.serial = next_serial(self.serial);
-            ZoneTable::build(&update.snapshot, &self.zone, self.ttl, self.serial)
-        });
-        let Some((next, rejections)) = built else {
+    /// Only the snapshot is taken under the channel's lock (a copy of its
+    /// maps of shared objects), so the source's next publish never waits
+    /// for a build; the build, CPU work in the size of the zone, runs on a
+    /// blocking thread, not on an async worker.
+    async fn apply(&mut self, updates: &mut watch::Receiver<Option<SourceUpdate>>) {
+        let Some(snapshot) = updates
+            .borrow_and_update()
+            .as_ref()
+            .map(|update| update.snapshot.clone())
+        else {
             return;
+        };
+        self.serial = next_serial(self.serial);
+        let (zone, ttl, serial) = (self.zone.clone(), self.ttl, self.serial);
+        let clusterset_ips = self.clusterset_ips.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            ZoneTable::build_with(&snapshot, &zone, ttl, serial, &clusterset_ips)
+        })
+        .await;
+        let (next, rejections) = match built {
+            Ok(built) => built,
+            Err(error) => {
+                warn!(%error, "DNS zone build failed; the previous zone is still served");
+                return;
+            }
         };
         self.rejections.log(&rejections);
         let first = self.table.load().is_none();
@@ -275,11 +331,12 @@ impl ZoneFollower {
         }
     }
 
-    /// Rebuilds on every later update. When the source goes away the last
-    /// table keeps being served.
+    /// Rebuilds on every later update (updates published during a build
+    /// are taken together, from the latest). When the source goes away the
+    /// last table keeps being served.
     async fn follow(mut self, mut updates: watch::Receiver<Option<SourceUpdate>>) {
         while updates.changed().await.is_ok() {
-            self.apply(&mut updates);
+            self.apply(&mut updates).await;
         }
         debug!("source gone; DNS keeps serving the last zone");
     }
@@ -298,123 +355,6 @@ fn next_serial(previous: u32) -> u32 {
     )]
     let now = now as u32;
     now.max(previous.wrapping_add(1))
-}
-
-struct Handler {
-    origin: LowerName,
-    table: Arc<ArcSwapOption<ZoneTable>>,
-    /// Rotates multi-record answers so clients that take the first address
-    /// spread over all of them.
-    rotation: AtomicUsize,
-}
-
-/// The response for one question.
-enum Outcome<'a> {
-    Error(ResponseCode),
-    Records {
-        code: ResponseCode,
-        answers: Vec<&'a Record>,
-        soa: Option<&'a Record>,
-    },
-}
-
-impl Handler {
-    fn answer<'a>(&self, request: &Request, table: Option<&'a ZoneTable>) -> Outcome<'a> {
-        if request.metadata.op_code != OpCode::Query {
-            return Outcome::Error(ResponseCode::NotImp);
-        }
-        let Ok(info) = request.request_info() else {
-            return Outcome::Error(ResponseCode::FormErr); // not exactly one question
-        };
-        let name = info.query.name();
-        let record_type = info.query.query_type();
-        if !self.origin.zone_of(name) || info.query.query_class() != DNSClass::IN {
-            return Outcome::Error(ResponseCode::Refused);
-        }
-        if matches!(record_type, RecordType::AXFR | RecordType::IXFR) {
-            return Outcome::Error(ResponseCode::Refused); // no zone transfers
-        }
-        let Some(table) = table else {
-            return Outcome::Error(ResponseCode::ServFail); // not loaded yet
-        };
-        match table.lookup(name, record_type) {
-            Lookup::Answer(mut answers) => {
-                if answers.len() > 1 && record_type != RecordType::ANY {
-                    let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
-                    let by = turn % answers.len();
-                    answers.rotate_left(by);
-                }
-                Outcome::Records {
-                    code: ResponseCode::NoError,
-                    answers,
-                    soa: None,
-                }
-            }
-            Lookup::NoData => Outcome::Records {
-                code: ResponseCode::NoError,
-                answers: Vec::new(),
-                soa: Some(table.soa()),
-            },
-            Lookup::NxDomain => Outcome::Records {
-                code: ResponseCode::NXDomain,
-                answers: Vec::new(),
-                soa: Some(table.soa()),
-            },
-            Lookup::NotInZone => Outcome::Error(ResponseCode::Refused),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        // EDNS (RFC 6891): answer with OPT when asked with it; only version 0
-        // exists. The payload bounds UDP responses (hickory truncates there).
-        let mut response_edns = None;
-        let mut bad_version = false;
-        if let Some(request_edns) = &request.edns {
-            let mut edns = Edns::new();
-            edns.set_max_payload(request_edns.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns.set_version(0);
-            bad_version = request_edns.version() > 0;
-            response_edns = Some(edns);
-        }
-        let table = self.table.load_full();
-        let outcome = if bad_version {
-            Outcome::Error(ResponseCode::BADVERS)
-        } else {
-            self.answer(request, table.as_deref())
-        };
-        let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
-        let response = match outcome {
-            Outcome::Error(code) => {
-                metadata.response_code = code;
-                builder.build(metadata, Vec::new(), Vec::new(), None, Vec::new())
-            }
-            Outcome::Records { code, answers, soa } => {
-                metadata.response_code = code;
-                metadata.authoritative = true;
-                builder.build(metadata, answers, Vec::new(), soa, Vec::new())
-            }
-        };
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                debug!(%error, src = %request.src(), "cannot send DNS response");
-                let mut failed = Metadata::response_from_request(&request.metadata);
-                failed.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: failed,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        }
-    }
 }
 
 #[cfg(test)]

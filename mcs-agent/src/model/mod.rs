@@ -336,6 +336,11 @@ pub enum Problem {
         value: IpAddr,
         cluster: String,
     },
+    #[error(
+        "{field}: {value} is outside the ranges ClusterSetIPs are allocated from \
+         (--clusterset-ip-cidrs); not served"
+    )]
+    OutsideClustersetIpCidrs { field: String, value: IpAddr },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -386,6 +391,7 @@ impl Rejection {
             Problem::UnknownAddressType(_) => "unknown_address_type",
             Problem::UnknownImportType(_) => "unknown_import_type",
             Problem::OutsideClusterCidr { .. } => "outside_cluster_cidr",
+            Problem::OutsideClustersetIpCidrs { .. } => "outside_clusterset_ip_cidrs",
             Problem::Conflict(_) => "conflict",
             Problem::Unsupported(_) => "unsupported",
         }

@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
+    task::block_in_place,
 };
 use tracing::{info, warn};
 
@@ -32,8 +33,7 @@ use crate::{
     cli::RunArgs,
     conntrack::{GcSetup, Janitor},
     dataplane::{AdoptionReport, Dataplane, lock},
-    desired,
-    dns::{self, DnsConfig},
+    desired, dns,
     events::{self, Events},
     metrics::Metrics,
     reconcile::Reconciler,
@@ -68,19 +68,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // every rejection, under the agent's real policy.
     let events = source
         .kube_client()
-        .map(|client| Events::start(client, events::reporting_instance()));
+        .map(|client| Events::start(client, events::Publisher::from_env()));
     let (updates_tx, mut updates) = watch::channel(None);
     let source_kind = source.kind();
     let mut source_task = tokio::spawn(source.run(updates_tx));
     // DNS answers from the same updates as the dataplane (its own receiver),
     // bound before the kernel is touched so a taken port fails fast.
-    let dns = match args.dns_addr {
-        Some(addr) => {
-            let config = DnsConfig {
-                addr,
-                zone: args.dns_zone.clone(),
-                ttl: args.dns_ttl,
-            };
+    let dns = match args.dns_config() {
+        Some(config) => {
             let server = dns::serve(&config, updates.clone()).await;
             Some(server.context("start the DNS server")?)
         }
@@ -167,9 +162,14 @@ async fn serve(
     let metrics = Arc::new(Metrics::default());
     let _metrics_server = match args.metrics_addr {
         Some(addr) => Some(
-            crate::metrics::serve(addr, metrics.clone(), args.bpffs_dir.clone())
-                .await
-                .with_context(|| format!("serve metrics on {addr}"))?,
+            crate::metrics::serve(
+                addr,
+                metrics.clone(),
+                args.bpffs_dir.clone(),
+                crate::metrics::Limits::default(),
+            )
+            .await
+            .with_context(|| format!("serve metrics on {addr}"))?,
         ),
         None => None,
     };
@@ -184,6 +184,7 @@ async fn serve(
         local_cluster: args.cluster_id.clone(),
         locality: args.locality.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
+        clusterset_ip_cidrs: args.clusterset_ip_cidrs.clone(),
     };
     let mut ctx = Context::new(
         maps,
@@ -227,7 +228,12 @@ async fn serve(
             signal = &mut shutdown => { info!(signal = signal?, "shutting down before first sync"); return Ok(()); }
         }
     };
-    let mut healthy = ctx.reconcile(first, Instant::now());
+    // Reconciles and conntrack sweeps are map writes (blocking syscalls,
+    // thousands in a cold sync): they must never hold an async worker that
+    // health checks, DNS and the watches need. This loop is the runtime's
+    // main future (`block_on`, not a worker), and `block_in_place` keeps
+    // them off the workers wherever the loop runs.
+    let mut healthy = block_in_place(|| ctx.reconcile(first, Instant::now()));
     info!("initial sync done");
     for interface in &args.interfaces {
         dataplane.attach(interface, args.xdp_mode)?;
@@ -253,16 +259,16 @@ async fn serve(
                 let update = updates.borrow_and_update().clone();
                 if let Some(update) = update {
                     ctx.source_health(&update);
-                    healthy = ctx.reconcile(update, received);
+                    healthy = block_in_place(|| ctx.reconcile(update, received));
                 }
             }
             () = tokio::time::sleep(RETRY_DELAY), if !healthy => {
                 let update = updates.borrow().clone();
                 if let Some(update) = update {
-                    healthy = ctx.reconcile(update, Instant::now());
+                    healthy = block_in_place(|| ctx.reconcile(update, Instant::now()));
                 }
             }
-            Some(report) = ctx.janitor.report() => ctx.scanned(report),
+            Some(report) = ctx.janitor.report() => block_in_place(|| ctx.scanned(report)),
             result = &mut *source_task => return source_failed(result),
             signal = &mut shutdown => {
                 info!(signal = signal?, "shutting down");

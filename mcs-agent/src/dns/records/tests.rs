@@ -108,8 +108,22 @@ fn clusterset_ip_a_aaaa_srv() {
             "0 100 53 web.demo.svc.clusterset.local."
         ])
     );
-    // ANY: everything at the name.
-    assert_eq!(rdata(&table, service, RecordType::ANY).len(), 4);
+    // ANY: one RRset, the addresses (RFC 8482), not everything at the name.
+    assert_eq!(
+        rdata(&table, service, RecordType::ANY),
+        rdata(&table, service, RecordType::A)
+    );
+    // A name without addresses answers ANY with its next type: SRV here.
+    let port = "_http._tcp.web.demo.svc.clusterset.local.";
+    assert_eq!(
+        rdata(&table, port, RecordType::ANY),
+        rdata(&table, port, RecordType::SRV)
+    );
+    // The apex: its SOA.
+    assert!(matches!(
+        table.lookup(&lower("clusterset.local."), RecordType::ANY),
+        Lookup::Answer(records) if records.len() == 1 && records[0].record_type() == RecordType::SOA
+    ));
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub const ANNOTATION_GKE_DERIVED_SERVICE: &str = "net.gke.io/derived-service";
 /// Per-import locality policy override (`none`, `local-first`,
 /// `weighted:CLUSTER=W,...`).
 pub const ANNOTATION_LOCALITY: &str = "dataplane.mcs.dev/locality";
+/// Every ServiceImport annotation conversion reads: what a source that trims
+/// objects (the kube source) must keep, so both sources convert alike.
+pub const IMPORT_ANNOTATIONS: [&str; 3] = [
+    ANNOTATION_DERIVED_SERVICE,
+    ANNOTATION_GKE_DERIVED_SERVICE,
+    ANNOTATION_LOCALITY,
+];
 
 mod import;
 mod slice;

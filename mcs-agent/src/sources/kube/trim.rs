@@ -14,8 +14,8 @@ use kube::api::{DynamicObject, TypeMeta};
 use serde_json::Value;
 
 use crate::model::convert::{
-    ANNOTATION_DERIVED_SERVICE, ANNOTATION_GKE_DERIVED_SERVICE, LABEL_MANAGED_BY,
-    LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
+    IMPORT_ANNOTATIONS, LABEL_MANAGED_BY, LABEL_MC_SERVICE_NAME, LABEL_SERVICE_NAME,
+    LABEL_SOURCE_CLUSTER,
 };
 
 /// Keeps only the metadata conversion and Events need.
@@ -47,11 +47,7 @@ fn trimmed_meta(
 /// `apiVersion`/`kind`, and conversion dispatches on them.
 pub(super) fn trim_import(import: &mut DynamicObject, types: &TypeMeta) {
     import.types = Some(types.clone());
-    import.metadata = trimmed_meta(
-        &mut import.metadata,
-        &[],
-        &[ANNOTATION_DERIVED_SERVICE, ANNOTATION_GKE_DERIVED_SERVICE],
-    );
+    import.metadata = trimmed_meta(&mut import.metadata, &[], &IMPORT_ANNOTATIONS);
     if let Value::Object(data) = &mut import.data {
         data.retain(|key, _| key == "spec" || key == "status");
         if let Some(Value::Object(status)) = data.get_mut("status") {
@@ -110,7 +106,11 @@ mod tests {
             "metadata": {
                 "name": "web", "namespace": "demo", "uid": "u1", "resourceVersion": "7",
                 "labels": {"app": "web"},
-                "annotations": {"net.gke.io/derived-service": "gke-mcs-x", "other": "y"},
+                "annotations": {
+                    "net.gke.io/derived-service": "gke-mcs-x",
+                    "dataplane.mcs.dev/locality": "local-first",
+                    "other": "y",
+                },
                 "managedFields": [{"manager": "importer", "operation": "Update"}],
             },
             "spec": {"ips": ["10.96.0.1"], "ports": [{"port": 80}]},
@@ -129,7 +129,10 @@ mod tests {
         let trimmed = serde_json::to_value(&object).unwrap();
         assert_eq!(
             trimmed["metadata"]["annotations"],
-            json!({"net.gke.io/derived-service": "gke-mcs-x"})
+            json!({
+                "net.gke.io/derived-service": "gke-mcs-x",
+                "dataplane.mcs.dev/locality": "local-first",
+            })
         );
         assert!(trimmed["metadata"].get("managedFields").is_none());
         assert!(trimmed["metadata"].get("labels").is_none());

@@ -2,39 +2,59 @@
 //!
 //! * `GET /metrics` — Prometheus text: the agent's own metrics (rejections,
 //!   sync duration, event-to-map latency, frontend count) and the
-//!   dataplane's counters read from the maps at scrape time (per frontend,
-//!   per backend, per source cluster, drops by reason, map fill).
+//!   dataplane's counters read from the maps (per frontend, per backend,
+//!   per source cluster, drops by reason, map fill; `collector.rs`). The
+//!   dataplane's part is rendered at most once per [`PAGE_MAX_AGE`] and
+//!   shared by every scrape meanwhile, so a scrape costs a copy of it
+//!   however many arrive and however large the dataplane; the agent's own
+//!   metrics (a few dozen series) are encoded fresh on every scrape.
 //! * `GET /healthz` — 200 while the agent runs.
 //! * `GET /readyz` — 200 once the first full sync reached the maps, 503
 //!   before, with the reason (e.g. a source that has not delivered a
 //!   complete snapshot since an earlier agent's dataplane was adopted);
 //!   while ready, the body lists what the source fails to read, if
 //!   anything.
+//!
+//! The HTTP server (`server.rs`) bounds what clients can hold: a request
+//! head must arrive within a timeout, idle connections are closed, and the
+//! number of connections is capped (the oldest idle one makes room).
+
+mod collector;
+mod server;
 
 use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
+use axum::body::Bytes;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    encoding::{
+        EncodeLabelSet,
+        text::{encode_eof, encode_registry},
+    },
     metrics::{
-        counter::{ConstCounter, Counter},
+        counter::Counter,
         family::Family,
-        gauge::{ConstGauge, Gauge},
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
-use tracing::{info, warn};
+use tokio::sync::Mutex;
 
-use crate::{dataplane::PinnedMaps, dump};
+use self::collector::DataplaneCollector;
+pub use self::server::{Limits, MAX_HEAD_BYTES, MetricsServer};
+
+/// The dataplane's part of `/metrics` is rendered (the maps read) at most
+/// this often.
+pub const PAGE_MAX_AGE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
@@ -75,7 +95,7 @@ pub struct Metrics {
     pub map_full_frontends: Family<MapLabels, Gauge>,
     pub ready: AtomicBool,
     /// Why the agent is not ready (for `/readyz`), when it is not.
-    pub not_ready: Mutex<String>,
+    pub not_ready: std::sync::Mutex<String>,
     /// Conntrack flows expired by the janitor, by class.
     pub conntrack_expired: Family<ClassLabels, Counter>,
     /// Conntrack entries the janitor's collection read.
@@ -91,7 +111,7 @@ pub struct Metrics {
     /// each counted once when it appears.
     pub source_errors: Family<SourceLabels, Counter>,
     /// What the source fails to read right now (shown by `/readyz`).
-    pub source_failures: Mutex<Vec<String>>,
+    pub source_failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -106,7 +126,7 @@ impl Default for Metrics {
             map_full: Family::default(),
             map_full_frontends: Family::default(),
             ready: AtomicBool::new(false),
-            not_ready: Mutex::new("waiting for the first full sync".to_owned()),
+            not_ready: std::sync::Mutex::new("waiting for the first full sync".to_owned()),
             conntrack_expired: Family::default(),
             conntrack_scanned: Counter::default(),
             // 1 ms … ~65 s.
@@ -114,216 +134,13 @@ impl Default for Metrics {
             sock_revnat_expired: Counter::default(),
             source_healthy: Family::default(),
             source_errors: Family::default(),
-            source_failures: Mutex::new(Vec::new()),
+            source_failures: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
-/// Reads the dataplane's counters from the pinned maps at scrape time.
-#[derive(Debug)]
-struct DataplaneCollector {
-    bpffs_dir: PathBuf,
-    maps: Mutex<Option<PinnedMaps>>,
-}
-
-impl std::fmt::Debug for PinnedMaps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PinnedMaps")
-    }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Vec<(&'static str, String)>, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric =
-        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    for (labels, value) in rows {
-        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Vec<(&'static str, String)>, f64)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric =
-        encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
-    for (labels, value) in rows {
-        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for DataplaneCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(mut guard) = self.maps.lock() else {
-            return Ok(());
-        };
-        if guard.is_none() {
-            *guard = PinnedMaps::open(&self.bpffs_dir).ok();
-        }
-        let Some(maps) = guard.as_ref() else {
-            return Ok(());
-        };
-        let report = match dump::collect(&maps.0) {
-            Ok(report) => report,
-            Err(error) => {
-                warn!(error = %format!("{error:#}"), "cannot read the maps for metrics");
-                *guard = None; // reopen next time
-                return Ok(());
-            }
-        };
-        let frontend = |s: &dump::ServiceDump| {
-            vec![
-                ("frontend", s.name.clone()),
-                ("vip", s.vip.to_string()),
-                ("port", s.port.to_string()),
-                ("protocol", s.protocol.clone()),
-            ]
-        };
-        for (name, help, pick) in [
-            (
-                "frontend_packets",
-                "Packets translated per frontend.",
-                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
-            ),
-            (
-                "frontend_bytes",
-                "Bytes translated per frontend.",
-                |s: &dump::Stats| s.bytes,
-            ),
-            (
-                "frontend_new_flows",
-                "New flows balanced per frontend.",
-                |s: &dump::Stats| s.new_flows,
-            ),
-            (
-                "frontend_refused",
-                "New flows refused (no usable backend) per frontend.",
-                |s: &dump::Stats| s.no_backend,
-            ),
-        ] {
-            let rows: Vec<_> = report
-                .services
-                .iter()
-                .map(|s| (frontend(s), pick(&s.stats)))
-                .collect();
-            counter(&mut encoder, name, help, &rows)?;
-        }
-        for (name, help, pick) in [
-            (
-                "socket_connections",
-                "Sockets (connect/sendmsg) sent to a backend by socket LB, per frontend.",
-                (|s: &dump::Stats| s.new_flows) as fn(&dump::Stats) -> u64,
-            ),
-            (
-                "socket_refused",
-                "Socket-LB connects refused (no usable backend), per frontend.",
-                |s: &dump::Stats| s.no_backend,
-            ),
-        ] {
-            let rows: Vec<_> = report
-                .services
-                .iter()
-                .map(|s| (frontend(s), pick(&s.socket_stats)))
-                .collect();
-            counter(&mut encoder, name, help, &rows)?;
-        }
-        for (name, help, pick) in [
-            (
-                "backend_packets",
-                "Packets per backend endpoint.",
-                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
-            ),
-            (
-                "backend_bytes",
-                "Bytes per backend endpoint.",
-                |s: &dump::Stats| s.bytes,
-            ),
-            (
-                "backend_new_flows",
-                "New flows per backend endpoint.",
-                |s: &dump::Stats| s.new_flows,
-            ),
-        ] {
-            let rows: Vec<_> = report
-                .backends
-                .iter()
-                .map(|b| {
-                    (
-                        vec![
-                            ("backend", format!("{}:{}", b.addr, b.port)),
-                            ("cluster", b.cluster.clone()),
-                        ],
-                        pick(&b.stats),
-                    )
-                })
-                .collect();
-            counter(&mut encoder, name, help, &rows)?;
-        }
-        for (name, help, pick) in [
-            (
-                "cluster_packets",
-                "Packets per source cluster.",
-                (|s: &dump::Stats| s.packets) as fn(&dump::Stats) -> u64,
-            ),
-            (
-                "cluster_bytes",
-                "Bytes per source cluster.",
-                |s: &dump::Stats| s.bytes,
-            ),
-            (
-                "cluster_new_flows",
-                "New flows per source cluster.",
-                |s: &dump::Stats| s.new_flows,
-            ),
-        ] {
-            let rows: Vec<_> = report
-                .clusters
-                .iter()
-                .map(|(cluster, stats)| (vec![("cluster", cluster.clone())], pick(stats)))
-                .collect();
-            counter(&mut encoder, name, help, &rows)?;
-        }
-        let drops: Vec<_> = report
-            .drops
-            .iter()
-            .map(|(reason, count)| (vec![("reason", reason.clone())], *count))
-            .collect();
-        counter(
-            &mut encoder,
-            "drops",
-            "Packets not forwarded, by reason.",
-            &drops,
-        )?;
-        let fill: Vec<_> = report
-            .maps
-            .iter()
-            .map(|m| {
-                (
-                    vec![("map", m.name.clone())],
-                    m.entries as f64 / m.capacity.max(1) as f64,
-                )
-            })
-            .collect();
-        gauge(
-            &mut encoder,
-            "map_fill_ratio",
-            "Entries / capacity per map.",
-            &fill,
-        )?;
-        Ok(())
-    }
-}
-
-/// Registry with the agent's metrics and the dataplane collector.
-pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
+/// Registry with the agent's own metrics.
+pub fn registry(metrics: &Arc<Metrics>) -> Registry {
     let mut registry = Registry::with_prefix("mcs");
     registry.register(
         "objects_rejected",
@@ -390,29 +207,62 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "Frontends not programmed now because a map is full, by map.",
         metrics.map_full_frontends.clone(),
     );
-    registry.register_collector(Box::new(DataplaneCollector {
-        bpffs_dir,
-        maps: Mutex::new(None),
-    }));
+    registry
+}
+
+/// Registry with the dataplane's counters, read from the maps.
+fn dataplane_registry(bpffs_dir: PathBuf) -> Registry {
+    let mut registry = Registry::with_prefix("mcs");
+    registry.register_collector(Box::new(DataplaneCollector::new(bpffs_dir)));
     registry
 }
 
 #[derive(Clone)]
 struct AppState {
-    registry: Arc<Registry>,
+    own: Arc<Registry>,
+    dataplane: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// The dataplane's last rendered part and when; scrapes wait here (as
+    /// tasks, not threads) while one renders it.
+    dataplane_page: Arc<Mutex<Option<(Instant, Bytes)>>>,
+}
+
+/// The dataplane's part: the cached one, or a new one rendered on a
+/// blocking thread (reading the maps is blocking syscalls, encoding is CPU
+/// work).
+async fn dataplane_page(state: &AppState) -> Option<Bytes> {
+    let mut page = state.dataplane_page.lock().await;
+    if let Some((rendered, text)) = &*page
+        && rendered.elapsed() < PAGE_MAX_AGE
+    {
+        return Some(text.clone());
+    }
+    let registry = state.dataplane.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        encode_registry(&mut text, &registry).map(|()| Bytes::from(text))
+    })
+    .await
+    .ok()?
+    .ok()?;
+    *page = Some((Instant::now(), text.clone()));
+    Some(text)
+}
+
+/// The whole page: the agent's own metrics as they are now, then the
+/// dataplane's part.
+async fn page(state: &AppState) -> Option<String> {
+    let dataplane = dataplane_page(state).await?;
+    let mut text = String::new();
+    encode_registry(&mut text, &state.own).ok()?;
+    text.push_str(std::str::from_utf8(&dataplane).ok()?);
+    encode_eof(&mut text).ok()?;
+    Some(text)
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let registry = state.registry.clone();
-    // Reading the maps is blocking syscalls: keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        encode(&mut text, &registry).map(|()| text)
-    })
-    .await;
-    match body {
-        Ok(Ok(text)) => (
+    match page(&state).await {
+        Some(text) => (
             StatusCode::OK,
             [(
                 "content-type",
@@ -421,7 +271,7 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
             text,
         )
             .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -470,26 +320,23 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` and serves until the task is dropped.
+/// Binds `addr` and serves until the returned server is dropped.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     bpffs_dir: PathBuf,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    limits: Limits,
+) -> std::io::Result<MetricsServer> {
     let state = AppState {
-        registry: Arc::new(registry(&metrics, bpffs_dir)),
+        own: Arc::new(registry(&metrics)),
+        dataplane: Arc::new(dataplane_registry(bpffs_dir)),
         metrics,
+        dataplane_page: Arc::new(Mutex::new(None)),
     };
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "metrics and health endpoints listening");
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            warn!(%error, "metrics server stopped");
-        }
-    }))
+    server::serve(addr, app, limits).await
 }
