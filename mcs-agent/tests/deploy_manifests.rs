@@ -185,7 +185,12 @@ fn daemonset_memory_limit_holds_the_maps_at_its_sizes() {
         .args
         .iter()
         .flatten()
-        .map(|a| a.replace("$(MCS_CLUSTER_ID)", "cluster-a"));
+        // The kubelet expands `$(VAR)` from the container's env (the
+        // downward API for POD_IP).
+        .map(|a| {
+            a.replace("$(MCS_CLUSTER_ID)", "cluster-a")
+                .replace("$(POD_IP)", "192.0.2.10")
+        });
     let cli =
         mcs_agent::cli::Cli::try_parse_from(std::iter::once("mcs-agent".to_owned()).chain(args))
             .unwrap_or_else(|e| panic!("daemonset args: {e}"));
