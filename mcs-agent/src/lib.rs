@@ -9,6 +9,8 @@
 //!   to date import by import by one engine (in [`run`]);
 //! * [`reconcile`] — diff of desired vs. applied state, written to the maps;
 //! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
+//! * [`interfaces`] — which interfaces are pods', found as they come and
+//!   go (netlink), and the DNS responder's node-local link;
 //! * [`rejection_log`], [`events`] — every rejection reported once: logs
 //!   and metrics, and Kubernetes Events for API objects;
 //! * [`dump`]      — reads the live maps for operators;
@@ -25,6 +27,7 @@ pub mod desired;
 pub mod dns;
 pub mod dump;
 pub mod events;
+pub mod interfaces;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

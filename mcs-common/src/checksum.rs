@@ -271,7 +271,10 @@ mod tests {
             full,
             full_replace_u16(full_replace_u32(seed, d, n), old_port, new_port)
         );
-        assert_ne!(full, l4_rewrite(seed, 6, s, d, 40, d, n, old_port, new_port));
+        assert_ne!(
+            full,
+            l4_rewrite(seed, 6, s, d, 40, d, n, old_port, new_port)
+        );
         // UDP: no checksum stays none, and a checksum is never sent as 0
         // (which would mean "none").
         assert_eq!(l4_rewrite_full(0, 17, d, n, old_port, new_port), 0);

@@ -163,13 +163,7 @@ pub unsafe fn write_rst(
 ) {
     // SAFETY: per the function contract.
     unsafe {
-        write_ip(
-            ip,
-            refused.vip,
-            refused.client,
-            PROTO_TCP,
-            RST_LEN as u16,
-        );
+        write_ip(ip, refused.vip, refused.client, PROTO_TCP, RST_LEN as u16);
         let bytes = tcp.cast::<u8>();
         (*tcp).source = refused.vip_port.to_ne_bytes();
         (*tcp).dest = refused.client_port.to_ne_bytes();
@@ -180,12 +174,7 @@ pub unsafe fn write_rst(
         (*tcp).window = [0, 0];
         (*tcp).check = [0, 0];
         (*tcp).urg_ptr = [0, 0];
-        let pseudo = pseudo_header_seed(
-            refused.vip,
-            refused.client,
-            PROTO_TCP,
-            TcpHdr::LEN as u16,
-        );
+        let pseudo = pseudo_header_seed(refused.vip, refused.client, PROTO_TCP, TcpHdr::LEN as u16);
         let check = match completion {
             Completion::None => finish(sum_words(
                 u32::from(pseudo),

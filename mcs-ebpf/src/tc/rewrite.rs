@@ -62,6 +62,5 @@ pub fn rewrite(
         .map_err(|_| RewriteFailed)?;
     ctx.store(addr_off, &new_addr, 0)
         .map_err(|_| RewriteFailed)?;
-    ctx.store(port_off, &new_port, 0)
-        .map_err(|_| RewriteFailed)
+    ctx.store(port_off, &new_port, 0).map_err(|_| RewriteFailed)
 }
