@@ -33,7 +33,7 @@ use crate::{
     conntrack,
     lb::{self, SelectError, Selector},
     maps::{count_backend, count_frontend, count_no_backend, prefilter_may_contain},
-    packet::{Packet, ParseError},
+    packet::{self, Packet, PacketData, ParseError},
 };
 
 /// Why a packet leaves the translation without being translated.
@@ -74,10 +74,16 @@ pub struct Unreplied;
 
 /// What a hook supplies to the shared translation.
 pub trait Hook {
-    type Ctx: EbpfContext;
+    type Ctx: EbpfContext + PacketData;
 
     /// The program context (for log lines).
     fn ctx(&self) -> &Self::Ctx;
+
+    /// Parses the packet.
+    #[inline(always)]
+    fn parse(&self) -> Result<Packet, ParseError> {
+        packet::parse(self.ctx())
+    }
 
     /// Rewrites one side's address and port, with the IPv4 header checksum
     /// and the TCP/UDP checksum kept right.
@@ -101,50 +107,51 @@ fn is_cluster_set_ip(daddr: u32, proto: u8) -> bool {
     prefilter_may_contain(daddr, Role::Destination) && lb::lookup_service(daddr, 0, proto).is_some()
 }
 
-/// Decides what to do with a packet that did not parse as plain IPv4
-/// TCP/UDP.
+/// Parses the hook's packet and translates it (see the module docs).
 #[inline(always)]
-pub fn unparsed<H: Hook>(hook: &H, error: ParseError, scope: Scope) -> Error {
+pub fn process<H: Hook>(hook: &H, scope: Scope) -> Result<(), Error> {
     let ctx = hook.ctx();
-    match error {
-        ParseError::NotTcpUdpV4 => {
+    let pkt = match hook.parse() {
+        Ok(pkt) => pkt,
+        Err(ParseError::NotTcpUdpV4) => {
             debug_log!(ctx, "parse: not IPv4 TCP/UDP, passed");
-            Error::NotOurs
+            return Err(Error::NotOurs);
         }
-        ParseError::Truncated => {
+        Err(ParseError::Truncated) => {
             debug_log!(ctx, "parse: headers cut short, passed");
-            Error::NotOurs
+            return Err(Error::NotOurs);
         }
         // Only the first fragment carries ports, so fragments to a
         // ClusterSetIP cannot be translated consistently: drop them rather
         // than let them wander off towards an unrouted VIP.
-        ParseError::Fragment { daddr, proto } => {
+        Err(ParseError::Fragment { daddr, proto }) => {
             debug_log!(ctx, "parse: fragment to {} proto {}", ipv4(daddr), proto);
-            if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
+            return Err(if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
                 Error::Drop(DropReason::Fragment)
             } else {
                 Error::NotOurs
-            }
+            });
         }
-        ParseError::L4Truncated { daddr, proto } => {
+        Err(ParseError::L4Truncated { daddr, proto }) => {
             debug_log!(
                 ctx,
                 "parse: L4 header cut short, to {} proto {}",
                 ipv4(daddr),
                 proto
             );
-            if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
+            return Err(if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
                 Error::Drop(DropReason::Malformed)
             } else {
                 Error::NotOurs
-            }
+            });
         }
-    }
+    };
+    translate(hook, &pkt, scope)
 }
 
-/// Translates one parsed packet (see the module docs).
+/// Translates one parsed packet.
 #[inline(always)]
-pub fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error> {
+fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error> {
     let ctx = hook.ctx();
     let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
     debug_log!(

@@ -93,9 +93,6 @@ pub struct Packet {
     pub ihl_bytes: usize,
     /// L4 length in host order (IP total length minus header).
     pub l4_len: u16,
-    /// Offset of the L4 header in the frame (for hooks that rewrite
-    /// through helpers, which take offsets).
-    pub l4_off: usize,
     pub l4: L4Fields,
     /// Frame length, for byte counters.
     pub len: u64,
@@ -201,17 +198,23 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
         proto,
         ihl_bytes,
         l4_len,
-        l4_off,
         l4,
         len,
     })
 }
 
 impl Packet {
+    /// Offset of the L4 header in the frame (for hooks that rewrite
+    /// through helpers, which take offsets).
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        EthHdr::LEN + self.ihl_bytes
+    }
+
     /// Offset of the L4 checksum field in the frame.
     #[inline(always)]
     pub fn check_off(&self) -> usize {
-        self.l4_off
+        self.l4_off()
             + if self.proto == PROTO_TCP {
                 offset_of!(TcpHdr, check)
             } else {

@@ -51,6 +51,12 @@ impl Hook for Tc<'_> {
         self.ctx
     }
 
+    /// Headers beyond the buffer's linear part are pulled in once.
+    #[inline(always)]
+    fn parse(&self) -> Result<Packet, ParseError> {
+        parse(self.ctx)
+    }
+
     #[inline(always)]
     fn rewrite(
         &self,
@@ -100,11 +106,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
 #[inline(always)]
 fn run(hook: &Tc<'_>, scope: Scope) -> i32 {
     let ctx = hook.ctx;
-    let result = match parse(ctx) {
-        Ok(pkt) => datapath::translate(hook, &pkt, scope),
-        Err(error) => Err(datapath::unparsed(hook, error, scope)),
-    };
-    match result {
+    match datapath::process(hook, scope) {
         Ok(()) | Err(Error::NotOurs) => TC_ACT_UNSPEC,
         Err(Error::Refused) => {
             debug_log!(ctx, "refused: no backend, reply sent to the client");

@@ -6,7 +6,7 @@
 //! `skb->csum`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     programs::TcContext,
 };
 use mcs_common::PROTO_UDP;
@@ -32,14 +32,24 @@ pub fn rewrite(
     new_port: u16,
 ) -> Result<(), RewriteFailed> {
     let (addr_off, port_off, old_addr, old_port) = match side {
-        Side::Destination => (IP_DST_OFF, pkt.l4_off + 2, pkt.daddr(), pkt.dport()),
-        Side::Source => (IP_SRC_OFF, pkt.l4_off, pkt.saddr(), pkt.sport()),
+        Side::Destination => (IP_DST_OFF, pkt.l4_off() + 2, pkt.daddr(), pkt.dport()),
+        Side::Source => (IP_SRC_OFF, pkt.l4_off(), pkt.saddr(), pkt.sport()),
     };
     let check_off = pkt.check_off();
     // A UDP checksum of 0 means "none" and stays so; a result of 0 is
     // written as all ones.
     let mangled = if pkt.proto == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    // SAFETY: bounds-checked by `packet::parse`; read before any helper.
+    let unchecked = pkt.proto == PROTO_UDP && unsafe { *pkt.l4.check } == [0, 0];
+    // A changed port is offset by the checksum field's change, so
+    // `CHECKSUM_COMPLETE`'s sum stays right — unless there is no checksum:
+    // then the store itself updates that sum.
+    let port_store_flags = if unchecked {
+        u64::from(BPF_F_RECOMPUTE_CSUM)
     } else {
         0
     };
@@ -62,5 +72,6 @@ pub fn rewrite(
         .map_err(|_| RewriteFailed)?;
     ctx.store(addr_off, &new_addr, 0)
         .map_err(|_| RewriteFailed)?;
-    ctx.store(port_off, &new_port, 0).map_err(|_| RewriteFailed)
+    ctx.store(port_off, &new_port, port_store_flags)
+        .map_err(|_| RewriteFailed)
 }

@@ -20,7 +20,7 @@ use self::rewrite::Checksums;
 use crate::{
     datapath::{self, Error, Hook, RewriteFailed, Scope, Side, Unreplied},
     maps::count_drop,
-    packet::{self, Packet},
+    packet::Packet,
 };
 
 struct Xdp<'a> {
@@ -74,11 +74,7 @@ pub fn mcs_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(hook: &Xdp<'_>) -> u32 {
-    let result = match packet::parse(hook.ctx) {
-        Ok(pkt) => datapath::translate(hook, &pkt, Scope::All),
-        Err(error) => Err(datapath::unparsed(hook, error, Scope::All)),
-    };
-    match result {
+    match datapath::process(hook, Scope::All) {
         Ok(()) | Err(Error::NotOurs) => xdp_action::XDP_PASS,
         Err(Error::Refused) => {
             debug_log!(hook.ctx, "refused: no backend, reply sent to the client");
