@@ -167,9 +167,31 @@ pub struct PodServers {
 /// (once started) the agent on [`CLIENT_NODE`]. Drops the agent first (so it
 /// detaches while its interfaces exist), then the servers, then the
 /// namespaces.
+/// Which hooks the agent serves the client node's pods with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hooks {
+    /// XDP on the node's pod veths and uplink (`--interface`).
+    #[default]
+    Xdp,
+    /// tc on the pod interfaces it discovers (`--pod-interfaces v-*`), as
+    /// the DaemonSet runs it; nothing on the uplink.
+    Tc,
+}
+
+/// The `--pod-interfaces` glob of the node-side pod veths (`v-<pod>`).
+pub const POD_INTERFACES: &str = "v-*";
+
+/// Whether both tc programs of the agent whose pins are under `bpffs_dir`
+/// are attached to pod interface `iface` (their TCX links pinned).
+pub fn tc_attached(bpffs_dir: &std::path::Path, iface: &str) -> bool {
+    let dir = bpffs_dir.join("tc").join(iface);
+    dir.join("ingress").exists() && dir.join("egress").exists()
+}
+
 #[derive(Debug)]
 pub struct ClusterSet {
     agent: Option<Agent>,
+    hooks: Hooks,
     servers: BTreeMap<&'static str, PodServers>,
     manifest: ManifestDir,
     topology: Topology,
@@ -190,6 +212,7 @@ impl ClusterSet {
         let manifest = ManifestDir::new("clusterset.yaml", manifest_yaml)?;
         let mut set = Self {
             agent: None,
+            hooks: Hooks::Xdp,
             servers: BTreeMap::new(),
             manifest,
             topology,
@@ -217,6 +240,11 @@ impl ClusterSet {
             set.servers.insert(pod.name, servers);
         }
         Ok(set)
+    }
+
+    /// Serves the client node with `hooks` from the next agent start on.
+    pub fn use_hooks(&mut self, hooks: Hooks) {
+        self.hooks = hooks;
     }
 
     /// Starts the agent on [`CLIENT_NODE`] (pod veths + uplink) reading the
@@ -270,12 +298,18 @@ impl ClusterSet {
         pinned: Option<PinnedDataplane>,
     ) -> Result<&mut Agent> {
         let node = self.topology.node(CLIENT_NODE)?;
-        let mut config = AgentConfig::new(
-            self.manifest.dir(),
-            self.topology.agent_ifaces(CLIENT_NODE)?,
-        );
+        let interfaces = match self.hooks {
+            Hooks::Xdp => self.topology.agent_ifaces(CLIENT_NODE)?,
+            Hooks::Tc => Vec::new(),
+        };
+        let mut config = AgentConfig::new(self.manifest.dir(), interfaces);
         config.cluster_id = Some(CLUSTER_A.to_owned());
-        config.extra_args = extra_args.iter().map(|&a| a.to_owned()).collect();
+        if self.hooks == Hooks::Tc {
+            config.extra_args = vec!["--pod-interfaces".to_owned(), POD_INTERFACES.to_owned()];
+        }
+        config
+            .extra_args
+            .extend(extra_args.iter().map(|&a| a.to_owned()));
         config.source_arg = self.source_arg.clone();
         let agent = match pinned {
             None => Agent::start(&node.netns, &config)?,
@@ -300,6 +334,19 @@ impl ClusterSet {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        if self.hooks == Hooks::Tc {
+            for dev in self.topology.pod_ifaces(CLIENT_NODE) {
+                while !tc_attached(agent.bpffs_dir(), &dev) {
+                    agent.ensure_running()?;
+                    ensure!(
+                        Instant::now() < deadline,
+                        "tc not attached to {dev} within {APPLY_TIMEOUT:?}; agent log:\n{}",
+                        agent.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         Ok(agent)
     }
 
@@ -318,6 +365,11 @@ impl ClusterSet {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The topology, to add pods or recreate their links.
+    pub fn topology_mut(&mut self) -> &mut Topology {
+        &mut self.topology
     }
 
     pub fn manifest(&self) -> &ManifestDir {

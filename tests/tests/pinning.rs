@@ -14,7 +14,8 @@ use std::{
 use aya::EbpfLoader;
 use mcs_agent::{
     dataplane::{
-        self, Dataplane, EBPF_OBJECT, MapHandles, MapSizes, layout::EXPECTED, prefilter::Member,
+        self, Dataplane, EBPF_OBJECT, LoadOptions, MapHandles, MapSizes, layout::EXPECTED,
+        prefilter::Member,
     },
     desired,
     model::manifest,
@@ -135,14 +136,17 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
     let desired = desired_state(MANIFEST);
     {
         let (mut first, report) =
-            Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+            Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+                .expect("first load");
         assert_eq!(report.created.len(), names::ALL.len());
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired, &mut maps);
         assert!(applied.errors.is_empty());
         first.shutdown(false); // keep the pins, as after SIGKILL or upgrade
     }
-    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (mut second, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("second load");
     assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
     assert!(report.adopted_state());
     let mut maps = second.maps().expect("maps");
@@ -172,7 +176,8 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // A flow through a backend no map lists any more (retired, TCP kept).
     let gone = SocketAddrV4::new(Ipv4Addr::new(10, 103, 1, 10), 8080);
     {
-        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
         assert!(applied.errors.is_empty());
@@ -185,7 +190,9 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // As after an upgrade from an agent without the prefilter.
     std::fs::remove_file(dataplane::map_pin_dir(&pins.0).join(names::PREFILTER))
         .expect("unpin the prefilter");
-    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (mut second, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("second load");
     assert_eq!(report.created, [names::PREFILTER], "{report:?}");
     // The agent's adoption path: one read serves the prefilter and the
     // reconciler.
@@ -210,7 +217,8 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
 fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let pins = PinDir::new("mismatch");
     {
-        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         first.shutdown(false);
     }
     // An older agent's conntrack map with a different value layout.
@@ -257,7 +265,8 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
         .expect("run bpftool");
     assert!(status.success(), "bpftool map create");
 
-    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+        .expect("second load");
     assert_eq!(report.retired, ["MCS_CT_V0"], "{report:?}");
     assert!(!old_pin.exists());
     let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
@@ -284,7 +293,8 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
     )
     .expect("write version");
     drop(abi);
-    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
+    let (third, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("third load");
     assert_eq!(report.recreated.len(), names::ALL.len(), "{report:?}");
     assert!(
         report
@@ -313,19 +323,22 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
             .expect("map info")
             .max_entries()
     };
-    let (first, report) = Dataplane::load(&pins.0, &small).expect("first load");
+    let (first, report) =
+        Dataplane::load(&pins.0, &small, LoadOptions::default()).expect("first load");
     assert_eq!(report.created.len(), names::ALL.len(), "{report:?}");
     assert_eq!(max_entries(names::CONNTRACK), 4096);
     assert_eq!(max_entries(names::BACKEND_STATS), 128);
     first.shutdown(false);
 
     // The same sizes adopt everything.
-    let (second, report) = Dataplane::load(&pins.0, &small).expect("second load");
+    let (second, report) =
+        Dataplane::load(&pins.0, &small, LoadOptions::default()).expect("second load");
     assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
     second.shutdown(false);
 
     // Other sizes recreate exactly the two sized maps, naming the change.
-    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
+    let (third, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("third load");
     let mut recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
     recreated.sort_unstable();
     let mut sized = [names::BACKEND_STATS, names::CONNTRACK];
