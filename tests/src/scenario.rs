@@ -178,6 +178,9 @@ pub enum Hooks {
     Tc,
 }
 
+/// What the agent logs once its hooks are attached (pod interfaces last).
+const ATTACHED_LOG: &str = "following link notifications";
+
 /// The `--pod-interfaces` glob of the node-side pod veths (`v-<pod>`).
 pub const POD_INTERFACES: &str = "v-*";
 
@@ -192,6 +195,8 @@ pub fn tc_attached(bpffs_dir: &std::path::Path, iface: &str) -> bool {
 pub struct ClusterSet {
     agent: Option<Agent>,
     hooks: Hooks,
+    /// The ClusterSetIP an agent start waits for.
+    vip: Ipv4Addr,
     servers: BTreeMap<&'static str, PodServers>,
     manifest: ManifestDir,
     topology: Topology,
@@ -213,6 +218,7 @@ impl ClusterSet {
         let mut set = Self {
             agent: None,
             hooks: Hooks::Xdp,
+            vip: VIP,
             servers: BTreeMap::new(),
             manifest,
             topology,
@@ -240,6 +246,12 @@ impl ClusterSet {
             set.servers.insert(pod.name, servers);
         }
         Ok(set)
+    }
+
+    /// Waits for ClusterSetIP `vip` instead of [`VIP`] when an agent starts
+    /// (a manifest with another address).
+    pub fn use_vip(&mut self, vip: Ipv4Addr) {
+        self.vip = vip;
     }
 
     /// Serves the client node with `hooks` from the next agent start on.
@@ -316,9 +328,10 @@ impl ClusterSet {
             Some(pinned) => Agent::adopt(&node.netns, &config, pinned)?,
         };
         let agent = self.agent.insert(agent);
+        let vip = self.vip;
         agent.wait_until(APPLY_TIMEOUT, |dump| {
-            dump.service(VIP, HTTP_PORT, Protocol::Tcp).is_some()
-                && dump.service(VIP, UDP_PORT, Protocol::Udp).is_some()
+            dump.service(vip, HTTP_PORT, Protocol::Tcp).is_some()
+                && dump.service(vip, UDP_PORT, Protocol::Udp).is_some()
         })?;
         // The maps can be programmed before the program is attached: wait
         // for XDP on every interface, or the first packets bypass it.
@@ -335,6 +348,17 @@ impl ClusterSet {
             }
         }
         if self.hooks == Hooks::Tc {
+            // Pins of an adopted dataplane exist before the new agent is
+            // done: wait for its own word that every hook is attached.
+            while !agent.log().contains(ATTACHED_LOG) {
+                agent.ensure_running()?;
+                ensure!(
+                    Instant::now() < deadline,
+                    "the agent never attached its hooks within {APPLY_TIMEOUT:?}; log:\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             for dev in self.topology.pod_ifaces(CLIENT_NODE) {
                 while !tc_attached(agent.bpffs_dir(), &dev) {
                     agent.ensure_running()?;
