@@ -355,3 +355,32 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
     assert_eq!(max_entries(names::BACKEND_STATS), mcs_common::MAX_BACKENDS);
     third.shutdown(true);
 }
+
+/// The memory the kernel accounts to each map (`bpftool map show`'s
+/// `memlock`) is what `dataplane::memory` says the agent's cgroup pays for
+/// it (the DaemonSet's memory limit is sized from it).
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn map_memory_matches_the_kernels_accounting() {
+    let pins = PinDir::new("memory");
+    let (dataplane, _) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("load");
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+    for spec in MapSizes::default().expected() {
+        let output = std::process::Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(dataplane::map_pin_dir(&pins.0).join(spec.name))
+            .output()
+            .expect("run bpftool");
+        assert!(output.status.success(), "bpftool: {output:?}");
+        let shown: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let memlock = shown["bytes_memlock"].as_u64().expect("bytes_memlock");
+        let estimate = dataplane::memory::map_bytes(&spec, cpus, 0);
+        assert!(
+            estimate >= memlock && estimate - memlock <= 8192,
+            "{}: the kernel accounts {memlock} bytes, the estimate is {estimate}",
+            spec.name
+        );
+    }
+    dataplane.shutdown(true);
+}

@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod layout;
 pub mod maps;
+pub mod memory;
 pub mod prefilter;
 pub mod tc;
 #[cfg(any(test, feature = "testing"))]
