@@ -360,7 +360,9 @@ impl ClusterSet {
                 std::thread::sleep(Duration::from_millis(20));
             }
             for dev in self.topology.pod_ifaces(CLIENT_NODE) {
-                while !tc_attached(agent.bpffs_dir(), &dev) {
+                while !(tc_attached(agent.bpffs_dir(), &dev)
+                    || topology::clsact_attached(&node.netns, &dev)?)
+                {
                     agent.ensure_running()?;
                     ensure!(
                         Instant::now() < deadline,

@@ -565,6 +565,19 @@ pub fn xdp_attached(ns: &Netns, dev: &str) -> Result<bool> {
     parse_xdp_attached(&out).with_context(|| format!("ip link output for {dev}: {out}"))
 }
 
+/// The clsact `bpf` filters on `dev` in `direction` (`ingress`/`egress`), as
+/// `tc filter show` lists them (an agent run with `--tc-attach netlink`).
+pub fn tc_filters(ns: &Netns, dev: &str, direction: &str) -> Result<String> {
+    ns.exec("tc", &["filter", "show", "dev", dev, direction])
+}
+
+/// Whether mcs's tc programs are attached to `dev` as clsact filters in
+/// both directions.
+pub fn clsact_attached(ns: &Netns, dev: &str) -> Result<bool> {
+    Ok(tc_filters(ns, dev, "ingress")?.contains("mcs_tc_ingress")
+        && tc_filters(ns, dev, "egress")?.contains("mcs_tc_egress"))
+}
+
 fn parse_xdp_attached(json: &str) -> Result<bool> {
     let links: serde_json::Value = serde_json::from_str(json)?;
     let link = links.get(0).context("no link")?;

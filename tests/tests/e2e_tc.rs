@@ -25,7 +25,7 @@ use mcs_tests::{
         ServerPod, UDP_PORT, VIP, tc_attached,
     },
     servers::Identity,
-    topology::Topology,
+    topology::{self, Topology},
 };
 
 /// A pod started after the agent (on the client's node).
@@ -353,4 +353,70 @@ fn tc_refusals_reach_the_pod_partial_checksums() {
 #[ignore = "needs root: run by cargo xtask test"]
 fn tc_refusals_reach_the_pod_full_checksums() {
     refusals_reach_the_pod(true);
+}
+
+/// The program ids of mcs's clsact filters on `iface` (client's node) in
+/// `direction`, one per filter `tc filter show` lists.
+fn mcs_filter_programs(set: &ClusterSet, iface: &str, direction: &str) -> Vec<u32> {
+    let node = &set.topology().node(CLIENT_NODE).expect("node").netns;
+    let shown = topology::tc_filters(node, iface, direction).expect("tc filter show");
+    shown
+        .lines()
+        .filter(|line| line.contains(&format!("mcs_tc_{direction}")))
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            words
+                .find(|&word| word == "id")
+                .and_then(|_| words.next())
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("{direction}: no program id in {line:?}"))
+        })
+        .collect()
+}
+
+/// Kernels without TCX get clsact filters (`--tc-attach netlink`): they
+/// serve, outlive a SIGKILLed agent (the kernel keeps them), are replaced in
+/// place by the next agent's programs, and `cleanup` deletes them.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn clsact_filters_serve_outlive_the_agent_and_are_cleaned_up() {
+    const NETLINK: [&str; 2] = ["--tc-attach", "netlink"];
+    const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+    let mut set = tc_cluster_set_of(&scenario::all_backends_ready(), &NETLINK);
+    let iface = format!("v-{}", scenario::CLIENT);
+    let first: Vec<Vec<u32>> = DIRECTIONS
+        .iter()
+        .map(|direction| mcs_filter_programs(&set, &iface, direction))
+        .collect();
+    for (direction, programs) in DIRECTIONS.iter().zip(&first) {
+        assert_eq!(programs.len(), 1, "{direction}: one filter: {programs:?}");
+    }
+    assert_all_backends(&vip_connections_from(&set, scenario::CLIENT, 30), "clsact");
+    let killed = set.kill_agent_keeping_dataplane().expect("SIGKILL");
+    assert_all_backends(
+        &vip_connections_from(&set, scenario::CLIENT, 30),
+        "clsact with no agent running",
+    );
+    set.adopt_agent(killed.dataplane, &NETLINK)
+        .expect("successor");
+    for (direction, before) in DIRECTIONS.iter().zip(&first) {
+        let now = mcs_filter_programs(&set, &iface, direction);
+        assert_eq!(
+            now.len(),
+            1,
+            "{direction}: replaced in place, not added: {now:?}"
+        );
+        assert_ne!(&now, before, "{direction}: the successor's program serves");
+    }
+    assert_all_backends(
+        &vip_connections_from(&set, scenario::CLIENT, 30),
+        "after adoption",
+    );
+    let stopped = set.stop_agent_keeping_dataplane().expect("stop");
+    stopped.dataplane.cleanup().expect("cleanup");
+    for direction in DIRECTIONS {
+        let now = mcs_filter_programs(&set, &iface, direction);
+        assert!(now.is_empty(), "{direction} after cleanup: {now:?}");
+    }
+    teardown(set);
 }
