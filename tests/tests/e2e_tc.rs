@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -317,7 +317,7 @@ fn refusals_reach_the_pod(pods_tx_off: bool) {
             .enter(|| -> std::io::Result<()> {
                 let socket = UdpSocket::bind("0.0.0.0:0")?;
                 socket.set_read_timeout(Some(Duration::from_secs(3)))?;
-                socket.connect(SocketAddr::from(scenario::vip_udp()))?;
+                socket.connect(scenario::vip_udp())?;
                 socket.send(b"anyone?")?;
                 let mut buf = [0u8; 64];
                 socket.recv(&mut buf).map(|_| ())

@@ -119,7 +119,7 @@ fn run(hook: &Tc<'_>, scope: Scope) -> i32 {
         Err(Error::Drop(reason)) => {
             debug_log!(ctx, "drop: {}", reason.name());
             count_drop(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
