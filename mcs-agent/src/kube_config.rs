@@ -50,7 +50,9 @@ mod tests {
     async fn a_missing_file_is_named_in_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let error = load(Some(&missing)).await.err().expect("fails");
+        let Err(error) = load(Some(&missing)).await else {
+            panic!("a missing kubeconfig loads");
+        };
         match &error {
             KubeConfigError::Kubeconfig { path, .. } => assert_eq!(path, &missing),
             other => panic!("{other:?}"),

@@ -37,7 +37,7 @@ use std::{
 };
 
 use kube::{
-    Api, Client, Config,
+    Api, Client,
     api::{DynamicObject, ListParams},
 };
 use tokio::{

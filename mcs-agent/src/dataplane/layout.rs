@@ -194,9 +194,7 @@ pub fn disruption(name: &str) -> &'static str {
         | names::BACKEND_STATS
         | names::SOCK_STATS
         | "MCS_SOCK_STATS"
-        | names::DROPS => {
-            "counters restart from zero"
-        }
+        | names::DROPS => "counters restart from zero",
         // `_V1` is retired by the upgrade to `_V2` (entries carry a last use).
         names::SOCK_REVNAT | "MCS_SOCK_REV_V1" => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"

@@ -3,7 +3,7 @@
 //! reported — logged and counted once each ([`RejectionLog`]), and handed to
 //! the Events module when the source is the API server.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use tracing::{info, instrument, warn};
 
