@@ -5,9 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    dataplane::AttachMode,
+    dataplane::{AttachMode, TcAttach},
     desired::{ClusterCidrs, ClustersetIpCidrs, Locality},
     dns,
+    interfaces::{DEFAULT_POD_INTERFACES, PodInterfaces},
     telemetry::LogFormat,
 };
 
@@ -15,7 +16,8 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/mcs";
 
 /// mcs node agent: balances traffic sent to Kubernetes multi-cluster
 /// ClusterSetIPs across pod endpoints in every cluster of the set, in an
-/// eBPF/XDP dataplane kept in sync with ServiceImports and EndpointSlices.
+/// eBPF dataplane (socket LB, tc on pod interfaces, XDP on NICs) kept in
+/// sync with ServiceImports and EndpointSlices.
 #[derive(Debug, Parser)]
 #[command(name = "mcs-agent", version, propagate_version = true)]
 pub struct Cli {
@@ -102,25 +104,63 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Interface to attach the XDP program to (repeatable): the node side of
-    /// every pod veth whose traffic to ClusterSetIPs must be balanced, and
-    /// the interfaces replies from remote backends arrive on.
-    #[arg(long = "interface", short = 'i', value_name = "IFACE", required = true)]
+    /// Pod interfaces (the host side of each pod's veth) that get the tc
+    /// programs: names matching any of these globs, comma-separated, and
+    /// only virtual Ethernet devices (never a physical NIC, the loopback or
+    /// the agent's own devices). The agent attaches to every matching
+    /// interface at start and to each one that appears later (netlink link
+    /// notifications); interfaces that vanish are forgotten. `''` turns
+    /// discovery off.
+    #[arg(long, value_name = "GLOB[,GLOB...]", env = "MCS_POD_INTERFACES",
+          default_value = DEFAULT_POD_INTERFACES, help_heading = "Attachment")]
+    pub pod_interfaces: PodInterfaces,
+
+    /// How the tc programs are attached: `tcx` links (kernel 6.6+, pinned
+    /// like the XDP links), `netlink` clsact filters, or `auto` (TCX where
+    /// the kernel has it).
+    #[arg(long, value_enum, default_value_t = TcAttach::Auto, help_heading = "Attachment")]
+    pub tc_attach: TcAttach,
+
+    /// Physical NIC to attach XDP to (repeatable): balances traffic to
+    /// ClusterSetIPs that enters the node from outside (the node as a
+    /// gateway) and reverse-translates replies of remote backends early.
+    /// A virtual device may be given too (XDP then tells partial checksums
+    /// apart by value); on veths tc is cheaper.
+    #[arg(
+        long = "interface",
+        short = 'i',
+        value_name = "IFACE",
+        help_heading = "Attachment"
+    )]
     pub interfaces: Vec<String>,
 
-    /// Balance local sockets at connect()/sendmsg() time (cgroup socket LB)
-    /// in addition to the per-packet XDP path.
-    #[arg(long)]
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, help_heading = "Attachment")]
+    pub xdp_mode: AttachMode,
+
+    /// Balance local sockets at connect()/sendmsg() time (cgroup socket LB):
+    /// with the default --cgroup, every socket of the node, pods included.
+    #[arg(long, help_heading = "Attachment")]
     pub socket_lb: bool,
 
-    /// cgroup v2 directory whose sockets socket LB serves (default: the
-    /// cgroup v2 root of the node, i.e. every socket).
-    #[arg(long, value_name = "PATH", requires = "socket_lb")]
+    /// cgroup v2 directory whose sockets socket LB serves. Default: the
+    /// node's cgroup v2 root, found among the mounts (in a container, mount
+    /// the host's /sys/fs/cgroup: the container's own cgroup mount covers
+    /// only the container).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "socket_lb",
+        help_heading = "Attachment"
+    )]
     pub cgroup: Option<PathBuf>,
 
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub xdp_mode: AttachMode,
+    /// Socket LB only for sockets of the agent's network namespace (the
+    /// node's: host-network pods and daemons); pods behind a service-mesh
+    /// sidecar keep the ClusterSetIP for their sidecar, and the per-packet
+    /// path (tc) balances what the sidecar sends.
+    #[arg(long, requires = "socket_lb", help_heading = "Attachment")]
+    pub socket_lb_host_only: bool,
 
     /// bpffs directory for the agent's pinned maps and links (created
     /// 0700). Compatible pins left by an earlier agent are adopted.
@@ -209,7 +249,7 @@ pub struct RunArgs {
 
     /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`,
     /// `/readyz`: ready after the first full sync) on this address.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", env = "MCS_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// On SIGTERM/SIGINT, detach XDP and remove the pinned maps instead of
@@ -219,7 +259,7 @@ pub struct RunArgs {
 
     /// Name of the cluster this node belongs to, as endpoints' slices name
     /// it in `multicluster.kubernetes.io/source-cluster` (for locality).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "MCS_CLUSTER_ID")]
     pub cluster_id: Option<String>,
 
     /// How new flows are spread over clusters: `none` (all endpoints
@@ -227,7 +267,12 @@ pub struct RunArgs {
     /// any, else all; needs --cluster-id) or `weighted:CLUSTER=W,...` (each
     /// cluster gets its weight's share). An import's annotation
     /// `dataplane.mcs.dev/locality` overrides it.
-    #[arg(long, default_value = "none", value_name = "POLICY")]
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "POLICY",
+        env = "MCS_LOCALITY"
+    )]
     pub locality: Locality,
 
     /// Address ranges each source cluster may publish endpoints in, e.g.
@@ -251,14 +296,33 @@ pub struct RunArgs {
     /// rest, see docs/dns.md) on this UDP and TCP address, e.g.
     /// `127.0.0.1:5353`, or `0.0.0.0:53` (needs CAP_NET_BIND_SERVICE). Off
     /// when absent.
-    #[arg(long, value_name = "ADDR:PORT", help_heading = "DNS")]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        env = "MCS_DNS_ADDR",
+        help_heading = "DNS"
+    )]
     pub dns_addr: Option<SocketAddr>,
+
+    /// Put the --dns-addr address on a dummy link of this name (created if
+    /// missing, kept on exit): a node-local address every pod and CoreDNS
+    /// instance on the node reaches, e.g. `--dns-link mcs-dns --dns-addr
+    /// 169.254.20.53:5353` (see deploy/coredns-clusterset.yaml).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "dns_addr",
+        env = "MCS_DNS_LINK",
+        help_heading = "DNS"
+    )]
+    pub dns_link: Option<String>,
 
     /// Zone the DNS server answers for.
     #[arg(
         long,
         value_name = "ZONE",
         default_value = dns::DEFAULT_ZONE,
+        env = "MCS_DNS_ZONE",
         value_parser = parse_dns_zone,
         help_heading = "DNS"
     )]
@@ -483,7 +547,7 @@ mod tests {
     #[test]
     fn dns_is_off_by_default_and_configurable() {
         let parse = |extra: &[&str]| {
-            let base = ["mcs-agent", "run", "--source", "file:/x", "-i", "eth0"];
+            let base = ["mcs-agent", "run", "--source", "file:/x"];
             match Cli::try_parse_from(base.iter().chain(extra)) {
                 Ok(Cli {
                     command: Command::Run(args),
@@ -512,5 +576,53 @@ mod tests {
         assert!(parse(&["--dns-addr", "localhost"]).is_err());
         assert!(parse(&["--dns-zone", "."]).is_err());
         assert!(parse(&["--dns-zone", "a..b"]).is_err());
+        assert!(
+            parse(&["--dns-link", "mcs-dns"]).is_err(),
+            "a DNS link without --dns-addr"
+        );
+    }
+
+    fn parse_run(args: &[&str]) -> Result<Box<RunArgs>, clap::Error> {
+        let base = ["mcs-agent", "run", "--source", "file:/x"];
+        match Cli::try_parse_from(base.iter().chain(args)) {
+            Ok(Cli {
+                command: Command::Run(args),
+                ..
+            }) => Ok(args),
+            Ok(_) => panic!("not a run command"),
+            Err(error) => Err(error),
+        }
+    }
+
+    #[test]
+    fn attachment_defaults_and_combinations() {
+        let args = parse_run(&[]).expect("valid without any interface");
+        assert_eq!(args.pod_interfaces.to_string(), DEFAULT_POD_INTERFACES);
+        assert!(args.interfaces.is_empty());
+        assert_eq!(args.tc_attach, TcAttach::Auto);
+        assert!(!args.socket_lb);
+        let args = parse_run(&[
+            "--pod-interfaces",
+            "v-*",
+            "-i",
+            "eth0",
+            "--tc-attach",
+            "netlink",
+        ])
+        .expect("valid");
+        assert_eq!(args.pod_interfaces.to_string(), "v-*");
+        assert_eq!(args.interfaces, ["eth0"]);
+        assert_eq!(args.tc_attach, TcAttach::Netlink);
+        assert!(
+            parse_run(&["--pod-interfaces", ""])
+                .expect("off")
+                .pod_interfaces
+                .is_empty()
+        );
+        assert!(parse_run(&["--pod-interfaces", "veth["]).is_err());
+        // Socket-LB options mean nothing without socket LB.
+        assert!(parse_run(&["--socket-lb-host-only"]).is_err());
+        assert!(parse_run(&["--cgroup", "/sys/fs/cgroup"]).is_err());
+        assert!(parse_run(&["--socket-lb", "--socket-lb-host-only"]).is_ok());
     }
 }

@@ -378,7 +378,7 @@ pub fn render_text(report: &DumpReport) -> String {
     for service in &report.services {
         let _ = writeln!(
             out,
-            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends, maglev table {m}, affinity {a})\n    XDP: packets {p}  bytes {b}  new flows {f}  refused (no backend) {d}\n    socket LB: connections {sc}  refused {sr}",
+            "{vip}:{port}/{proto}  {name}  (frontend {id}, {n} backends, maglev table {m}, affinity {a})\n    per packet (tc, XDP): packets {p}  bytes {b}  new flows {f}  refused (no backend) {d}\n    socket LB: connections {sc}  refused {sr}",
             vip = service.vip,
             port = service.port,
             proto = service.protocol,

@@ -11,6 +11,8 @@
 //! * [`dataplane`] — the eBPF object, program attachment, pinned maps;
 //! * [`conntrack`] — the janitor: conntrack and socket-LB expiry, UDP flows
 //!   of retired backends;
+//! * [`interfaces`] — which interfaces are pods', found as they come and
+//!   go (netlink), and the DNS responder's node-local link;
 //! * [`rejection_log`], [`events`] — every rejection reported once: logs
 //!   and metrics, and Kubernetes Events for API objects;
 //! * [`dump`]      — reads the live maps for operators;
@@ -27,6 +29,7 @@ pub mod desired;
 pub mod dns;
 pub mod dump;
 pub mod events;
+pub mod interfaces;
 pub mod kube_config;
 pub mod maglev;
 pub mod metrics;

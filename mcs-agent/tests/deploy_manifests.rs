@@ -1,7 +1,11 @@
 //! Every manifest in `deploy/` parses as its Kubernetes type, and the
 //! security-relevant parts are what the docs promise: least privilege,
-//! read-only RBAC (+ events), probes on the agent's endpoints, a memory
-//! limit that holds the agent's maps at its configured sizes.
+//! read-only RBAC (+ events), probes on the agent's endpoints; the
+//! DaemonSet runs the agent for every pod of the node (socket LB at the
+//! host's cgroup root, pod interfaces discovered, settings from the
+//! ConfigMap and the downward API, DNS on a node-local address that the
+//! CoreDNS snippet forwards to), with its map sizes stated and a memory
+//! request and limit that hold the maps at those sizes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,7 +16,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{Namespace, Probe, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Probe, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -28,6 +32,7 @@ struct Manifests {
     service_accounts: Vec<ServiceAccount>,
     crds: Vec<CustomResourceDefinition>,
     namespaces: Vec<Namespace>,
+    config_maps: Vec<ConfigMap>,
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(value: Value, file: &str) -> T {
@@ -59,6 +64,7 @@ fn load() -> Manifests {
                 "ServiceAccount" => manifests.service_accounts.push(typed(value, &file)),
                 "CustomResourceDefinition" => manifests.crds.push(typed(value, &file)),
                 "Namespace" => manifests.namespaces.push(typed(value, &file)),
+                "ConfigMap" => manifests.config_maps.push(typed(value, &file)),
                 other => panic!("{file}: unexpected kind {other:?}"),
             }
         }
@@ -144,14 +150,198 @@ fn daemonset_runs_with_least_privilege_and_probes() {
         .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
         .collect();
     assert!(host_paths.contains("/sys/fs/bpf"));
-    assert!(host_paths.contains("/sys/fs/cgroup/unified"));
+    // The host's whole cgroup tree (v2-only and hybrid layouts alike).
+    assert!(host_paths.contains("/sys/fs/cgroup"), "{host_paths:?}");
+    let seccomp = pod
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .expect("a seccomp profile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+}
+
+/// The agent container of the DaemonSet and the agent ConfigMap's data.
+fn agent_container_and_config() -> (
+    k8s_openapi::api::core::v1::Container,
+    std::collections::BTreeMap<String, String>,
+) {
+    let manifests = load();
+    let [daemonset] = manifests.daemonsets.as_slice() else {
+        panic!("exactly one DaemonSet expected");
+    };
+    let pod = daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container expected");
+    };
+    let config = manifests
+        .config_maps
+        .iter()
+        .find(|c| {
+            c.metadata.name.as_deref() == Some("mcs-agent")
+                && c.metadata.namespace.as_deref() == Some("mcs-system")
+        })
+        .and_then(|c| c.data.clone())
+        .expect("the mcs-agent ConfigMap");
+    (container.clone(), config)
+}
+
+/// The `run` flag whose environment variable is `env`.
+fn flag_of_env(env: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let cli = mcs_agent::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("run subcommand");
+    run.get_arguments()
+        .find(|arg| arg.get_env().is_some_and(|e| e == env))
+        .and_then(|arg| arg.get_long().map(str::to_owned))
+}
+
+#[test]
+fn daemonset_serves_every_pod_from_configured_settings() {
+    use clap::Parser;
+
+    let (container, config) = agent_container_and_config();
+    let args = container.args.clone().unwrap_or_default();
+    assert!(
+        args.contains(&"--socket-lb".to_owned()),
+        "socket LB on: {args:?}"
+    );
+    for absent in [
+        "--cgroup",
+        "--interface",
+        "-i",
+        "--cluster-id",
+        "--socket-lb-host-only",
+    ] {
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == absent || a.starts_with(&format!("{absent}="))),
+            "{absent} in {args:?}: the cgroup root is found, pod interfaces are discovered, \
+             the cluster id comes from the ConfigMap"
+        );
+    }
+    // Settings: the downward API or the ConfigMap, never a literal value.
+    let mut argv = vec!["mcs-agent".to_owned()];
+    // The kubelet expands `$(POD_IP)` from the downward API.
+    argv.extend(args.iter().map(|a| a.replace("$(POD_IP)", "192.0.2.10")));
+    let mut from_config = BTreeSet::new();
+    for env in container.env.iter().flatten() {
+        assert!(env.value.is_none(), "{} has a literal value", env.name);
+        let source = env.value_from.as_ref().expect("valueFrom");
+        if let Some(field) = &source.field_ref {
+            let expected = match env.name.as_str() {
+                "POD_NAME" => "metadata.name",
+                "NODE_NAME" => "spec.nodeName",
+                "POD_IP" => "status.podIP",
+                other => panic!("unexpected downward API variable {other}"),
+            };
+            assert_eq!(field.field_path, expected);
+            continue;
+        }
+        let key = source.config_map_key_ref.as_ref().expect("a ConfigMap key");
+        assert_eq!(key.name, "mcs-agent");
+        let flag = flag_of_env(&env.name).unwrap_or_else(|| {
+            panic!("{} is no environment variable of `mcs-agent run`", env.name)
+        });
+        from_config.insert(env.name.as_str());
+        match config.get(&key.key) {
+            Some(value) => argv.push(format!("--{flag}={value}")),
+            None => assert_eq!(
+                key.optional,
+                Some(true),
+                "{} missing from the ConfigMap",
+                key.key
+            ),
+        }
+    }
+    let names: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    for needed in [
+        "POD_NAME",
+        "NODE_NAME",
+        "MCS_CLUSTER_ID",
+        "MCS_DNS_ZONE",
+        "MCS_DNS_ADDR",
+        "MCS_DNS_LINK",
+        "MCS_METRICS_ADDR",
+        "MCS_POD_INTERFACES",
+    ] {
+        assert!(names.contains(needed), "{needed} not set: {names:?}");
+    }
+    assert!(
+        !config.contains_key("cluster-id"),
+        "the cluster id is set per cluster, not shipped"
+    );
+    // What the agent would run with parses, and is what the docs promise.
+    let cli =
+        mcs_agent::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let mcs_agent::cli::Command::Run(run) = cli.command else {
+        panic!("not the run subcommand");
+    };
+    assert!(run.socket_lb && run.cgroup.is_none());
+    assert!(!run.pod_interfaces.is_empty());
+    let dns = run.dns_addr.expect("the DNS responder is on");
+    let std::net::IpAddr::V4(dns_ip) = dns.ip() else {
+        panic!("an IPv4 DNS address");
+    };
+    assert!(
+        dns_ip.is_link_local(),
+        "{dns}: a node-local (link-local) address"
+    );
+    assert!(
+        run.dns_link.is_some(),
+        "the agent holds the DNS address on its own link"
+    );
+    let metrics = run.metrics_addr.expect("metrics on");
+    for probe in [&container.liveness_probe, &container.readiness_probe] {
+        let port = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| h.port.clone())
+            .expect("an HTTP probe");
+        assert_eq!(
+            port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(metrics.port().into()),
+            "probes on the metrics port"
+        );
+    }
+
+    // The CoreDNS snippet forwards exactly the agent's zone to its address.
+    let text = fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/coredns-clusterset.yaml"),
+    )
+    .expect("CoreDNS snippet");
+    let snippet: ConfigMap = serde_yaml_ng::from_str(&text).expect("a ConfigMap");
+    let server = snippet
+        .data
+        .as_ref()
+        .and_then(|d| d.values().find(|v| v.contains("forward")).cloned())
+        .expect("a server block");
+    assert!(
+        server
+            .trim_start()
+            .starts_with(&format!("{}:53 {{", run.dns_zone)),
+        "the block serves {}: {server}",
+        run.dns_zone
+    );
+    assert!(server.contains(&format!("forward . {dns}")), "{server}");
 }
 
 /// The possible CPUs and service ports the DaemonSet's memory limit is
 /// sized for (its comment says so): per-CPU counters grow with the CPUs,
 /// the agent's own memory with the service ports.
-const SIZED_FOR_CPUS: u32 = 16;
+const SIZED_FOR_CPUS: u32 = 64;
 const SIZED_FOR_SERVICE_PORTS: u64 = 10_000;
+/// The fewest possible CPUs of a node the request is sized for.
+const SMALLEST_NODE_CPUS: u32 = 2;
 
 /// `NNNMi` or `NGi` as bytes.
 fn quantity_bytes(quantity: &str) -> u64 {
@@ -164,52 +354,66 @@ fn quantity_bytes(quantity: &str) -> u64 {
     }
 }
 
-#[test]
-fn daemonset_memory_limit_holds_the_maps_at_its_sizes() {
+/// The DaemonSet's map sizes (from its arguments) and its memory request
+/// and limit, in bytes.
+fn daemonset_memory() -> (mcs_agent::dataplane::MapSizes, u64, u64) {
     use clap::Parser;
-    use mcs_agent::dataplane::memory;
 
-    let manifests = load();
-    let [daemonset] = manifests.daemonsets.as_slice() else {
-        panic!("exactly one DaemonSet expected");
-    };
-    let pod = daemonset
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
-    let [container] = pod.containers.as_slice() else {
-        panic!("one container expected");
-    };
+    let (container, _) = agent_container_and_config();
+    // The kubelet expands `$(VAR)` from the container's env (the downward
+    // API for POD_IP).
     let args = container
         .args
         .iter()
         .flatten()
-        // The kubelet expands `$(VAR)` from the container's env (the
-        // downward API for POD_IP).
-        .map(|a| {
-            a.replace("$(MCS_CLUSTER_ID)", "cluster-a")
-                .replace("$(POD_IP)", "192.0.2.10")
-        });
+        .map(|a| a.replace("$(POD_IP)", "192.0.2.10"));
     let cli =
         mcs_agent::cli::Cli::try_parse_from(std::iter::once("mcs-agent".to_owned()).chain(args))
             .unwrap_or_else(|e| panic!("daemonset args: {e}"));
     let mcs_agent::cli::Command::Run(run) = cli.command else {
         panic!("not the run subcommand");
     };
-    let sizes = run.map_sizes();
+    let resources = container.resources.as_ref().expect("resources");
+    let memory = |quantities: Option<&std::collections::BTreeMap<String, _>>, what| {
+        quantities
+            .and_then(|q| q.get("memory"))
+            .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| quantity_bytes(&q.0))
+            .unwrap_or_else(|| panic!("a memory {what}"))
+    };
+    (
+        run.map_sizes(),
+        memory(resources.requests.as_ref(), "request"),
+        memory(resources.limits.as_ref(), "limit"),
+    )
+}
+
+/// BPF maps are charged to the agent's cgroup and preallocated when
+/// created: every node pays for them at its CPU count from the start, so
+/// the request covers them on the smallest node with the agent's own base.
+#[test]
+fn daemonset_memory_request_covers_the_bpf_maps() {
+    use mcs_agent::dataplane::memory;
+
+    let (sizes, request, limit) = daemonset_memory();
+    let maps = memory::total(&sizes, SMALLEST_NODE_CPUS);
+    let needed = maps + memory::AGENT_BASE_BYTES;
+    assert!(
+        request >= needed,
+        "request {request} below {needed} bytes (maps {maps}) at {SMALLEST_NODE_CPUS} CPUs"
+    );
+    assert!(request <= limit, "request {request} above limit {limit}");
+}
+
+#[test]
+fn daemonset_memory_limit_holds_the_maps_at_its_sizes() {
+    use mcs_agent::dataplane::memory;
+
+    let (sizes, _, limit) = daemonset_memory();
     assert_ne!(
         sizes,
         mcs_agent::dataplane::MapSizes::default(),
         "the DaemonSet states its map sizes"
     );
-    let limit = container
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get("memory"))
-        .map(|q| quantity_bytes(&q.0))
-        .expect("memory limit");
     // The formula of docs/operations.md ("Memory"): every map at its
     // capacity, and the agent at the service ports the sizes are for (one
     // port per ClusterSetIP: three frontends each, with its two markers).

@@ -77,13 +77,13 @@ pub const fn is_partial(field: u16, saddr: u32, daddr: u32, proto: u8, l4_len: u
 
 /// The L4 checksum field after rewriting one side's address `old_addr` →
 /// `new_addr` and port `old_port` → `new_port` of an IPv4 TCP/UDP packet
-/// (`saddr`/`daddr` before the rewrite, `l4_len` in host order): the one
-/// decision the datapath takes for every translated packet, kept here so the
-/// host (tests, fuzzing) runs exactly the same arithmetic.
+/// (`saddr`/`daddr` before the rewrite, `l4_len` in host order), when the
+/// field may be partial (a hook on a veth, which cannot see the socket
+/// buffer's checksum state): the one decision such a hook takes for every
+/// translated packet, kept here so the host (tests, fuzzing) runs exactly
+/// the same arithmetic.
 /// * partial field (pseudo-header seed): only the address changes it;
-/// * UDP without checksum (0) stays without;
-/// * full checksum: address and port folded in; a UDP result of 0 is sent
-///   as 0xffff (0 would mean "no checksum").
+/// * otherwise as [`l4_rewrite_full`].
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -100,10 +100,30 @@ pub const fn l4_rewrite(
     old_port: u16,
     new_port: u16,
 ) -> u16 {
-    const PROTO_UDP: u8 = 17;
     if is_partial(check, saddr, daddr, proto, l4_len) {
         partial_replace_u32(check, old_addr, new_addr)
-    } else if proto == PROTO_UDP && check == 0 {
+    } else {
+        l4_rewrite_full(check, proto, old_addr, new_addr, old_port, new_port)
+    }
+}
+
+/// The L4 checksum field after the same rewrite when the field is known to
+/// be a full checksum (packets received from a physical NIC): no guess, so
+/// no residual 1-in-65536 case.
+/// * UDP without checksum (0) stays without;
+/// * address and port folded in; a UDP result of 0 is sent as 0xffff (0
+///   would mean "no checksum").
+#[inline(always)]
+pub const fn l4_rewrite_full(
+    check: u16,
+    proto: u8,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    const PROTO_UDP: u8 = 17;
+    if proto == PROTO_UDP && check == 0 {
         0
     } else {
         let updated = full_replace_u16(
@@ -233,6 +253,32 @@ mod tests {
             l4_rewrite(full, 6, s, d, 40, d, n, old_port, new_port),
             full_replace_u16(full_replace_u32(full, d, n), old_port, new_port)
         );
+    }
+
+    #[test]
+    fn full_rewrite_never_guesses() {
+        let (s, d, n) = (
+            addr([10, 1, 0, 2]),
+            addr([10, 96, 0, 10]),
+            addr([10, 2, 1, 7]),
+        );
+        let (old_port, new_port) = (80u16.to_be(), 8080u16.to_be());
+        // A full checksum that happens to equal the pseudo-header seed: the
+        // guessing rewrite takes it for partial, the full one does not.
+        let seed = pseudo_header_seed(s, d, 6, 40);
+        let full = l4_rewrite_full(seed, 6, d, n, old_port, new_port);
+        assert_eq!(
+            full,
+            full_replace_u16(full_replace_u32(seed, d, n), old_port, new_port)
+        );
+        assert_ne!(
+            full,
+            l4_rewrite(seed, 6, s, d, 40, d, n, old_port, new_port)
+        );
+        // UDP: no checksum stays none, and a checksum is never sent as 0
+        // (which would mean "none").
+        assert_eq!(l4_rewrite_full(0, 17, d, n, old_port, new_port), 0);
+        assert!((1..=u16::MAX).all(|c| l4_rewrite_full(c, 17, d, n, old_port, new_port) != 0));
     }
 
     #[test]

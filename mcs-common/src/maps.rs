@@ -59,7 +59,14 @@ pub mod names {
 
 /// Program names (the Rust function names in `mcs-ebpf`).
 pub mod programs {
+    /// XDP on a virtual device: partial checksums told apart by value.
     pub const XDP: &str = "mcs_xdp";
+    /// XDP on a physical NIC: every received checksum is full.
+    pub const XDP_NIC: &str = "mcs_xdp_nic";
+    /// tc on a pod interface, from the pod: the whole translation.
+    pub const TC_INGRESS: &str = "mcs_tc_ingress";
+    /// tc on a pod interface, to the pod: reverse NAT of replies.
+    pub const TC_EGRESS: &str = "mcs_tc_egress";
     pub const CONNECT4: &str = "mcs_connect4";
     pub const SENDMSG4: &str = "mcs_sendmsg4";
     pub const RECVMSG4: &str = "mcs_recvmsg4";
@@ -70,7 +77,17 @@ pub mod programs {
     /// The socket-LB programs, in attach order.
     pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
     /// Every program of the agent's object.
-    pub const ALL: [&str; 6] = [XDP, CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4, CLOCK_PROBE];
+    pub const ALL: [&str; 9] = [
+        XDP,
+        XDP_NIC,
+        TC_INGRESS,
+        TC_EGRESS,
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        CLOCK_PROBE,
+    ];
 }
 
 // Default capacities: the object's sizes, which the agent overrides at

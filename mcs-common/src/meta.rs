@@ -105,7 +105,8 @@ pub enum DropReason {
     NoBackend = 0,
     /// An IP fragment to a ClusterSetIP (ports are unknown; not supported).
     Fragment = 1,
-    /// A packet to a ClusterSetIP too short for its headers.
+    /// A packet to a ClusterSetIP too short for its headers, or one the tc
+    /// hook could not rewrite (a kernel helper refused).
     Malformed = 2,
     /// Conntrack insert failed (map full).
     CtFull = 3,

@@ -1,6 +1,13 @@
 //! The agent's eBPF object (embedded in `mcs-agent`).
 //!
-//! * `xdp/`   — per-packet ClusterSetIP DNAT, conntrack and reverse NAT.
+//! * `datapath.rs` — the per-packet translation (ClusterSetIP DNAT with
+//!   conntrack, reverse NAT of replies, refusals), shared by the packet
+//!   hooks; `conntrack.rs` its flow entries, `reject.rs` its refusals.
+//! * `tc/`    — the packet hook on pod interfaces (ingress: the whole
+//!   translation; egress: reverse NAT of replies), checksums through the
+//!   kernel's helpers.
+//! * `xdp/`   — the packet hook on physical NICs, checksum arithmetic in the
+//!   program.
 //! * `sock.rs` — socket-level LB for local sockets (cgroup connect4,
 //!   sendmsg4, recvmsg4, getpeername4): the backend is chosen once.
 //! * `lb.rs`  — service lookup and backend selection, shared by every hook.
@@ -20,9 +27,13 @@
 mod log;
 
 mod clock;
+mod conntrack;
+mod datapath;
 mod lb;
 mod maps;
+mod reject;
 mod sock;
+mod tc;
 mod xdp;
 
 use mcs_ebpf::packet;

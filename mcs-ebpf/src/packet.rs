@@ -1,12 +1,57 @@
 //! Bounds-checked packet access and IPv4 TCP/UDP parsing, and the header
-//! offsets the datapath reads and writes by name.
+//! offsets the datapath reads and writes by name. The same for every hook:
+//! XDP and tc both hand the program an Ethernet frame ([`PacketData`]).
 
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use mcs_common::{PROTO_TCP, PROTO_UDP};
+
+/// A program context with direct packet access: the frame lies in
+/// `[data, data_end)`.
+pub trait PacketData {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole frame's length, for byte counters (a socket buffer may
+    /// hold more than its linear part `[data, data_end)`).
+    fn frame_len(&self) -> u64;
+}
+
+impl PacketData for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> u64 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u64
+    }
+}
+
+impl PacketData for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> u64 {
+        u64::from(self.len())
+    }
+}
 
 /// Returns a pointer to a `T` at `offset` bytes into the packet.
 ///
@@ -17,7 +62,7 @@ use mcs_common::{PROTO_TCP, PROTO_UDP};
 /// until the packet is resized (we never resize) and may be unaligned: `T`
 /// must have alignment 1, as every network-types header has.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl PacketData, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -79,7 +124,7 @@ pub const TCP_FLAGS_BYTE: usize = TCP_DOFF_BYTE + 1;
 const _: () = assert!(TCP_DOFF_BYTE == 12 && TCP_FLAGS_BYTE == 13);
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
+pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(ParseError::Truncated)?;
     // SAFETY: `ptr_at` checked the bounds.
     if unsafe { (*eth).ether_type } != ETH_P_IP_RAW {
@@ -121,7 +166,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         return Err(ParseError::L4Truncated { daddr, proto });
     }
     let l4_off = EthHdr::LEN + ihl_bytes;
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = ctx.frame_len();
     let l4 = if proto == PROTO_TCP {
         let tcp: *mut TcpHdr =
             ptr_at(ctx, l4_off).ok_or(ParseError::L4Truncated { daddr, proto })?;
@@ -159,6 +204,24 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
 }
 
 impl Packet {
+    /// Offset of the L4 header in the frame (for hooks that rewrite
+    /// through helpers, which take offsets).
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        EthHdr::LEN + self.ihl_bytes
+    }
+
+    /// Offset of the L4 checksum field in the frame.
+    #[inline(always)]
+    pub fn check_off(&self) -> usize {
+        self.l4_off()
+            + if self.proto == PROTO_TCP {
+                offset_of!(TcpHdr, check)
+            } else {
+                offset_of!(UdpHdr, check)
+            }
+    }
+
     #[inline(always)]
     pub fn saddr(&self) -> u32 {
         // SAFETY: `ip` was bounds-checked in `parse`.

@@ -33,6 +33,13 @@ use crate::{
 /// conntrack does): the agent ages entries out by it, in seconds.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// With `--socket-lb-host-only`: the cookie of the only network namespace
+/// whose sockets are translated (the node's; pods behind a sidecar then
+/// keep the ClusterSetIP for the sidecar, and the tc path serves them).
+/// 0: every namespace. Set by the agent at load.
+#[unsafe(no_mangle)]
+static MCS_SOCK_NETNS_ONLY: u64 = 0;
+
 /// Let the system call go on.
 const PROCEED: i32 = 1;
 /// Fail the system call (with the errno set by `bpf_set_retval`).
@@ -97,6 +104,12 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
             bpf_get_netns_cookie(ctx.sock_addr.cast()),
         )
     };
+    // SAFETY: a plain read of a global; volatile so the load-time value is
+    // read rather than the compile-time 0 folded in.
+    let only = unsafe { core::ptr::read_volatile(&raw const MCS_SOCK_NETNS_ONLY) };
+    if only != 0 && netns != only {
+        return Err(Skip::NotOurs);
+    }
     let client = (netns ^ (netns >> 32)) as u32;
     let selector = Selector {
         client,

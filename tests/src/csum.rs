@@ -58,6 +58,9 @@ pub struct CsumCounters {
     pub udp: u64,
     /// `IpExt: InCsumErrors` of `/proc/net/netstat` (IPv4 header checksums).
     pub ip: u64,
+    /// `Icmp: InCsumErrors` of `/proc/net/snmp` (ICMP messages, e.g. the
+    /// datapath's port unreachable refusals).
+    pub icmp: u64,
 }
 
 impl CsumCounters {
@@ -80,6 +83,7 @@ impl CsumCounters {
             tcp: counter(snmp, "Tcp", "InCsumErrors")?,
             udp: counter(snmp, "Udp", "InCsumErrors")?,
             ip: counter(netstat, "IpExt", "InCsumErrors")?,
+            icmp: counter(snmp, "Icmp", "InCsumErrors")?,
         })
     }
 
@@ -92,8 +96,8 @@ impl fmt::Display for CsumCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "TcpInCsumErrors={} UdpInCsumErrors={} IpExtInCsumErrors={}",
-            self.tcp, self.udp, self.ip
+            "TcpInCsumErrors={} UdpInCsumErrors={} IpExtInCsumErrors={} IcmpInCsumErrors={}",
+            self.tcp, self.udp, self.ip, self.icmp
         )
     }
 }
@@ -126,6 +130,8 @@ mod tests {
     const SNMP: &str = "\
 Ip: Forwarding DefaultTTL InReceives
 Ip: 1 64 10
+Icmp: InMsgs InErrors InCsumErrors InDestUnreachs
+Icmp: 3 1 5 2
 Tcp: RtoAlgorithm RtoMin InSegs InErrs InCsumErrors
 Tcp: 1 200 42 3 7
 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
@@ -141,20 +147,21 @@ IpExt: 0 0 0 4
 ";
 
     #[test]
-    fn parses_the_three_counters() {
+    fn parses_the_four_counters() {
         let c = CsumCounters::parse(SNMP, NETSTAT).unwrap();
         assert_eq!(
             c,
             CsumCounters {
                 tcp: 7,
                 udp: 2,
-                ip: 4
+                ip: 4,
+                icmp: 5,
             }
         );
         assert!(!c.is_zero());
         assert_eq!(
             c.to_string(),
-            "TcpInCsumErrors=7 UdpInCsumErrors=2 IpExtInCsumErrors=4"
+            "TcpInCsumErrors=7 UdpInCsumErrors=2 IpExtInCsumErrors=4 IcmpInCsumErrors=5"
         );
     }
 
@@ -166,7 +173,7 @@ IpExt: 0 0 0 4
 
     #[test]
     fn missing_counters_are_errors() {
-        assert!(counter(SNMP, "Icmp", "InCsumErrors").is_err());
+        assert!(counter(SNMP, "IcmpMsg", "InCsumErrors").is_err());
         assert!(counter(SNMP, "Tcp", "Nope").is_err());
     }
 

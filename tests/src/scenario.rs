@@ -167,9 +167,36 @@ pub struct PodServers {
 /// (once started) the agent on [`CLIENT_NODE`]. Drops the agent first (so it
 /// detaches while its interfaces exist), then the servers, then the
 /// namespaces.
+/// Which hooks the agent serves the client node's pods with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hooks {
+    /// XDP on the node's pod veths and uplink (`--interface`).
+    #[default]
+    Xdp,
+    /// tc on the pod interfaces it discovers (`--pod-interfaces v-*`), as
+    /// the DaemonSet runs it; nothing on the uplink.
+    Tc,
+}
+
+/// What the agent logs once its hooks are attached (pod interfaces last).
+const ATTACHED_LOG: &str = "following link notifications";
+
+/// The `--pod-interfaces` glob of the node-side pod veths (`v-<pod>`).
+pub const POD_INTERFACES: &str = "v-*";
+
+/// Whether both tc programs of the agent whose pins are under `bpffs_dir`
+/// are attached to pod interface `iface` (their TCX links pinned).
+pub fn tc_attached(bpffs_dir: &std::path::Path, iface: &str) -> bool {
+    let dir = bpffs_dir.join("tc").join(iface);
+    dir.join("ingress").exists() && dir.join("egress").exists()
+}
+
 #[derive(Debug)]
 pub struct ClusterSet {
     agent: Option<Agent>,
+    hooks: Hooks,
+    /// The ClusterSetIP an agent start waits for.
+    vip: Ipv4Addr,
     servers: BTreeMap<&'static str, PodServers>,
     manifest: ManifestDir,
     topology: Topology,
@@ -190,6 +217,8 @@ impl ClusterSet {
         let manifest = ManifestDir::new("clusterset.yaml", manifest_yaml)?;
         let mut set = Self {
             agent: None,
+            hooks: Hooks::Xdp,
+            vip: VIP,
             servers: BTreeMap::new(),
             manifest,
             topology,
@@ -217,6 +246,17 @@ impl ClusterSet {
             set.servers.insert(pod.name, servers);
         }
         Ok(set)
+    }
+
+    /// Waits for ClusterSetIP `vip` instead of [`VIP`] when an agent starts
+    /// (a manifest with another address).
+    pub fn use_vip(&mut self, vip: Ipv4Addr) {
+        self.vip = vip;
+    }
+
+    /// Serves the client node with `hooks` from the next agent start on.
+    pub fn use_hooks(&mut self, hooks: Hooks) {
+        self.hooks = hooks;
     }
 
     /// Starts the agent on [`CLIENT_NODE`] (pod veths + uplink) reading the
@@ -270,21 +310,28 @@ impl ClusterSet {
         pinned: Option<PinnedDataplane>,
     ) -> Result<&mut Agent> {
         let node = self.topology.node(CLIENT_NODE)?;
-        let mut config = AgentConfig::new(
-            self.manifest.dir(),
-            self.topology.agent_ifaces(CLIENT_NODE)?,
-        );
+        let interfaces = match self.hooks {
+            Hooks::Xdp => self.topology.agent_ifaces(CLIENT_NODE)?,
+            Hooks::Tc => Vec::new(),
+        };
+        let mut config = AgentConfig::new(self.manifest.dir(), interfaces);
         config.cluster_id = Some(CLUSTER_A.to_owned());
-        config.extra_args = extra_args.iter().map(|&a| a.to_owned()).collect();
+        if self.hooks == Hooks::Tc {
+            config.extra_args = vec!["--pod-interfaces".to_owned(), POD_INTERFACES.to_owned()];
+        }
+        config
+            .extra_args
+            .extend(extra_args.iter().map(|&a| a.to_owned()));
         config.source_arg = self.source_arg.clone();
         let agent = match pinned {
             None => Agent::start(&node.netns, &config)?,
             Some(pinned) => Agent::adopt(&node.netns, &config, pinned)?,
         };
         let agent = self.agent.insert(agent);
+        let vip = self.vip;
         agent.wait_until(APPLY_TIMEOUT, |dump| {
-            dump.service(VIP, HTTP_PORT, Protocol::Tcp).is_some()
-                && dump.service(VIP, UDP_PORT, Protocol::Udp).is_some()
+            dump.service(vip, HTTP_PORT, Protocol::Tcp).is_some()
+                && dump.service(vip, UDP_PORT, Protocol::Udp).is_some()
         })?;
         // The maps can be programmed before the program is attached: wait
         // for XDP on every interface, or the first packets bypass it.
@@ -298,6 +345,32 @@ impl ClusterSet {
                     agent.log()
                 );
                 std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if self.hooks == Hooks::Tc {
+            // Pins of an adopted dataplane exist before the new agent is
+            // done: wait for its own word that every hook is attached.
+            while !agent.log().contains(ATTACHED_LOG) {
+                agent.ensure_running()?;
+                ensure!(
+                    Instant::now() < deadline,
+                    "the agent never attached its hooks within {APPLY_TIMEOUT:?}; log:\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for dev in self.topology.pod_ifaces(CLIENT_NODE) {
+                while !(tc_attached(agent.bpffs_dir(), &dev)
+                    || topology::clsact_attached(&node.netns, &dev)?)
+                {
+                    agent.ensure_running()?;
+                    ensure!(
+                        Instant::now() < deadline,
+                        "tc not attached to {dev} within {APPLY_TIMEOUT:?}; agent log:\n{}",
+                        agent.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         Ok(agent)
@@ -318,6 +391,11 @@ impl ClusterSet {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The topology, to add pods or recreate their links.
+    pub fn topology_mut(&mut self) -> &mut Topology {
+        &mut self.topology
     }
 
     pub fn manifest(&self) -> &ManifestDir {

@@ -501,16 +501,23 @@ impl Topology {
             iface: ETH0.to_owned(),
             node_iface: node_iface.clone(),
         });
-        let node = self.node(node_name)?;
-        let pod = self.pods.last().context("pod just added")?;
+        host_sysctls(&self.pods.last().context("pod just added")?.netns)?;
+        self.link_pod(name)
+    }
+
+    /// Creates pod `name`'s veth pair and gives both ends their addresses
+    /// and routes.
+    fn link_pod(&self, name: &str) -> Result<()> {
+        let pod = self.pod(name)?;
+        let node = self.node(&pod.node)?;
         let (n, p) = (&node.netns, &pod.netns);
-        host_sysctls(p)?;
-        n.add_veth(&node_iface, p, ETH0)?;
+        let (ip, node_iface) = (pod.ip, &pod.node_iface);
+        n.add_veth(node_iface, p, ETH0)?;
         let gateway = format!("{POD_GATEWAY}/32");
         let pod_addr = format!("{ip}/32");
-        n.ip(&["addr", "add", &gateway, "dev", &node_iface])?;
-        n.ip(&["link", "set", &node_iface, "up"])?;
-        n.ip(&["route", "add", &pod_addr, "dev", &node_iface])?;
+        n.ip(&["addr", "add", &gateway, "dev", node_iface])?;
+        n.ip(&["link", "set", node_iface, "up"])?;
+        n.ip(&["route", "add", &pod_addr, "dev", node_iface])?;
         p.ip(&["addr", "add", &pod_addr, "dev", ETH0])?;
         p.ip(&["link", "set", ETH0, "up"])?;
         p.ip(&[
@@ -533,6 +540,22 @@ impl Topology {
         ])?;
         Ok(())
     }
+
+    /// Adds a pod to a built topology (a pod started after the agent): its
+    /// namespace, veth pair, addresses and routes.
+    pub fn add_pod(&mut self, cluster: &str, node: &str, name: &str, ip: Ipv4Addr) -> Result<()> {
+        self.build_pod(cluster, node, name, ip)
+    }
+
+    /// Deletes pod `name`'s veth pair (its node-side interface vanishes) and
+    /// creates it again under the same names, as a CNI does when a pod's
+    /// sandbox is recreated.
+    pub fn recreate_pod_link(&self, name: &str) -> Result<()> {
+        let pod = self.pod(name)?;
+        let node = self.node(&pod.node)?;
+        node.netns.ip(&["link", "del", &pod.node_iface])?;
+        self.link_pod(name)
+    }
 }
 
 /// Whether an XDP program is attached to `dev` in `ns` (any mode), from
@@ -540,6 +563,19 @@ impl Topology {
 pub fn xdp_attached(ns: &Netns, dev: &str) -> Result<bool> {
     let out = ns.ip(&["-j", "-d", "link", "show", "dev", dev])?;
     parse_xdp_attached(&out).with_context(|| format!("ip link output for {dev}: {out}"))
+}
+
+/// The clsact `bpf` filters on `dev` in `direction` (`ingress`/`egress`), as
+/// `tc filter show` lists them (an agent run with `--tc-attach netlink`).
+pub fn tc_filters(ns: &Netns, dev: &str, direction: &str) -> Result<String> {
+    ns.exec("tc", &["filter", "show", "dev", dev, direction])
+}
+
+/// Whether mcs's tc programs are attached to `dev` as clsact filters in
+/// both directions.
+pub fn clsact_attached(ns: &Netns, dev: &str) -> Result<bool> {
+    Ok(tc_filters(ns, dev, "ingress")?.contains("mcs_tc_ingress")
+        && tc_filters(ns, dev, "egress")?.contains("mcs_tc_egress"))
 }
 
 fn parse_xdp_attached(json: &str) -> Result<bool> {

@@ -14,7 +14,8 @@ use std::{
 use aya::EbpfLoader;
 use mcs_agent::{
     dataplane::{
-        self, Dataplane, EBPF_OBJECT, MapHandles, MapSizes, layout::EXPECTED, prefilter::Member,
+        self, Dataplane, EBPF_OBJECT, LoadOptions, MapHandles, MapSizes, layout::EXPECTED,
+        prefilter::Member,
     },
     desired,
     model::manifest,
@@ -137,14 +138,17 @@ fn a_second_agent_adopts_the_pinned_maps_and_diffs() {
     let desired = desired_state(MANIFEST);
     {
         let (mut first, report) =
-            Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+            Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+                .expect("first load");
         assert_eq!(report.created.len(), names::ALL.len());
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired, &mut maps);
         assert!(applied.errors.is_empty());
         first.shutdown(false); // keep the pins, as after SIGKILL or upgrade
     }
-    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (mut second, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("second load");
     assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
     assert!(report.adopted_state());
     let mut maps = second.maps().expect("maps");
@@ -174,7 +178,8 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // A flow through a backend no map lists any more (retired, TCP kept).
     let gone = SocketAddrV4::new(Ipv4Addr::new(10, 103, 1, 10), 8080);
     {
-        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         let mut maps = first.maps().expect("maps");
         let applied = Reconciler::new().apply(&desired_state(MANIFEST), &mut maps);
         assert!(applied.errors.is_empty());
@@ -187,7 +192,9 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
     // As after an upgrade from an agent without the prefilter.
     std::fs::remove_file(dataplane::map_pin_dir(&pins.0).join(names::PREFILTER))
         .expect("unpin the prefilter");
-    let (mut second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (mut second, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("second load");
     assert_eq!(report.created, [names::PREFILTER], "{report:?}");
     // The agent's adoption path: one read serves the prefilter and the
     // reconciler.
@@ -212,7 +219,8 @@ fn a_prefilter_created_next_to_adopted_maps_is_rebuilt_from_them() {
 fn an_incompatible_pinned_map_is_detected_and_recreated() {
     let pins = PinDir::new("mismatch");
     {
-        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         first.shutdown(false);
     }
     // An older agent's conntrack map with a different value layout.
@@ -259,7 +267,8 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
         .expect("run bpftool");
     assert!(status.success(), "bpftool map create");
 
-    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("second load");
+    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+        .expect("second load");
     assert_eq!(report.retired, ["MCS_CT_V0"], "{report:?}");
     assert!(!old_pin.exists());
     let recreated: Vec<_> = report.recreated.iter().map(|(name, _)| *name).collect();
@@ -286,7 +295,8 @@ fn an_incompatible_pinned_map_is_detected_and_recreated() {
     )
     .expect("write version");
     drop(abi);
-    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
+    let (third, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("third load");
     assert_eq!(report.recreated.len(), names::ALL.len(), "{report:?}");
     assert!(
         report
@@ -320,7 +330,8 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
             .expect("map info")
             .max_entries()
     };
-    let (first, report) = Dataplane::load(&pins.0, &small).expect("first load");
+    let (first, report) =
+        Dataplane::load(&pins.0, &small, LoadOptions::default()).expect("first load");
     assert_eq!(report.created.len(), names::ALL.len(), "{report:?}");
     for def in MAPS {
         assert_eq!(
@@ -333,12 +344,14 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
     first.shutdown(false);
 
     // The same sizes adopt everything.
-    let (second, report) = Dataplane::load(&pins.0, &small).expect("second load");
+    let (second, report) =
+        Dataplane::load(&pins.0, &small, LoadOptions::default()).expect("second load");
     assert_eq!(report.adopted.len(), names::ALL.len(), "{report:?}");
     second.shutdown(false);
 
     // Other sizes recreate exactly the sized maps, naming the change.
-    let (third, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("third load");
+    let (third, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("third load");
     let recreated: BTreeSet<&str> = report.recreated.iter().map(|(name, _)| *name).collect();
     let sized: BTreeSet<&str> = MAPS
         .iter()
@@ -378,7 +391,8 @@ fn pinned_ids(dir: &std::path::Path) -> std::collections::BTreeMap<String, u32> 
 fn a_start_that_fails_or_stops_before_attaching_leaves_the_pins_as_it_found_them() {
     let pins = PinDir::new("rollback");
     {
-        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         first.shutdown(false);
     }
     // An older agent's map under a name this one retired, and a conntrack
@@ -406,13 +420,14 @@ fn a_start_that_fails_or_stops_before_attaching_leaves_the_pins_as_it_found_them
         conntrack: 0,
         ..MapSizes::default()
     };
-    assert!(Dataplane::load(&pins.0, &broken).is_err());
+    assert!(Dataplane::load(&pins.0, &broken, LoadOptions::default()).is_err());
     assert_eq!(pinned_ids(&pins.0), before, "after a failed load");
     assert!(!dataplane::pins::stash_dir(&pins.0).exists());
 
     // A load that succeeds but is abandoned before attaching (its source
     // never delivered, SIGTERM meanwhile, a port it cannot bind) likewise.
-    let (second, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    let (second, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("load");
     assert_eq!(report.retired, ["MCS_SOCK_REV_V1"], "{report:?}");
     assert_eq!(report.recreated.len(), 1, "{report:?}");
     assert_ne!(pinned_ids(&pins.0), before, "the load replaced the maps");
@@ -422,11 +437,13 @@ fn a_start_that_fails_or_stops_before_attaching_leaves_the_pins_as_it_found_them
     // One killed between the two (the replaced pins still aside): the next
     // start puts them back first, then replaces them again, and keeps its
     // own maps on a normal stop.
-    let (third, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    let (third, _) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("load");
     let replaced = dataplane::pins::stash_dir(&pins.0);
     assert!(replaced.join(names::CONNTRACK).exists());
     std::mem::forget(third); // as a SIGKILL would: no rollback, no commit
-    let (fourth, report) = Dataplane::load(&pins.0, &MapSizes::default()).expect("load");
+    let (fourth, report) =
+        Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default()).expect("load");
     assert_eq!(report.retired, ["MCS_SOCK_REV_V1"], "{report:?}");
     fourth.shutdown(false);
     assert!(!replaced.exists(), "a normal stop keeps nothing aside");
@@ -445,7 +462,8 @@ fn the_frontend_maps_are_adopted_together_or_recreated_together() {
     let pins = PinDir::new("group");
     let desired = desired_state(MANIFEST);
     {
-        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default()).expect("first load");
+        let (mut first, _) = Dataplane::load(&pins.0, &MapSizes::default(), LoadOptions::default())
+            .expect("first load");
         let mut maps = first.maps().expect("maps");
         assert!(
             Reconciler::new()
@@ -459,7 +477,8 @@ fn the_frontend_maps_are_adopted_together_or_recreated_together() {
         maglev_chunks: MapSizes::default().maglev_chunks * 2,
         ..MapSizes::default()
     };
-    let (mut second, report) = Dataplane::load(&pins.0, &bigger).expect("second load");
+    let (mut second, report) =
+        Dataplane::load(&pins.0, &bigger, LoadOptions::default()).expect("second load");
     let recreated: BTreeSet<&str> = report.recreated.iter().map(|(name, _)| *name).collect();
     assert_eq!(
         recreated,
@@ -508,7 +527,8 @@ fn map_memory_is_what_the_model_says_at_two_sizes() {
         ("memory-default", MapSizes::default()),
     ] {
         let pins = PinDir::new(test);
-        let (mut dataplane, _) = Dataplane::load(&pins.0, &sizes).expect("load");
+        let (mut dataplane, _) =
+            Dataplane::load(&pins.0, &sizes, LoadOptions::default()).expect("load");
         let mut maps = dataplane.maps().expect("maps");
         let applied = Reconciler::with_capacities(sizes.capacities()).apply(&desired, &mut maps);
         assert!(applied.errors.is_empty(), "{:?}", applied.errors);

@@ -1,7 +1,8 @@
 //! Privilege tier: the capabilities the DaemonSet grants are the ones the
 //! agent needs — it runs as an unprivileged user with exactly BPF,
-//! NET_ADMIN and PERFMON, and fails without PERFMON (the verifier forbids
-//! the XDP program's packet-pointer arithmetic to processes without it).
+//! NET_ADMIN and PERFMON (XDP on one interface, tc on a discovered pod
+//! interface), and fails without PERFMON (the verifier forbids the packet
+//! programs' packet-pointer arithmetic to processes without it).
 //!
 //! Needs root to drop to those capabilities; run by `cargo xtask test`.
 
@@ -23,7 +24,8 @@ fn agent_bin() -> String {
 }
 
 /// Runs the agent as nobody with only `caps` in the netns; returns whether
-/// it became ready (attached XDP) and its log.
+/// it became ready (attached XDP to `v0` and tc to the pod interface `v1`)
+/// and its log.
 fn run_with(caps: &str, tag: &str) -> (bool, String) {
     mcs_tests::require_root();
     let netns = Netns::create(&format!("{}{tag}", unique_prefix())).expect("netns");
@@ -58,6 +60,8 @@ fn run_with(caps: &str, tag: &str) -> (bool, String) {
             "run",
             "--interface",
             "v0",
+            "--pod-interfaces",
+            "v1",
             "--detach-on-exit",
             "--bpffs-dir",
             &bpffs,
@@ -76,7 +80,8 @@ fn run_with(caps: &str, tag: &str) -> (bool, String) {
         let link = netns
             .ip(&["-d", "link", "show", "dev", "v0"])
             .unwrap_or_default();
-        if link.contains("prog/xdp") {
+        let tc = std::path::Path::new(&bpffs).join("tc/v1/egress");
+        if link.contains("prog/xdp") && tc.exists() {
             attached = true;
             break;
         }

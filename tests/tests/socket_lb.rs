@@ -28,7 +28,8 @@ struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn create(name: &str) -> Self {
-        let root = mcs_agent::dataplane::cgroup2_root().expect("cgroup v2 mounted");
+        let root =
+            mcs_agent::dataplane::cgroup::node_cgroup_root().expect("cgroup v2 root mounted");
         let path = root.join(name);
         fs::create_dir_all(&path).expect("create test cgroup");
         Self(path)
@@ -49,7 +50,8 @@ struct ScopedCgroup {
 
 impl ScopedCgroup {
     fn enter(name: &str) -> Self {
-        let root = mcs_agent::dataplane::cgroup2_root().expect("cgroup v2 mounted");
+        let root =
+            mcs_agent::dataplane::cgroup::node_cgroup_root().expect("cgroup v2 root mounted");
         let own = fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
         let relative = own
             .lines()

@@ -1,14 +1,18 @@
 //! The eBPF dataplane: loading the embedded object, pinning and adopting its
-//! maps and XDP links under the bpffs directory, and map access for the
-//! reconciler (write) and `dump` (read).
+//! maps and links under the bpffs directory, and map access for the
+//! reconciler (write) and `dump` (read). Attachment per hook: `tc.rs` (pod
+//! interfaces), `xdp.rs` (NICs), `cgroup.rs` (socket LB).
 //!
 //! Pinned layout (`--bpffs-dir`, default `/sys/fs/bpf/mcs`, mode 0700):
 //! * `maps/<MAP_NAME>` — every map; adopted by the next agent after its
 //!   type, key size, value size, max entries and the stored layout version
 //!   (`MCS_ABI`) are checked. A mismatching map is recreated, loudly.
-//! * `links/<interface>` — the XDP bpf_link of each interface. It keeps the
-//!   program attached while no agent runs (crash, SIGKILL, upgrade); the
-//!   next agent swaps its own program into the same link atomically.
+//! * `links/<interface>` — the XDP bpf_link of each `--interface`;
+//!   `links/cgroup-<program>` — the socket-LB links;
+//!   `tc/<interface>/{ingress,egress}` — the TCX links of each pod
+//!   interface. A link keeps its program attached while no agent runs
+//!   (crash, SIGKILL, upgrade); the next agent swaps its own program into
+//!   the same link atomically.
 //! * `replaced/` — pins a starting agent replaced, kept until its program
 //!   is attached, so a start that fails before can put them back
 //!   (`pins.rs`).
@@ -17,6 +21,7 @@
 //! anything is touched.
 
 pub mod batch;
+pub mod cgroup;
 pub mod clock;
 pub mod layout;
 pub mod lock;
@@ -25,29 +30,27 @@ pub mod maps;
 pub mod memory;
 pub mod pins;
 pub mod prefilter;
+pub mod tc;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_run;
+pub mod xdp;
 
 use std::{
+    collections::BTreeSet,
     fs, io,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-};
+use aya::{Ebpf, EbpfLoader};
 use mcs_common::{ABI_MAGIC, ABI_VERSION, AbiInfo, names, programs};
 use tracing::{error, info, warn};
 
 pub use layout::{AdoptionReport, MapSizes, MapSpec};
 pub use maps::{MapHandles, PinnedMaps};
 pub use pins::remove_pins;
+pub use tc::TcAttach;
+pub use xdp::{AttachMode, Device};
 
 use self::pins::PinLedger;
 
@@ -88,6 +91,12 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot attach tc to pod interface {interface}")]
+    AttachTc {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("cannot attach {program} to cgroup {cgroup}")]
     AttachCgroup {
         cgroup: PathBuf,
@@ -122,18 +131,6 @@ pub enum DataplaneError {
     },
 }
 
-/// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// Native (driver) mode, falling back to generic if the driver refuses.
-    #[default]
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (skb) mode only.
-    Generic,
-}
-
 /// Where the maps are pinned: `<bpffs-dir>/maps/<MAP_NAME>`.
 pub fn map_pin_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("maps")
@@ -166,7 +163,7 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), DataplaneError> {
     let error = |source| DataplaneError::PinDirectory {
         path: path.to_path_buf(),
         source,
@@ -179,11 +176,23 @@ fn create_private_dir(path: &Path) -> Result<(), DataplaneError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(error)
 }
 
-/// A loaded dataplane: the eBPF object with pinned maps and XDP links.
+/// What the loaded object is told at load (globals of its `.rodata`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Socket LB only for sockets of the network namespace with this
+    /// cookie (`--socket-lb-host-only`); `None`: every socket.
+    pub socket_lb_netns: Option<u64>,
+}
+
+/// A loaded dataplane: the eBPF object with pinned maps and links.
 pub struct Dataplane {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
-    attached: Vec<String>,
+    /// Interfaces with XDP (`--interface`).
+    xdp: BTreeSet<String>,
+    /// Pod interfaces with tc.
+    tc: BTreeSet<String>,
+    socket_lb: bool,
     /// What this start did to the pins, until a program is attached.
     ledger: PinLedger,
     /// Whether a program of this agent was attached (no way back after).
@@ -197,6 +206,7 @@ impl Dataplane {
     pub fn load(
         bpffs_dir: &Path,
         sizes: &MapSizes,
+        options: LoadOptions,
     ) -> Result<(Self, AdoptionReport), DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::MissingObject);
@@ -208,6 +218,7 @@ impl Dataplane {
         let pin_dir = map_pin_dir(bpffs_dir);
         create_private_dir(&pin_dir)?;
         create_private_dir(&link_pin_dir(bpffs_dir))?;
+        create_private_dir(&tc::tc_pin_dir(bpffs_dir))?;
 
         let restored = pins::restore_leftover(bpffs_dir);
         if !restored.is_empty() {
@@ -241,11 +252,13 @@ impl Dataplane {
                 "replacing the pin of a map this agent has under a newer name"
             );
         }
-        let loaded = load_pinned(&pin_dir, sizes).and_then(|(ebpf, logger)| {
+        let loaded = load_pinned(&pin_dir, sizes, options).and_then(|(ebpf, logger)| {
             let mut dataplane = Self {
                 ebpf,
                 bpffs_dir: bpffs_dir.to_path_buf(),
-                attached: Vec::new(),
+                xdp: BTreeSet::new(),
+                tc: BTreeSet::new(),
+                socket_lb: false,
                 ledger: PinLedger::new(bpffs_dir),
                 links_touched: false,
                 _logger: logger,
@@ -295,79 +308,6 @@ impl Dataplane {
         })
     }
 
-    /// Attaches the XDP program to `interface`: swaps it atomically into the
-    /// link pinned by an earlier agent, or creates and pins a new link.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
-        let pin = link_pin_dir(&self.bpffs_dir).join(interface);
-        let program = xdp_program(&mut self.ebpf)?;
-        if pin.exists() {
-            let swapped = PinnedLink::from_pin(&pin)
-                .map_err(|error| error.to_string())
-                .and_then(|link| {
-                    XdpLink::try_from(FdLink::from(link)).map_err(|error| error.to_string())
-                })
-                .and_then(|link| {
-                    program
-                        .attach_to_link(link)
-                        .map_err(|error| crate::telemetry::chain(&error))
-                });
-            match swapped {
-                Ok(link_id) => {
-                    // (Fields, not `program_attached`: `program` borrows the object.)
-                    self.links_touched = true;
-                    self.ledger.commit();
-                    // The pin keeps the link; the program need not own it.
-                    let _link = program.take_link(link_id);
-                    info!(interface, "XDP program swapped into the pinned link");
-                    self.attached.push(interface.to_owned());
-                    return Ok(());
-                }
-                Err(reason) => {
-                    warn!(interface, %reason, "pinned XDP link unusable (interface recreated?); attaching anew");
-                    let _ = fs::remove_file(&pin);
-                }
-            }
-        }
-        let attach = |program: &mut Xdp, xdp_mode, mode_name| {
-            program
-                .attach(interface, xdp_mode)
-                .map_err(|source| DataplaneError::Attach {
-                    interface: interface.to_owned(),
-                    mode: mode_name,
-                    source,
-                })
-        };
-        let link_id = match mode {
-            AttachMode::Native => attach(program, XdpMode::Driver, "native")?,
-            AttachMode::Generic => attach(program, XdpMode::Skb, "generic")?,
-            AttachMode::Auto => match attach(program, XdpMode::Driver, "native") {
-                Ok(link) => link,
-                Err(error) => {
-                    warn!(interface, error = %crate::telemetry::chain(&error), "native XDP refused; falling back to generic mode");
-                    attach(program, XdpMode::Skb, "generic")?
-                }
-            },
-        };
-        self.links_touched = true;
-        let pin_error =
-            |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-                interface: interface.to_owned(),
-                path: pin.clone(),
-                source,
-            };
-        let link = program
-            .take_link(link_id)
-            .map_err(|error| pin_error(Box::new(error)))?;
-        let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
-        let _pinned: PinnedLink = fd_link
-            .pin(&pin)
-            .map_err(|error| pin_error(Box::new(error)))?;
-        info!(interface, ?mode, "XDP attached (link pinned)");
-        self.attached.push(interface.to_owned());
-        self.program_attached();
-        Ok(())
-    }
-
     /// A program of this agent serves: the start can no longer be undone,
     /// and the pins it replaced are deleted.
     fn program_attached(&mut self) {
@@ -375,75 +315,33 @@ impl Dataplane {
         self.ledger.commit();
     }
 
-    /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup`
-    /// (every socket of processes in it and below). A link pinned by an
-    /// earlier agent is replaced after the new one is in place: while both
-    /// run, the first translates and the second sees a backend address and
-    /// leaves it, so no socket is translated twice or missed.
-    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
-        let file = fs::File::open(cgroup).map_err(|source| DataplaneError::PinDirectory {
-            path: cgroup.to_path_buf(),
-            source,
-        })?;
-        for name in programs::SOCKET {
-            let pin = link_pin_dir(&self.bpffs_dir).join(format!("cgroup-{name}"));
-            let old = PinnedLink::from_pin(&pin).ok();
-            let program = socket_program(&mut self.ebpf, name)?;
-            // bpf_link attachments to a cgroup always coexist (the kernel
-            // rejects multi-attach flags on link_create).
-            let link_id = program
-                .attach(&file, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::AttachCgroup {
-                    cgroup: cgroup.to_path_buf(),
-                    program: name,
-                    source,
-                })?;
-            self.links_touched = true;
-            let pin_error =
-                |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-                    interface: cgroup.display().to_string(),
-                    path: pin.clone(),
-                    source,
+    /// Detaches links pinned for interfaces (and a cgroup) this agent no
+    /// longer serves.
+    pub fn detach_others(&self) {
+        if let Ok(entries) = fs::read_dir(link_pin_dir(&self.bpffs_dir)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let kept = match name.strip_prefix("cgroup-") {
+                    Some(_) => self.socket_lb,
+                    None => self.xdp.contains(&name),
                 };
-            let link = program
-                .take_link(link_id)
-                .map_err(|error| pin_error(Box::new(error)))?;
-            let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
-            if let Some(old) = old {
-                // Unpin the earlier agent's link; it detaches when closed.
-                if let Err(error) = old.unpin() {
-                    warn!(program = name, %error, "cannot unpin the previous socket-LB link");
+                if !kept {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => info!(link = name, "detached a link no longer wanted"),
+                        Err(error) => warn!(link = name, %error, "cannot remove stale link pin"),
+                    }
                 }
             }
-            let _pinned = fd_link
-                .pin(&pin)
-                .map_err(|error| pin_error(Box::new(error)))?;
         }
-        info!(cgroup = %cgroup.display(), "socket LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
-        self.attached.push("cgroup".to_owned());
-        self.program_attached();
-        Ok(())
-    }
-
-    /// Detaches links pinned for interfaces this agent no longer serves.
-    pub fn detach_others(&self) {
-        let Ok(entries) = fs::read_dir(link_pin_dir(&self.bpffs_dir)) else {
-            return;
-        };
-        let socket_lb = self.attached.iter().any(|a| a == "cgroup");
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kept = match name.strip_prefix("cgroup-") {
-                Some(_) => socket_lb,
-                None => self.attached.contains(&name),
-            };
-            if !kept {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => info!(
+        if let Ok(entries) = fs::read_dir(tc::tc_pin_dir(&self.bpffs_dir)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !self.tc.contains(&name) {
+                    tc::remove_tc_dir(&entry.path(), &name);
+                    info!(
                         interface = name,
-                        "detached XDP from an interface no longer listed"
-                    ),
-                    Err(error) => warn!(interface = name, %error, "cannot remove stale link pin"),
+                        "detached tc from an interface no longer served"
+                    );
                 }
             }
         }
@@ -505,6 +403,7 @@ impl Dataplane {
 fn load_pinned(
     pin_dir: &Path,
     sizes: &MapSizes,
+    options: LoadOptions,
 ) -> Result<(Ebpf, Option<crate::telemetry::BpfLogTask>), DataplaneError> {
     let mut loader = EbpfLoader::new();
     let pin_paths: Vec<(&'static str, PathBuf)> = names::ALL
@@ -517,21 +416,32 @@ fn load_pinned(
     for (name, entries) in sizes.overrides() {
         loader.map_max_entries(name, entries);
     }
+    let netns_only = options.socket_lb_netns.unwrap_or(0);
+    loader.override_global(cgroup::NETNS_ONLY_GLOBAL, &netns_only, true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
     let logger = crate::telemetry::BpfLogTask::start(&mut ebpf);
-    let program = xdp_program(&mut ebpf)?;
-    program
-        .load()
-        .map_err(|source| DataplaneError::LoadProgram {
-            name: programs::XDP,
-            source,
-        })?;
-    for name in programs::SOCKET {
-        socket_program(&mut ebpf, name)?
-            .load()
-            .map_err(|source| DataplaneError::LoadProgram { name, source })?;
-    }
+    load_programs(&mut ebpf)?;
     Ok((ebpf, logger))
+}
+
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let load_error = |name| move |source| DataplaneError::LoadProgram { name, source };
+    for name in [programs::XDP, programs::XDP_NIC] {
+        xdp::xdp_program(ebpf, name)?
+            .load()
+            .map_err(load_error(name))?;
+    }
+    for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
+        tc::tc_program(ebpf, name)?
+            .load()
+            .map_err(load_error(name))?;
+    }
+    for name in programs::SOCKET {
+        cgroup::socket_program(ebpf, name)?
+            .load()
+            .map_err(load_error(name))?;
+    }
+    Ok(())
 }
 
 /// Undoes what a start did to the pins (see `pins.rs`), loudly.
@@ -543,35 +453,4 @@ fn roll_back(bpffs_dir: &Path, ledger: &mut PinLedger) {
         restored = ?undone.restored,
         "start abandoned before attaching: removed the pins it created and put back the ones it replaced"
     );
-}
-
-fn socket_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, DataplaneError> {
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| DataplaneError::LoadProgram { name, source })
-}
-
-/// The cgroup v2 mount point (where socket LB attaches by default).
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
-}
-
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(programs::XDP)
-        .ok_or(DataplaneError::MissingProgram(programs::XDP))?
-        .try_into()
-        .map_err(|source| DataplaneError::LoadProgram {
-            name: programs::XDP,
-            source,
-        })
 }

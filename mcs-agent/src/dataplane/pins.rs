@@ -21,7 +21,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{link_pin_dir, map_pin_dir};
+use super::{link_pin_dir, map_pin_dir, tc};
 
 /// Where replaced pins wait until the start completes.
 pub fn stash_dir(bpffs_dir: &Path) -> PathBuf {
@@ -134,11 +134,21 @@ pub fn restore_leftover(bpffs_dir: &Path) -> Vec<String> {
     restored
 }
 
-/// Removes everything mcs pinned under `bpffs_dir`: links first (the XDP
-/// programs detach when their last reference goes), then maps and pins
-/// waiting to be replaced. Returns what was removed.
+/// Removes everything mcs pinned under `bpffs_dir`: links first (the
+/// programs detach when their last reference goes; netlink tc filters are
+/// deleted), then maps and pins waiting to be replaced. Returns what was
+/// removed.
 pub fn remove_pins(bpffs_dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
+    let tc_dir = tc::tc_pin_dir(bpffs_dir);
+    if let Ok(entries) = fs::read_dir(&tc_dir) {
+        for entry in entries.flatten() {
+            let interface = entry.file_name().to_string_lossy().into_owned();
+            tc::remove_tc_dir(&entry.path(), &interface);
+            removed.push(entry.path());
+        }
+    }
+    let _ = fs::remove_dir(&tc_dir);
     for dir in [
         link_pin_dir(bpffs_dir),
         map_pin_dir(bpffs_dir),
@@ -168,6 +178,7 @@ pub fn remove_empty_dirs(bpffs_dir: &Path) {
     for dir in [
         link_pin_dir(bpffs_dir),
         map_pin_dir(bpffs_dir),
+        tc::tc_pin_dir(bpffs_dir),
         bpffs_dir.to_path_buf(),
     ] {
         if fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none()) {

@@ -1,6 +1,7 @@
-//! `mcs-agent run`: load and attach the dataplane, follow the source,
-//! reconcile every change (`context.rs`; failed writes logged and counted
-//! once each, `failures.rs`), shut down cleanly on SIGTERM/SIGINT.
+//! `mcs-agent run`: load the dataplane, follow the source, reconcile every
+//! change (`context.rs`; failed writes logged and counted once each,
+//! `failures.rs`), attach the hooks and follow pod interfaces as they come
+//! and go (`attach.rs`), shut down cleanly on SIGTERM/SIGINT.
 //!
 //! Nothing is lost across restarts and faults:
 //! * one agent per bpffs directory (`dataplane/lock.rs`), locked before
@@ -12,6 +13,7 @@
 //! * a start that ends before its program is attached leaves the pins as
 //!   it found them (`Dataplane::abandon`).
 
+mod attach;
 mod context;
 mod failures;
 
@@ -28,11 +30,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::context::Context;
+use self::{attach::PodLinks, context::Context};
 use crate::{
     cli::RunArgs,
     conntrack::{GcSetup, Janitor},
-    dataplane::{AdoptionReport, Dataplane, lock},
+    dataplane::{AdoptionReport, Dataplane, LoadOptions, cgroup, lock},
     desired, dns,
     events::{self, Events},
     metrics::Metrics,
@@ -76,14 +78,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // bound before the kernel is touched so a taken port fails fast.
     let dns = match args.dns_config() {
         Some(config) => {
+            if let Some(link) = &args.dns_link {
+                crate::interfaces::dns_link::ensure(link, config.addr.ip())
+                    .await
+                    .with_context(|| format!("put the DNS address on link {link}"))?;
+            }
             let server = dns::serve(&config, updates.clone()).await;
             Some(server.context("start the DNS server")?)
         }
         None => None,
     };
 
-    let (mut dataplane, adoption) =
-        Dataplane::load(&args.bpffs_dir, &args.map_sizes()).context("load the dataplane")?;
+    let options = LoadOptions {
+        socket_lb_netns: if args.socket_lb_host_only {
+            Some(cgroup::own_netns_cookie().context("read the node's network namespace cookie")?)
+        } else {
+            None
+        },
+    };
+    let (mut dataplane, adoption) = Dataplane::load(&args.bpffs_dir, &args.map_sizes(), options)
+        .context("load the dataplane")?;
     let result = serve(
         &args,
         &mut dataplane,
@@ -235,17 +249,8 @@ async fn serve(
     // them off the workers wherever the loop runs.
     let mut healthy = block_in_place(|| ctx.reconcile(first, Instant::now()));
     info!("initial sync done");
-    for interface in &args.interfaces {
-        dataplane.attach(interface, args.xdp_mode)?;
-    }
-    if args.socket_lb {
-        let cgroup = match &args.cgroup {
-            Some(path) => path.clone(),
-            None => crate::dataplane::cgroup2_root()
-                .context("no cgroup v2 mount found for socket LB; give --cgroup")?,
-        };
-        dataplane.attach_socket_lb(&cgroup)?;
-    }
+    let mut pods = PodLinks::new(args);
+    let mut links = attach::attach_all(dataplane, args, &mut pods).await?;
     dataplane.detach_others();
     metrics.set_ready();
 
@@ -269,6 +274,13 @@ async fn serve(
                 }
             }
             Some(report) = ctx.janitor.report() => block_in_place(|| ctx.scanned(report)),
+            event = next_link(&mut links) => match event {
+                Some(event) => pods.event(dataplane, args, event),
+                None => {
+                    warn!("link notifications stopped: pod interfaces created from now on are not attached");
+                    links = None;
+                }
+            },
             result = &mut *source_task => return source_failed(result),
             signal = &mut shutdown => {
                 info!(signal = signal?, "shutting down");
@@ -277,6 +289,15 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+async fn next_link(
+    links: &mut Option<crate::interfaces::watch::LinkWatch>,
+) -> Option<crate::interfaces::watch::LinkEvent> {
+    match links {
+        Some(links) => links.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn source_failed(

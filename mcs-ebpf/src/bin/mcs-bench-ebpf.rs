@@ -5,6 +5,9 @@
 //! measures both alike.
 //!
 //! * `mcs_bench_pass`   — returns `XDP_PASS`: the floor of a test run.
+//! * `mcs_bench_tc_pass` — a tc program that passes every packet on
+//!   (`TC_ACT_UNSPEC`, as mcs's tc programs do): the end-to-end floor of a
+//!   tc program on a pod interface.
 //! * `mcs_bench_lookup` — one hash lookup with a 16-byte key read from the
 //!   packet (bytes 26..42 of the frame: IPv4 addresses, ports and 4 more
 //!   bytes): the unit in which the bench states the mcs program's cost.
@@ -21,10 +24,10 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_UNSPEC, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 
 use mcs_ebpf::{atomic, packet::ptr_at};
@@ -40,6 +43,11 @@ pub static MCS_BENCH_MAP: HashMap<[u8; 16], u64, 1> = HashMap::new();
 #[xdp]
 pub fn mcs_bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn mcs_bench_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 /// `XDP_PASS` when the packet's key is in the map, `XDP_DROP` when not (so

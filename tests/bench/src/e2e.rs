@@ -16,7 +16,12 @@
 //! * `direct`   — connect to the backends themselves (the floor; plain routing);
 //! * `direct+xdp-pass` — the same through an XDP program that only passes,
 //!   on the node's two veths (what attaching any XDP program there costs);
+//! * `direct+tc-pass` — the same through a tc program that only passes, on
+//!   both directions of the client's veth (what attaching any tc program
+//!   where mcs-tc attaches costs);
 //! * `mcs-xdp`  — the agent binary's XDP program on the node's two veths;
+//! * `mcs-tc`   — an agent as the DaemonSet runs it: tc on the pod
+//!   interface it discovers (the client's veth), nothing on the uplink;
 //! * `mcs-socklb` — the same agent's cgroup socket LB, the client process in
 //!   the served cgroup (plain routing in its node namespace);
 //! * `iptables` — kube-proxy-shaped `iptables-restore` ruleset;
@@ -58,17 +63,23 @@ pub enum Mode {
     /// Direct, through an XDP program that only returns XDP_PASS on the
     /// node's two veths: the floor of any XDP program attached there.
     DirectXdpPass,
+    /// Direct, through a tc program that only passes on both directions of
+    /// the client's veth: the floor of any tc program attached there.
+    DirectTcPass,
     McsXdp,
+    McsTc,
     McsSocklb,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Direct,
         Mode::DirectXdpPass,
+        Mode::DirectTcPass,
         Mode::McsXdp,
+        Mode::McsTc,
         Mode::McsSocklb,
         Mode::Iptables,
         Mode::Nftables,
@@ -78,7 +89,9 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::DirectXdpPass => "direct+xdp-pass",
+            Mode::DirectTcPass => "direct+tc-pass",
             Mode::McsXdp => "mcs-xdp",
+            Mode::McsTc => "mcs-tc",
             Mode::McsSocklb => "mcs-socklb",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
@@ -191,9 +204,14 @@ impl Drop for Cgroup {
 /// The namespaces, servers and the agent; torn down in field order.
 struct Lab {
     agent: Option<Agent>,
+    /// The agent of mode mcs-tc, in its own node namespace.
+    agent_tc: Option<Agent>,
     /// The object whose `mcs_bench_pass` is attached in the direct+xdp-pass
     /// node namespace (dropping it detaches).
     _xdp_pass: aya::Ebpf,
+    /// The object whose `mcs_bench_tc_pass` is attached in the
+    /// direct+tc-pass node namespace.
+    _tc_pass: aya::Ebpf,
     _server: ChildGuard,
     cgroup: Cgroup,
     manifest_dir: tempfile::TempDir,
@@ -290,6 +308,7 @@ impl Lab {
             lbs.push(lb);
         }
         let xdp_pass = attach_xdp_pass(&lbs[usize::from(Mode::DirectXdpPass.index())])?;
+        let tc_pass = attach_tc_pass(&lbs[usize::from(Mode::DirectTcPass.index())])?;
         let cpus = cpus();
         let server_cpu = if cpus > 1 { "1" } else { "0" };
         let mut server = netns::command_in(backend.name(), "taskset")?;
@@ -310,8 +329,8 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let server = ChildGuard(server.spawn().context("start the backend server")?);
-        let root = mcs_agent::dataplane::cgroup2_root()
-            .context("no cgroup v2 mount (socket LB needs one)")?;
+        let root = mcs_agent::dataplane::cgroup::node_cgroup_root()
+            .context("no cgroup v2 root (socket LB needs one)")?;
         let cgroup = Cgroup(root.join(format!("mcs-bench-{}", std::process::id())));
         fs::create_dir_all(&cgroup.0)
             .with_context(|| format!("create cgroup {}", cgroup.0.display()))?;
@@ -320,7 +339,9 @@ impl Lab {
             .tempdir()?;
         Ok(Self {
             agent: None,
+            agent_tc: None,
             _xdp_pass: xdp_pass,
+            _tc_pass: tc_pass,
             _server: server,
             cgroup,
             manifest_dir,
@@ -364,38 +385,71 @@ impl Lab {
             "warn".to_owned(),
         ];
         self.agent = Some(Agent::start(self.lb(Mode::McsXdp), &config)?);
+        // mcs-tc: pod interfaces discovered, nothing listed by hand.
+        let mut config = AgentConfig::new(self.manifest_dir.path(), Vec::new());
+        config.extra_args = ["--pod-interfaces", TO_CLIENT, "--log-level", "info"]
+            .map(str::to_owned)
+            .to_vec();
+        self.agent_tc = Some(Agent::start(self.lb(Mode::McsTc), &config)?);
         Ok(())
     }
 
-    /// Waits until the agent's pinned maps hold `frontends` frontends.
+    /// Waits until both agents' pinned maps hold `frontends` frontends (and
+    /// the tc agent attached to the client's veth).
     fn wait_for_agent(&mut self, frontends: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let agent = self.agent.as_mut().context("agent not started")?;
-        loop {
+        for agent in [self.agent.as_mut(), self.agent_tc.as_mut()] {
+            let agent = agent.context("agent not started")?;
+            wait_for_frontends(agent, frontends, deadline, timeout)?;
+        }
+        let agent = self.agent_tc.as_mut().context("agent not started")?;
+        while !agent.log().contains("following link notifications") {
             agent.ensure_running()?;
-            let count = PinnedMaps::open(agent.bpffs_dir())
-                .ok()
-                .map(|maps| maps.0.services.iter().count());
-            if count == Some(frontends) {
-                return Ok(());
-            }
             if Instant::now() >= deadline {
                 bail!(
-                    "the agent's maps hold {count:?} frontends after {timeout:?}, expected {frontends}; its log:\n{}",
+                    "the tc agent never attached its hooks; its log:\n{}",
                     agent.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
     }
+}
 
+/// Waits until `agent`'s pinned maps hold `frontends` frontends.
+fn wait_for_frontends(
+    agent: &mut Agent,
+    frontends: usize,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    loop {
+        agent.ensure_running()?;
+        let count = PinnedMaps::open(agent.bpffs_dir())
+            .ok()
+            .map(|maps| maps.0.services.iter().count());
+        if count == Some(frontends) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the agent's maps hold {count:?} frontends after {timeout:?}, expected {frontends}; its log:\n{}",
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Lab {
     fn targets(&self, mode: Mode, kind: Kind) -> Vec<SocketAddr> {
         let (vip_port, target_port) = match kind {
             Kind::Udp => (UDP_PORT, UDP_TARGET_PORT),
             Kind::Close | Kind::Keepalive => (HTTP_PORT, HTTP_TARGET_PORT),
         };
         match mode {
-            Mode::Direct | Mode::DirectXdpPass => backends()
+            Mode::Direct | Mode::DirectXdpPass | Mode::DirectTcPass => backends()
                 .into_iter()
                 .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
                 .collect(),
@@ -513,6 +567,25 @@ fn attach_xdp_pass(lb: &Netns) -> Result<aya::Ebpf> {
         // The interface name is resolved in the calling thread's namespace.
         lb.enter(|| program.attach(iface, aya::programs::XdpMode::Driver))?
             .with_context(|| format!("attach XDP_PASS to {iface}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// Attaches the bench's pass-only tc program to both directions of the
+/// client's veth in `lb`, where mcs-tc attaches its programs.
+fn attach_tc_pass(lb: &Netns) -> Result<aya::Ebpf> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut ebpf = aya::Ebpf::load(&crate::perpacket::calibration_object()?)
+        .context("load the calibration object")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(crate::perpacket::BENCH_TC_PASS)
+        .context("mcs_bench_tc_pass missing from the object")?
+        .try_into()
+        .context("mcs_bench_tc_pass is not a tc program")?;
+    program.load().context("load mcs_bench_tc_pass")?;
+    for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+        lb.enter(|| program.attach(TO_CLIENT, direction))?
+            .with_context(|| format!("attach the tc pass program ({direction:?})"))?;
     }
     Ok(ebpf)
 }
@@ -674,6 +747,7 @@ pub fn run(config: &Config) -> Result<E2e> {
         "The measured ClusterSetIP 10.96.0.10 is the same at every scale and the last service in KUBE-SERVICES.".to_owned(),
         "direct+xdp-pass: direct, through the bench's XDP_PASS program attached in native mode to the node's two veths (as the agent attaches mcs): the same-run floor of any XDP program on veth.".to_owned(),
         "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
+        "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points.".to_owned(),
     ];
     drop(lab);
     Ok(E2e {

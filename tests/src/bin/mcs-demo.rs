@@ -1,15 +1,19 @@
 //! `cargo xtask demo`: two simulated clusters in network namespaces, the
-//! mcs agent on node a1, and a client pod calling the ClusterSetIP.
+//! mcs agent on node a1, and client pods calling the ClusterSetIP.
 //!
 //! Builds the topology described in `demo/clusterset.yaml`, starts web and
 //! UDP echo servers in the backend pods, runs `mcs-agent` on a1 with that
-//! manifest, sends HTTP and UDP requests to 10.96.100.10 and prints who
-//! answered, prints the agent's `dump`, and tears everything down: also on
-//! Ctrl-C (SIGINT), SIGTERM or any failure. Then the export workflow
-//! ([`mcs_tests::export_demo`]): `kubectl apply` of a ServiceExport in two
-//! clusters, the import in a third, `curl` of its clusterset name.
+//! manifest the way the DaemonSet runs it (pod interfaces discovered by
+//! glob, no interface listed by hand), sends HTTP and UDP requests to
+//! 10.96.100.10 and prints who answered, then starts a new pod on a1 and
+//! shows it balanced as soon as its interface appears, prints the agent's
+//! `dump`, and tears everything down: also on Ctrl-C (SIGINT), SIGTERM or
+//! any failure. Then the export workflow ([`mcs_tests::export_demo`]):
+//! `kubectl apply` of a ServiceExport in two clusters, the import in a
+//! third, `curl` of its clusterset name.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     process::ExitCode,
@@ -17,12 +21,16 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use mcs_tests::{
     client::{UdpClient, http_get},
-    scenario::{self, BACKENDS, CLIENT, CLIENT_NODE, ClusterSet, UNLISTED_POD},
+    scenario::{
+        self, BACKENDS, CLIENT, CLIENT_NODE, CLUSTER_A, ClusterSet, Hooks, POD_INTERFACES,
+        UNLISTED_POD, tc_attached,
+    },
     topology::Topology,
 };
 
@@ -30,6 +38,10 @@ use mcs_tests::{
 const MANIFEST: &str = include_str!("../../../demo/clusterset.yaml");
 const HTTP_REQUESTS: usize = 12;
 const UDP_REQUESTS: usize = 4;
+/// The pod started after the agent.
+const LATE_POD: &str = "a-late";
+const LATE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 101, 1, 101);
+const LATE_REQUESTS: usize = 30;
 
 const USAGE: &str = "\
 usage: mcs-demo [--manifest PATH] [--agent-log]
@@ -65,7 +77,7 @@ fn main() -> ExitCode {
     };
     if !mcs_tests::is_root() {
         eprintln!(
-            "mcs-demo: must run as root (it creates network namespaces and loads XDP programs)"
+            "mcs-demo: must run as root (it creates network namespaces and loads eBPF programs)"
         );
         return ExitCode::FAILURE;
     }
@@ -148,12 +160,16 @@ fn run(options: &Options, interrupted: &AtomicBool) -> Result<()> {
 
 fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Result<()> {
     check(interrupted)?;
-    let ifaces = set.topology().agent_ifaces(CLIENT_NODE)?;
+    set.use_hooks(Hooks::Tc);
     step(&format!(
-        "starting mcs-agent on node {CLIENT_NODE} (cluster-a), XDP on {}",
-        ifaces.join(", ")
+        "starting mcs-agent on node {CLIENT_NODE} (cluster-a) as the DaemonSet runs it: \
+         --pod-interfaces '{POD_INTERFACES}', no interface listed by hand"
     ));
     set.start_agent()?;
+    say(&format!(
+        "  tc attached to the pod interfaces it found: {}",
+        set.topology().pod_ifaces(CLIENT_NODE).join(", ")
+    ));
     step("waiting until the agent has programmed demo/web");
     set.agent()?
         .wait_until(scenario::APPLY_TIMEOUT, |dump| {
@@ -203,6 +219,8 @@ fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Res
             reply.from,
         ));
     }
+    check(interrupted)?;
+    late_pod(&mut set)?;
     let unlisted = set.servers(UNLISTED_POD.name)?;
     say(&format!(
         "  pod {} (not in any EndpointSlice) served {} HTTP and {} UDP requests",
@@ -235,10 +253,55 @@ fn demo(mut set: ClusterSet, options: &Options, interrupted: &AtomicBool) -> Res
         reply.backend.pod,
         reply.backend.cluster
     ));
-    step("mcs-agent cleanup: detaching XDP and removing the pinned maps");
+    step("mcs-agent cleanup: detaching tc and removing the pinned maps");
     stopped.dataplane.cleanup()?;
     step("tearing down: deleting the namespaces");
     drop(set);
+    Ok(())
+}
+
+/// Starts a pod after the agent and shows it balanced once the agent saw
+/// its interface appear.
+fn late_pod(set: &mut ClusterSet) -> Result<()> {
+    step(&format!(
+        "starting pod {LATE_POD} ({LATE_POD_IP}) on {CLIENT_NODE}, after the agent"
+    ));
+    let created = Instant::now();
+    set.topology_mut()
+        .add_pod(CLUSTER_A, CLIENT_NODE, LATE_POD, LATE_POD_IP)?;
+    let iface = set.topology().pod(LATE_POD)?.node_iface.clone();
+    let bpffs = set.agent()?.bpffs_dir().to_path_buf();
+    while !tc_attached(&bpffs, &iface) {
+        if created.elapsed() > scenario::APPLY_TIMEOUT {
+            bail!("the agent never attached tc to {iface}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    say(&format!(
+        "  the agent attached tc to {iface} {:?} after the interface appeared",
+        created.elapsed()
+    ));
+    let ns = &set.topology().pod(LATE_POD)?.netns;
+    let mut answered = BTreeMap::<String, usize>::new();
+    for i in 1..=LATE_REQUESTS {
+        let reply = http_get(ns, scenario::vip_http())
+            .with_context(|| format!("HTTP request {i} from {LATE_POD}"))?;
+        *answered
+            .entry(format!("{} ({})", reply.backend.pod, reply.backend.cluster))
+            .or_default() += 1;
+    }
+    let spread: Vec<String> = answered
+        .iter()
+        .map(|(backend, n)| format!("{backend}: {n}"))
+        .collect();
+    say(&format!(
+        "  {LATE_REQUESTS} HTTP requests from {LATE_POD} to http://{}/ balanced over {}",
+        scenario::vip_http(),
+        spread.join(", ")
+    ));
+    if answered.len() < BACKENDS.len() {
+        bail!("the late pod reached only {spread:?}");
+    }
     Ok(())
 }
 

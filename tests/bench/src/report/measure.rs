@@ -198,6 +198,7 @@ pub fn e2e_every_scale(
         ))
     });
     let over_xdp_pass = largest.and_then(|s| close_rate(s, Mode::McsXdp, Mode::DirectXdpPass));
+    let tc_pass = largest.and_then(|s| close_rate(s, Mode::DirectTcPass, Mode::Direct));
     Some(Measured {
         values: vec![
             ("cost_at_largest", connection_cost(report, mode)),
@@ -217,7 +218,48 @@ pub fn e2e_every_scale(
                 "over_xdp_pass",
                 over_xdp_pass.map_or("?".to_owned(), |r| r.display(2)),
             ),
+            (
+                "tc_pass_ratio",
+                tc_pass.map_or("?".to_owned(), |r| r.display(2)),
+            ),
         ],
+        ..Measured::new(text, met)
+    })
+}
+
+/// `mode` against `floor` (a pass-only program at the same hook) in new
+/// connections/s, at every scale: what the program costs beyond the hook.
+pub fn e2e_over_floor(report: &Report, mode: Mode, floor: Mode, limit: f64) -> Option<Measured> {
+    let e2e = report.e2e.as_ref()?;
+    let values: Vec<(usize, Option<Summary>)> = e2e
+        .scales
+        .iter()
+        .map(|s| (s.services, ratio(s, mode, floor, Kind::Close, |r| r.rate)))
+        .collect();
+    let met = (!values.is_empty() && values.iter().all(|(_, r)| r.is_some())).then(|| {
+        values
+            .iter()
+            .all(|(_, r)| r.is_some_and(|r| r.median >= limit))
+    });
+    let text = values
+        .iter()
+        .map(|(n, r)| format!("{}: {}", scale_name(*n), fmt_summary(*r, 2)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let floors = e2e
+        .scales
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                scale_name(s.services),
+                fmt_summary(ratio(s, floor, Mode::Direct, Kind::Close, |r| r.rate), 2)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Measured {
+        values: vec![("floor", floor.name().to_owned()), ("floors", floors)],
         ..Measured::new(text, met)
     })
 }

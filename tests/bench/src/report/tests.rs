@@ -100,7 +100,9 @@ fn sample_report() -> Report {
                 let rate = match mode {
                     Mode::Direct => 10_000.0,
                     Mode::DirectXdpPass => 9_500.0,
+                    Mode::DirectTcPass => 9_800.0,
                     Mode::McsXdp => xdp,
+                    Mode::McsTc => 9_700.0,
                     Mode::McsSocklb => 9_900.0,
                     Mode::Iptables => 2_000.0,
                     Mode::Nftables => 8_000.0,

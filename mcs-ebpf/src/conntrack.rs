@@ -1,4 +1,5 @@
-//! Conntrack: one LRU entry per direction of a translated flow.
+//! Conntrack: one LRU entry per direction of a translated flow, shared by
+//! every packet hook (XDP on veths and NICs, tc on pod interfaces).
 //!
 //! A TCP SYN without ACK opens a connection: it never follows an existing
 //! forward entry ([`opens_connection`]); the flow is balanced afresh over the
@@ -69,6 +70,14 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtValue> {
     MCS_CT_V1.get_ptr_mut(key)
+}
+
+/// Whether a looked-up entry is a flow's reply direction.
+#[inline(always)]
+pub fn is_reply(entry: *mut CtValue) -> bool {
+    // SAFETY: `entry` came from a lookup in this program run; the flags
+    // only ever gain bits, never the reply bit.
+    unsafe { (*entry).is_reply() }
 }
 
 /// Records the packet on its entry and returns a copy of the entry.

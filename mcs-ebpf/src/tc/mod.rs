@@ -1,0 +1,125 @@
+//! The tc hook, for pod interfaces (the host side of each pod's veth):
+//! * `mcs_tc_ingress` (packets from the pod): the whole translation — new
+//!   flows to ClusterSetIPs (DNAT), both directions of known flows (so a
+//!   local backend's replies to a client outside the node are translated
+//!   here too);
+//! * `mcs_tc_egress` (packets to the pod): reverse NAT of replies, whatever
+//!   device they arrived on (an uplink without XDP, a tunnel, another pod's
+//!   interface) — Cilium's to-container path does the same.
+//!
+//! The translation is the shared one (`crate::datapath`); tc rewrites
+//! through the kernel's checksum helpers (`rewrite.rs`) and redirects
+//! refusals back out of the pod's interface (`reject.rs`).
+//!
+//! Verdicts: a packet passed on returns `TC_ACT_UNSPEC` (TCX: "next"), so
+//! programs attached after ours (a CNI's, a policy engine's) still see it;
+//! drops return `TC_ACT_SHOT`, refusals `TC_ACT_REDIRECT`.
+
+mod reject;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::generated::bpf_redirect,
+    macros::classifier,
+    programs::TcContext,
+};
+use mcs_common::DropReason;
+use network_types::{eth::EthHdr, tcp::TcpHdr};
+
+use crate::{
+    datapath::{self, Error, Hook, RewriteFailed, Scope, Side, Unreplied},
+    maps::count_drop,
+    packet::{self, Packet, ParseError},
+};
+
+/// Longest IPv4 header (15 words).
+const IPV4_HDR_MAX: usize = 60;
+/// Bytes of headers the translation reads: Ethernet, the longest IPv4
+/// header, a TCP header.
+const HEADERS_MAX: usize = EthHdr::LEN + IPV4_HDR_MAX + TcpHdr::LEN;
+
+struct Tc<'a> {
+    ctx: &'a TcContext,
+}
+
+impl Hook for Tc<'_> {
+    type Ctx = TcContext;
+
+    #[inline(always)]
+    fn ctx(&self) -> &TcContext {
+        self.ctx
+    }
+
+    /// Headers beyond the buffer's linear part are pulled in once.
+    #[inline(always)]
+    fn parse(&self) -> Result<Packet, ParseError> {
+        parse(self.ctx)
+    }
+
+    #[inline(always)]
+    fn rewrite(
+        &self,
+        pkt: &Packet,
+        side: Side,
+        new_addr: u32,
+        new_port: u16,
+    ) -> Result<(), RewriteFailed> {
+        rewrite::rewrite(self.ctx, pkt, side, new_addr, new_port)
+    }
+
+    #[inline(always)]
+    fn refuse(&self, pkt: &Packet) -> Result<(), Unreplied> {
+        reject::refuse(self.ctx, pkt)
+    }
+}
+
+/// From the pod: DNAT of new and known flows, reverse NAT of known replies.
+#[classifier]
+pub fn mcs_tc_ingress(ctx: TcContext) -> i32 {
+    run(&Tc { ctx: &ctx }, Scope::All)
+}
+
+/// To the pod: reverse NAT of replies.
+#[classifier]
+pub fn mcs_tc_egress(ctx: TcContext) -> i32 {
+    run(&Tc { ctx: &ctx }, Scope::Replies)
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
+    match packet::parse(ctx) {
+        // Headers beyond the buffer's linear part: pull them in once.
+        Err(ParseError::Truncated | ParseError::L4Truncated { .. })
+            if u64::from(ctx.len()) > (ctx.data_end() - ctx.data()) as u64 =>
+        {
+            let len = ctx.len().min(HEADERS_MAX as u32);
+            if ctx.pull_data(len).is_err() {
+                return Err(ParseError::Truncated);
+            }
+            packet::parse(ctx)
+        }
+        parsed => parsed,
+    }
+}
+
+#[inline(always)]
+fn run(hook: &Tc<'_>, scope: Scope) -> i32 {
+    let ctx = hook.ctx;
+    match datapath::process(hook, scope) {
+        Ok(()) | Err(Error::NotOurs) => TC_ACT_UNSPEC,
+        Err(Error::Refused) => {
+            debug_log!(ctx, "refused: no backend, reply sent to the client");
+            count_drop(DropReason::NoBackend);
+            // SAFETY: the context pointer is valid for the program's run.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            // SAFETY: helper without preconditions; it returns the verdict.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Err(Error::Drop(reason)) => {
+            debug_log!(ctx, "drop: {}", reason.name());
+            count_drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
