@@ -271,8 +271,9 @@ fn daemonset_serves_every_pod_from_configured_settings() {
         "MCS_DNS_ZONE",
         "MCS_DNS_ADDR",
         "MCS_DNS_LINK",
-        "MCS_METRICS_ADDR",
         "MCS_POD_INTERFACES",
+        // Metrics and probes bind to the node's address (`$(POD_IP)`).
+        "POD_IP",
     ] {
         assert!(names.contains(needed), "{needed} not set: {names:?}");
     }
@@ -301,6 +302,10 @@ fn daemonset_serves_every_pod_from_configured_settings() {
         "the agent holds the DNS address on its own link"
     );
     let metrics = run.metrics_addr.expect("metrics on");
+    assert!(
+        !metrics.ip().is_unspecified(),
+        "metrics bound to the node's address, not every interface: {metrics}"
+    );
     for probe in [&container.liveness_probe, &container.readiness_probe] {
         let port = probe
             .as_ref()
