@@ -1,6 +1,6 @@
 //! Command line.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr};
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -9,6 +9,7 @@ use crate::{
     desired::{ClusterCidrs, ClustersetIpCidrs, Locality},
     dns,
     interfaces::{DEFAULT_POD_INTERFACES, PodInterfaces},
+    sources::SourceSpec,
     telemetry::LogFormat,
 };
 
@@ -63,30 +64,6 @@ pub struct CleanupArgs {
     /// bpffs directory of the agent.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, value_name = "DIR")]
     pub bpffs_dir: PathBuf,
-}
-
-/// Where ServiceImports and EndpointSlices come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SourceSpec {
-    /// A YAML/JSON file or a directory of them, watched for changes.
-    File(PathBuf),
-    /// The Kubernetes API server (in-cluster, or `--kubeconfig`).
-    Kube,
-}
-
-impl FromStr for SourceSpec {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.split_once(':') {
-            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-            None if value == "kube" => Ok(Self::Kube),
-            _ => Err(format!(
-                "unknown source {value:?}; expected `kube` (the API server) or `file:PATH` (a YAML \
-                 file or directory)"
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -530,18 +507,6 @@ mod tests {
         assert!(parse(&["--frontends-max=10"]).is_err());
         assert!(parse(&["--backend-slots-max=0"]).is_err());
         assert!(parse(&["--maglev-bytes-max=100"]).is_err());
-    }
-
-    #[test]
-    fn source_specs() {
-        assert_eq!(
-            "file:/etc/mcs".parse::<SourceSpec>(),
-            Ok(SourceSpec::File("/etc/mcs".into()))
-        );
-        assert_eq!("kube".parse::<SourceSpec>(), Ok(SourceSpec::Kube));
-        assert!("file:".parse::<SourceSpec>().is_err());
-        assert!("kube:x".parse::<SourceSpec>().is_err());
-        assert!("http://x".parse::<SourceSpec>().is_err());
     }
 
     #[test]

@@ -100,6 +100,41 @@ pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
     }
 }
 
+/// Whether a SYN-ACK that met reply entry `entry` answers another
+/// connection than the entry's flow: the flow is past its handshake (the
+/// backend already sent more than a SYN-ACK) or closed, and a SYN through
+/// the ClusterSetIP would have written the entry afresh. So the SYN went to
+/// the backend directly (a pod reusing its port towards the pod address)
+/// and its answer must not come back from the ClusterSetIP.
+#[inline(always)]
+pub fn answers_another_connection(entry: *mut CtValue, tcp_flags: u8) -> bool {
+    const SYN_ACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;
+    // SAFETY: `entry` came from a lookup in this program run.
+    tcp_flags & SYN_ACK == SYN_ACK
+        && unsafe {
+            (*entry).is_reply() && (*entry).flags & (CT_F_SEEN_NON_SYN | CT_F_FIN | CT_F_RST) != 0
+        }
+}
+
+/// Deletes both entries of the finished flow whose reply entry `entry` is
+/// at `reply_key`, so the new connection's packets pass untranslated.
+#[inline(always)]
+pub fn forget_flow(reply_key: &CtKey, entry: *mut CtValue) {
+    // SAFETY: `entry` came from a lookup in this program run; copied out
+    // before the deletes.
+    let (nat_addr, nat_port) = unsafe { ((*entry).nat_addr, (*entry).nat_port) };
+    let forward = key(
+        reply_key.daddr,
+        nat_addr,
+        reply_key.dport,
+        nat_port,
+        reply_key.proto,
+    );
+    // Already gone (evicted, expired) is fine.
+    let _ = MCS_CT_V1.remove(forward);
+    let _ = MCS_CT_V1.remove(*reply_key);
+}
+
 /// Whether a flow that had entry `old` and is now balanced to `backend`
 /// is a new flow for the counters: another backend, or the tuple of a
 /// finished flow used again (not a retransmitted SYN).

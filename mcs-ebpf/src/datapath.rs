@@ -12,7 +12,9 @@
 //! 3. look the packet's own 5-tuple up in conntrack: a forward entry gives
 //!    the backend (DNAT), a reply entry gives the ClusterSetIP (reverse NAT);
 //!    a TCP SYN without ACK on a forward entry opens a new connection and
-//!    goes on to step 4 instead (`conntrack.rs` says why);
+//!    goes on to step 4 instead (`conntrack.rs` says why); a SYN-ACK on the
+//!    reply entry of a flow past its handshake answers a connection made to
+//!    the backend directly: the old flow is forgotten, the packet passed;
 //! 4. on a miss, look the destination up as a frontend; if it is one, pick a
 //!    backend (`lb.rs`), record both directions in conntrack and DNAT;
 //! 5. pass the packet on for the kernel to route.
@@ -177,6 +179,14 @@ fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error>
     // The entry of an earlier flow of this tuple, when a SYN opens a new one.
     let mut replaced = None;
     if let Some(entry) = conntrack::lookup(&key) {
+        if conntrack::answers_another_connection(entry, pkt.l4.tcp_flags) {
+            debug_log!(
+                ctx,
+                "conntrack: SYN-ACK on a finished flow's reply entry, flow forgotten, passed"
+            );
+            conntrack::forget_flow(&key, entry);
+            return Err(Error::NotOurs);
+        }
         if scope == Scope::Replies && !conntrack::is_reply(entry) {
             debug_log!(ctx, "conntrack: forward entry on a reply-only hook, passed");
             return Err(Error::NotOurs);

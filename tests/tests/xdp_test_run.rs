@@ -1360,6 +1360,74 @@ fn a_syn_on_a_finished_flows_tuple_goes_to_a_current_backend() {
     assert_eq!(harness.run(&frame), (XDP_PASS, frame.clone()));
 }
 
+/// A pod that called the ClusterSetIP connects later to the backend
+/// directly from the same port (the finished flow's entries still there):
+/// the backend's SYN-ACK answers that direct connection, so on every hook
+/// it passes as it is and the finished flow is forgotten. A flow still in
+/// its handshake keeps translating a retransmitted SYN-ACK.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_direct_connection_on_a_finished_flows_tuple_is_not_translated() {
+    for (i, hook) in TRANSLATING_HOOKS.into_iter().enumerate() {
+        let harness = Harness::with_backends(&BACKENDS);
+        let sport = 45100 + 2 * u16::try_from(i).expect("few hooks");
+        let translated = |packet: &Packet, on: Hook| {
+            let (verdict, out) = harness.run_on(on, &packet.build());
+            assert_eq!(verdict, Verdict::Pass, "{packet:?}");
+            verify(&out, packet.csum).unwrap_or_else(|error| panic!("{packet:?}: {error:#}"))
+        };
+        let syn = Packet::tcp(CLIENT, sport, VIP, 80);
+        let backend = translated(&syn, hook).dst;
+        let from_backend = |flags| Packet::tcp(backend, 8080, CLIENT, sport).flags(flags);
+        let back = translated(
+            &from_backend(tcp_flags::SYN | tcp_flags::ACK),
+            reply_hook(hook),
+        );
+        assert_eq!((back.src, back.sport), (Ipv4Addr::from(VIP), 80));
+        translated(&syn.clone().established(), hook);
+        translated(&from_backend(tcp_flags::ACK), reply_hook(hook));
+        translated(&syn.clone().flags(tcp_flags::FIN | tcp_flags::ACK), hook);
+        translated(
+            &from_backend(tcp_flags::FIN | tcp_flags::ACK),
+            reply_hook(hook),
+        );
+
+        for flags in [tcp_flags::SYN | tcp_flags::ACK, tcp_flags::ACK] {
+            let frame = from_backend(flags).build();
+            assert_eq!(
+                harness.run_on(reply_hook(hook), &frame),
+                (Verdict::Pass, frame.clone()),
+                "{hook:?}: flags {flags:#x} of the direct connection passed as they are"
+            );
+        }
+        let conntrack = &harness.dataplane.maps.conntrack;
+        for (key, what) in [
+            (tcp_ct_key(backend.octets(), 8080, CLIENT, sport), "reply"),
+            (tcp_ct_key(CLIENT, sport, VIP, 80), "forward"),
+        ] {
+            assert!(
+                conntrack.get(&key, 0).is_err(),
+                "{hook:?}: the finished flow's {what} entry left"
+            );
+        }
+
+        let syn = Packet::tcp(CLIENT, sport + 1, VIP, 80);
+        let backend = translated(&syn, hook).dst;
+        for _ in 0..2 {
+            let back = translated(
+                &Packet::tcp(backend, 8080, CLIENT, sport + 1)
+                    .flags(tcp_flags::SYN | tcp_flags::ACK),
+                reply_hook(hook),
+            );
+            assert_eq!(
+                (back.src, back.sport),
+                (Ipv4Addr::from(VIP), 80),
+                "{hook:?}: a retransmitted SYN-ACK"
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn expired_flows_are_collected_by_class_both_directions_together() {

@@ -8,7 +8,12 @@
 pub mod file;
 pub mod kube;
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -16,10 +21,31 @@ use self::{
     file::{FileSource, FileSourceError},
     kube::{KubeSource, KubeSourceError, KubeSourceOptions},
 };
-use crate::{
-    cli::SourceSpec,
-    model::{ObjectKey, Rejection, Snapshot},
-};
+use crate::model::{ObjectKey, Rejection, Snapshot};
+
+/// Where ServiceImports and EndpointSlices come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A YAML/JSON file or a directory of them, watched for changes.
+    File(PathBuf),
+    /// The Kubernetes API server (in-cluster, or `--kubeconfig`).
+    Kube,
+}
+
+impl FromStr for SourceSpec {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            None if value == "kube" => Ok(Self::Kube),
+            _ => Err(format!(
+                "unknown source {value:?}; expected `kube` (the API server) or `file:PATH` (a YAML \
+                 file or directory)"
+            )),
+        }
+    }
+}
 
 /// Everything a source currently knows, with the problems it found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,5 +135,22 @@ impl Source {
             Self::File(source) => Ok(source.run(updates).await?),
             Self::Kube(source) => Ok(source.run(updates).await?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs() {
+        assert_eq!(
+            "file:/etc/mcs".parse::<SourceSpec>(),
+            Ok(SourceSpec::File("/etc/mcs".into()))
+        );
+        assert_eq!("kube".parse::<SourceSpec>(), Ok(SourceSpec::Kube));
+        assert!("file:".parse::<SourceSpec>().is_err());
+        assert!("kube:x".parse::<SourceSpec>().is_err());
+        assert!("http://x".parse::<SourceSpec>().is_err());
     }
 }
