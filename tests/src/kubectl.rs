@@ -6,7 +6,7 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
 };
 
 use anyhow::{Context, Result, ensure};
@@ -55,8 +55,8 @@ impl Kubectl {
     }
 
     /// Runs `kubectl ARGS` (with `stdin` piped in when given) and returns
-    /// its standard output; a non-zero exit is an error carrying stderr.
-    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    /// what it printed and how it exited, success or not.
+    pub fn output(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut command = match &self.netns {
             Some(netns) => crate::netns::command_in(netns, &self.binary)?,
             None => Command::new(&self.binary),
@@ -85,13 +85,21 @@ impl Kubectl {
                 .context("kubectl's stdin")?
                 .write_all(input.as_bytes())?;
         }
-        let output = child.wait_with_output()?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs `kubectl ARGS` and returns its standard output; a non-zero
+    /// exit is an error carrying what it printed.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let output = self.output(args, stdin)?;
+        let stdout = String::from_utf8(output.stdout)?;
         ensure!(
             output.status.success(),
-            "kubectl {args:?}: {}",
+            "kubectl {args:?}: {}\n{stdout}\n{}",
+            output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        Ok(String::from_utf8(output.stdout)?)
+        Ok(stdout)
     }
 
     /// `kubectl apply -f -` of `yaml`.

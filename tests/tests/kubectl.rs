@@ -7,99 +7,43 @@
 //! No root needed. Without kubectl these tests fail, saying so.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use mcs_tests::apiserver::{LocalApiServer, Options, ResourceId};
 use serde_json::{Value, json};
 
-fn kubectl_binary() -> PathBuf {
-    let path = std::env::var_os("MCS_KUBECTL")
-        .map_or_else(|| PathBuf::from("/usr/bin/kubectl"), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "kubectl not found at {}: these tests need kubectl v1.32 (the machine image ships it at \
-         /usr/bin/kubectl); install it or point MCS_KUBECTL at one",
-        path.display()
-    );
-    path
-}
-
 /// kubectl with its own kubeconfig and discovery cache (a reused port
-/// must not find another server's cached discovery).
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-}
+/// must not find another server's cached discovery); the shared client,
+/// panicking on failure as a test does.
+struct Kubectl(mcs_tests::kubectl::Kubectl);
 
 impl Kubectl {
     fn new(kubeconfig: &Path) -> Self {
-        Self {
-            kubeconfig: kubeconfig.to_owned(),
-            cache: tempfile::tempdir().expect("cache dir"),
-        }
+        Self(mcs_tests::kubectl::Kubectl::new(kubeconfig).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     fn of(server: &LocalApiServer) -> Self {
         Self::new(&server.kubeconfig_file().expect("kubeconfig"))
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(kubectl_binary())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .env("HOME", self.cache.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write stdin");
-        }
-        child.wait_with_output().expect("kubectl output")
-    }
-
     /// Runs kubectl, which must succeed; returns its standard output.
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let output = self.run(args, stdin);
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed: {}\n{stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
+        self.0.run(args, stdin).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Runs kubectl, which must fail; returns its standard error.
     fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let output = self.run(args, stdin);
+        let output = self.0.output(args, stdin).expect("run kubectl");
         assert!(!output.status.success(), "kubectl {args:?} succeeded");
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&args, None)).expect("kubectl -o json")
+        self.0.get_json(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 

@@ -22,11 +22,12 @@ use std::{
 };
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevPlace, NameValue, SVC_F_AFFINITY,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceValue, maglev_wide,
+    BACKEND_F_TERMINATING, BackendKey, MaglevPlace, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER,
+    ServiceKey, maglev_wide,
 };
 
-use super::{DataplaneWriter, Reconciler, WriteError, maglev_table, memory::MemoryMaps};
+pub use super::checked::CheckedMaps;
+use super::{Reconciler, maglev_table, memory::MemoryMaps};
 use crate::{
     desired::{Backend, DesiredState, Frontend, FrontendKind},
     maglev,
@@ -553,60 +554,4 @@ fn check_tables(ids: &IdTables, maps: &MemoryMaps) -> Result<(), Inconsistency> 
         ));
     }
     Ok(())
-}
-
-/// In-memory maps that check the datapath's invariant ([`check_serving`])
-/// after every write that could break it.
-#[derive(Default)]
-pub struct CheckedMaps {
-    pub maps: MemoryMaps,
-    /// The first violation seen, if any.
-    pub violation: Option<Inconsistency>,
-}
-
-impl CheckedMaps {
-    fn after(&mut self, result: Result<(), WriteError>) -> Result<(), WriteError> {
-        if self.violation.is_none() {
-            self.violation = check_serving(&self.maps).err();
-        }
-        result
-    }
-}
-
-impl DataplaneWriter for CheckedMaps {
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
-        let result = self.maps.put_service(key, value);
-        self.after(result)
-    }
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
-        let result = self.maps.delete_service(key);
-        self.after(result)
-    }
-    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError> {
-        let result = self.maps.put_backend(key, value);
-        self.after(result)
-    }
-    fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
-        let result = self.maps.delete_backend(key);
-        self.after(result)
-    }
-    fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
-        self.maps.put_frontend_name(id, name)
-    }
-    fn delete_frontend_name(&mut self, id: u32) -> Result<(), WriteError> {
-        self.maps.delete_frontend_name(id)
-    }
-    fn reset_frontend_stats(&mut self, id: u32) -> Result<(), WriteError> {
-        self.maps.reset_frontend_stats(id)
-    }
-    fn reset_backend_stats(&mut self, id: u32) -> Result<(), WriteError> {
-        self.maps.reset_backend_stats(id)
-    }
-    fn put_cluster_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
-        self.maps.put_cluster_name(id, name)
-    }
-    fn put_maglev(&mut self, id: u32, place: MaglevPlace, slots: &[u16]) -> Result<(), WriteError> {
-        let result = self.maps.put_maglev(id, place, slots);
-        self.after(result)
-    }
 }

@@ -46,6 +46,8 @@ mod writer;
 #[cfg(any(test, feature = "testing"))]
 pub mod check;
 #[cfg(any(test, feature = "testing"))]
+mod checked;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use std::{
