@@ -83,7 +83,7 @@ const GOALS: &[GoalRow] = &[
         goal: "cost over XDP_PASS grows ≤ {limit}× from {smallest} to {largest}",
         limit: 1.3,
         measure: measure::per_packet_growth,
-        limits: "bigger maps: more cache and TLB misses per lookup (a 1M-entry conntrack alone is ~100 MiB of hash elements), and larger service/backend tables; one test packet keeps its own entries hot, so this is the floor of the growth",
+        limits: "more services: larger service, backend and Maglev tables, so more cache and TLB misses per lookup; one test packet keeps its own entries hot, so this is the floor of the growth (a fuller conntrack slows the LRU inserts of a new flow themselves: the new-flow floor goal covers that)",
         explain: Explain::WhenMissed,
     },
     GoalRow {
