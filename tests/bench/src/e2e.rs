@@ -518,7 +518,11 @@ impl Lab {
                 });
             }
         }
+        let cpu_before = self.agents_cpu_seconds();
+        let started = Instant::now();
         let output = cmd.output().context("run mcs-bench load")?;
+        let agents_cpu = self.agents_cpu_seconds() - cpu_before;
+        let wall = started.elapsed().as_secs_f64();
         ensure!(
             output.status.success(),
             "load ({} {}) failed: {}",
@@ -526,8 +530,23 @@ impl Lab {
             kind.name(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
-        serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("load output {:?}", String::from_utf8_lossy(&output.stdout)))
+        let mut result: LoadResult = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!("load output {:?}", String::from_utf8_lossy(&output.stdout))
+        })?;
+        result.agents_cpu_pct = 100.0 * agents_cpu / wall.max(f64::EPSILON);
+        Ok(result)
+    }
+
+    /// User and system CPU time of both agents so far, in seconds: whatever
+    /// they do while a mode's load runs (conntrack collection, metrics,
+    /// watches) competes with the client and server for the two CPUs.
+    fn agents_cpu_seconds(&self) -> f64 {
+        [self.agent.as_ref(), self.agent_tc.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(Agent::pid)
+            .filter_map(|pid| process_cpu_seconds(pid).ok())
+            .sum()
     }
 
     fn iptables_restore(&self, rules: &str) -> Result<f64> {
@@ -550,6 +569,27 @@ impl Lab {
             .context("nft -f")?;
         Ok(())
     }
+}
+
+/// `utime + stime` of process `pid` (all its threads), in seconds.
+fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it don't.
+    let after_name = stat.rsplit_once(')').context("no ')' in /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|i| {
+            fields
+                .get(*i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / per_second.max(1) as f64)
 }
 
 /// Attaches the bench's XDP_PASS program (native mode, as the agent does on
@@ -748,6 +788,7 @@ pub fn run(config: &Config) -> Result<E2e> {
         "direct+xdp-pass: direct, through the bench's XDP_PASS program attached in native mode to the node's two veths (as the agent attaches mcs): the same-run floor of any XDP program on veth.".to_owned(),
         "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
         "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points.".to_owned(),
+        "agents' CPU %: CPU time both agent processes used while the mode's close runs ran (all threads, user and system, from /proc), in % of one CPU, median over repetitions; both agents run during every mode, so what a mode's own traffic makes them do (conntrack collection of its flows) shows as the difference to the direct modes.".to_owned(),
     ];
     drop(lab);
     Ok(E2e {

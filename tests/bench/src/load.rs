@@ -53,6 +53,10 @@ pub struct LoadResult {
     /// TCP handshake (connect) time, close mode only.
     pub handshake_p50_us: f64,
     pub handshake_p99_us: f64,
+    /// CPU the two agents used during the run (every thread, user and
+    /// system), in % of one CPU; filled in by the end-to-end part.
+    #[serde(default)]
+    pub agents_cpu_pct: f64,
 }
 
 const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
@@ -315,6 +319,7 @@ pub fn run(
         p99_us: total.latency.value_at_quantile(0.99) as f64,
         handshake_p50_us: total.handshake.value_at_quantile(0.50) as f64,
         handshake_p99_us: total.handshake.value_at_quantile(0.99) as f64,
+        agents_cpu_pct: 0.0,
     };
     Ok(result)
 }

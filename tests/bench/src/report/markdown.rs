@@ -360,14 +360,14 @@ fn e2e_section(md: &mut String, e2e: &E2e) {
             scale.nft_add_s,
             scale.agent_sync_s
         );
-        md.push_str("| mode | new conn/s (close) | × direct | p50 ms | p99 ms | p99 × direct | handshake p50/p99 µs | keep-alive req/s | × direct | ka p50/p99 µs | UDP req/s | × direct | UDP p99 µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| mode | new conn/s (close) | × direct | p50 ms | p99 ms | p99 × direct | handshake p50/p99 µs | keep-alive req/s | × direct | ka p50/p99 µs | UDP req/s | × direct | UDP p99 µs | agents' CPU % (close) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for mode in Mode::ALL {
             let Some(m) = scale.mode(mode) else { continue };
             let s = |kind, f: fn(&LoadResult) -> f64| Summary::of(&m.values(kind, f));
             let med = |kind, f: fn(&LoadResult) -> f64| s(kind, f).map_or(f64::NAN, |s| s.median);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.2} | {:.2} | {} | {:.0} / {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {:.0} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {} | {:.0} / {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {:.0} | {:.1} |",
                 mode.name(),
                 fmt_summary(s(Kind::Close, |r| r.rate), 0),
                 fmt_summary(ratio(scale, mode, Mode::Direct, Kind::Close, |r| r.rate), 2),
@@ -389,6 +389,7 @@ fn e2e_section(md: &mut String, e2e: &E2e) {
                 fmt_summary(s(Kind::Udp, |r| r.rate), 0),
                 fmt_summary(ratio(scale, mode, Mode::Direct, Kind::Udp, |r| r.rate), 2),
                 med(Kind::Udp, |r| r.p99_us),
+                med(Kind::Close, |r| r.agents_cpu_pct),
             );
         }
         let errors: u64 = scale

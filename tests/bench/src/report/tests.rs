@@ -63,6 +63,7 @@ fn load(kind: Kind, rate: f64, p99: f64) -> LoadResult {
         p99_us: p99,
         handshake_p50_us: 50.0,
         handshake_p99_us: 90.0,
+        agents_cpu_pct: 1.0,
     }
 }
 
