@@ -24,6 +24,7 @@ pub mod batch;
 pub mod cgroup;
 pub mod clock;
 pub mod layout;
+mod links;
 pub mod lock;
 pub mod maglev;
 pub mod maps;

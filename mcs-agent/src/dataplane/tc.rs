@@ -20,7 +20,6 @@ use aya::{
     Ebpf,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
     util::KernelVersion,
@@ -28,7 +27,7 @@ use aya::{
 use mcs_common::programs;
 use tracing::{debug, info, warn};
 
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, links};
 
 /// Priority of mcs's clsact filters (netlink attachment).
 const NETLINK_PRIORITY: u16 = 0x4d43;
@@ -182,17 +181,11 @@ fn attach_tcx(
         let current = ifindex(interface);
         let pinned = pinned_tcx_ifindex(pin);
         let swapped = if pinned.is_some() && pinned == current {
-            PinnedLink::from_pin(pin)
-                .map_err(|error| error.to_string())
-                .and_then(|link| {
-                    SchedClassifierLink::try_from(FdLink::from(link))
-                        .map_err(|error| error.to_string())
-                })
-                .and_then(|link| {
-                    program
-                        .attach_to_link(link)
-                        .map_err(|error| crate::telemetry::chain(&error))
-                })
+            links::open_pinned::<SchedClassifierLink>(pin).and_then(|link| {
+                program
+                    .attach_to_link(link)
+                    .map_err(|error| crate::telemetry::chain(&error))
+            })
         } else {
             Err(format!(
                 "the link is on interface index {pinned:?}, {interface} is {current:?}"
@@ -222,19 +215,7 @@ fn attach_tcx(
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|source| attach_error(interface, source))?;
-    let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-        interface: interface.to_owned(),
-        path: pin.to_path_buf(),
-        source,
-    };
-    let link = program
-        .take_link(link_id)
-        .map_err(|error| pin_error(Box::new(error)))?;
-    let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
-    let _pinned: PinnedLink = fd_link
-        .pin(pin)
-        .map_err(|error| pin_error(Box::new(error)))?;
-    Ok(())
+    links::pin(program.take_link(link_id), interface, pin)
 }
 
 fn attach_netlink(

@@ -11,16 +11,12 @@ use std::fs;
 
 use aya::{
     Ebpf,
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    programs::{Xdp, XdpMode, xdp::XdpLink},
 };
 use mcs_common::programs;
 use tracing::{info, warn};
 
-use super::{Dataplane, DataplaneError, link_pin_dir};
+use super::{Dataplane, DataplaneError, link_pin_dir, links};
 
 /// How to attach XDP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -76,16 +72,11 @@ impl Dataplane {
         let pin = link_pin_dir(&self.bpffs_dir).join(interface);
         let program = xdp_program(&mut self.ebpf, device.program())?;
         if pin.exists() {
-            let swapped = PinnedLink::from_pin(&pin)
-                .map_err(|error| error.to_string())
-                .and_then(|link| {
-                    XdpLink::try_from(FdLink::from(link)).map_err(|error| error.to_string())
-                })
-                .and_then(|link| {
-                    program
-                        .attach_to_link(link)
-                        .map_err(|error| crate::telemetry::chain(&error))
-                });
+            let swapped = links::open_pinned::<XdpLink>(&pin).and_then(|link| {
+                program
+                    .attach_to_link(link)
+                    .map_err(|error| crate::telemetry::chain(&error))
+            });
             match swapped {
                 Ok(link_id) => {
                     // (Fields, not `program_attached`: `program` borrows the object.)
@@ -128,19 +119,7 @@ impl Dataplane {
             },
         };
         self.links_touched = true;
-        let pin_error =
-            |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
-                interface: interface.to_owned(),
-                path: pin.clone(),
-                source,
-            };
-        let link = program
-            .take_link(link_id)
-            .map_err(|error| pin_error(Box::new(error)))?;
-        let fd_link = FdLink::try_from(link).map_err(|error| pin_error(Box::new(error)))?;
-        let _pinned: PinnedLink = fd_link
-            .pin(&pin)
-            .map_err(|error| pin_error(Box::new(error)))?;
+        links::pin(program.take_link(link_id), interface, &pin)?;
         info!(interface, ?mode, ?device, "XDP attached (link pinned)");
         self.xdp.insert(interface.to_owned());
         self.program_attached();
