@@ -100,6 +100,15 @@ fn identity(member: &Member) -> u64 {
     (u64::from(u32::from(member.addr)) << 16) | u64::from(member.port)
 }
 
+/// A member's permutation of a table of `size` slots: its first slot and
+/// its step (never 0, so with a prime `size` it visits every slot).
+fn permutation(member: &Member, size: u64) -> (u64, u64) {
+    let id = identity(member);
+    let offset = mix64(id ^ 0x6d61_676c_6576_3031) % size;
+    let skip = mix64(id ^ 0x736b_6970_7065_7231) % (size - 1) + 1;
+    (offset, skip)
+}
+
 /// Builds a table of `size` entries (`size` must be prime) holding indices
 /// into `members`. Returns an empty table when there are no members or all
 /// weights are zero.
@@ -113,12 +122,7 @@ pub fn build_table(members: &[Member], size: usize) -> Vec<u16> {
     let size64 = size as u64;
     let permutations: Vec<(u64, u64)> = active
         .iter()
-        .map(|&i| {
-            let id = identity(&members[i]);
-            let offset = mix64(id ^ 0x6d61_676c_6576_3031) % size64;
-            let skip = mix64(id ^ 0x736b_6970_7065_7231) % (size64 - 1) + 1;
-            (offset, skip)
-        })
+        .map(|&i| permutation(&members[i], size64))
         .collect();
     let max_weight = u64::from(active.iter().map(|&i| members[i].weight).max().unwrap_or(1));
 
@@ -166,8 +170,8 @@ mod tests {
 
     use super::*;
 
-    /// The straightforward build (one division per probe), verbatim: the
-    /// faster build must produce exactly its tables.
+    /// The straightforward fill (one division per probe), over the same
+    /// permutations: the faster fill must produce exactly its tables.
     fn reference_table(members: &[Member], size: usize) -> Vec<u16> {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].weight > 0)
@@ -178,12 +182,7 @@ mod tests {
         let size64 = size as u64;
         let permutations: Vec<(u64, u64)> = active
             .iter()
-            .map(|&i| {
-                let id = identity(&members[i]);
-                let offset = mix64(id ^ 0x6d61_676c_6576_3031) % size64;
-                let skip = mix64(id ^ 0x736b_6970_7065_7231) % (size64 - 1) + 1;
-                (offset, skip)
-            })
+            .map(|&i| permutation(&members[i], size64))
             .collect();
         let max_weight = u64::from(active.iter().map(|&i| members[i].weight).max().unwrap_or(1));
 

@@ -321,12 +321,7 @@ fn run_libfuzzer(target: &'static str, time: u64) -> Result<TargetResult> {
         // libFuzzer is chatty: show progress lines sparsely, everything else.
         !(line.starts_with('#') && (line.contains(" NEW ") || line.contains(" REDUCE ")))
     })?;
-    let stat = |name: &str| -> Option<u64> {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
-    };
+    let stat = |name: &str| final_stat(&lines, name);
     if !status.success() {
         // libFuzzer names the input it kept (crash, timeout, out of memory).
         let Some(artifact) = lines
@@ -436,12 +431,7 @@ fn run_stable(binary: &Path, target: &'static str, time: u64) -> Result<TargetRe
     let started = Instant::now();
     let (status, lines) = run_streaming(&cmd, |_| true)?;
     let seconds = started.elapsed().as_secs_f64();
-    let stat = |name: &str| -> Option<u64> {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
-    };
+    let stat = |name: &str| final_stat(&lines, name);
     if !status.success() {
         // The driver keeps a failing input and names it.
         let Some(artifact) = lines
@@ -550,6 +540,14 @@ fn write_figures(dir: &Path, table: &str) -> Result<PathBuf> {
     )
     .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// A number the fuzzer printed in its final statistics (`name: value`).
+fn final_stat(lines: &[String], name: &str) -> Option<u64> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -6,16 +6,16 @@
 //! one CPU, and on every CPU at once (all updating the same two counters:
 //! one hot service), each against `mcs_bench_pass` in the same round.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::Barrier,
-};
+use std::sync::Barrier;
 
 use anyhow::{Context as _, Result, ensure};
-use aya::{Ebpf, programs::Xdp};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
 use serde::{Deserialize, Serialize};
 
-use crate::{bpfsys, perpacket};
+use crate::perpacket;
 
 pub const COUNT_PCPU: &str = "mcs_bench_count_pcpu";
 pub const COUNT_SHARED: &str = "mcs_bench_count_shared";
@@ -34,32 +34,35 @@ pub struct CounterCalibration {
     pub shared_all_cpus: Vec<f64>,
 }
 
-fn program_fd(ebpf: &Ebpf, name: &str) -> Result<i32> {
+fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
     let program: &Xdp = ebpf
         .program(name)
         .with_context(|| format!("program {name} missing"))?
         .try_into()
         .with_context(|| format!("{name} is not an XDP program"))?;
-    Ok(program
-        .fd()
-        .with_context(|| format!("{name} is not loaded"))?
-        .as_fd()
-        .as_raw_fd())
+    Ok(program)
 }
 
-/// Runs `fd` `repeat` times on the calling thread pinned to `cpu`: ns per
-/// run as the kernel reports it.
-fn timed(fd: i32, frame: &[u8], repeat: u32, cpu: Option<usize>) -> Result<f64> {
+/// Runs `program` `repeat` times on the calling thread (pinned to `cpu`):
+/// ns per run as the kernel reports it.
+fn timed(program: &Xdp, frame: &[u8], repeat: u32, cpu: Option<usize>) -> Result<f64> {
     if let Some(cpu) = cpu {
         perpacket::pin_current_thread(cpu);
     }
-    let (verdict, ns) = bpfsys::test_run(fd, frame, repeat).context("BPF_PROG_TEST_RUN")?;
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    let verdict = result.return_value;
     ensure!(verdict == 2, "verdict {verdict}, expected XDP_PASS");
-    Ok(f64::from(ns))
+    Ok(result.duration.as_nanos() as f64)
 }
 
-/// Every CPU runs `fd` at once (released together); the mean ns per run.
-fn timed_on_all(fd: i32, frame: &[u8], repeat: u32, cpus: usize) -> Result<f64> {
+/// Every CPU runs `program` at once (released together); the mean ns per run.
+fn timed_on_all(program: &Xdp, frame: &[u8], repeat: u32, cpus: usize) -> Result<f64> {
     let barrier = Barrier::new(cpus);
     let results: Vec<Result<f64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cpus)
@@ -68,7 +71,7 @@ fn timed_on_all(fd: i32, frame: &[u8], repeat: u32, cpus: usize) -> Result<f64> 
                 scope.spawn(move || {
                     perpacket::pin_current_thread(cpu);
                     barrier.wait();
-                    timed(fd, frame, repeat, None)
+                    timed(program, frame, repeat, None)
                 })
             })
             .collect();
@@ -95,17 +98,17 @@ pub fn calibrate(
     repeat: u32,
 ) -> Result<CounterCalibration> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let pass = program_fd(calibration, perpacket::BENCH_PASS)?;
-    let per_cpu = program_fd(calibration, COUNT_PCPU)?;
-    let shared = program_fd(calibration, COUNT_SHARED)?;
+    let pass = program(calibration, perpacket::BENCH_PASS)?;
+    let per_cpu = program(calibration, COUNT_PCPU)?;
+    let shared = program(calibration, COUNT_SHARED)?;
     let mut result = CounterCalibration {
         cpus,
         repeat,
         ..CounterCalibration::default()
     };
     for round in 0..=rounds {
-        let one = [pass, per_cpu, shared].map(|fd| timed(fd, frame, repeat, Some(cpus - 1)));
-        let all = [pass, per_cpu, shared].map(|fd| timed_on_all(fd, frame, repeat, cpus));
+        let one = [pass, per_cpu, shared].map(|p| timed(p, frame, repeat, Some(cpus - 1)));
+        let all = [pass, per_cpu, shared].map(|p| timed_on_all(p, frame, repeat, cpus));
         if round == 0 {
             continue;
         }
