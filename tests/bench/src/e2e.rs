@@ -19,6 +19,9 @@
 //! * `direct+tc-pass` — the same through a tc program that only passes, on
 //!   both directions of the client's veth (what attaching any tc program
 //!   where mcs-tc attaches costs);
+//! * `direct+tc-write` — the same through a tc program that makes the helper
+//!   calls of mcs's tc rewrite with unchanged values (what rewriting packets
+//!   there costs before any lookup);
 //! * `mcs-xdp`  — the agent binary's XDP program on the node's two veths;
 //! * `mcs-tc`   — an agent as the DaemonSet runs it: tc on the pod
 //!   interface it discovers (the client's veth), nothing on the uplink;
@@ -66,6 +69,10 @@ pub enum Mode {
     /// Direct, through a tc program that only passes on both directions of
     /// the client's veth: the floor of any tc program attached there.
     DirectTcPass,
+    /// Direct, through a tc program that rewrites every packet with its own
+    /// values through mcs's checksum helpers: the floor of any rewriting tc
+    /// program there.
+    DirectTcWrite,
     McsXdp,
     McsTc,
     McsSocklb,
@@ -74,10 +81,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Direct,
         Mode::DirectXdpPass,
         Mode::DirectTcPass,
+        Mode::DirectTcWrite,
         Mode::McsXdp,
         Mode::McsTc,
         Mode::McsSocklb,
@@ -90,6 +98,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::DirectXdpPass => "direct+xdp-pass",
             Mode::DirectTcPass => "direct+tc-pass",
+            Mode::DirectTcWrite => "direct+tc-write",
             Mode::McsXdp => "mcs-xdp",
             Mode::McsTc => "mcs-tc",
             Mode::McsSocklb => "mcs-socklb",
@@ -212,6 +221,9 @@ struct Lab {
     /// The object whose `mcs_bench_tc_pass` is attached in the
     /// direct+tc-pass node namespace.
     _tc_pass: aya::Ebpf,
+    /// The object whose `mcs_bench_tc_write` is attached in the
+    /// direct+tc-write node namespace.
+    _tc_write: aya::Ebpf,
     _server: ChildGuard,
     cgroup: Cgroup,
     manifest_dir: tempfile::TempDir,
@@ -308,7 +320,14 @@ impl Lab {
             lbs.push(lb);
         }
         let xdp_pass = attach_xdp_pass(&lbs[usize::from(Mode::DirectXdpPass.index())])?;
-        let tc_pass = attach_tc_pass(&lbs[usize::from(Mode::DirectTcPass.index())])?;
+        let tc_pass = attach_tc(
+            &lbs[usize::from(Mode::DirectTcPass.index())],
+            crate::perpacket::BENCH_TC_PASS,
+        )?;
+        let tc_write = attach_tc(
+            &lbs[usize::from(Mode::DirectTcWrite.index())],
+            crate::perpacket::BENCH_TC_WRITE,
+        )?;
         let cpus = cpus();
         let server_cpu = if cpus > 1 { "1" } else { "0" };
         let mut server = netns::command_in(backend.name(), "taskset")?;
@@ -342,6 +361,7 @@ impl Lab {
             agent_tc: None,
             _xdp_pass: xdp_pass,
             _tc_pass: tc_pass,
+            _tc_write: tc_write,
             _server: server,
             cgroup,
             manifest_dir,
@@ -449,10 +469,12 @@ impl Lab {
             Kind::Close | Kind::Keepalive => (HTTP_PORT, HTTP_TARGET_PORT),
         };
         match mode {
-            Mode::Direct | Mode::DirectXdpPass | Mode::DirectTcPass => backends()
-                .into_iter()
-                .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
-                .collect(),
+            Mode::Direct | Mode::DirectXdpPass | Mode::DirectTcPass | Mode::DirectTcWrite => {
+                backends()
+                    .into_iter()
+                    .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
+                    .collect()
+            }
             _ => vec![SocketAddr::V4(SocketAddrV4::new(TARGET_VIP, vip_port))],
         }
     }
@@ -611,21 +633,21 @@ fn attach_xdp_pass(lb: &Netns) -> Result<aya::Ebpf> {
     Ok(ebpf)
 }
 
-/// Attaches the bench's pass-only tc program to both directions of the
+/// Attaches the bench's tc program `name` to both directions of the
 /// client's veth in `lb`, where mcs-tc attaches its programs.
-fn attach_tc_pass(lb: &Netns) -> Result<aya::Ebpf> {
+fn attach_tc(lb: &Netns, name: &str) -> Result<aya::Ebpf> {
     use aya::programs::{SchedClassifier, TcAttachType};
     let mut ebpf = aya::Ebpf::load(&crate::perpacket::calibration_object()?)
         .context("load the calibration object")?;
     let program: &mut SchedClassifier = ebpf
-        .program_mut(crate::perpacket::BENCH_TC_PASS)
-        .context("mcs_bench_tc_pass missing from the object")?
+        .program_mut(name)
+        .with_context(|| format!("{name} missing from the object"))?
         .try_into()
-        .context("mcs_bench_tc_pass is not a tc program")?;
-    program.load().context("load mcs_bench_tc_pass")?;
+        .with_context(|| format!("{name} is not a tc program"))?;
+    program.load().with_context(|| format!("load {name}"))?;
     for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
         lb.enter(|| program.attach(TO_CLIENT, direction))?
-            .with_context(|| format!("attach the tc pass program ({direction:?})"))?;
+            .with_context(|| format!("attach {name} ({direction:?})"))?;
     }
     Ok(ebpf)
 }
@@ -787,7 +809,7 @@ pub fn run(config: &Config) -> Result<E2e> {
         "The measured ClusterSetIP 10.96.0.10 is the same at every scale and the last service in KUBE-SERVICES.".to_owned(),
         "direct+xdp-pass: direct, through the bench's XDP_PASS program attached in native mode to the node's two veths (as the agent attaches mcs): the same-run floor of any XDP program on veth.".to_owned(),
         "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
-        "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points.".to_owned(),
+        "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points, direct+tc-write one that makes the helper calls of mcs's tc rewrite (two L4 checksum updates, an IPv4 header checksum update, two stores) with each packet's own values.".to_owned(),
         "agents' CPU %: CPU time both agent processes used while the mode's close runs ran (all threads, user and system, from /proc), in % of one CPU, median over repetitions; both agents run during every mode, so what a mode's own traffic makes them do (conntrack collection of its flows) shows as the difference to the direct modes.".to_owned(),
     ];
     drop(lab);

@@ -65,6 +65,9 @@ pub const BENCH_PASS: &str = "mcs_bench_pass";
 /// The calibration object's pass-only tc program (the end-to-end part's
 /// direct+tc-pass floor).
 pub const BENCH_TC_PASS: &str = "mcs_bench_tc_pass";
+/// The bench's tc program that rewrites packets with unchanged values (the
+/// direct+tc-write floor).
+pub const BENCH_TC_WRITE: &str = "mcs_bench_tc_write";
 pub const BENCH_LOOKUP: &str = "mcs_bench_lookup";
 pub const BENCH_MAP: &str = "MCS_BENCH_MAP";
 pub const BENCH_LRU_INSERT: &str = "mcs_bench_lru_insert";

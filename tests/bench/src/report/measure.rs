@@ -314,8 +314,31 @@ pub fn e2e_over_floor(report: &Report, mode: Mode, floor: Mode, limit: f64) -> O
         })
         .collect::<Vec<_>>()
         .join(", ");
+    // The rewriting floor (a tc program making mcs's helper calls with
+    // unchanged values), against the pass-only floor and against mcs.
+    let against = |a: Mode, b: Mode| {
+        e2e.scales
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    scale_name(s.services),
+                    fmt_summary(ratio(s, a, b, Kind::Close, |r| r.rate), 2)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     Some(Measured {
-        values: vec![("floor", floor.name().to_owned()), ("floors", floors)],
+        values: vec![
+            ("floor", floor.name().to_owned()),
+            ("floors", floors),
+            (
+                "write_over_pass",
+                against(Mode::DirectTcWrite, Mode::DirectTcPass),
+            ),
+            ("over_write", against(mode, Mode::DirectTcWrite)),
+        ],
         ..Measured::new(text, met)
     })
 }
