@@ -17,6 +17,43 @@ struct ImportOutput {
     derived_service: Option<String>,
 }
 
+/// The imports listing one frontend, with how often, in key order. Almost
+/// every frontend has one: a vector holds it in one small allocation (a
+/// map's node is sized for eleven).
+#[derive(Clone, Debug, Default)]
+struct Claimants(Vec<(ObjectKey, u32)>);
+
+impl Claimants {
+    fn add(&mut self, key: &ObjectKey) {
+        match self.0.binary_search_by(|(listed, _)| listed.cmp(key)) {
+            Ok(index) => self.0[index].1 += 1,
+            Err(index) => {
+                self.0.reserve_exact(1);
+                self.0.insert(index, (key.clone(), 1));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Ok(index) = self.0.binary_search_by(|(listed, _)| listed.cmp(key)) {
+            self.0.remove(index);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first import in key order: it serves the frontend.
+    fn winner(&self) -> Option<&ObjectKey> {
+        self.0.first().map(|(key, _)| key)
+    }
+
+    fn total(&self) -> u32 {
+        self.0.iter().map(|(_, count)| count).sum()
+    }
+}
+
 /// A marker frontend (port 0) only says "this address is a ClusterSetIP";
 /// service ports are 1..=65535 (conversion refuses 0), so the two kinds
 /// never claim the same frontend.
@@ -34,8 +71,11 @@ pub struct Incremental {
     state: DesiredState,
     /// Every import known, with what it asks for.
     outputs: BTreeMap<ObjectKey, ImportOutput>,
+    /// Imports with rejections of their own: listing rejections (every
+    /// update) costs O(rejected imports), not O(imports).
+    rejecting: BTreeSet<ObjectKey>,
     /// Frontend → imports listing it, with how often (first in key order wins).
-    claims: BTreeMap<Frontend, BTreeMap<ObjectKey, u32>>,
+    claims: BTreeMap<Frontend, Claimants>,
     /// (namespace, derived Service) → imports backed by its slices.
     derived: BTreeMap<(String, String), BTreeSet<ObjectKey>>,
     /// Conflict rejections per contested service frontend.
@@ -49,6 +89,7 @@ impl Incremental {
             policy,
             state: DesiredState::default(),
             outputs: BTreeMap::new(),
+            rejecting: BTreeSet::new(),
             claims: BTreeMap::new(),
             derived: BTreeMap::new(),
             conflicts: BTreeMap::new(),
@@ -57,8 +98,11 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &engine.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                let claimants = engine.claims.entry(frontend).or_default();
-                *claimants.entry(import.key.clone()).or_default() += 1;
+                engine
+                    .claims
+                    .entry(frontend)
+                    .or_default()
+                    .add(&import.key);
                 // Imports come in key order: the first listing wins.
                 engine.state.frontends.entry(frontend).or_insert(spec);
             }
@@ -75,7 +119,7 @@ impl Incremental {
             .claims
             .iter()
             .filter(|(frontend, claimants)| {
-                !is_marker(frontend) && claimants.values().sum::<u32>() > 1
+                !is_marker(frontend) && claimants.total() > 1
             })
             .map(|(frontend, _)| *frontend)
             .collect();
@@ -101,8 +145,9 @@ impl Incremental {
     /// in import order, then conflicts in frontend order.
     pub fn rejections(&self) -> Vec<Rejection> {
         let mut seen = BTreeSet::new();
-        self.outputs
-            .values()
+        self.rejecting
+            .iter()
+            .filter_map(|key| self.outputs.get(key))
             .flat_map(|output| &output.rejections)
             .chain(self.conflicts.values().flatten())
             .filter(|rejection| seen.insert(rejection.to_string()))
@@ -156,12 +201,7 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &self.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                *self
-                    .claims
-                    .entry(frontend)
-                    .or_default()
-                    .entry(key.clone())
-                    .or_default() += 1;
+                self.claims.entry(frontend).or_default().add(key);
                 touched.insert(frontend);
                 fresh.entry((frontend, key.clone())).or_insert(spec);
             }
@@ -178,7 +218,7 @@ impl Incremental {
             let winner = self
                 .claims
                 .get(frontend)
-                .and_then(|claimants| claimants.keys().next());
+                .and_then(Claimants::winner);
             match winner {
                 None => {
                     self.state.frontends.remove(frontend);
@@ -218,11 +258,15 @@ impl Incremental {
                 .or_default()
                 .insert(import.key.clone());
         }
+        if !output.rejections.is_empty() {
+            self.rejecting.insert(import.key.clone());
+        }
         self.outputs.insert(import.key.clone(), output);
     }
 
     fn remove_output(&mut self, key: &ObjectKey) -> Option<ImportOutput> {
         let output = self.outputs.remove(key)?;
+        self.rejecting.remove(key);
         if let Some(service) = &output.derived_service {
             let index = (key.namespace.clone(), service.clone());
             if let Some(imports) = self.derived.get_mut(&index) {
@@ -239,8 +283,9 @@ impl Incremental {
     fn update_conflicts(&mut self, frontend: &Frontend) {
         let rejections: Vec<Rejection> = match self.claims.get(frontend) {
             Some(claimants) if !is_marker(frontend) => {
-                let winner = claimants.keys().next();
+                let winner = claimants.winner();
                 claimants
+                    .0
                     .iter()
                     .flat_map(|(key, count)| {
                         let losing = if Some(key) == winner {

@@ -14,19 +14,26 @@
 //!   ClusterSetIP ranges);
 //! * `import.rs`: what one import asks for — its frontends and backends;
 //! * `changes.rs`: which imports two snapshots differ in;
+//! * `journal.rs`: a source's record of what changed, update by update;
+//! * `follow.rs`: the state following a source's updates (changes from
+//!   its journal, or a diff when the journal cannot say);
 //! * `incremental.rs`: the engine keeping the whole state up to date import
 //!   by import, resolving conflicts between imports.
 
 mod changes;
+mod follow;
 mod import;
 mod incremental;
+mod journal;
 mod policy;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 pub use self::{
     changes::Changes,
+    follow::{Follower, Found},
     incremental::Incremental,
+    journal::Journal,
     policy::{ClusterCidrs, ClustersetIpCidrs, Locality, Policy},
 };
 use crate::model::{ObjectKey, Protocol, Rejection, Snapshot};
