@@ -54,15 +54,32 @@ impl Follower {
         snapshot: Arc<Snapshot>,
         journal: &Journal,
     ) -> (BTreeSet<Frontend>, Found) {
-        let (changes, found) = match journal.since(self.version) {
+        let (changes, found) = self.changes(&snapshot, journal);
+        (self.apply(snapshot, journal.version(), &changes), found)
+    }
+
+    /// The first half of [`advance`](Self::advance): what changed from the
+    /// snapshot applied last to `snapshot`, the latest version of `journal`.
+    pub fn changes(&self, snapshot: &Snapshot, journal: &Journal) -> (Changes, Found) {
+        match journal.since(self.version) {
             Some(changes) => (changes, Found::Journal),
-            None => (Changes::between(&self.snapshot, &snapshot), Found::Diff),
-        };
-        let affected = self.engine.affected(&changes);
+            None => (Changes::between(&self.snapshot, snapshot), Found::Diff),
+        }
+    }
+
+    /// The second half of [`advance`](Self::advance): recomputes the
+    /// imports `changes` affect; returns the frontends they touched.
+    pub fn apply(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        version: u64,
+        changes: &Changes,
+    ) -> BTreeSet<Frontend> {
+        let affected = self.engine.affected(changes);
         let touched = self.engine.update(&snapshot, &affected);
         self.snapshot = snapshot;
-        self.version = journal.version();
-        (touched, found)
+        self.version = version;
+        touched
     }
 }
 

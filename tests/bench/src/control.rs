@@ -18,6 +18,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,6 +29,7 @@ use mcs_agent::{
     desired,
     model::{EndpointSlice, ObjectKey, Snapshot, manifest},
     reconcile::{Reconciler, service_key},
+    sources::{Publisher, SourceUpdate},
 };
 use mcs_common::{BACKEND_F_READY, BackendKey, BackendValue, names};
 use mcs_tests::{
@@ -56,12 +58,18 @@ pub struct Config {
 pub struct ChangeTimes {
     /// Change → the map holds it (ms), per change.
     pub total_ms: Vec<f64>,
-    /// Of which the desired state: the changed set (snapshot diff) and the
-    /// incremental `desired::Incremental::update` of the affected imports.
+    /// Of which the desired state: the changed set and the incremental
+    /// update of the affected imports (`desired::Follower`).
     pub compute_ms: Vec<f64>,
-    /// Of `compute_ms`, the snapshot diff (`desired::Changes::between`).
+    /// Of `compute_ms`, the changed set: the entries of the update's
+    /// journal after the version last applied (`Follower::changes`).
     #[serde(default)]
     pub diff_ms: Vec<f64>,
+    /// Before the change reaches the agent, not in `total_ms`: the
+    /// source's journaling of it (`sources::Publisher::prepare`, a diff
+    /// against the snapshot it published last).
+    #[serde(default)]
+    pub source_ms: Vec<f64>,
     /// Of which `Reconciler::apply_changed` of the touched frontends (map writes).
     pub apply_ms: Vec<f64>,
     pub map_writes_per_change: f64,
@@ -194,14 +202,48 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The model as the agent holds it after its first sync: the source's
+/// first update (journaled by the sources' own [`Publisher`]) and the
+/// desired state following it.
+pub struct Followed {
+    pub publisher: Publisher,
+    pub snapshot: Arc<Snapshot>,
+    pub follower: desired::Follower,
+}
+
+impl Followed {
+    pub fn new(snapshot: Snapshot) -> Result<Self> {
+        let mut publisher = Publisher::default();
+        let update = publisher
+            .prepare(SourceUpdate {
+                snapshot: Arc::new(snapshot),
+                ..SourceUpdate::default()
+            })
+            .context("the first update is published")?;
+        let follower = desired::Follower::new(
+            update.snapshot.clone(),
+            update.journal.version(),
+            desired::Policy::default(),
+        );
+        Ok(Self {
+            publisher,
+            snapshot: update.snapshot,
+            follower,
+        })
+    }
+}
+
 /// Changes one endpoint of one service per step and times the agent's path
-/// (`run.rs`) until the backend map holds the new address: snapshot diff →
-/// affected imports → incremental desired state → apply of the touched
-/// frontends → map lookup.
+/// for an update (`run/context.rs`) until the backend map holds the new
+/// address: the changed set from the update's journal
+/// (`Follower::changes`), the incremental desired state of the affected
+/// imports (`Follower::apply`), `Reconciler::apply_changed` of the touched
+/// frontends, a map lookup. The source's side (a new snapshot with the
+/// slice replaced, journaled by `Publisher::prepare` as the sources do) is
+/// timed apart.
 pub fn change_latency(
     set: &ServiceSet,
-    snapshot: &mut Snapshot,
-    engine: &mut desired::Incremental,
+    followed: &mut Followed,
     maps: &mut MapHandles,
     reconciler: &mut Reconciler,
     changes: usize,
@@ -211,9 +253,11 @@ pub fn change_latency(
     let mut state = 0x5eed_u64;
     let others = set.len().saturating_sub(1).max(1);
     let budget = Instant::now() + CHANGE_BUDGET;
-    // The agent keeps the snapshot it last applied; the change arrives as a
-    // new snapshot (made outside the timing by changing a copy in step).
-    let mut previous = snapshot.clone();
+    // Two snapshots in turn, changed in place: the one the agent follows,
+    // and a spare one change behind (nobody else holds it), so that making
+    // the next snapshot costs no copy of the whole model.
+    let mut spare = Arc::new(Snapshot::clone(&followed.snapshot));
+    let mut pending: Option<Arc<EndpointSlice>> = None;
     for n in 0..changes {
         if n >= MIN_CHANGES && Instant::now() > budget {
             break;
@@ -231,7 +275,8 @@ pub fn change_latency(
         let fresh =
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
         let mut slice = EndpointSlice::clone(
-            snapshot
+            followed
+                .snapshot
                 .slices()
                 .get(&key)
                 .with_context(|| format!("slice {key} missing"))?,
@@ -241,15 +286,36 @@ pub fn change_latency(
             .get_mut(n % service.endpoints.len().max(1))
             .context("endpoint")?
             .addresses = vec![IpAddr::V4(fresh)];
-        let slice = std::sync::Arc::new(slice);
-        snapshot.insert_slice(slice.clone());
+        let slice = Arc::new(slice);
+        let next = Arc::get_mut(&mut spare).context("the spare snapshot is shared")?;
+        if let Some(pending) = pending.take() {
+            next.insert_slice(pending);
+        }
+        next.insert_slice(slice.clone());
+        let source_start = Instant::now();
+        let update = followed
+            .publisher
+            .prepare(SourceUpdate {
+                snapshot: spare.clone(),
+                ..SourceUpdate::default()
+            })
+            .context("the change is published")?;
+        let source = source_start.elapsed();
         let start = Instant::now();
-        let changed = desired::Changes::between(&previous, snapshot);
-        let affected = engine.affected(&changed);
+        let (changed, found) = followed
+            .follower
+            .changes(&update.snapshot, &update.journal);
         let diffed = Instant::now();
-        let touched = engine.update(snapshot, &affected);
+        ensure!(
+            found == desired::Found::Journal,
+            "change {n}: the journal did not hold the change"
+        );
+        let touched =
+            followed
+                .follower
+                .apply(update.snapshot.clone(), update.journal.version(), &changed);
         let computed = Instant::now();
-        let report = reconciler.apply_changed(engine.state(), &touched, maps);
+        let report = reconciler.apply_changed(followed.follower.engine().state(), &touched, maps);
         let applied = Instant::now();
         if let Some((frontend, error)) = report.errors.first() {
             bail!("apply failed on {frontend}: {error}");
@@ -281,11 +347,15 @@ pub fn change_latency(
             found,
             "change {n}: the new endpoint {fresh} is not in the map"
         );
-        previous.insert_slice(slice);
+        drop(update);
+        // The followed snapshot becomes the spare (one change behind).
+        std::mem::swap(&mut followed.snapshot, &mut spare);
+        pending = Some(slice);
         times.total_ms.push(ms(seen - start));
         times.diff_ms.push(ms(diffed - start));
         times.compute_ms.push(ms(computed - start));
         times.apply_ms.push(ms(applied - computed));
+        times.source_ms.push(ms(source));
     }
     #[expect(clippy::cast_precision_loss, reason = "counts")]
     {
@@ -418,16 +488,15 @@ pub fn run(config: &Config) -> Result<Control> {
     let started = Instant::now();
     let set = ServiceSet::new(config.services, config.endpoints, &target_backends());
     let parse_start = Instant::now();
-    let mut snapshot = snapshot_of(&set)?;
-    let engine = desired::Incremental::new(&snapshot, desired::Policy::default());
-    let rejections = engine.rejections();
-    let desired_state = engine.state();
+    let mut followed = Followed::new(snapshot_of(&set)?)?;
+    let rejections = followed.follower.engine().rejections();
     ensure!(
         rejections.is_empty(),
         "desired state rejected: {:?}",
         rejections.first()
     );
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
+    let desired_state = followed.follower.engine().state();
     let maglev_start = Instant::now();
     for (_, spec) in desired_state.service_frontends() {
         let size = mcs_agent::maglev::rule_size(spec.backends.len());
@@ -496,11 +565,9 @@ pub fn run(config: &Config) -> Result<Control> {
         report.errors.is_empty(),
         "sync before the change test failed"
     );
-    let mut engine = engine;
     result.change = change_latency(
         &set,
-        &mut snapshot,
-        &mut engine,
+        &mut followed,
         &mut maps,
         &mut reconciler,
         config.changes,
@@ -514,8 +581,7 @@ pub fn run(config: &Config) -> Result<Control> {
         p(&result.change.apply_ms, 50.0)
     ));
     drop(maps);
-    drop(snapshot);
-    drop(engine);
+    drop(followed);
 
     result.agent = agent_memory(&set, &[])?;
     progress(&format!(
@@ -527,7 +593,7 @@ pub fn run(config: &Config) -> Result<Control> {
     ));
     result.notes = vec![
         "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded. Before each timed step the bench waits (at most 5 s) until a CPU is idle, so the kernel's background teardown of the previous step (a namespace with 320k rules, freed maps) does not land in it.".to_owned(),
-        "Endpoint change: one endpoint address of one service replaced in the model; timed through the agent's per-update path (run.rs): the snapshot diff against the last applied snapshot (desired::Changes::between), the incremental desired state of the affected imports (desired::Incremental::update) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing are not included.".to_owned(),
+        "Endpoint change: one endpoint address of one service replaced in the model and published as the sources publish (sources::Publisher journals what changed; timed apart as the source's side); then timed through the agent's per-update path (run/context.rs): the changed set from the update's journal (desired::Follower::changes: the entries after the version last applied, no snapshot diff), the incremental desired state of the affected imports (Follower::apply) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing, and the source's journaling, are not included.".to_owned(),
         "Single vs batch: backend-slot inserts into an empty (preallocated) map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent's cold sync writes in batches like this; later changes write one entry per syscall (a change is a few entries).".to_owned(),
     ];
     Ok(result)
