@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use mcs_common::MAX_BACKENDS_PER_FRONTEND;
@@ -176,8 +177,8 @@ fn backends_of(
     cidrs: &ClusterCidrs,
     rejections: &mut Vec<Rejection>,
 ) -> (Vec<Backend>, bool) {
-    let mut ready: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
-    let mut terminating: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    let mut ready: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
+    let mut terminating: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
     let mut truncated = false;
     for slice in snapshot.slices_of(import) {
         if slice.address_type != AddressType::IPv4 {
@@ -190,6 +191,7 @@ fn backends_of(
         else {
             continue; // this cluster does not expose the port
         };
+        let cluster: Arc<str> = Arc::from(slice.source_cluster.as_str());
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions;
             let target = if conditions.ready {
@@ -222,7 +224,7 @@ fn backends_of(
                 }
                 target
                     .entry(key)
-                    .or_insert_with(|| slice.source_cluster.clone());
+                    .or_insert_with(|| cluster.clone());
             }
         }
     }

@@ -27,7 +27,7 @@ mod incremental;
 mod journal;
 mod policy;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 pub use self::{
     changes::Changes,
@@ -55,8 +55,11 @@ impl std::fmt::Display for Frontend {
 pub struct Backend {
     pub addr: Ipv4Addr,
     pub port: u16,
-    /// Source cluster; empty when the slice does not say.
-    pub cluster: String,
+    /// Source cluster; empty when the slice does not say. Shared by the
+    /// backends of a slice (a million backends would otherwise hold a
+    /// million copies of a few names, in the desired state and again in
+    /// what the reconciler applied).
+    pub cluster: Arc<str>,
     /// Relative share of new flows (Maglev weight, > 0).
     pub weight: u32,
     /// Serving but terminating (used because no endpoint is ready).

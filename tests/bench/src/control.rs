@@ -5,8 +5,9 @@
 //!   with a cold `iptables-restore` of the same services (kube-proxy-shaped)
 //!   into a fresh network namespace;
 //! * one endpoint change with everything loaded: the agent's path for an
-//!   update (`desired::compute_with` over the whole snapshot, then the diff
-//!   `Reconciler::apply`), until a map lookup sees the new endpoint;
+//!   update (the changed set from the update's journal, the incremental
+//!   desired state of the affected imports, `Reconciler::apply_changed`),
+//!   until a map lookup sees the new endpoint;
 //! * map writes one `bpf(BPF_MAP_UPDATE_ELEM)` at a time (aya) against
 //!   `BPF_MAP_UPDATE_BATCH` (aya 0.14 has no batch operations: raw `bpf(2)`);
 //! * the agent binary on the same manifest: peak RSS (`VmHWM`) and the
