@@ -93,6 +93,7 @@ pub(super) fn import_frontends(
             Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
         ));
     }
+    let key = Arc::new(import.key.clone());
     for vip in vips {
         for port in &import.ports {
             if port.protocol == Protocol::Sctp {
@@ -130,7 +131,7 @@ pub(super) fn import_frontends(
                 FrontendSpec {
                     kind: FrontendKind::Service,
                     name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
-                    import: import.key.clone(),
+                    import: key.clone(),
                     backends,
                     affinity_timeout,
                 },
@@ -146,7 +147,7 @@ pub(super) fn import_frontends(
                 FrontendSpec {
                     kind: FrontendKind::VipMarker,
                     name: format!("{}:<vip>", import.key),
-                    import: import.key.clone(),
+                    import: key.clone(),
                     backends: Vec::new(),
                     affinity_timeout: None,
                 },

@@ -1,7 +1,10 @@
 //! The incremental engine: the desired state of every import, kept up to
 //! date import by import, with conflicts between imports resolved.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{Changes, DesiredState, Frontend, FrontendSpec, Policy, import::import_frontends};
 use crate::model::{ObjectKey, Problem, Rejection, ServiceImport, SliceOwner, Snapshot};
@@ -21,11 +24,11 @@ struct ImportOutput {
 /// every frontend has one: a vector holds it in one small allocation (a
 /// map's node is sized for eleven).
 #[derive(Clone, Debug, Default)]
-struct Claimants(Vec<(ObjectKey, u32)>);
+struct Claimants(Vec<(Arc<ObjectKey>, u32)>);
 
 impl Claimants {
-    fn add(&mut self, key: &ObjectKey) {
-        match self.0.binary_search_by(|(listed, _)| listed.cmp(key)) {
+    fn add(&mut self, key: &Arc<ObjectKey>) {
+        match self.0.binary_search_by(|(listed, _)| (**listed).cmp(key)) {
             Ok(index) => self.0[index].1 += 1,
             Err(index) => {
                 self.0.reserve_exact(1);
@@ -35,7 +38,7 @@ impl Claimants {
     }
 
     fn remove(&mut self, key: &ObjectKey) {
-        if let Ok(index) = self.0.binary_search_by(|(listed, _)| listed.cmp(key)) {
+        if let Ok(index) = self.0.binary_search_by(|(listed, _)| (**listed).cmp(key)) {
             self.0.remove(index);
         }
     }
@@ -46,7 +49,7 @@ impl Claimants {
 
     /// The first import in key order: it serves the frontend.
     fn winner(&self) -> Option<&ObjectKey> {
-        self.0.first().map(|(key, _)| key)
+        self.0.first().map(|(key, _)| &**key)
     }
 
     fn total(&self) -> u32 {
@@ -102,7 +105,7 @@ impl Incremental {
                     .claims
                     .entry(frontend)
                     .or_default()
-                    .add(&import.key);
+                    .add(&spec.import);
                 // Imports come in key order: the first listing wins.
                 engine.state.frontends.entry(frontend).or_insert(spec);
             }
@@ -201,7 +204,7 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &self.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                self.claims.entry(frontend).or_default().add(key);
+                self.claims.entry(frontend).or_default().add(&spec.import);
                 touched.insert(frontend);
                 fresh.entry((frontend, key.clone())).or_insert(spec);
             }
@@ -224,7 +227,7 @@ impl Incremental {
                     self.state.frontends.remove(frontend);
                 }
                 Some(winner) => {
-                    let current = self.state.frontends.get(frontend).map(|spec| &spec.import);
+                    let current = self.state.frontends.get(frontend).map(|spec| &*spec.import);
                     let spec = if let Some(spec) = fresh.remove(&(*frontend, winner.clone())) {
                         Some(spec)
                     } else if current == Some(winner) {
@@ -288,12 +291,12 @@ impl Incremental {
                     .0
                     .iter()
                     .flat_map(|(key, count)| {
-                        let losing = if Some(key) == winner {
+                        let losing = if Some(&**key) == winner {
                             count - 1
                         } else {
                             *count
                         };
-                        std::iter::repeat_n(key, losing as usize)
+                        std::iter::repeat_n(&**key, losing as usize)
                     })
                     .filter_map(|key| Some(conflict(key, frontend, winner?)))
                     .collect()

@@ -80,7 +80,8 @@ pub struct FrontendSpec {
     pub kind: FrontendKind,
     /// `namespace/name:port-name` for operators.
     pub name: String,
-    pub import: ObjectKey,
+    /// Shared by the frontends of an import and the engine's bookkeeping.
+    pub import: Arc<ObjectKey>,
     /// Sorted, deduplicated.
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds.

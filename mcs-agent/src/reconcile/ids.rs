@@ -301,7 +301,7 @@ mod tests {
                 FrontendSpec {
                     kind: FrontendKind::Service,
                     name: format!("ns/svc:{port}"),
-                    import: ObjectKey::new("ns", "svc"),
+                    import: ObjectKey::new("ns", "svc").into(),
                     backends,
                     affinity_timeout: None,
                 },

@@ -41,7 +41,7 @@ fn spec(backends: Vec<Backend>) -> FrontendSpec {
     FrontendSpec {
         kind: FrontendKind::Service,
         name: "ns/web:http".into(),
-        import: ObjectKey::new("ns", "web"),
+        import: ObjectKey::new("ns", "web").into(),
         backends,
         affinity_timeout: None,
     }

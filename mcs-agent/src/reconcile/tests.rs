@@ -276,7 +276,7 @@ fn spec(backends: Vec<Backend>) -> FrontendSpec {
     FrontendSpec {
         kind: FrontendKind::Service,
         name: "ns/svc:http".into(),
-        import: ObjectKey::new("ns", "svc"),
+        import: ObjectKey::new("ns", "svc").into(),
         backends,
         affinity_timeout: None,
     }
@@ -297,7 +297,7 @@ fn desired_strategy() -> impl Strategy<Value = DesiredState> {
                     FrontendSpec {
                         kind: FrontendKind::Service,
                         name: format!("ns/{frontend}"),
-                        import: ObjectKey::new("ns", "svc"),
+                        import: ObjectKey::new("ns", "svc").into(),
                         backends: dedup_by_address(backends.into_iter().collect()),
                         affinity_timeout: None,
                     },
@@ -502,7 +502,7 @@ fn a_cold_sync_of_several_chunks_reports_exactly_the_failed_frontends() {
             FrontendSpec {
                 kind: FrontendKind::Service,
                 name: format!("ns/{frontend}"),
-                import: ObjectKey::new("ns", "svc"),
+                import: ObjectKey::new("ns", "svc").into(),
                 backends,
                 affinity_timeout: None,
             },
