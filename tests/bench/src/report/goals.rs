@@ -250,7 +250,7 @@ const GOALS: &[GoalRow] = &[
     },
 ];
 
-const RSS_LIMITS: &str = "the manifest text and the model (converted document by document) are alive at once during a reload, the agent keeps the last applied snapshot and the desired state, and the reconciler every frontend's backends";
+const RSS_LIMITS: &str = "the agent holds the model once (shared by the source, the run loop and DNS: every endpoint's addresses and conditions), the desired state (every frontend with its backends, two ClusterSetIP markers per address, which import claims each frontend) and what the reconciler applied (every frontend's backends in slot order and its name, a counter id per distinct backend): the desired and the applied state each still hold every frontend's backend list and name";
 
 const CHANGE_LIMITS: &str = "the agent takes the changed objects from the update's journal (the source records what changed), recomputes only the affected imports and writes only their frontends; the source's own journaling (a diff against the snapshot it published last, see the at-scale table) comes before and is not included";
 
