@@ -166,8 +166,16 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_diff_when_the_journal_lost_the_version() {
-        let first = Arc::new(snapshot_from_yaml(&(import("a", 1, 80) + &slice("s", "a", 1))).unwrap().0);
-        let second = Arc::new(snapshot_from_yaml(&(import("a", 1, 80) + &slice("s", "a", 2))).unwrap().0);
+        let first = Arc::new(
+            snapshot_from_yaml(&(import("a", 1, 80) + &slice("s", "a", 1)))
+                .unwrap()
+                .0,
+        );
+        let second = Arc::new(
+            snapshot_from_yaml(&(import("a", 1, 80) + &slice("s", "a", 2)))
+                .unwrap()
+                .0,
+        );
         let service = Frontend {
             addr: std::net::Ipv4Addr::new(10, 9, 0, 1),
             port: 80,

@@ -223,9 +223,7 @@ fn backends_of(
                     truncated = true;
                     continue;
                 }
-                target
-                    .entry(key)
-                    .or_insert_with(|| cluster.clone());
+                target.entry(key).or_insert_with(|| cluster.clone());
             }
         }
     }

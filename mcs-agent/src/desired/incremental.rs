@@ -101,11 +101,7 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &engine.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                engine
-                    .claims
-                    .entry(frontend)
-                    .or_default()
-                    .add(&spec.import);
+                engine.claims.entry(frontend).or_default().add(&spec.import);
                 // Imports come in key order: the first listing wins.
                 engine.state.frontends.entry(frontend).or_insert(spec);
             }
@@ -121,9 +117,7 @@ impl Incremental {
         let contested: Vec<Frontend> = engine
             .claims
             .iter()
-            .filter(|(frontend, claimants)| {
-                !is_marker(frontend) && claimants.total() > 1
-            })
+            .filter(|(frontend, claimants)| !is_marker(frontend) && claimants.total() > 1)
             .map(|(frontend, _)| *frontend)
             .collect();
         for frontend in contested {
@@ -218,10 +212,7 @@ impl Incremental {
             );
         }
         for frontend in &touched {
-            let winner = self
-                .claims
-                .get(frontend)
-                .and_then(Claimants::winner);
+            let winner = self.claims.get(frontend).and_then(Claimants::winner);
             match winner {
                 None => {
                     self.state.frontends.remove(frontend);

@@ -98,7 +98,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::{EndpointSlice, ObjectKey, Snapshot, SliceOwner};
+    use crate::model::{EndpointSlice, ObjectKey, SliceOwner, Snapshot};
 
     fn changes(imports: &[&str]) -> Changes {
         Changes {

@@ -9,12 +9,7 @@
 pub mod convert;
 pub mod manifest;
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 /// Namespace and name of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

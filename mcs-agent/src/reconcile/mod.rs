@@ -316,7 +316,8 @@ impl Reconciler {
                 *count -= 1;
                 if *count == 0 {
                     self.cluster_refs.remove(&*backend.cluster);
-                    self.unreferenced_clusters.insert(backend.cluster.to_string());
+                    self.unreferenced_clusters
+                        .insert(backend.cluster.to_string());
                 }
             }
         }

@@ -104,8 +104,11 @@ impl Context {
                     self.reconciler
                         .apply(follower.engine().state(), &mut self.maps)
                 } else {
-                    self.reconciler
-                        .apply_changed(follower.engine().state(), &touched, &mut self.maps)
+                    self.reconciler.apply_changed(
+                        follower.engine().state(),
+                        &touched,
+                        &mut self.maps,
+                    )
                 }
             }
             _ => {

@@ -36,9 +36,9 @@ use super::{Publisher, SourceUpdate};
 use crate::{
     desired::Journal,
     model::{
-    Rejection,
-    convert::Object,
-    manifest::{self, SyntaxError},
+        Rejection,
+        convert::Object,
+        manifest::{self, SyntaxError},
     },
 };
 

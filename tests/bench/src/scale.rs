@@ -19,17 +19,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use mcs_agent::{
-    dataplane::memory,
-    desired::DesiredState,
-    maglev,
-    reconcile::Reconciler,
-};
+use mcs_agent::{dataplane::memory, desired::DesiredState, maglev, reconcile::Reconciler};
 use mcs_common::{MAPS, maglev_chunks, maglev_wide, names};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    control::{self, AgentMemory, ChangeTimes},
+    change::{self, ChangeTimes, Followed},
+    control::{self, AgentMemory},
     perpacket::{progress, target_backends},
     rules::ServiceSet,
 };
@@ -123,7 +119,7 @@ fn point(config: &Config) -> Result<ScalePoint> {
     let flags = set.map_size_flags(config.conntrack);
     let cpus = memory::possible_cpus().context("possible CPUs")?;
     let parse_start = Instant::now();
-    let mut followed = control::Followed::new(control::snapshot_of(&set)?)?;
+    let mut followed = Followed::new(control::snapshot_of(&set)?)?;
     let rejections = followed.follower.engine().rejections();
     ensure!(
         rejections.is_empty(),
@@ -184,7 +180,7 @@ fn point(config: &Config) -> Result<ScalePoint> {
         reconciler.apply(state, &mut maps).errors.is_empty(),
         "sync before the change test failed"
     );
-    result.change = control::change_latency(
+    result.change = change::change_latency(
         &set,
         &mut followed,
         &mut maps,

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::{
-    control::{AgentMemory, ChangeTimes},
+    change::ChangeTimes,
+    control::AgentMemory,
     controller::{ControllerBench, ReconcileStats},
     counters::CounterCalibration,
     e2e::ModeResult,
