@@ -5,7 +5,9 @@
 //!   file holds wake the source (not the opens and reads of its own
 //!   re-reads, which would wake it again and again).
 //! * Reading and parsing run on a blocking thread, never on the async
-//!   workers (a large manifest takes a while to parse).
+//!   workers (a large manifest takes a while to parse); so does journaling
+//!   the update ([`Publisher`]: every object is parsed anew, so the diff
+//!   against the last update compares them all, off the agent's path).
 //! * A file that cannot be read or is not YAML keeps the objects it had
 //!   (nothing is lost to a half-written file); the error names the file
 //!   and is logged once, when it appears (and once when it is gone). The
