@@ -74,7 +74,7 @@ fn update_of(yaml: &str) -> SourceUpdate {
     let (snapshot, rejections) = manifest::snapshot_from_yaml(yaml).expect("valid YAML");
     assert!(rejections.is_empty(), "{rejections:?}");
     SourceUpdate {
-        snapshot,
+        snapshot: snapshot.into(),
         rejections,
         ..SourceUpdate::default()
     }

@@ -609,7 +609,7 @@ fn corpus() -> Vec<Case> {
         Expect::Bounded(|state| {
             evil_backends(state, 2)?;
             let first = &state.frontends[&evil_frontend()].backends[0];
-            if first.cluster == "a" {
+            if &*first.cluster == "a" {
                 Ok(())
             } else {
                 Err(format!("10.66.0.1 labelled {:?}", first.cluster))

@@ -191,7 +191,7 @@ fn file_update(objects: &[Value]) -> SourceUpdate {
 fn canonical(update: &SourceUpdate) -> (Snapshot, Vec<String>) {
     let mut rejections: Vec<String> = update.rejections.iter().map(ToString::to_string).collect();
     rejections.sort();
-    (update.snapshot.clone(), rejections)
+    (Snapshot::clone(&update.snapshot), rejections)
 }
 
 /// Waits until the source publishes what the file source publishes for

@@ -97,8 +97,9 @@ pub fn agent_bytes(service_ports: u64) -> u64 {
 /// eBPF object, buffers).
 pub const AGENT_BASE_BYTES: u64 = 64 << 20;
 /// Per service port of the imports (its ServiceImport and EndpointSlices
-/// parsed and kept, the desired state and what the reconciler applied).
-pub const AGENT_BYTES_PER_SERVICE_PORT: u64 = 4 << 10;
+/// parsed and kept once, shared by the source, the run loop and DNS; the
+/// desired state; what the reconciler applied), with 10 endpoints.
+pub const AGENT_BYTES_PER_SERVICE_PORT: u64 = 6 << 10;
 
 /// Possible CPUs of this node (what per-CPU maps are sized by).
 pub fn possible_cpus() -> std::io::Result<u32> {

@@ -39,6 +39,11 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.imports.is_empty() && self.slice_owners.is_empty()
     }
+
+    /// How many keys (imports and slice owners) it names.
+    pub fn len(&self) -> usize {
+        self.imports.len() + self.slice_owners.len()
+    }
 }
 
 /// Calls `changed` for every key whose value differs between two sorted

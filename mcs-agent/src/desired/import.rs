@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use mcs_common::MAX_BACKENDS_PER_FRONTEND;
@@ -92,6 +93,7 @@ pub(super) fn import_frontends(
             Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
         ));
     }
+    let key = Arc::new(import.key.clone());
     for vip in vips {
         for port in &import.ports {
             if port.protocol == Protocol::Sctp {
@@ -129,7 +131,7 @@ pub(super) fn import_frontends(
                 FrontendSpec {
                     kind: FrontendKind::Service,
                     name: format!("{}:{}", import.key, display_port(&port.name, port.port)),
-                    import: import.key.clone(),
+                    import: key.clone(),
                     backends,
                     affinity_timeout,
                 },
@@ -145,7 +147,7 @@ pub(super) fn import_frontends(
                 FrontendSpec {
                     kind: FrontendKind::VipMarker,
                     name: format!("{}:<vip>", import.key),
-                    import: import.key.clone(),
+                    import: key.clone(),
                     backends: Vec::new(),
                     affinity_timeout: None,
                 },
@@ -176,8 +178,8 @@ fn backends_of(
     cidrs: &ClusterCidrs,
     rejections: &mut Vec<Rejection>,
 ) -> (Vec<Backend>, bool) {
-    let mut ready: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
-    let mut terminating: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    let mut ready: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
+    let mut terminating: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
     let mut truncated = false;
     for slice in snapshot.slices_of(import) {
         if slice.address_type != AddressType::IPv4 {
@@ -190,6 +192,7 @@ fn backends_of(
         else {
             continue; // this cluster does not expose the port
         };
+        let cluster: Arc<str> = Arc::from(slice.source_cluster.as_str());
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions;
             let target = if conditions.ready {
@@ -220,9 +223,7 @@ fn backends_of(
                     truncated = true;
                     continue;
                 }
-                target
-                    .entry(key)
-                    .or_insert_with(|| slice.source_cluster.clone());
+                target.entry(key).or_insert_with(|| cluster.clone());
             }
         }
     }

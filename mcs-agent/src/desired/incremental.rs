@@ -1,7 +1,10 @@
 //! The incremental engine: the desired state of every import, kept up to
 //! date import by import, with conflicts between imports resolved.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{Changes, DesiredState, Frontend, FrontendSpec, Policy, import::import_frontends};
 use crate::model::{ObjectKey, Problem, Rejection, ServiceImport, SliceOwner, Snapshot};
@@ -15,6 +18,43 @@ struct ImportOutput {
     /// Its own rejections (conflicts are kept per frontend).
     rejections: Vec<Rejection>,
     derived_service: Option<String>,
+}
+
+/// The imports listing one frontend, with how often, in key order. Almost
+/// every frontend has one: a vector holds it in one small allocation (a
+/// map's node is sized for eleven).
+#[derive(Clone, Debug, Default)]
+struct Claimants(Vec<(Arc<ObjectKey>, u32)>);
+
+impl Claimants {
+    fn add(&mut self, key: &Arc<ObjectKey>) {
+        match self.0.binary_search_by(|(listed, _)| (**listed).cmp(key)) {
+            Ok(index) => self.0[index].1 += 1,
+            Err(index) => {
+                self.0.reserve_exact(1);
+                self.0.insert(index, (key.clone(), 1));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Ok(index) = self.0.binary_search_by(|(listed, _)| (**listed).cmp(key)) {
+            self.0.remove(index);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first import in key order: it serves the frontend.
+    fn winner(&self) -> Option<&ObjectKey> {
+        self.0.first().map(|(key, _)| &**key)
+    }
+
+    fn total(&self) -> u32 {
+        self.0.iter().map(|(_, count)| count).sum()
+    }
 }
 
 /// A marker frontend (port 0) only says "this address is a ClusterSetIP";
@@ -34,8 +74,11 @@ pub struct Incremental {
     state: DesiredState,
     /// Every import known, with what it asks for.
     outputs: BTreeMap<ObjectKey, ImportOutput>,
+    /// Imports with rejections of their own: listing rejections (every
+    /// update) costs O(rejected imports), not O(imports).
+    rejecting: BTreeSet<ObjectKey>,
     /// Frontend → imports listing it, with how often (first in key order wins).
-    claims: BTreeMap<Frontend, BTreeMap<ObjectKey, u32>>,
+    claims: BTreeMap<Frontend, Claimants>,
     /// (namespace, derived Service) → imports backed by its slices.
     derived: BTreeMap<(String, String), BTreeSet<ObjectKey>>,
     /// Conflict rejections per contested service frontend.
@@ -49,6 +92,7 @@ impl Incremental {
             policy,
             state: DesiredState::default(),
             outputs: BTreeMap::new(),
+            rejecting: BTreeSet::new(),
             claims: BTreeMap::new(),
             derived: BTreeMap::new(),
             conflicts: BTreeMap::new(),
@@ -57,8 +101,7 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &engine.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                let claimants = engine.claims.entry(frontend).or_default();
-                *claimants.entry(import.key.clone()).or_default() += 1;
+                engine.claims.entry(frontend).or_default().add(&spec.import);
                 // Imports come in key order: the first listing wins.
                 engine.state.frontends.entry(frontend).or_insert(spec);
             }
@@ -74,9 +117,7 @@ impl Incremental {
         let contested: Vec<Frontend> = engine
             .claims
             .iter()
-            .filter(|(frontend, claimants)| {
-                !is_marker(frontend) && claimants.values().sum::<u32>() > 1
-            })
+            .filter(|(frontend, claimants)| !is_marker(frontend) && claimants.total() > 1)
             .map(|(frontend, _)| *frontend)
             .collect();
         for frontend in contested {
@@ -101,8 +142,9 @@ impl Incremental {
     /// in import order, then conflicts in frontend order.
     pub fn rejections(&self) -> Vec<Rejection> {
         let mut seen = BTreeSet::new();
-        self.outputs
-            .values()
+        self.rejecting
+            .iter()
+            .filter_map(|key| self.outputs.get(key))
             .flat_map(|output| &output.rejections)
             .chain(self.conflicts.values().flatten())
             .filter(|rejection| seen.insert(rejection.to_string()))
@@ -156,12 +198,7 @@ impl Incremental {
             let (entries, rejections) = import_frontends(snapshot, import, &self.policy);
             let frontends = entries.iter().map(|(frontend, _)| *frontend).collect();
             for (frontend, spec) in entries {
-                *self
-                    .claims
-                    .entry(frontend)
-                    .or_default()
-                    .entry(key.clone())
-                    .or_default() += 1;
+                self.claims.entry(frontend).or_default().add(&spec.import);
                 touched.insert(frontend);
                 fresh.entry((frontend, key.clone())).or_insert(spec);
             }
@@ -175,16 +212,13 @@ impl Incremental {
             );
         }
         for frontend in &touched {
-            let winner = self
-                .claims
-                .get(frontend)
-                .and_then(|claimants| claimants.keys().next());
+            let winner = self.claims.get(frontend).and_then(Claimants::winner);
             match winner {
                 None => {
                     self.state.frontends.remove(frontend);
                 }
                 Some(winner) => {
-                    let current = self.state.frontends.get(frontend).map(|spec| &spec.import);
+                    let current = self.state.frontends.get(frontend).map(|spec| &*spec.import);
                     let spec = if let Some(spec) = fresh.remove(&(*frontend, winner.clone())) {
                         Some(spec)
                     } else if current == Some(winner) {
@@ -218,11 +252,15 @@ impl Incremental {
                 .or_default()
                 .insert(import.key.clone());
         }
+        if !output.rejections.is_empty() {
+            self.rejecting.insert(import.key.clone());
+        }
         self.outputs.insert(import.key.clone(), output);
     }
 
     fn remove_output(&mut self, key: &ObjectKey) -> Option<ImportOutput> {
         let output = self.outputs.remove(key)?;
+        self.rejecting.remove(key);
         if let Some(service) = &output.derived_service {
             let index = (key.namespace.clone(), service.clone());
             if let Some(imports) = self.derived.get_mut(&index) {
@@ -239,16 +277,17 @@ impl Incremental {
     fn update_conflicts(&mut self, frontend: &Frontend) {
         let rejections: Vec<Rejection> = match self.claims.get(frontend) {
             Some(claimants) if !is_marker(frontend) => {
-                let winner = claimants.keys().next();
+                let winner = claimants.winner();
                 claimants
+                    .0
                     .iter()
                     .flat_map(|(key, count)| {
-                        let losing = if Some(key) == winner {
+                        let losing = if Some(&**key) == winner {
                             count - 1
                         } else {
                             *count
                         };
-                        std::iter::repeat_n(key, losing as usize)
+                        std::iter::repeat_n(&**key, losing as usize)
                     })
                     .filter_map(|key| Some(conflict(key, frontend, winner?)))
                     .collect()

@@ -14,19 +14,26 @@
 //!   ClusterSetIP ranges);
 //! * `import.rs`: what one import asks for — its frontends and backends;
 //! * `changes.rs`: which imports two snapshots differ in;
+//! * `journal.rs`: a source's record of what changed, update by update;
+//! * `follow.rs`: the state following a source's updates (changes from
+//!   its journal, or a diff when the journal cannot say);
 //! * `incremental.rs`: the engine keeping the whole state up to date import
 //!   by import, resolving conflicts between imports.
 
 mod changes;
+mod follow;
 mod import;
 mod incremental;
+mod journal;
 mod policy;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 pub use self::{
     changes::Changes,
+    follow::{Follower, Found},
     incremental::Incremental,
+    journal::Journal,
     policy::{ClusterCidrs, ClustersetIpCidrs, Locality, Policy},
 };
 use crate::model::{ObjectKey, Protocol, Rejection, Snapshot};
@@ -48,8 +55,11 @@ impl std::fmt::Display for Frontend {
 pub struct Backend {
     pub addr: Ipv4Addr,
     pub port: u16,
-    /// Source cluster; empty when the slice does not say.
-    pub cluster: String,
+    /// Source cluster; empty when the slice does not say. Shared by the
+    /// backends of a slice (a million backends would otherwise hold a
+    /// million copies of a few names, in the desired state and again in
+    /// what the reconciler applied).
+    pub cluster: Arc<str>,
     /// Relative share of new flows (Maglev weight, > 0).
     pub weight: u32,
     /// Serving but terminating (used because no endpoint is ready).
@@ -70,7 +80,8 @@ pub struct FrontendSpec {
     pub kind: FrontendKind,
     /// `namespace/name:port-name` for operators.
     pub name: String,
-    pub import: ObjectKey,
+    /// Shared by the frontends of an import and the engine's bookkeeping.
+    pub import: Arc<ObjectKey>,
     /// Sorted, deduplicated.
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds.

@@ -157,10 +157,10 @@ pub(super) fn apply_locality(
             let Some(local) = local_cluster else {
                 return backends;
             };
-            if backends.iter().any(|b| b.cluster == local) {
+            if backends.iter().any(|b| &*b.cluster == local) {
                 backends
                     .into_iter()
-                    .filter(|b| b.cluster == local)
+                    .filter(|b| &*b.cluster == local)
                     .collect()
             } else {
                 backends
@@ -169,7 +169,7 @@ pub(super) fn apply_locality(
         Locality::Weighted(weights) => {
             let mut per_cluster: BTreeMap<&str, u32> = BTreeMap::new();
             for backend in &backends {
-                *per_cluster.entry(backend.cluster.as_str()).or_default() += 1;
+                *per_cluster.entry(&*backend.cluster).or_default() += 1;
             }
             let weighted: u32 = per_cluster
                 .keys()
@@ -188,8 +188,8 @@ pub(super) fn apply_locality(
             backends
                 .into_iter()
                 .filter_map(|mut backend| {
-                    let weight = u64::from(weights.get(&backend.cluster).copied().unwrap_or(0));
-                    let count = u64::from(counts.get(&backend.cluster).copied().unwrap_or(1));
+                    let weight = u64::from(weights.get(&*backend.cluster).copied().unwrap_or(0));
+                    let count = u64::from(counts.get(&*backend.cluster).copied().unwrap_or(1));
                     if weight == 0 {
                         return None;
                     }

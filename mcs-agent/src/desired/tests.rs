@@ -62,7 +62,7 @@ fn backends_merge_clusters_per_port_with_their_target_ports() {
     let addrs: Vec<_> = http
         .backends
         .iter()
-        .map(|b| (b.addr.to_string(), b.port, b.cluster.as_str()))
+        .map(|b| (b.addr.to_string(), b.port, &*b.cluster))
         .collect();
     // Ready only, target port per cluster, other namespaces ignored.
     assert_eq!(
@@ -76,7 +76,7 @@ fn backends_merge_clusters_per_port_with_their_target_ports() {
     // Only cluster a exposes `metrics`: b must never get its traffic.
     let metrics = &state.frontends[&frontend(9090)];
     assert_eq!(metrics.backends.len(), 1);
-    assert_eq!(metrics.backends[0].cluster, "a");
+    assert_eq!(&*metrics.backends[0].cluster, "a");
     assert_eq!(http.name, "demo/web:http");
     // Markers for fragment handling, one per protocol.
     assert_eq!(state.frontends[&frontend(0)].kind, FrontendKind::VipMarker);
@@ -173,7 +173,7 @@ fn with_policy(yaml: &str, locality: &str, local: &str) -> Vec<Backend> {
 fn local_first_keeps_the_local_cluster_and_spills_over() {
     let local = with_policy(TWO_CLUSTERS, "local-first", "b");
     assert!(
-        local.iter().all(|b| b.cluster == "b") && local.len() == 2,
+        local.iter().all(|b| &*b.cluster == "b") && local.len() == 2,
         "{local:?}"
     );
     let spill = with_policy(TWO_CLUSTERS, "local-first", "elsewhere");
@@ -186,14 +186,14 @@ fn weights_split_a_cluster_share_over_its_endpoints() {
     let weight = |cluster: &str| -> u32 {
         backends
             .iter()
-            .filter(|b| b.cluster == cluster)
+            .filter(|b| &*b.cluster == cluster)
             .map(|b| b.weight)
             .sum()
     };
     // a: one endpoint with 2/3; b: two endpoints sharing 1/3.
     assert_eq!(weight("a"), 2 * weight("b"));
     let only_a = with_policy(TWO_CLUSTERS, "weighted:a=1", "a");
-    assert!(only_a.iter().all(|b| b.cluster == "a"));
+    assert!(only_a.iter().all(|b| &*b.cluster == "a"));
     let unlisted = with_policy(TWO_CLUSTERS, "weighted:zz=1", "a");
     assert_eq!(unlisted.len(), 3, "no listed cluster: share alike");
 }
@@ -211,7 +211,7 @@ fn locality_parsing() {
     );
     let local = with_policy(&annotated, "none", "a");
     assert!(
-        local.iter().all(|b| b.cluster == "a"),
+        local.iter().all(|b| &*b.cluster == "a"),
         "annotation overrides the agent policy"
     );
 }
@@ -260,7 +260,7 @@ fn cluster_cidrs_keep_a_cluster_from_hijacking_another() {
         state.frontends[&frontend(80)]
             .backends
             .iter()
-            .all(|b| b.cluster == "a")
+            .all(|b| &*b.cluster == "a")
     );
     assert!("a=10.0.0.0/33".parse::<ClusterCidrs>().is_err());
     assert!("a".parse::<ClusterCidrs>().is_err());

@@ -9,12 +9,7 @@
 pub mod convert;
 pub mod manifest;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 /// Namespace and name of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,8 +218,9 @@ pub struct Snapshot {
     /// Keyed by each import's own `key` (finding changes relies on it).
     pub imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
     slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
-    /// (namespace, owner) → names of the slices it owns.
-    owners: BTreeMap<(String, SliceOwner), BTreeSet<String>>,
+    /// (namespace, owner) → names of the slices it owns, sorted (a vector:
+    /// most own one slice, and a set's node is sized for eleven).
+    owners: BTreeMap<(String, SliceOwner), Vec<String>>,
 }
 
 impl Snapshot {
@@ -239,10 +235,14 @@ impl Snapshot {
     ) -> Option<Arc<EndpointSlice>> {
         let slice = slice.into();
         let old = self.remove_slice(&slice.key);
-        self.owners
+        let names = self
+            .owners
             .entry((slice.key.namespace.clone(), slice.owner.clone()))
-            .or_default()
-            .insert(slice.key.name.clone());
+            .or_default();
+        if let Err(index) = names.binary_search(&slice.key.name) {
+            names.reserve_exact(1);
+            names.insert(index, slice.key.name.clone());
+        }
         self.slices.insert(slice.key.clone(), slice);
         old
     }
@@ -251,7 +251,9 @@ impl Snapshot {
         let old = self.slices.remove(key)?;
         let owner = (key.namespace.clone(), old.owner.clone());
         if let Some(names) = self.owners.get_mut(&owner) {
-            names.remove(&key.name);
+            if let Ok(index) = names.binary_search(&key.name) {
+                names.remove(index);
+            }
             if names.is_empty() {
                 self.owners.remove(&owner);
             }

@@ -85,7 +85,7 @@ impl Reconciler {
                 backends.push(Backend {
                     addr,
                     port,
-                    cluster: cluster_name(backend.cluster_id),
+                    cluster: cluster_name(backend.cluster_id).into(),
                     weight: 1,
                     terminating: backend.flags & BACKEND_F_TERMINATING != 0,
                 });

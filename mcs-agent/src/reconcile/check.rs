@@ -212,7 +212,7 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
             slots.push(Backend {
                 addr: identity.0,
                 port: identity.1,
-                cluster,
+                cluster: cluster.into(),
                 weight: 1,
                 terminating: value.flags & BACKEND_F_TERMINATING != 0,
             });
@@ -337,7 +337,7 @@ pub fn expected(desired: &DesiredState, slot_order: &Rendered) -> Rendered {
                 .into_iter()
                 .map(|backend| Backend {
                     // What fits the cluster-name map.
-                    cluster: NameValue::new(&backend.cluster).as_str().to_owned(),
+                    cluster: NameValue::new(&backend.cluster).as_str().into(),
                     weight: 1,
                     ..backend
                 })

@@ -287,7 +287,7 @@ mod tests {
                 .map(|n| Backend {
                     addr: Ipv4Addr::new(10, 1, 0, 0) | Ipv4Addr::from(u32::from(n)),
                     port: 8080,
-                    cluster: format!("c{}", n % 3),
+                    cluster: format!("c{}", n % 3).into(),
                     weight: 1,
                     terminating: false,
                 })
@@ -301,7 +301,7 @@ mod tests {
                 FrontendSpec {
                     kind: FrontendKind::Service,
                     name: format!("ns/svc:{port}"),
-                    import: ObjectKey::new("ns", "svc"),
+                    import: ObjectKey::new("ns", "svc").into(),
                     backends,
                     affinity_timeout: None,
                 },

@@ -294,10 +294,10 @@ impl Reconciler {
                 .backend_refs
                 .entry((backend.addr, backend.port))
                 .or_default() += 1;
-            if let Some(count) = self.cluster_refs.get_mut(&backend.cluster) {
+            if let Some(count) = self.cluster_refs.get_mut(&*backend.cluster) {
                 *count += 1;
             } else {
-                self.cluster_refs.insert(backend.cluster.clone(), 1);
+                self.cluster_refs.insert(backend.cluster.to_string(), 1);
             }
         }
     }
@@ -312,11 +312,12 @@ impl Reconciler {
                     self.unreferenced_backends.insert(identity);
                 }
             }
-            if let Some(count) = self.cluster_refs.get_mut(&backend.cluster) {
+            if let Some(count) = self.cluster_refs.get_mut(&*backend.cluster) {
                 *count -= 1;
                 if *count == 0 {
-                    self.cluster_refs.remove(&backend.cluster);
-                    self.unreferenced_clusters.insert(backend.cluster.clone());
+                    self.cluster_refs.remove(&*backend.cluster);
+                    self.unreferenced_clusters
+                        .insert(backend.cluster.to_string());
                 }
             }
         }

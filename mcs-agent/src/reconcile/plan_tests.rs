@@ -31,7 +31,7 @@ fn backend(n: u8) -> Backend {
     Backend {
         addr: Ipv4Addr::new(10, 1, 0, n),
         port: 8080,
-        cluster: format!("c{}", n % 2),
+        cluster: format!("c{}", n % 2).into(),
         weight: 1,
         terminating: false,
     }
@@ -41,7 +41,7 @@ fn spec(backends: Vec<Backend>) -> FrontendSpec {
     FrontendSpec {
         kind: FrontendKind::Service,
         name: "ns/web:http".into(),
-        import: ObjectKey::new("ns", "web"),
+        import: ObjectKey::new("ns", "web").into(),
         backends,
         affinity_timeout: None,
     }

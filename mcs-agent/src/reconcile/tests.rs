@@ -166,9 +166,9 @@ fn render(maps: &MemoryMaps) -> Rendered {
                     addr: value.addr(),
                     port: value.port(),
                     cluster: if value.cluster_id == 0 {
-                        String::new()
+                        "".into()
                     } else {
-                        maps.clusters[&value.cluster_id].clone()
+                        maps.clusters[&value.cluster_id].as_str().into()
                     },
                     // Weights live only in the table: checked below.
                     weight: 1,
@@ -245,7 +245,7 @@ fn backend_strategy() -> impl Strategy<Value = Backend> {
         |(host, port, cluster, terminating)| Backend {
             addr: Ipv4Addr::new(10, 1, 0, host),
             port: 8000 + port,
-            cluster: ["", "cluster-a", "cluster-b"][cluster].to_owned(),
+            cluster: ["", "cluster-a", "cluster-b"][cluster].into(),
             weight: 1,
             terminating,
         },
@@ -276,7 +276,7 @@ fn spec(backends: Vec<Backend>) -> FrontendSpec {
     FrontendSpec {
         kind: FrontendKind::Service,
         name: "ns/svc:http".into(),
-        import: ObjectKey::new("ns", "svc"),
+        import: ObjectKey::new("ns", "svc").into(),
         backends,
         affinity_timeout: None,
     }
@@ -297,7 +297,7 @@ fn desired_strategy() -> impl Strategy<Value = DesiredState> {
                     FrontendSpec {
                         kind: FrontendKind::Service,
                         name: format!("ns/{frontend}"),
-                        import: ObjectKey::new("ns", "svc"),
+                        import: ObjectKey::new("ns", "svc").into(),
                         backends: dedup_by_address(backends.into_iter().collect()),
                         affinity_timeout: None,
                     },
@@ -321,7 +321,7 @@ fn assert_refs_match_a_scan(reconciler: &Reconciler) {
     for applied in reconciler.applied.values() {
         for backend in &applied.backends {
             *backends.entry((backend.addr, backend.port)).or_default() += 1;
-            *clusters.entry(backend.cluster.clone()).or_default() += 1;
+            *clusters.entry(backend.cluster.to_string()).or_default() += 1;
         }
     }
     assert_eq!(reconciler.backend_refs, backends);
@@ -502,7 +502,7 @@ fn a_cold_sync_of_several_chunks_reports_exactly_the_failed_frontends() {
             FrontendSpec {
                 kind: FrontendKind::Service,
                 name: format!("ns/{frontend}"),
-                import: ObjectKey::new("ns", "svc"),
+                import: ObjectKey::new("ns", "svc").into(),
                 backends,
                 affinity_timeout: None,
             },

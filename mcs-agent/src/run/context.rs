@@ -14,7 +14,7 @@ use crate::{
     desired,
     events::Events,
     metrics::{Metrics, RejectionLabels, SourceLabels},
-    model::{Rejection, Snapshot},
+    model::Rejection,
     reconcile::Reconciler,
     rejection_log::RejectionLog,
     sources::{References, SourceUpdate},
@@ -27,9 +27,9 @@ pub(super) struct Context {
     metrics: Arc<Metrics>,
     policy: desired::Policy,
     reconciler: Reconciler,
-    /// Desired state kept up to date import by import, with the snapshot
-    /// it was computed from (None until the first sync).
-    desired: Option<(desired::Incremental, Snapshot)>,
+    /// Desired state kept up to date import by import, following the
+    /// source's updates (None until the first sync).
+    desired: Option<desired::Follower>,
     /// Rejections logged and counted, each once while it persists.
     rejections: RejectionLog,
     /// Kubernetes Events for rejections (API-server source only).
@@ -97,29 +97,32 @@ impl Context {
         // A failed apply may have left frontends out (a full map refuses new
         // ids): retry everything until all writes succeed again.
         let full_apply = self.failures.any();
-        let report = match self.desired.take() {
-            Some((mut engine, previous)) if engine.policy() == &self.policy => {
-                let changes = desired::Changes::between(&previous, &update.snapshot);
-                let affected = engine.affected(&changes);
-                let touched = engine.update(&update.snapshot, &affected);
-                let report = if full_apply {
-                    self.reconciler.apply(engine.state(), &mut self.maps)
-                } else {
+        let report = match &mut self.desired {
+            Some(follower) if follower.policy() == &self.policy => {
+                let (touched, _) = follower.advance(update.snapshot.clone(), &update.journal);
+                if full_apply {
                     self.reconciler
-                        .apply_changed(engine.state(), &touched, &mut self.maps)
-                };
-                self.desired = Some((engine, update.snapshot));
-                report
+                        .apply(follower.engine().state(), &mut self.maps)
+                } else {
+                    self.reconciler.apply_changed(
+                        follower.engine().state(),
+                        &touched,
+                        &mut self.maps,
+                    )
+                }
             }
             _ => {
-                let engine = desired::Incremental::new(&update.snapshot, self.policy.clone());
-                let report = self.reconciler.apply(engine.state(), &mut self.maps);
-                self.desired = Some((engine, update.snapshot));
-                report
+                let follower = self.desired.insert(desired::Follower::new(
+                    update.snapshot.clone(),
+                    update.journal.version(),
+                    self.policy.clone(),
+                ));
+                self.reconciler
+                    .apply(follower.engine().state(), &mut self.maps)
             }
         };
-        if let Some((engine, _)) = &self.desired {
-            let derived = engine.rejections();
+        if let Some(follower) = &self.desired {
+            let derived = follower.engine().rejections();
             self.report_rejections(&update.rejections, &derived, &update.references);
         }
         self.metrics

@@ -5,7 +5,9 @@
 //!   file holds wake the source (not the opens and reads of its own
 //!   re-reads, which would wake it again and again).
 //! * Reading and parsing run on a blocking thread, never on the async
-//!   workers (a large manifest takes a while to parse).
+//!   workers (a large manifest takes a while to parse); so does journaling
+//!   the update ([`Publisher`]: every object is parsed anew, so the diff
+//!   against the last update compares them all, off the agent's path).
 //! * A file that cannot be read or is not YAML keeps the objects it had
 //!   (nothing is lost to a half-written file); the error names the file
 //!   and is logged once, when it appears (and once when it is gone). The
@@ -21,6 +23,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -31,11 +34,14 @@ use notify::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use super::SourceUpdate;
-use crate::model::{
-    Rejection,
-    convert::Object,
-    manifest::{self, SyntaxError},
+use super::{Publisher, SourceUpdate};
+use crate::{
+    desired::Journal,
+    model::{
+        Rejection,
+        convert::Object,
+        manifest::{self, SyntaxError},
+    },
 };
 
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -206,7 +212,8 @@ impl FileSource {
             .collect();
         all.append(&mut rejections);
         SourceUpdate {
-            snapshot,
+            snapshot: Arc::new(snapshot),
+            journal: Journal::default(),
             rejections: all,
             references: Default::default(),
             complete: self.complete(),
@@ -215,21 +222,25 @@ impl FileSource {
     }
 
     /// [`reload`](Self::reload) and [`update`](Self::update) on a blocking
-    /// thread; hands the source back.
+    /// thread, journaled by `publisher` there too (the diff against the
+    /// last update compares every re-parsed object); hands both back, with
+    /// the update to publish if anything changed.
     async fn reload_blocking(
         mut self,
+        mut publisher: Publisher,
     ) -> Result<
         (
             Self,
+            Publisher,
             Result<Vec<FileSourceError>, FileSourceError>,
-            SourceUpdate,
+            Option<SourceUpdate>,
         ),
         FileSourceError,
     > {
         tokio::task::spawn_blocking(move || {
             let result = self.reload();
-            let update = self.update();
-            (self, result, update)
+            let update = publisher.prepare(self.update());
+            (self, publisher, result, update)
         })
         .await
         .map_err(FileSourceError::Reader)
@@ -243,16 +254,20 @@ impl FileSource {
         self,
         updates: watch::Sender<Option<SourceUpdate>>,
     ) -> Result<(), FileSourceError> {
-        let (mut source, loaded, update) = self.reload_blocking().await?;
+        let (mut source, mut publisher, loaded, update) =
+            self.reload_blocking(Publisher::default()).await?;
         let mut logged = FailureLog::default();
         logged.report(&loaded?);
-        if !update.complete {
-            warn!(
-                path = %source.path.display(),
-                "some files never parsed: the snapshot is incomplete (an adopted dataplane is kept as it is until they do)"
-            );
+        // The first update is always published (nothing was before it).
+        if let Some(update) = update {
+            if !update.complete {
+                warn!(
+                    path = %source.path.display(),
+                    "some files never parsed: the snapshot is incomplete (an adopted dataplane is kept as it is until they do)"
+                );
+            }
+            updates.send_replace(Some(update));
         }
-        updates.send_replace(Some(update));
         info!(path = %source.path.display(), "file source loaded");
 
         let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -276,8 +291,8 @@ impl FileSource {
                 _ = missing_poll.tick(), if missing => {}
                 () = updates.closed() => return Ok(()),
             }
-            let (reloaded, result, update) = source.reload_blocking().await?;
-            source = reloaded;
+            let (reloaded, kept, result, update) = source.reload_blocking(publisher).await?;
+            (source, publisher) = (reloaded, kept);
             match result {
                 Ok(errors) => {
                     if missing || watcher.is_none() {
@@ -301,14 +316,9 @@ impl FileSource {
                     }
                 }
             }
-            updates.send_if_modified(|current| {
-                if current.as_ref() == Some(&update) {
-                    false
-                } else {
-                    *current = Some(update);
-                    true
-                }
-            });
+            if let Some(update) = update {
+                updates.send_replace(Some(update));
+            }
         }
     }
 

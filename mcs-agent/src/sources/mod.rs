@@ -4,6 +4,13 @@
 //! reference to every object, so that the rejections the agent derives
 //! later can become Events on them ([`crate::events`]). Sources neither
 //! compute desired state nor report: that is the run loop's job.
+//!
+//! Each update carries the source's [`Journal`] of what changed, update by
+//! update ([`Publisher`]): the agent recomputes the imports it names
+//! without comparing whole snapshots on its update path. The source finds
+//! the changes when it publishes (off that path), by a diff against what
+//! it published last, which costs pointer compares for the objects it
+//! reused.
 
 pub mod file;
 pub mod kube;
@@ -21,7 +28,10 @@ use self::{
     file::{FileSource, FileSourceError},
     kube::{KubeSource, KubeSourceError, KubeSourceOptions},
 };
-use crate::model::{ObjectKey, Rejection, Snapshot};
+use crate::{
+    desired::{Changes, Journal},
+    model::{ObjectKey, Rejection, Snapshot},
+};
 
 /// Where ServiceImports and EndpointSlices come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +60,10 @@ impl FromStr for SourceSpec {
 /// Everything a source currently knows, with the problems it found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceUpdate {
-    pub snapshot: Snapshot,
+    /// Shared: the channel, the agent and DNS hold the same snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// What changed in the last versions; its version is this update's.
+    pub journal: Journal,
     pub rejections: Vec<Rejection>,
     /// The API objects behind the snapshot (empty for files).
     pub references: Arc<References>,
@@ -63,6 +76,42 @@ pub struct SourceUpdate {
     /// What the source cannot read right now, one line each (its last good
     /// state is kept meanwhile); empty while it is healthy.
     pub failures: Vec<String>,
+}
+
+/// Journals a source's updates: each update published gets the next
+/// version, with what changed since the one published before.
+#[derive(Debug, Default)]
+pub struct Publisher {
+    journal: Journal,
+    last: Option<SourceUpdate>,
+}
+
+impl Publisher {
+    /// `update` with the journal up to it, or `None` when it tells nothing
+    /// new (the same objects, problems and health as the last one).
+    pub fn prepare(&mut self, mut update: SourceUpdate) -> Option<SourceUpdate> {
+        match &self.last {
+            None => {
+                self.journal.restart();
+            }
+            Some(last) => {
+                let changes = Changes::between(&last.snapshot, &update.snapshot);
+                let same = changes.is_empty()
+                    && last.rejections == update.rejections
+                    && (Arc::ptr_eq(&last.references, &update.references)
+                        || last.references == update.references)
+                    && last.complete == update.complete
+                    && last.failures == update.failures;
+                if same {
+                    return None;
+                }
+                self.journal.record(changes);
+            }
+        }
+        update.journal = self.journal.clone();
+        self.last = Some(update.clone());
+        Some(update)
+    }
 }
 
 /// API objects by kind and namespace/name.

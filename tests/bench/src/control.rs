@@ -5,8 +5,9 @@
 //!   with a cold `iptables-restore` of the same services (kube-proxy-shaped)
 //!   into a fresh network namespace;
 //! * one endpoint change with everything loaded: the agent's path for an
-//!   update (`desired::compute_with` over the whole snapshot, then the diff
-//!   `Reconciler::apply`), until a map lookup sees the new endpoint;
+//!   update (the changed set from the update's journal, the incremental
+//!   desired state of the affected imports, `Reconciler::apply_changed`),
+//!   until a map lookup sees the new endpoint;
 //! * map writes one `bpf(BPF_MAP_UPDATE_ELEM)` at a time (aya) against
 //!   `BPF_MAP_UPDATE_BATCH` (aya 0.14 has no batch operations: raw `bpf(2)`);
 //! * the agent binary on the same manifest: peak RSS (`VmHWM`) and the
@@ -14,7 +15,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     process::Command,
@@ -25,9 +26,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{EbpfLoader, maps::IterableMap as _};
 use mcs_agent::{
     dataplane::{EBPF_OBJECT, MapHandles, MapSizes, PinnedMaps},
-    desired,
-    model::{EndpointSlice, ObjectKey, Snapshot, manifest},
-    reconcile::{Reconciler, service_key},
+    model::{Snapshot, manifest},
+    reconcile::Reconciler,
 };
 use mcs_common::{BACKEND_F_READY, BackendKey, BackendValue, names};
 use mcs_tests::{
@@ -37,9 +37,9 @@ use mcs_tests::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpfsys,
+    bpfsys, change,
     perpacket::{progress, target_backends},
-    rules::{self, HTTP_PORT, ServiceSet},
+    rules::{self, ServiceSet},
     stats,
 };
 
@@ -50,21 +50,6 @@ pub struct Config {
     pub reps: usize,
     pub changes: usize,
     pub batch_entries: usize,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ChangeTimes {
-    /// Change → the map holds it (ms), per change.
-    pub total_ms: Vec<f64>,
-    /// Of which the desired state: the changed set (snapshot diff) and the
-    /// incremental `desired::Incremental::update` of the affected imports.
-    pub compute_ms: Vec<f64>,
-    /// Of `compute_ms`, the snapshot diff (`desired::Changes::between`).
-    #[serde(default)]
-    pub diff_ms: Vec<f64>,
-    /// Of which `Reconciler::apply_changed` of the touched frontends (map writes).
-    pub apply_ms: Vec<f64>,
-    pub map_writes_per_change: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -94,7 +79,7 @@ pub struct Control {
     /// Cold `iptables-restore` of the same services (s), per repetition.
     pub iptables_restore_s: Vec<f64>,
     pub iptables_rules: usize,
-    pub change: ChangeTimes,
+    pub change: change::ChangeTimes,
     pub batch_entries: usize,
     /// Backend-map updates per second, one syscall each.
     pub single_updates_per_s: Vec<f64>,
@@ -183,115 +168,6 @@ pub fn settle() {
             return;
         }
     }
-}
-
-/// The change test stops after this long (having done at least
-/// [`MIN_CHANGES`]), whatever `changes` says.
-const CHANGE_BUDGET: Duration = Duration::from_secs(90);
-const MIN_CHANGES: usize = 20;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Changes one endpoint of one service per step and times the agent's path
-/// (`run.rs`) until the backend map holds the new address: snapshot diff →
-/// affected imports → incremental desired state → apply of the touched
-/// frontends → map lookup.
-pub fn change_latency(
-    set: &ServiceSet,
-    snapshot: &mut Snapshot,
-    engine: &mut desired::Incremental,
-    maps: &mut MapHandles,
-    reconciler: &mut Reconciler,
-    changes: usize,
-) -> Result<ChangeTimes> {
-    let mut times = ChangeTimes::default();
-    let mut writes = 0usize;
-    let mut state = 0x5eed_u64;
-    let others = set.len().saturating_sub(1).max(1);
-    let budget = Instant::now() + CHANGE_BUDGET;
-    // The agent keeps the snapshot it last applied; the change arrives as a
-    // new snapshot (made outside the timing by changing a copy in step).
-    let mut previous = snapshot.clone();
-    for n in 0..changes {
-        if n >= MIN_CHANGES && Instant::now() > budget {
-            break;
-        }
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let index = usize::try_from(state >> 33).unwrap_or(0) % others;
-        let service = &set.services[index];
-        let key = ObjectKey::new(
-            service.namespace.clone(),
-            format!("{}-{}", service.name, rules::CLUSTER),
-        );
-        // A fresh address from outside the pool.
-        let fresh =
-            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 66, 0, 1)) + u32::try_from(n).unwrap_or(0));
-        let mut slice = EndpointSlice::clone(
-            snapshot
-                .slices()
-                .get(&key)
-                .with_context(|| format!("slice {key} missing"))?,
-        );
-        slice
-            .endpoints
-            .get_mut(n % service.endpoints.len().max(1))
-            .context("endpoint")?
-            .addresses = vec![IpAddr::V4(fresh)];
-        let slice = std::sync::Arc::new(slice);
-        snapshot.insert_slice(slice.clone());
-        let start = Instant::now();
-        let changed = desired::Changes::between(&previous, snapshot);
-        let affected = engine.affected(&changed);
-        let diffed = Instant::now();
-        let touched = engine.update(snapshot, &affected);
-        let computed = Instant::now();
-        let report = reconciler.apply_changed(engine.state(), &touched, maps);
-        let applied = Instant::now();
-        if let Some((frontend, error)) = report.errors.first() {
-            bail!("apply failed on {frontend}: {error}");
-        }
-        writes += report.map_writes;
-        // The map holds it: find the frontend and the new backend.
-        let frontend = desired::Frontend {
-            addr: service.vip,
-            port: HTTP_PORT,
-            protocol: mcs_agent::model::Protocol::Tcp,
-        };
-        let value = maps
-            .services
-            .get(&service_key(&frontend), 0)
-            .context("service entry")?;
-        let found = (0..value.backend_count).any(|slot| {
-            maps.backends
-                .get(
-                    &BackendKey {
-                        frontend_id: value.frontend_id,
-                        slot,
-                    },
-                    0,
-                )
-                .is_ok_and(|b| b.addr() == fresh)
-        });
-        let seen = Instant::now();
-        ensure!(
-            found,
-            "change {n}: the new endpoint {fresh} is not in the map"
-        );
-        previous.insert_slice(slice);
-        times.total_ms.push(ms(seen - start));
-        times.diff_ms.push(ms(diffed - start));
-        times.compute_ms.push(ms(computed - start));
-        times.apply_ms.push(ms(applied - computed));
-    }
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
-    {
-        times.map_writes_per_change = writes as f64 / times.total_ms.len().max(1) as f64;
-    }
-    Ok(times)
 }
 
 fn update_rates(entries: usize) -> Result<(f64, f64)> {
@@ -418,16 +294,15 @@ pub fn run(config: &Config) -> Result<Control> {
     let started = Instant::now();
     let set = ServiceSet::new(config.services, config.endpoints, &target_backends());
     let parse_start = Instant::now();
-    let mut snapshot = snapshot_of(&set)?;
-    let engine = desired::Incremental::new(&snapshot, desired::Policy::default());
-    let rejections = engine.rejections();
-    let desired_state = engine.state();
+    let mut followed = change::Followed::new(snapshot_of(&set)?)?;
+    let rejections = followed.follower.engine().rejections();
     ensure!(
         rejections.is_empty(),
         "desired state rejected: {:?}",
         rejections.first()
     );
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
+    let desired_state = followed.follower.engine().state();
     let maglev_start = Instant::now();
     for (_, spec) in desired_state.service_frontends() {
         let size = mcs_agent::maglev::rule_size(spec.backends.len());
@@ -496,11 +371,9 @@ pub fn run(config: &Config) -> Result<Control> {
         report.errors.is_empty(),
         "sync before the change test failed"
     );
-    let mut engine = engine;
-    result.change = change_latency(
+    result.change = change::change_latency(
         &set,
-        &mut snapshot,
-        &mut engine,
+        &mut followed,
         &mut maps,
         &mut reconciler,
         config.changes,
@@ -514,8 +387,7 @@ pub fn run(config: &Config) -> Result<Control> {
         p(&result.change.apply_ms, 50.0)
     ));
     drop(maps);
-    drop(snapshot);
-    drop(engine);
+    drop(followed);
 
     result.agent = agent_memory(&set, &[])?;
     progress(&format!(
@@ -527,7 +399,7 @@ pub fn run(config: &Config) -> Result<Control> {
     ));
     result.notes = vec![
         "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded. Before each timed step the bench waits (at most 5 s) until a CPU is idle, so the kernel's background teardown of the previous step (a namespace with 320k rules, freed maps) does not land in it.".to_owned(),
-        "Endpoint change: one endpoint address of one service replaced in the model; timed through the agent's per-update path (run.rs): the snapshot diff against the last applied snapshot (desired::Changes::between), the incremental desired state of the affected imports (desired::Incremental::update) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing are not included.".to_owned(),
+        "Endpoint change: one endpoint address of one service replaced in the model and published as the sources publish (sources::Publisher journals what changed; timed apart as the source's side); then timed through the agent's per-update path (run/context.rs): the changed set from the update's journal (desired::Follower::changes: the entries after the version last applied, no snapshot diff), the incremental desired state of the affected imports (Follower::apply) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing, and the source's journaling, are not included.".to_owned(),
         "Single vs batch: backend-slot inserts into an empty (preallocated) map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent's cold sync writes in batches like this; later changes write one entry per syscall (a change is a few entries).".to_owned(),
     ];
     Ok(result)

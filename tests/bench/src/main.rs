@@ -8,6 +8,7 @@
 //! `run` starts inside its network namespaces.
 
 mod bpfsys;
+mod change;
 mod control;
 mod controller;
 mod counters;

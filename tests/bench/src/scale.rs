@@ -19,17 +19,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use mcs_agent::{
-    dataplane::memory,
-    desired::{self, DesiredState},
-    maglev,
-    reconcile::Reconciler,
-};
+use mcs_agent::{dataplane::memory, desired::DesiredState, maglev, reconcile::Reconciler};
 use mcs_common::{MAPS, maglev_chunks, maglev_wide, names};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    control::{self, AgentMemory, ChangeTimes},
+    change::{self, ChangeTimes, Followed},
+    control::{self, AgentMemory},
     perpacket::{progress, target_backends},
     rules::ServiceSet,
 };
@@ -123,15 +119,15 @@ fn point(config: &Config) -> Result<ScalePoint> {
     let flags = set.map_size_flags(config.conntrack);
     let cpus = memory::possible_cpus().context("possible CPUs")?;
     let parse_start = Instant::now();
-    let mut snapshot = control::snapshot_of(&set)?;
-    let mut engine = desired::Incremental::new(&snapshot, desired::Policy::default());
+    let mut followed = Followed::new(control::snapshot_of(&set)?)?;
+    let rejections = followed.follower.engine().rejections();
     ensure!(
-        engine.rejections().is_empty(),
+        rejections.is_empty(),
         "desired state rejected: {:?}",
-        engine.rejections().first()
+        rejections.first()
     );
     let parse_and_compute_s = parse_start.elapsed().as_secs_f64();
-    let state = engine.state();
+    let state = followed.follower.engine().state();
     let maglev_start = Instant::now();
     for (_, spec) in state.service_frontends() {
         let size = maglev::rule_size(spec.backends.len());
@@ -184,15 +180,14 @@ fn point(config: &Config) -> Result<ScalePoint> {
         reconciler.apply(state, &mut maps).errors.is_empty(),
         "sync before the change test failed"
     );
-    result.change = control::change_latency(
+    result.change = change::change_latency(
         &set,
-        &mut snapshot,
-        &mut engine,
+        &mut followed,
         &mut maps,
         &mut reconciler,
         config.changes,
     )?;
-    drop((maps, reconciler, snapshot, engine));
+    drop((maps, reconciler, followed));
 
     result.agent = control::agent_memory(&set, &flags)?;
     let service_ports = u32::try_from(result.service_ports).unwrap_or(u32::MAX);

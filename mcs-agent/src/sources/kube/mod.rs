@@ -28,7 +28,9 @@
 //! * Changes are debounced on the leading edge: a change after a quiet
 //!   period is published at once, a burst is coalesced into at most one
 //!   update per debounce window; an update is published only when the
-//!   converted state (or an object's identity) differs from the last one.
+//!   converted state (or an object's identity) differs from the last one,
+//!   with what changed journaled ([`super::Publisher`]; conversions of
+//!   unchanged objects are reused, so that diff is pointer compares).
 //! * Each update carries a reference to every converted object; the run
 //!   loop turns rejections into Events with them ([`crate::events`]), from
 //!   the client this source hands out ([`KubeSource::client`]).
@@ -49,7 +51,7 @@ use self::{
     snapshot::SnapshotBuilder,
     watchers::{ListState, WATCHED, WatchState, observe, watch_all},
 };
-use super::SourceUpdate;
+use super::{Publisher, SourceUpdate};
 use crate::kube_config::{self, KubeConfigError};
 
 /// Failed to start the Kubernetes source.
@@ -123,6 +125,7 @@ impl KubeSource {
         let mut streams = select_all(streams);
         let mut states: Vec<WatchState> = WATCHED.iter().map(|_| WatchState::new()).collect();
         let mut builder = SnapshotBuilder::default();
+        let mut publisher = Publisher::default();
         let mut publish_at: Option<Instant> = None;
         let mut last_publish: Option<Instant> = None;
         let mut published = false;
@@ -156,14 +159,11 @@ impl KubeSource {
                         })
                         .collect();
                     let (imports, slices) = (update.snapshot.imports.len(), update.snapshot.slices().len());
-                    let changed = updates.send_if_modified(|current| {
-                        if current.as_ref() == Some(&update) {
-                            false
-                        } else {
-                            *current = Some(update);
-                            true
-                        }
-                    });
+                    let update = publisher.prepare(update);
+                    let changed = update.is_some();
+                    if let Some(update) = update {
+                        updates.send_replace(Some(update));
+                    }
                     if !published {
                         published = true;
                         info!(imports, slices, "initial list complete");

@@ -190,7 +190,7 @@ impl SnapshotBuilder {
         let mut rejections = gathered.rejections;
         rejections.extend(duplicates);
         SourceUpdate {
-            snapshot,
+            snapshot: Arc::new(snapshot),
             rejections,
             references: Arc::new(gathered.references),
             ..SourceUpdate::default()

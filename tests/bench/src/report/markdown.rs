@@ -139,12 +139,22 @@ fn scale_section(md: &mut String, points: &[ScalePoint]) {
             }),
         ),
         (
-            "of which changed set (snapshot diff) p50 / p99",
+            "of which changed set (from the update's journal) p50 / p99",
             Box::new(move |s| {
                 format!(
                     "{} / {} ms",
                     p(&s.change.diff_ms, 50.0),
                     p(&s.change.diff_ms, 99.0)
+                )
+            }),
+        ),
+        (
+            "before it, the source journaling the change (not included) p50 / p99",
+            Box::new(move |s| {
+                format!(
+                    "{} / {} ms",
+                    p(&s.change.source_ms, 50.0),
+                    p(&s.change.source_ms, 99.0)
                 )
             }),
         ),
@@ -423,7 +433,7 @@ fn control_section(md: &mut String, c: &Control) {
          | iptables-restore ÷ mcs sync | {} |\n\
          | endpoint change → map: p50 / p99 | {} / {} ms |\n\
          | of which desired state (changed set + affected imports) p50 / p99 | {} / {} ms |\n\
-         | of which changed set (snapshot diff) p50 / p99 | {} / {} ms |\n\
+         | of which changed set (from the update's journal) p50 / p99 | {} / {} ms |\n\
          | of which map writes p50 / p99 | {} / {} ms |\n\
          | map updates/s, one syscall each ({} entries) | {} |\n\
          | map updates/s, BPF_MAP_UPDATE_BATCH | {} |\n\

@@ -4,7 +4,8 @@
 
 use super::{Report, fmt_summary, rates, ratio, scale_name};
 use crate::{
-    control::{ChangeTimes, Control},
+    change::ChangeTimes,
+    control::Control,
     controller::ControllerBench,
     e2e::Mode,
     load::{Kind, LoadResult},

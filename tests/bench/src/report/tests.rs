@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::{
-    control::{AgentMemory, ChangeTimes},
+    change::ChangeTimes,
+    control::AgentMemory,
     controller::{ControllerBench, ReconcileStats},
     counters::CounterCalibration,
     e2e::ModeResult,
@@ -38,6 +39,7 @@ fn scale_point(ports: usize, cold: f64, rss_mib: u64, bpf_mib: u64, p99_ms: f64)
             compute_ms: vec![p99_ms / 2.0; 2],
             apply_ms: vec![0.05; 2],
             diff_ms: vec![p99_ms / 3.0; 2],
+            source_ms: vec![p99_ms; 2],
             map_writes_per_change: 2.0,
         },
         agent: AgentMemory {
@@ -182,6 +184,7 @@ fn sample_report() -> Report {
                 compute_ms: vec![1.0; 100],
                 apply_ms: vec![0.1; 100],
                 diff_ms: vec![0.5; 100],
+                source_ms: vec![5.0; 100],
                 map_writes_per_change: 3.0,
             },
             batch_entries: 1000,
@@ -276,7 +279,7 @@ fn goals_are_judged_from_the_numbers() {
     let change = find("change → map ≤ 1 ms");
     assert_eq!(change.met, Some(false));
     assert!(
-        change.limits.contains("changed set alone"),
+        change.limits.contains("changed set takes"),
         "{}",
         change.limits
     );
