@@ -755,16 +755,6 @@ fn bench_helper_counts_answers() {
     assert!(bench(&server, 500) > 0.0);
 }
 
-/// `cargo test -p mcs-agent --release --test dns -- --ignored --nocapture`
-#[test]
-#[ignore = "benchmark (timing, not a check): cargo test -p mcs-agent --test dns -- --ignored --nocapture"]
-fn dns_udp_queries_per_second() {
-    let server = TestServer::start(Some(MANIFEST));
-    bench(&server, 5_000); // warm-up
-    let qps = bench(&server, 200_000);
-    println!("dns_udp_queries_per_second: {qps:.0}");
-}
-
 /// UDP answers over the rate go out as nothing or, every `slip`-th, as an
 /// empty truncated answer; TCP is never limited, so `dig` (which retries a
 /// truncated answer over TCP) still gets its answer.

@@ -50,6 +50,8 @@ pub struct Config {
     pub reps: usize,
     pub changes: usize,
     pub batch_entries: usize,
+    /// DNS queries timed against the responder holding these services.
+    pub dns_queries: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -86,6 +88,8 @@ pub struct Control {
     /// The same with `BPF_MAP_UPDATE_BATCH` (4096 per call).
     pub batch_updates_per_s: Vec<f64>,
     pub agent: AgentMemory,
+    /// The DNS responder's UDP throughput with these services.
+    pub dns: Option<crate::dns::DnsLoad>,
     pub notes: Vec<String>,
 }
 
@@ -389,6 +393,19 @@ pub fn run(config: &Config) -> Result<Control> {
     drop(maps);
     drop(followed);
 
+    let name = format!("target.{}.svc.clusterset.local.", rules::NAMESPACE);
+    let dns = crate::dns::run(
+        snapshot_of(&set)?,
+        config.services,
+        &name,
+        config.dns_queries,
+    )?;
+    progress(&format!(
+        "  control: DNS responder {:.0} UDP queries/s ({} lost of {})",
+        dns.queries_per_s, dns.lost, dns.queries
+    ));
+    result.dns = Some(dns);
+
     result.agent = agent_memory(&set, &[])?;
     progress(&format!(
         "  control: agent synced in {:.1}s, VmHWM {:.1} MiB, BPF maps {:.1} MiB ({:.0}s in total)",
@@ -400,6 +417,7 @@ pub fn run(config: &Config) -> Result<Control> {
     result.notes = vec![
         "Cold sync: Reconciler::apply of the whole desired state into freshly created maps (the agent's first sync; stats counters of fresh maps are zero, so they are not reset), interleaved with a cold iptables-restore of the same services into a fresh network namespace; one warm-up repetition discarded. Before each timed step the bench waits (at most 5 s) until a CPU is idle, so the kernel's background teardown of the previous step (a namespace with 320k rules, freed maps) does not land in it.".to_owned(),
         "Endpoint change: one endpoint address of one service replaced in the model and published as the sources publish (sources::Publisher journals what changed; timed apart as the source's side); then timed through the agent's per-update path (run/context.rs): the changed set from the update's journal (desired::Follower::changes: the entries after the version last applied, no snapshot diff), the incremental desired state of the affected imports (Follower::apply) and Reconciler::apply_changed of the touched frontends, until a map lookup returns the new backend. The file source's debounce and YAML parsing, and the source's journaling, are not included.".to_owned(),
+        "DNS: the agent's responder (mcs_agent::dns::serve, rate limiting off, two worker threads) on loopback holding these services, A queries for the measured service's name from one client with 64 in flight, on the same runtime; a warm-up of a tenth as many first.".to_owned(),
         "Single vs batch: backend-slot inserts into an empty (preallocated) map, one bpf(BPF_MAP_UPDATE_ELEM) per entry (aya) vs BPF_MAP_UPDATE_BATCH of 4096 (aya 0.14 has no batch operations; called through bpf(2) directly). The agent's cold sync writes in batches like this; later changes write one entry per syscall (a change is a few entries).".to_owned(),
     ];
     Ok(result)

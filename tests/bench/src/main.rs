@@ -12,6 +12,7 @@ mod change;
 mod control;
 mod controller;
 mod counters;
+mod dns;
 mod e2e;
 mod load;
 mod packet;
@@ -135,6 +136,7 @@ fn plan(size: Size) -> Plan {
                 reps: 2,
                 changes: 50,
                 batch_entries: 20_000,
+                dns_queries: 20_000,
             },
             controller: controller::Config {
                 exports: 150,
@@ -179,6 +181,7 @@ fn plan(size: Size) -> Plan {
                 reps: 5,
                 changes: 500,
                 batch_entries: 200_000,
+                dns_queries: 200_000,
             },
             controller: controller::Config {
                 exports: 1000,

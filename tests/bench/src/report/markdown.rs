@@ -474,6 +474,13 @@ fn control_section(md: &mut String, c: &Control) {
         c.agent.vm_rss_kib as f64 / 1024.0,
         c.agent.bpf_memlock_bytes as f64 / 1_048_576.0,
     );
+    if let Some(dns) = &c.dns {
+        let _ = writeln!(
+            md,
+            "| DNS responder, UDP A queries/s ({} services; {} queries, {} in flight; {} lost) | {:.0} |",
+            dns.services, dns.queries, dns.window, dns.lost, dns.queries_per_s
+        );
+    }
     md.push_str("\nBPF map memory by map:\n\n| map | MiB |\n|---|---|\n");
     for (name, bytes) in &c.agent.bpf_maps {
         let _ = writeln!(md, "| {name} | {:.2} |", *bytes as f64 / 1_048_576.0);
