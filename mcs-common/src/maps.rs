@@ -13,9 +13,10 @@
 use core::mem::size_of;
 
 use crate::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MaglevChunk, NameValue, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, prefilter::PREFILTER_WORDS,
+    AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
+    BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, DropReason, FrontendStats,
+    MaglevChunk, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue,
+    prefilter::PREFILTER_WORDS,
 };
 
 /// Map names as they appear in the ELF object, in bpffs and to `bpftool`.
@@ -45,6 +46,14 @@ pub mod names {
     pub const ABI: &str = "MCS_ABI";
     /// Jiffies → nanoseconds for entry timestamps ([`crate::ClockValue`]).
     pub const CLOCK: &str = "MCS_CLOCK";
+    /// IPv6 frontends (the same values and frontend ids as [`SERVICES`]).
+    pub const SERVICES_V6: &str = "MCS_SVC_V6";
+    /// The slots of IPv6 frontends.
+    pub const BACKENDS_V6: &str = "MCS_BACKEND_V6";
+    /// IPv6 conntrack.
+    pub const CONNTRACK_V6: &str = "MCS_CT_V6";
+    /// IPv6 ClientIP affinity.
+    pub const AFFINITY_V6: &str = "MCS_AFFINITY_V6";
     /// Every map the agent pins, in the order of [`super::MAPS`].
     pub const ALL: [&str; super::MAPS.len()] = {
         let mut all = [""; super::MAPS.len()];
@@ -307,10 +316,40 @@ pub mod def {
         MapDef::fixed::<u32, u64>(names::PREFILTER, MapKind::Array, PREFILTER_WORDS)
             .with_flags(BPF_F_MMAPABLE);
     pub const CLOCK: MapDef = MapDef::fixed::<u32, ClockValue>(names::CLOCK, MapKind::Array, 1);
+
+    // IPv6: maps of their own, so IPv4 entries keep their size. Sized by the
+    // same capacities as their IPv4 rows (a frontend, slot or flow is one
+    // whichever its family); the maps indexed by frontend or backend id
+    // (counters, names, Maglev tables) are shared by both families.
+
+    /// As [`SERVICES`], keyed by an IPv6 ClusterSetIP.
+    pub const SERVICES_V6: MapDef = MapDef::new::<ServiceKeyV6, ServiceValue>(
+        names::SERVICES_V6,
+        MapKind::Hash,
+        Capacity::Frontends,
+    );
+    /// As [`BACKENDS`]: the slots of IPv6 frontends hold IPv6 backends.
+    pub const BACKENDS_V6: MapDef = MapDef::new::<BackendKey, BackendValueV6>(
+        names::BACKENDS_V6,
+        MapKind::Hash,
+        Capacity::BackendSlots,
+    );
+    /// As [`CONNTRACK`].
+    pub const CONNTRACK_V6: MapDef = MapDef::new::<CtKeyV6, CtValueV6>(
+        names::CONNTRACK_V6,
+        MapKind::LruHash,
+        Capacity::Conntrack,
+    );
+    /// As [`AFFINITY`].
+    pub const AFFINITY_V6: MapDef = MapDef::new::<AffinityKeyV6, AffinityValueV6>(
+        names::AFFINITY_V6,
+        MapKind::LruHash,
+        Capacity::Affinity,
+    );
 }
 
 /// Every map the agent pins, in a stable order.
-pub const MAPS: [MapDef; 15] = [
+pub const MAPS: [MapDef; 19] = [
     def::ABI,
     def::BACKEND_STATS,
     def::SOCK_REVNAT,
@@ -326,6 +365,10 @@ pub const MAPS: [MapDef; 15] = [
     def::AFFINITY,
     def::PREFILTER,
     def::CLOCK,
+    def::SERVICES_V6,
+    def::BACKENDS_V6,
+    def::CONNTRACK_V6,
+    def::AFFINITY_V6,
 ];
 
 #[cfg(test)]

@@ -148,11 +148,13 @@ impl MapSizes {
 /// (a layout change, another size), the others are recreated with it and
 /// the first sync writes all of them anew; nothing established depends on
 /// them (conntrack entries carry their own translation).
-pub const FRONTEND_GROUP: [&str; 4] = [
+pub const FRONTEND_GROUP: [&str; 6] = [
     names::SERVICES,
     names::BACKENDS,
     names::FRONTEND_META,
     names::MAGLEV,
+    names::SERVICES_V6,
+    names::BACKENDS_V6,
 ];
 
 /// What happened to each pinned map at load.
@@ -184,10 +186,10 @@ impl AdoptionReport {
 /// What recreating a map costs, for the log line that announces it.
 pub fn disruption(name: &str) -> &'static str {
     match name {
-        names::CONNTRACK => {
+        names::CONNTRACK | names::CONNTRACK_V6 => {
             "established flows lose their entries; Maglev re-selects the same backend for most of them, flows whose backend changed meanwhile may reset"
         }
-        names::AFFINITY => {
+        names::AFFINITY | names::AFFINITY_V6 => {
             "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend"
         }
         names::FRONTEND_STATS
