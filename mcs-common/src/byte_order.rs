@@ -36,6 +36,18 @@ pub trait NetAddr: Copy + Eq + Ord + Hash + Debug + sealed::Sealed {
     /// flow hashing; an IPv4 address is its own fold, so IPv4 bits and
     /// hashes are those of the address.
     fn fold(self) -> u32;
+
+    /// `acc` plus the address's 16-bit words (as loaded natively), unfolded:
+    /// its part of a ones-complement sum (`crate::checksum`).
+    fn add_words(self, acc: u32) -> u32;
+
+    /// The address with every bit flipped (its ones-complement negation).
+    fn complement(self) -> Self;
+}
+
+#[inline(always)]
+const fn add_u32_words(acc: u32, value: u32) -> u32 {
+    acc + (value & 0xffff) + (value >> 16)
 }
 
 mod sealed {
@@ -53,6 +65,16 @@ impl NetAddr for u32 {
     fn fold(self) -> u32 {
         self
     }
+
+    #[inline(always)]
+    fn add_words(self, acc: u32) -> u32 {
+        add_u32_words(acc, self)
+    }
+
+    #[inline(always)]
+    fn complement(self) -> Self {
+        !self
+    }
 }
 
 impl NetAddr for Addr6 {
@@ -66,6 +88,19 @@ impl NetAddr for Addr6 {
     #[inline(always)]
     fn fold(self) -> u32 {
         fold6(self)
+    }
+
+    #[inline(always)]
+    fn add_words(self, acc: u32) -> u32 {
+        add_u32_words(
+            add_u32_words(add_u32_words(add_u32_words(acc, self[0]), self[1]), self[2]),
+            self[3],
+        )
+    }
+
+    #[inline(always)]
+    fn complement(self) -> Self {
+        [!self[0], !self[1], !self[2], !self[3]]
     }
 }
 
