@@ -90,7 +90,15 @@ pub fn rewrite<F: Family>(
         )
         .map_err(|_| RewriteFailed)?;
     }
-    ctx.store(addr_off, &new_addr, 0)
+    // An IPv4 address change is offset by the header checksum's, so
+    // `CHECKSUM_COMPLETE`'s sum stays right; IPv6 has no header checksum,
+    // so the store itself updates that sum.
+    let addr_store_flags = if F::HEADER_CHECKSUM {
+        0
+    } else {
+        u64::from(BPF_F_RECOMPUTE_CSUM)
+    };
+    ctx.store(addr_off, &new_addr, addr_store_flags)
         .map_err(|_| RewriteFailed)?;
     ctx.store(port_off, &new_port, port_store_flags)
         .map_err(|_| RewriteFailed)
