@@ -137,11 +137,34 @@ pub fn forget_flow<F: Family>(reply_key: &CtKeyOf<F>, entry: *mut CtValueOf<F>) 
     F::ct_remove(reply_key);
 }
 
+/// What a SYN needs of the forward entry of an earlier flow of its tuple:
+/// the entry's backend and flags (copied out, not the whole entry: the
+/// stack is tight with IPv6 entries).
+pub struct Earlier<F> {
+    pub backend_addr: F,
+    pub backend_port: u16,
+    pub flags: u32,
+}
+
+/// The earlier flow a SYN meets at forward entry `entry` (`None`: it is a
+/// reply entry, not a flow this SYN opens again).
+#[inline(always)]
+pub fn earlier<F: Family>(entry: *mut CtValueOf<F>) -> Option<Earlier<F>> {
+    // SAFETY: `entry` came from a lookup in this program run; copied out.
+    unsafe {
+        (!(*entry).is_reply()).then(|| Earlier {
+            backend_addr: (*entry).backend_addr,
+            backend_port: (*entry).backend_port,
+            flags: (*entry).flags,
+        })
+    }
+}
+
 /// Whether a flow that had entry `old` and is now balanced to `backend`
 /// is a new flow for the counters: another backend, or the tuple of a
 /// finished flow used again (not a retransmitted SYN).
 #[inline(always)]
-pub fn is_new_flow<F: Family>(old: &CtValueOf<F>, backend: &BackendValueOf<F>) -> bool {
+pub fn is_new_flow<F: Family>(old: &Earlier<F>, backend: &BackendValueOf<F>) -> bool {
     old.backend_addr != backend.addr
         || old.backend_port != backend.port
         || old.flags & (CT_F_FIN | CT_F_RST) != 0
@@ -151,7 +174,7 @@ pub fn is_new_flow<F: Family>(old: &CtValueOf<F>, backend: &BackendValueOf<F>) -
 /// now goes to another backend (a reply entry is keyed by its backend, so
 /// the new one does not replace it).
 #[inline(always)]
-pub fn forget_reply<F: Family>(key: &CtKeyOf<F>, old: &CtValueOf<F>, backend: &BackendValueOf<F>) {
+pub fn forget_reply<F: Family>(key: &CtKeyOf<F>, old: &Earlier<F>, backend: &BackendValueOf<F>) {
     if old.backend_addr != backend.addr || old.backend_port != backend.port {
         let reply_key = self::key(
             old.backend_addr,
@@ -177,7 +200,9 @@ pub fn create<F: Family>(
     let now = now_ns();
     let flags = ct_flags(tcp_flags);
     let reply_key = self::key(backend.addr, key.saddr, backend.port, key.sport, key.proto);
-    let reply = CtValueOf {
+    // One value, rewritten for the forward entry after the reply's insert
+    // (the map copies it): an IPv6 entry is 64 bytes of a tight stack.
+    let mut value = CtValueOf {
         nat_addr: key.daddr,
         nat_port: key.dport,
         _pad: 0,
@@ -190,12 +215,9 @@ pub fn create<F: Family>(
         _pad3: 0,
         last_seen_ns: now,
     };
-    F::ct_insert(&reply_key, &reply)?;
-    let forward = CtValueOf {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        flags,
-        ..reply
-    };
-    F::ct_insert(key, &forward)
+    F::ct_insert(&reply_key, &value)?;
+    value.nat_addr = backend.addr;
+    value.nat_port = backend.port;
+    value.flags = flags;
+    F::ct_insert(key, &value)
 }

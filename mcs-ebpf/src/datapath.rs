@@ -28,7 +28,8 @@
 //! The steps are generic over the family ([`Family`]): IPv4 and IPv6
 //! packets run the same code over their own maps, instantiated once each.
 //!
-//! With the `debug-log` feature each step logs its outcome (`debug_log!`).
+//! With the `debug-log` feature each step logs its outcome (`debug_log!`);
+//! such a build translates IPv4 only (see [`process`]).
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
@@ -41,7 +42,7 @@ use crate::{
     family::Family,
     lb::{self, SelectError, Selector},
     maps::{count_backend, count_drop, count_frontend, count_no_backend, prefilter_may_contain},
-    packet::{self, Dest, IpFamily as _, Packet, PacketData, ParseError, Parsed},
+    packet::{self, Dest, IpFamily as _, L3, Packet, PacketData, ParseError},
 };
 
 /// Why a packet leaves the translation without being translated.
@@ -87,9 +88,9 @@ pub trait Hook {
     /// The program context (for log lines).
     fn ctx(&self) -> &Self::Ctx;
 
-    /// Parses the packet.
+    /// Parses the packet as one of family `F`.
     #[inline(always)]
-    fn parse(&self) -> Result<Parsed, ParseError> {
+    fn parse<F: Family>(&self) -> Result<Packet<F>, ParseError> {
         packet::parse(self.ctx())
     }
 
@@ -127,10 +128,35 @@ fn to_cluster_set_ip(dest: Dest) -> bool {
 /// Parses the hook's packet and translates it (see the module docs).
 #[inline(always)]
 pub fn process<H: Hook>(hook: &H, scope: Scope) -> Result<(), Error> {
+    match packet::l3(hook.ctx()) {
+        Some(L3::V4) => process_family::<H, u32>(hook, scope),
+        #[cfg(not(feature = "debug-log"))]
+        Some(L3::V6) => process_family::<H, mcs_common::byte_order::Addr6>(hook, scope),
+        // A `debug-log` build translates IPv4 only: both families' paths
+        // with their log lines inlined into one program exceed the BPF
+        // stack, and a BPF function of its own for IPv6 loses the packet
+        // pointers to the compiler's argument rewriting.
+        #[cfg(feature = "debug-log")]
+        Some(L3::V6) => {
+            debug_log!(
+                hook.ctx(),
+                "parse: IPv6, not translated by a debug-log build"
+            );
+            Err(Error::NotOurs)
+        }
+        None => {
+            debug_log!(hook.ctx(), "parse: not IP, passed");
+            Err(Error::NotOurs)
+        }
+    }
+}
+
+/// Parses a packet of family `F` and translates it.
+#[inline(always)]
+fn process_family<H: Hook, F: Family>(hook: &H, scope: Scope) -> Result<(), Error> {
     let ctx = hook.ctx();
-    match hook.parse() {
-        Ok(Parsed::V4(pkt)) => translate(hook, &pkt, scope),
-        Ok(Parsed::V6(pkt)) => translate(hook, &pkt, scope),
+    match hook.parse::<F>() {
+        Ok(pkt) => translate(hook, &pkt, scope),
         Err(ParseError::NotTcpUdp) => {
             debug_log!(ctx, "parse: not TCP/UDP over IP, passed");
             Err(Error::NotOurs)
@@ -143,7 +169,8 @@ pub fn process<H: Hook>(hook: &H, scope: Scope) -> Result<(), Error> {
         // ClusterSetIP cannot be translated consistently: drop them rather
         // than let them wander off towards an unrouted VIP.
         Err(ParseError::Fragment(dest)) => {
-            debug_log!(ctx, "parse: fragment");
+            let (daddr, proto) = dest.parts();
+            debug_log!(ctx, "parse: fragment to {} proto {}", daddr, proto);
             Err(if scope == Scope::All && to_cluster_set_ip(dest) {
                 Error::Drop(DropReason::Fragment)
             } else {
@@ -151,7 +178,13 @@ pub fn process<H: Hook>(hook: &H, scope: Scope) -> Result<(), Error> {
             })
         }
         Err(ParseError::L4Truncated(dest)) => {
-            debug_log!(ctx, "parse: L4 header cut short");
+            let (daddr, proto) = dest.parts();
+            debug_log!(
+                ctx,
+                "parse: L4 header cut short, to {} proto {}",
+                daddr,
+                proto
+            );
             Err(if scope == Scope::All && to_cluster_set_ip(dest) {
                 Error::Drop(DropReason::Malformed)
             } else {
@@ -214,10 +247,11 @@ fn translate<H: Hook, F: Family>(hook: &H, pkt: &Packet<F>, scope: Scope) -> Res
             return Err(Error::NotOurs);
         }
         // Only a SYN reads the entry here: the hit path stays as it was.
-        // SAFETY: pointer from the lookup just made; copied out at once.
-        let opening = conntrack::opens_connection(pkt.l4.tcp_flags)
-            .then(|| unsafe { *entry })
-            .filter(|old| !old.is_reply());
+        let opening = if conntrack::opens_connection(pkt.l4.tcp_flags) {
+            conntrack::earlier(entry)
+        } else {
+            None
+        };
         if let Some(old) = opening {
             debug_log!(
                 ctx,

@@ -3,9 +3,11 @@
 //! hook: XDP and tc both hand the program an Ethernet frame
 //! ([`PacketData`]).
 //!
-//! A parsed packet is a [`Packet<A>`] of its family's address type (`u32`
-//! or `Addr6`, [`IpFamily`]), so the datapath is one generic translation
-//! with two instantiations. IPv6 extension headers (hop-by-hop, routing,
+//! [`l3`] tells the family by the EtherType; [`parse`] then gives a
+//! [`Packet<A>`] of that family's address type (`u32` or `Addr6`,
+//! [`IpFamily`]), so the datapath is one generic translation with two
+//! instantiations (no enum of both: a packet pointer must stay whole in a
+//! register or a 64-bit stack slot for the verifier). IPv6 extension headers (hop-by-hop, routing,
 //! destination options) are walked by a bounded loop; a fragment header
 //! takes the fragment rule; a chain the parser does not follow (another
 //! extension header, or more than [`IPV6_EXT_MAX`]) is
@@ -140,6 +142,9 @@ pub trait IpFamily: NetAddr {
     /// The packet as an IPv4 one, if it is (the refusals are IPv4 only).
     fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>>;
 
+    /// Parses a frame of this family (after the Ethernet header).
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError>;
+
     /// Stores an address into the packet.
     ///
     /// # Safety
@@ -160,6 +165,11 @@ impl IpFamily for u32 {
     #[inline(always)]
     fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>> {
         Some(pkt)
+    }
+
+    #[inline(always)]
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
+        parse_v4(ctx)
     }
     const SRC_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
     const DST_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
@@ -195,6 +205,11 @@ impl IpFamily for Addr6 {
     #[inline(always)]
     fn v4(_pkt: &Packet<Self>) -> Option<&Packet<u32>> {
         None
+    }
+
+    #[inline(always)]
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
+        parse_v6(ctx)
     }
     const SRC_OFF: usize = offset_of!(Ipv6Hdr, src_addr);
     const DST_OFF: usize = offset_of!(Ipv6Hdr, dst_addr);
@@ -257,10 +272,10 @@ pub struct Packet<A> {
     _family: core::marker::PhantomData<A>,
 }
 
-/// A parsed packet of either family.
-pub enum Parsed {
-    V4(Packet<u32>),
-    V6(Packet<Addr6>),
+/// The IP family a frame carries, by its EtherType.
+pub enum L3 {
+    V4,
+    V6,
 }
 
 /// The destination of a packet the parser stopped at, for the
@@ -268,6 +283,17 @@ pub enum Parsed {
 pub enum Dest {
     V4 { daddr: u32, proto: u8 },
     V6 { daddr: Addr6, proto: u8 },
+}
+
+impl Dest {
+    /// The destination and protocol (log lines).
+    #[inline(always)]
+    pub fn parts(&self) -> (core::net::IpAddr, u8) {
+        match *self {
+            Self::V4 { daddr, proto } => (daddr.ip(), proto),
+            Self::V6 { daddr, proto } => (daddr.ip(), proto),
+        }
+    }
 }
 
 /// What kind of packet this is, when it is not a plain TCP/UDP one.
@@ -298,22 +324,30 @@ pub const TCP_FLAGS_BYTE: usize = TCP_DOFF_BYTE + 1;
 
 const _: () = assert!(TCP_DOFF_BYTE == 12 && TCP_FLAGS_BYTE == 13);
 
+/// The IP family of the frame (`None`: not IP, or no whole Ethernet
+/// header).
 #[inline(always)]
-pub fn parse<C: PacketData>(ctx: &C) -> Result<Parsed, ParseError> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(ParseError::Truncated)?;
+pub fn l3<C: PacketData>(ctx: &C) -> Option<L3> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the bounds.
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == ETH_P_IP_RAW {
-        parse_v4(ctx).map(Parsed::V4)
+        Some(L3::V4)
     } else if ether_type == ETH_P_IPV6_RAW {
-        parse_v6(ctx).map(Parsed::V6)
+        Some(L3::V6)
     } else {
-        Err(ParseError::NotTcpUdp)
+        None
     }
 }
 
+/// Parses a frame [`l3`] found to be of family `A`.
 #[inline(always)]
-fn parse_v4<C: PacketData>(ctx: &C) -> Result<Packet<u32>, ParseError> {
+pub fn parse<A: IpFamily, C: PacketData>(ctx: &C) -> Result<Packet<A>, ParseError> {
+    A::parse(ctx)
+}
+
+#[inline(always)]
+pub fn parse_v4<C: PacketData>(ctx: &C) -> Result<Packet<u32>, ParseError> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
     // SAFETY: `ptr_at` checked the bounds.
     let (vihl, proto, tot_len, frags, daddr) = unsafe {
@@ -344,7 +378,7 @@ fn parse_v4<C: PacketData>(ctx: &C) -> Result<Packet<u32>, ParseError> {
 }
 
 #[inline(always)]
-fn parse_v6<C: PacketData>(ctx: &C) -> Result<Packet<Addr6>, ParseError> {
+pub fn parse_v6<C: PacketData>(ctx: &C) -> Result<Packet<Addr6>, ParseError> {
     let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
     // SAFETY: `ptr_at` checked the bounds.
     let (version, mut next, payload_len, daddr) = unsafe {

@@ -31,7 +31,7 @@ use crate::{
     datapath::{self, Error, Hook, RewriteFailed, Scope, Side, Unreplied},
     family::Family,
     maps::count_drop,
-    packet::{self, Packet, ParseError, Parsed},
+    packet::{self, Packet, ParseError},
 };
 
 /// Longest IPv4 header (15 words).
@@ -63,7 +63,7 @@ impl Hook for Tc<'_> {
 
     /// Headers beyond the buffer's linear part are pulled in once.
     #[inline(always)]
-    fn parse(&self) -> Result<Parsed, ParseError> {
+    fn parse<F: Family>(&self) -> Result<Packet<F>, ParseError> {
         parse(self.ctx)
     }
 
@@ -101,7 +101,7 @@ pub fn mcs_tc_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Parsed, ParseError> {
+fn parse<F: Family>(ctx: &TcContext) -> Result<Packet<F>, ParseError> {
     match packet::parse(ctx) {
         // Headers beyond the buffer's linear part: pull them in once.
         Err(ParseError::Truncated | ParseError::L4Truncated(_))
