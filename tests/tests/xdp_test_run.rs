@@ -2149,5 +2149,42 @@ fn ipv6_flows_translate_both_ways_and_tc_egress_only_reverse_translates() {
             (flows + cpu.new_flows, packets + cpu.packets)
         });
         assert_eq!((flows, packets), (1, 3), "{skb:?}");
+        // `dump` lists both entries of the flow readably.
+        let filter = dump::ConntrackFilter {
+            list: true,
+            limit: 100,
+            ..dump::ConntrackFilter::default()
+        };
+        let report = dump::collect_with(&harness.dataplane.maps, &filter).expect("dump");
+        let client = format!("[{CLIENT6}]:40600");
+        let listed: Vec<(&str, &str, &str)> = report
+            .conntrack
+            .iter()
+            .filter(|entry| entry.src == client || entry.dst == client)
+            .map(|entry| {
+                (
+                    entry.direction.as_str(),
+                    entry.nat.as_str(),
+                    entry.protocol.as_str(),
+                )
+            })
+            .collect();
+        let backend = format!("[{}]:{}", seen.dst, seen.dport);
+        let vip = format!("[{VIP6}]:80");
+        assert_eq!(listed.len(), 2, "{:#?}", report.conntrack);
+        assert!(
+            listed.contains(&("forward", backend.as_str(), "TCP")),
+            "{listed:?}"
+        );
+        assert!(
+            listed.contains(&("reply", vip.as_str(), "TCP")),
+            "{listed:?}"
+        );
+        let fill = report
+            .maps
+            .iter()
+            .find(|fill| fill.name == names::CONNTRACK_V6)
+            .expect("IPv6 conntrack fill");
+        assert_eq!(fill.entries, 2);
     }
 }
