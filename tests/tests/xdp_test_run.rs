@@ -2188,3 +2188,45 @@ fn ipv6_flows_translate_both_ways_and_tc_egress_only_reverse_translates() {
         assert_eq!(fill.entries, 2);
     }
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn ipv6_client_ip_affinity_binds_a_client_to_one_backend() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    harness.add_ipv6();
+    // The TCP frontend with ClientIP affinity.
+    let key = ServiceKeyV6::new(VIP6, 80, PROTO_TCP);
+    let maps = &mut harness.dataplane.maps;
+    let mut value = maps.services_v6.get(&key, 0).expect("IPv6 frontend");
+    value.flags |= mcs_common::SVC_F_AFFINITY;
+    value.affinity_timeout_s = 60;
+    maps.services_v6.insert(key, value, 0).expect("affinity on");
+    let backends: BTreeSet<Ipv6Addr> = (0..16)
+        .map(|i| {
+            let syn = Packet6::new(Proto::Tcp, CLIENT6, 43000 + i, VIP6, 80);
+            let (verdict, out) = harness.run_on(Hook::Xdp, &syn.build());
+            assert_eq!(verdict, Verdict::Pass);
+            verify6(&out, Csum::Full).expect("DNAT checksums").dst
+        })
+        .collect();
+    assert_eq!(backends.len(), 1, "one client, one backend: {backends:?}");
+    let binding = harness
+        .dataplane
+        .maps
+        .affinity_v6
+        .get(&mcs_common::AffinityKeyV6::new(100, CLIENT6), 0)
+        .expect("the client's binding");
+    assert!(backends.contains(binding.backend().ip()), "{binding:?}");
+    // Another client may land elsewhere, but is bound as well.
+    let other = Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, 3);
+    let syn = Packet6::new(Proto::Tcp, other, 43000, VIP6, 80);
+    assert_eq!(harness.run_on(Hook::Xdp, &syn.build()).0, Verdict::Pass);
+    assert!(
+        harness
+            .dataplane
+            .maps
+            .affinity_v6
+            .get(&mcs_common::AffinityKeyV6::new(100, other), 0)
+            .is_ok()
+    );
+}
