@@ -9,9 +9,9 @@ use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN,
-    CtValueOf, DropReason, FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRONTENDS, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER,
-    names,
+    CtValueOf, DropReason, FrontendStats, MAX_AFFINITY, MAX_AFFINITY_V6, MAX_BACKEND_SLOTS,
+    MAX_BACKEND_SLOTS_V6, MAX_BACKENDS, MAX_CONNTRACK, MAX_CONNTRACK_V6, MAX_FRONTENDS,
+    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -397,22 +397,22 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         MapFill {
             name: names::SERVICES_V6.into(),
             entries: count(maps.services_v6.keys().filter(Result::is_ok).count()),
-            capacity: capacity(maps.services_v6.map(), MAX_FRONTENDS),
+            capacity: capacity(maps.services_v6.map(), MAX_FRONTENDS_V6),
         },
         MapFill {
             name: names::BACKENDS_V6.into(),
             entries: count(maps.backends_v6.keys().filter(Result::is_ok).count()),
-            capacity: capacity(maps.backends_v6.map(), MAX_BACKEND_SLOTS),
+            capacity: capacity(maps.backends_v6.map(), MAX_BACKEND_SLOTS_V6),
         },
         MapFill {
             name: names::CONNTRACK_V6.into(),
             entries: conntrack_v6_entries,
-            capacity: capacity(maps.conntrack_v6.map(), MAX_CONNTRACK),
+            capacity: capacity(maps.conntrack_v6.map(), MAX_CONNTRACK_V6),
         },
         MapFill {
             name: names::AFFINITY_V6.into(),
             entries: count(maps.affinity_v6.keys().filter(Result::is_ok).count()),
-            capacity: capacity(maps.affinity_v6.map(), MAX_AFFINITY),
+            capacity: capacity(maps.affinity_v6.map(), MAX_AFFINITY_V6),
         },
         MapFill {
             name: names::BACKEND_STATS.into(),

@@ -120,6 +120,14 @@ pub const MAX_CONNTRACK: u32 = 1 << 19;
 /// backend slot (a table takes about 100 bytes per backend, see the
 /// agent's table sizes).
 pub const MAX_MAGLEV_CHUNKS: u32 = MAX_BACKEND_SLOTS / 8 * 160;
+/// IPv6 frontends, backend slots, conntrack and affinity entries: their
+/// own capacities, so a node without IPv6 services does not pay the IPv4
+/// sizes twice (the `_V6` maps are preallocated too). Small defaults until
+/// the agent programs IPv6 frontends and sizes them by flags.
+pub const MAX_FRONTENDS_V6: u32 = 1 << 11;
+pub const MAX_BACKEND_SLOTS_V6: u32 = 1 << 12;
+pub const MAX_CONNTRACK_V6: u32 = 1 << 14;
+pub const MAX_AFFINITY_V6: u32 = 1 << 11;
 /// Source clusters the agent can name (cluster id 0 means "unknown").
 pub const MAX_CLUSTERS: u32 = 256;
 
@@ -162,6 +170,15 @@ pub enum Capacity {
     Affinity,
     /// Socket-LB reverse translations.
     SockRevnat,
+    /// IPv6 frontends (`MCS_SVC_V6`; their ids and counters are within
+    /// [`Capacity::Frontends`]).
+    FrontendsV6,
+    /// IPv6 backend slots.
+    BackendSlotsV6,
+    /// IPv6 conntrack entries.
+    ConntrackV6,
+    /// IPv6 session-affinity entries.
+    AffinityV6,
 }
 
 /// One row of [`MAPS`]: what a map must look like, in the object and when
@@ -226,6 +243,10 @@ pub const fn default_entries(capacity: Capacity) -> u32 {
         Capacity::Conntrack => MAX_CONNTRACK,
         Capacity::Affinity => MAX_AFFINITY,
         Capacity::SockRevnat => MAX_SOCK_REVNAT,
+        Capacity::FrontendsV6 => MAX_FRONTENDS_V6,
+        Capacity::BackendSlotsV6 => MAX_BACKEND_SLOTS_V6,
+        Capacity::ConntrackV6 => MAX_CONNTRACK_V6,
+        Capacity::AffinityV6 => MAX_AFFINITY_V6,
     }
 }
 
@@ -317,34 +338,34 @@ pub mod def {
             .with_flags(BPF_F_MMAPABLE);
     pub const CLOCK: MapDef = MapDef::fixed::<u32, ClockValue>(names::CLOCK, MapKind::Array, 1);
 
-    // IPv6: maps of their own, so IPv4 entries keep their size. Sized by the
-    // same capacities as their IPv4 rows (a frontend, slot or flow is one
-    // whichever its family); the maps indexed by frontend or backend id
-    // (counters, names, Maglev tables) are shared by both families.
+    // IPv6: maps of their own, so IPv4 entries keep their size, with
+    // capacities of their own (`MAX_*_V6`); the maps indexed by frontend or
+    // backend id (counters, names, Maglev tables) are shared by both
+    // families.
 
     /// As [`SERVICES`], keyed by an IPv6 ClusterSetIP.
     pub const SERVICES_V6: MapDef = MapDef::new::<ServiceKeyV6, ServiceValue>(
         names::SERVICES_V6,
         MapKind::Hash,
-        Capacity::Frontends,
+        Capacity::FrontendsV6,
     );
     /// As [`BACKENDS`]: the slots of IPv6 frontends hold IPv6 backends.
     pub const BACKENDS_V6: MapDef = MapDef::new::<BackendKey, BackendValueV6>(
         names::BACKENDS_V6,
         MapKind::Hash,
-        Capacity::BackendSlots,
+        Capacity::BackendSlotsV6,
     );
     /// As [`CONNTRACK`].
     pub const CONNTRACK_V6: MapDef = MapDef::new::<CtKeyV6, CtValueV6>(
         names::CONNTRACK_V6,
         MapKind::LruHash,
-        Capacity::Conntrack,
+        Capacity::ConntrackV6,
     );
     /// As [`AFFINITY`].
     pub const AFFINITY_V6: MapDef = MapDef::new::<AffinityKeyV6, AffinityValueV6>(
         names::AFFINITY_V6,
         MapKind::LruHash,
-        Capacity::Affinity,
+        Capacity::AffinityV6,
     );
 }
 

@@ -78,6 +78,12 @@ pub struct MapSizes {
     pub affinity: u32,
     /// Socket-LB reverse translations.
     pub sock_revnat: u32,
+    /// The IPv6 maps' own capacities (`mcs_common::MAX_*_V6`): frontends,
+    /// backend slots, conntrack and affinity entries.
+    pub frontends_v6: u32,
+    pub backend_slots_v6: u32,
+    pub conntrack_v6: u32,
+    pub affinity_v6: u32,
 }
 
 impl Default for MapSizes {
@@ -90,6 +96,10 @@ impl Default for MapSizes {
             conntrack: default_entries(Capacity::Conntrack),
             affinity: default_entries(Capacity::Affinity),
             sock_revnat: default_entries(Capacity::SockRevnat),
+            frontends_v6: default_entries(Capacity::FrontendsV6),
+            backend_slots_v6: default_entries(Capacity::BackendSlotsV6),
+            conntrack_v6: default_entries(Capacity::ConntrackV6),
+            affinity_v6: default_entries(Capacity::AffinityV6),
         }
     }
 }
@@ -111,6 +121,10 @@ impl MapSizes {
             Capacity::Conntrack => self.conntrack,
             Capacity::Affinity => self.affinity,
             Capacity::SockRevnat => self.sock_revnat,
+            Capacity::FrontendsV6 => self.frontends_v6,
+            Capacity::BackendSlotsV6 => self.backend_slots_v6,
+            Capacity::ConntrackV6 => self.conntrack_v6,
+            Capacity::AffinityV6 => self.affinity_v6,
         }
     }
 
