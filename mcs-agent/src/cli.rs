@@ -453,6 +453,8 @@ impl RunArgs {
             conntrack: self.conntrack_max,
             affinity: self.affinity_max,
             sock_revnat: self.sock_revnat_max,
+            // No flags for the IPv6 maps yet: their defaults.
+            ..MapSizes::default()
         }
     }
 }

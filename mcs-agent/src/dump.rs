@@ -1,14 +1,17 @@
 //! `mcs-agent dump`: services, backends and counters read from the live
-//! (pinned) maps of a running agent.
+//! (pinned) maps of a running agent. IPv6 flows are listed with the
+//! conntrack entries and the `_V6` maps' fill shown; IPv6 frontends are not
+//! listed yet (the agent does not program them yet).
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, DropReason,
-    FrontendStats, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS,
-    MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN,
+    CtValueOf, DropReason, FrontendStats, MAX_AFFINITY, MAX_AFFINITY_V6, MAX_BACKEND_SLOTS,
+    MAX_BACKEND_SLOTS_V6, MAX_BACKENDS, MAX_CONNTRACK, MAX_CONNTRACK_V6, MAX_FRONTENDS,
+    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +87,46 @@ pub struct ConntrackDump {
     /// i.e. the handshake completed).
     pub tcp_flags: Vec<String>,
     pub idle_seconds: f64,
+}
+
+impl ConntrackDump {
+    /// One entry of either family: its key's source and destination, its
+    /// translation and backend (`Display` puts an IPv6 address in
+    /// brackets before the port).
+    fn of<A, E: std::fmt::Display>(
+        (src, dst, nat, backend): (E, E, E, E),
+        proto: u8,
+        value: &CtValueOf<A>,
+        now: u64,
+    ) -> Self {
+        let tcp_flags = [
+            (CT_F_SYN, "SYN"),
+            (CT_F_SEEN_NON_SYN, "ACK"),
+            (CT_F_FIN, "FIN"),
+            (CT_F_RST, "RST"),
+        ]
+        .iter()
+        .filter(|(bit, _)| value.flags & bit != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
+        Self {
+            direction: if value.flags & CT_F_REPLY != 0 {
+                "reply"
+            } else {
+                "forward"
+            }
+            .to_owned(),
+            protocol: Protocol::from_number(proto)
+                .map_or_else(|| proto.to_string(), |p| p.as_str().to_owned()),
+            src: src.to_string(),
+            dst: dst.to_string(),
+            nat: nat.to_string(),
+            backend: backend.to_string(),
+            frontend_id: value.frontend_id,
+            tcp_flags,
+            idle_seconds: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
+        }
+    }
 }
 
 /// How full a map is.
@@ -290,28 +333,27 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
         {
             continue;
         }
-        let flags = [
-            (CT_F_SYN, "SYN"),
-            (CT_F_SEEN_NON_SYN, "ACK"),
-            (CT_F_FIN, "FIN"),
-            (CT_F_RST, "RST"),
-        ]
-        .iter()
-        .filter(|(bit, _)| value.flags & bit != 0)
-        .map(|(_, name)| (*name).to_owned())
-        .collect();
-        conntrack.push(ConntrackDump {
-            direction: if reply { "reply" } else { "forward" }.to_owned(),
-            protocol: Protocol::from_number(key.proto)
-                .map_or_else(|| key.proto.to_string(), |p| p.as_str().to_owned()),
-            src: key.src().to_string(),
-            dst: key.dst().to_string(),
-            nat: value.nat().to_string(),
-            backend: value.backend().to_string(),
-            frontend_id: value.frontend_id,
-            tcp_flags: flags,
-            idle_seconds: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
-        });
+        conntrack.push(ConntrackDump::of(
+            (key.src(), key.dst(), value.nat(), value.backend()),
+            key.proto,
+            &value,
+            now,
+        ));
+    }
+    // IPv6 flows: listed unless the filter names an (IPv4) address.
+    let mut conntrack_v6_entries = 0;
+    let list_v6 = filter.list && filter.vip.is_none() && filter.client.is_none();
+    for entry in maps.conntrack_v6.iter() {
+        let Ok((key, value)) = entry else { continue };
+        conntrack_v6_entries += 1;
+        if list_v6 && conntrack.len() < filter.limit.max(1) {
+            conntrack.push(ConntrackDump::of(
+                (key.src(), key.dst(), value.nat(), value.backend()),
+                key.proto,
+                &value,
+                now,
+            ));
+        }
     }
 
     let count = |keys: usize| keys as u64;
@@ -351,6 +393,26 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             name: names::SOCK_REVNAT.into(),
             entries: count(maps.sock_revnat.keys().filter(Result::is_ok).count()),
             capacity: capacity(maps.sock_revnat.map(), MAX_SOCK_REVNAT),
+        },
+        MapFill {
+            name: names::SERVICES_V6.into(),
+            entries: count(maps.services_v6.keys().filter(Result::is_ok).count()),
+            capacity: capacity(maps.services_v6.map(), MAX_FRONTENDS_V6),
+        },
+        MapFill {
+            name: names::BACKENDS_V6.into(),
+            entries: count(maps.backends_v6.keys().filter(Result::is_ok).count()),
+            capacity: capacity(maps.backends_v6.map(), MAX_BACKEND_SLOTS_V6),
+        },
+        MapFill {
+            name: names::CONNTRACK_V6.into(),
+            entries: conntrack_v6_entries,
+            capacity: capacity(maps.conntrack_v6.map(), MAX_CONNTRACK_V6),
+        },
+        MapFill {
+            name: names::AFFINITY_V6.into(),
+            entries: count(maps.affinity_v6.keys().filter(Result::is_ok).count()),
+            capacity: capacity(maps.affinity_v6.map(), MAX_AFFINITY_V6),
         },
         MapFill {
             name: names::BACKEND_STATS.into(),

@@ -139,6 +139,67 @@ pub const fn l4_rewrite_full(
     }
 }
 
+// The same rewrite for an address of either family ([`NetAddr`]): what the
+// datapath runs, IPv4 and IPv6 alike. IPv6 has no header checksum; its
+// pseudo header (RFC 8200 §8.1) sums like IPv4's, over 128-bit addresses
+// and the upper-layer length.
+
+/// The folded, non-complemented pseudo-header sum of either family.
+#[inline(always)]
+pub fn pseudo_header_seed_of<A: NetAddr>(saddr: A, daddr: A, proto: u8, l4_len: u16) -> u16 {
+    let proto_word = u16::from_ne_bytes([0, proto]) as u32;
+    let len_word = u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    fold(daddr.add_words(saddr.add_words(proto_word + len_word)))
+}
+
+/// [`l4_rewrite`] for either family.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the packet fields one to one"
+)]
+pub fn l4_rewrite_of<A: NetAddr>(
+    check: u16,
+    proto: u8,
+    saddr: A,
+    daddr: A,
+    l4_len: u16,
+    old_addr: A,
+    new_addr: A,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    if check == pseudo_header_seed_of(saddr, daddr, proto, l4_len) {
+        fold(new_addr.add_words(old_addr.complement().add_words(check as u32)))
+    } else {
+        l4_rewrite_full_of(check, proto, old_addr, new_addr, old_port, new_port)
+    }
+}
+
+/// [`l4_rewrite_full`] for either family: every changed word folded in
+/// at once.
+#[inline(always)]
+pub fn l4_rewrite_full_of<A: NetAddr>(
+    check: u16,
+    proto: u8,
+    old_addr: A,
+    new_addr: A,
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    const PROTO_UDP: u8 = 17;
+    if proto == PROTO_UDP && check == 0 {
+        return 0;
+    }
+    let acc = (!check as u32 & 0xffff) + (!old_port as u32 & 0xffff) + new_port as u32;
+    let updated = !fold(new_addr.add_words(old_addr.complement().add_words(acc)));
+    if proto == PROTO_UDP && updated == 0 {
+        0xffff
+    } else {
+        updated
+    }
+}
+
 /// Adds the 16-bit words of `bytes` (loaded natively; an odd last byte
 /// padded with zero) to a ones-complement accumulator, unfolded. For the
 /// headers the datapath writes whole (`N` of a few dozen bytes: no
@@ -176,6 +237,8 @@ pub fn sum_bytes(mut acc: u32, data: &[u8]) -> u32 {
     }
     acc
 }
+
+use crate::byte_order::NetAddr;
 
 #[cfg(test)]
 mod tests {
@@ -310,5 +373,83 @@ mod tests {
             pseudo_header_seed(addr(s), addr(d), 17, 1234),
             fold(sum_bytes(0, &bytes))
         );
+    }
+
+    #[test]
+    fn the_generic_rewrite_is_the_ipv4_one() {
+        let mut x = 0x1234_5678u32;
+        let mut next = || {
+            x = crate::flow::mix32(x.wrapping_add(0x9e37_79b9));
+            x
+        };
+        for _ in 0..10_000 {
+            let (s, d, n) = (next(), next(), next());
+            let (check, ports) = (next() as u16, next());
+            let (op, np) = (ports as u16, (ports >> 16) as u16);
+            let proto = if check & 1 == 0 { 6 } else { 17 };
+            assert_eq!(
+                pseudo_header_seed_of(s, d, proto, 40),
+                pseudo_header_seed(s, d, proto, 40)
+            );
+            assert_eq!(
+                l4_rewrite_full_of(check, proto, d, n, op, np),
+                l4_rewrite_full(check, proto, d, n, op, np)
+            );
+            let seed = pseudo_header_seed(s, d, proto, 40);
+            for check in [check, seed] {
+                assert_eq!(
+                    l4_rewrite_of(check, proto, s, d, 40, d, n, op, np),
+                    l4_rewrite(check, proto, s, d, 40, d, n, op, np)
+                );
+            }
+        }
+    }
+
+    /// An IPv6 TCP segment's checksum over its pseudo header, recomputed.
+    fn ipv6_checksum(src: &[u8; 16], dst: &[u8; 16], segment: &[u8]) -> u16 {
+        let mut pseudo = [0u8; 40];
+        pseudo[..16].copy_from_slice(src);
+        pseudo[16..32].copy_from_slice(dst);
+        pseudo[32..36].copy_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo[39] = 6;
+        !fold(sum_bytes(sum_bytes(0, &pseudo), segment))
+    }
+
+    fn addr6(bytes: &[u8; 16]) -> crate::byte_order::Addr6 {
+        crate::byte_order::net_addr6((*bytes).into())
+    }
+
+    #[test]
+    fn ipv6_rewrite_matches_recomputation() {
+        let src = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let vip = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa];
+        let pod = [
+            0xfd, 0, 1, 1, 0, 1, 0, 0, 0xab, 0xcd, 0, 0, 0, 0, 0x10, 0x10,
+        ];
+        let mut segment = [0u8; 24];
+        segment[..2].copy_from_slice(&40000u16.to_be_bytes());
+        segment[2..4].copy_from_slice(&80u16.to_be_bytes());
+        segment[13] = 0x02;
+        segment[20..].copy_from_slice(b"data");
+        let check = ipv6_checksum(&src, &vip, &segment);
+        segment[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        let expected = ipv6_checksum(&src, &pod, &segment);
+        let (op, np) = (80u16.to_be(), 8080u16.to_be());
+        let (s, d, n) = (addr6(&src), addr6(&vip), addr6(&pod));
+        assert_eq!(l4_rewrite_full_of(check, 6, d, n, op, np), expected);
+        assert_eq!(l4_rewrite_of(check, 6, s, d, 24, d, n, op, np), expected);
+        // Partial: the seed of the new addresses.
+        let seed = pseudo_header_seed_of(s, d, 6, 24);
+        assert_eq!(
+            l4_rewrite_of(seed, 6, s, d, 24, d, n, op, np),
+            pseudo_header_seed_of(s, n, 6, 24)
+        );
+        // The seed is the pseudo header's folded sum.
+        let mut pseudo = [0u8; 40];
+        pseudo[..16].copy_from_slice(&src);
+        pseudo[16..32].copy_from_slice(&vip);
+        pseudo[32..36].copy_from_slice(&24u32.to_be_bytes());
+        pseudo[39] = 6;
+        assert_eq!(seed, fold(sum_bytes(0, &pseudo)));
     }
 }

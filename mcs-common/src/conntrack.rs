@@ -1,21 +1,56 @@
-//! Conntrack entries (`MCS_CT_V1`): one per direction of a translated flow.
+//! Conntrack entries (`MCS_CT_V1`, IPv6: `MCS_CT_V6`): one per direction of
+//! a translated flow. Generic over the address family ([`NetAddr`]):
+//! `CtKey`/`CtValue` are the IPv4 instantiations, `CtKeyV6`/`CtValueV6` the
+//! IPv6 ones, with the same rules.
 
-use core::{mem::size_of, net::SocketAddrV4};
+use core::{
+    mem::size_of,
+    net::{SocketAddrV4, SocketAddrV6},
+};
 
-use crate::byte_order::{endpoint, net_addr, net_port};
+use crate::byte_order::{Addr6, NetAddr, endpoint, endpoint6, net_addr, net_addr6, net_port};
 
 /// Conntrack key: the 5-tuple exactly as the packet carries it. Forward
 /// entries are keyed client→ClusterSetIP, reply entries backend→client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CtKey {
+pub struct CtKeyOf<A> {
     /// Addresses and ports, network order.
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+/// IPv4 conntrack key (`MCS_CT_V1`).
+pub type CtKey = CtKeyOf<u32>;
+/// IPv6 conntrack key (`MCS_CT_V6`).
+pub type CtKeyV6 = CtKeyOf<Addr6>;
+
+impl CtKeyV6 {
+    /// The key of a packet from `src` to `dst` (ports in host order).
+    pub const fn new(src: SocketAddrV6, dst: SocketAddrV6, proto: u8) -> Self {
+        Self {
+            saddr: net_addr6(*src.ip()),
+            daddr: net_addr6(*dst.ip()),
+            sport: net_port(src.port()),
+            dport: net_port(dst.port()),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The packet's source.
+    pub const fn src(&self) -> SocketAddrV6 {
+        endpoint6(self.saddr, self.sport)
+    }
+
+    /// The packet's destination.
+    pub const fn dst(&self) -> SocketAddrV6 {
+        endpoint6(self.daddr, self.dport)
+    }
 }
 
 impl CtKey {
@@ -47,9 +82,9 @@ impl CtKey {
 /// the ClusterSetIP and service port (source).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtValue {
+pub struct CtValueOf<A> {
     /// Address and port written into the packet, network order.
-    pub nat_addr: u32,
+    pub nat_addr: A,
     pub nat_port: u16,
     pub _pad: u16,
     /// `CT_F_*` bits.
@@ -57,7 +92,7 @@ pub struct CtValue {
     pub frontend_id: u32,
     /// Backend (pod) address of this flow, network order; lets the agent
     /// find and remove flows of a backend that went away.
-    pub backend_addr: u32,
+    pub backend_addr: A,
     pub backend_port: u16,
     pub _pad2: u16,
     /// Per-backend counter index of the flow's backend.
@@ -65,6 +100,54 @@ pub struct CtValue {
     pub _pad3: u32,
     /// Coarse-clock nanoseconds of the last packet (`ClockValue`).
     pub last_seen_ns: u64,
+}
+
+/// IPv4 conntrack entry (`MCS_CT_V1`).
+pub type CtValue = CtValueOf<u32>;
+/// IPv6 conntrack entry (`MCS_CT_V6`).
+pub type CtValueV6 = CtValueOf<Addr6>;
+
+impl CtValueV6 {
+    /// An entry writing `nat` into the packet, of a flow of `frontend_id`
+    /// to `backend` (its counter index `backend_id`); never seen yet.
+    pub const fn new(
+        nat: SocketAddrV6,
+        flags: u32,
+        frontend_id: u32,
+        backend: SocketAddrV6,
+        backend_id: u32,
+    ) -> Self {
+        Self {
+            nat_addr: net_addr6(*nat.ip()),
+            nat_port: net_port(nat.port()),
+            _pad: 0,
+            flags,
+            frontend_id,
+            backend_addr: net_addr6(*backend.ip()),
+            backend_port: net_port(backend.port()),
+            _pad2: 0,
+            backend_id,
+            _pad3: 0,
+            last_seen_ns: 0,
+        }
+    }
+
+    /// This entry writing `nat` into the packet instead.
+    pub const fn with_nat(mut self, nat: SocketAddrV6) -> Self {
+        self.nat_addr = net_addr6(*nat.ip());
+        self.nat_port = net_port(nat.port());
+        self
+    }
+
+    /// What the packet's destination (forward) or source (reply) becomes.
+    pub const fn nat(&self) -> SocketAddrV6 {
+        endpoint6(self.nat_addr, self.nat_port)
+    }
+
+    /// The flow's backend.
+    pub const fn backend(&self) -> SocketAddrV6 {
+        endpoint6(self.backend_addr, self.backend_port)
+    }
 }
 
 impl CtValue {
@@ -108,7 +191,9 @@ impl CtValue {
     pub const fn backend(&self) -> SocketAddrV4 {
         endpoint(self.backend_addr, self.backend_port)
     }
+}
 
+impl<A: NetAddr> CtValueOf<A> {
     /// Whether the entry translates replies (source rewrite).
     pub const fn is_reply(&self) -> bool {
         self.flags & CT_F_REPLY != 0
@@ -117,9 +202,9 @@ impl CtValue {
     /// The key of the flow's other direction, given this entry's own key:
     /// a forward entry's partner is keyed backend→client, a reply entry's
     /// client→ClusterSetIP (the reply entry's `nat`).
-    pub const fn partner_key(&self, key: &CtKey) -> CtKey {
+    pub fn partner_key(&self, key: &CtKeyOf<A>) -> CtKeyOf<A> {
         if self.is_reply() {
-            CtKey {
+            CtKeyOf {
                 saddr: key.daddr,
                 daddr: self.nat_addr,
                 sport: key.dport,
@@ -128,7 +213,7 @@ impl CtValue {
                 _pad: [0; 3],
             }
         } else {
-            CtKey {
+            CtKeyOf {
                 saddr: self.backend_addr,
                 daddr: key.saddr,
                 sport: self.backend_port,
@@ -141,7 +226,7 @@ impl CtValue {
 
     /// Whether `other` is the other direction of this entry's flow: the
     /// opposite direction, with the same frontend and backend.
-    pub const fn pairs_with(&self, other: &CtValue) -> bool {
+    pub fn pairs_with(&self, other: &Self) -> bool {
         self.is_reply() != other.is_reply()
             && self.frontend_id == other.frontend_id
             && self.backend_addr == other.backend_addr
@@ -167,6 +252,8 @@ pub const CT_F_SEEN_NON_SYN: u32 = 1 << 4;
 
 const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<CtValue>() == 40);
+const _: () = assert!(size_of::<CtKeyV6>() == 40);
+const _: () = assert!(size_of::<CtValueV6>() == 64);
 
 #[cfg(test)]
 mod tests {
@@ -204,5 +291,27 @@ mod tests {
         assert!(!value.pairs_with(&value));
         let elsewhere = CtValue::new(backend, CT_F_REPLY, 4, backend, 5).with_nat(vip);
         assert!(!value.pairs_with(&elsewhere), "another frontend");
+    }
+
+    #[test]
+    fn ipv6_entries_name_their_partners() {
+        let ep = |addr: &str, port| SocketAddrV6::new(addr.parse().unwrap(), port, 0, 0);
+        let (client, vip, backend) = (
+            ep("fd00:1::2", 40000),
+            ep("fd00:96::a", 80),
+            ep("fd00:101:1::10", 8080),
+        );
+        let key = CtKeyV6::new(client, vip, PROTO_TCP);
+        assert_eq!((key.src(), key.dst()), (client, vip));
+        let value = CtValueV6::new(backend, CT_F_SYN, 3, backend, 5);
+        let reply = CtValueV6 {
+            flags: CT_F_REPLY,
+            ..value.with_nat(vip)
+        };
+        assert_eq!((reply.nat(), reply.backend()), (vip, backend));
+        let reply_key = CtKeyV6::new(backend, client, PROTO_TCP);
+        assert_eq!(value.partner_key(&key), reply_key);
+        assert_eq!(reply.partner_key(&reply_key), key);
+        assert!(value.pairs_with(&reply));
     }
 }

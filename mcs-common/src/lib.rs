@@ -7,7 +7,9 @@
 //!   agent's adoption layout (`mcs-agent/src/dataplane/layout.rs`) follow
 //!   from it.
 //! * [`service`], [`maglev`], [`conntrack`], [`sock`], [`meta`] — the keys
-//!   and values.
+//!   and values; those holding an address are generic over its family
+//!   (`byte_order::NetAddr`: `u32` or `Addr6`), IPv6 in maps of their own
+//!   (`_V6` names).
 //! * [`byte_order`] — the conversions between packet byte order and
 //!   `Ipv4Addr`/host-order ports, behind the types' accessors.
 //! * [`pod`] — `aya::Pod` for every key and value, each checked field by

@@ -13,9 +13,10 @@
 use core::mem::size_of;
 
 use crate::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MaglevChunk, NameValue, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, prefilter::PREFILTER_WORDS,
+    AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
+    BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, DropReason, FrontendStats,
+    MaglevChunk, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue,
+    prefilter::PREFILTER_WORDS,
 };
 
 /// Map names as they appear in the ELF object, in bpffs and to `bpftool`.
@@ -45,6 +46,14 @@ pub mod names {
     pub const ABI: &str = "MCS_ABI";
     /// Jiffies → nanoseconds for entry timestamps ([`crate::ClockValue`]).
     pub const CLOCK: &str = "MCS_CLOCK";
+    /// IPv6 frontends (the same values and frontend ids as [`SERVICES`]).
+    pub const SERVICES_V6: &str = "MCS_SVC_V6";
+    /// The slots of IPv6 frontends.
+    pub const BACKENDS_V6: &str = "MCS_BACKEND_V6";
+    /// IPv6 conntrack.
+    pub const CONNTRACK_V6: &str = "MCS_CT_V6";
+    /// IPv6 ClientIP affinity.
+    pub const AFFINITY_V6: &str = "MCS_AFFINITY_V6";
     /// Every map the agent pins, in the order of [`super::MAPS`].
     pub const ALL: [&str; super::MAPS.len()] = {
         let mut all = [""; super::MAPS.len()];
@@ -111,6 +120,14 @@ pub const MAX_CONNTRACK: u32 = 1 << 19;
 /// backend slot (a table takes about 100 bytes per backend, see the
 /// agent's table sizes).
 pub const MAX_MAGLEV_CHUNKS: u32 = MAX_BACKEND_SLOTS / 8 * 160;
+/// IPv6 frontends, backend slots, conntrack and affinity entries: their
+/// own capacities, so a node without IPv6 services does not pay the IPv4
+/// sizes twice (the `_V6` maps are preallocated too). Small defaults until
+/// the agent programs IPv6 frontends and sizes them by flags.
+pub const MAX_FRONTENDS_V6: u32 = 1 << 11;
+pub const MAX_BACKEND_SLOTS_V6: u32 = 1 << 12;
+pub const MAX_CONNTRACK_V6: u32 = 1 << 14;
+pub const MAX_AFFINITY_V6: u32 = 1 << 11;
 /// Source clusters the agent can name (cluster id 0 means "unknown").
 pub const MAX_CLUSTERS: u32 = 256;
 
@@ -153,6 +170,15 @@ pub enum Capacity {
     Affinity,
     /// Socket-LB reverse translations.
     SockRevnat,
+    /// IPv6 frontends (`MCS_SVC_V6`; their ids and counters are within
+    /// [`Capacity::Frontends`]).
+    FrontendsV6,
+    /// IPv6 backend slots.
+    BackendSlotsV6,
+    /// IPv6 conntrack entries.
+    ConntrackV6,
+    /// IPv6 session-affinity entries.
+    AffinityV6,
 }
 
 /// One row of [`MAPS`]: what a map must look like, in the object and when
@@ -217,6 +243,10 @@ pub const fn default_entries(capacity: Capacity) -> u32 {
         Capacity::Conntrack => MAX_CONNTRACK,
         Capacity::Affinity => MAX_AFFINITY,
         Capacity::SockRevnat => MAX_SOCK_REVNAT,
+        Capacity::FrontendsV6 => MAX_FRONTENDS_V6,
+        Capacity::BackendSlotsV6 => MAX_BACKEND_SLOTS_V6,
+        Capacity::ConntrackV6 => MAX_CONNTRACK_V6,
+        Capacity::AffinityV6 => MAX_AFFINITY_V6,
     }
 }
 
@@ -307,10 +337,40 @@ pub mod def {
         MapDef::fixed::<u32, u64>(names::PREFILTER, MapKind::Array, PREFILTER_WORDS)
             .with_flags(BPF_F_MMAPABLE);
     pub const CLOCK: MapDef = MapDef::fixed::<u32, ClockValue>(names::CLOCK, MapKind::Array, 1);
+
+    // IPv6: maps of their own, so IPv4 entries keep their size, with
+    // capacities of their own (`MAX_*_V6`); the maps indexed by frontend or
+    // backend id (counters, names, Maglev tables) are shared by both
+    // families.
+
+    /// As [`SERVICES`], keyed by an IPv6 ClusterSetIP.
+    pub const SERVICES_V6: MapDef = MapDef::new::<ServiceKeyV6, ServiceValue>(
+        names::SERVICES_V6,
+        MapKind::Hash,
+        Capacity::FrontendsV6,
+    );
+    /// As [`BACKENDS`]: the slots of IPv6 frontends hold IPv6 backends.
+    pub const BACKENDS_V6: MapDef = MapDef::new::<BackendKey, BackendValueV6>(
+        names::BACKENDS_V6,
+        MapKind::Hash,
+        Capacity::BackendSlotsV6,
+    );
+    /// As [`CONNTRACK`].
+    pub const CONNTRACK_V6: MapDef = MapDef::new::<CtKeyV6, CtValueV6>(
+        names::CONNTRACK_V6,
+        MapKind::LruHash,
+        Capacity::ConntrackV6,
+    );
+    /// As [`AFFINITY`].
+    pub const AFFINITY_V6: MapDef = MapDef::new::<AffinityKeyV6, AffinityValueV6>(
+        names::AFFINITY_V6,
+        MapKind::LruHash,
+        Capacity::AffinityV6,
+    );
 }
 
 /// Every map the agent pins, in a stable order.
-pub const MAPS: [MapDef; 15] = [
+pub const MAPS: [MapDef; 19] = [
     def::ABI,
     def::BACKEND_STATS,
     def::SOCK_REVNAT,
@@ -326,6 +386,10 @@ pub const MAPS: [MapDef; 15] = [
     def::AFFINITY,
     def::PREFILTER,
     def::CLOCK,
+    def::SERVICES_V6,
+    def::BACKENDS_V6,
+    def::CONNTRACK_V6,
+    def::AFFINITY_V6,
 ];
 
 #[cfg(test)]

@@ -114,10 +114,14 @@ pub enum DropReason {
     BackendMissing = 4,
     /// No usable backend and no reject reply possible (e.g. IP options).
     NoBackendUnreplied = 5,
+    /// Not a drop: an IPv6 packet to a ClusterSetIP whose extension header
+    /// chain the datapath does not follow (an unknown extension header, or
+    /// too long a chain), passed on untranslated.
+    Ipv6ChainUnfollowed = 6,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         Self::NoBackend,
         Self::Fragment,
@@ -125,6 +129,7 @@ impl DropReason {
         Self::CtFull,
         Self::BackendMissing,
         Self::NoBackendUnreplied,
+        Self::Ipv6ChainUnfollowed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -135,6 +140,7 @@ impl DropReason {
             Self::CtFull => "conntrack_full",
             Self::BackendMissing => "backend_missing",
             Self::NoBackendUnreplied => "no_backend_unreplied",
+            Self::Ipv6ChainUnfollowed => "ipv6_chain_unfollowed",
         }
     }
 }

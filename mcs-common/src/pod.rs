@@ -7,8 +7,9 @@
 
 #[cfg(any(test, feature = "user"))]
 use crate::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    FrontendStats, MaglevChunk, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
+    BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, FrontendStats, MaglevChunk,
+    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue,
 };
 
 /// The size of the field `field` selects (its type inferred).
@@ -74,4 +75,13 @@ pod_types! {
     SockRevValue { vip, vport, proto, _pad, frontend_id, _pad2, last_used_ns }
     AffinityKey { frontend_id, client_addr }
     AffinityValue { backend_addr, backend_port, _pad, slot, _pad2, last_used_ns }
+    ServiceKeyV6 { addr, port, proto, _pad }
+    BackendValueV6 { addr, port, _pad, cluster_id, flags, backend_id, _pad2 }
+    CtKeyV6 { saddr, daddr, sport, dport, proto, _pad }
+    CtValueV6 {
+        nat_addr, nat_port, _pad, flags, frontend_id, backend_addr, backend_port, _pad2,
+        backend_id, _pad3, last_seen_ns,
+    }
+    AffinityKeyV6 { frontend_id, client_addr }
+    AffinityValueV6 { backend_addr, backend_port, _pad, slot, _pad2, last_used_ns }
 }

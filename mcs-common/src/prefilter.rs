@@ -13,8 +13,13 @@
 //! the same hash): that packet just takes the full path. The agent keeps
 //! the bitmap a superset of what the maps need (`mcs-agent`
 //! `dataplane/prefilter.rs`); a false negative would break traffic.
+//!
+//! IPv6 addresses share the bitmap: an address is tested by its 32-bit
+//! fold ([`NetAddr::fold`], identity for IPv4), so one array read serves
+//! both families and a node's bitmap holds all its addresses at once; a
+//! fold collision only makes a false positive, like a bit collision.
 
-use crate::flow::mix32;
+use crate::{byte_order::NetAddr, flow::mix32};
 
 /// log2 of the bitmap's bits: 2^24 bits = 2 MiB. With 300 000 addresses
 /// set (100k ClusterSetIPs, their backends and conntrack peers) a test
@@ -46,6 +51,12 @@ impl Role {
 #[inline(always)]
 pub const fn bit(addr: u32, role: Role) -> u32 {
     mix32(addr ^ role.seed()) >> (32 - PREFILTER_BITS_LOG2)
+}
+
+/// Bit of an address of either family (its fold).
+#[inline(always)]
+pub fn bit_of<A: NetAddr>(addr: A, role: Role) -> u32 {
+    bit(addr.fold(), role)
 }
 
 /// Word (array index) of a bit.

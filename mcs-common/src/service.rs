@@ -1,14 +1,25 @@
 //! Frontends and their backends: what a new flow's lookup reads
 //! (`MCS_SVC_V2`, `MCS_BACKEND_V2`, `MCS_AFFINITY_V1`; the Maglev tables
 //! of `MCS_MAGLEV_V2` are in [`crate::maglev`]).
+//!
+//! The types holding an address are generic over its family
+//! ([`NetAddr`]): `ServiceKey` is `ServiceKeyOf<u32>` (IPv4), and
+//! `ServiceKeyV6` is `ServiceKeyOf<Addr6>`, the key of `MCS_SVC_V6`; the
+//! same for backends and affinity. IPv6 lives in maps of its own, so IPv4
+//! entries keep their size. An IPv6 frontend takes its id from the same
+//! space as an IPv4 one: the maps indexed by frontend id (counters, names,
+//! the Maglev table's place) are shared, and its backends are all IPv6
+//! (a client reaches the backends of its own family).
 
 use core::{
     mem::size_of,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
 use crate::{
-    byte_order::{endpoint, host_port, ipv4, net_addr, net_port},
+    byte_order::{
+        Addr6, NetAddr, endpoint, endpoint6, host_port, ipv4, ipv6, net_addr, net_addr6, net_port,
+    },
     maglev::MaglevPlace,
 };
 
@@ -22,14 +33,54 @@ pub const PROTO_UDP: u8 = 17;
 /// Frontend key: a ClusterSetIP, a service port and its protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub struct ServiceKeyOf<A> {
     /// ClusterSetIP, network order.
-    pub addr: u32,
+    pub addr: A,
     /// Service port, network order.
     pub port: u16,
     /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
     pub proto: u8,
     pub _pad: u8,
+}
+
+/// IPv4 frontend key (`MCS_SVC_V2`).
+pub type ServiceKey = ServiceKeyOf<u32>;
+/// IPv6 frontend key (`MCS_SVC_V6`).
+pub type ServiceKeyV6 = ServiceKeyOf<Addr6>;
+
+impl<A: NetAddr> ServiceKeyOf<A> {
+    /// The key the datapath looks up for a packet (all network order).
+    #[inline(always)]
+    pub fn raw(addr: A, port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The service port, host order.
+    pub const fn port(&self) -> u16 {
+        host_port(self.port)
+    }
+}
+
+impl ServiceKeyV6 {
+    /// The key of `[addr]:port/proto` (`port` in host order).
+    pub const fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr: net_addr6(addr),
+            port: net_port(port),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The ClusterSetIP.
+    pub const fn addr(&self) -> Ipv6Addr {
+        ipv6(self.addr)
+    }
 }
 
 impl ServiceKey {
@@ -46,11 +97,6 @@ impl ServiceKey {
     /// The ClusterSetIP.
     pub const fn addr(&self) -> Ipv4Addr {
         ipv4(self.addr)
-    }
-
-    /// The service port, host order.
-    pub const fn port(&self) -> u16 {
-        host_port(self.port)
     }
 }
 
@@ -133,9 +179,9 @@ pub struct BackendKey {
 /// A backend endpoint: pod IP and target port, possibly in another cluster.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BackendValue {
+pub struct BackendValueOf<A> {
     /// Pod IP, network order.
-    pub addr: u32,
+    pub addr: A,
     /// Target port, network order.
     pub port: u16,
     pub _pad: u16,
@@ -147,6 +193,44 @@ pub struct BackendValue {
     /// endpoint backs).
     pub backend_id: u32,
     pub _pad2: u32,
+}
+
+/// IPv4 backend (`MCS_BACKEND_V2`).
+pub type BackendValue = BackendValueOf<u32>;
+/// IPv6 backend (`MCS_BACKEND_V6`, same [`BackendKey`]s: an IPv6
+/// frontend's slots).
+pub type BackendValueV6 = BackendValueOf<Addr6>;
+
+impl<A> BackendValueOf<A> {
+    /// The target port, host order.
+    pub const fn port(&self) -> u16 {
+        host_port(self.port)
+    }
+}
+
+impl BackendValueV6 {
+    /// The backend `endpoint` (port in host order).
+    pub const fn new(endpoint: SocketAddrV6, cluster_id: u32, flags: u32, backend_id: u32) -> Self {
+        Self {
+            addr: net_addr6(*endpoint.ip()),
+            port: net_port(endpoint.port()),
+            _pad: 0,
+            cluster_id,
+            flags,
+            backend_id,
+            _pad2: 0,
+        }
+    }
+
+    /// The pod IP.
+    pub const fn addr(&self) -> Ipv6Addr {
+        ipv6(self.addr)
+    }
+
+    /// Pod IP and target port.
+    pub const fn endpoint(&self) -> SocketAddrV6 {
+        endpoint6(self.addr, self.port)
+    }
 }
 
 impl BackendValue {
@@ -168,11 +252,6 @@ impl BackendValue {
         ipv4(self.addr)
     }
 
-    /// The target port, host order.
-    pub const fn port(&self) -> u16 {
-        host_port(self.port)
-    }
-
     /// Pod IP and target port.
     pub const fn endpoint(&self) -> SocketAddrV4 {
         endpoint(self.addr, self.port)
@@ -188,9 +267,28 @@ pub const BACKEND_F_TERMINATING: u32 = 1 << 1;
 /// Session-affinity key: frontend and client address (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AffinityKey {
+pub struct AffinityKeyOf<A> {
     pub frontend_id: u32,
-    pub client_addr: u32,
+    pub client_addr: A,
+}
+
+/// IPv4 session-affinity key (`MCS_AFFINITY_V1`).
+pub type AffinityKey = AffinityKeyOf<u32>;
+/// IPv6 session-affinity key (`MCS_AFFINITY_V6`).
+pub type AffinityKeyV6 = AffinityKeyOf<Addr6>;
+
+impl AffinityKeyV6 {
+    pub const fn new(frontend_id: u32, client: Ipv6Addr) -> Self {
+        Self {
+            frontend_id,
+            client_addr: net_addr6(client),
+        }
+    }
+
+    /// The client the binding is for.
+    pub const fn client(&self) -> Ipv6Addr {
+        ipv6(self.client_addr)
+    }
 }
 
 impl AffinityKey {
@@ -210,14 +308,27 @@ impl AffinityKey {
 /// The backend a client is bound to, and when it last opened a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AffinityValue {
+pub struct AffinityValueOf<A: NetAddr> {
     /// Backend address and port, network order.
-    pub backend_addr: u32,
+    pub backend_addr: A,
     pub backend_port: u16,
     pub _pad: u16,
     pub slot: u32,
-    pub _pad2: u32,
+    /// Four bytes for IPv4, none for IPv6 ([`NetAddr::SlotPad`]).
+    pub _pad2: A::SlotPad,
     pub last_used_ns: u64,
+}
+
+/// IPv4 session-affinity binding (`MCS_AFFINITY_V1`).
+pub type AffinityValue = AffinityValueOf<u32>;
+/// IPv6 session-affinity binding (`MCS_AFFINITY_V6`).
+pub type AffinityValueV6 = AffinityValueOf<Addr6>;
+
+impl AffinityValueV6 {
+    /// The bound backend.
+    pub const fn backend(&self) -> SocketAddrV6 {
+        endpoint6(self.backend_addr, self.backend_port)
+    }
 }
 
 impl AffinityValue {
@@ -233,6 +344,10 @@ const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<BackendValue>() == 24);
 const _: () = assert!(size_of::<AffinityKey>() == 8);
 const _: () = assert!(size_of::<AffinityValue>() == 24);
+const _: () = assert!(size_of::<ServiceKeyV6>() == 20);
+const _: () = assert!(size_of::<BackendValueV6>() == 36);
+const _: () = assert!(size_of::<AffinityKeyV6>() == 20);
+const _: () = assert!(size_of::<AffinityValueV6>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -279,6 +394,32 @@ mod tests {
             _pad: 0,
             slot: 0,
             _pad2: 0,
+            last_used_ns: 0,
+        };
+        assert_eq!(bound.backend(), pod);
+    }
+
+    #[test]
+    fn ipv6_accessors_round_trip_and_store_packet_order() {
+        let vip: Ipv6Addr = "fd00:96::100:a".parse().unwrap();
+        let key = ServiceKeyV6::new(vip, 80, PROTO_UDP);
+        assert_eq!((key.addr(), key.port(), key.proto), (vip, 80, PROTO_UDP));
+        assert_eq!(key.addr[0].to_ne_bytes(), [0xfd, 0, 0, 0x96]);
+        assert_eq!(ServiceKeyV6::raw(key.addr, key.port, PROTO_UDP), key);
+
+        let pod = SocketAddrV6::new("fd00:101:1::10".parse().unwrap(), 8080, 0, 0);
+        let backend = BackendValueV6::new(pod, 2, BACKEND_F_READY, 7);
+        assert_eq!(backend.endpoint(), pod);
+        assert_eq!((backend.addr(), backend.port()), (*pod.ip(), 8080));
+
+        let client: Ipv6Addr = "fd00:1::2".parse().unwrap();
+        assert_eq!(AffinityKeyV6::new(3, client).client(), client);
+        let bound = AffinityValueV6 {
+            backend_addr: backend.addr,
+            backend_port: backend.port,
+            _pad: 0,
+            slot: 0,
+            _pad2: [],
             last_used_ns: 0,
         };
         assert_eq!(bound.backend(), pod);

@@ -12,15 +12,18 @@
 //! so established and closing flows to a removed or terminating backend may
 //! finish; entries expire by protocol state, collected by the agent's
 //! janitor (`mcs-agent/src/conntrack/`).
+//!
+//! Generic over the family ([`Family`]): IPv4 flows live in `MCS_CT_V1`,
+//! IPv6 flows in `MCS_CT_V6`, under the same rules.
 
-use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    BackendValue, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue,
-    ServiceValue,
+    BackendValueOf, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKeyOf,
+    CtValueOf, ServiceValue,
 };
 
 use crate::{
-    maps::{MCS_CT_V1, now_ns},
+    family::Family,
+    maps::now_ns,
     packet::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
 
@@ -56,9 +59,9 @@ pub fn opens_connection(tcp_flags: u8) -> bool {
 /// padding literal into a call to a `memset` subprogram, two 8-byte stores
 /// are cheaper.
 #[inline(always)]
-pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
-    // SAFETY: `CtKey` holds only integers; all zeroes is a valid value.
-    let mut key: CtKey = unsafe { core::mem::zeroed() };
+pub fn key<F: Family>(saddr: F, daddr: F, sport: u16, dport: u16, proto: u8) -> CtKeyOf<F> {
+    // SAFETY: `CtKeyOf` holds only integers; all zeroes is a valid value.
+    let mut key: CtKeyOf<F> = unsafe { core::mem::zeroed() };
     key.saddr = saddr;
     key.daddr = daddr;
     key.sport = sport;
@@ -68,13 +71,13 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
 }
 
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtValue> {
-    MCS_CT_V1.get_ptr_mut(key)
+pub fn lookup<F: Family>(key: &CtKeyOf<F>) -> Option<*mut CtValueOf<F>> {
+    F::ct_lookup(key)
 }
 
 /// Whether a looked-up entry is a flow's reply direction.
 #[inline(always)]
-pub fn is_reply(entry: *mut CtValue) -> bool {
+pub fn is_reply<F: Family>(entry: *mut CtValueOf<F>) -> bool {
     // SAFETY: `entry` came from a lookup in this program run; the flags
     // only ever gain bits, never the reply bit.
     unsafe { (*entry).is_reply() }
@@ -82,7 +85,7 @@ pub fn is_reply(entry: *mut CtValue) -> bool {
 
 /// Records the packet on its entry and returns a copy of the entry.
 #[inline(always)]
-pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
+pub fn touch<F: Family>(entry: *mut CtValueOf<F>, tcp_flags: u8) -> CtValueOf<F> {
     // SAFETY: `entry` came from a lookup in this program run. Concurrent
     // writers only set timestamps and OR flag bits; a lost update there is
     // harmless (the next packet writes again).
@@ -107,7 +110,7 @@ pub fn touch(entry: *mut CtValue, tcp_flags: u8) -> CtValue {
 /// the backend directly (a pod reusing its port towards the pod address)
 /// and its answer must not come back from the ClusterSetIP.
 #[inline(always)]
-pub fn answers_another_connection(entry: *mut CtValue, tcp_flags: u8) -> bool {
+pub fn answers_another_connection<F: Family>(entry: *mut CtValueOf<F>, tcp_flags: u8) -> bool {
     const SYN_ACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;
     // SAFETY: `entry` came from a lookup in this program run.
     tcp_flags & SYN_ACK == SYN_ACK
@@ -119,7 +122,7 @@ pub fn answers_another_connection(entry: *mut CtValue, tcp_flags: u8) -> bool {
 /// Deletes both entries of the finished flow whose reply entry `entry` is
 /// at `reply_key`, so the new connection's packets pass untranslated.
 #[inline(always)]
-pub fn forget_flow(reply_key: &CtKey, entry: *mut CtValue) {
+pub fn forget_flow<F: Family>(reply_key: &CtKeyOf<F>, entry: *mut CtValueOf<F>) {
     // SAFETY: `entry` came from a lookup in this program run; copied out
     // before the deletes.
     let (nat_addr, nat_port) = unsafe { ((*entry).nat_addr, (*entry).nat_port) };
@@ -130,16 +133,38 @@ pub fn forget_flow(reply_key: &CtKey, entry: *mut CtValue) {
         nat_port,
         reply_key.proto,
     );
-    // Already gone (evicted, expired) is fine.
-    let _ = MCS_CT_V1.remove(forward);
-    let _ = MCS_CT_V1.remove(*reply_key);
+    F::ct_remove(&forward);
+    F::ct_remove(reply_key);
+}
+
+/// What a SYN needs of the forward entry of an earlier flow of its tuple:
+/// the entry's backend and flags (copied out, not the whole entry: the
+/// stack is tight with IPv6 entries).
+pub struct Earlier<F> {
+    pub backend_addr: F,
+    pub backend_port: u16,
+    pub flags: u32,
+}
+
+/// The earlier flow a SYN meets at forward entry `entry` (`None`: it is a
+/// reply entry, not a flow this SYN opens again).
+#[inline(always)]
+pub fn earlier<F: Family>(entry: *mut CtValueOf<F>) -> Option<Earlier<F>> {
+    // SAFETY: `entry` came from a lookup in this program run; copied out.
+    unsafe {
+        (!(*entry).is_reply()).then(|| Earlier {
+            backend_addr: (*entry).backend_addr,
+            backend_port: (*entry).backend_port,
+            flags: (*entry).flags,
+        })
+    }
 }
 
 /// Whether a flow that had entry `old` and is now balanced to `backend`
 /// is a new flow for the counters: another backend, or the tuple of a
 /// finished flow used again (not a retransmitted SYN).
 #[inline(always)]
-pub fn is_new_flow(old: &CtValue, backend: &BackendValue) -> bool {
+pub fn is_new_flow<F: Family>(old: &Earlier<F>, backend: &BackendValueOf<F>) -> bool {
     old.backend_addr != backend.addr
         || old.backend_port != backend.port
         || old.flags & (CT_F_FIN | CT_F_RST) != 0
@@ -149,7 +174,7 @@ pub fn is_new_flow(old: &CtValue, backend: &BackendValue) -> bool {
 /// now goes to another backend (a reply entry is keyed by its backend, so
 /// the new one does not replace it).
 #[inline(always)]
-pub fn forget_reply(key: &CtKey, old: &CtValue, backend: &BackendValue) {
+pub fn forget_reply<F: Family>(key: &CtKeyOf<F>, old: &Earlier<F>, backend: &BackendValueOf<F>) {
     if old.backend_addr != backend.addr || old.backend_port != backend.port {
         let reply_key = self::key(
             old.backend_addr,
@@ -158,8 +183,7 @@ pub fn forget_reply(key: &CtKey, old: &CtValue, backend: &BackendValue) {
             key.sport,
             key.proto,
         );
-        // Already gone (evicted, expired) is fine.
-        let _ = MCS_CT_V1.remove(reply_key);
+        F::ct_remove(&reply_key);
     }
 }
 
@@ -167,16 +191,18 @@ pub fn forget_reply(key: &CtKey, old: &CtValue, backend: &BackendValue) {
 /// before the kernel knows how to translate it. Replaces the entries of an
 /// earlier flow of the same tuple whole (its flags included).
 #[inline(always)]
-pub fn create(
-    key: &CtKey,
+pub fn create<F: Family>(
+    key: &CtKeyOf<F>,
     service: &ServiceValue,
-    backend: &BackendValue,
+    backend: &BackendValueOf<F>,
     tcp_flags: u8,
 ) -> Result<(), i32> {
     let now = now_ns();
     let flags = ct_flags(tcp_flags);
     let reply_key = self::key(backend.addr, key.saddr, backend.port, key.sport, key.proto);
-    let reply = CtValue {
+    // One value, rewritten for the forward entry after the reply's insert
+    // (the map copies it): an IPv6 entry is 64 bytes of a tight stack.
+    let mut value = CtValueOf {
         nat_addr: key.daddr,
         nat_port: key.dport,
         _pad: 0,
@@ -189,12 +215,9 @@ pub fn create(
         _pad3: 0,
         last_seen_ns: now,
     };
-    MCS_CT_V1.insert(reply_key, reply, u64::from(BPF_ANY))?;
-    let forward = CtValue {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        flags,
-        ..reply
-    };
-    MCS_CT_V1.insert(key, forward, u64::from(BPF_ANY))
+    F::ct_insert(&reply_key, &value)?;
+    value.nat_addr = backend.addr;
+    value.nat_port = backend.port;
+    value.flags = flags;
+    F::ct_insert(key, &value)
 }

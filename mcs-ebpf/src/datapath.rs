@@ -5,7 +5,9 @@
 //! which they supply through [`Hook`].
 //!
 //! Per packet:
-//! 1. parse IPv4 TCP/UDP (anything else passes untouched);
+//! 1. parse IPv4 or IPv6 TCP/UDP (anything else passes untouched; an IPv6
+//!    extension header chain the parser cannot follow passes untouched and
+//!    is counted when it goes to a ClusterSetIP);
 //! 2. prefilter: a packet whose destination is not a ClusterSetIP and whose
 //!    source is not a backend (two bits of an array map, both clear) passes
 //!    untouched without any hash lookup;
@@ -23,21 +25,24 @@
 //! reply entries only: it reverse-translates replies whatever device they
 //! arrived on, and never starts a flow.
 //!
-//! With the `debug-log` feature each step logs its outcome (`debug_log!`).
+//! The steps are generic over the family ([`Family`]): IPv4 and IPv6
+//! packets run the same code over their own maps, instantiated once each.
+//!
+//! With the `debug-log` feature each step logs its outcome (`debug_log!`);
+//! such a build translates IPv4 only (see [`process`]).
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use mcs_common::{
-    DropReason, SVC_F_VIP_MARKER,
-    byte_order::{host_port, ipv4},
-    prefilter::Role,
+    DropReason, PROTO_TCP, PROTO_UDP, SVC_F_VIP_MARKER, byte_order::host_port, prefilter::Role,
 };
 
 use crate::{
     conntrack,
+    family::Family,
     lb::{self, SelectError, Selector},
-    maps::{count_backend, count_frontend, count_no_backend, prefilter_may_contain},
-    packet::{self, Packet, PacketData, ParseError},
+    maps::{count_backend, count_drop, count_frontend, count_no_backend, prefilter_may_contain},
+    packet::{self, Dest, IpFamily as _, L3, Packet, PacketData, ParseError},
 };
 
 /// Why a packet leaves the translation without being translated.
@@ -83,87 +88,137 @@ pub trait Hook {
     /// The program context (for log lines).
     fn ctx(&self) -> &Self::Ctx;
 
-    /// Parses the packet.
+    /// Parses the packet as one of family `F`.
     #[inline(always)]
-    fn parse(&self) -> Result<Packet, ParseError> {
+    fn parse<F: Family>(&self) -> Result<Packet<F>, ParseError> {
         packet::parse(self.ctx())
     }
 
     /// Rewrites one side's address and port, with the IPv4 header checksum
-    /// and the TCP/UDP checksum kept right.
-    fn rewrite(
+    /// (IPv6 has none) and the TCP/UDP checksum kept right.
+    fn rewrite<F: Family>(
         &self,
-        pkt: &Packet,
+        pkt: &Packet<F>,
         side: Side,
-        new_addr: u32,
+        new_addr: F,
         new_port: u16,
     ) -> Result<(), RewriteFailed>;
 
     /// Turns the packet into the refusal of a new flow: a TCP RST or an
     /// ICMP port unreachable from the ClusterSetIP to the client.
-    fn refuse(&self, pkt: &Packet) -> Result<(), Unreplied>;
+    fn refuse<F: Family>(&self, pkt: &Packet<F>) -> Result<(), Unreplied>;
 }
 
 /// Whether `daddr` is a ClusterSetIP (the agent stores a port-0 marker
 /// frontend per ClusterSetIP and protocol). Only used on odd packets.
 #[inline(always)]
-fn is_cluster_set_ip(daddr: u32, proto: u8) -> bool {
+fn is_cluster_set_ip<F: Family>(daddr: F, proto: u8) -> bool {
     prefilter_may_contain(daddr, Role::Destination) && lb::lookup_service(daddr, 0, proto).is_some()
+}
+
+/// [`is_cluster_set_ip`] for a parser's stop.
+#[inline(always)]
+fn to_cluster_set_ip(dest: Dest) -> bool {
+    match dest {
+        Dest::V4 { daddr, proto } => is_cluster_set_ip(daddr, proto),
+        Dest::V6 { daddr, proto } => is_cluster_set_ip(daddr, proto),
+    }
 }
 
 /// Parses the hook's packet and translates it (see the module docs).
 #[inline(always)]
 pub fn process<H: Hook>(hook: &H, scope: Scope) -> Result<(), Error> {
+    match packet::l3(hook.ctx()) {
+        Some(L3::V4) => process_family::<H, u32>(hook, scope),
+        #[cfg(not(feature = "debug-log"))]
+        Some(L3::V6) => process_family::<H, mcs_common::byte_order::Addr6>(hook, scope),
+        // A `debug-log` build translates IPv4 only: both families' paths
+        // with their log lines inlined into one program exceed the BPF
+        // stack, and a BPF function of its own for IPv6 loses the packet
+        // pointers to the compiler's argument rewriting.
+        #[cfg(feature = "debug-log")]
+        Some(L3::V6) => {
+            debug_log!(
+                hook.ctx(),
+                "parse: IPv6, not translated by a debug-log build"
+            );
+            Err(Error::NotOurs)
+        }
+        None => {
+            debug_log!(hook.ctx(), "parse: not IP, passed");
+            Err(Error::NotOurs)
+        }
+    }
+}
+
+/// Parses a packet of family `F` and translates it.
+#[inline(always)]
+fn process_family<H: Hook, F: Family>(hook: &H, scope: Scope) -> Result<(), Error> {
     let ctx = hook.ctx();
-    let pkt = match hook.parse() {
-        Ok(pkt) => pkt,
-        Err(ParseError::NotTcpUdpV4) => {
-            debug_log!(ctx, "parse: not IPv4 TCP/UDP, passed");
-            return Err(Error::NotOurs);
+    match hook.parse::<F>() {
+        Ok(pkt) => translate(hook, &pkt, scope),
+        Err(ParseError::NotTcpUdp) => {
+            debug_log!(ctx, "parse: not TCP/UDP over IP, passed");
+            Err(Error::NotOurs)
         }
         Err(ParseError::Truncated) => {
             debug_log!(ctx, "parse: headers cut short, passed");
-            return Err(Error::NotOurs);
+            Err(Error::NotOurs)
         }
         // Only the first fragment carries ports, so fragments to a
         // ClusterSetIP cannot be translated consistently: drop them rather
         // than let them wander off towards an unrouted VIP.
-        Err(ParseError::Fragment { daddr, proto }) => {
-            debug_log!(ctx, "parse: fragment to {} proto {}", ipv4(daddr), proto);
-            return Err(if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
+        Err(ParseError::Fragment(dest)) => {
+            let (daddr, proto) = dest.parts();
+            debug_log!(ctx, "parse: fragment to {} proto {}", daddr, proto);
+            Err(if scope == Scope::All && to_cluster_set_ip(dest) {
                 Error::Drop(DropReason::Fragment)
             } else {
                 Error::NotOurs
-            });
+            })
         }
-        Err(ParseError::L4Truncated { daddr, proto }) => {
+        Err(ParseError::L4Truncated(dest)) => {
+            let (daddr, proto) = dest.parts();
             debug_log!(
                 ctx,
                 "parse: L4 header cut short, to {} proto {}",
-                ipv4(daddr),
+                daddr,
                 proto
             );
-            return Err(if scope == Scope::All && is_cluster_set_ip(daddr, proto) {
+            Err(if scope == Scope::All && to_cluster_set_ip(dest) {
                 Error::Drop(DropReason::Malformed)
             } else {
                 Error::NotOurs
-            });
+            })
         }
-    };
-    translate(hook, &pkt, scope)
+        // The upper layer is unknown, so it cannot be translated; never
+        // guessed. Counted when it goes to a ClusterSetIP (either protocol's
+        // marker), passed on either way.
+        Err(ParseError::Unfollowed { daddr }) => {
+            debug_log!(
+                ctx,
+                "parse: IPv6 extension headers not followed to {}",
+                daddr.ip()
+            );
+            if is_cluster_set_ip(daddr, PROTO_TCP) || is_cluster_set_ip(daddr, PROTO_UDP) {
+                count_drop(DropReason::Ipv6ChainUnfollowed);
+            }
+            Err(Error::NotOurs)
+        }
+    }
 }
 
 /// Translates one parsed packet.
 #[inline(always)]
-fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error> {
+fn translate<H: Hook, F: Family>(hook: &H, pkt: &Packet<F>, scope: Scope) -> Result<(), Error> {
     let ctx = hook.ctx();
     let (saddr, daddr, sport, dport) = (pkt.saddr(), pkt.daddr(), pkt.sport(), pkt.dport());
     debug_log!(
         ctx,
         "parse: {}:{} -> {}:{} proto {}",
-        ipv4(saddr),
+        saddr.ip(),
         host_port(sport),
-        ipv4(daddr),
+        daddr.ip(),
         host_port(dport),
         pkt.proto
     );
@@ -192,15 +247,16 @@ fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error>
             return Err(Error::NotOurs);
         }
         // Only a SYN reads the entry here: the hit path stays as it was.
-        // SAFETY: pointer from the lookup just made; copied out at once.
-        let opening = conntrack::opens_connection(pkt.l4.tcp_flags)
-            .then(|| unsafe { *entry })
-            .filter(|old| !old.is_reply());
+        let opening = if conntrack::opens_connection(pkt.l4.tcp_flags) {
+            conntrack::earlier(entry)
+        } else {
+            None
+        };
         if let Some(old) = opening {
             debug_log!(
                 ctx,
                 "conntrack: SYN on an entry to {}:{}, balanced afresh",
-                ipv4(old.backend_addr),
+                old.backend_addr.ip(),
                 host_port(old.backend_port)
             );
             replaced = Some(old);
@@ -211,7 +267,7 @@ fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error>
                 "conntrack: frontend {} {} entry, rewrite to {}:{}",
                 entry.frontend_id,
                 if entry.is_reply() { "reply" } else { "forward" },
-                ipv4(entry.nat_addr),
+                entry.nat_addr.ip(),
                 host_port(entry.nat_port)
             );
             let side = if entry.is_reply() {
@@ -260,7 +316,7 @@ fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error>
         ctx,
         "frontend {}: backend {}:{} (slot {})",
         service.frontend_id,
-        ipv4(backend.addr),
+        backend.addr.ip(),
         host_port(backend.port),
         slot
     );
@@ -282,11 +338,11 @@ fn translate<H: Hook>(hook: &H, pkt: &Packet, scope: Scope) -> Result<(), Error>
 }
 
 #[inline(always)]
-fn rewrite<H: Hook>(
+fn rewrite<H: Hook, F: Family>(
     hook: &H,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     side: Side,
-    new_addr: u32,
+    new_addr: F,
     new_port: u16,
 ) -> Result<(), Error> {
     hook.rewrite(pkt, side, new_addr, new_port)

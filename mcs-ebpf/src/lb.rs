@@ -1,5 +1,6 @@
 //! Service lookup and backend selection: one implementation of the rules for
-//! every hook (XDP today, socket LB later).
+//! every hook (XDP, tc, socket LB) and both families (generic over
+//! [`Family`]: the address type picks its maps).
 //!
 //! Selection of a new flow's backend:
 //! 1. `sessionAffinity: ClientIP`: a live affinity entry for (frontend,
@@ -11,29 +12,23 @@
 //!    `M` and entry width come with the service entry; the entry is one
 //!    inlined array read of `MCS_MAGLEV_V2` (`mcs_common::maglev`).
 
-use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    AffinityKey, AffinityValue, BackendKey, BackendValue, MaglevChunk, SVC_F_AFFINITY, ServiceKey,
-    ServiceValue,
+    AffinityKeyOf, AffinityValueOf, BackendKey, BackendValueOf, MaglevChunk, SVC_F_AFFINITY,
+    ServiceKeyOf, ServiceValue,
     flow::{flow_hash, reduce},
 };
 
-use crate::maps::{MCS_AFFINITY_V1, MCS_BACKEND_V2, MCS_MAGLEV_V2, MCS_SVC_V2, now_ns};
+use crate::{
+    family::Family,
+    maps::{MCS_MAGLEV_V2, now_ns},
+};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The frontend of `addr:port/proto` (all network order), if it is one.
 #[inline(always)]
-pub fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
-    let key = ServiceKey {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once; the agent replaces entries
-    // whole, so a concurrent update yields the old or the new value.
-    unsafe { MCS_SVC_V2.get(key).copied() }
+pub fn lookup_service<F: Family>(addr: F, port: u16, proto: u8) -> Option<ServiceValue> {
+    F::service(&ServiceKeyOf::raw(addr, port, proto))
 }
 
 /// The backend slot that entry `hash % M` of the frontend's Maglev table
@@ -66,10 +61,10 @@ pub enum SelectError {
 }
 
 /// Who asks for a backend, as each hook knows it.
-pub struct Selector {
+pub struct Selector<F> {
     /// The client for ClientIP affinity: its address (XDP) or its network
     /// namespace (socket LB, where the address is not known yet).
-    pub client: u32,
+    pub client: F,
     /// Spreads flows without affinity (a hash of the 5-tuple, or of the
     /// socket).
     pub flow_hash: u32,
@@ -78,48 +73,48 @@ pub struct Selector {
     pub client_hash: u32,
 }
 
-impl Selector {
-    /// The XDP view: a packet's 5-tuple (packet byte order).
+impl<F: Family> Selector<F> {
+    /// The packet hooks' view: a packet's 5-tuple (packet byte order). An
+    /// IPv6 address enters the hashes by its fold.
     #[inline(always)]
-    pub fn for_packet(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+    pub fn for_packet(saddr: F, daddr: F, sport: u16, dport: u16, proto: u8) -> Self {
+        let (s, d) = (saddr.fold(), daddr.fold());
         Self {
             client: saddr,
-            flow_hash: flow_hash(saddr, daddr, sport, dport, proto),
-            client_hash: flow_hash(saddr, daddr, 0, dport, proto),
+            flow_hash: flow_hash(s, d, sport, dport, proto),
+            client_hash: flow_hash(s, d, 0, dport, proto),
         }
     }
 }
 
 #[inline(always)]
-fn backend_in_slot(frontend_id: u32, slot: u32) -> Option<BackendValue> {
-    let key = BackendKey { frontend_id, slot };
-    // SAFETY: copied out at once (see `lookup_service`).
-    unsafe { MCS_BACKEND_V2.get(key).copied() }
+fn backend_in_slot<F: Family>(frontend_id: u32, slot: u32) -> Option<BackendValueOf<F>> {
+    F::backend(&BackendKey { frontend_id, slot })
 }
 
 /// Picks the backend of a new flow; returns it with its slot.
 #[inline(always)]
-pub fn select_backend(
+pub fn select_backend<F: Family>(
     service: &ServiceValue,
-    selector: &Selector,
-) -> Result<(BackendValue, u32), SelectError> {
+    selector: &Selector<F>,
+) -> Result<(BackendValueOf<F>, u32), SelectError> {
     if service.backend_count == 0 {
         return Err(SelectError::NoBackend);
     }
     let affinity = service.flags & SVC_F_AFFINITY != 0;
-    let affinity_key = AffinityKey {
+    let affinity_key = AffinityKeyOf {
         frontend_id: service.frontend_id,
         client_addr: selector.client,
     };
     // The clock only matters with affinity.
     let now = if affinity { now_ns() } else { 0 };
-    if affinity && let Some(bound) = MCS_AFFINITY_V1.get_ptr_mut(affinity_key) {
+    if affinity && let Some(bound) = F::affinity_lookup(&affinity_key) {
         // SAFETY: pointer from a lookup in this run; fields are plain data
         // and a racing writer only stores a newer timestamp or binding.
         let entry = unsafe { *bound };
         let timeout = u64::from(service.affinity_timeout_s) * NS_PER_SEC;
         if now.wrapping_sub(entry.last_used_ns) <= timeout
-            && let Some(backend) = backend_in_slot(service.frontend_id, entry.slot)
+            && let Some(backend) = backend_in_slot::<F>(service.frontend_id, entry.slot)
             && backend.addr == entry.backend_addr
             && backend.port == entry.backend_port
         {
@@ -135,19 +130,18 @@ pub fn select_backend(
         selector.flow_hash
     };
     let slot = maglev_slot(service, hash).ok_or(SelectError::SlotMissing)?;
-    let backend = backend_in_slot(service.frontend_id, slot).ok_or(SelectError::SlotMissing)?;
+    let backend =
+        backend_in_slot::<F>(service.frontend_id, slot).ok_or(SelectError::SlotMissing)?;
     if affinity {
-        let binding = AffinityValue {
+        let binding = AffinityValueOf {
             backend_addr: backend.addr,
             backend_port: backend.port,
             _pad: 0,
             slot,
-            _pad2: 0,
+            _pad2: F::SLOT_PAD,
             last_used_ns: now,
         };
-        // An LRU insert only fails under memory pressure; the hash above
-        // keeps the client on this backend anyway.
-        let _ = MCS_AFFINITY_V1.insert(affinity_key, binding, u64::from(BPF_ANY));
+        F::affinity_insert(&affinity_key, &binding);
     }
     Ok((backend, slot))
 }

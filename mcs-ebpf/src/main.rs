@@ -11,6 +11,8 @@
 //! * `sock.rs` — socket-level LB for local sockets (cgroup connect4,
 //!   sendmsg4, recvmsg4, getpeername4): the backend is chosen once.
 //! * `lb.rs`  — service lookup and backend selection, shared by every hook.
+//! * `family.rs` — each address family's maps behind one trait, so the
+//!   translation is written once for IPv4 and IPv6.
 //! * `maps.rs` — the maps, declared from `mcs_common::MAPS`.
 //! * `clock.rs` — the jiffies probe behind the agent's clock calibration
 //!   (never attached).
@@ -29,6 +31,7 @@ mod log;
 mod clock;
 mod conntrack;
 mod datapath;
+mod family;
 mod lb;
 mod maps;
 mod reject;

@@ -10,9 +10,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use mcs_common::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    DropReason, FrontendStats, MaglevChunk, MapKind, NameValue, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, def,
+    AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
+    BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, DropReason, FrontendStats,
+    MaglevChunk, MapKind, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey,
+    SockRevValue,
+    byte_order::NetAddr,
+    def,
     prefilter::{self, Role},
 };
 
@@ -51,10 +54,11 @@ abi_map! {
     MCS_FILTER_V1: Array<u64> = def::PREFILTER
 }
 
-/// Whether `addr` may be a member of `role` (false: certainly not).
+/// Whether `addr` (either family) may be a member of `role` (false:
+/// certainly not).
 #[inline(always)]
-pub fn prefilter_may_contain(addr: u32, role: Role) -> bool {
-    let bit = prefilter::bit(addr, role);
+pub fn prefilter_may_contain<A: NetAddr>(addr: A, role: Role) -> bool {
+    let bit = prefilter::bit_of(addr, role);
     match MCS_FILTER_V1.get(prefilter::word(bit)) {
         Some(word) => *word & prefilter::mask(bit) != 0,
         // Cannot happen (the word index is in range); fail open.
@@ -82,6 +86,23 @@ abi_map! {
 abi_map! {
     /// Flow state for both directions of every translated flow.
     MCS_CT_V1: LruHashMap<CtKey, CtValue> = def::CONNTRACK
+}
+abi_map! {
+    /// IPv6 ClusterSetIP:port/proto → frontend (ids shared with
+    /// `MCS_SVC_V2`).
+    MCS_SVC_V6: HashMap<ServiceKeyV6, ServiceValue> = def::SERVICES_V6
+}
+abi_map! {
+    /// (IPv6 frontend, slot) → IPv6 backend.
+    MCS_BACKEND_V6: HashMap<BackendKey, BackendValueV6> = def::BACKENDS_V6
+}
+abi_map! {
+    /// ClientIP session affinity of IPv6 clients.
+    MCS_AFFINITY_V6: LruHashMap<AffinityKeyV6, AffinityValueV6> = def::AFFINITY_V6
+}
+abi_map! {
+    /// Flow state of IPv6 flows.
+    MCS_CT_V6: LruHashMap<CtKeyV6, CtValueV6> = def::CONNTRACK_V6
 }
 abi_map! {
     /// Per-frontend counters, indexed by frontend id.

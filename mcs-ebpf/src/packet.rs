@@ -1,13 +1,32 @@
-//! Bounds-checked packet access and IPv4 TCP/UDP parsing, and the header
-//! offsets the datapath reads and writes by name. The same for every hook:
-//! XDP and tc both hand the program an Ethernet frame ([`PacketData`]).
+//! Bounds-checked packet access and IPv4/IPv6 TCP/UDP parsing, and the
+//! header offsets the datapath reads and writes by name. The same for every
+//! hook: XDP and tc both hand the program an Ethernet frame
+//! ([`PacketData`]).
+//!
+//! [`l3`] tells the family by the EtherType; [`parse`] then gives a
+//! [`Packet<A>`] of that family's address type (`u32` or `Addr6`,
+//! [`IpFamily`]), so the datapath is one generic translation with two
+//! instantiations (no enum of both: a packet pointer must stay whole in a
+//! register or a 64-bit stack slot for the verifier). IPv6 extension headers (hop-by-hop, routing,
+//! destination options) are walked by a bounded loop; a fragment header
+//! takes the fragment rule; a chain the parser does not follow (another
+//! extension header, or more than [`IPV6_EXT_MAX`]) is
+//! [`ParseError::Unfollowed`]: passed untouched, counted by the caller.
 
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
-use mcs_common::{PROTO_TCP, PROTO_UDP};
+use mcs_common::{
+    PROTO_TCP, PROTO_UDP,
+    byte_order::{Addr6, NetAddr},
+};
 
 /// A program context with direct packet access: the frame lies in
 /// `[data, data_end)`.
@@ -73,8 +92,159 @@ pub fn ptr_at<T>(ctx: &impl PacketData, offset: usize) -> Option<*mut T> {
 
 /// Ethernet type IPv4, as it sits in the header.
 pub const ETH_P_IP_RAW: u16 = u16::from_ne_bytes(0x0800u16.to_be_bytes());
+/// Ethernet type IPv6, as it sits in the header.
+pub const ETH_P_IPV6_RAW: u16 = u16::from_ne_bytes(0x86ddu16.to_be_bytes());
 /// Fragment offset mask and "more fragments" bit of `frags`, in host order.
 const IP_FRAG_MASK: u16 = 0x3fff;
+
+/// IPv6 extension headers the parser walks (RFC 8200 §4).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension headers a packet may carry before its TCP/UDP header; a
+/// longer chain is not followed.
+pub const IPV6_EXT_MAX: usize = 4;
+/// Bytes of an IPv6 fragment header.
+const IPV6_FRAG_LEN: usize = 8;
+/// Fragment offset (high 13 bits) and "more fragments" bit (lowest) of a
+/// fragment header's third and fourth bytes, host order.
+const IPV6_FRAG_MASK: u16 = 0xfff9;
+
+/// An IP family as the packet carries it: its address type and where the
+/// addresses sit in its header.
+pub trait IpFamily: NetAddr {
+    /// Length of the IP header without options or extension headers.
+    const HDR_LEN: usize;
+    /// Offsets of the source and destination address in the IP header.
+    const SRC_OFF: usize;
+    const DST_OFF: usize;
+
+    /// Loads an address from the packet.
+    ///
+    /// # Safety
+    /// `at` must point at a whole address inside the packet.
+    unsafe fn load(at: *const u8) -> Self;
+
+    /// The address as the standard library has it (log lines).
+    fn ip(self) -> core::net::IpAddr;
+
+    /// 32-bit words of an address (the kernel's checksum helpers take at
+    /// most four bytes at a time).
+    const WORDS: usize;
+
+    /// Word `i` of the address (`i < WORDS`).
+    fn word(self, i: usize) -> u32;
+
+    /// Whether the IP header has a checksum of its own (IPv4; IPv6 has none).
+    const HEADER_CHECKSUM: bool;
+
+    /// The packet as an IPv4 one, if it is (the refusals are IPv4 only).
+    fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>>;
+
+    /// Parses a frame of this family (after the Ethernet header).
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError>;
+
+    /// Stores an address into the packet.
+    ///
+    /// # Safety
+    /// `at` must point at a whole writable address inside the packet.
+    unsafe fn store(at: *mut u8, addr: Self);
+}
+
+impl IpFamily for u32 {
+    const HDR_LEN: usize = Ipv4Hdr::LEN;
+    const WORDS: usize = 1;
+    const HEADER_CHECKSUM: bool = true;
+
+    #[inline(always)]
+    fn word(self, _i: usize) -> u32 {
+        self
+    }
+
+    #[inline(always)]
+    fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>> {
+        Some(pkt)
+    }
+
+    #[inline(always)]
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
+        parse_v4(ctx)
+    }
+    const SRC_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
+    const DST_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
+
+    #[inline(always)]
+    unsafe fn load(at: *const u8) -> Self {
+        // SAFETY: per the function contract.
+        u32::from_ne_bytes(unsafe { *at.cast::<[u8; 4]>() })
+    }
+
+    #[inline(always)]
+    unsafe fn store(at: *mut u8, addr: Self) {
+        // SAFETY: per the function contract.
+        unsafe { *at.cast::<[u8; 4]>() = addr.to_ne_bytes() };
+    }
+
+    #[inline(always)]
+    fn ip(self) -> core::net::IpAddr {
+        core::net::IpAddr::V4(mcs_common::byte_order::ipv4(self))
+    }
+}
+
+impl IpFamily for Addr6 {
+    const HDR_LEN: usize = Ipv6Hdr::LEN;
+    const WORDS: usize = 4;
+    const HEADER_CHECKSUM: bool = false;
+
+    #[inline(always)]
+    fn word(self, i: usize) -> u32 {
+        self[i & 3]
+    }
+
+    #[inline(always)]
+    fn v4(_pkt: &Packet<Self>) -> Option<&Packet<u32>> {
+        None
+    }
+
+    #[inline(always)]
+    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
+        parse_v6(ctx)
+    }
+    const SRC_OFF: usize = offset_of!(Ipv6Hdr, src_addr);
+    const DST_OFF: usize = offset_of!(Ipv6Hdr, dst_addr);
+
+    #[inline(always)]
+    unsafe fn load(at: *const u8) -> Self {
+        // SAFETY: per the function contract (16 bytes: four words).
+        unsafe {
+            let words = at.cast::<[u8; 4]>();
+            [
+                u32::from_ne_bytes(*words),
+                u32::from_ne_bytes(*words.add(1)),
+                u32::from_ne_bytes(*words.add(2)),
+                u32::from_ne_bytes(*words.add(3)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store(at: *mut u8, addr: Self) {
+        // SAFETY: per the function contract.
+        unsafe {
+            let words = at.cast::<[u8; 4]>();
+            *words = addr[0].to_ne_bytes();
+            *words.add(1) = addr[1].to_ne_bytes();
+            *words.add(2) = addr[2].to_ne_bytes();
+            *words.add(3) = addr[3].to_ne_bytes();
+        }
+    }
+
+    #[inline(always)]
+    fn ip(self) -> core::net::IpAddr {
+        core::net::IpAddr::V6(mcs_common::byte_order::ipv6(self))
+    }
+}
 
 /// Where the L4 ports and checksum of a TCP or UDP packet are.
 pub struct L4Fields {
@@ -85,29 +255,60 @@ pub struct L4Fields {
     pub tcp_flags: u8,
 }
 
-/// A parsed IPv4 TCP/UDP packet.
-pub struct Packet {
-    pub ip: *mut Ipv4Hdr,
+/// A parsed TCP/UDP packet of family `A` (`u32`: IPv4, `Addr6`: IPv6).
+pub struct Packet<A> {
+    /// The IP header.
+    pub ip: *mut u8,
     pub proto: u8,
-    /// IPv4 header length in bytes (20 without options).
-    pub ihl_bytes: usize,
-    /// L4 length in host order (IP total length minus header).
+    /// Offset of the L4 header in the frame: after the IPv4 header and its
+    /// options, or after the IPv6 header and its extension headers.
+    pub l4_off: usize,
+    /// L4 length in host order (IPv4: total length minus header; IPv6:
+    /// payload length minus extension headers).
     pub l4_len: u16,
     pub l4: L4Fields,
     /// Frame length, for byte counters.
     pub len: u64,
+    _family: core::marker::PhantomData<A>,
+}
+
+/// The IP family a frame carries, by its EtherType.
+pub enum L3 {
+    V4,
+    V6,
+}
+
+/// The destination of a packet the parser stopped at, for the
+/// ClusterSetIP check.
+pub enum Dest {
+    V4 { daddr: u32, proto: u8 },
+    V6 { daddr: Addr6, proto: u8 },
+}
+
+impl Dest {
+    /// The destination and protocol (log lines).
+    #[inline(always)]
+    pub fn parts(&self) -> (core::net::IpAddr, u8) {
+        match *self {
+            Self::V4 { daddr, proto } => (daddr.ip(), proto),
+            Self::V6 { daddr, proto } => (daddr.ip(), proto),
+        }
+    }
 }
 
 /// What kind of packet this is, when it is not a plain TCP/UDP one.
 pub enum ParseError {
-    /// Not IPv4, or not TCP/UDP: not ours.
-    NotTcpUdpV4,
+    /// Not IP, or not TCP/UDP: not ours.
+    NotTcpUdp,
     /// Headers cut short: the kernel will drop it; we leave it alone.
     Truncated,
-    /// An IPv4 fragment (with its destination for the VIP check).
-    Fragment { daddr: u32, proto: u8 },
-    /// IPv4 TCP/UDP whose L4 header is cut short.
-    L4Truncated { daddr: u32, proto: u8 },
+    /// An IP fragment (with its destination for the VIP check).
+    Fragment(Dest),
+    /// TCP/UDP whose L4 header is cut short.
+    L4Truncated(Dest),
+    /// An IPv6 extension header chain the parser does not follow (another
+    /// extension header, or too long a chain): the upper layer is unknown.
+    Unfollowed { daddr: Addr6 },
 }
 
 pub const TCP_FLAG_FIN: u8 = 0x01;
@@ -123,13 +324,30 @@ pub const TCP_FLAGS_BYTE: usize = TCP_DOFF_BYTE + 1;
 
 const _: () = assert!(TCP_DOFF_BYTE == 12 && TCP_FLAGS_BYTE == 13);
 
+/// The IP family of the frame (`None`: not IP, or no whole Ethernet
+/// header).
 #[inline(always)]
-pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(ParseError::Truncated)?;
+pub fn l3<C: PacketData>(ctx: &C) -> Option<L3> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the bounds.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_RAW {
-        return Err(ParseError::NotTcpUdpV4);
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_IP_RAW {
+        Some(L3::V4)
+    } else if ether_type == ETH_P_IPV6_RAW {
+        Some(L3::V6)
+    } else {
+        None
     }
+}
+
+/// Parses a frame [`l3`] found to be of family `A`.
+#[inline(always)]
+pub fn parse<A: IpFamily, C: PacketData>(ctx: &C) -> Result<Packet<A>, ParseError> {
+    A::parse(ctx)
+}
+
+#[inline(always)]
+pub fn parse_v4<C: PacketData>(ctx: &C) -> Result<Packet<u32>, ParseError> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
     // SAFETY: `ptr_at` checked the bounds.
     let (vihl, proto, tot_len, frags, daddr) = unsafe {
@@ -142,20 +360,123 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
         )
     };
     if vihl >> 4 != 4 {
-        return Err(ParseError::NotTcpUdpV4);
+        return Err(ParseError::NotTcpUdp);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(ParseError::NotTcpUdpV4);
+        return Err(ParseError::NotTcpUdp);
     }
     let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
     if ihl_bytes < Ipv4Hdr::LEN || (tot_len as usize) < ihl_bytes {
         return Err(ParseError::Truncated);
     }
+    let dest = || Dest::V4 { daddr, proto };
     if frags & IP_FRAG_MASK != 0 {
-        return Err(ParseError::Fragment { daddr, proto });
+        return Err(ParseError::Fragment(dest()));
     }
     let l4_len = tot_len - ihl_bytes as u16;
-    // The IP total length must cover the L4 header: otherwise the ports and
+    l4(ctx, ip.cast(), proto, EthHdr::LEN + ihl_bytes, l4_len, dest)
+}
+
+#[inline(always)]
+pub fn parse_v6<C: PacketData>(ctx: &C) -> Result<Packet<Addr6>, ParseError> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
+    // SAFETY: `ptr_at` checked the bounds.
+    let (version, mut next, payload_len, daddr) = unsafe {
+        (
+            (*ip).vcf[0] >> 4,
+            (*ip).next_hdr,
+            u16::from_be_bytes((*ip).payload_len),
+            <Addr6 as IpFamily>::load((*ip).dst_addr.as_ptr()),
+        )
+    };
+    if version != 6 {
+        return Err(ParseError::NotTcpUdp);
+    }
+    let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
+    let mut ext_len = 0usize;
+    let mut followed = false;
+    for _ in 0..IPV6_EXT_MAX + 1 {
+        if next == PROTO_TCP || next == PROTO_UDP {
+            followed = true;
+            break;
+        }
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                let ext: *const [u8; 2] = ptr_at(ctx, off).ok_or(ParseError::Truncated)?;
+                // SAFETY: `ptr_at` checked the bounds.
+                let [nh, units] = unsafe { *ext };
+                let len = (usize::from(units) + 1) * 8;
+                next = nh;
+                off += len;
+                ext_len += len;
+            }
+            IPV6_FRAGMENT => {
+                let frag: *const [u8; IPV6_FRAG_LEN] =
+                    ptr_at(ctx, off).ok_or(ParseError::Truncated)?;
+                // SAFETY: `ptr_at` checked the bounds.
+                let (nh, offset_m) =
+                    unsafe { ((*frag)[0], u16::from_be_bytes([(*frag)[2], (*frag)[3]])) };
+                if offset_m & IPV6_FRAG_MASK != 0 {
+                    return Err(ParseError::Fragment(Dest::V6 { daddr, proto: nh }));
+                }
+                // An atomic fragment (offset 0, no more fragments) is a
+                // whole packet (RFC 6946): walked on.
+                next = nh;
+                off += IPV6_FRAG_LEN;
+                ext_len += IPV6_FRAG_LEN;
+            }
+            // Not an extension header: an upper layer that is not ours
+            // (ICMPv6, No Next Header, ...).
+            other if !is_extension_header(other) => return Err(ParseError::NotTcpUdp),
+            _ => return Err(ParseError::Unfollowed { daddr }),
+        }
+    }
+    if !followed {
+        return Err(ParseError::Unfollowed { daddr });
+    }
+    let proto = next;
+    if usize::from(payload_len) < ext_len {
+        return Err(ParseError::Truncated);
+    }
+    let l4_len = payload_len - ext_len as u16;
+    l4(ctx, ip.cast(), proto, off, l4_len, || Dest::V6 {
+        daddr,
+        proto,
+    })
+}
+
+/// Whether `next` names an IPv6 extension header (RFC 8200 §4, the IANA
+/// list) rather than an upper layer.
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOP_BY_HOP
+            | IPV6_ROUTING
+            | IPV6_FRAGMENT
+            | IPV6_DEST_OPTIONS
+            | 50
+            | 51
+            | 135
+            | 139
+            | 140
+            | 253
+            | 254
+    )
+}
+
+/// The L4 part of a packet whose IP header is at `ip` and L4 header at
+/// frame offset `l4_off`.
+#[inline(always)]
+fn l4<A, C: PacketData>(
+    ctx: &C,
+    ip: *mut u8,
+    proto: u8,
+    l4_off: usize,
+    l4_len: u16,
+    dest: impl Fn() -> Dest,
+) -> Result<Packet<A>, ParseError> {
+    // The IP length must cover the L4 header: otherwise the ports and
     // checksum we would rewrite lie in padding outside the datagram.
     let l4_header = if proto == PROTO_TCP {
         TcpHdr::LEN
@@ -163,13 +484,12 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
         UdpHdr::LEN
     };
     if (l4_len as usize) < l4_header {
-        return Err(ParseError::L4Truncated { daddr, proto });
+        return Err(ParseError::L4Truncated(dest()));
     }
-    let l4_off = EthHdr::LEN + ihl_bytes;
     let len = ctx.frame_len();
     let l4 = if proto == PROTO_TCP {
         let tcp: *mut TcpHdr =
-            ptr_at(ctx, l4_off).ok_or(ParseError::L4Truncated { daddr, proto })?;
+            ptr_at(ctx, l4_off).ok_or_else(|| ParseError::L4Truncated(dest()))?;
         // SAFETY: `ptr_at` checked the bounds of the whole TCP header, the
         // flags byte included.
         unsafe {
@@ -182,7 +502,7 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
         }
     } else {
         let udp: *mut UdpHdr =
-            ptr_at(ctx, l4_off).ok_or(ParseError::L4Truncated { daddr, proto })?;
+            ptr_at(ctx, l4_off).ok_or_else(|| ParseError::L4Truncated(dest()))?;
         // SAFETY: `ptr_at` checked the bounds of the whole UDP header.
         unsafe {
             L4Fields {
@@ -196,25 +516,19 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, ParseError> {
     Ok(Packet {
         ip,
         proto,
-        ihl_bytes,
+        l4_off,
         l4_len,
         l4,
         len,
+        _family: core::marker::PhantomData,
     })
 }
 
-impl Packet {
-    /// Offset of the L4 header in the frame (for hooks that rewrite
-    /// through helpers, which take offsets).
-    #[inline(always)]
-    pub fn l4_off(&self) -> usize {
-        EthHdr::LEN + self.ihl_bytes
-    }
-
+impl<A: IpFamily> Packet<A> {
     /// Offset of the L4 checksum field in the frame.
     #[inline(always)]
     pub fn check_off(&self) -> usize {
-        self.l4_off()
+        self.l4_off
             + if self.proto == PROTO_TCP {
                 offset_of!(TcpHdr, check)
             } else {
@@ -222,16 +536,23 @@ impl Packet {
             }
     }
 
+    /// Whether the L4 header follows the IP header directly (no IPv4
+    /// options, no IPv6 extension headers).
     #[inline(always)]
-    pub fn saddr(&self) -> u32 {
-        // SAFETY: `ip` was bounds-checked in `parse`.
-        unsafe { u32::from_ne_bytes((*self.ip).src_addr) }
+    pub fn plain(&self) -> bool {
+        self.l4_off == EthHdr::LEN + A::HDR_LEN
     }
 
     #[inline(always)]
-    pub fn daddr(&self) -> u32 {
-        // SAFETY: `ip` was bounds-checked in `parse`.
-        unsafe { u32::from_ne_bytes((*self.ip).dst_addr) }
+    pub fn saddr(&self) -> A {
+        // SAFETY: the IP header was bounds-checked in `parse`.
+        unsafe { A::load(self.ip.add(A::SRC_OFF)) }
+    }
+
+    #[inline(always)]
+    pub fn daddr(&self) -> A {
+        // SAFETY: the IP header was bounds-checked in `parse`.
+        unsafe { A::load(self.ip.add(A::DST_OFF)) }
     }
 
     #[inline(always)]
@@ -244,5 +565,19 @@ impl Packet {
     pub fn dport(&self) -> u16 {
         // SAFETY: bounds-checked in `parse`.
         unsafe { u16::from_ne_bytes(*self.l4.dport) }
+    }
+}
+
+impl Packet<u32> {
+    /// The IPv4 header.
+    #[inline(always)]
+    pub fn ipv4(&self) -> *mut Ipv4Hdr {
+        self.ip.cast()
+    }
+
+    /// IPv4 header length in bytes (20 without options).
+    #[inline(always)]
+    pub fn ihl_bytes(&self) -> usize {
+        self.l4_off - EthHdr::LEN
     }
 }

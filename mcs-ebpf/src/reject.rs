@@ -52,8 +52,8 @@ pub struct Refused {
 impl Refused {
     /// The refused packet, if it can be answered at all (no IP options).
     #[inline(always)]
-    pub fn of(pkt: &Packet) -> Result<Self, Unreplied> {
-        if pkt.ihl_bytes != Ipv4Hdr::LEN {
+    pub fn of(pkt: &Packet<u32>) -> Result<Self, Unreplied> {
+        if pkt.ihl_bytes() != Ipv4Hdr::LEN {
             return Err(Unreplied);
         }
         Ok(Self {

@@ -1,9 +1,11 @@
 //! Test frames for the datapath: one builder for Ethernet + IPv4 + TCP/UDP
 //! frames with a finished, partial or absent L4 checksum, and one verifier
 //! ([`verify`]) that checks a frame's checksums without any of mcs's own
-//! arithmetic. Used by the `BPF_PROG_TEST_RUN` tier, the fuzz targets and
+//! arithmetic; the same for IPv6 with extension headers ([`Packet6`],
+//! [`verify6`], in `ipv6.rs`). Used by the `BPF_PROG_TEST_RUN` tier, the fuzz targets and
 //! the per-packet benchmark, so they all send the same frames.
 
+mod ipv6;
 pub mod rfc1071;
 mod verify;
 
@@ -12,6 +14,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result, ensure};
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
 
+pub use ipv6::{ETHERNET6, Ext, IPV6_LEN, Packet6, Seen6, verify6};
 pub use verify::{Seen, verify};
 
 /// Length of the Ethernet header every frame starts with.

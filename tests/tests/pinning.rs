@@ -324,6 +324,10 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
         conntrack: 4096,
         affinity: 2048,
         sock_revnat: 1024,
+        frontends_v6: 512,
+        backend_slots_v6: 1024,
+        conntrack_v6: 2048,
+        affinity_v6: 512,
     };
     let max_entries = |name: &str| {
         aya::maps::MapInfo::from_pin(dataplane::map_pin_dir(&pins.0).join(name))
@@ -520,6 +524,10 @@ fn map_memory_is_what_the_model_says_at_two_sizes() {
         conntrack: 10_000,
         affinity: 3000,
         sock_revnat: 5000,
+        frontends_v6: 1000,
+        backend_slots_v6: 3000,
+        conntrack_v6: 5000,
+        affinity_v6: 1000,
     };
     let desired = desired_state(MANIFEST);
     for (test, sizes) in [

@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
 use etherparse::{IpNumber, Ipv4Header, TcpHeader};
@@ -31,13 +31,14 @@ use mcs_agent::{
     model::manifest,
 };
 use mcs_common::{
-    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtValue,
-    MAGLEV_MAX_TABLE_SIZE, PROTO_TCP, names, programs,
+    BACKEND_F_READY, BackendKey, BackendValueV6, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN,
+    CT_F_SYN, CtKey, CtKeyV6, CtValue, CtValueV6, MAGLEV_MAX_TABLE_SIZE, MaglevPlace, PROTO_TCP,
+    PROTO_UDP, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKeyV6, ServiceValue, names, programs,
 };
 use mcs_tests::{
     packet::{
-        CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Packet, Proto, Seen, TCP_SEQ, frag, rfc1071,
-        tcp_flags, verify,
+        CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Ext, IPV6_LEN, Packet, Packet6, Proto, Seen,
+        TCP_SEQ, frag, rfc1071, tcp_flags, verify, verify6,
     },
     require_root,
 };
@@ -72,12 +73,15 @@ const TRANSLATING_HOOKS: [Hook; 4] = [
 
 impl Hook {
     /// Whether the hook can be handed `frame` in a test run: the kernel
-    /// builds no socket buffer for an IPv4 frame shorter than its IPv4
-    /// header (and such a frame never reaches tc).
+    /// builds no socket buffer for an IP frame shorter than its IP header
+    /// (and such a frame never reaches tc).
     fn takes(self, frame: &[u8]) -> bool {
-        matches!(self, Self::Xdp | Self::XdpNic)
-            || frame.get(12..14) != Some(&[0x08, 0x00][..])
-            || frame.len() >= ETH_LEN + 20
+        let ip_header = match frame.get(12..14) {
+            Some([0x08, 0x00]) => 20,
+            Some([0x86, 0xdd]) => IPV6_LEN,
+            _ => 0,
+        };
+        matches!(self, Self::Xdp | Self::XdpNic) || frame.len() >= ETH_LEN + ip_header
     }
 
     /// Whether a partial checksum field can reach the hook in a test run:
@@ -157,6 +161,57 @@ impl Harness {
 
     fn apply(&mut self, yaml: &str) {
         self.dataplane.apply_manifest(yaml).expect("apply");
+    }
+
+    /// Writes the IPv6 frontends ([`FRONTENDS6`]) straight into the `_V6`
+    /// maps through the agent's map handles, prefilter bits first (the
+    /// agent does not program IPv6 from a manifest yet). Their frontend and
+    /// backend ids lie above the ones the IPv4 manifest takes; both served
+    /// frontends share one Maglev table alternating between the two slots.
+    fn add_ipv6(&mut self) {
+        let maps = &mut self.dataplane.maps;
+        let size = 251;
+        let base = u32::try_from(maps.maglev.capacity()).expect("chunks") - 64;
+        let place = MaglevPlace {
+            base,
+            size,
+            wide: false,
+        };
+        let table: Vec<u16> = (0..size as u16).map(|i| i % 2).collect();
+        assert!(maps.maglev.write(&[(place, &table)]).is_empty());
+        for (frontend_id, port, proto, served) in FRONTENDS6 {
+            let key = ServiceKeyV6::new(VIP6, port, proto);
+            let backends: &[Ipv6Addr] = if served { &BACKENDS6 } else { &[] };
+            let value = ServiceValue {
+                frontend_id,
+                backend_count: backends.len() as u32,
+                flags: if port == 0 {
+                    SVC_F_VIP_MARKER
+                } else {
+                    SVC_F_NONE
+                },
+                affinity_timeout_s: 0,
+                maglev_base: 0,
+                maglev_size: 0,
+            }
+            .with_maglev(served.then_some(place));
+            for (slot, addr) in backends.iter().enumerate() {
+                let slot_key = BackendKey {
+                    frontend_id,
+                    slot: slot as u32,
+                };
+                let endpoint = SocketAddrV6::new(*addr, target_port(port), 0, 0);
+                let backend = BackendValueV6::new(endpoint, 0, BACKEND_F_READY, 200 + slot as u32);
+                maps.prefilter.put_backend(&slot_key, &backend);
+                maps.backends_v6
+                    .insert(slot_key, backend, 0)
+                    .expect("IPv6 backend");
+            }
+            maps.prefilter.put_service_v6(&key);
+            maps.services_v6
+                .insert(key, value, 0)
+                .expect("IPv6 frontend");
+        }
     }
 
     fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
@@ -249,6 +304,8 @@ struct PacketCase {
     /// Conntrack entries written before the frame is sent: a flow the
     /// datapath already knows.
     conntrack: Vec<(CtKey, CtValue)>,
+    /// The same for IPv6 flows.
+    conntrack6: Vec<(CtKeyV6, CtValueV6)>,
 }
 
 /// A removed backend (in no manifest of these tests).
@@ -293,6 +350,7 @@ impl PacketCase {
             output: Output::Unchanged,
             drops: &[],
             conntrack: Vec::new(),
+            conntrack6: Vec::new(),
         }
     }
 
@@ -305,6 +363,7 @@ impl PacketCase {
             output: Output::Any,
             drops,
             conntrack: Vec::new(),
+            conntrack6: Vec::new(),
         }
     }
 
@@ -339,6 +398,7 @@ impl PacketCase {
             output: Output::OneOf(packet.csum, expected),
             drops: &[],
             conntrack: Vec::new(),
+            conntrack6: Vec::new(),
         }
     }
 
@@ -346,6 +406,55 @@ impl PacketCase {
     fn after(mut self, entries: Vec<(CtKey, CtValue)>) -> Self {
         self.conntrack = entries;
         self
+    }
+
+    /// This case, sent after IPv6 `entries` were written to conntrack.
+    fn after6(mut self, entries: Vec<(CtKeyV6, CtValueV6)>) -> Self {
+        self.conntrack6 = entries;
+        self
+    }
+
+    /// This case passing untouched, with `drops` counted.
+    fn counting(mut self, drops: &'static [(&'static str, u64)]) -> Self {
+        self.drops = drops;
+        self
+    }
+
+    /// IPv6 `packet` to the ClusterSetIP translated to one of `backends`
+    /// on the target port, everything else (extension headers, checksum
+    /// kind) kept.
+    fn dnat6_to(description: String, packet: &Packet6, backends: &[Ipv6Addr]) -> Self {
+        let expected = backends
+            .iter()
+            .map(|addr| {
+                Packet6 {
+                    dst: *addr,
+                    dport: target_port(packet.dport),
+                    ..packet.clone()
+                }
+                .build()
+            })
+            .collect();
+        Self {
+            output: Output::OneOf(packet.csum, expected),
+            csum: packet.csum,
+            ..Self::passed(&description, packet.build())
+        }
+    }
+
+    /// A backend's IPv6 reply, its source translated back to the
+    /// ClusterSetIP and service port.
+    fn reverse6(description: &str, reply: &Packet6, service_port: u16) -> Self {
+        let expected = Packet6 {
+            src: VIP6,
+            sport: service_port,
+            ..reply.clone()
+        };
+        Self {
+            output: Output::OneOf(reply.csum, vec![expected.build()]),
+            csum: reply.csum,
+            ..Self::passed(description, reply.build())
+        }
     }
 
     /// Runs the case on XDP (veth): the output frame, or what went wrong.
@@ -363,6 +472,14 @@ impl PacketCase {
                 .insert(key, value, 0)
                 .map_err(|error| format!("conntrack entry: {error}"))?;
         }
+        for (key, value) in &self.conntrack6 {
+            harness
+                .dataplane
+                .maps
+                .conntrack_v6
+                .insert(key, value, 0)
+                .map_err(|error| format!("IPv6 conntrack entry: {error}"))?;
+        }
         let before = harness.dump().drops;
         let (verdict, out) = harness.run_on(hook, &self.input);
         if verdict != self.verdict {
@@ -373,10 +490,15 @@ impl PacketCase {
                 return Err(format!("modified: {out:02x?}"));
             }
             Output::OneOf(csum, frames) if !frames.contains(&out) => {
+                let verdict = if out.get(12..14) == Some(&[0x86, 0xdd][..]) {
+                    verify6(&out, *csum).map(|seen| format!("{seen:?}"))
+                } else {
+                    verify(&out, *csum).map(|seen| format!("{seen:?}"))
+                };
                 return Err(format!(
                     "not one of the {} expected frames (verifier: {:?}): {out:02x?}",
                     frames.len(),
-                    verify(&out, *csum).map_err(|error| format!("{error:#}"))
+                    verdict.map_err(|error| format!("{error:#}"))
                 ));
             }
             _ => {}
@@ -534,7 +656,198 @@ fn packet_cases() -> Vec<PacketCase> {
             &packet,
         ));
     }
+    cases.extend(ipv6_cases());
     cases
+}
+
+/// The IPv6 ClusterSetIP, its client, an unrelated address, its backends
+/// and a backend no longer in the maps.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0x100, 0xa);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, 2);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x102, 1, 0, 0, 0, 0, 0x99);
+const BACKENDS6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, 0x10),
+    Ipv6Addr::new(0xfd00, 0x102, 1, 0xab, 0, 0, 0xcd, 0x10),
+];
+const REMOVED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x102, 1, 0, 0, 0, 0, 0x77);
+/// The IPv6 frontends of [`VIP6`]: id, port, protocol, served by
+/// [`BACKENDS6`] (or without backends); port 0 is the ClusterSetIP marker.
+const FRONTENDS6: [(u32, u16, u8, bool); 6] = [
+    (100, 80, PROTO_TCP, true),
+    (101, 53, PROTO_UDP, true),
+    (102, 443, PROTO_TCP, false),
+    (103, 443, PROTO_UDP, false),
+    (104, 0, PROTO_TCP, false),
+    (105, 0, PROTO_UDP, false),
+];
+
+/// Both entries of an IPv6 TCP flow from `CLIENT6:sport` to the
+/// ClusterSetIP's port 80, translated to `backend:8080`.
+fn tcp_flow_entries6(sport: u16, backend: Ipv6Addr, flags: u32) -> Vec<(CtKeyV6, CtValueV6)> {
+    let client = SocketAddrV6::new(CLIENT6, sport, 0, 0);
+    let vip = SocketAddrV6::new(VIP6, 80, 0, 0);
+    let backend = SocketAddrV6::new(backend, 8080, 0, 0);
+    vec![
+        (
+            CtKeyV6::new(client, vip, PROTO_TCP),
+            CtValueV6::new(backend, flags, 100, backend, 200),
+        ),
+        (
+            CtKeyV6::new(backend, client, PROTO_TCP),
+            CtValueV6::new(vip, flags | CT_F_REPLY, 100, backend, 200),
+        ),
+    ]
+}
+
+/// The IPv6 rows of the fixture table (the harness has [`FRONTENDS6`]).
+fn ipv6_cases() -> Vec<PacketCase> {
+    let tcp6 = |dst, dport| Packet6::new(Proto::Tcp, CLIENT6, 40000, dst, dport);
+    let udp6 = |dst, dport| Packet6::new(Proto::Udp, CLIENT6, 40000, dst, dport);
+    let first_fragment = Ext::Fragment {
+        offset: 0,
+        more: true,
+    };
+    let later_fragment = Ext::Fragment {
+        offset: 100,
+        more: false,
+    };
+    let atomic_fragment = Ext::Fragment {
+        offset: 0,
+        more: false,
+    };
+    let mut icmp6 = tcp6(VIP6, 80).build();
+    icmp6[ETH_LEN + 6] = 58;
+    let unfollowed: &[(&str, u64)] = &[("ipv6_chain_unfollowed", 1)];
+    let dnat6 = |description: &str, packet: Packet6| {
+        PacketCase::dnat6_to(format!("IPv6 DNAT {description}"), &packet, &BACKENDS6)
+    };
+    let established = CT_F_SYN | CT_F_SEEN_NON_SYN;
+    let mut cases = vec![
+        PacketCase::passed("IPv6 TCP to a non-VIP", tcp6(OTHER6, 80).build()),
+        PacketCase::passed("IPv6 VIP, unknown port", tcp6(VIP6, 8443).build()),
+        PacketCase::passed("IPv6 ICMPv6 to the VIP", icmp6),
+        PacketCase::passed(
+            "IPv6 header cut short",
+            tcp6(VIP6, 80).build()[..ETH_LEN + 30].to_vec(),
+        ),
+        PacketCase::passed(
+            "IPv6 fragment to a non-VIP",
+            udp6(OTHER6, 53).exts(&[first_fragment]).build(),
+        ),
+        PacketCase::passed(
+            "IPv6 authentication header to a non-VIP",
+            tcp6(OTHER6, 80).exts(&[Ext::Other(51)]).build(),
+        ),
+        // A chain the parser does not follow: passed untouched, counted.
+        PacketCase::passed(
+            "IPv6 authentication header to the VIP",
+            tcp6(VIP6, 80).exts(&[Ext::Other(51)]).build(),
+        )
+        .counting(unfollowed),
+        PacketCase::passed(
+            "IPv6 mobility header after hop-by-hop, to the VIP",
+            udp6(VIP6, 53)
+                .exts(&[Ext::HopByHop, Ext::Other(135)])
+                .build(),
+        )
+        .counting(unfollowed),
+        PacketCase::passed(
+            "IPv6 chain of five extension headers to the VIP",
+            tcp6(VIP6, 80).exts(&[Ext::DestOptions; 5]).build(),
+        )
+        .counting(unfollowed),
+        // Odd packets to the ClusterSetIP: dropped and counted.
+        PacketCase::dropped(
+            "IPv6 first fragment to the VIP",
+            udp6(VIP6, 53).exts(&[first_fragment]).build(),
+            &[("fragment", 1)],
+        ),
+        PacketCase::dropped(
+            "IPv6 later fragment to the VIP, after destination options",
+            tcp6(VIP6, 80)
+                .exts(&[Ext::DestOptions, later_fragment])
+                .build(),
+            &[("fragment", 1)],
+        ),
+        PacketCase::dropped(
+            "IPv6 TCP header cut short, VIP",
+            tcp6(VIP6, 80).build()[..ETH_LEN + IPV6_LEN + 10].to_vec(),
+            &[("malformed", 1)],
+        ),
+        // No backend: refused; IPv6 refusals are not built yet, so the
+        // packet is dropped and counted as unreplied.
+        PacketCase::dropped(
+            "IPv6 TCP SYN to a frontend without backends",
+            tcp6(VIP6, 443).build(),
+            &[("no_backend_unreplied", 1)],
+        ),
+        PacketCase::dropped(
+            "IPv6 UDP to a frontend without backends",
+            udp6(VIP6, 443).build(),
+            &[("no_backend_unreplied", 1)],
+        ),
+        // Translated past extension headers, with exact checksums.
+        dnat6(
+            "past hop-by-hop, routing and destination options",
+            Packet6::new(Proto::Tcp, CLIENT6, 41000, VIP6, 80).exts(&[
+                Ext::HopByHop,
+                Ext::Routing,
+                Ext::DestOptions,
+            ]),
+        ),
+        dnat6(
+            "past four extension headers (the longest chain followed)",
+            Packet6::new(Proto::Udp, CLIENT6, 41001, VIP6, 53).exts(&[
+                Ext::HopByHop,
+                Ext::DestOptions,
+                Ext::Routing,
+                Ext::DestOptions,
+            ]),
+        ),
+        dnat6(
+            "of an atomic fragment (a whole packet)",
+            Packet6::new(Proto::Udp, CLIENT6, 41002, VIP6, 53).exts(&[atomic_fragment]),
+        ),
+        // Conntrack: the flow's entries, not the current backends.
+        PacketCase::dnat6_to(
+            "IPv6 ACK of an established flow to a removed backend".to_owned(),
+            &Packet6::new(Proto::Tcp, CLIENT6, 42003, VIP6, 80).flags(tcp_flags::ACK),
+            &[REMOVED6],
+        )
+        .after6(tcp_flow_entries6(42003, REMOVED6, established)),
+        PacketCase::dnat6(
+            "IPv6 SYN on the tuple of a finished flow to a removed backend",
+            Packet6::new(Proto::Tcp, CLIENT6, 42004, VIP6, 80),
+        )
+        .after6(tcp_flow_entries6(42004, REMOVED6, established | CT_F_FIN)),
+    ];
+    // Reverse NAT of a backend's reply, both checksum kinds a reply meets.
+    for csum in [Csum::Full, Csum::Partial] {
+        let reply = Packet6::new(Proto::Tcp, BACKENDS6[1], 8080, CLIENT6, 42010)
+            .flags(tcp_flags::ACK)
+            .exts(&[Ext::DestOptions])
+            .csum(csum);
+        cases.push(
+            PacketCase::reverse6(
+                &format!("IPv6 reverse NAT of a reply, {csum:?} checksum"),
+                &reply,
+                80,
+            )
+            .after6(tcp_flow_entries6(42010, BACKENDS6[1], established)),
+        );
+    }
+    for (proto, csum) in CHECKSUM_KINDS {
+        let packet = Packet6::new(proto, CLIENT6, 40000, VIP6, service_port(proto)).csum(csum);
+        cases.push(dnat6(&format!("{proto:?}, {csum:?} checksum"), packet));
+    }
+    cases
+}
+
+impl PacketCase {
+    /// IPv6 `packet` translated to one of [`BACKENDS6`].
+    fn dnat6(description: &str, packet: Packet6) -> Self {
+        Self::dnat6_to(description.to_owned(), &packet, &BACKENDS6)
+    }
 }
 
 #[test]
@@ -548,6 +861,7 @@ fn packet_cases_get_their_verdict_output_and_counters() {
 /// The fixture table on a fresh harness through `hook`.
 fn packet_cases_on(hook: Hook) {
     let mut harness = Harness::with_backends(&BACKENDS);
+    harness.add_ipv6();
     let cases: Vec<PacketCase> = packet_cases()
         .into_iter()
         .filter(|case| case.csum != Csum::Partial || hook.sees_partial())
@@ -1776,4 +2090,143 @@ fn tc_refuses_with_rst_and_icmp_sent_back_out_of_the_interface() {
         assert_eq!(report.drops["no_backend"], 2);
         assert_eq!(report.drops["no_backend_unreplied"], 1);
     }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn ipv6_flows_translate_both_ways_and_tc_egress_only_reverse_translates() {
+    for skb in [SkbChecksum::None, SkbChecksum::Complete] {
+        let mut harness = Harness::with_backends(&BACKENDS);
+        harness.add_ipv6();
+        // A new IPv6 flow on the way to a pod: egress starts no flow.
+        let forward = Packet6::new(Proto::Tcp, CLIENT6, 40600, VIP6, 80);
+        let frame = forward.build();
+        assert_eq!(
+            harness.run_on(Hook::TcEgress(skb), &frame),
+            (Verdict::Pass, frame.clone()),
+            "egress starts no flow"
+        );
+        // Ingress translates it; the backend's reply, seen on egress, comes
+        // back from the ClusterSetIP with an exact checksum.
+        let out = PacketCase::dnat6("forward", forward.clone())
+            .check_on(&mut harness, Hook::TcIngress(skb))
+            .expect("DNAT on ingress");
+        let seen = verify6(&out, Csum::Full).expect("DNAT checksums");
+        assert!(BACKENDS6.contains(&seen.dst), "{seen:?}");
+        let established = forward.clone().flags(tcp_flags::ACK).build();
+        assert_eq!(
+            harness.run_on(Hook::TcEgress(skb), &established),
+            (Verdict::Pass, established.clone()),
+            "a forward entry is not egress's to use"
+        );
+        let reply = Packet6 {
+            dst: seen.dst,
+            dport: seen.dport,
+            ..forward.clone()
+        }
+        .reply();
+        let (verdict, out) = harness.run_on(Hook::TcEgress(skb), &reply.build());
+        assert_eq!(verdict, Verdict::Pass);
+        let expected = Packet6 {
+            src: VIP6,
+            sport: 80,
+            ..reply.clone()
+        };
+        assert_eq!(out, expected.build(), "{skb:?}");
+        verify6(&out, Csum::Full).expect("reverse NAT checksums");
+        // Later packets of the flow follow its entry to the same backend.
+        let (verdict, out) = harness.run_on(Hook::TcIngress(skb), &established);
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(verify6(&out, Csum::Full).expect("checksums").dst, seen.dst);
+        // Counted under the IPv6 frontend's id (the shared counters).
+        let stats = harness
+            .dataplane
+            .maps
+            .frontend_stats
+            .get(&100, 0)
+            .expect("frontend counters");
+        let (flows, packets) = stats.iter().fold((0, 0), |(flows, packets), cpu| {
+            (flows + cpu.new_flows, packets + cpu.packets)
+        });
+        assert_eq!((flows, packets), (1, 3), "{skb:?}");
+        // `dump` lists both entries of the flow readably.
+        let filter = dump::ConntrackFilter {
+            list: true,
+            limit: 100,
+            ..dump::ConntrackFilter::default()
+        };
+        let report = dump::collect_with(&harness.dataplane.maps, &filter).expect("dump");
+        let client = format!("[{CLIENT6}]:40600");
+        let listed: Vec<(&str, &str, &str)> = report
+            .conntrack
+            .iter()
+            .filter(|entry| entry.src == client || entry.dst == client)
+            .map(|entry| {
+                (
+                    entry.direction.as_str(),
+                    entry.nat.as_str(),
+                    entry.protocol.as_str(),
+                )
+            })
+            .collect();
+        let backend = format!("[{}]:{}", seen.dst, seen.dport);
+        let vip = format!("[{VIP6}]:80");
+        assert_eq!(listed.len(), 2, "{:#?}", report.conntrack);
+        assert!(
+            listed.contains(&("forward", backend.as_str(), "TCP")),
+            "{listed:?}"
+        );
+        assert!(
+            listed.contains(&("reply", vip.as_str(), "TCP")),
+            "{listed:?}"
+        );
+        let fill = report
+            .maps
+            .iter()
+            .find(|fill| fill.name == names::CONNTRACK_V6)
+            .expect("IPv6 conntrack fill");
+        assert_eq!(fill.entries, 2);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn ipv6_client_ip_affinity_binds_a_client_to_one_backend() {
+    let mut harness = Harness::with_backends(&BACKENDS);
+    harness.add_ipv6();
+    // The TCP frontend with ClientIP affinity.
+    let key = ServiceKeyV6::new(VIP6, 80, PROTO_TCP);
+    let maps = &mut harness.dataplane.maps;
+    let mut value = maps.services_v6.get(&key, 0).expect("IPv6 frontend");
+    value.flags |= mcs_common::SVC_F_AFFINITY;
+    value.affinity_timeout_s = 60;
+    maps.services_v6.insert(key, value, 0).expect("affinity on");
+    let backends: BTreeSet<Ipv6Addr> = (0..16)
+        .map(|i| {
+            let syn = Packet6::new(Proto::Tcp, CLIENT6, 43000 + i, VIP6, 80);
+            let (verdict, out) = harness.run_on(Hook::Xdp, &syn.build());
+            assert_eq!(verdict, Verdict::Pass);
+            verify6(&out, Csum::Full).expect("DNAT checksums").dst
+        })
+        .collect();
+    assert_eq!(backends.len(), 1, "one client, one backend: {backends:?}");
+    let binding = harness
+        .dataplane
+        .maps
+        .affinity_v6
+        .get(&mcs_common::AffinityKeyV6::new(100, CLIENT6), 0)
+        .expect("the client's binding");
+    assert!(backends.contains(binding.backend().ip()), "{binding:?}");
+    // Another client may land elsewhere, but is bound as well.
+    let other = Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, 3);
+    let syn = Packet6::new(Proto::Tcp, other, 43000, VIP6, 80);
+    assert_eq!(harness.run_on(Hook::Xdp, &syn.build()).0, Verdict::Pass);
+    assert!(
+        harness
+            .dataplane
+            .maps
+            .affinity_v6
+            .get(&mcs_common::AffinityKeyV6::new(100, other), 0)
+            .is_ok()
+    );
 }

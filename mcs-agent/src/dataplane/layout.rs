@@ -78,6 +78,12 @@ pub struct MapSizes {
     pub affinity: u32,
     /// Socket-LB reverse translations.
     pub sock_revnat: u32,
+    /// The IPv6 maps' own capacities (`mcs_common::MAX_*_V6`): frontends,
+    /// backend slots, conntrack and affinity entries.
+    pub frontends_v6: u32,
+    pub backend_slots_v6: u32,
+    pub conntrack_v6: u32,
+    pub affinity_v6: u32,
 }
 
 impl Default for MapSizes {
@@ -90,6 +96,10 @@ impl Default for MapSizes {
             conntrack: default_entries(Capacity::Conntrack),
             affinity: default_entries(Capacity::Affinity),
             sock_revnat: default_entries(Capacity::SockRevnat),
+            frontends_v6: default_entries(Capacity::FrontendsV6),
+            backend_slots_v6: default_entries(Capacity::BackendSlotsV6),
+            conntrack_v6: default_entries(Capacity::ConntrackV6),
+            affinity_v6: default_entries(Capacity::AffinityV6),
         }
     }
 }
@@ -111,6 +121,10 @@ impl MapSizes {
             Capacity::Conntrack => self.conntrack,
             Capacity::Affinity => self.affinity,
             Capacity::SockRevnat => self.sock_revnat,
+            Capacity::FrontendsV6 => self.frontends_v6,
+            Capacity::BackendSlotsV6 => self.backend_slots_v6,
+            Capacity::ConntrackV6 => self.conntrack_v6,
+            Capacity::AffinityV6 => self.affinity_v6,
         }
     }
 
@@ -148,11 +162,13 @@ impl MapSizes {
 /// (a layout change, another size), the others are recreated with it and
 /// the first sync writes all of them anew; nothing established depends on
 /// them (conntrack entries carry their own translation).
-pub const FRONTEND_GROUP: [&str; 4] = [
+pub const FRONTEND_GROUP: [&str; 6] = [
     names::SERVICES,
     names::BACKENDS,
     names::FRONTEND_META,
     names::MAGLEV,
+    names::SERVICES_V6,
+    names::BACKENDS_V6,
 ];
 
 /// What happened to each pinned map at load.
@@ -184,10 +200,10 @@ impl AdoptionReport {
 /// What recreating a map costs, for the log line that announces it.
 pub fn disruption(name: &str) -> &'static str {
     match name {
-        names::CONNTRACK => {
+        names::CONNTRACK | names::CONNTRACK_V6 => {
             "established flows lose their entries; Maglev re-selects the same backend for most of them, flows whose backend changed meanwhile may reset"
         }
-        names::AFFINITY => {
+        names::AFFINITY | names::AFFINITY_V6 => {
             "ClientIP affinity bindings are lost; Maglev keeps most clients on the same backend"
         }
         names::FRONTEND_STATS

@@ -12,12 +12,17 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
-    AbiInfo, AffinityKey, AffinityValue, BackendKey, BackendValue, ClockValue, CtKey, CtValue,
-    FrontendStats, MaglevPlace, NameValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    names,
+    AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
+    BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, FrontendStats, MaglevPlace,
+    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue, names,
 };
 
-use super::{DataplaneError, batch, maglev::TableArray, map_pin_dir, prefilter::Prefilter};
+use super::{
+    DataplaneError, batch,
+    maglev::TableArray,
+    map_pin_dir,
+    prefilter::{MapContents6, Prefilter},
+};
 use crate::reconcile::{DataplaneWriter, PinnedState, WriteError};
 
 /// Every map, typed.
@@ -42,6 +47,12 @@ pub struct MapHandles {
     /// The miss prefilter, kept in step with `services` and `backends` by
     /// the writer methods below.
     pub prefilter: Prefilter,
+    /// IPv6 frontends (ids shared with `services`).
+    pub services_v6: HashMap<MapData, ServiceKeyV6, ServiceValue>,
+    /// The slots of IPv6 frontends.
+    pub backends_v6: HashMap<MapData, BackendKey, BackendValueV6>,
+    pub conntrack_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
+    pub affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValueV6>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -81,6 +92,10 @@ impl MapHandles {
                     source,
                 },
             )?,
+            services_v6: typed(names::SERVICES_V6, get(names::SERVICES_V6)?)?,
+            backends_v6: typed(names::BACKENDS_V6, get(names::BACKENDS_V6)?)?,
+            conntrack_v6: typed(names::CONNTRACK_V6, get(names::CONNTRACK_V6)?)?,
+            affinity_v6: typed(names::AFFINITY_V6, get(names::AFFINITY_V6)?)?,
         })
     }
 
@@ -111,7 +126,15 @@ impl MapHandles {
         // need nothing any more.
         let conntrack: Vec<(CtKey, CtValue)> =
             self.conntrack.iter().filter_map(Result::ok).collect();
-        self.prefilter.rebuild(services, backends, conntrack);
+        // The IPv6 maps are read whole here (they are not part of the
+        // reconciler's adopted state yet); entries going meanwhile do not
+        // matter, as above.
+        let v6 = MapContents6 {
+            services: self.services_v6.keys().filter_map(Result::ok).collect(),
+            backends: self.backends_v6.iter().filter_map(Result::ok).collect(),
+            conntrack: self.conntrack_v6.iter().filter_map(Result::ok).collect(),
+        };
+        self.prefilter.rebuild(services, backends, conntrack, v6);
     }
 
     /// Reads what the reconciler needs to adopt these maps; an error names

@@ -127,6 +127,23 @@ mod tests {
         assert_eq!(map_bytes(&def::SOCK_STATS, 1000, 2, None), 32_312);
     }
 
+    /// The IPv6 maps at their default (fixed, for now) sizes: what the
+    /// memory formula of docs/operations.md adds for them.
+    #[test]
+    fn the_ipv6_maps_at_their_defaults_stay_small() {
+        let sizes = MapSizes::default();
+        let v6: u64 = [
+            def::SERVICES_V6,
+            def::BACKENDS_V6,
+            def::CONNTRACK_V6,
+            def::AFFINITY_V6,
+        ]
+        .iter()
+        .map(|def| map_bytes(def, sizes.entries(def.capacity, def.max_entries), 2, None))
+        .sum();
+        assert!((3 << 20..4 << 20).contains(&v6), "{v6} bytes");
+    }
+
     #[test]
     fn the_model_grows_with_every_size_and_the_per_cpu_maps_with_cpus() {
         let sizes = MapSizes::default();

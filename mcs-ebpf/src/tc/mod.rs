@@ -29,15 +29,25 @@ use network_types::{eth::EthHdr, tcp::TcpHdr};
 
 use crate::{
     datapath::{self, Error, Hook, RewriteFailed, Scope, Side, Unreplied},
+    family::Family,
     maps::count_drop,
     packet::{self, Packet, ParseError},
 };
 
 /// Longest IPv4 header (15 words).
 const IPV4_HDR_MAX: usize = 60;
-/// Bytes of headers the translation reads: Ethernet, the longest IPv4
-/// header, a TCP header.
-const HEADERS_MAX: usize = EthHdr::LEN + IPV4_HDR_MAX + TcpHdr::LEN;
+/// IPv6 header and the extension headers pulled in with it (a longer
+/// chain stays out of the linear part and is not translated).
+const IPV6_HDRS_MAX: usize = 40 + 256;
+/// Bytes of headers the translation reads: Ethernet, the longest IP
+/// headers, a TCP header.
+const HEADERS_MAX: usize = EthHdr::LEN
+    + if IPV4_HDR_MAX > IPV6_HDRS_MAX {
+        IPV4_HDR_MAX
+    } else {
+        IPV6_HDRS_MAX
+    }
+    + TcpHdr::LEN;
 
 struct Tc<'a> {
     ctx: &'a TcContext,
@@ -53,24 +63,28 @@ impl Hook for Tc<'_> {
 
     /// Headers beyond the buffer's linear part are pulled in once.
     #[inline(always)]
-    fn parse(&self) -> Result<Packet, ParseError> {
+    fn parse<F: Family>(&self) -> Result<Packet<F>, ParseError> {
         parse(self.ctx)
     }
 
     #[inline(always)]
-    fn rewrite(
+    fn rewrite<F: Family>(
         &self,
-        pkt: &Packet,
+        pkt: &Packet<F>,
         side: Side,
-        new_addr: u32,
+        new_addr: F,
         new_port: u16,
     ) -> Result<(), RewriteFailed> {
         rewrite::rewrite(self.ctx, pkt, side, new_addr, new_port)
     }
 
+    /// IPv6 refusals are not built yet: dropped, counted as unreplied.
     #[inline(always)]
-    fn refuse(&self, pkt: &Packet) -> Result<(), Unreplied> {
-        reject::refuse(self.ctx, pkt)
+    fn refuse<F: Family>(&self, pkt: &Packet<F>) -> Result<(), Unreplied> {
+        match F::v4(pkt) {
+            Some(pkt) => reject::refuse(self.ctx, pkt),
+            None => Err(Unreplied),
+        }
     }
 }
 
@@ -87,10 +101,10 @@ pub fn mcs_tc_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
+fn parse<F: Family>(ctx: &TcContext) -> Result<Packet<F>, ParseError> {
     match packet::parse(ctx) {
         // Headers beyond the buffer's linear part: pull them in once.
-        Err(ParseError::Truncated | ParseError::L4Truncated { .. })
+        Err(ParseError::Truncated | ParseError::L4Truncated(_))
             if u64::from(ctx.len()) > (ctx.data_end() - ctx.data()) as u64 =>
         {
             let len = ctx.len().min(HEADERS_MAX as u32);

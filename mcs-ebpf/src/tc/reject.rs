@@ -25,7 +25,7 @@ use crate::{
 
 /// Turns the packet into its refusal (RST for TCP, ICMP for UDP).
 #[inline(always)]
-pub fn refuse(ctx: &TcContext, pkt: &Packet) -> Result<(), Unreplied> {
+pub fn refuse(ctx: &TcContext, pkt: &Packet<u32>) -> Result<(), Unreplied> {
     let refused = Refused::of(pkt)?;
     // SAFETY: the context pointer is valid for the program's run.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 {
@@ -83,7 +83,7 @@ fn swap_macs(ctx: &TcContext) -> Result<(), Unreplied> {
 #[inline(always)]
 fn tcp_reset(
     ctx: &TcContext,
-    pkt: &Packet,
+    pkt: &Packet<u32>,
     refused: &Refused,
     completion: Completion,
 ) -> Result<(), Unreplied> {

@@ -19,6 +19,7 @@ use mcs_common::DropReason;
 use self::rewrite::Checksums;
 use crate::{
     datapath::{self, Error, Hook, RewriteFailed, Scope, Side, Unreplied},
+    family::Family,
     maps::count_drop,
     packet::Packet,
 };
@@ -37,20 +38,24 @@ impl Hook for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(
+    fn rewrite<F: Family>(
         &self,
-        pkt: &Packet,
+        pkt: &Packet<F>,
         side: Side,
-        new_addr: u32,
+        new_addr: F,
         new_port: u16,
     ) -> Result<(), RewriteFailed> {
         rewrite::rewrite(pkt, self.checksums, side, new_addr, new_port);
         Ok(())
     }
 
+    /// IPv6 refusals are not built yet: dropped, counted as unreplied.
     #[inline(always)]
-    fn refuse(&self, pkt: &Packet) -> Result<(), Unreplied> {
-        reject::refuse(self.ctx, pkt)
+    fn refuse<F: Family>(&self, pkt: &Packet<F>) -> Result<(), Unreplied> {
+        match F::v4(pkt) {
+            Some(pkt) => reject::refuse(self.ctx, pkt),
+            None => Err(Unreplied),
+        }
     }
 }
 

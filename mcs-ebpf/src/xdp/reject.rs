@@ -22,7 +22,7 @@ use crate::{
 
 /// Turns the packet into its refusal (RST for TCP, ICMP for UDP).
 #[inline(always)]
-pub fn refuse(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
+pub fn refuse(ctx: &XdpContext, pkt: &Packet<u32>) -> Result<(), Unreplied> {
     let refused = Refused::of(pkt)?;
     if pkt.proto == PROTO_TCP {
         tcp_reset(ctx, pkt, &refused)
@@ -32,7 +32,7 @@ pub fn refuse(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unreplied> {
 }
 
 #[inline(always)]
-fn tcp_reset(ctx: &XdpContext, pkt: &Packet, refused: &Refused) -> Result<(), Unreplied> {
+fn tcp_reset(ctx: &XdpContext, pkt: &Packet<u32>, refused: &Refused) -> Result<(), Unreplied> {
     let tcp: *mut TcpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok_or(Unreplied)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let rst = unsafe { Rst::answering(tcp, pkt.l4_len)? };

@@ -63,6 +63,21 @@ pub fn finish_partial(segment: &[u8], udp: bool) -> u16 {
     }
 }
 
+/// The IPv6 pseudo header of a TCP/UDP segment (RFC 8200 §8.1).
+pub fn pseudo6(src: [u8; 16], dst: [u8; 16], proto: u8, len: u32) -> [u8; 40] {
+    let mut bytes = [0; 40];
+    bytes[..16].copy_from_slice(&src);
+    bytes[16..32].copy_from_slice(&dst);
+    bytes[32..36].copy_from_slice(&len.to_be_bytes());
+    bytes[39] = proto;
+    bytes
+}
+
+/// [`seed`] over the IPv6 pseudo header.
+pub fn seed6(src: [u8; 16], dst: [u8; 16], proto: u8, len: u32) -> u16 {
+    fold(sum(0, &pseudo6(src, dst, proto, len)))
+}
+
 /// Whether an IPv4 header, or an ICMP message (checksum included),
 /// verifies: the folded sum over it is 0xffff.
 pub fn header_verifies(header: &[u8]) -> bool {

@@ -4,13 +4,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use mcs_common::{
-    BackendKey, BackendValue, CtKey, CtValue, ServiceKey,
-    byte_order::net_addr,
+    BackendKey, BackendValueOf, CtKeyOf, CtValueOf, ServiceKey, ServiceKeyOf, ServiceKeyV6,
+    byte_order::{NetAddr, net_addr, net_addr6},
     prefilter::{self, Role},
 };
 
@@ -18,10 +18,14 @@ use mcs_common::{
 pub const GRACE: Duration = Duration::from_secs(1);
 
 /// A member of the filter: an address in the role a packet is tested on.
+/// An IPv6 address is a member by its fold (`NetAddr::fold`, what the
+/// datapath tests): two addresses with one fold share the member, as they
+/// share the bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
     pub role: Role,
-    /// The address, network order (as the maps and the packet hold it).
+    /// The address (IPv4, network order as the maps and the packet hold
+    /// it) or the fold of an IPv6 address.
     pub addr: u32,
 }
 
@@ -30,6 +34,19 @@ impl Member {
         Self {
             role,
             addr: net_addr(addr),
+        }
+    }
+
+    /// An IPv6 address in `role`.
+    pub fn new6(role: Role, addr: Ipv6Addr) -> Self {
+        Self::of(role, net_addr6(addr))
+    }
+
+    /// An address of either family, in the maps' form, in `role`.
+    pub fn of<A: NetAddr>(role: Role, addr: A) -> Self {
+        Self {
+            role,
+            addr: addr.fold(),
         }
     }
 
@@ -44,34 +61,22 @@ impl Member {
     }
 
     /// The member a service entry needs: its ClusterSetIP.
-    pub const fn of_service(key: &ServiceKey) -> Self {
-        Self {
-            role: Role::Destination,
-            addr: key.addr,
-        }
+    pub fn of_service<A: NetAddr>(key: &ServiceKeyOf<A>) -> Self {
+        Self::of(Role::Destination, key.addr)
     }
 
     /// The member a backend slot needs: the backend's address.
-    pub const fn of_backend(value: &BackendValue) -> Self {
-        Self {
-            role: Role::Source,
-            addr: value.addr,
-        }
+    pub fn of_backend<A: NetAddr>(value: &BackendValueOf<A>) -> Self {
+        Self::of(Role::Source, value.addr)
     }
 
     /// The member a conntrack entry needs: its destination for a forward
     /// entry (a ClusterSetIP), its source for a reply entry (a backend).
-    pub const fn of_flow(key: &CtKey, value: &CtValue) -> Self {
+    pub fn of_flow<A: NetAddr>(key: &CtKeyOf<A>, value: &CtValueOf<A>) -> Self {
         if value.is_reply() {
-            Self {
-                role: Role::Source,
-                addr: key.saddr,
-            }
+            Self::of(Role::Source, key.saddr)
         } else {
-            Self {
-                role: Role::Destination,
-                addr: key.daddr,
-            }
+            Self::of(Role::Destination, key.daddr)
         }
     }
 
@@ -204,6 +209,7 @@ impl Members {
 pub struct Tracker {
     pub members: Members,
     services: HashSet<ServiceKey>,
+    services_v6: HashSet<ServiceKeyV6>,
     /// The member each backend slot references.
     backends: HashMap<BackendKey, Member>,
 }
@@ -225,11 +231,28 @@ impl Tracker {
         }
     }
 
-    /// Before a backend slot is written.
-    pub fn put_backend(
+    /// Before an IPv6 service entry is written.
+    pub fn put_service_v6(&mut self, key: &ServiceKeyV6) -> Option<BitChange> {
+        if self.services_v6.insert(*key) {
+            self.members.reference(Member::of_service(key))
+        } else {
+            None
+        }
+    }
+
+    /// After an IPv6 service entry was deleted.
+    pub fn delete_service_v6(&mut self, key: &ServiceKeyV6, now: Instant) {
+        if self.services_v6.remove(key) {
+            self.members.release(Member::of_service(key), now);
+        }
+    }
+
+    /// Before a backend slot (of either family: the slots of IPv4 and IPv6
+    /// frontends never share a key) is written.
+    pub fn put_backend<A: NetAddr>(
         &mut self,
         key: &BackendKey,
-        value: &BackendValue,
+        value: &BackendValueOf<A>,
         now: Instant,
     ) -> Option<BitChange> {
         let member = Member::of_backend(value);
@@ -257,7 +280,12 @@ impl Tracker {
 mod tests {
     use std::net::SocketAddrV4;
 
-    use mcs_common::{CT_F_REPLY, PROTO_TCP};
+    use std::net::SocketAddrV6;
+
+    use mcs_common::{
+        BackendValue, BackendValueV6, CT_F_REPLY, CtKey, CtKeyV6, CtValue, CtValueV6, PROTO_TCP,
+        byte_order::fold6,
+    };
     use proptest::prelude::*;
 
     use super::*;
@@ -407,6 +435,41 @@ mod tests {
         // The tuple form names the same member.
         let raw = (Role::Source, net_addr(*backend.ip()));
         assert_eq!(Member::from(raw), Member::source(*backend.ip()));
+    }
+
+    #[test]
+    fn an_ipv6_address_is_a_member_by_its_fold() {
+        let ep = |addr: &str, port| SocketAddrV6::new(addr.parse().unwrap(), port, 0, 0);
+        let (client, vip, backend) = (
+            ep("fd00:1::2", 40000),
+            ep("fd00:96::a", 80),
+            ep("fd00:101:1::10", 8080),
+        );
+        let member = Member::new6(Role::Destination, *vip.ip());
+        assert_eq!(member.addr, fold6(net_addr6(*vip.ip())));
+        let key = CtKeyV6::new(client, vip, PROTO_TCP);
+        let value = CtValueV6::new(backend, 0, 0, backend, 0);
+        assert_eq!(Member::of_flow(&key, &value), member);
+        let key = CtKeyV6::new(backend, client, PROTO_TCP);
+        let value = CtValueV6::new(vip, CT_F_REPLY, 0, backend, 0);
+        let source = Member::new6(Role::Source, *backend.ip());
+        assert_eq!(Member::of_flow(&key, &value), source);
+        let slot = BackendValueV6::new(backend, 0, 0, 0);
+        assert_eq!(Member::of_backend(&slot), source);
+        assert_eq!(
+            Member::of_service(&ServiceKeyV6::new(*vip.ip(), 80, PROTO_TCP)),
+            member
+        );
+
+        let mut tracker = Tracker::default();
+        let key = ServiceKeyV6::new(*vip.ip(), 80, PROTO_TCP);
+        assert_eq!(
+            tracker.put_service_v6(&key),
+            Some(BitChange::Set(member.bit()))
+        );
+        assert_eq!(tracker.put_service_v6(&key), None, "counted once");
+        tracker.delete_service_v6(&key, Instant::now());
+        assert_eq!(tracker.members.lingering(), 1);
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! The agent writes the bitmap through a shared mapping of the array (the
 //! map is `BPF_F_MMAPABLE`): setting a bit costs no system call. The
 //! bookkeeping of members and bits is pure, in `members.rs`.
+//!
+//! IPv6 addresses are members by their fold, the same 32 bits the
+//! datapath tests (`mcs_common::prefilter`).
 
 mod members;
 
@@ -37,11 +40,21 @@ use std::{
 
 use aya::maps::{Array, IterableMap as _, MapData};
 use mcs_common::{
-    BackendKey, BackendValue, CtKey, CtValue, ServiceKey,
+    BackendKey, BackendValue, BackendValueOf, BackendValueV6, CtKey, CtKeyV6, CtValue, CtValueV6,
+    ServiceKey, ServiceKeyV6,
+    byte_order::NetAddr,
     prefilter::{self, PREFILTER_WORDS},
 };
 
 pub use members::{BitChange, GRACE, Member, Members, Tracker};
+
+/// What the IPv6 maps hold, for [`Prefilter::rebuild`].
+#[derive(Clone, Debug, Default)]
+pub struct MapContents6 {
+    pub services: Vec<ServiceKeyV6>,
+    pub backends: Vec<(BackendKey, BackendValueV6)>,
+    pub conntrack: Vec<(CtKeyV6, CtValueV6)>,
+}
 
 /// Conntrack scans for the sweep at most this often.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -166,7 +179,17 @@ impl Prefilter {
         self.tracker.delete_service(key, Instant::now());
     }
 
-    pub fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) {
+    pub fn put_service_v6(&mut self, key: &ServiceKeyV6) {
+        let change = self.tracker.put_service_v6(key);
+        self.apply(change);
+    }
+
+    pub fn delete_service_v6(&mut self, key: &ServiceKeyV6) {
+        self.tracker.delete_service_v6(key, Instant::now());
+    }
+
+    /// A slot of either family ([`Tracker::put_backend`]).
+    pub fn put_backend<A: NetAddr>(&mut self, key: &BackendKey, value: &BackendValueOf<A>) {
         let change = self.tracker.put_backend(key, value, Instant::now());
         self.apply(change);
     }
@@ -183,17 +206,27 @@ impl Prefilter {
         services: impl IntoIterator<Item = ServiceKey>,
         backends: impl IntoIterator<Item = (BackendKey, BackendValue)>,
         conntrack: impl IntoIterator<Item = (CtKey, CtValue)>,
+        v6: MapContents6,
     ) {
         let now = Instant::now();
         let mut tracker = Tracker::default();
         for key in services {
             tracker.put_service(&key);
         }
+        for key in &v6.services {
+            tracker.put_service_v6(key);
+        }
         for (key, value) in backends {
             tracker.put_backend(&key, &value, now);
         }
+        for (key, value) in &v6.backends {
+            tracker.put_backend(key, value, now);
+        }
         for (key, value) in conntrack {
             tracker.members.linger(Member::of_flow(&key, &value), now);
+        }
+        for (key, value) in &v6.conntrack {
+            tracker.members.linger(Member::of_flow(key, value), now);
         }
         let mut words: HashMap<u32, u64> = HashMap::new();
         for bit in tracker.members.bits() {
