@@ -14,6 +14,9 @@
 //! collisions between modes at the backend). Modes:
 //!
 //! * `direct`   — connect to the backends themselves (the floor; plain routing);
+//! * `direct-1` — connect to one backend only: the load shape of a
+//!   ClusterSetIP seen from the client (one destination address for all its
+//!   ephemeral ports) without any dataplane;
 //! * `direct+xdp-pass` — the same through an XDP program that only passes,
 //!   on the node's two veths (what attaching any XDP program there costs);
 //! * `direct+tc-pass` — the same through a tc program that only passes, on
@@ -63,6 +66,9 @@ use crate::{
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Direct,
+    /// Direct to one backend address only: the client's side of a
+    /// ClusterSetIP (every connection to one destination) without mcs.
+    DirectOne,
     /// Direct, through an XDP program that only returns XDP_PASS on the
     /// node's two veths: the floor of any XDP program attached there.
     DirectXdpPass,
@@ -81,8 +87,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 10] = [
         Mode::Direct,
+        Mode::DirectOne,
         Mode::DirectXdpPass,
         Mode::DirectTcPass,
         Mode::DirectTcWrite,
@@ -96,6 +103,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectOne => "direct-1",
             Mode::DirectXdpPass => "direct+xdp-pass",
             Mode::DirectTcPass => "direct+tc-pass",
             Mode::DirectTcWrite => "direct+tc-write",
@@ -475,6 +483,11 @@ impl Lab {
                     .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
                     .collect()
             }
+            Mode::DirectOne => backends()
+                .into_iter()
+                .take(1)
+                .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
+                .collect(),
             _ => vec![SocketAddr::V4(SocketAddrV4::new(TARGET_VIP, vip_port))],
         }
     }
@@ -810,6 +823,7 @@ pub fn run(config: &Config) -> Result<E2e> {
         "direct+xdp-pass: direct, through the bench's XDP_PASS program attached in native mode to the node's two veths (as the agent attaches mcs): the same-run floor of any XDP program on veth.".to_owned(),
         "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
         "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points, direct+tc-write one that makes the helper calls of mcs's tc rewrite (two L4 checksum updates, an IPv4 header checksum update, two stores) with each packet's own values.".to_owned(),
+        "direct-1 connects to the first backend only, with the same workers: every connection of the client goes to one address, as to a ClusterSetIP (the kernel picks the client's ephemeral ports per destination, and a busy single destination reuses them sooner), with no dataplane in the way.".to_owned(),
         "agents' CPU %: CPU time both agent processes used while the mode's close runs ran (all threads, user and system, from /proc), in % of one CPU, median over repetitions; both agents run during every mode, so what a mode's own traffic makes them do (conntrack collection of its flows) shows as the difference to the direct modes.".to_owned(),
     ];
     drop(lab);

@@ -93,7 +93,7 @@ const GOALS: &[GoalRow] = &[
         measure: |report, limit| {
             measure::e2e_over_floor(report, Mode::McsTc, Mode::DirectTcPass, limit)
         },
-        limits: "per connection the program runs on about ten packets each way (both directions of the pod's veth: a conntrack hit and the rewrite through the kernel's checksum helpers, one new flow); a tc program that only makes mcs's rewrite helper calls with each packet's own values, no lookup (same-run control `direct+tc-write`), gives {write_over_pass} of direct+tc-pass: writing a packet the local stack still holds (every TCP segment) copies its head first; mcs-tc gives {over_write} of direct+tc-write; {noise}",
+        limits: "per connection the program runs on about ten packets each way (both directions of the pod's veth: a conntrack hit and the rewrite through the kernel's checksum helpers, one new flow); a tc program that only makes mcs's rewrite helper calls with each packet's own values, no lookup (same-run control `direct+tc-write`), gives {write_over_pass} of direct+tc-pass: writing a packet the local stack still holds (every TCP segment) copies its head first; mcs-tc gives {over_write} of direct+tc-write; connecting directly to one backend address only (same-run control `direct-1`: the client's side of a ClusterSetIP, one destination for all its connections) gives {one_dest} of direct, and mcs-tc {over_one_dest} of direct-1; {noise}",
         explain: Explain::WhenMissed,
     },
     GoalRow {

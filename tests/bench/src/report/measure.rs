@@ -339,6 +339,8 @@ pub fn e2e_over_floor(report: &Report, mode: Mode, floor: Mode, limit: f64) -> O
                 against(Mode::DirectTcWrite, Mode::DirectTcPass),
             ),
             ("over_write", against(mode, Mode::DirectTcWrite)),
+            ("one_dest", against(Mode::DirectOne, Mode::Direct)),
+            ("over_one_dest", against(mode, Mode::DirectOne)),
         ],
         ..Measured::new(text, met)
     })

@@ -102,6 +102,7 @@ fn sample_report() -> Report {
             .map(|mode| {
                 let rate = match mode {
                     Mode::Direct => 10_000.0,
+                    Mode::DirectOne => 9_900.0,
                     Mode::DirectXdpPass => 9_500.0,
                     Mode::DirectTcPass => 9_800.0,
                     Mode::DirectTcWrite => 9_750.0,
