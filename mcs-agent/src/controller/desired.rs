@@ -5,10 +5,12 @@
 //!
 //! * One import per service exported validly by at least one member, in
 //!   every namespace that exists here, made by [`merge`]; a ClusterSetIP
-//!   import gets one address per agreed family from the [`Allocator`].
-//! * One EndpointSlice per exporting cluster and source slice, named after
-//!   the service, the cluster and a hash of the source slice's name,
-//!   labelled `multicluster.kubernetes.io/service-name`,
+//!   import gets one address per family of the merge (the oldest export's
+//!   `ipFamilies`) from the [`Allocator`]; a family it cannot serve is
+//!   reported without holding the other back.
+//! * One EndpointSlice per exporting cluster and source slice of a family
+//!   the import serves, named after the service, the cluster and a hash of
+//!   the source slice's name, labelled `multicluster.kubernetes.io/service-name`,
 //!   `multicluster.kubernetes.io/source-cluster` and
 //!   `endpointslice.kubernetes.io/managed-by` (this controller), endpoints
 //!   and their conditions copied.
