@@ -141,7 +141,7 @@ fn dual_stack_imports_get_an_address_and_slices_per_family_and_survive_a_removed
         SimCluster::start("cluster-b").unwrap(),
     );
     let v6 = ["--clusterset-ip-cidr", CIDR_V6];
-    let mut controllers = vec![
+    let mut controllers = [
         Controller::start(&a, &[&a, &b], &v6).unwrap(),
         Controller::start(&b, &[&a, &b], &v6).unwrap(),
     ];
