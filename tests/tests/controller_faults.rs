@@ -471,7 +471,7 @@ fn three_clusters_import_each_others_endpoints_and_settle() {
 }
 
 #[test]
-fn dual_stack_services_get_one_clusterset_ip_per_agreed_family() {
+fn dual_stack_services_get_one_clusterset_ip_per_family_of_the_oldest_export() {
     let (a, b) = (
         SimCluster::start("cluster-a").unwrap(),
         SimCluster::start("cluster-b").unwrap(),
@@ -492,8 +492,17 @@ fn dual_stack_services_get_one_clusterset_ip_per_agreed_family() {
             "{import}"
         );
         ensure!(ips_of(&import)[1].contains(':'));
-        // cluster-b drops IPv6: only IPv4 is agreed on, IPv6 is released.
+        // cluster-b drops IPv6: cluster-a's export (a tie on time, won by
+        // name) keeps dual stack, and the conflict is on its export.
         b.apply(hello_service(json!({"ipFamilies": ["IPv4"]})))?;
+        let conflict = wait_for(SETTLE, "IPFamilyConflict on cluster-a's export", || {
+            a.export_condition("Conflict")
+                .filter(|c| c["reason"] == "IPFamilyConflict")
+        })?;
+        ensure!(conflict["status"] == "True", "{conflict}");
+        ensure!(ips_of(&self::import(&a, HELLO).context("import")?).len() == 2);
+        // cluster-a drops it too: IPv6 is released.
+        a.apply(hello_service(json!({"ipFamilies": ["IPv4"]})))?;
         let import = wait_for(SETTLE, "one address", || {
             self::import(&a, HELLO).filter(|i| ips_of(i).len() == 1)
         })?;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Args;
 use ipnet::IpNet;
 
-use super::allocate;
+use super::{allocate, merge::IpFamily};
 
 /// `--member ID=KUBECONFIG`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,12 +102,17 @@ pub struct ControllerArgs {
     #[arg(long = "member", value_name = "ID=KUBECONFIG")]
     pub members: Vec<MemberSpec>,
 
-    /// Range ClusterSetIPs are allocated from (repeatable, one per IP
-    /// family: an IPv4 and an IPv6 range for dual stack). Each import gets
-    /// one address per family its exported Services agree on; addresses
-    /// are stable (read back from the imports on every start) and released
-    /// on unexport.
-    #[arg(long = "clusterset-ip-cidr", value_name = "CIDR", required = true,
+    /// Range ClusterSetIPs are allocated from (repeatable or
+    /// comma-separated, at most one per IP family: an IPv4 and an IPv6
+    /// range for dual stack). An import gets one address per family of the
+    /// oldest export's Service (`spec.ipFamilies`) that has a range here;
+    /// its slices of other families are not written. Addresses are stable
+    /// (read back from the imports on every start) and released on
+    /// unexport; dropping a family's range releases that family's addresses
+    /// at the next start. `--clusterset-ip-cidrs`, the agent's spelling, is
+    /// accepted too.
+    #[arg(long = "clusterset-ip-cidr", visible_alias = "clusterset-ip-cidrs",
+          value_name = "CIDR", required = true, value_delimiter = ',',
           value_parser = allocate::parse_range)]
     pub clusterset_ip_cidrs: Vec<IpNet>,
 
@@ -196,16 +201,16 @@ impl ControllerArgs {
                 return Err(format!("--member {} is given twice", member.id));
             }
         }
-        let families: Vec<bool> = self
-            .clusterset_ip_cidrs
-            .iter()
-            .map(|n| matches!(n, IpNet::V4(_)))
-            .collect();
-        if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
-            return Err(
-                "--clusterset-ip-cidr: at most one range per IP family (one IPv4, one IPv6)"
-                    .to_owned(),
-            );
+        for (i, first) in self.clusterset_ip_cidrs.iter().enumerate() {
+            let family = IpFamily::of(first.addr());
+            let same = |other: &&IpNet| IpFamily::of(other.addr()) == family;
+            if let Some(second) = self.clusterset_ip_cidrs[i + 1..].iter().find(same) {
+                return Err(format!(
+                    "--clusterset-ip-cidr {first} and {second} are both {}: \
+                     at most one range per IP family (one IPv4, one IPv6)",
+                    family.as_str()
+                ));
+            }
         }
         if self.resync_interval < Duration::from_secs(1) {
             return Err("--resync-interval must be at least 1 second".to_owned());
@@ -284,6 +289,10 @@ mod tests {
         );
         assert_eq!(args.clusterset_ip_cidrs.len(), 2);
         assert_eq!(args.import_api, ImportApi::Auto);
+        // The agent's spelling, comma-separated, means the same.
+        let agent_spelling =
+            parse(&["--clusterset-ip-cidrs", "10.240.0.0/16,fd00:240::/108"]).unwrap();
+        assert_eq!(agent_spelling.clusterset_ip_cidrs, args.clusterset_ip_cidrs);
         assert_eq!(args.lease_duration, Duration::from_secs(15));
         assert_eq!(args.debounce, Duration::from_millis(100));
     }
@@ -322,7 +331,16 @@ mod tests {
                     "--clusterset-ip-cidr",
                     "10.1.0.0/24",
                 ],
-                "one range per IP family",
+                "--clusterset-ip-cidr 10.0.0.0/24 and 10.1.0.0/24 are both IPv4",
+            ),
+            (
+                &[
+                    "--clusterset-ip-cidr",
+                    "fd00::/108,10.0.0.0/24",
+                    "--clusterset-ip-cidr",
+                    "fd01::/108",
+                ],
+                "fd00::/108 and fd01::/108 are both IPv6",
             ),
             (&["--clusterset-ip-cidr", "127.0.0.0/8"], "loopback"),
             (

@@ -5,10 +5,12 @@
 //!
 //! * One import per service exported validly by at least one member, in
 //!   every namespace that exists here, made by [`merge`]; a ClusterSetIP
-//!   import gets one address per agreed family from the [`Allocator`].
-//! * One EndpointSlice per exporting cluster and source slice, named after
-//!   the service, the cluster and a hash of the source slice's name,
-//!   labelled `multicluster.kubernetes.io/service-name`,
+//!   import gets one address per family of the merge (the oldest export's
+//!   `ipFamilies`) from the [`Allocator`]; a family it cannot serve is
+//!   reported without holding the other back.
+//! * One EndpointSlice per exporting cluster and source slice of a family
+//!   the import serves, named after the service, the cluster and a hash of
+//!   the source slice's name, labelled `multicluster.kubernetes.io/service-name`,
 //!   `multicluster.kubernetes.io/source-cluster` and
 //!   `endpointslice.kubernetes.io/managed-by` (this controller), endpoints
 //!   and their conditions copied.
@@ -32,7 +34,7 @@ use super::{
     CONTROLLER_NAME,
     allocate::{AllocError, Allocator},
     exports::{ClusterModel, Export, ServiceKind},
-    merge::{Exported, Merged, merge},
+    merge::{Exported, IpFamily, Merged, merge},
     observed::{ImportGroup, Observed, ObservedImport, ObservedSlice, covers},
     render::{self, SliceWrite},
 };
@@ -310,11 +312,19 @@ pub fn plan(input: &Input<'_>, allocator: &mut Allocator) -> Plan {
             ));
             continue;
         }
-        let import = import_write(input, key, &merged, &valid, allocator, &mut plan.notices);
+        let (import, families) =
+            import_write(input, key, &merged, &valid, allocator, &mut plan.notices);
         desired_imports.insert((*key).clone());
         for (exported, entry) in &valid {
             let exposed = merged.exposed_by(exported);
-            for source in entry.member.model.slices.get(*key).into_iter().flatten() {
+            // Only slices of a family the import serves: an IPv6 endpoint
+            // behind an import without an IPv6 address (no range, range
+            // full, the oldest export IPv4 only) would reach no client of
+            // its family and could only be mistaken for an IPv4 backend.
+            let sources = entry.member.model.slices.get(*key).into_iter().flatten();
+            for source in sources
+                .filter(|s| IpFamily::parse(&s.address_type).is_none_or(|f| families.contains(&f)))
+            {
                 if let Some(slice) = render::slice_write(
                     key,
                     entry.member.id,
@@ -384,17 +394,31 @@ fn import_write(
     valid: &[(Exported, &Entry<'_>)],
     allocator: &mut Allocator,
     notices: &mut Vec<Notice>,
-) -> ImportWrite {
+) -> (ImportWrite, Vec<IpFamily>) {
     let (ips, errors) = if merged.headless {
         allocator.release(key);
         (Vec::new(), Vec::new())
     } else {
         allocator.ensure(key, &merged.ip_families)
     };
+    // The families the import serves: a headless import's are the merged
+    // ones; a ClusterSetIP import's those it has an address of.
+    let families: Vec<IpFamily> = if merged.headless {
+        merged.ip_families.clone()
+    } else {
+        ips.iter().map(|ip| IpFamily::of(*ip)).collect()
+    };
     let mut ready = Condition::new("Ready", true, "Ready", "");
-    let mut notes: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let mut notes: Vec<String> = errors
+        .iter()
+        .map(|e| format!("no {} ClusterSetIP: {e}", e.family().as_str()))
+        .collect();
     if !errors.is_empty() {
-        notices.push(notice(key, "ClusterSetIPNotAllocated", notes.join("; ")));
+        notices.push(notice(
+            key,
+            "ClusterSetIPNotAllocated",
+            format!("ServiceImport {key}: {}", notes.join("; ")),
+        ));
         if ips.is_empty() {
             ready.status = false;
             ready.reason = if errors.iter().all(|e| matches!(e, AllocError::NoRange(_))) {
@@ -429,14 +453,15 @@ fn import_write(
     ready.message = notes.join("; ");
 
     let (object, hash) = render::import_object(input.flavour, key, merged, &ips);
-    ImportWrite {
+    let import = ImportWrite {
         key: key.clone(),
         flavour: input.flavour,
         object,
         hash,
         clusters,
         conditions: vec![ready],
-    }
+    };
+    (import, families)
 }
 
 #[cfg(test)]

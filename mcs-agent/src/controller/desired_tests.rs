@@ -612,49 +612,6 @@ fn a_member_removed_from_the_set_loses_its_slices() {
 }
 
 #[test]
-fn dual_stack_imports_get_one_address_per_agreed_family() {
-    let dual = hello_service(json!({"ipFamilies": ["IPv4", "IPv6"]}));
-    let a = exporting("2025-01-01T00:00:00Z", dual.clone(), &[]);
-    let b = exporting("2025-01-01T00:00:01Z", dual, &[]);
-    let mut allocator = Allocator::new(&[
-        "10.240.0.0/16".parse().unwrap(),
-        "fd00:240::/108".parse().unwrap(),
-    ])
-    .unwrap();
-    let plan = run(
-        "a",
-        &[("a", &a), ("b", &b)],
-        &observed_with_namespaces(&["demo"]),
-        &mut allocator,
-    );
-    let spec = &plan.imports[0].object["spec"];
-    assert_eq!(spec["ipFamilies"], json!(["IPv4", "IPv6"]));
-    assert_eq!(spec["ips"].as_array().unwrap().len(), 2);
-
-    // Without an IPv6 range, an IPv6-only service cannot be given an address.
-    let v6 = exporting(
-        "2025-01-01T00:00:00Z",
-        hello_service(json!({"ipFamilies": ["IPv6"]})),
-        &[],
-    );
-    let plan = run(
-        "a",
-        &[("a", &v6)],
-        &observed_with_namespaces(&["demo"]),
-        &mut super::super::allocate::Allocator::new(&["10.240.0.0/16".parse().unwrap()]).unwrap(),
-    );
-    let ready = &plan.imports[0].conditions[0];
-    assert!(!ready.status);
-    assert_eq!(ready.reason, "IPFamilyNotSupported");
-    assert!(
-        plan.notices
-            .iter()
-            .any(|n| n.reason == "ClusterSetIPNotAllocated")
-    );
-    let _ = IpFamily::V6;
-}
-
-#[test]
 fn slice_names_are_unique_per_source_and_bounded() {
     let a = slice_name("hello", "cluster-a", "hello-abc12");
     assert!(a.starts_with("hello-cluster-a-"));
@@ -664,3 +621,6 @@ fn slice_names_are_unique_per_source_and_bounded() {
     let long = slice_name(&"s".repeat(63), &"c".repeat(63), &"x".repeat(253));
     assert!(long.len() <= 253);
 }
+
+#[path = "desired_family_tests.rs"]
+mod family;

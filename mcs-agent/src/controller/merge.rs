@@ -14,8 +14,8 @@
 //!   labels**, **exported annotations**, **internalTrafficPolicy**,
 //!   **trafficDistribution**: the oldest export's value; any export that
 //!   differs raises the conflict of that property.
-//! * **IP families**: the families every export has (in the oldest export's
-//!   order); when they share none, the oldest export's (`IPFamilyConflict`).
+//! * **IP families** (`ipFamilies`, compared as sets): the oldest export's;
+//!   an export with other families raises `IPFamilyConflict`.
 //!
 //! A conflict is reported on every export of the service (the KEP asks for
 //! the condition on all constituent ServiceExports).
@@ -292,13 +292,16 @@ pub fn merge(exports: &[Exported]) -> Option<Merged> {
         &|e| e.traffic_distribution != winner.traffic_distribution,
     );
 
-    let agreed: Vec<IpFamily> = winner
-        .ip_families
-        .iter()
-        .copied()
-        .filter(|family| ordered.iter().all(|e| e.ip_families.contains(family)))
-        .collect();
-    let ip_families = if agreed.is_empty() {
+    // The oldest export's families, as for every other property: its
+    // clients of a family reach whichever clusters serve that family. An
+    // export with another set of families (the order, the primary family,
+    // is not compared) loses.
+    let same_families = |e: &Exported| {
+        let mine: BTreeSet<IpFamily> = e.ip_families.iter().copied().collect();
+        let theirs: BTreeSet<IpFamily> = winner.ip_families.iter().copied().collect();
+        mine == theirs
+    };
+    if ordered.iter().any(|e| !same_families(e)) {
         let families = |e: &Exported| {
             e.ip_families
                 .iter()
@@ -306,21 +309,22 @@ pub fn merge(exports: &[Exported]) -> Option<Merged> {
                 .collect::<Vec<_>>()
                 .join("+")
         };
-        let each: Vec<String> = ordered
+        let losers: Vec<String> = ordered
             .iter()
+            .filter(|e| !same_families(e))
             .map(|e| format!("{} {}", e.cluster, families(e)))
             .collect();
         conflicts.push(Conflict {
             kind: ConflictKind::IpFamily,
             message: format!(
-                "ipFamilies share no family ({}); {why}, its families are used and the other clusters' endpoints may be unreachable",
-                each.join(", ")
+                "ipFamilies differs in {} ({} {}); {why}, its families are used: a family a cluster lacks reaches only the clusters that have it",
+                losers.join(", "),
+                winner.cluster,
+                families(winner),
             ),
         });
-        winner.ip_families.clone()
-    } else {
-        agreed
-    };
+    }
+    let ip_families = winner.ip_families.clone();
     conflicts.sort_by_key(|c| c.kind);
 
     let mut clusters: Vec<String> = ordered.iter().map(|e| e.cluster.clone()).collect();

@@ -226,17 +226,30 @@ fn exported_labels_and_annotations_are_the_oldest_exports() {
 }
 
 #[test]
-fn ip_families_are_those_every_export_has() {
+fn ip_families_are_the_oldest_exports_and_other_sets_conflict() {
     let mut a = hello("a", 100);
     a.ip_families = vec![IpFamily::V6, IpFamily::V4];
     let mut b = hello("b", 200);
     b.ip_families = vec![IpFamily::V4, IpFamily::V6];
-    let merged = merge(&[a.clone(), b]).unwrap();
+    // Another primary family is not a conflict: both serve both.
+    let merged = merge(&[a.clone(), b.clone()]).unwrap();
     assert_eq!(merged.ip_families, [IpFamily::V6, IpFamily::V4]);
     assert!(merged.conflicts.is_empty());
-    let merged = merge(&[a.clone(), hello("c", 300)]).unwrap();
+    // Dual stack oldest, IPv4 only later: dual stack, the IPv4 one loses.
+    let merged = merge(&[hello("c", 300), a.clone()]).unwrap();
+    assert_eq!(merged.ip_families, [IpFamily::V6, IpFamily::V4]);
+    assert_eq!(kinds(&merged), [ConflictKind::IpFamily]);
+    let message = &merged.conflicts[0].message;
+    assert!(
+        message.contains("ipFamilies differs in c IPv4 (a IPv6+IPv4)"),
+        "{message}"
+    );
+    assert!(!message.contains("b "), "{message}");
+    // IPv4 only oldest: IPv4 only, even though a later one has IPv6 too.
+    let merged = merge(&[hello("c", 50), a, b]).unwrap();
     assert_eq!(merged.ip_families, [IpFamily::V4]);
-    assert!(merged.conflicts.is_empty());
+    assert_eq!(kinds(&merged), [ConflictKind::IpFamily]);
+    // Disjoint: the oldest's.
     let mut d = hello("d", 300);
     d.ip_families = vec![IpFamily::V6];
     let merged = merge(&[hello("a", 100), d]).unwrap();
@@ -424,5 +437,14 @@ proptest! {
         prop_assert_eq!(merged.headless, winner.headless);
         prop_assert_eq!(&merged.labels, &winner.labels);
         prop_assert_eq!(merged.affinity, winner.affinity);
+        prop_assert_eq!(&merged.ip_families, &winner.ip_families);
+        let sets_differ = exports.iter().any(|e| {
+            e.ip_families.iter().collect::<BTreeSet<_>>()
+                != winner.ip_families.iter().collect::<BTreeSet<_>>()
+        });
+        prop_assert_eq!(
+            merged.conflicts.iter().any(|c| c.kind == ConflictKind::IpFamily),
+            sets_differ
+        );
     }
 }

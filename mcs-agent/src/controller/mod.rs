@@ -205,7 +205,7 @@ impl Context {
         self.allocator.set_reserved(observed.foreign_ips());
         for import in observed.imports.values().filter(|i| i.managed) {
             for ip in self.allocator.adopt(&import.key, &import.ips) {
-                warn!(import = %import.key, %ip, "ClusterSetIP not kept (outside the ranges or held twice); a new one is allocated");
+                warn!(import = %import.key, %ip, "ClusterSetIP not kept (outside the ranges or held twice); a new one is allocated if its family has a range");
             }
         }
         info!(flavour = ?flavour, imports = observed.imports.len(), "leading: ClusterSetIPs read back");

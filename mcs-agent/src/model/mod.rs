@@ -177,7 +177,8 @@ pub struct Conditions {
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     pub conditions: Conditions,
-    pub hostname: Option<String>,
+    /// Boxed: never grown after parsing, so no capacity word per endpoint.
+    pub hostname: Option<Box<str>>,
 }
 
 /// Whose endpoints a slice holds.

@@ -108,7 +108,10 @@ pub(super) fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
                 serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             },
-            hostname: endpoint.hostname.as_deref().map(truncate),
+            hostname: endpoint
+                .hostname
+                .as_deref()
+                .map(|h| truncate(h).into_boxed_str()),
         });
     }
 
@@ -167,7 +170,10 @@ pub(super) fn convert_endpoints(mut ctx: Ctx, value: &Value) -> Converted {
                         serving: ready,
                         terminating: false,
                     },
-                    hostname: address.hostname.as_deref().map(truncate),
+                    hostname: address
+                        .hostname
+                        .as_deref()
+                        .map(|h| truncate(h).into_boxed_str()),
                 });
             }
         }
