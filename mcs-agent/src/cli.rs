@@ -206,13 +206,13 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(16..=(1 << 24)), help_heading = "Map sizes")]
     pub frontends_v6_max: u32,
 
-    /// Backend slots of the IPv6 frontends (about 110 bytes each,
+    /// Backend slots of the IPv6 frontends (about 112 bytes each,
     /// preallocated; their Maglev tables share --maglev-bytes-max).
     #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKEND_SLOTS_V6,
           value_parser = clap::value_parser!(u32).range(16..=(1 << 26)), help_heading = "Map sizes")]
     pub backend_slots_v6_max: u32,
 
-    /// IPv6 conntrack entries (an LRU map like --conntrack-max; about 150
+    /// IPv6 conntrack entries (an LRU map like --conntrack-max; about 170
     /// bytes each).
     #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_CONNTRACK_V6,
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
