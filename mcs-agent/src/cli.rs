@@ -418,13 +418,14 @@ pub struct DumpArgs {
     #[arg(long)]
     pub conntrack: bool,
 
-    /// Only conntrack entries of flows to this ClusterSetIP (implies --conntrack).
+    /// Only conntrack entries of flows to this ClusterSetIP, IPv4 or IPv6
+    /// (implies --conntrack).
     #[arg(long, value_name = "IP")]
-    pub vip: Option<std::net::Ipv4Addr>,
+    pub vip: Option<std::net::IpAddr>,
 
     /// Only conntrack entries of this client address (implies --conntrack).
     #[arg(long, value_name = "IP")]
-    pub client: Option<std::net::Ipv4Addr>,
+    pub client: Option<std::net::IpAddr>,
 
     /// Most conntrack entries listed.
     #[arg(long, default_value_t = 1000)]
