@@ -164,8 +164,9 @@ impl Harness {
     }
 
     /// Writes the IPv6 frontends ([`FRONTENDS6`]) straight into the `_V6`
-    /// maps through the agent's map handles, prefilter bits first (the
-    /// agent does not program IPv6 from a manifest yet). Their frontend and
+    /// maps through the agent's map handles, prefilter bits first (fixed
+    /// ids and table for these packet cases; `xdp_ipv6_agent` has the agent
+    /// program IPv6 from a manifest). Their frontend and
     /// backend ids lie above the ones the IPv4 manifest takes; both served
     /// frontends share one Maglev table alternating between the two slots.
     fn add_ipv6(&mut self) {
