@@ -35,6 +35,7 @@ mod family;
 mod lb;
 mod maps;
 mod reject;
+mod reject6;
 mod sock;
 mod tc;
 mod xdp;
