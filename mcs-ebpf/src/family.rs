@@ -36,11 +36,19 @@ pub trait Family: IpFamily {
     /// The packet as an IPv6 one, if it is (the refusals are built per
     /// family; `IpFamily::v4` is the other half).
     fn v6(pkt: &Packet<Self>) -> Option<&Packet<Addr6>>;
+    /// The affinity "address" of a socket-LB client (a fold of its network
+    /// namespace's cookie: socket LB does not know the client's address).
+    fn of_client(client: u32) -> Self;
 }
 
 macro_rules! family {
-    ($addr:ty, $svc:ident, $backend:ident, $ct:ident, $affinity:ident, $v6:expr) => {
+    ($addr:ty, $svc:ident, $backend:ident, $ct:ident, $affinity:ident, $v6:expr, $client:expr) => {
         impl Family for $addr {
+            #[inline(always)]
+            fn of_client(client: u32) -> Self {
+                $client(client)
+            }
+
             #[inline(always)]
             fn v6(pkt: &Packet<Self>) -> Option<&Packet<Addr6>> {
                 $v6(pkt)
@@ -94,7 +102,8 @@ family!(
     MCS_BACKEND_V2,
     MCS_CT_V1,
     MCS_AFFINITY_V1,
-    |_| None
+    |_| None,
+    |client| client
 );
 family!(
     Addr6,
@@ -102,5 +111,6 @@ family!(
     MCS_BACKEND_V6,
     MCS_CT_V6,
     MCS_AFFINITY_V6,
-    Some
+    Some,
+    |client| [client, 0, 0, 0]
 );

@@ -37,6 +37,7 @@ mod maps;
 mod reject;
 mod reject6;
 mod sock;
+mod sock6;
 mod tc;
 mod xdp;
 
