@@ -11,7 +11,8 @@ use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN,
     CtValueOf, DropReason, FrontendStats, MAX_AFFINITY, MAX_AFFINITY_V6, MAX_BACKEND_SLOTS,
     MAX_BACKEND_SLOTS_V6, MAX_BACKENDS, MAX_CONNTRACK, MAX_CONNTRACK_V6, MAX_FRONTENDS,
-    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER, names,
+    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, MAX_SOCK_REVNAT_V6, NameValue, SVC_F_AFFINITY,
+    SVC_F_VIP_MARKER, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -413,6 +414,11 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             name: names::AFFINITY_V6.into(),
             entries: count(maps.affinity_v6.keys().filter(Result::is_ok).count()),
             capacity: capacity(maps.affinity_v6.map(), MAX_AFFINITY_V6),
+        },
+        MapFill {
+            name: names::SOCK_REVNAT_V6.into(),
+            entries: count(maps.sock_revnat_v6.keys().filter(Result::is_ok).count()),
+            capacity: capacity(maps.sock_revnat_v6.map(), MAX_SOCK_REVNAT_V6),
         },
         MapFill {
             name: names::BACKEND_STATS.into(),

@@ -35,7 +35,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
-use mcs_common::{CtKey, CtValue, SockRevKey, SockRevValue};
+use mcs_common::{CtKey, CtValue, SockRevKey, SockRevKeyV6, SockRevValue, SockRevValueV6};
 use tracing::{info, warn};
 
 pub use self::retired::{Scan, scan, stale_keys};
@@ -63,8 +63,9 @@ pub struct JanitorReport {
 /// What the janitor needs to collect expired entries.
 pub struct GcSetup<'a> {
     pub config: GcConfig,
-    /// The socket-LB reverse map, aged out with conntrack.
+    /// The socket-LB reverse maps, aged out with conntrack.
     pub sockets: &'a HashMap<MapData, SockRevKey, SockRevValue>,
+    pub sockets_v6: &'a HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
     /// Where the collection is counted.
     pub metrics: Arc<Metrics>,
 }
@@ -91,6 +92,7 @@ fn second_handle<K: aya::Pod, V: aya::Pod>(
 struct Gc {
     collector: Collector,
     sockets: HashMap<MapData, SockRevKey, SockRevValue>,
+    sockets_v6: HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
     metrics: Arc<Metrics>,
     next: Instant,
     /// The last failure logged, so a persisting one is logged once.
@@ -107,7 +109,15 @@ impl Gc {
                 return;
             }
         };
-        match self.collector.step(conntrack, Some(&self.sockets), now_ns) {
+        let stepped = self
+            .collector
+            .step(conntrack, Some(&self.sockets), now_ns)
+            .and_then(|mut collected| {
+                self.collector
+                    .step_sockets_v6(&self.sockets_v6, now_ns, &mut collected)?;
+                Ok(collected)
+            });
+        match stepped {
             Ok(collected) => {
                 if self.failing.take().is_some() {
                     info!("conntrack collection works again");
@@ -178,6 +188,7 @@ impl Janitor {
                 next: Instant::now() + setup.config.interval,
                 collector: Collector::new(setup.config),
                 sockets: second_handle(setup.sockets)?,
+                sockets_v6: second_handle(setup.sockets_v6)?,
                 metrics: setup.metrics,
                 failing: None,
             }),
