@@ -19,7 +19,10 @@ fn retired_udp(retired: &[Retired]) -> BTreeSet<BackendRef> {
     retired
         .iter()
         .filter(|r| r.protocol == crate::model::Protocol::Udp)
-        .map(|r| (r.frontend_id, SocketAddrV4::new(r.addr, r.port)))
+        .filter_map(|r| match r.addr {
+            std::net::IpAddr::V4(addr) => Some((r.frontend_id, SocketAddrV4::new(addr, r.port))),
+            std::net::IpAddr::V6(_) => None,
+        })
         .collect()
 }
 
@@ -113,7 +116,7 @@ mod tests {
     fn only_udp_flows_of_retired_backends_go() {
         let retired = [Retired {
             frontend_id: 3,
-            addr: Ipv4Addr::new(10, 1, 0, 1),
+            addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
             port: 5353,
             protocol: Protocol::Udp,
         }];
