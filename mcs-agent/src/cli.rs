@@ -223,6 +223,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_AFFINITY_V6,
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
     pub affinity_v6_max: u32,
+    /// Socket-LB reverse translations of IPv6 sockets (an LRU map like
+    /// --sock-revnat-max).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_SOCK_REVNAT_V6,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub sock_revnat_v6_max: u32,
 
     /// Idle time after which a TCP flow that never completed its handshake
     /// (only SYNs seen) expires from conntrack, in seconds (Cilium's
@@ -486,6 +491,7 @@ impl RunArgs {
             backend_slots_v6: self.backend_slots_v6_max,
             conntrack_v6: self.conntrack_v6_max,
             affinity_v6: self.affinity_v6_max,
+            sock_revnat_v6: self.sock_revnat_v6_max,
         }
     }
 }

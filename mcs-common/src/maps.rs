@@ -15,8 +15,8 @@ use core::mem::size_of;
 use crate::{
     AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
     BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, DropReason, FrontendStats,
-    MaglevChunk, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue,
-    prefilter::PREFILTER_WORDS,
+    MaglevChunk, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevKeyV6,
+    SockRevValue, SockRevValueV6, prefilter::PREFILTER_WORDS,
 };
 
 /// Map names as they appear in the ELF object, in bpffs and to `bpftool`.
@@ -54,6 +54,8 @@ pub mod names {
     pub const CONNTRACK_V6: &str = "MCS_CT_V6";
     /// IPv6 ClientIP affinity.
     pub const AFFINITY_V6: &str = "MCS_AFFINITY_V6";
+    /// IPv6 sockets' reverse translations (socket LB).
+    pub const SOCK_REVNAT_V6: &str = "MCS_SOCK_REV_V6";
     /// Every map the agent pins, in the order of [`super::MAPS`].
     pub const ALL: [&str; super::MAPS.len()] = {
         let mut all = [""; super::MAPS.len()];
@@ -80,13 +82,26 @@ pub mod programs {
     pub const SENDMSG4: &str = "mcs_sendmsg4";
     pub const RECVMSG4: &str = "mcs_recvmsg4";
     pub const GETPEERNAME4: &str = "mcs_getpeername4";
+    pub const CONNECT6: &str = "mcs_connect6";
+    pub const SENDMSG6: &str = "mcs_sendmsg6";
+    pub const RECVMSG6: &str = "mcs_recvmsg6";
+    pub const GETPEERNAME6: &str = "mcs_getpeername6";
     /// Reads the kernel's jiffies for the agent's clock calibration
     /// (`BPF_PROG_TEST_RUN` only; never attached).
     pub const CLOCK_PROBE: &str = "mcs_clock_probe";
     /// The socket-LB programs, in attach order.
-    pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    pub const SOCKET: [&str; 8] = [
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
+    ];
     /// Every program of the agent's object.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 13] = [
         XDP,
         XDP_NIC,
         TC_INGRESS,
@@ -95,6 +110,10 @@ pub mod programs {
         SENDMSG4,
         RECVMSG4,
         GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
         CLOCK_PROBE,
     ];
 }
@@ -128,6 +147,7 @@ pub const MAX_FRONTENDS_V6: u32 = 1 << 11;
 pub const MAX_BACKEND_SLOTS_V6: u32 = 1 << 12;
 pub const MAX_CONNTRACK_V6: u32 = 1 << 14;
 pub const MAX_AFFINITY_V6: u32 = 1 << 11;
+pub const MAX_SOCK_REVNAT_V6: u32 = 1 << 14;
 /// Source clusters the agent can name (cluster id 0 means "unknown").
 pub const MAX_CLUSTERS: u32 = 256;
 
@@ -179,6 +199,8 @@ pub enum Capacity {
     ConntrackV6,
     /// IPv6 session-affinity entries.
     AffinityV6,
+    /// IPv6 sockets' reverse translations.
+    SockRevnatV6,
 }
 
 /// One row of [`MAPS`]: what a map must look like, in the object and when
@@ -247,6 +269,7 @@ pub const fn default_entries(capacity: Capacity) -> u32 {
         Capacity::BackendSlotsV6 => MAX_BACKEND_SLOTS_V6,
         Capacity::ConntrackV6 => MAX_CONNTRACK_V6,
         Capacity::AffinityV6 => MAX_AFFINITY_V6,
+        Capacity::SockRevnatV6 => MAX_SOCK_REVNAT_V6,
     }
 }
 
@@ -367,10 +390,17 @@ pub mod def {
         MapKind::LruHash,
         Capacity::AffinityV6,
     );
+    /// As [`SOCK_REVNAT`], for IPv6 sockets (IPv4-mapped addresses
+    /// included).
+    pub const SOCK_REVNAT_V6: MapDef = MapDef::new::<SockRevKeyV6, SockRevValueV6>(
+        names::SOCK_REVNAT_V6,
+        MapKind::LruHash,
+        Capacity::SockRevnatV6,
+    );
 }
 
 /// Every map the agent pins, in a stable order.
-pub const MAPS: [MapDef; 19] = [
+pub const MAPS: [MapDef; 20] = [
     def::ABI,
     def::BACKEND_STATS,
     def::SOCK_REVNAT,
@@ -390,6 +420,7 @@ pub const MAPS: [MapDef; 19] = [
     def::BACKENDS_V6,
     def::CONNTRACK_V6,
     def::AFFINITY_V6,
+    def::SOCK_REVNAT_V6,
 ];
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 use crate::{
     AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
     BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, FrontendStats, MaglevChunk,
-    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue,
+    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevKeyV6, SockRevValue,
+    SockRevValueV6,
 };
 
 /// The size of the field `field` selects (its type inferred).
@@ -84,4 +85,6 @@ pod_types! {
     }
     AffinityKeyV6 { frontend_id, client_addr }
     AffinityValueV6 { backend_addr, backend_port, _pad, slot, _pad2, last_used_ns }
+    SockRevKeyV6 { cookie, addr, port, _pad, _pad2 }
+    SockRevValueV6 { vip, vport, proto, _pad, frontend_id, last_used_ns }
 }

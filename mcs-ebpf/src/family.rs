@@ -16,7 +16,7 @@ use crate::{
         MCS_AFFINITY_V1, MCS_AFFINITY_V6, MCS_BACKEND_V2, MCS_BACKEND_V6, MCS_CT_V1, MCS_CT_V6,
         MCS_SVC_V2, MCS_SVC_V6,
     },
-    packet::IpFamily,
+    packet::{IpFamily, Packet},
 };
 
 /// An address family's maps.
@@ -33,11 +33,27 @@ pub trait Family: IpFamily {
     /// Binds a client; an LRU insert only fails under memory pressure, and
     /// the client hash keeps the client on its backend anyway.
     fn affinity_insert(key: &AffinityKeyOf<Self>, value: &AffinityValueOf<Self>);
+    /// The packet as an IPv6 one, if it is (the refusals are built per
+    /// family; `IpFamily::v4` is the other half).
+    fn v6(pkt: &Packet<Self>) -> Option<&Packet<Addr6>>;
+    /// The affinity "address" of a socket-LB client (a fold of its network
+    /// namespace's cookie: socket LB does not know the client's address).
+    fn of_client(client: u32) -> Self;
 }
 
 macro_rules! family {
-    ($addr:ty, $svc:ident, $backend:ident, $ct:ident, $affinity:ident) => {
+    ($addr:ty, $svc:ident, $backend:ident, $ct:ident, $affinity:ident, $v6:expr, $client:expr) => {
         impl Family for $addr {
+            #[inline(always)]
+            fn of_client(client: u32) -> Self {
+                $client(client)
+            }
+
+            #[inline(always)]
+            fn v6(pkt: &Packet<Self>) -> Option<&Packet<Addr6>> {
+                $v6(pkt)
+            }
+
             #[inline(always)]
             fn service(key: &ServiceKeyOf<Self>) -> Option<ServiceValue> {
                 // SAFETY: the value is copied out at once; the agent replaces
@@ -80,11 +96,21 @@ macro_rules! family {
     };
 }
 
-family!(u32, MCS_SVC_V2, MCS_BACKEND_V2, MCS_CT_V1, MCS_AFFINITY_V1);
+family!(
+    u32,
+    MCS_SVC_V2,
+    MCS_BACKEND_V2,
+    MCS_CT_V1,
+    MCS_AFFINITY_V1,
+    |_| None,
+    |client| client
+);
 family!(
     Addr6,
     MCS_SVC_V6,
     MCS_BACKEND_V6,
     MCS_CT_V6,
-    MCS_AFFINITY_V6
+    MCS_AFFINITY_V6,
+    Some,
+    |client| [client, 0, 0, 0]
 );

@@ -35,7 +35,9 @@ mod family;
 mod lb;
 mod maps;
 mod reject;
+mod reject6;
 mod sock;
+mod sock6;
 mod tc;
 mod xdp;
 

@@ -13,7 +13,7 @@ use mcs_common::{
     AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
     BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, DropReason, FrontendStats,
     MaglevChunk, MapKind, NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey,
-    SockRevValue,
+    SockRevKeyV6, SockRevValue, SockRevValueV6,
     byte_order::NetAddr,
     def,
     prefilter::{self, Role},
@@ -116,6 +116,11 @@ abi_map! {
     /// Socket LB: (socket, backend) → ClusterSetIP, for replies and
     /// getpeername; aged out by the agent after `last_used_ns`.
     MCS_SOCK_REV_V2: LruHashMap<SockRevKey, SockRevValue> = def::SOCK_REVNAT
+}
+abi_map! {
+    /// The same for IPv6 sockets, keyed by the address the socket sees
+    /// (IPv4-mapped ones included).
+    MCS_SOCK_REV_V6: LruHashMap<SockRevKeyV6, SockRevValueV6> = def::SOCK_REVNAT_V6
 }
 abi_map! {
     /// Socket-LB counters per frontend (`new_flows` = connections/datagram

@@ -139,7 +139,7 @@ pub trait IpFamily: NetAddr {
     /// Whether the IP header has a checksum of its own (IPv4; IPv6 has none).
     const HEADER_CHECKSUM: bool;
 
-    /// The packet as an IPv4 one, if it is (the refusals are IPv4 only).
+    /// The packet as an IPv4 one, if it is (refusals are built per family).
     fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>>;
 
     /// Parses a frame of this family (after the Ethernet header).

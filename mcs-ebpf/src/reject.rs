@@ -69,9 +69,9 @@ impl Refused {
 /// §3.10.7.1, reset generation for a CLOSED port).
 #[derive(Clone, Copy)]
 pub struct Rst {
-    seq: u32,
-    ack: u32,
-    flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
 }
 
 impl Rst {

@@ -7,7 +7,8 @@
 //!
 //! Same maps and the same selection rules as XDP (`lb.rs`); affinity is per
 //! network namespace (pod), as the client address is not known yet at
-//! `connect()`. On any miss the socket proceeds untouched. With the
+//! `connect()`. On any miss the socket proceeds untouched. IPv6 sockets
+//! have their own programs (`sock6.rs`) over the same selection. With the
 //! `debug-log` feature the chosen backend is logged (`debug_log!`).
 
 use aya_ebpf::{
@@ -17,21 +18,22 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use mcs_common::{
-    PROTO_TCP, PROTO_UDP, SVC_F_VIP_MARKER, SockRevKey, SockRevValue,
-    byte_order::{host_port, ipv4},
+    BackendValueOf, PROTO_TCP, PROTO_UDP, SVC_F_VIP_MARKER, SockRevKey, SockRevValue,
+    byte_order::host_port,
     flow::{flow_hash, mix32},
 };
 
 use mcs_ebpf::atomic;
 
 use crate::{
+    family::Family,
     lb::{self, SelectError, Selector},
     maps::{MCS_SOCK_REV_V2, MCS_SOCKSTAT_V2, now_ns},
 };
 
 /// Refresh a reverse entry's `last_used_ns` at most this often (as
 /// conntrack does): the agent ages entries out by it, in seconds.
-const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+pub(crate) const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// With `--socket-lb-host-only`: the cookie of the only network namespace
 /// whose sockets are translated (the node's; pods behind a sidecar then
@@ -41,13 +43,13 @@ const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 static MCS_SOCK_NETNS_ONLY: u64 = 0;
 
 /// Let the system call go on.
-const PROCEED: i32 = 1;
+pub(crate) const PROCEED: i32 = 1;
 /// Fail the system call (with the errno set by `bpf_set_retval`).
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
 /// Why a socket address is left alone or refused.
-enum Skip {
+pub(crate) enum Skip {
     /// Not a ClusterSetIP frontend, or not TCP/UDP: untouched.
     NotOurs,
     /// A frontend without usable backend: refused at once.
@@ -58,7 +60,7 @@ enum Skip {
 }
 
 #[inline(always)]
-fn proto_of(ctx: &SockAddrContext) -> u8 {
+pub(crate) fn proto_of(ctx: &SockAddrContext) -> u8 {
     // SAFETY: the context pointer is valid for the program's run.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
     match protocol {
@@ -69,7 +71,7 @@ fn proto_of(ctx: &SockAddrContext) -> u8 {
 }
 
 #[inline(always)]
-fn count(frontend_id: u32, refused: bool) {
+pub(crate) fn count(frontend_id: u32, refused: bool) {
     if let Some(stats) = MCS_SOCKSTAT_V2.get_ptr_mut(frontend_id) {
         // SAFETY: a field of the map value, valid for the run; every CPU
         // updates it with `atomic::add` only.
@@ -84,15 +86,17 @@ fn count(frontend_id: u32, refused: bool) {
     }
 }
 
-/// Rewrites the destination of a connect/sendmsg to a backend.
+/// The backend a socket of `proto` addressing `vip:vport` is sent to: the
+/// frontend's selection (`lb.rs`) with the socket's view of the client
+/// (its network namespace) and flow (its cookie). Counts the outcome.
+/// Shared by both families (`sock6.rs`).
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
-    let proto = proto_of(ctx);
-    if proto == 0 {
-        return Err(Skip::NotOurs);
-    }
-    // SAFETY: the context pointer is valid for the program's run.
-    let (vip, vport) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
+pub(crate) fn pick<F: Family>(
+    ctx: &SockAddrContext,
+    vip: F,
+    vport: u16,
+    proto: u8,
+) -> Result<(BackendValueOf<F>, u32), Skip> {
     let service = lb::lookup_service(vip, vport, proto).ok_or(Skip::NotOurs)?;
     if service.flags & SVC_F_VIP_MARKER != 0 {
         return Err(Skip::NotOurs);
@@ -111,10 +115,11 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
         return Err(Skip::NotOurs);
     }
     let client = (netns ^ (netns >> 32)) as u32;
+    let vip_fold = vip.fold();
     let selector = Selector {
-        client,
-        flow_hash: mix32((socket ^ (socket >> 32)) as u32 ^ vip),
-        client_hash: flow_hash(client, vip, 0, vport, proto),
+        client: F::of_client(client),
+        flow_hash: mix32((socket ^ (socket >> 32)) as u32 ^ vip_fold),
+        client_hash: flow_hash(client, vip_fold, 0, vport, proto),
     };
     let (backend, slot) = match lb::select_backend(&service, &selector) {
         Ok(selected) => selected,
@@ -132,15 +137,36 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
     debug_log!(
         ctx,
         "socket LB: {}:{} frontend {}: backend {}:{} (slot {})",
-        ipv4(vip),
+        vip.ip(),
         host_port(vport),
         service.frontend_id,
-        ipv4(backend.addr),
+        backend.addr.ip(),
         host_port(backend.port),
         slot
     );
+    count(service.frontend_id, false);
+    Ok((backend, service.frontend_id))
+}
+
+/// The socket's cookie (the reverse maps' key).
+#[inline(always)]
+pub(crate) fn socket_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// Rewrites the destination of a connect/sendmsg to a backend.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
+    let proto = proto_of(ctx);
+    if proto == 0 {
+        return Err(Skip::NotOurs);
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let (vip, vport) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
+    let (backend, frontend_id) = pick(ctx, vip, vport, proto)?;
     let key = SockRevKey {
-        cookie: socket,
+        cookie: socket_cookie(ctx),
         addr: backend.addr,
         port: backend.port,
         _pad: 0,
@@ -150,7 +176,7 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
         vport,
         proto,
         _pad: 0,
-        frontend_id: service.frontend_id,
+        frontend_id,
         _pad2: 0,
         last_used_ns: now_ns(),
     };
@@ -163,7 +189,6 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
         (*ctx.sock_addr).user_ip4 = backend.addr;
         (*ctx.sock_addr).user_port = u32::from(backend.port);
     }
-    count(service.frontend_id, false);
     Ok(())
 }
 
@@ -173,10 +198,8 @@ fn translate(ctx: &SockAddrContext) -> Result<(), Skip> {
 fn reverse(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the program's run.
     let (addr, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = SockRevKey {
-        cookie,
+        cookie: socket_cookie(ctx),
         addr,
         port,
         _pad: 0,
@@ -200,7 +223,7 @@ fn reverse(ctx: &SockAddrContext) {
 }
 
 #[inline(always)]
-fn verdict(result: Result<(), Skip>) -> i32 {
+pub(crate) fn verdict(result: Result<(), Skip>) -> i32 {
     match result {
         Ok(()) | Err(Skip::NotOurs) | Err(Skip::Transient) => PROCEED,
         Err(Skip::NoBackend) => {

@@ -5,6 +5,7 @@
 //! [`verify6`], in `ipv6.rs`). Used by the `BPF_PROG_TEST_RUN` tier, the fuzz targets and
 //! the per-packet benchmark, so they all send the same frames.
 
+mod icmp6;
 mod ipv6;
 pub mod rfc1071;
 mod verify;
@@ -14,6 +15,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result, ensure};
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, TcpHeader, UdpHeader};
 
+pub use icmp6::{Icmp6Seen, verify_icmp6};
 pub use ipv6::{ETHERNET6, Ext, IPV6_LEN, Packet6, Seen6, verify6};
 pub use verify::{Seen, verify};
 

@@ -328,6 +328,7 @@ fn sized_maps_are_created_at_their_size_and_resized_loudly() {
         backend_slots_v6: 1024,
         conntrack_v6: 2048,
         affinity_v6: 512,
+        sock_revnat_v6: 1024,
     };
     let max_entries = |name: &str| {
         aya::maps::MapInfo::from_pin(dataplane::map_pin_dir(&pins.0).join(name))
@@ -528,6 +529,7 @@ fn map_memory_is_what_the_model_says_at_two_sizes() {
         backend_slots_v6: 3000,
         conntrack_v6: 5000,
         affinity_v6: 1000,
+        sock_revnat_v6: 2000,
     };
     let desired = desired_state(MANIFEST);
     for (test, sizes) in [

@@ -38,7 +38,7 @@ use mcs_common::{
 use mcs_tests::{
     packet::{
         CHECKSUM_KINDS, Csum, ETH_LEN, ETHERNET, Ext, IPV6_LEN, Packet, Packet6, Proto, Seen,
-        TCP_SEQ, frag, rfc1071, tcp_flags, verify, verify6,
+        TCP_SEQ, frag, rfc1071, tcp_flags, verify, verify_icmp6, verify6,
     },
     require_root,
 };
@@ -775,16 +775,17 @@ fn ipv6_cases() -> Vec<PacketCase> {
             tcp6(VIP6, 80).build()[..ETH_LEN + IPV6_LEN + 10].to_vec(),
             &[("malformed", 1)],
         ),
-        // No backend: refused; IPv6 refusals are not built yet, so the
-        // packet is dropped and counted as unreplied.
+        // No backend: refused with a RST / ICMPv6 error (their own table,
+        // `ipv6_refusals_on_every_hook`); those the datapath cannot answer
+        // are dropped and counted as unreplied.
         PacketCase::dropped(
-            "IPv6 TCP SYN to a frontend without backends",
-            tcp6(VIP6, 443).build(),
+            "IPv6 RST to a frontend without backends (never answered)",
+            tcp6(VIP6, 443).flags(tcp_flags::RST).build(),
             &[("no_backend_unreplied", 1)],
         ),
         PacketCase::dropped(
-            "IPv6 UDP to a frontend without backends",
-            udp6(VIP6, 443).build(),
+            "IPv6 UDP after hop-by-hop to a frontend without backends",
+            udp6(VIP6, 443).exts(&[Ext::HopByHop]).build(),
             &[("no_backend_unreplied", 1)],
         ),
         // Translated past extension headers, with exact checksums.
@@ -2236,4 +2237,180 @@ fn ipv6_client_ip_affinity_binds_a_client_to_one_backend() {
             .get(&mcs_common::AffinityKeyV6::new(100, other), 0)
             .is_ok()
     );
+}
+
+/// What an IPv6 refusal must look like.
+enum Refusal6 {
+    /// A RST from the ClusterSetIP with these sequence numbers and flags.
+    Rst { seq: u32, ack: u32, flags: u8 },
+    /// An ICMPv6 port unreachable quoting the first `quoted` bytes of the
+    /// refused packet (from its IPv6 header).
+    PortUnreachable { quoted: usize },
+}
+
+/// IPv6 packets to frontends without backends and their refusals, on
+/// every hook that refuses: the reply's addresses, ports, sequence
+/// numbers, quote and checksums (verified by etherparse and the RFC 1071
+/// sum), the verdict and the Ethernet header as each hook sends it, and
+/// the counters. Datagram lengths cover every chunk size of the quote's
+/// sum, odd tails, and quotes cut at the minimum MTU.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn ipv6_refusals_on_every_hook() {
+    const QUOTE_MAX: usize = 1280 - 48;
+    let syn = Packet6::new(Proto::Tcp, CLIENT6, 40000, VIP6, 443);
+    let mut rows: Vec<(String, Packet6, Refusal6)> = vec![
+        (
+            "SYN with data".to_owned(),
+            syn.clone(),
+            Refusal6::Rst {
+                seq: 0,
+                ack: TCP_SEQ + syn.payload.len() as u32 + 1,
+                flags: tcp_flags::RST | tcp_flags::ACK,
+            },
+        ),
+        (
+            "SYN without data".to_owned(),
+            syn.clone().payload(&[]),
+            Refusal6::Rst {
+                seq: 0,
+                ack: TCP_SEQ + 1,
+                flags: tcp_flags::RST | tcp_flags::ACK,
+            },
+        ),
+        (
+            "FIN|ACK".to_owned(),
+            syn.clone().flags(tcp_flags::FIN | tcp_flags::ACK),
+            // The builder's acknowledgment number is 0.
+            Refusal6::Rst {
+                seq: 0,
+                ack: 0,
+                flags: tcp_flags::RST,
+            },
+        ),
+    ];
+    for payload in [
+        0usize, 1, 2, 3, 5, 56, 57, 120, 121, 1000, 1183, 1184, 1185, 1400,
+    ] {
+        let datagram = Packet6::new(Proto::Udp, CLIENT6, 40001, VIP6, 443)
+            .payload(&(0..payload).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>());
+        let whole = IPV6_LEN + 8 + payload;
+        rows.push((
+            format!("UDP with {payload} bytes of data"),
+            datagram,
+            Refusal6::PortUnreachable {
+                quoted: whole.min(QUOTE_MAX),
+            },
+        ));
+    }
+    for csum in [Csum::Zero, Csum::Partial] {
+        rows.push((
+            format!("UDP, {csum:?} checksum"),
+            Packet6::new(Proto::Udp, CLIENT6, 40002, VIP6, 443).csum(csum),
+            Refusal6::PortUnreachable {
+                quoted: IPV6_LEN + 8 + 27,
+            },
+        ));
+    }
+    // tc: `CHECKSUM_NONE` only (see `tc_refuses_with_rst_and_icmp_sent_back_out_of_the_interface`).
+    let hooks = [Hook::Xdp, Hook::XdpNic, Hook::TcIngress(SkbChecksum::None)];
+    for hook in hooks {
+        let mut harness = Harness::with_backends(&BACKENDS);
+        harness.add_ipv6();
+        let mut refused = 0;
+        let mut failures = Vec::new();
+        for (description, packet, expected) in &rows {
+            if packet.csum == Csum::Partial && !hook.sees_partial() {
+                continue;
+            }
+            let input = packet.build();
+            let (verdict, out) = harness.run_on(hook, &input);
+            refused += 1;
+            let checked = check_refusal6(hook, &input, verdict, &out, expected);
+            if let Err(error) = checked {
+                failures.push(format!("{description}: {error}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{hook:?}: {} of {refused} refusals wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        let report = harness.dump();
+        assert_eq!(report.drops["no_backend"], refused, "{hook:?}");
+        assert_eq!(report.drops["no_backend_unreplied"], 0, "{hook:?}");
+        // The frontends without backends (ids 102 and 103, `FRONTENDS6`).
+        let stats = &harness.dataplane.maps.frontend_stats;
+        let counted: u64 = [102u32, 103]
+            .iter()
+            .flat_map(|id| {
+                stats
+                    .get(id, 0)
+                    .expect("frontend stats")
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .map(|per_cpu| per_cpu.no_backend)
+            .sum();
+        assert_eq!(counted, refused, "{hook:?}: per-frontend no_backend");
+    }
+}
+
+/// Checks one IPv6 refusal (see [`ipv6_refusals_on_every_hook`]).
+fn check_refusal6(
+    hook: Hook,
+    input: &[u8],
+    verdict: Verdict,
+    out: &[u8],
+    expected: &Refusal6,
+) -> Result<(), String> {
+    let tc = matches!(hook, Hook::TcIngress(_));
+    let (want_verdict, want_eth) = if tc {
+        let mut eth = input[6..12].to_vec();
+        eth.extend_from_slice(&input[..6]);
+        (Verdict::Redirect, eth)
+    } else {
+        (Verdict::Pass, input[..12].to_vec())
+    };
+    if verdict != want_verdict {
+        return Err(format!("verdict {verdict:?}, expected {want_verdict:?}"));
+    }
+    if out.get(..12) != Some(&want_eth[..]) {
+        return Err(format!("Ethernet addresses {:02x?}", out.get(..12)));
+    }
+    match *expected {
+        Refusal6::Rst { seq, ack, flags } => {
+            if out.len() != ETH_LEN + IPV6_LEN + 20 {
+                return Err(format!("RST of {} bytes", out.len()));
+            }
+            let seen = verify6(out, Csum::Full).map_err(|error| format!("{error:#}"))?;
+            if (seen.src, seen.sport, seen.dst, seen.dport) != (VIP6, 443, CLIENT6, 40000) {
+                return Err(format!("RST addressed {seen:?}"));
+            }
+            let (tcp, _) = TcpHeader::from_slice(&out[ETH_LEN + IPV6_LEN..])
+                .map_err(|error| error.to_string())?;
+            let got_flags = out[ETH_LEN + IPV6_LEN + 13];
+            if (tcp.sequence_number, tcp.acknowledgment_number, got_flags) != (seq, ack, flags) {
+                return Err(format!(
+                    "seq {} ack {} flags {got_flags:#04x}, expected {seq} {ack} {flags:#04x}",
+                    tcp.sequence_number, tcp.acknowledgment_number
+                ));
+            }
+        }
+        Refusal6::PortUnreachable { quoted } => {
+            let seen = verify_icmp6(out).map_err(|error| format!("{error:#}"))?;
+            if (seen.src, seen.dst, seen.icmp_type, seen.code) != (VIP6, CLIENT6, 1, 4) {
+                return Err(format!("ICMPv6 {seen:?}"));
+            }
+            if seen.quote[..] != input[ETH_LEN..ETH_LEN + quoted] {
+                return Err(format!(
+                    "quote of {} bytes, expected the packet's first {quoted}",
+                    seen.quote.len()
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -27,7 +27,8 @@
 use std::time::Duration;
 
 use mcs_common::{
-    CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CtValueOf, PROTO_TCP, SockRevValue, byte_order::NetAddr,
+    CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CtValueOf, PROTO_TCP, SockRevValue, SockRevValueV6,
+    byte_order::NetAddr,
 };
 
 /// The timeout class of a flow (see the module's table).
@@ -155,14 +156,23 @@ pub fn flow<A: NetAddr>(
 
 /// The verdict on a socket-LB reverse entry at `now_ns`.
 pub fn socket(entry: &SockRevValue, now_ns: u64, timeouts: &Timeouts) -> Verdict {
-    let class = if entry.proto == PROTO_TCP {
+    socket_of(entry.proto, entry.last_used_ns, now_ns, timeouts)
+}
+
+/// [`socket`] for an IPv6 socket's entry: the same rule.
+pub fn socket_v6(entry: &SockRevValueV6, now_ns: u64, timeouts: &Timeouts) -> Verdict {
+    socket_of(entry.proto, entry.last_used_ns, now_ns, timeouts)
+}
+
+fn socket_of(proto: u8, last_used_ns: u64, now_ns: u64, timeouts: &Timeouts) -> Verdict {
+    let class = if proto == PROTO_TCP {
         Class::Established
     } else {
         Class::Other
     };
     Verdict {
         class,
-        expired: expired(class, entry.last_used_ns, now_ns, timeouts),
+        expired: expired(class, last_used_ns, now_ns, timeouts),
     }
 }
 
@@ -264,6 +274,12 @@ mod tests {
             ..udp
         };
         let verdict = socket(&tcp, 71 * SEC, &timeouts);
+        // IPv6 sockets' entries age by the same rule.
+        let vip6 = std::net::SocketAddrV6::new("fd00:96::1".parse().unwrap(), 53, 0, 0);
+        let mut udp6 = SockRevValueV6::new(vip6, PROTO_UDP, 1);
+        udp6.last_used_ns = udp.last_used_ns;
+        assert!(!socket_v6(&udp6, 70 * SEC, &timeouts).expired);
+        assert!(socket_v6(&udp6, 71 * SEC, &timeouts).expired);
         assert_eq!(
             (verdict.class, verdict.expired),
             (Class::Established, false)

@@ -1,5 +1,5 @@
 //! Collection of expired entries ([`super::expiry`]) from conntrack and
-//! the socket-LB reverse map, in bounded steps: each [`Collector::step`]
+//! the socket-LB reverse maps (IPv4 and IPv6 sockets), in bounded steps: each [`Collector::step`]
 //! reads at most [`GcConfig::batch`] entries of each map
 //! (`BPF_MAP_LOOKUP_BATCH`, resuming at the kernel's bucket cursor), looks
 //! up the other direction of each idle flow, and deletes the expired ones
@@ -22,8 +22,8 @@ use std::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use mcs_common::{
-    CtKey, CtKeyOf, CtKeyV6, CtValue, CtValueOf, CtValueV6, SockRevKey, SockRevValue,
-    byte_order::NetAddr,
+    CtKey, CtKeyOf, CtKeyV6, CtValue, CtValueOf, CtValueV6, SockRevKey, SockRevKeyV6, SockRevValue,
+    SockRevValueV6, byte_order::NetAddr,
 };
 
 use super::expiry::{self, Class, Timeouts};
@@ -141,6 +141,7 @@ pub struct Collector {
     /// is done, waiting for the other's.
     conntrack: [Option<Cursor>; 2],
     sockets: Cursor,
+    sockets_v6: Cursor,
     pass_started: Option<Instant>,
 }
 
@@ -154,6 +155,7 @@ impl Collector {
             config,
             conntrack: [Some(Cursor::START); 2],
             sockets: Cursor::START,
+            sockets_v6: Cursor::START,
             pass_started: None,
         }
     }
@@ -255,6 +257,36 @@ impl Collector {
         collected.sockets_expired =
             batch::delete_batch(fd, &expired).map_err(|source| GcError::Delete { map, source })?;
         self.sockets = read.next.unwrap_or(Cursor::START);
+        Ok(())
+    }
+
+    /// One step over the IPv6 sockets' reverse map (`MCS_SOCK_REV_V6`), as
+    /// [`Self::step`] takes one over the IPv4 one: adds what it read and
+    /// deleted to `collected`.
+    pub fn step_sockets_v6(
+        &mut self,
+        sockets: &HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
+        now_ns: u64,
+        collected: &mut Collected,
+    ) -> Result<(), GcError> {
+        let fd = raw_fd(sockets);
+        let map = mcs_common::names::SOCK_REVNAT_V6;
+        let read = batch::lookup_batch::<SockRevKeyV6, SockRevValueV6>(
+            fd,
+            self.sockets_v6,
+            self.config.batch,
+        )
+        .map_err(|source| GcError::Lookup { map, source })?;
+        collected.sockets_scanned += read.entries.len();
+        let expired: Vec<SockRevKeyV6> = read
+            .entries
+            .iter()
+            .filter(|(_, value)| expiry::socket_v6(value, now_ns, &self.config.timeouts).expired)
+            .map(|(key, _)| *key)
+            .collect();
+        collected.sockets_expired +=
+            batch::delete_batch(fd, &expired).map_err(|source| GcError::Delete { map, source })?;
+        self.sockets_v6 = read.next.unwrap_or(Cursor::START);
         Ok(())
     }
 

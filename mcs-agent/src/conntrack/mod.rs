@@ -35,7 +35,9 @@ use std::{
 };
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
-use mcs_common::{CtKey, CtKeyV6, CtValue, CtValueV6, SockRevKey, SockRevValue};
+use mcs_common::{
+    CtKey, CtKeyV6, CtValue, CtValueV6, SockRevKey, SockRevKeyV6, SockRevValue, SockRevValueV6,
+};
 use tracing::{info, warn};
 
 pub use self::retired::{Scan, scan, stale_keys};
@@ -63,8 +65,9 @@ pub struct JanitorReport {
 /// What the janitor needs to collect expired entries.
 pub struct GcSetup<'a> {
     pub config: GcConfig,
-    /// The socket-LB reverse map, aged out with conntrack.
+    /// The socket-LB reverse maps, aged out with conntrack.
     pub sockets: &'a HashMap<MapData, SockRevKey, SockRevValue>,
+    pub sockets_v6: &'a HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
     /// Where the collection is counted.
     pub metrics: Arc<Metrics>,
 }
@@ -91,6 +94,7 @@ fn second_handle<K: aya::Pod, V: aya::Pod>(
 struct Gc {
     collector: Collector,
     sockets: HashMap<MapData, SockRevKey, SockRevValue>,
+    sockets_v6: HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
     metrics: Arc<Metrics>,
     next: Instant,
     /// The last failure logged, so a persisting one is logged once.
@@ -111,10 +115,15 @@ impl Gc {
                 return;
             }
         };
-        match self
+        let stepped = self
             .collector
             .step(conntrack, conntrack_v6, Some(&self.sockets), now_ns)
-        {
+            .and_then(|mut collected| {
+                self.collector
+                    .step_sockets_v6(&self.sockets_v6, now_ns, &mut collected)?;
+                Ok(collected)
+            });
+        match stepped {
             Ok(collected) => {
                 if self.failing.take().is_some() {
                     info!("conntrack collection works again");
@@ -188,6 +197,7 @@ impl Janitor {
                 next: Instant::now() + setup.config.interval,
                 collector: Collector::new(setup.config),
                 sockets: second_handle(setup.sockets)?,
+                sockets_v6: second_handle(setup.sockets_v6)?,
                 metrics: setup.metrics,
                 failing: None,
             }),

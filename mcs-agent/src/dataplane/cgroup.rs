@@ -221,7 +221,7 @@ impl Dataplane {
                 .pin(&pin)
                 .map_err(|error| pin_error(Box::new(error)))?;
         }
-        info!(cgroup = %cgroup.display(), "socket LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
+        info!(cgroup = %cgroup.display(), programs = ?programs::SOCKET, "socket LB attached");
         self.socket_lb = true;
         self.program_attached();
         Ok(())

@@ -79,11 +79,13 @@ pub struct MapSizes {
     /// Socket-LB reverse translations.
     pub sock_revnat: u32,
     /// The IPv6 maps' own capacities (`mcs_common::MAX_*_V6`): frontends,
-    /// backend slots, conntrack and affinity entries.
+    /// backend slots, conntrack and affinity entries, IPv6 sockets'
+    /// reverse translations.
     pub frontends_v6: u32,
     pub backend_slots_v6: u32,
     pub conntrack_v6: u32,
     pub affinity_v6: u32,
+    pub sock_revnat_v6: u32,
 }
 
 impl Default for MapSizes {
@@ -100,6 +102,7 @@ impl Default for MapSizes {
             backend_slots_v6: default_entries(Capacity::BackendSlotsV6),
             conntrack_v6: default_entries(Capacity::ConntrackV6),
             affinity_v6: default_entries(Capacity::AffinityV6),
+            sock_revnat_v6: default_entries(Capacity::SockRevnatV6),
         }
     }
 }
@@ -125,6 +128,7 @@ impl MapSizes {
             Capacity::BackendSlotsV6 => self.backend_slots_v6,
             Capacity::ConntrackV6 => self.conntrack_v6,
             Capacity::AffinityV6 => self.affinity_v6,
+            Capacity::SockRevnatV6 => self.sock_revnat_v6,
         }
     }
 
@@ -214,7 +218,7 @@ pub fn disruption(name: &str) -> &'static str {
         | "MCS_SOCK_STATS"
         | names::DROPS => "counters restart from zero",
         // `_V1` is retired by the upgrade to `_V2` (entries carry a last use).
-        names::SOCK_REVNAT | "MCS_SOCK_REV_V1" => {
+        names::SOCK_REVNAT | names::SOCK_REVNAT_V6 | "MCS_SOCK_REV_V1" => {
             "sockets connected through socket LB before the restart see the backend instead of the ClusterSetIP in getpeername/recvfrom"
         }
         names::CLOCK => {

@@ -14,7 +14,8 @@ use aya::{
 use mcs_common::{
     AbiInfo, AffinityKey, AffinityKeyV6, AffinityValue, AffinityValueV6, BackendKey, BackendValue,
     BackendValueV6, ClockValue, CtKey, CtKeyV6, CtValue, CtValueV6, FrontendStats, MaglevPlace,
-    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevValue, names,
+    NameValue, ServiceKey, ServiceKeyV6, ServiceValue, SockRevKey, SockRevKeyV6, SockRevValue,
+    SockRevValueV6, names,
 };
 
 use super::{
@@ -53,6 +54,8 @@ pub struct MapHandles {
     pub backends_v6: HashMap<MapData, BackendKey, BackendValueV6>,
     pub conntrack_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
     pub affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValueV6>,
+    /// Socket LB's reverse translations of IPv6 sockets.
+    pub sock_revnat_v6: HashMap<MapData, SockRevKeyV6, SockRevValueV6>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -96,6 +99,7 @@ impl MapHandles {
             backends_v6: typed(names::BACKENDS_V6, get(names::BACKENDS_V6)?)?,
             conntrack_v6: typed(names::CONNTRACK_V6, get(names::CONNTRACK_V6)?)?,
             affinity_v6: typed(names::AFFINITY_V6, get(names::AFFINITY_V6)?)?,
+            sock_revnat_v6: typed(names::SOCK_REVNAT_V6, get(names::SOCK_REVNAT_V6)?)?,
         })
     }
 

@@ -18,7 +18,7 @@ use aya::maps::{IterableMap as _, MapError};
 use mcs_common::{
     DropReason, FrontendStats, MAX_AFFINITY, MAX_AFFINITY_V6, MAX_BACKEND_SLOTS,
     MAX_BACKEND_SLOTS_V6, MAX_BACKENDS, MAX_CONNTRACK, MAX_CONNTRACK_V6, MAX_FRONTENDS,
-    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, NameValue, names,
+    MAX_FRONTENDS_V6, MAX_SOCK_REVNAT, MAX_SOCK_REVNAT_V6, NameValue, names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +255,11 @@ pub fn collect_with(maps: &MapHandles, filter: &ConntrackFilter) -> anyhow::Resu
             name: names::AFFINITY_V6.into(),
             entries: count(maps.affinity_v6.keys().filter(Result::is_ok).count()),
             capacity: capacity(maps.affinity_v6.map(), MAX_AFFINITY_V6),
+        },
+        MapFill {
+            name: names::SOCK_REVNAT_V6.into(),
+            entries: count(maps.sock_revnat_v6.keys().filter(Result::is_ok).count()),
+            capacity: capacity(maps.sock_revnat_v6.map(), MAX_SOCK_REVNAT_V6),
         },
         MapFill {
             name: names::BACKEND_STATS.into(),

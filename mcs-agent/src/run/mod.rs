@@ -190,6 +190,7 @@ async fn serve(
     let gc = GcSetup {
         config: args.gc_config(),
         sockets: &maps.sock_revnat,
+        sockets_v6: &maps.sock_revnat_v6,
         metrics: metrics.clone(),
     };
     let janitor = Janitor::start(&maps.conntrack, Some(&maps.conntrack_v6), Some(gc))

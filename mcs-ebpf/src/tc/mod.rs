@@ -9,13 +9,14 @@
 //!
 //! The translation is the shared one (`crate::datapath`); tc rewrites
 //! through the kernel's checksum helpers (`rewrite.rs`) and redirects
-//! refusals back out of the pod's interface (`reject.rs`).
+//! refusals back out of the pod's interface (`reject.rs`, `reject6.rs`).
 //!
 //! Verdicts: a packet passed on returns `TC_ACT_UNSPEC` (TCX: "next"), so
 //! programs attached after ours (a CNI's, a policy engine's) still see it;
 //! drops return `TC_ACT_SHOT`, refusals `TC_ACT_REDIRECT`.
 
 mod reject;
+mod reject6;
 mod rewrite;
 
 use aya_ebpf::{
@@ -78,12 +79,14 @@ impl Hook for Tc<'_> {
         rewrite::rewrite(self.ctx, pkt, side, new_addr, new_port)
     }
 
-    /// IPv6 refusals are not built yet: dropped, counted as unreplied.
     #[inline(always)]
     fn refuse<F: Family>(&self, pkt: &Packet<F>) -> Result<(), Unreplied> {
-        match F::v4(pkt) {
-            Some(pkt) => reject::refuse(self.ctx, pkt),
-            None => Err(Unreplied),
+        if let Some(pkt) = F::v4(pkt) {
+            reject::refuse(self.ctx, pkt)
+        } else if let Some(pkt) = F::v6(pkt) {
+            reject6::refuse(self.ctx, pkt)
+        } else {
+            Err(Unreplied)
         }
     }
 }

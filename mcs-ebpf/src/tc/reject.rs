@@ -47,7 +47,7 @@ pub fn refuse(ctx: &TcContext, pkt: &Packet<u32>) -> Result<(), Unreplied> {
 /// for a non-pseudo-header update unless the buffer is partial (then only
 /// the pseudo header counts). The field at `check_off` is restored.
 #[inline(always)]
-fn checksum_partial(ctx: &TcContext, check_off: usize) -> Result<bool, Unreplied> {
+pub(super) fn checksum_partial(ctx: &TcContext, check_off: usize) -> Result<bool, Unreplied> {
     let received: u16 = ctx.load(check_off).map_err(|_| Unreplied)?;
     ctx.store(check_off, &0u16, 0).map_err(|_| Unreplied)?;
     ctx.l4_csum_replace(check_off, 0, 1, 2)
@@ -59,7 +59,7 @@ fn checksum_partial(ctx: &TcContext, check_off: usize) -> Result<bool, Unreplied
 
 /// Cuts (or extends) the buffer to `len` bytes.
 #[inline(always)]
-fn change_tail(ctx: &TcContext, len: usize) -> Result<(), Unreplied> {
+pub(super) fn change_tail(ctx: &TcContext, len: usize) -> Result<(), Unreplied> {
     // SAFETY: the helper checks the length against the buffer itself.
     match unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) } {
         0 => Ok(()),
@@ -69,7 +69,7 @@ fn change_tail(ctx: &TcContext, len: usize) -> Result<(), Unreplied> {
 
 /// Swaps the frame's Ethernet addresses: back to where it came from.
 #[inline(always)]
-fn swap_macs(ctx: &TcContext) -> Result<(), Unreplied> {
+pub(super) fn swap_macs(ctx: &TcContext) -> Result<(), Unreplied> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Unreplied)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe {

@@ -2,7 +2,8 @@
 //! to ClusterSetIPs from outside the node, and early reverse NAT of replies
 //! from remote backends. The translation is the shared one
 //! (`crate::datapath`); XDP rewrites with checksum arithmetic of its own
-//! (`rewrite.rs`) and bounces refusals to the stack (`reject.rs`).
+//! (`rewrite.rs`) and bounces refusals to the stack (`reject.rs`,
+//! `reject6.rs`).
 //!
 //! Two entry points, one per checksum situation, chosen by the agent per
 //! device at attach time (no per-packet lookup):
@@ -11,6 +12,7 @@
 //!   told apart by its value.
 
 mod reject;
+mod reject6;
 mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -49,12 +51,14 @@ impl Hook for Xdp<'_> {
         Ok(())
     }
 
-    /// IPv6 refusals are not built yet: dropped, counted as unreplied.
     #[inline(always)]
     fn refuse<F: Family>(&self, pkt: &Packet<F>) -> Result<(), Unreplied> {
-        match F::v4(pkt) {
-            Some(pkt) => reject::refuse(self.ctx, pkt),
-            None => Err(Unreplied),
+        if let Some(pkt) = F::v4(pkt) {
+            reject::refuse(self.ctx, pkt)
+        } else if let Some(pkt) = F::v6(pkt) {
+            reject6::refuse(self.ctx, pkt)
+        } else {
+            Err(Unreplied)
         }
     }
 }

@@ -108,6 +108,11 @@ impl Packet6 {
         self
     }
 
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
     pub fn exts(mut self, exts: &[Ext]) -> Self {
         self.exts = exts.to_vec();
         self
