@@ -176,7 +176,7 @@ mod tests {
                         address_type: crate::model::AddressType::IPv4,
                         ports: Vec::new(),
                         endpoints: vec![crate::model::Endpoint {
-                            addresses: vec![format!("10.1.0.{address}").parse().unwrap()],
+                            addresses: vec![format!("10.1.0.{address}").parse().unwrap()].into(),
                             conditions: crate::model::Conditions {
                                 ready: true,
                                 serving: true,

@@ -6,8 +6,11 @@
 //! problems become [`Rejection`]s naming the object, and never stop the rest
 //! of that object or any other object from working.
 
+mod addresses;
 pub mod convert;
 pub mod manifest;
+
+pub use addresses::Addresses;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
@@ -175,7 +178,7 @@ pub struct Conditions {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
+    pub addresses: Addresses,
     pub conditions: Conditions,
     /// Boxed: never grown after parsing, so no capacity word per endpoint.
     pub hostname: Option<Box<str>>,

@@ -136,7 +136,7 @@ pub fn change_latency(
             .endpoints
             .get_mut(n % service.endpoints.len().max(1))
             .context("endpoint")?
-            .addresses = vec![IpAddr::V4(fresh)];
+            .addresses = vec![IpAddr::V4(fresh)].into();
         let slice = Arc::new(slice);
         let next = Arc::get_mut(&mut spare).context("the spare snapshot is shared")?;
         if let Some(pending) = pending.take() {

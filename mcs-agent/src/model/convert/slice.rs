@@ -102,7 +102,7 @@ pub(super) fn convert_slice(mut ctx: Ctx, value: &Value) -> Converted {
         }
         let conditions = endpoint.conditions.as_ref();
         endpoints.push(Endpoint {
-            addresses,
+            addresses: addresses.into(),
             conditions: Conditions {
                 ready: conditions.and_then(|c| c.ready).unwrap_or(true),
                 serving: conditions.and_then(|c| c.serving).unwrap_or(true),
@@ -164,7 +164,7 @@ pub(super) fn convert_endpoints(mut ctx: Ctx, value: &Value) -> Converted {
                     continue;
                 };
                 slice_endpoints.push(Endpoint {
-                    addresses: vec![ip],
+                    addresses: vec![ip].into(),
                     conditions: Conditions {
                         ready,
                         serving: ready,
