@@ -340,4 +340,3 @@ impl<A: IpFamily> Packet<A> {
         unsafe { u16::from_ne_bytes(*self.l4.dport) }
     }
 }
-
