@@ -262,12 +262,17 @@ pub fn is_refusal(input: &[u8], out: &[u8]) -> bool {
     if out.len() != input.len() {
         return true;
     }
-    let upper = |frame: &[u8]| parse(frame).map(|p| (p.proto, frame[p.l4 + 13]));
+    // The TCP flags of a TCP frame (`parse` checked the whole header is there).
+    let tcp_flags = |frame: &[u8]| {
+        parse(frame)
+            .filter(|p| p.proto == PROTO_TCP)
+            .map(|p| frame[p.l4 + 13])
+    };
     let icmp_now = out.get(ETH_LEN + 6) == Some(&PROTO_ICMPV6)
         && input.get(ETH_LEN + 6) != Some(&PROTO_ICMPV6);
     let rst_now = matches!(
-        (upper(input), upper(out)),
-        (Some((PROTO_TCP, before)), Some((PROTO_TCP, after))) if before & 0x04 == 0 && after & 0x04 != 0
+        (tcp_flags(input), tcp_flags(out)),
+        (Some(before), Some(after)) if before & 0x04 == 0 && after & 0x04 != 0
     );
     icmp_now || rst_now
 }
