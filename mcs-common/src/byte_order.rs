@@ -43,6 +43,21 @@ pub trait NetAddr: Copy + Eq + Ord + Hash + Debug + sealed::Sealed {
 
     /// The address with every bit flipped (its ones-complement negation).
     fn complement(self) -> Self;
+
+    /// The standard library's address of this family.
+    type Std: Copy + Eq + Debug;
+    /// The standard library's socket address of this family.
+    type Endpoint: Copy + Eq + Debug;
+
+    /// The address as the standard library has it.
+    fn to_std(self) -> Self::Std;
+
+    /// The endpoint this address and a map's port (network order) make.
+    fn endpoint(self, port: u16) -> Self::Endpoint;
+
+    /// An endpoint in the maps' form: its address and its port (network
+    /// order).
+    fn from_endpoint(endpoint: Self::Endpoint) -> (Self, u16);
 }
 
 #[inline(always)]
@@ -75,6 +90,21 @@ impl NetAddr for u32 {
     fn complement(self) -> Self {
         !self
     }
+
+    type Std = Ipv4Addr;
+    type Endpoint = SocketAddrV4;
+
+    fn to_std(self) -> Ipv4Addr {
+        ipv4(self)
+    }
+
+    fn endpoint(self, port: u16) -> SocketAddrV4 {
+        endpoint(self, port)
+    }
+
+    fn from_endpoint(endpoint: SocketAddrV4) -> (Self, u16) {
+        (net_addr(*endpoint.ip()), net_port(endpoint.port()))
+    }
 }
 
 impl NetAddr for Addr6 {
@@ -101,6 +131,21 @@ impl NetAddr for Addr6 {
     #[inline(always)]
     fn complement(self) -> Self {
         [!self[0], !self[1], !self[2], !self[3]]
+    }
+
+    type Std = Ipv6Addr;
+    type Endpoint = SocketAddrV6;
+
+    fn to_std(self) -> Ipv6Addr {
+        ipv6(self)
+    }
+
+    fn endpoint(self, port: u16) -> SocketAddrV6 {
+        endpoint6(self, port)
+    }
+
+    fn from_endpoint(endpoint: SocketAddrV6) -> (Self, u16) {
+        (net_addr6(*endpoint.ip()), net_port(endpoint.port()))
     }
 }
 

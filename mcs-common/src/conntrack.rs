@@ -3,12 +3,9 @@
 //! `CtKey`/`CtValue` are the IPv4 instantiations, `CtKeyV6`/`CtValueV6` the
 //! IPv6 ones, with the same rules.
 
-use core::{
-    mem::size_of,
-    net::{SocketAddrV4, SocketAddrV6},
-};
+use core::mem::size_of;
 
-use crate::byte_order::{Addr6, NetAddr, endpoint, endpoint6, net_addr, net_addr6, net_port};
+use crate::byte_order::{Addr6, NetAddr};
 
 /// Conntrack key: the 5-tuple exactly as the packet carries it. Forward
 /// entries are keyed client→ClusterSetIP, reply entries backend→client.
@@ -29,51 +26,29 @@ pub type CtKey = CtKeyOf<u32>;
 /// IPv6 conntrack key (`MCS_CT_V6`).
 pub type CtKeyV6 = CtKeyOf<Addr6>;
 
-impl CtKeyV6 {
+impl<A: NetAddr> CtKeyOf<A> {
     /// The key of a packet from `src` to `dst` (ports in host order).
-    pub const fn new(src: SocketAddrV6, dst: SocketAddrV6, proto: u8) -> Self {
+    pub fn new(src: A::Endpoint, dst: A::Endpoint, proto: u8) -> Self {
+        let (saddr, sport) = A::from_endpoint(src);
+        let (daddr, dport) = A::from_endpoint(dst);
         Self {
-            saddr: net_addr6(*src.ip()),
-            daddr: net_addr6(*dst.ip()),
-            sport: net_port(src.port()),
-            dport: net_port(dst.port()),
+            saddr,
+            daddr,
+            sport,
+            dport,
             proto,
             _pad: [0; 3],
         }
     }
 
     /// The packet's source.
-    pub const fn src(&self) -> SocketAddrV6 {
-        endpoint6(self.saddr, self.sport)
+    pub fn src(&self) -> A::Endpoint {
+        self.saddr.endpoint(self.sport)
     }
 
     /// The packet's destination.
-    pub const fn dst(&self) -> SocketAddrV6 {
-        endpoint6(self.daddr, self.dport)
-    }
-}
-
-impl CtKey {
-    /// The key of a packet from `src` to `dst` (ports in host order).
-    pub const fn new(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Self {
-        Self {
-            saddr: net_addr(*src.ip()),
-            daddr: net_addr(*dst.ip()),
-            sport: net_port(src.port()),
-            dport: net_port(dst.port()),
-            proto,
-            _pad: [0; 3],
-        }
-    }
-
-    /// The packet's source.
-    pub const fn src(&self) -> SocketAddrV4 {
-        endpoint(self.saddr, self.sport)
-    }
-
-    /// The packet's destination.
-    pub const fn dst(&self) -> SocketAddrV4 {
-        endpoint(self.daddr, self.dport)
+    pub fn dst(&self) -> A::Endpoint {
+        self.daddr.endpoint(self.dport)
     }
 }
 
@@ -107,24 +82,26 @@ pub type CtValue = CtValueOf<u32>;
 /// IPv6 conntrack entry (`MCS_CT_V6`).
 pub type CtValueV6 = CtValueOf<Addr6>;
 
-impl CtValueV6 {
+impl<A: NetAddr> CtValueOf<A> {
     /// An entry writing `nat` into the packet, of a flow of `frontend_id`
     /// to `backend` (its counter index `backend_id`); never seen yet.
-    pub const fn new(
-        nat: SocketAddrV6,
+    pub fn new(
+        nat: A::Endpoint,
         flags: u32,
         frontend_id: u32,
-        backend: SocketAddrV6,
+        backend: A::Endpoint,
         backend_id: u32,
     ) -> Self {
+        let (nat_addr, nat_port) = A::from_endpoint(nat);
+        let (backend_addr, backend_port) = A::from_endpoint(backend);
         Self {
-            nat_addr: net_addr6(*nat.ip()),
-            nat_port: net_port(nat.port()),
+            nat_addr,
+            nat_port,
             _pad: 0,
             flags,
             frontend_id,
-            backend_addr: net_addr6(*backend.ip()),
-            backend_port: net_port(backend.port()),
+            backend_addr,
+            backend_port,
             _pad2: 0,
             backend_id,
             _pad3: 0,
@@ -133,63 +110,19 @@ impl CtValueV6 {
     }
 
     /// This entry writing `nat` into the packet instead.
-    pub const fn with_nat(mut self, nat: SocketAddrV6) -> Self {
-        self.nat_addr = net_addr6(*nat.ip());
-        self.nat_port = net_port(nat.port());
+    pub fn with_nat(mut self, nat: A::Endpoint) -> Self {
+        (self.nat_addr, self.nat_port) = A::from_endpoint(nat);
         self
     }
 
     /// What the packet's destination (forward) or source (reply) becomes.
-    pub const fn nat(&self) -> SocketAddrV6 {
-        endpoint6(self.nat_addr, self.nat_port)
+    pub fn nat(&self) -> A::Endpoint {
+        self.nat_addr.endpoint(self.nat_port)
     }
 
     /// The flow's backend.
-    pub const fn backend(&self) -> SocketAddrV6 {
-        endpoint6(self.backend_addr, self.backend_port)
-    }
-}
-
-impl CtValue {
-    /// An entry writing `nat` into the packet, of a flow of `frontend_id`
-    /// to `backend` (its counter index `backend_id`); never seen yet.
-    pub const fn new(
-        nat: SocketAddrV4,
-        flags: u32,
-        frontend_id: u32,
-        backend: SocketAddrV4,
-        backend_id: u32,
-    ) -> Self {
-        Self {
-            nat_addr: net_addr(*nat.ip()),
-            nat_port: net_port(nat.port()),
-            _pad: 0,
-            flags,
-            frontend_id,
-            backend_addr: net_addr(*backend.ip()),
-            backend_port: net_port(backend.port()),
-            _pad2: 0,
-            backend_id,
-            _pad3: 0,
-            last_seen_ns: 0,
-        }
-    }
-
-    /// This entry writing `nat` into the packet instead.
-    pub const fn with_nat(mut self, nat: SocketAddrV4) -> Self {
-        self.nat_addr = net_addr(*nat.ip());
-        self.nat_port = net_port(nat.port());
-        self
-    }
-
-    /// What the packet's destination (forward) or source (reply) becomes.
-    pub const fn nat(&self) -> SocketAddrV4 {
-        endpoint(self.nat_addr, self.nat_port)
-    }
-
-    /// The flow's backend.
-    pub const fn backend(&self) -> SocketAddrV4 {
-        endpoint(self.backend_addr, self.backend_port)
+    pub fn backend(&self) -> A::Endpoint {
+        self.backend_addr.endpoint(self.backend_port)
     }
 }
 
@@ -257,7 +190,7 @@ const _: () = assert!(size_of::<CtValueV6>() == 64);
 
 #[cfg(test)]
 mod tests {
-    use core::net::Ipv4Addr;
+    use core::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 
     use super::*;
     use crate::PROTO_TCP;

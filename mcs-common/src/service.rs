@@ -201,60 +201,34 @@ pub type BackendValue = BackendValueOf<u32>;
 /// frontend's slots).
 pub type BackendValueV6 = BackendValueOf<Addr6>;
 
-impl<A> BackendValueOf<A> {
+impl<A: NetAddr> BackendValueOf<A> {
+    /// The backend `endpoint` (port in host order).
+    pub fn new(endpoint: A::Endpoint, cluster_id: u32, flags: u32, backend_id: u32) -> Self {
+        let (addr, port) = A::from_endpoint(endpoint);
+        Self {
+            addr,
+            port,
+            _pad: 0,
+            cluster_id,
+            flags,
+            backend_id,
+            _pad2: 0,
+        }
+    }
+
     /// The target port, host order.
     pub const fn port(&self) -> u16 {
         host_port(self.port)
     }
-}
-
-impl BackendValueV6 {
-    /// The backend `endpoint` (port in host order).
-    pub const fn new(endpoint: SocketAddrV6, cluster_id: u32, flags: u32, backend_id: u32) -> Self {
-        Self {
-            addr: net_addr6(*endpoint.ip()),
-            port: net_port(endpoint.port()),
-            _pad: 0,
-            cluster_id,
-            flags,
-            backend_id,
-            _pad2: 0,
-        }
-    }
 
     /// The pod IP.
-    pub const fn addr(&self) -> Ipv6Addr {
-        ipv6(self.addr)
+    pub fn addr(&self) -> A::Std {
+        self.addr.to_std()
     }
 
     /// Pod IP and target port.
-    pub const fn endpoint(&self) -> SocketAddrV6 {
-        endpoint6(self.addr, self.port)
-    }
-}
-
-impl BackendValue {
-    /// The backend `endpoint` (port in host order).
-    pub const fn new(endpoint: SocketAddrV4, cluster_id: u32, flags: u32, backend_id: u32) -> Self {
-        Self {
-            addr: net_addr(*endpoint.ip()),
-            port: net_port(endpoint.port()),
-            _pad: 0,
-            cluster_id,
-            flags,
-            backend_id,
-            _pad2: 0,
-        }
-    }
-
-    /// The pod IP.
-    pub const fn addr(&self) -> Ipv4Addr {
-        ipv4(self.addr)
-    }
-
-    /// Pod IP and target port.
-    pub const fn endpoint(&self) -> SocketAddrV4 {
-        endpoint(self.addr, self.port)
+    pub fn endpoint(&self) -> A::Endpoint {
+        self.addr.endpoint(self.port)
     }
 }
 

@@ -245,40 +245,59 @@ impl Packet {
                 udp.write(&mut segment).context("write UDP header")?;
             }
             Proto::Tcp => {
-                let mut tcp = TcpHeader::new(self.sport, self.dport, TCP_SEQ, TCP_WINDOW);
-                let flag = |bit: u8| self.tcp_flags & bit != 0;
-                tcp.fin = flag(tcp_flags::FIN);
-                tcp.syn = flag(tcp_flags::SYN);
-                tcp.rst = flag(tcp_flags::RST);
-                tcp.psh = flag(tcp_flags::PSH);
-                tcp.ack = flag(tcp_flags::ACK);
-                tcp.urg = flag(0x20);
-                tcp.ece = flag(0x40);
-                tcp.cwr = flag(0x80);
+                let mut tcp = tcp_header(self.sport, self.dport, self.tcp_flags);
                 tcp.checksum = tcp
                     .calc_checksum_ipv4_raw(src, dst, &self.payload)
                     .context("TCP checksum")?;
                 tcp.write(&mut segment).context("write TCP header")?;
             }
         }
-        segment.extend_from_slice(&self.payload);
-        let field = match self.csum {
-            Csum::Full => return Ok(segment),
-            Csum::Zero => {
-                ensure!(self.proto == Proto::Udp, "only UDP may go without checksum");
-                0
-            }
-            Csum::Partial => rfc1071::seed(
-                src,
-                dst,
-                self.proto.number().0,
-                u16::try_from(segment.len()).context("segment length")?,
-            ),
-        };
-        let at = self.proto.check_offset();
-        segment[at..at + 2].copy_from_slice(&field.to_be_bytes());
-        Ok(segment)
+        finish_segment(segment, self.proto, self.csum, &self.payload, |len| {
+            let len = u16::try_from(len).context("segment length")?;
+            Ok(rfc1071::seed(src, dst, self.proto.number().0, len))
+        })
     }
+}
+
+/// The TCP header of every built segment ([`TCP_SEQ`], [`TCP_WINDOW`],
+/// the flags of `tcp_flags`); the caller computes its family's checksum.
+fn tcp_header(sport: u16, dport: u16, tcp_flags: u8) -> TcpHeader {
+    let mut tcp = TcpHeader::new(sport, dport, TCP_SEQ, TCP_WINDOW);
+    let flag = |bit: u8| tcp_flags & bit != 0;
+    tcp.fin = flag(tcp_flags::FIN);
+    tcp.syn = flag(tcp_flags::SYN);
+    tcp.rst = flag(tcp_flags::RST);
+    tcp.psh = flag(tcp_flags::PSH);
+    tcp.ack = flag(tcp_flags::ACK);
+    tcp.urg = flag(0x20);
+    tcp.ece = flag(0x40);
+    tcp.cwr = flag(0x80);
+    tcp
+}
+
+/// Appends `payload` to an L4 header written with its finished checksum,
+/// then sets the checksum field as `csum` says: kept (full), 0 (UDP
+/// without checksum), or the pseudo-header seed `seed(segment length)` a
+/// CHECKSUM_PARTIAL segment carries (the family's pseudo-header).
+fn finish_segment(
+    mut segment: Vec<u8>,
+    proto: Proto,
+    csum: Csum,
+    payload: &[u8],
+    seed: impl FnOnce(usize) -> Result<u16>,
+) -> Result<Vec<u8>> {
+    segment.extend_from_slice(payload);
+    let field = match csum {
+        Csum::Full => return Ok(segment),
+        Csum::Zero => {
+            ensure!(proto == Proto::Udp, "only UDP may go without checksum");
+            0
+        }
+        Csum::Partial => seed(segment.len())?,
+    };
+    let at = proto.check_offset();
+    segment[at..at + 2].copy_from_slice(&field.to_be_bytes());
+    Ok(segment)
 }
 
 #[cfg(test)]

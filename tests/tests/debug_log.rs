@@ -3,10 +3,15 @@
 //! `MCS_DEBUG_LOG_OBJECT` at it), the verifier loads it, and its debug lines
 //! reach userspace through aya-log — parse verdict, frontend, chosen backend
 //! and drop reason — while the default (embedded) object logs none of them.
+//! An IPv6 frame is passed untranslated with a line saying so: a
+//! `debug-log` build does not translate IPv6 (with both families' paths and
+//! their log lines inlined, `mcs_tc_ingress` exceeds the verifier's
+//! one-million-instruction budget), the default object does.
 //!
 //! Needs root (CAP_BPF); run by `cargo xtask test`.
 
 use std::{
+    net::Ipv6Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -24,7 +29,7 @@ use mcs_agent::{
 };
 use mcs_common::{names, programs};
 use mcs_tests::{
-    packet::{Packet, frag},
+    packet::{Packet, Packet6, Proto, frag},
     require_root,
 };
 
@@ -194,6 +199,14 @@ fn fragment() -> Vec<u8> {
         .build()
 }
 
+/// A SYN to an IPv6 address (no IPv6 frontend is programmed: the debug-log
+/// build stops before any lookup, the default object finds none).
+fn syn6() -> Vec<u8> {
+    let client = Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, 2);
+    let vip = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0x100, 0xa);
+    Packet6::new(Proto::Tcp, client, 40000, vip, 80).build()
+}
+
 fn assert_logged(lines: &[String], wanted: &str) {
     assert!(
         lines.iter().any(|line| line.contains(wanted)),
@@ -231,13 +244,17 @@ fn the_debug_log_build_loads_and_logs_the_packet_path() {
     assert_eq!(verdict, XDP_DROP, "{lines:#?}");
     assert_logged(&lines, "parse: fragment to 10.96.100.10 proto 17");
     assert_logged(&lines, "drop: fragment");
+
+    let (verdict, lines) = loaded.run(&syn6());
+    assert_eq!(verdict, XDP_PASS, "{lines:#?}");
+    assert_logged(&lines, "parse: IPv6, not translated by a debug-log build");
 }
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn the_default_object_has_no_debug_lines() {
     let mut loaded = Loaded::new(EBPF_OBJECT);
-    for packet in [syn(40000), syn(40000), fragment()] {
+    for packet in [syn(40000), syn(40000), fragment(), syn6()] {
         let (_, lines) = loaded.run(&packet);
         assert!(lines.is_empty(), "{lines:#?}");
     }

@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 use anyhow::{Context as _, Result, bail, ensure};
 use etherparse::{IpNumber, Ipv6Extensions, Ipv6Header, TcpHeader, UdpHeader};
 
-use super::{Csum, ETH_LEN, ETHERNET, Proto, TCP_SEQ, rfc1071, tcp_flags};
+use super::{Csum, ETH_LEN, ETHERNET, Proto, finish_segment, rfc1071, tcp_flags, tcp_header};
 
 /// The Ethernet header of every built IPv6 frame (EtherType IPv6).
 pub const ETHERNET6: [u8; ETH_LEN] = {
@@ -177,36 +177,17 @@ impl Packet6 {
                 udp.write(&mut segment).context("write UDP header")?;
             }
             Proto::Tcp => {
-                let mut tcp = TcpHeader::new(self.sport, self.dport, TCP_SEQ, 64240);
-                let flag = |bit: u8| self.tcp_flags & bit != 0;
-                tcp.fin = flag(tcp_flags::FIN);
-                tcp.syn = flag(tcp_flags::SYN);
-                tcp.rst = flag(tcp_flags::RST);
-                tcp.psh = flag(tcp_flags::PSH);
-                tcp.ack = flag(tcp_flags::ACK);
+                let mut tcp = tcp_header(self.sport, self.dport, self.tcp_flags);
                 tcp.checksum = tcp
                     .calc_checksum_ipv6_raw(src, dst, &self.payload)
                     .context("TCP checksum")?;
                 tcp.write(&mut segment).context("write TCP header")?;
             }
         }
-        segment.extend_from_slice(&self.payload);
-        let field = match self.csum {
-            Csum::Full => return Ok(segment),
-            Csum::Zero => {
-                ensure!(self.proto == Proto::Udp, "only UDP may go without checksum");
-                0
-            }
-            Csum::Partial => rfc1071::seed6(
-                src,
-                dst,
-                self.proto.number().0,
-                u32::try_from(segment.len()).context("segment length")?,
-            ),
-        };
-        let at = self.proto.check_offset();
-        segment[at..at + 2].copy_from_slice(&field.to_be_bytes());
-        Ok(segment)
+        finish_segment(segment, self.proto, self.csum, &self.payload, |len| {
+            let len = u32::try_from(len).context("segment length")?;
+            Ok(rfc1071::seed6(src, dst, self.proto.number().0, len))
+        })
     }
 }
 

@@ -78,6 +78,12 @@ pub fn seed6(src: [u8; 16], dst: [u8; 16], proto: u8, len: u32) -> u16 {
     fold(sum(0, &pseudo6(src, dst, proto, len)))
 }
 
+/// [`residual`] over the IPv6 pseudo header (also ICMPv6, which has one).
+pub fn residual6(src: [u8; 16], dst: [u8; 16], proto: u8, segment: &[u8]) -> u16 {
+    let pseudo = pseudo6(src, dst, proto, segment.len() as u32);
+    fold(sum(sum(0, &pseudo), segment))
+}
+
 /// Whether an IPv4 header, or an ICMP message (checksum included),
 /// verifies: the folded sum over it is 0xffff.
 pub fn header_verifies(header: &[u8]) -> bool {

@@ -28,7 +28,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn new(text: String, met: Option<bool>) -> Self {
+    pub(super) fn new(text: String, met: Option<bool>) -> Self {
         Self {
             text,
             met,

@@ -4,6 +4,7 @@
 //! report.md (`markdown.rs`) and the SVG plots (`plots.rs`).
 
 mod goals;
+mod ipv6;
 mod markdown;
 mod measure;
 mod plots;

@@ -42,6 +42,10 @@ pub fn plots(report: &Report) -> Vec<(&'static str, String)> {
             Case::CtHit,
             Case::Reply,
             Case::NewFlow,
+            Case::MissV6,
+            Case::CtHitV6,
+            Case::ReplyV6,
+            Case::NewFlowV6,
         ] {
             for fill in &fills {
                 series.push(Series {

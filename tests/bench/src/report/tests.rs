@@ -86,6 +86,10 @@ fn sample_report() -> Report {
                     Case::NewFlow => pass + 150.0,
                     Case::CtHit => pass + ct,
                     Case::Reply => pass + ct,
+                    // IPv6: 1.1× the IPv4 cases' cost over XDP_PASS.
+                    Case::MissV6 => pass + 66.0,
+                    Case::NewFlowV6 => pass + 165.0,
+                    Case::CtHitV6 | Case::ReplyV6 => pass + 1.1 * ct,
                 };
                 CaseResult {
                     case: *case,
@@ -250,6 +254,9 @@ fn goals_are_judged_from_the_numbers() {
     // 150 ns over a floor of 2 × 60 + 4 × 30 = 240 ns.
     assert_eq!(find("new flow adds").met, Some(true));
     assert_eq!(find("grows ≤ 1.3×").met, Some(false)); // ct hit 2×
+    let ipv6 = find("IPv6: miss, new flow");
+    assert_eq!(ipv6.met, Some(true)); // 1.1 ≤ 1.2
+    assert!(ipv6.measured.contains("ct_hit 1.10"), "{}", ipv6.measured);
     assert_eq!(find("mcs XDP ≥ 0.95× direct").met, Some(false)); // 0.9 at 10k
     assert!(
         find("mcs XDP ≥ 0.95× direct")
@@ -304,6 +311,33 @@ fn goals_are_judged_from_the_numbers() {
             && change.limits.contains("p50 20 / p99 20 ms"),
         "{}",
         change.limits
+    );
+    // An IPv6 case 1.5× its IPv4 case's cost misses the IPv6 goal.
+    let mut report = sample_report();
+    if let Some(pp) = &mut report.per_packet {
+        let point = &mut pp.points[0];
+        let pass = point.case(Case::Pass).unwrap().katran_ns.clone();
+        let miss = point.case(Case::Miss).unwrap().katran_ns.clone();
+        let v6 = point
+            .cases
+            .iter_mut()
+            .find(|c| c.case == Case::MissV6)
+            .unwrap();
+        v6.katran_ns = miss
+            .iter()
+            .zip(&pass)
+            .map(|(m, p)| p + 1.5 * (m - p))
+            .collect();
+    }
+    let ipv6 = super::goals(&report)
+        .into_iter()
+        .find(|g| g.goal.contains("IPv6: miss, new flow"))
+        .unwrap();
+    assert_eq!(ipv6.met, Some(false));
+    assert!(
+        ipv6.measured.contains("worst 1.50 (miss_v6"),
+        "{}",
+        ipv6.measured
     );
     // A change never seen misses the goal whatever the percentiles say.
     let mut report = sample_report();
@@ -424,5 +458,5 @@ fn a_report_without_parts_has_no_goals() {
     report.controller = None;
     report.scale.clear();
     let parts: Vec<_> = goals(&report).into_iter().map(|g| g.part).collect();
-    assert_eq!(parts, ["per-packet"; 4]);
+    assert_eq!(parts, ["per-packet"; 5]);
 }

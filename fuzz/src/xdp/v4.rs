@@ -1,44 +1,13 @@
-//! Packet parsing and rewriting of the real XDP program: each input becomes
-//! an Ethernet frame run through `BPF_PROG_TEST_RUN` (the object embedded in
-//! the agent, maps programmed by the agent's reconciler). Needs root
-//! (CAP_BPF); without it the target prints a loud SKIPPED line once and
-//! returns.
-//!
-//! Input: the first byte picks raw bytes (the frame is the rest of the
-//! input) or a template — a well-formed IPv4 TCP/UDP frame built from the
-//! next bytes (client, backend, ClusterSetIP or random addresses, service or
-//! random ports, full/partial/zero checksum, IP options, fragment bits, TCP
-//! flags, payload) — optionally followed by byte mutations, so the fuzzer
-//! reaches deep paths (DNAT, reverse NAT, refusals) and malformed ones.
-//!
-//! Invariants, from the input bytes alone:
-//! * the verdict is PASS or DROP (refusals are passed to the node's stack,
-//!   which routes them back to the client);
-//! * a PASSed frame has the input's length and is either byte-identical or a
-//!   translation: only one side's address and port changed (to a backend
-//!   for DNAT, to a ClusterSetIP and service port for reverse NAT), plus the
-//!   two checksums; the IPv4 header checksum verifies if it did before; the
-//!   L4 checksum verifies if it did before (full), is the new pseudo-header
-//!   seed if it was the old one (partial), stays 0 for UDP without checksum,
-//!   and stays exactly as wrong otherwise;
-//! * a passed refusal is no longer than the input, except an ICMP
-//!   port unreachable (70 bytes): from the ClusterSetIP to the client, with
-//!   valid IPv4 and TCP/ICMP checksums.
+//! IPv4 inputs of the `xdp` target: the template frame and the checks of
+//! a passed or refused IPv4 frame (see the parent module's docs).
 
-use std::{cell::RefCell, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, TcpHeader};
-use mcs_agent::dataplane::{MapSizes, test_run::XdpTestRun};
-use mcs_tests::{
-    is_root,
-    packet::{Csum, ETH_LEN, Packet, Proto, rfc1071, verify},
-};
+use mcs_tests::packet::{Csum, ETH_LEN, Packet, Proto, rfc1071, verify};
 
+use super::{L4Sums, SERVICE_PORTS, TARGET_PORTS, check_l4, port};
 use crate::Cursor;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const CLIENT: [u8; 4] = [10, 101, 1, 2];
 /// Balanced over three backends (TCP 80 → 8080, UDP 53 → 5353).
@@ -49,10 +18,8 @@ const EMPTY_VIP: [u8; 4] = [10, 96, 100, 20];
 const AFFINITY_VIP: [u8; 4] = [10, 96, 100, 30];
 const VIPS: [[u8; 4]; 3] = [VIP, EMPTY_VIP, AFFINITY_VIP];
 const BACKENDS: [[u8; 4]; 3] = [[10, 101, 1, 10], [10, 102, 1, 10], [10, 102, 1, 11]];
-const SERVICE_PORTS: [u16; 2] = [80, 53];
-const TARGET_PORTS: [u16; 2] = [8080, 5353];
 
-const MANIFEST: &str = r#"
+pub const MANIFEST: &str = r#"
 apiVersion: multicluster.x-k8s.io/v1beta1
 kind: ServiceImport
 metadata: {name: web, namespace: fuzz}
@@ -90,57 +57,8 @@ ports: [{name: http, protocol: TCP, port: 8080}]
 endpoints: [{addresses: ["10.102.1.10"]}, {addresses: ["10.102.1.11"]}]
 "#;
 
-fn load() -> XdpTestRun {
-    // Small LRU maps: the fuzzer creates flows by the million.
-    let mut dataplane = XdpTestRun::load(&MapSizes {
-        conntrack: 4096,
-        affinity: 1024,
-        ..MapSizes::default()
-    })
-    .expect("load the XDP program");
-    dataplane
-        .apply_manifest(MANIFEST)
-        .expect("program the maps");
-    dataplane
-}
-
-thread_local! {
-    static HARNESS: RefCell<Option<Option<XdpTestRun>>> = const { RefCell::new(None) };
-}
-
-pub fn run(data: &[u8]) {
-    HARNESS.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let harness = cell.get_or_insert_with(|| {
-            if is_root() {
-                Some(load())
-            } else {
-                eprintln!(
-                    "\n#### SKIPPED: the xdp fuzz target needs root (BPF_PROG_TEST_RUN); \
-                     nothing is being tested ####\n"
-                );
-                None
-            }
-        });
-        let Some(harness) = harness else { return };
-        // Frames shorter than an Ethernet header are refused by the kernel
-        // (EINVAL) before the program runs.
-        let frame = frame_of(data);
-        if frame.len() < 14 {
-            return;
-        }
-        let (verdict, out) = harness.run(&frame).expect("BPF_PROG_TEST_RUN");
-        check(&frame, verdict, &out);
-    });
-}
-
-/// The frame an input stands for (see the module docs).
-pub fn frame_of(data: &[u8]) -> Vec<u8> {
-    let mut input = Cursor::new(data);
-    let mode = input.u8() % 4;
-    if mode == 0 {
-        return input.rest().to_vec();
-    }
+/// An IPv4 template frame from the next input bytes.
+pub fn template(input: &mut Cursor<'_>) -> Vec<u8> {
     let udp = input.u8() & 1 == 1;
     let pick = |selector: u8, random: [u8; 4]| -> [u8; 4] {
         match selector % 6 {
@@ -156,15 +74,6 @@ pub fn frame_of(data: &[u8]) -> Vec<u8> {
     let (dst_sel, dst_random) = (input.u8(), input.array::<4>());
     let src = pick(src_sel, src_random);
     let dst = pick(dst_sel.wrapping_add(1), dst_random);
-    let port = |selector: u8, random: u16| -> u16 {
-        match selector % 6 {
-            0 => 80,
-            1 => 53,
-            2 => 8080,
-            3 => 5353,
-            _ => random,
-        }
-    };
     let sport = port(input.u8().wrapping_add(4), input.u16());
     let dport = port(input.u8(), input.u16());
     let csum = match input.u8() % 3 {
@@ -183,7 +92,7 @@ pub fn frame_of(data: &[u8]) -> Vec<u8> {
     let tcp_flags = input.u8() & 0x1f;
     let payload_len = usize::from(input.u8());
     let payload = input.bytes(payload_len).to_vec();
-    let mut frame = Packet {
+    Packet {
         src: src.into(),
         sport,
         dst: dst.into(),
@@ -195,21 +104,7 @@ pub fn frame_of(data: &[u8]) -> Vec<u8> {
         tcp_flags,
         payload,
     }
-    .build();
-
-    // Modes 2 and 3: byte mutations (offset, xor) and a cut.
-    if mode >= 2 {
-        let mutations = input.rest();
-        for pair in mutations.chunks(2) {
-            let offset = usize::from(pair[0]) % frame.len();
-            frame[offset] ^= pair.get(1).copied().unwrap_or(0xff);
-        }
-        if mode == 3 && !mutations.is_empty() {
-            let keep = usize::from(mutations[0]) % frame.len();
-            frame.truncate(keep.max(14));
-        }
-    }
-    frame
+    .build()
 }
 
 /// The parsed fields of an IPv4 TCP/UDP frame as the datapath reads them.
@@ -244,22 +139,10 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
     })
 }
 
-fn check(input: &[u8], verdict: u32, out: &[u8]) {
-    match verdict {
-        // A refusal (RST / ICMP port unreachable) is also passed: the node's
-        // stack routes it back to the client.
-        XDP_PASS if is_refusal(input, out) => check_refusal(input, out),
-        XDP_PASS => check_pass(input, out),
-        XDP_DROP => {}
-        XDP_TX => panic!("XDP_TX is never used (refusals are passed to the stack)"),
-        other => panic!("verdict {other} (expected PASS, DROP or TX)"),
-    }
-}
-
 /// A passed frame that is a refusal rather than the input or a translation:
 /// another length, or an ICMP / RST-only TCP frame built from a non-ICMP,
 /// non-RST input.
-fn is_refusal(input: &[u8], out: &[u8]) -> bool {
+pub fn is_refusal(input: &[u8], out: &[u8]) -> bool {
     if out.len() != input.len() {
         return true;
     }
@@ -271,7 +154,7 @@ fn is_refusal(input: &[u8], out: &[u8]) -> bool {
     icmp_now || rst_now
 }
 
-fn check_pass(input: &[u8], out: &[u8]) {
+pub fn check_pass(input: &[u8], out: &[u8]) {
     assert_eq!(out.len(), input.len(), "a passed frame changed length");
     if out == input {
         return;
@@ -339,40 +222,26 @@ fn check_pass(input: &[u8], out: &[u8]) {
     let l4_len = (p.tot_len - p.ihl) as u16;
     let segment_in = &input[p.l4..end];
     let segment_out = &out[p.l4..end];
-    let field_in = u16::from_be_bytes([input[check_at], input[check_at + 1]]);
-    let field_out = u16::from_be_bytes([out[check_at], out[check_at + 1]]);
-    let residual_in = rfc1071::residual(p.src, p.dst, p.proto, segment_in);
-    let residual_out = rfc1071::residual(out_src, out_dst, p.proto, segment_out);
-    if field_in == rfc1071::seed(p.src, p.dst, p.proto, l4_len) {
-        assert_eq!(
-            field_out,
-            rfc1071::seed(out_src, out_dst, p.proto, l4_len),
-            "partial checksum is not the seed of the new addresses"
-        );
-    } else if p.proto == 17 && field_in == 0 {
-        assert_eq!(field_out, 0, "UDP without checksum got one");
-    } else if residual_in == 0xffff {
-        assert_eq!(
-            residual_out, 0xffff,
-            "full L4 checksum broken by the rewrite"
-        );
-        assert!(p.proto != 17 || field_out != 0, "UDP checksum written as 0");
-    } else {
-        let same = residual_out == residual_in
-            || (residual_in == 0 && residual_out == 0xffff)
-            || (residual_in == 0xffff && residual_out == 0);
-        assert!(
-            same,
-            "a wrong L4 checksum changed: {residual_in:#x} → {residual_out:#x} (ihl {}, tot_len {}, frame {}, changed {changed:?})",
-            p.ihl,
-            p.tot_len,
-            input.len()
-        );
-    }
+    let sums = L4Sums {
+        udp: p.proto == 17,
+        field_in: u16::from_be_bytes([input[check_at], input[check_at + 1]]),
+        field_out: u16::from_be_bytes([out[check_at], out[check_at + 1]]),
+        seed_in: rfc1071::seed(p.src, p.dst, p.proto, l4_len),
+        seed_out: rfc1071::seed(out_src, out_dst, p.proto, l4_len),
+        residual_in: rfc1071::residual(p.src, p.dst, p.proto, segment_in),
+        residual_out: rfc1071::residual(out_src, out_dst, p.proto, segment_out),
+    };
+    let context = format!(
+        "ihl {}, tot_len {}, frame {}, changed {changed:?}",
+        p.ihl,
+        p.tot_len,
+        input.len()
+    );
+    check_l4(&sums, &context);
 }
 
 /// A refusal: TCP RST or ICMP port unreachable from the ClusterSetIP.
-fn check_refusal(input: &[u8], out: &[u8]) {
+pub fn check_refusal(input: &[u8], out: &[u8]) {
     let p = parse(input).expect("only IPv4 TCP/UDP frames are refused");
     assert!(VIPS.contains(&p.dst), "refusal for a non-VIP destination");
     // IPv4 and TCP/ICMP checksums, all full ones.

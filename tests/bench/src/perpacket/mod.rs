@@ -7,7 +7,9 @@
 //! `mcs_xdp` on a miss, a new flow, a conntrack hit and a reverse-NAT reply,
 //! the calibration programs from their own object (`mcs-bench-ebpf`,
 //! `MCS_BENCH_OBJECT`; the agent never embeds them), the real program from
-//! the agent's embedded object.
+//! the agent's embedded object. The same four `mcs_xdp` cases run on IPv6
+//! in the same rounds (`v6`: an IPv6 ClusterSetIP the bench writes into the
+//! `_V6` maps), so IPv6's cost is judged against IPv4's of the same run.
 //!
 //! With `repeat > 1` the kernel runs the program again on the packet the
 //! previous run rewrote, so two methods are used:
@@ -28,6 +30,8 @@
 //!   entry (client→backend translating back to the ClusterSetIP, and the
 //!   reply's mirror), so the packet alternates between the two addresses and
 //!   every run is a real hit with a real rewrite. Not usable for new flows.
+
+mod v6;
 
 use std::{
     collections::BTreeMap,
@@ -105,10 +109,14 @@ pub enum Case {
     NewFlow,
     CtHit,
     Reply,
+    MissV6,
+    NewFlowV6,
+    CtHitV6,
+    ReplyV6,
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 12] = [
         Case::Pass,
         Case::Lookup,
         Case::LruInsert,
@@ -117,6 +125,18 @@ impl Case {
         Case::NewFlow,
         Case::CtHit,
         Case::Reply,
+        Case::MissV6,
+        Case::NewFlowV6,
+        Case::CtHitV6,
+        Case::ReplyV6,
+    ];
+
+    /// The IPv6 cases, each with the IPv4 case it is judged against.
+    pub const V6_PAIRS: [(Case, Case); 4] = [
+        (Case::MissV6, Case::Miss),
+        (Case::NewFlowV6, Case::NewFlow),
+        (Case::CtHitV6, Case::CtHit),
+        (Case::ReplyV6, Case::Reply),
     ];
 
     pub fn label(self) -> &'static str {
@@ -129,6 +149,10 @@ impl Case {
             Case::NewFlow => "mcs: new flow",
             Case::CtHit => "mcs: conntrack hit",
             Case::Reply => "mcs: reverse-NAT reply",
+            Case::MissV6 => "mcs IPv6: miss (not a ClusterSetIP)",
+            Case::NewFlowV6 => "mcs IPv6: new flow",
+            Case::CtHitV6 => "mcs IPv6: conntrack hit",
+            Case::ReplyV6 => "mcs IPv6: reverse-NAT reply",
         }
     }
 
@@ -142,6 +166,10 @@ impl Case {
             Case::NewFlow => "new_flow",
             Case::CtHit => "ct_hit",
             Case::Reply => "reply",
+            Case::MissV6 => "miss_v6",
+            Case::NewFlowV6 => "new_flow_v6",
+            Case::CtHitV6 => "ct_hit_v6",
+            Case::ReplyV6 => "reply_v6",
         }
     }
 }
@@ -188,6 +216,23 @@ impl PointResult {
         let over: Vec<f64> = this.iter().zip(pass).map(|(c, p)| c - p).collect();
         let unit: Vec<f64> = lookup.iter().zip(pass).map(|(l, p)| l - p).collect();
         stats::paired_ratio(&over, &unit)
+    }
+
+    /// `delta(v6) / delta(v4)` per round: an IPv6 case's cost over
+    /// XDP_PASS in its IPv4 case's.
+    pub fn over_ipv4(&self, v6: Case, v4: Case) -> Option<Summary> {
+        let pass = &self.case(Case::Pass)?.katran_ns;
+        let over = |case| -> Option<Vec<f64>> {
+            Some(
+                self.case(case)?
+                    .katran_ns
+                    .iter()
+                    .zip(pass)
+                    .map(|(c, p)| c - p)
+                    .collect(),
+            )
+        };
+        stats::paired_ratio(&over(v6)?, &over(v4)?)
     }
 
     pub fn repeat_delta(&self, case: Case) -> Option<Summary> {
@@ -376,8 +421,12 @@ impl Bench {
     }
 
     fn ct_fd(&self) -> i32 {
-        self.maps.conntrack.map().fd().as_fd().as_raw_fd()
+        raw_fd(self.maps.conntrack.map())
     }
+}
+
+fn raw_fd(map: &MapData) -> i32 {
+    map.fd().as_fd().as_raw_fd()
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -658,7 +707,8 @@ fn measure_point(
 ) -> Result<PointResult> {
     let capacity = ct_capacity(fill);
     let started = Instant::now();
-    let sizes = ServiceSet::new(services, 10, &target_backends()).map_sizes(capacity);
+    let mut sizes = ServiceSet::new(services, 10, &target_backends()).map_sizes(capacity);
+    let ids6 = v6::grow(&mut sizes);
     let mut bench = Bench::load(&sizes)?;
     let state = match cache.entry(services) {
         std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -669,11 +719,14 @@ fn measure_point(
         bail!("reconciler failed on {frontend}: {error}");
     }
     let programmed_by = format!(
-        "agent Reconciler::apply through MapHandles, maps sized for the services ({} frontends, {} backend slots)",
+        "agent Reconciler::apply through MapHandles, maps sized for the services ({} frontends, {} backend slots; the IPv6 frontend written by the bench)",
         sizes.frontends, sizes.backend_slots
     );
+    v6::program(&mut bench, ids6)?;
     prefill_conntrack(&bench, fill)?;
+    v6::prefill_conntrack(&bench, fill)?;
     let frames = prepare_frames(&mut bench)?;
+    let frames6 = v6::prepare_frames(&mut bench)?;
     progress(&format!(
         "  per-packet: {services} services, conntrack {fill} (capacity {capacity}) ready in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -693,6 +746,7 @@ fn measure_point(
         })
         .collect();
     let mut flows = FlowSource { next: 0 };
+    let mut flows6 = 0u64;
     // Warm-up round, discarded.
     for round in 0..=config.rounds {
         for case in Case::ALL {
@@ -702,10 +756,18 @@ fn measure_point(
                 Case::Miss => (programs::XDP, &frames.miss),
                 Case::CtHit => (programs::XDP, &frames.ack),
                 Case::Reply => (programs::XDP, &frames.reply),
-                Case::NewFlow | Case::LruInsert | Case::LruInsertPerCpu => ("", &frames.ack),
+                Case::MissV6 => (programs::XDP, &frames6.miss),
+                Case::CtHitV6 => (programs::XDP, &frames6.ack),
+                Case::ReplyV6 => (programs::XDP, &frames6.reply),
+                Case::NewFlow | Case::NewFlowV6 | Case::LruInsert | Case::LruInsertPerCpu => {
+                    ("", &frames.ack)
+                }
             };
             let (katran, dropped) = match case {
                 Case::NewFlow => new_flow_sample(&mut bench, &mut flows, config.runs_per_sample)?,
+                Case::NewFlowV6 => {
+                    v6::new_flow_sample(&mut bench, &mut flows6, config.runs_per_sample)?
+                }
                 Case::LruInsert => {
                     lru_sample(&mut bench, &mut flows, config.runs_per_sample, false)?
                 }
@@ -716,7 +778,7 @@ fn measure_point(
             };
             let repeat = if matches!(
                 case,
-                Case::NewFlow | Case::LruInsert | Case::LruInsertPerCpu
+                Case::NewFlow | Case::NewFlowV6 | Case::LruInsert | Case::LruInsertPerCpu
             ) {
                 None
             } else {
@@ -785,6 +847,7 @@ pub fn run(config: &Config) -> Result<PerPacket> {
         notes: vec![
             "Katran method: repeat=1 test runs in a loop, mean of the kernel-reported durations per batch (runs over 10x the batch median dropped as interrupted); one sample per round, rounds interleave all cases; a warm-up round is discarded.".to_owned(),
             "Repeat method (cross-check): one test run with repeat=N; conntrack-hit and reply packets stay valid through mirror entries (client->backend translating back to the ClusterSetIP), so every run is a hit with a rewrite.".to_owned(),
+            "IPv6: the same miss, new flow, conntrack hit and reply through the same mcs_xdp in the same rounds, on one IPv6 ClusterSetIP (TCP 80, ten backends) the bench writes into the _V6 maps through the agent's map handles (the agent does not program IPv6 from manifests yet), with an IPv6 conntrack prefilled to the same fill.".to_owned(),
             "New flow: every run has a new source port (new 5-tuple: conntrack miss, service lookup, Maglev pick, backend lookup, two LRU inserts, DNAT); the flows a batch created are deleted after it, so conntrack stays at the fill under test.".to_owned(),
             "Counters: a conntrack hit's counter updates (packets and bytes of two counters) in per-CPU counters and in shared counters with atomic adds, repeat method, on one CPU and on every CPU at once updating the same counters (one hot service), each paired with XDP_PASS of the same round.".to_owned(),
         ],

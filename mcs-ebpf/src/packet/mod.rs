@@ -12,21 +12,24 @@
 //! takes the fragment rule; a chain the parser does not follow (another
 //! extension header, or more than [`IPV6_EXT_MAX`]) is
 //! [`ParseError::Unfollowed`]: passed untouched, counted by the caller.
+//! Each family's parser lives in its own module (`ipv4`, `ipv6`); this one
+//! holds what both share (bounds checks, the L4 part, the parsed packet).
+
+mod ipv4;
+mod ipv6;
 
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::{eth::EthHdr, tcp::TcpHdr, udp::UdpHdr};
 
 use mcs_common::{
-    PROTO_TCP, PROTO_UDP,
+    PROTO_TCP,
     byte_order::{Addr6, NetAddr},
 };
+
+pub use ipv4::parse_v4;
+pub use ipv6::{IPV6_EXT_MAX, parse_v6};
 
 /// A program context with direct packet access: the frame lies in
 /// `[data, data_end)`.
@@ -94,23 +97,6 @@ pub fn ptr_at<T>(ctx: &impl PacketData, offset: usize) -> Option<*mut T> {
 pub const ETH_P_IP_RAW: u16 = u16::from_ne_bytes(0x0800u16.to_be_bytes());
 /// Ethernet type IPv6, as it sits in the header.
 pub const ETH_P_IPV6_RAW: u16 = u16::from_ne_bytes(0x86ddu16.to_be_bytes());
-/// Fragment offset mask and "more fragments" bit of `frags`, in host order.
-const IP_FRAG_MASK: u16 = 0x3fff;
-
-/// IPv6 extension headers the parser walks (RFC 8200 §4).
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTIONS: u8 = 60;
-/// Extension headers a packet may carry before its TCP/UDP header; a
-/// longer chain is not followed.
-pub const IPV6_EXT_MAX: usize = 4;
-/// Bytes of an IPv6 fragment header.
-const IPV6_FRAG_LEN: usize = 8;
-/// Fragment offset (high 13 bits) and "more fragments" bit (lowest) of a
-/// fragment header's third and fourth bytes, host order.
-const IPV6_FRAG_MASK: u16 = 0xfff9;
-
 /// An IP family as the packet carries it: its address type and where the
 /// addresses sit in its header.
 pub trait IpFamily: NetAddr {
@@ -150,100 +136,6 @@ pub trait IpFamily: NetAddr {
     /// # Safety
     /// `at` must point at a whole writable address inside the packet.
     unsafe fn store(at: *mut u8, addr: Self);
-}
-
-impl IpFamily for u32 {
-    const HDR_LEN: usize = Ipv4Hdr::LEN;
-    const WORDS: usize = 1;
-    const HEADER_CHECKSUM: bool = true;
-
-    #[inline(always)]
-    fn word(self, _i: usize) -> u32 {
-        self
-    }
-
-    #[inline(always)]
-    fn v4(pkt: &Packet<Self>) -> Option<&Packet<u32>> {
-        Some(pkt)
-    }
-
-    #[inline(always)]
-    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
-        parse_v4(ctx)
-    }
-    const SRC_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
-    const DST_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
-
-    #[inline(always)]
-    unsafe fn load(at: *const u8) -> Self {
-        // SAFETY: per the function contract.
-        u32::from_ne_bytes(unsafe { *at.cast::<[u8; 4]>() })
-    }
-
-    #[inline(always)]
-    unsafe fn store(at: *mut u8, addr: Self) {
-        // SAFETY: per the function contract.
-        unsafe { *at.cast::<[u8; 4]>() = addr.to_ne_bytes() };
-    }
-
-    #[inline(always)]
-    fn ip(self) -> core::net::IpAddr {
-        core::net::IpAddr::V4(mcs_common::byte_order::ipv4(self))
-    }
-}
-
-impl IpFamily for Addr6 {
-    const HDR_LEN: usize = Ipv6Hdr::LEN;
-    const WORDS: usize = 4;
-    const HEADER_CHECKSUM: bool = false;
-
-    #[inline(always)]
-    fn word(self, i: usize) -> u32 {
-        self[i & 3]
-    }
-
-    #[inline(always)]
-    fn v4(_pkt: &Packet<Self>) -> Option<&Packet<u32>> {
-        None
-    }
-
-    #[inline(always)]
-    fn parse<C: PacketData>(ctx: &C) -> Result<Packet<Self>, ParseError> {
-        parse_v6(ctx)
-    }
-    const SRC_OFF: usize = offset_of!(Ipv6Hdr, src_addr);
-    const DST_OFF: usize = offset_of!(Ipv6Hdr, dst_addr);
-
-    #[inline(always)]
-    unsafe fn load(at: *const u8) -> Self {
-        // SAFETY: per the function contract (16 bytes: four words).
-        unsafe {
-            let words = at.cast::<[u8; 4]>();
-            [
-                u32::from_ne_bytes(*words),
-                u32::from_ne_bytes(*words.add(1)),
-                u32::from_ne_bytes(*words.add(2)),
-                u32::from_ne_bytes(*words.add(3)),
-            ]
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn store(at: *mut u8, addr: Self) {
-        // SAFETY: per the function contract.
-        unsafe {
-            let words = at.cast::<[u8; 4]>();
-            *words = addr[0].to_ne_bytes();
-            *words.add(1) = addr[1].to_ne_bytes();
-            *words.add(2) = addr[2].to_ne_bytes();
-            *words.add(3) = addr[3].to_ne_bytes();
-        }
-    }
-
-    #[inline(always)]
-    fn ip(self) -> core::net::IpAddr {
-        core::net::IpAddr::V6(mcs_common::byte_order::ipv6(self))
-    }
 }
 
 /// Where the L4 ports and checksum of a TCP or UDP packet are.
@@ -346,125 +238,6 @@ pub fn parse<A: IpFamily, C: PacketData>(ctx: &C) -> Result<Packet<A>, ParseErro
     A::parse(ctx)
 }
 
-#[inline(always)]
-pub fn parse_v4<C: PacketData>(ctx: &C) -> Result<Packet<u32>, ParseError> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
-    // SAFETY: `ptr_at` checked the bounds.
-    let (vihl, proto, tot_len, frags, daddr) = unsafe {
-        (
-            (*ip).vihl,
-            (*ip).proto,
-            u16::from_be_bytes((*ip).tot_len),
-            u16::from_be_bytes((*ip).frags),
-            u32::from_ne_bytes((*ip).dst_addr),
-        )
-    };
-    if vihl >> 4 != 4 {
-        return Err(ParseError::NotTcpUdp);
-    }
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(ParseError::NotTcpUdp);
-    }
-    let ihl_bytes = ((vihl & 0x0f) as usize) * 4;
-    if ihl_bytes < Ipv4Hdr::LEN || (tot_len as usize) < ihl_bytes {
-        return Err(ParseError::Truncated);
-    }
-    let dest = || Dest::V4 { daddr, proto };
-    if frags & IP_FRAG_MASK != 0 {
-        return Err(ParseError::Fragment(dest()));
-    }
-    let l4_len = tot_len - ihl_bytes as u16;
-    l4(ctx, ip.cast(), proto, EthHdr::LEN + ihl_bytes, l4_len, dest)
-}
-
-#[inline(always)]
-pub fn parse_v6<C: PacketData>(ctx: &C) -> Result<Packet<Addr6>, ParseError> {
-    let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::Truncated)?;
-    // SAFETY: `ptr_at` checked the bounds.
-    let (version, mut next, payload_len, daddr) = unsafe {
-        (
-            (*ip).vcf[0] >> 4,
-            (*ip).next_hdr,
-            u16::from_be_bytes((*ip).payload_len),
-            <Addr6 as IpFamily>::load((*ip).dst_addr.as_ptr()),
-        )
-    };
-    if version != 6 {
-        return Err(ParseError::NotTcpUdp);
-    }
-    let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
-    let mut ext_len = 0usize;
-    let mut followed = false;
-    for _ in 0..IPV6_EXT_MAX + 1 {
-        if next == PROTO_TCP || next == PROTO_UDP {
-            followed = true;
-            break;
-        }
-        match next {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
-                let ext: *const [u8; 2] = ptr_at(ctx, off).ok_or(ParseError::Truncated)?;
-                // SAFETY: `ptr_at` checked the bounds.
-                let [nh, units] = unsafe { *ext };
-                let len = (usize::from(units) + 1) * 8;
-                next = nh;
-                off += len;
-                ext_len += len;
-            }
-            IPV6_FRAGMENT => {
-                let frag: *const [u8; IPV6_FRAG_LEN] =
-                    ptr_at(ctx, off).ok_or(ParseError::Truncated)?;
-                // SAFETY: `ptr_at` checked the bounds.
-                let (nh, offset_m) =
-                    unsafe { ((*frag)[0], u16::from_be_bytes([(*frag)[2], (*frag)[3]])) };
-                if offset_m & IPV6_FRAG_MASK != 0 {
-                    return Err(ParseError::Fragment(Dest::V6 { daddr, proto: nh }));
-                }
-                // An atomic fragment (offset 0, no more fragments) is a
-                // whole packet (RFC 6946): walked on.
-                next = nh;
-                off += IPV6_FRAG_LEN;
-                ext_len += IPV6_FRAG_LEN;
-            }
-            // Not an extension header: an upper layer that is not ours
-            // (ICMPv6, No Next Header, ...).
-            other if !is_extension_header(other) => return Err(ParseError::NotTcpUdp),
-            _ => return Err(ParseError::Unfollowed { daddr }),
-        }
-    }
-    if !followed {
-        return Err(ParseError::Unfollowed { daddr });
-    }
-    let proto = next;
-    if usize::from(payload_len) < ext_len {
-        return Err(ParseError::Truncated);
-    }
-    let l4_len = payload_len - ext_len as u16;
-    l4(ctx, ip.cast(), proto, off, l4_len, || Dest::V6 {
-        daddr,
-        proto,
-    })
-}
-
-/// Whether `next` names an IPv6 extension header (RFC 8200 §4, the IANA
-/// list) rather than an upper layer.
-#[inline(always)]
-fn is_extension_header(next: u8) -> bool {
-    matches!(
-        next,
-        IPV6_HOP_BY_HOP
-            | IPV6_ROUTING
-            | IPV6_FRAGMENT
-            | IPV6_DEST_OPTIONS
-            | 50
-            | 51
-            | 135
-            | 139
-            | 140
-            | 253
-            | 254
-    )
-}
-
 /// The L4 part of a packet whose IP header is at `ip` and L4 header at
 /// frame offset `l4_off`.
 #[inline(always)]
@@ -565,19 +338,5 @@ impl<A: IpFamily> Packet<A> {
     pub fn dport(&self) -> u16 {
         // SAFETY: bounds-checked in `parse`.
         unsafe { u16::from_ne_bytes(*self.l4.dport) }
-    }
-}
-
-impl Packet<u32> {
-    /// The IPv4 header.
-    #[inline(always)]
-    pub fn ipv4(&self) -> *mut Ipv4Hdr {
-        self.ip.cast()
-    }
-
-    /// IPv4 header length in bytes (20 without options).
-    #[inline(always)]
-    pub fn ihl_bytes(&self) -> usize {
-        self.l4_off - EthHdr::LEN
     }
 }
