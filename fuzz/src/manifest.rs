@@ -15,8 +15,6 @@
 //! * applying the same state again writes nothing; an adopting reconciler
 //!   (agent restart) converges to the same maps.
 
-use std::net::IpAddr;
-
 use mcs_agent::{
     desired::{self, DesiredState, FrontendKind, Policy},
     model::{convert::forbidden_reason, manifest},
@@ -92,21 +90,19 @@ pub fn run(data: &[u8]) {
 /// backend lists.
 fn assert_clean(state: &DesiredState) {
     for (frontend, spec) in &state.frontends {
-        assert_eq!(
-            forbidden_reason(IpAddr::V4(frontend.addr)),
-            None,
-            "{frontend}"
-        );
+        assert_eq!(forbidden_reason(frontend.addr), None, "{frontend}");
         assert!(
             spec.kind == FrontendKind::VipMarker || frontend.port != 0,
             "service port 0: {frontend}"
         );
         assert!(spec.backends.len() <= MAX_BACKENDS_PER_FRONTEND as usize);
         for backend in &spec.backends {
+            assert_eq!(forbidden_reason(backend.addr), None, "{backend:?}");
+            // A client reaches the backends of its own family only.
             assert_eq!(
-                forbidden_reason(IpAddr::V4(backend.addr)),
-                None,
-                "{backend:?}"
+                backend.addr.is_ipv4(),
+                frontend.addr.is_ipv4(),
+                "{frontend}: {backend:?}"
             );
             assert_ne!(backend.port, 0, "{backend:?}");
             assert!(backend.weight > 0, "{backend:?}");

@@ -97,7 +97,7 @@ fn load() -> XdpTestRun {
         affinity: 1024,
         ..MapSizes::default()
     })
-        .expect("load the XDP program");
+    .expect("load the XDP program");
     dataplane
         .apply_manifest(MANIFEST)
         .expect("program the maps");

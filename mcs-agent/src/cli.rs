@@ -197,6 +197,33 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
     pub sock_revnat_max: u32,
 
+    /// IPv6 frontends (entries of the IPv6 service map; their ids and
+    /// counters count against --frontends-max too). Small by default so a
+    /// node without IPv6 services pays little; raise it with IPv6 or
+    /// dual-stack imports. A frontend beyond it is not programmed (an error
+    /// names it and this flag).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_FRONTENDS_V6,
+          value_parser = clap::value_parser!(u32).range(16..=(1 << 24)), help_heading = "Map sizes")]
+    pub frontends_v6_max: u32,
+
+    /// Backend slots of the IPv6 frontends (about 112 bytes each,
+    /// preallocated; their Maglev tables share --maglev-bytes-max).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_BACKEND_SLOTS_V6,
+          value_parser = clap::value_parser!(u32).range(16..=(1 << 26)), help_heading = "Map sizes")]
+    pub backend_slots_v6_max: u32,
+
+    /// IPv6 conntrack entries (an LRU map like --conntrack-max; about 170
+    /// bytes each).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_CONNTRACK_V6,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub conntrack_v6_max: u32,
+
+    /// IPv6 ClientIP session-affinity bindings (an LRU map like
+    /// --affinity-max).
+    #[arg(long, value_name = "ENTRIES", default_value_t = mcs_common::MAX_AFFINITY_V6,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)), help_heading = "Map sizes")]
+    pub affinity_v6_max: u32,
+
     /// Idle time after which a TCP flow that never completed its handshake
     /// (only SYNs seen) expires from conntrack, in seconds (Cilium's
     /// CT_SYN_TIMEOUT).
@@ -253,7 +280,8 @@ pub struct RunArgs {
     pub locality: Locality,
 
     /// Address ranges each source cluster may publish endpoints in, e.g.
-    /// `cluster-a=10.101.0.0/16,cluster-b=10.102.0.0/16`. When given, an
+    /// `cluster-a=10.101.0.0/16,cluster-a=fd00:101::/64,cluster-b=10.102.0.0/16`
+    /// (IPv4 and IPv6 ranges; a cluster may repeat). When given, an
     /// endpoint outside its cluster's ranges (or of an unlisted cluster) is
     /// rejected, so one cluster cannot hijack traffic meant for another.
     #[arg(long, value_name = "CLUSTER=CIDR,...", default_value = "")]
@@ -390,13 +418,14 @@ pub struct DumpArgs {
     #[arg(long)]
     pub conntrack: bool,
 
-    /// Only conntrack entries of flows to this ClusterSetIP (implies --conntrack).
+    /// Only conntrack entries of flows to this ClusterSetIP, IPv4 or IPv6
+    /// (implies --conntrack).
     #[arg(long, value_name = "IP")]
-    pub vip: Option<std::net::Ipv4Addr>,
+    pub vip: Option<std::net::IpAddr>,
 
     /// Only conntrack entries of this client address (implies --conntrack).
     #[arg(long, value_name = "IP")]
-    pub client: Option<std::net::Ipv4Addr>,
+    pub client: Option<std::net::IpAddr>,
 
     /// Most conntrack entries listed.
     #[arg(long, default_value_t = 1000)]
@@ -453,8 +482,10 @@ impl RunArgs {
             conntrack: self.conntrack_max,
             affinity: self.affinity_max,
             sock_revnat: self.sock_revnat_max,
-            // No flags for the IPv6 maps yet: their defaults.
-            ..MapSizes::default()
+            frontends_v6: self.frontends_v6_max,
+            backend_slots_v6: self.backend_slots_v6_max,
+            conntrack_v6: self.conntrack_v6_max,
+            affinity_v6: self.affinity_v6_max,
         }
     }
 }
@@ -494,8 +525,21 @@ mod tests {
             "--conntrack-max=1048576",
             "--affinity-max=4096",
             "--sock-revnat-max=8192",
+            "--frontends-v6-max=30000",
+            "--backend-slots-v6-max=131072",
+            "--conntrack-v6-max=262144",
+            "--affinity-v6-max=2048",
         ])
         .expect("valid");
+        assert_eq!(
+            (
+                sizes.frontends_v6,
+                sizes.backend_slots_v6,
+                sizes.conntrack_v6,
+                sizes.affinity_v6
+            ),
+            (30_000, 1 << 17, 1 << 18, 2048)
+        );
         assert_eq!(sizes.frontends, 300_000);
         assert_eq!(sizes.backend_slots, 1 << 20);
         // 160 bytes per slot unless given.

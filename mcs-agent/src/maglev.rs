@@ -30,7 +30,7 @@
 //! function, so every node (and every restart) builds the same table for
 //! the same backend set and a flow maps to the same backend everywhere.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use mcs_common::MAGLEV_MAX_TABLE_SIZE;
 
@@ -84,7 +84,7 @@ pub fn table_size(backends: usize, current: Option<u32>) -> u32 {
 /// A backend's identity for table building, with its weight (> 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub weight: u32,
 }
@@ -97,7 +97,16 @@ const fn mix64(mut x: u64) -> u64 {
 }
 
 fn identity(member: &Member) -> u64 {
-    (u64::from(u32::from(member.addr)) << 16) | u64::from(member.port)
+    match member.addr {
+        IpAddr::V4(addr) => (u64::from(u32::from(addr)) << 16) | u64::from(member.port),
+        // 144 bits folded into 64: the high half mixed first, so addresses
+        // differing in either half (or the port) permute differently.
+        IpAddr::V6(addr) => {
+            let bits = u128::from(addr);
+            let folded = mix64((bits >> 64) as u64) ^ (bits as u64);
+            folded.rotate_left(16) ^ u64::from(member.port)
+        }
+    }
 }
 
 /// A member's permutation of a table of `size` slots: its first slot and
@@ -166,6 +175,8 @@ pub fn build_table(members: &[Member], size: usize) -> Vec<u16> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -221,8 +232,8 @@ mod tests {
         #[test]
         fn tables_equal_the_straightforward_build(
             members in prop::collection::vec(
-                (any::<u32>(), any::<u16>(), 0u32..5).prop_map(|(addr, port, weight)| Member {
-                    addr: Ipv4Addr::from(addr),
+                (any::<u32>(), any::<u16>(), 0u32..5, any::<Option<u128>>()).prop_map(|(addr, port, weight, v6)| Member {
+                    addr: v6.map_or(IpAddr::V4(Ipv4Addr::from(addr)), |v6| IpAddr::V6(v6.into())),
                     port,
                     weight,
                 }),
@@ -237,7 +248,7 @@ mod tests {
     fn members(n: usize) -> Vec<Member> {
         (0..n)
             .map(|i| Member {
-                addr: Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, 7),
+                addr: IpAddr::V4(Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, 7)),
                 port: 8080,
                 weight: 1,
             })

@@ -202,7 +202,7 @@ fn huge(len: usize) -> String {
 
 fn evil_frontend() -> Frontend {
     Frontend {
-        addr: Ipv4Addr::new(10, 96, 66, 1),
+        addr: IpAddr::V4(Ipv4Addr::new(10, 96, 66, 1)),
         port: 80,
         protocol: Protocol::Tcp,
     }
@@ -334,7 +334,7 @@ fn corpus() -> Vec<Case> {
         yaml(&import_with(
             json!({"ips": ["10.96.66.1", "10.96.66.2"], "ports": [{"name": "http", "port": 80}]}),
         )),
-        Expect::Reasons(vec!["conflict"]),
+        Expect::Reasons(vec!["same_family_ips"]),
     );
     add(
         "address type",
@@ -376,11 +376,15 @@ fn corpus() -> Vec<Case> {
     }
     add(
         "address type",
-        "IPv6 ClusterSetIP".into(),
-        yaml(&import_with(
-            json!({"ips": ["fd00::66"], "ports": [{"name": "http", "port": 80}]}),
-        )),
-        Expect::Reasons(vec!["unsupported"]),
+        "IPv6 ClusterSetIP exported only with IPv4 endpoints".into(),
+        format!(
+            "{}---\n{}",
+            yaml(&import_with(
+                json!({"ips": ["fd00::66"], "ports": [{"name": "http", "port": 80}]}),
+            )),
+            yaml(&endpoint_slice(json!([{"addresses": ["10.66.0.1"]}]))),
+        ),
+        Expect::Reasons(vec!["no_endpoints_of_family"]),
     );
 
     // Ports and protocols.
@@ -1083,7 +1087,7 @@ struct Outcome {
 /// The sibling's frontend is served with exactly its backends.
 fn sibling_served(state: &DesiredState, maps: &MemoryMaps) -> Result<(), String> {
     let frontend = Frontend {
-        addr: SIBLING_VIP,
+        addr: IpAddr::V4(SIBLING_VIP),
         port: 80,
         protocol: Protocol::Tcp,
     };
@@ -1091,8 +1095,8 @@ fn sibling_served(state: &DesiredState, maps: &MemoryMaps) -> Result<(), String>
         .frontends
         .get(&frontend)
         .ok_or("sibling frontend missing from the desired state")?;
-    let addresses: Vec<Ipv4Addr> = spec.backends.iter().map(|b| b.addr).collect();
-    if addresses != SIBLING_BACKENDS {
+    let addresses: Vec<IpAddr> = spec.backends.iter().map(|b| b.addr).collect();
+    if addresses != SIBLING_BACKENDS.map(IpAddr::V4) {
         return Err(format!("sibling backends {addresses:?}"));
     }
     let rendered = check::render(maps).map_err(|e| format!("maps: {e}"))?;
@@ -1111,17 +1115,18 @@ fn sibling_served(state: &DesiredState, maps: &MemoryMaps) -> Result<(), String>
 /// Invariants of any desired state, whatever the input.
 fn bounded_and_clean(state: &DesiredState) -> Result<(), String> {
     for (frontend, spec) in &state.frontends {
-        if let Some(reason) = forbidden_reason(IpAddr::V4(frontend.addr)) {
+        if let Some(reason) = forbidden_reason(frontend.addr) {
             return Err(format!("{reason} ClusterSetIP {frontend}"));
         }
         if spec.backends.len() > MAX_BACKENDS_PER_FRONTEND as usize {
             return Err(format!("{frontend}: {} backends", spec.backends.len()));
         }
-        if let Some(backend) = spec
-            .backends
-            .iter()
-            .find(|b| forbidden_reason(IpAddr::V4(b.addr)).is_some() || b.port == 0)
-        {
+        if let Some(backend) = spec.backends.iter().find(|b| {
+            forbidden_reason(b.addr).is_some()
+                    || b.port == 0
+                    // A client reaches the backends of its own family only.
+                    || b.addr.is_ipv4() != frontend.addr.is_ipv4()
+        }) {
             return Err(format!(
                 "{frontend}: backend {}:{}",
                 backend.addr, backend.port

@@ -1320,7 +1320,12 @@ fn retired_backends_lose_their_udp_flows_but_keep_tcp_ones() {
         .apply(&state, &mut harness.dataplane.maps);
     assert!(!report.retired.is_empty());
     // The agent's path: the janitor thread scans conntrack.
-    let mut janitor = Janitor::start(&harness.dataplane.maps.conntrack, None).expect("janitor");
+    let mut janitor = Janitor::start(
+        &harness.dataplane.maps.conntrack,
+        Some(&harness.dataplane.maps.conntrack_v6),
+        None,
+    )
+    .expect("janitor");
     janitor.submit(report.retired.clone(), false);
     let scan = next_scan(&mut janitor);
     assert_eq!(scan.removed, 2, "both directions of the UDP flow");
@@ -1822,6 +1827,7 @@ fn expired_flows_are_collected_by_class_both_directions_together() {
             let step = collector
                 .step(
                     &harness.dataplane.maps.conntrack,
+                    Some(&harness.dataplane.maps.conntrack_v6),
                     Some(&harness.dataplane.maps.sock_revnat),
                     now + after_s * 1_000_000_000,
                 )

@@ -26,7 +26,9 @@
 
 use std::time::Duration;
 
-use mcs_common::{CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CtValue, PROTO_TCP, SockRevValue};
+use mcs_common::{
+    CT_F_FIN, CT_F_RST, CT_F_SEEN_NON_SYN, CtValueOf, PROTO_TCP, SockRevValue, byte_order::NetAddr,
+};
 
 /// The timeout class of a flow (see the module's table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,10 +136,10 @@ fn expired(class: Class, last_seen_ns: u64, now_ns: u64, timeouts: &Timeouts) ->
 /// The verdict on the flow of conntrack entry `entry` (protocol `proto`)
 /// and its other direction `partner`, if that exists, at coarse-clock time
 /// `now_ns`. Symmetric: both directions get the same verdict.
-pub fn flow(
+pub fn flow<A: NetAddr>(
     proto: u8,
-    entry: &CtValue,
-    partner: Option<&CtValue>,
+    entry: &CtValueOf<A>,
+    partner: Option<&CtValueOf<A>>,
     now_ns: u64,
     timeouts: &Timeouts,
 ) -> Verdict {
@@ -168,7 +170,7 @@ pub fn socket(entry: &SockRevValue, now_ns: u64, timeouts: &Timeouts) -> Verdict
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use mcs_common::{CT_F_REPLY, CT_F_SYN, PROTO_UDP};
+    use mcs_common::{CT_F_REPLY, CT_F_SYN, CtValue, PROTO_UDP};
     use proptest::prelude::*;
 
     use super::*;

@@ -14,13 +14,17 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
+    hash::Hash,
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
     time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use mcs_common::{CtKey, CtValue, SockRevKey, SockRevValue};
+use mcs_common::{
+    CtKey, CtKeyOf, CtKeyV6, CtValue, CtValueOf, CtValueV6, SockRevKey, SockRevValue,
+    byte_order::NetAddr,
+};
 
 use super::expiry::{self, Class, Timeouts};
 use crate::dataplane::batch::{self, Cursor};
@@ -54,7 +58,7 @@ impl Default for GcConfig {
 /// What one step did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
-    /// Conntrack entries read.
+    /// Conntrack entries read (IPv4 and IPv6 maps).
     pub scanned: usize,
     /// Flows expired, by class ([`Class::index`]).
     pub expired: [usize; 4],
@@ -63,7 +67,8 @@ pub struct Collected {
     /// Socket-LB reverse entries read and deleted.
     pub sockets_scanned: usize,
     pub sockets_expired: usize,
-    /// The conntrack pass this step ended, with its duration.
+    /// The conntrack pass (over both maps) this step ended, with its
+    /// duration.
     pub pass_finished: Option<Duration>,
 }
 
@@ -90,15 +95,19 @@ pub enum GcError {
 /// than the shortest timeout are skipped unread (they cannot have
 /// expired); a flow is listed once even when both its entries are in the
 /// batch. Pure, apart from what `partner` does.
-pub fn expired_flows(
-    entries: &[(CtKey, CtValue)],
-    mut partner: impl FnMut(&CtKey) -> Option<CtValue>,
+pub fn expired_flows<A: NetAddr>(
+    entries: &[(CtKeyOf<A>, CtValueOf<A>)],
+    mut partner: impl FnMut(&CtKeyOf<A>) -> Option<CtValueOf<A>>,
     now_ns: u64,
     timeouts: &Timeouts,
-) -> Vec<(CtKey, Option<CtKey>, Class)> {
+) -> Vec<(CtKeyOf<A>, Option<CtKeyOf<A>>, Class)>
+where
+    CtKeyOf<A>: Copy + Hash + Eq,
+    CtValueOf<A>: Copy,
+{
     let shortest = u64::try_from(timeouts.shortest().as_nanos()).unwrap_or(u64::MAX);
-    let in_batch: StdHashMap<CtKey, CtValue> = entries.iter().copied().collect();
-    let mut listed: HashSet<CtKey> = HashSet::new();
+    let in_batch: StdHashMap<CtKeyOf<A>, CtValueOf<A>> = entries.iter().copied().collect();
+    let mut listed: HashSet<CtKeyOf<A>> = HashSet::new();
     let mut flows = Vec::new();
     for (key, value) in entries {
         if now_ns.saturating_sub(value.last_seen_ns) <= shortest || listed.contains(key) {
@@ -123,11 +132,14 @@ pub fn expired_flows(
     flows
 }
 
-/// A pass in progress over conntrack and the socket-LB reverse map.
+/// A pass in progress over conntrack (both families) and the socket-LB
+/// reverse map.
 #[derive(Debug)]
 pub struct Collector {
     config: GcConfig,
-    conntrack: Cursor,
+    /// Where each family's conntrack pass stands; `None`: that map's pass
+    /// is done, waiting for the other's.
+    conntrack: [Option<Cursor>; 2],
     sockets: Cursor,
     pass_started: Option<Instant>,
 }
@@ -140,7 +152,7 @@ impl Collector {
     pub fn new(config: GcConfig) -> Self {
         Self {
             config,
-            conntrack: Cursor::START,
+            conntrack: [Some(Cursor::START); 2],
             sockets: Cursor::START,
             pass_started: None,
         }
@@ -150,25 +162,61 @@ impl Collector {
         &self.config
     }
 
-    /// One step at coarse-clock time `now_ns` over `conntrack` and, when
-    /// given, the socket-LB reverse map.
+    /// One step at coarse-clock time `now_ns` over `conntrack`, when
+    /// given `conntrack_v6` (by the same classes and batch size), and, when
+    /// given, the socket-LB reverse map. A pass ends when both conntrack
+    /// maps have been read through.
     pub fn step(
         &mut self,
         conntrack: &HashMap<MapData, CtKey, CtValue>,
+        conntrack_v6: Option<&HashMap<MapData, CtKeyV6, CtValueV6>>,
         sockets: Option<&HashMap<MapData, SockRevKey, SockRevValue>>,
         now_ns: u64,
     ) -> Result<Collected, GcError> {
         let mut collected = Collected::default();
-        if self.conntrack.is_start() {
+        if self.pass_started.is_none() {
             self.pass_started = Some(Instant::now());
         }
+        if conntrack_v6.is_none() {
+            self.conntrack[1] = None;
+        }
+        if let Some(cursor) = self.conntrack[0] {
+            let map = mcs_common::names::CONNTRACK;
+            self.conntrack[0] = self.step_map(conntrack, map, cursor, now_ns, &mut collected)?;
+        }
+        if let (Some(cursor), Some(conntrack_v6)) = (self.conntrack[1], conntrack_v6) {
+            let map = mcs_common::names::CONNTRACK_V6;
+            self.conntrack[1] = self.step_map(conntrack_v6, map, cursor, now_ns, &mut collected)?;
+        }
+        if self.conntrack.iter().all(Option::is_none) {
+            collected.pass_finished = self.pass_started.take().map(|started| started.elapsed());
+            self.conntrack = [Some(Cursor::START); 2];
+        }
+        if let Some(sockets) = sockets {
+            self.step_sockets(sockets, now_ns, &mut collected)?;
+        }
+        Ok(collected)
+    }
+
+    /// One batch of one conntrack map from `cursor`: expired flows deleted
+    /// and counted into `collected`. Returns where the next batch starts
+    /// (`None`: this map's pass is done).
+    fn step_map<A: NetAddr>(
+        &self,
+        conntrack: &HashMap<MapData, CtKeyOf<A>, CtValueOf<A>>,
+        map: &'static str,
+        cursor: Cursor,
+        now_ns: u64,
+        collected: &mut Collected,
+    ) -> Result<Option<Cursor>, GcError>
+    where
+        CtKeyOf<A>: aya::Pod + Hash + Eq,
+        CtValueOf<A>: aya::Pod,
+    {
         let fd = raw_fd(conntrack);
-        let read = batch::lookup_batch::<CtKey, CtValue>(fd, self.conntrack, self.config.batch)
-            .map_err(|source| GcError::Lookup {
-                map: mcs_common::names::CONNTRACK,
-                source,
-            })?;
-        collected.scanned = read.entries.len();
+        let read = batch::lookup_batch::<CtKeyOf<A>, CtValueOf<A>>(fd, cursor, self.config.batch)
+            .map_err(|source| GcError::Lookup { map, source })?;
+        collected.scanned += read.entries.len();
         let flows = expired_flows(
             &read.entries,
             |key| conntrack.get(key, 0).ok(),
@@ -181,18 +229,9 @@ impl Collector {
             keys.push(*key);
             keys.extend(partner);
         }
-        collected.deleted = batch::delete_batch(fd, &keys).map_err(|source| GcError::Delete {
-            map: mcs_common::names::CONNTRACK,
-            source,
-        })?;
-        self.conntrack = read.next.unwrap_or(Cursor::START);
-        if read.next.is_none() {
-            collected.pass_finished = self.pass_started.take().map(|started| started.elapsed());
-        }
-        if let Some(sockets) = sockets {
-            self.step_sockets(sockets, now_ns, &mut collected)?;
-        }
-        Ok(collected)
+        collected.deleted +=
+            batch::delete_batch(fd, &keys).map_err(|source| GcError::Delete { map, source })?;
+        Ok(read.next)
     }
 
     fn step_sockets(

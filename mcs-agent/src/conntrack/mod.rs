@@ -35,7 +35,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
-use mcs_common::{CtKey, CtValue, SockRevKey, SockRevValue};
+use mcs_common::{CtKey, CtKeyV6, CtValue, CtValueV6, SockRevKey, SockRevValue};
 use tracing::{info, warn};
 
 pub use self::retired::{Scan, scan, stale_keys};
@@ -98,7 +98,11 @@ struct Gc {
 }
 
 impl Gc {
-    fn step(&mut self, conntrack: &HashMap<MapData, CtKey, CtValue>) {
+    fn step(
+        &mut self,
+        conntrack: &HashMap<MapData, CtKey, CtValue>,
+        conntrack_v6: Option<&HashMap<MapData, CtKeyV6, CtValueV6>>,
+    ) {
         let now_ns = match crate::dataplane::clock::coarse_now() {
             Ok(now) => now,
             Err(error) => {
@@ -107,7 +111,10 @@ impl Gc {
                 return;
             }
         };
-        match self.collector.step(conntrack, Some(&self.sockets), now_ns) {
+        match self
+            .collector
+            .step(conntrack, conntrack_v6, Some(&self.sockets), now_ns)
+        {
             Ok(collected) => {
                 if self.failing.take().is_some() {
                     info!("conntrack collection works again");
@@ -166,13 +173,16 @@ pub struct Janitor {
 }
 
 impl Janitor {
-    /// Starts the thread on a second handle to `conntrack`; with `gc`, it
-    /// also collects expired entries.
+    /// Starts the thread on second handles to `conntrack` and, when given,
+    /// the IPv6 `conntrack_v6` (scanned and collected the same way); with
+    /// `gc`, it also collects expired entries.
     pub fn start(
         conntrack: &HashMap<MapData, CtKey, CtValue>,
+        conntrack_v6: Option<&HashMap<MapData, CtKeyV6, CtValueV6>>,
         gc: Option<GcSetup<'_>>,
     ) -> Result<Self, MapError> {
         let mut own = second_handle(conntrack)?;
+        let mut own_v6 = conntrack_v6.map(second_handle).transpose()?;
         let mut gc = match gc {
             Some(setup) => Some(Gc {
                 next: Instant::now() + setup.config.interval,
@@ -211,7 +221,7 @@ impl Janitor {
                         }
                         let report = JanitorReport {
                             retired_backends: job.retired.len(),
-                            scan: scan(&mut own, &job.retired, job.sweep),
+                            scan: scan(&mut own, own_v6.as_mut(), &job.retired, job.sweep),
                         };
                         if outbox.send(report).is_err() {
                             break;
@@ -220,7 +230,7 @@ impl Janitor {
                     if let Some(gc) = &mut gc
                         && Instant::now() >= gc.next
                     {
-                        gc.step(&own);
+                        gc.step(&own, own_v6.as_ref());
                     }
                 }
             })

@@ -152,6 +152,8 @@ impl MapSizes {
             backend_slots: self.backend_slots,
             backends: self.backends,
             maglev_chunks: self.maglev_chunks,
+            frontends_v6: self.frontends_v6,
+            backend_slots_v6: self.backend_slots_v6,
         }
     }
 }

@@ -149,6 +149,15 @@ impl MapHandles {
             let (key, value) = entry.map_err(read(names::BACKENDS))?;
             state.backends.insert(key, value);
         }
+        for entry in self.services_v6.iter() {
+            state
+                .services_v6
+                .push(entry.map_err(read(names::SERVICES_V6))?);
+        }
+        for entry in self.backends_v6.iter() {
+            let (key, value) = entry.map_err(read(names::BACKENDS_V6))?;
+            state.backends_v6.insert(key, value);
+        }
         for entry in self.frontend_names.iter() {
             let (id, name) = entry.map_err(read(names::FRONTEND_META))?;
             state.frontend_names.insert(id, name.as_str().to_owned());
@@ -345,6 +354,42 @@ impl DataplaneWriter for MapHandles {
         Ok(())
     }
 
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError> {
+        self.prefilter.put_service_v6(key);
+        self.services_v6
+            .insert(key, value, 0)
+            .map_err(write_error(names::SERVICES_V6, "insert"))
+    }
+
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError> {
+        ignore_missing(self.services_v6.remove(key))
+            .map_err(write_error(names::SERVICES_V6, "remove"))?;
+        self.prefilter.delete_service_v6(key);
+        Ok(())
+    }
+
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError> {
+        self.prefilter.put_backend(key, value);
+        self.backends_v6
+            .insert(key, value, 0)
+            .map_err(write_error(names::BACKENDS_V6, "insert"))
+    }
+
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        ignore_missing(self.backends_v6.remove(key))
+            .map_err(write_error(names::BACKENDS_V6, "remove"))?;
+        self.prefilter.delete_backend(key);
+        Ok(())
+    }
+
     fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.frontend_names
             .insert(frontend_id, name, 0)
@@ -412,6 +457,28 @@ impl DataplaneWriter for MapHandles {
             self.prefilter.put_backend(key, value);
         }
         put_batch(&mut self.backends, names::BACKENDS, keys, values)
+    }
+
+    fn put_services_v6(
+        &mut self,
+        keys: &[ServiceKeyV6],
+        values: &[ServiceValue],
+    ) -> Vec<(usize, WriteError)> {
+        for key in keys {
+            self.prefilter.put_service_v6(key);
+        }
+        put_batch(&mut self.services_v6, names::SERVICES_V6, keys, values)
+    }
+
+    fn put_backends_v6(
+        &mut self,
+        keys: &[BackendKey],
+        values: &[BackendValueV6],
+    ) -> Vec<(usize, WriteError)> {
+        for (key, value) in keys.iter().zip(values) {
+            self.prefilter.put_backend(key, value);
+        }
+        put_batch(&mut self.backends_v6, names::BACKENDS_V6, keys, values)
     }
 
     fn put_frontend_names(

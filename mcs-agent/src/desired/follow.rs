@@ -177,7 +177,7 @@ mod tests {
                 .0,
         );
         let service = Frontend {
-            addr: std::net::Ipv4Addr::new(10, 9, 0, 1),
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 0, 1)),
             port: 80,
             protocol: crate::model::Protocol::Tcp,
         };

@@ -1,18 +1,16 @@
-//! What one import asks for: its frontends (every IPv4 ClusterSetIP × port,
+//! What one import asks for: its frontends (every ClusterSetIP × port,
 //! plus the per-address markers) with their backends, and its own
-//! rejections. O(endpoints of the import); conflicts between imports are
+//! rejections. A ClusterSetIP's backends are the endpoints of its own
+//! family (`addressType` of the slices): a dual-stack import is two sets of
+//! frontends, one per family. O(endpoints of the import); conflicts between imports are
 //! the engine's business (`incremental.rs`).
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use mcs_common::MAX_BACKENDS_PER_FRONTEND;
 
 use super::{
-    Backend, Frontend, FrontendKind, FrontendSpec,
+    Backend, ClusterName, Frontend, FrontendKind, FrontendSpec, IpFamily,
     policy::{ClusterCidrs, Locality, Policy, apply_locality},
 };
 use crate::model::{
@@ -80,21 +78,22 @@ pub(super) fn import_frontends(
             allowed
         })
         .collect();
-    let vips: Vec<Ipv4Addr> = allowed
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    if allowed.iter().any(IpAddr::is_ipv6) {
-        rejections.push(rejection(
-            import,
-            Problem::Unsupported("IPv6 ClusterSetIP is not served by the dataplane yet".into()),
-        ));
+    for vip in &allowed {
+        let family = IpFamily::of(vip);
+        let exported_in_family = snapshot
+            .slices_of(import)
+            .any(|slice| address_family(slice.address_type) == Some(family));
+        if !exported_in_family && snapshot.slices_of(import).next().is_some() {
+            // Exported, but only in the other family: the frontends stay
+            // (the datapath refuses their connections), the operator sees why.
+            rejections.push(rejection(
+                import,
+                Problem::NoEndpointsOfFamily { vip: *vip, family },
+            ));
+        }
     }
     let key = Arc::new(import.key.clone());
-    for vip in vips {
+    for vip in allowed {
         for port in &import.ports {
             if port.protocol == Protocol::Sctp {
                 rejections.push(rejection(
@@ -113,6 +112,7 @@ pub(super) fn import_frontends(
                 import,
                 &port.name,
                 port.protocol,
+                IpFamily::of(&vip),
                 &policy.cluster_cidrs,
                 &mut rejections,
             );
@@ -165,7 +165,16 @@ fn display_port(name: &str, port: u16) -> String {
     }
 }
 
-/// Usable IPv4 endpoints of every slice backing `import` that exposes a
+/// The family of a slice's addresses (none for FQDN slices).
+fn address_family(address_type: AddressType) -> Option<IpFamily> {
+    match address_type {
+        AddressType::IPv4 => Some(IpFamily::V4),
+        AddressType::IPv6 => Some(IpFamily::V6),
+        AddressType::Fqdn => None,
+    }
+}
+
+/// Usable `family` endpoints of every slice backing `import` that exposes a
 /// port named `port_name` with `protocol`, deduplicated by address and port
 /// (the first slice in name order wins the cluster label): the ready ones,
 /// or — when none is ready — the serving and terminating ones. Returns
@@ -175,14 +184,15 @@ fn backends_of(
     import: &ServiceImport,
     port_name: &str,
     protocol: Protocol,
+    family: IpFamily,
     cidrs: &ClusterCidrs,
     rejections: &mut Vec<Rejection>,
 ) -> (Vec<Backend>, bool) {
-    let mut ready: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
-    let mut terminating: BTreeMap<(Ipv4Addr, u16), Arc<str>> = BTreeMap::new();
+    let mut ready: BTreeMap<(IpAddr, u16), ClusterName> = BTreeMap::new();
+    let mut terminating: BTreeMap<(IpAddr, u16), ClusterName> = BTreeMap::new();
     let mut truncated = false;
     for slice in snapshot.slices_of(import) {
-        if slice.address_type != AddressType::IPv4 {
+        if address_family(slice.address_type) != Some(family) {
             continue;
         }
         let Some(slice_port) = slice
@@ -192,7 +202,7 @@ fn backends_of(
         else {
             continue; // this cluster does not expose the port
         };
-        let cluster: Arc<str> = Arc::from(slice.source_cluster.as_str());
+        let cluster = ClusterName::from(slice.source_cluster.as_str());
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions;
             let target = if conditions.ready {
@@ -203,8 +213,10 @@ fn backends_of(
                 continue;
             };
             for address in &endpoint.addresses {
-                let IpAddr::V4(addr) = address else { continue };
-                if !cidrs.allows(&slice.source_cluster, *addr) {
+                if IpFamily::of(address) != family {
+                    continue; // the model rejected it already (addressType mismatch)
+                }
+                if !cidrs.allows(&slice.source_cluster, *address) {
                     rejections.push(Rejection {
                         kind: "EndpointSlice".into(),
                         object: slice.key.clone(),
@@ -217,7 +229,7 @@ fn backends_of(
                     });
                     continue;
                 }
-                let key = (*addr, slice_port.port);
+                let key = (*address, slice_port.port);
                 if target.len() >= MAX_BACKENDS_PER_FRONTEND as usize && !target.contains_key(&key)
                 {
                     truncated = true;

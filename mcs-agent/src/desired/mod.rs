@@ -27,7 +27,7 @@ mod incremental;
 mod journal;
 mod policy;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 pub use self::{
     changes::Changes,
@@ -36,34 +36,75 @@ pub use self::{
     journal::Journal,
     policy::{ClusterCidrs, ClustersetIpCidrs, Locality, Policy},
 };
+pub use crate::model::IpFamily;
 use crate::model::{ObjectKey, Protocol, Rejection, Snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    /// A ClusterSetIP of either family; its backends are of the same one.
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)
+        let addr = std::net::SocketAddr::new(self.addr, self.port);
+        write!(f, "{addr}/{}", self.protocol)
+    }
+}
+
+impl Frontend {
+    pub const fn family(&self) -> IpFamily {
+        IpFamily::of(&self.addr)
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// Source cluster; empty when the slice does not say. Shared by the
     /// backends of a slice (a million backends would otherwise hold a
     /// million copies of a few names, in the desired state and again in
     /// what the reconciler applied).
-    pub cluster: Arc<str>,
+    pub cluster: ClusterName,
     /// Relative share of new flows (Maglev weight, > 0).
     pub weight: u32,
     /// Serving but terminating (used because no endpoint is ready).
     pub terminating: bool,
+}
+
+/// A cluster's name shared by many backends behind one thin pointer: the
+/// eight bytes a fat `Arc<str>` would add pay for [`Backend::addr`] holding
+/// either family, so a backend stays as small as an IPv4-only one was.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ClusterName(Arc<String>);
+
+impl std::ops::Deref for ClusterName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ClusterName {
+    fn from(name: &str) -> Self {
+        Self(Arc::new(name.to_owned()))
+    }
+}
+
+impl From<String> for ClusterName {
+    fn from(name: String) -> Self {
+        Self(Arc::new(name))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +155,8 @@ pub fn compute_with(snapshot: &Snapshot, policy: &Policy) -> (DesiredState, Vec<
     (engine.into_state(), rejections)
 }
 
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod incremental_tests;
 

@@ -2,10 +2,7 @@
 //! default locality (overridable per import), which ranges each cluster
 //! may publish endpoints in and which ranges ClusterSetIPs come from.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::Backend;
 
@@ -107,11 +104,12 @@ impl std::str::FromStr for ClustersetIpCidrs {
 
 /// `--cluster-cidrs cluster=CIDR,cluster=CIDR,...` (a cluster may repeat).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterCidrs(pub BTreeMap<String, Vec<ipnet::Ipv4Net>>);
+pub struct ClusterCidrs(pub BTreeMap<String, Vec<ipnet::IpNet>>);
 
 impl ClusterCidrs {
-    /// Whether `cluster` may publish `addr`.
-    pub fn allows(&self, cluster: &str, addr: Ipv4Addr) -> bool {
+    /// Whether `cluster` may publish `addr` (a cluster's ranges may be of
+    /// both families).
+    pub fn allows(&self, cluster: &str, addr: IpAddr) -> bool {
         self.0.is_empty()
             || self
                 .0
@@ -124,7 +122,7 @@ impl std::str::FromStr for ClusterCidrs {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut map: BTreeMap<String, Vec<ipnet::Ipv4Net>> = BTreeMap::new();
+        let mut map: BTreeMap<String, Vec<ipnet::IpNet>> = BTreeMap::new();
         for item in text
             .split(',')
             .map(str::trim)
@@ -133,7 +131,7 @@ impl std::str::FromStr for ClusterCidrs {
             let (cluster, cidr) = item
                 .split_once('=')
                 .ok_or_else(|| format!("{item:?} is not CLUSTER=CIDR"))?;
-            let net: ipnet::Ipv4Net = cidr
+            let net: ipnet::IpNet = cidr
                 .trim()
                 .parse()
                 .map_err(|error| format!("{cidr:?} of cluster {cluster:?}: {error}"))?;

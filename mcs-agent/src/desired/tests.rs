@@ -2,7 +2,10 @@
 //! conflicts and cluster CIDRs.
 
 use super::*;
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use crate::model::manifest;
 
@@ -48,7 +51,7 @@ endpoints: [{addresses: ["10.9.9.9"]}]
 
 fn frontend(port: u16) -> Frontend {
     Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 10),
+        addr: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
         port,
         protocol: Protocol::Tcp,
     }
@@ -285,7 +288,14 @@ spec:
     let (snapshot, rejections) = manifest::snapshot_from_yaml(&yaml).expect("valid YAML");
     assert!(rejections.is_empty(), "{rejections:?}");
     let vips = |state: &DesiredState| -> BTreeSet<Ipv4Addr> {
-        state.frontends.keys().map(|f| f.addr).collect()
+        state
+            .frontends
+            .keys()
+            .filter_map(|f| match f.addr {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     };
     let (unchecked, rejections) = compute_with(&snapshot, &Policy::default());
     let state = &unchecked;

@@ -294,6 +294,31 @@ impl Snapshot {
     }
 }
 
+/// An address family: the maps a frontend or backend lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub const fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
+
 /// What was wrong with (part of) an object.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -344,6 +369,17 @@ pub enum Problem {
          (--clusterset-ip-cidrs); not served"
     )]
     OutsideClustersetIpCidrs { field: String, value: IpAddr },
+    #[error("{field}: second address of the {family} family ({value}); one per family")]
+    SameFamilyIps {
+        field: String,
+        value: IpAddr,
+        family: IpFamily,
+    },
+    #[error(
+        "ClusterSetIP {vip}: no exporting cluster has {family} endpoints; \
+         its clients' connections are refused"
+    )]
+    NoEndpointsOfFamily { vip: IpAddr, family: IpFamily },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -395,6 +431,8 @@ impl Rejection {
             Problem::UnknownImportType(_) => "unknown_import_type",
             Problem::OutsideClusterCidr { .. } => "outside_cluster_cidr",
             Problem::OutsideClustersetIpCidrs { .. } => "outside_clusterset_ip_cidrs",
+            Problem::SameFamilyIps { .. } => "same_family_ips",
+            Problem::NoEndpointsOfFamily { .. } => "no_endpoints_of_family",
             Problem::Conflict(_) => "conflict",
             Problem::Unsupported(_) => "unsupported",
         }

@@ -2,30 +2,38 @@
 //! maps hold, so the first reconcile is a diff against what the kernel
 //! serves, never a flush.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MAX_CLUSTERS, SVC_F_AFFINITY,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
 };
 
-use super::{Applied, Capacities, Reconciler, ids::IdPool, space::TableSpace};
-use crate::desired::{Backend, Frontend, FrontendKind};
+use mcs_common::{
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, BackendValueV6, MAX_CLUSTERS, SVC_F_AFFINITY,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceKeyV6, ServiceValue,
+};
+
+use super::{Applied, Capacities, Reconciler, family_index, ids::IdPool, space::TableSpace};
+use crate::desired::{Backend, Frontend, FrontendKind, IpFamily};
 
 /// What pinned maps hold, read back for adoption after a restart.
 #[derive(Clone, Debug, Default)]
 pub struct PinnedState {
     pub services: Vec<(ServiceKey, ServiceValue)>,
     pub backends: BTreeMap<BackendKey, BackendValue>,
+    pub services_v6: Vec<(ServiceKeyV6, ServiceValue)>,
+    pub backends_v6: BTreeMap<BackendKey, BackendValueV6>,
     pub frontend_names: BTreeMap<u32, String>,
     pub clusters: BTreeMap<u32, String>,
 }
 
+/// One pinned slot of either family: endpoint, cluster id, flags, counter id.
+type Slot = (SocketAddr, u32, u32, u32);
+
 /// Adoption found something it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
 pub enum AdoptError {
-    #[error("service entry {0:?} has an unknown protocol")]
-    UnknownProtocol(ServiceKey),
+    #[error("service entry {addr} port {port} has an unknown protocol {proto}")]
+    UnknownProtocol { addr: IpAddr, port: u16, proto: u8 },
     #[error("frontend id {0} is used twice or out of range")]
     BadFrontendId(u32),
 }
@@ -43,13 +51,42 @@ impl Reconciler {
     pub fn adopt_with(state: &PinnedState, capacities: Capacities) -> Result<Self, AdoptError> {
         let mut reconciler = Self::with_capacities(capacities);
         let mut used_ids = BTreeSet::new();
-        let mut slots_of: BTreeMap<u32, Vec<(u32, BackendValue)>> = BTreeMap::new();
+        // Slots by family and frontend id.
+        let mut slots_of: BTreeMap<(IpFamily, u32), Vec<(u32, Slot)>> = BTreeMap::new();
         for (key, value) in &state.backends {
+            let slot = (
+                SocketAddr::V4(value.endpoint()),
+                value.cluster_id,
+                value.flags,
+                value.backend_id,
+            );
             slots_of
-                .entry(key.frontend_id)
+                .entry((IpFamily::V4, key.frontend_id))
                 .or_default()
-                .push((key.slot, *value));
+                .push((key.slot, slot));
         }
+        for (key, value) in &state.backends_v6 {
+            let slot = (
+                SocketAddr::V6(value.endpoint()),
+                value.cluster_id,
+                value.flags,
+                value.backend_id,
+            );
+            slots_of
+                .entry((IpFamily::V6, key.frontend_id))
+                .or_default()
+                .push((key.slot, slot));
+        }
+        let services = state
+            .services
+            .iter()
+            .map(|(key, value)| (IpAddr::V4(key.addr()), key.port(), key.proto, value))
+            .chain(
+                state
+                    .services_v6
+                    .iter()
+                    .map(|(key, value)| (IpAddr::V6(key.addr()), key.port(), key.proto, value)),
+            );
         let cluster_name = |id: u32| -> String {
             if id == 0 {
                 String::new()
@@ -57,37 +94,38 @@ impl Reconciler {
                 state.clusters.get(&id).cloned().unwrap_or_default()
             }
         };
-        for (key, value) in &state.services {
-            let protocol = crate::model::Protocol::from_number(key.proto)
-                .ok_or(AdoptError::UnknownProtocol(*key))?;
+        for (addr, port, proto, value) in services {
+            let protocol = crate::model::Protocol::from_number(proto)
+                .ok_or(AdoptError::UnknownProtocol { addr, port, proto })?;
             if value.frontend_id >= capacities.frontends || !used_ids.insert(value.frontend_id) {
                 return Err(AdoptError::BadFrontendId(value.frontend_id));
             }
             let frontend = Frontend {
-                addr: key.addr(),
-                port: key.port(),
+                addr,
+                port,
                 protocol,
             };
-            let slots = slots_of.remove(&value.frontend_id).unwrap_or_default();
+            let slots = slots_of
+                .remove(&(frontend.family(), value.frontend_id))
+                .unwrap_or_default();
             let slot_high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
             let mut backends = Vec::with_capacity(value.backend_count as usize);
             let mut complete = true;
             for wanted in 0..value.backend_count {
-                let Some((_, backend)) = slots.iter().find(|(slot, _)| *slot == wanted) else {
+                let Some((_, (endpoint, cluster_id, flags, backend_id))) =
+                    slots.iter().find(|(slot, _)| *slot == wanted)
+                else {
                     complete = false;
                     break;
                 };
-                let addr = backend.addr();
-                let port = backend.port();
-                reconciler
-                    .backend_ids
-                    .insert((addr, port), backend.backend_id);
+                let (addr, port) = (endpoint.ip(), endpoint.port());
+                reconciler.backend_ids.insert((addr, port), *backend_id);
                 backends.push(Backend {
                     addr,
                     port,
-                    cluster: cluster_name(backend.cluster_id).into(),
+                    cluster: cluster_name(*cluster_id).into(),
                     weight: 1,
-                    terminating: backend.flags & BACKEND_F_TERMINATING != 0,
+                    terminating: flags & BACKEND_F_TERMINATING != 0,
                 });
             }
             let kind = if value.flags & SVC_F_VIP_MARKER != 0 {
@@ -122,14 +160,15 @@ impl Reconciler {
         // (slots and name are written before a new service entry and
         // deleted after a removed one, and a table never outlives its
         // name): removed by the first apply, never adopted or leaked.
-        for (id, slots) in &slots_of {
+        for ((family, id), slots) in &slots_of {
             let high = slots.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
-            reconciler.orphans.insert(*id, high);
-            reconciler.slots_in_use += u64::from(high);
+            let index = family_index(*family);
+            reconciler.orphans.entry(*id).or_default()[index] = high;
+            reconciler.slots_in_use[index] += u64::from(high);
         }
         for id in state.frontend_names.keys() {
             if !used_ids.contains(id) {
-                reconciler.orphans.entry(*id).or_insert(0);
+                reconciler.orphans.entry(*id).or_default();
             }
         }
         // Orphaned ids are held out of the pool until cleaned up.
@@ -156,7 +195,7 @@ impl Reconciler {
         reconciler.cluster_pool = IdPool::with_taken(1..MAX_CLUSTERS, &taken);
         reconciler.may_have_dirty = reconciler.applied.values().any(|a| a.dirty);
         // What no adopted slot references is released by the first apply.
-        reconciler.unreferenced_backends = reconciler.backend_ids.keys().copied().collect();
+        reconciler.unreferenced_backends = reconciler.backend_ids.keys().collect();
         reconciler.unreferenced_clusters = reconciler.clusters.keys().cloned().collect();
         Ok(reconciler)
     }

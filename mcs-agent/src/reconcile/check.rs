@@ -18,24 +18,24 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use mcs_common::{
     BACKEND_F_TERMINATING, BackendKey, MaglevPlace, NameValue, SVC_F_AFFINITY, SVC_F_VIP_MARKER,
-    ServiceKey, maglev_wide,
+    maglev_wide,
 };
 
 pub use super::checked::CheckedMaps;
 use super::{Reconciler, maglev_table, memory::MemoryMaps};
 use crate::{
-    desired::{Backend, DesiredState, Frontend, FrontendKind},
+    desired::{Backend, DesiredState, Frontend, FrontendKind, IpFamily},
     maglev,
     model::Protocol,
 };
 
 /// A backend endpoint as the maglev table and the per-backend counters know it.
-pub type Identity = (Ipv4Addr, u16);
+pub type Identity = (IpAddr, u16);
 
 /// One frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,8 +95,8 @@ pub enum Inconsistency {
     MissingName { frontend: Frontend, id: u32 },
     #[error("frontend id {0} is used by two services")]
     SharedFrontendId(u32),
-    #[error("backend slot {0:?} belongs to no service or lies beyond its count")]
-    LeakedSlot(BackendKey),
+    #[error("{0} backend slot {1:?} belongs to no service or lies beyond its count")]
+    LeakedSlot(IpFamily, BackendKey),
     #[error("Maglev tables of {0} and {1} overlap")]
     SharedTable(Frontend, Frontend),
     #[error("name of frontend id {0} belongs to no service")]
@@ -109,11 +109,11 @@ pub enum Inconsistency {
     Ids(String),
 }
 
-fn frontend_of(key: &ServiceKey) -> Result<Frontend, Inconsistency> {
+fn frontend_of(addr: IpAddr, port: u16, proto: u8) -> Result<Frontend, Inconsistency> {
     Ok(Frontend {
-        addr: key.addr(),
-        port: key.port(),
-        protocol: Protocol::from_number(key.proto).ok_or(Inconsistency::BadProtocol(key.proto))?,
+        addr,
+        port,
+        protocol: Protocol::from_number(proto).ok_or(Inconsistency::BadProtocol(proto))?,
     })
 }
 
@@ -121,14 +121,15 @@ fn frontend_of(key: &ServiceKey) -> Result<Frontend, Inconsistency> {
 /// a service with backends has a full table, and every table entry names an
 /// existing slot. Holds after every single map write of the reconciler.
 pub fn check_serving(maps: &MemoryMaps) -> Result<(), Inconsistency> {
-    for (key, service) in &maps.services {
-        let frontend = frontend_of(key)?;
+    for (addr, port, proto, service) in maps.service_entries() {
+        let frontend = frontend_of(addr, port, proto)?;
+        let family = frontend.family();
         for slot in 0..service.backend_count {
             let slot_key = BackendKey {
                 frontend_id: service.frontend_id,
                 slot,
             };
-            if !maps.backends.contains_key(&slot_key) {
+            if maps.slot(family, &slot_key).is_none() {
                 return Err(Inconsistency::MissingSlot {
                     frontend,
                     slot,
@@ -158,7 +159,7 @@ pub fn check_serving(maps: &MemoryMaps) -> Result<(), Inconsistency> {
                 frontend_id: service.frontend_id,
                 slot: u32::from(*slot),
             };
-            if !maps.backends.contains_key(&slot_key) {
+            if maps.slot(family, &slot_key).is_none() {
                 return Err(Inconsistency::DanglingTableEntry {
                     frontend,
                     entry,
@@ -181,8 +182,9 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
     let mut counter_ids: BTreeMap<Identity, u32> = BTreeMap::new();
     let mut places: Vec<(MaglevPlace, Frontend)> = Vec::new();
     let mut named = BTreeSet::new();
-    for (key, service) in &maps.services {
-        let frontend = frontend_of(key)?;
+    for (addr, port, proto, service) in maps.service_entries() {
+        let frontend = frontend_of(addr, port, proto)?;
+        let family = frontend.family();
         if !ids.insert(service.frontend_id) {
             return Err(Inconsistency::SharedFrontendId(service.frontend_id));
         }
@@ -192,8 +194,14 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
                 frontend_id: service.frontend_id,
                 slot,
             };
-            owned_slots.insert(slot_key);
-            let value = maps.backends[&slot_key];
+            owned_slots.insert((family, slot_key));
+            let value = maps
+                .slot(family, &slot_key)
+                .ok_or(Inconsistency::MissingSlot {
+                    frontend,
+                    slot,
+                    count: service.backend_count,
+                })?;
             let cluster = if value.cluster_id == 0 {
                 String::new()
             } else {
@@ -205,7 +213,7 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
                     },
                 )?
             };
-            let identity = (value.addr(), value.port());
+            let identity = (value.addr, value.port);
             if *counter_ids.entry(identity).or_insert(value.backend_id) != value.backend_id {
                 return Err(Inconsistency::SplitBackendId(identity));
             }
@@ -262,8 +270,8 @@ pub fn render(maps: &MemoryMaps) -> Result<Rendered, Inconsistency> {
             },
         );
     }
-    if let Some(leaked) = maps.backends.keys().find(|k| !owned_slots.contains(k)) {
-        return Err(Inconsistency::LeakedSlot(*leaked));
+    if let Some((family, leaked)) = maps.slot_keys().find(|k| !owned_slots.contains(k)) {
+        return Err(Inconsistency::LeakedSlot(family, leaked));
     }
     places.sort_by_key(|(place, _)| place.base);
     for pair in places.windows(2) {
@@ -379,8 +387,9 @@ pub struct IdTables {
     /// period), and its capacity.
     pub unused_table_chunks: Vec<std::ops::Range<u32>>,
     pub table_capacity: u32,
-    /// Backend slots the reconciler counts as possibly present.
-    pub slots_in_use: u64,
+    /// Backend slots the reconciler counts as possibly present, IPv4 and
+    /// IPv6.
+    pub slots_in_use: [u64; 2],
 }
 
 impl Reconciler {
@@ -393,7 +402,11 @@ impl Reconciler {
             clusters: self.clusters.clone(),
             next_cluster_id: self.cluster_pool.next(),
             free_cluster_ids: self.cluster_pool.free().to_vec(),
-            backend_ids: self.backend_ids.clone(),
+            backend_ids: self
+                .backend_ids
+                .iter()
+                .map(|(identity, id)| (identity, *id))
+                .collect(),
             next_backend_id: self.backend_pool.next(),
             free_backend_ids: self.backend_pool.free().to_vec(),
             tables: self
@@ -442,9 +455,8 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
     let ids = reconciler.id_tables();
     let fail = |what: String| Err(Inconsistency::Ids(what));
     let in_maps: BTreeMap<Frontend, u32> = maps
-        .services
-        .iter()
-        .map(|(key, value)| Ok((frontend_of(key)?, value.frontend_id)))
+        .service_entries()
+        .map(|(addr, port, proto, value)| Ok((frontend_of(addr, port, proto)?, value.frontend_id)))
         .collect::<Result<_, Inconsistency>>()?;
     if in_maps != ids.frontend_ids {
         return fail(format!(
@@ -478,16 +490,20 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
     )
     .or_else(|what| fail(format!("cluster ids: {what}")))?;
     let mut counters: BTreeMap<Identity, u32> = BTreeMap::new();
-    for (key, service) in &maps.services {
+    for (addr, port, proto, service) in maps.service_entries() {
+        let frontend = frontend_of(addr, port, proto)?;
         for slot in 0..service.backend_count {
-            let value = maps.backends.get(&BackendKey {
-                frontend_id: service.frontend_id,
-                slot,
-            });
+            let value = maps.slot(
+                frontend.family(),
+                &BackendKey {
+                    frontend_id: service.frontend_id,
+                    slot,
+                },
+            );
             if let Some(value) = value {
-                counters.insert((value.addr(), value.port()), value.backend_id);
+                counters.insert((value.addr, value.port), value.backend_id);
             } else {
-                return fail(format!("{key:?} misses slot {slot}"));
+                return fail(format!("{frontend} misses slot {slot}"));
             }
         }
     }
@@ -514,8 +530,8 @@ pub fn check_ids(reconciler: &Reconciler, maps: &MemoryMaps) -> Result<(), Incon
 fn check_tables(ids: &IdTables, maps: &MemoryMaps) -> Result<(), Inconsistency> {
     let fail = |what: String| Err(Inconsistency::Ids(what));
     let mut ranges = ids.unused_table_chunks.clone();
-    for (key, service) in &maps.services {
-        let frontend = frontend_of(key)?;
+    for (addr, port, proto, service) in maps.service_entries() {
+        let frontend = frontend_of(addr, port, proto)?;
         let kept = ids.tables.get(&frontend).copied().unwrap_or_default();
         if kept != (service.maglev(), None) {
             return fail(format!(
@@ -546,11 +562,11 @@ fn check_tables(ids: &IdTables, maps: &MemoryMaps) -> Result<(), Inconsistency> 
             ids.table_capacity
         ));
     }
-    if ids.slots_in_use != maps.backends.len() as u64 {
+    let present = [maps.backends.len() as u64, maps.backends_v6.len() as u64];
+    if ids.slots_in_use != present {
         return fail(format!(
-            "{} backend slots counted, {} in the map",
+            "{:?} backend slots (IPv4, IPv6) counted, {present:?} in the maps",
             ids.slots_in_use,
-            maps.backends.len()
         ));
     }
     Ok(())

@@ -2,7 +2,10 @@
 //! that could break it: the churn model check and the fuzz targets apply
 //! through it (behind the `testing` feature, never in the agent binary).
 
-use mcs_common::{BackendKey, BackendValue, MaglevPlace, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{
+    BackendKey, BackendValue, BackendValueV6, MaglevPlace, NameValue, ServiceKey, ServiceKeyV6,
+    ServiceValue,
+};
 
 use super::{
     DataplaneWriter, WriteError,
@@ -43,6 +46,30 @@ impl DataplaneWriter for CheckedMaps {
     }
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
         let result = self.maps.delete_backend(key);
+        self.after(result)
+    }
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError> {
+        let result = self.maps.put_service_v6(key, value);
+        self.after(result)
+    }
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError> {
+        let result = self.maps.delete_service_v6(key);
+        self.after(result)
+    }
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError> {
+        let result = self.maps.put_backend_v6(key, value);
+        self.after(result)
+    }
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        let result = self.maps.delete_backend_v6(key);
         self.after(result)
     }
     fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {

@@ -1,6 +1,7 @@
 //! Deferred puts for a cold sync: the reconciler's per-frontend writes are
 //! collected and written a group at a time (names, then slots, then
-//! tables, then service entries), each group in one batch call.
+//! tables, then service entries; each family's slots and service entries
+//! in a group of their own), each group in one batch call.
 //!
 //! The group order keeps the reconciler's guarantee for every frontend in
 //! the batch: its slots exist before its table, its table before its
@@ -22,7 +23,10 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use mcs_common::{BackendKey, BackendValue, MaglevPlace, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{
+    BackendKey, BackendValue, BackendValueV6, MaglevPlace, NameValue, ServiceKey, ServiceKeyV6,
+    ServiceValue,
+};
 
 use super::{DataplaneWriter, WriteError};
 
@@ -83,9 +87,11 @@ impl<K: Clone, V: Clone> Group<K, V> {
 pub(super) struct Puts {
     names: Group<u32, NameValue>,
     backends: Group<BackendKey, BackendValue>,
+    backends_v6: Group<BackendKey, BackendValueV6>,
     /// Keyed by frontend id, for the failure bookkeeping.
     tables: Group<u32, (MaglevPlace, Vec<u16>)>,
     services: Group<ServiceKey, ServiceValue>,
+    services_v6: Group<ServiceKeyV6, ServiceValue>,
 }
 
 impl Puts {
@@ -103,6 +109,11 @@ impl Puts {
             &mut failed,
             |keys, values| inner.put_backends(keys, values),
         );
+        self.backends_v6.write(
+            |key, _| key.frontend_id,
+            &mut failed,
+            |keys, values| inner.put_backends_v6(keys, values),
+        );
         self.tables.write(
             |id, _| *id,
             &mut failed,
@@ -112,6 +123,11 @@ impl Puts {
             |_, value| value.frontend_id,
             &mut failed,
             |keys, values| inner.put_services(keys, values),
+        );
+        self.services_v6.write(
+            |_, value| value.frontend_id,
+            &mut failed,
+            |keys, values| inner.put_services_v6(keys, values),
         );
         failed
     }
@@ -170,6 +186,28 @@ impl<W: DataplaneWriter> DataplaneWriter for Deferred<'_, '_, W> {
     }
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
         self.shared.lock().delete_backend(key)
+    }
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError> {
+        self.puts.services_v6.push(key, value);
+        Ok(())
+    }
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError> {
+        self.shared.lock().delete_service_v6(key)
+    }
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError> {
+        self.puts.backends_v6.push(key, value);
+        Ok(())
+    }
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        self.shared.lock().delete_backend_v6(key)
     }
     fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError> {
         self.puts.names.push(&frontend_id, name);

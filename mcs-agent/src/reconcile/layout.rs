@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mcs_common::{ServiceKey, maglev_wide};
+use std::net::IpAddr;
+
+use mcs_common::{ServiceKey, ServiceKeyV6, maglev_wide};
 
 use crate::{
     desired::{Backend, Frontend},
@@ -60,7 +62,19 @@ pub fn maglev_table(layout: &[Backend], size: u32) -> Table {
     }
 }
 
+/// A service map key of either family: IPv4 frontends live in
+/// `MCS_SVC_V2`, IPv6 ones in `MCS_SVC_V6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FamilyServiceKey {
+    V4(ServiceKey),
+    V6(ServiceKeyV6),
+}
+
 /// The service map key of `frontend` (address and port as the packet carries them).
-pub fn service_key(frontend: &Frontend) -> ServiceKey {
-    ServiceKey::new(frontend.addr, frontend.port, frontend.protocol.number())
+pub fn service_key(frontend: &Frontend) -> FamilyServiceKey {
+    let (port, proto) = (frontend.port, frontend.protocol.number());
+    match frontend.addr {
+        IpAddr::V4(addr) => FamilyServiceKey::V4(ServiceKey::new(addr, port, proto)),
+        IpAddr::V6(addr) => FamilyServiceKey::V6(ServiceKeyV6::new(addr, port, proto)),
+    }
 }

@@ -14,6 +14,12 @@
 //! that flow through three threads: Maglev tables, bookkeeping, writes.
 //!
 //! Files, one job each:
+//! IPv4 frontends go to `MCS_SVC_V2`/`MCS_BACKEND_V2`, IPv6 ones to
+//! `MCS_SVC_V6`/`MCS_BACKEND_V6`; both take ids from one pool and share the
+//! per-frontend maps (names, counters, the Maglev table array), the
+//! cluster ids and the backend counter ids. Each family's service and slot
+//! map has its own capacity.
+//!
 //! * `mod.rs` — the [`Reconciler`]: what is applied, [`Reconciler::apply`]
 //!   and [`Reconciler::apply_changed`], the [`ApplyReport`];
 //! * `writer.rs` — the [`DataplaneWriter`] trait the maps are reached through;
@@ -21,6 +27,7 @@
 //! * `plan.rs` — what one frontend needs written, as a pure function;
 //!   `execute.rs` runs plans through the writer and keeps the books;
 //! * `ids.rs` — the one id pool behind frontend, counter and cluster ids;
+//! * `identity.rs` — maps keyed by backend identity, one per family;
 //! * `space.rs` — room in the Maglev table array: a range per table,
 //!   released ranges reused after a grace period;
 //! * `tables.rs` — where each frontend's table goes (in place, or a new
@@ -36,6 +43,7 @@ mod adopt;
 mod cold;
 mod deferred;
 mod execute;
+mod identity;
 mod ids;
 mod layout;
 mod plan;
@@ -52,23 +60,24 @@ pub mod memory;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use mcs_common::{
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS, MAX_MAGLEV_CHUNKS, MaglevPlace,
-    NameValue,
+    MAX_BACKEND_SLOTS, MAX_BACKEND_SLOTS_V6, MAX_BACKENDS, MAX_CLUSTERS, MAX_FRONTENDS,
+    MAX_FRONTENDS_V6, MAX_MAGLEV_CHUNKS, MaglevPlace, NameValue,
 };
 use tracing::instrument;
 
 pub use self::{
     adopt::{AdoptError, PinnedState},
-    layout::{Table, maglev_table, service_key, stable_layout},
+    identity::{Identity, IdentityMap},
+    layout::{FamilyServiceKey, Table, maglev_table, service_key, stable_layout},
     space::GRACE as TABLE_GRACE,
     writer::{CapacityError, DataplaneWriter, WriteError, one_by_one},
 };
 use self::{ids::IdPool, space::TableSpace};
-use crate::desired::{Backend, DesiredState, Frontend, FrontendKind};
+use crate::desired::{Backend, DesiredState, Frontend, FrontendKind, IpFamily};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Applied {
@@ -126,6 +135,11 @@ pub struct Capacities {
     pub backends: u32,
     /// Chunks of the Maglev table array.
     pub maglev_chunks: u32,
+    /// IPv6 frontends (entries of `MCS_SVC_V6`; their ids are within
+    /// `frontends`).
+    pub frontends_v6: u32,
+    /// Backend slots of the IPv6 frontends (`MCS_BACKEND_V6`).
+    pub backend_slots_v6: u32,
 }
 
 impl Default for Capacities {
@@ -135,6 +149,8 @@ impl Default for Capacities {
             backend_slots: MAX_BACKEND_SLOTS,
             backends: MAX_BACKENDS,
             maglev_chunks: MAX_MAGLEV_CHUNKS,
+            frontends_v6: MAX_FRONTENDS_V6,
+            backend_slots_v6: MAX_BACKEND_SLOTS_V6,
         }
     }
 }
@@ -144,7 +160,7 @@ impl Default for Capacities {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Retired {
     pub frontend_id: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: crate::model::Protocol,
 }
@@ -173,28 +189,34 @@ pub struct Reconciler {
     frontend_pool: IdPool,
     /// Room in the Maglev table array.
     table_space: TableSpace,
-    /// Backend slots that may exist in the map (the sum of every frontend's
-    /// and orphan's `slot_high`), against `slot_capacity`.
-    slots_in_use: u64,
-    slot_capacity: u32,
+    /// Backend slots that may exist in each family's slot map (the sum of
+    /// every frontend's and orphan's `slot_high`), against `slot_capacity`;
+    /// indexed by [`family_index`].
+    slots_in_use: [u64; 2],
+    slot_capacity: [u32; 2],
+    /// IPv6 frontends applied, against the IPv6 service map's capacity (their
+    /// ids come from `frontend_pool` like the IPv4 ones').
+    frontends_v6: u32,
+    frontend_capacity_v6: u32,
     clusters: BTreeMap<String, u32>,
     cluster_pool: IdPool,
     /// Per-backend counter ids by backend identity.
-    backend_ids: BTreeMap<(Ipv4Addr, u16), u32>,
+    backend_ids: IdentityMap<u32>,
     /// Below the capacity of the per-backend counters (`--backends-max`).
     backend_pool: IdPool,
     /// Frontend ids found on adoption with slots or a name but no service
-    /// entry (an agent died mid-apply), with how many slots to delete. Held
-    /// out of the free list until the first apply has cleaned them.
-    orphans: BTreeMap<u32, u32>,
+    /// entry (an agent died mid-apply), with how many slots to delete per
+    /// family ([`family_index`]). Held out of the free list until the first
+    /// apply has cleaned them.
+    orphans: BTreeMap<u32, [u32; 2]>,
     /// How many applied slots reference each backend identity / cluster:
     /// kept in step with `applied`, so releasing what nobody references
     /// costs O(changes), not a scan of every frontend.
-    backend_refs: BTreeMap<(Ipv4Addr, u16), u32>,
+    backend_refs: IdentityMap<u32>,
     cluster_refs: BTreeMap<String, u32>,
     /// Backend identities and clusters that may have lost their last
     /// reference: checked (in order) at the end of every apply.
-    unreferenced_backends: BTreeSet<(Ipv4Addr, u16)>,
+    unreferenced_backends: BTreeSet<Identity>,
     unreferenced_clusters: BTreeSet<String>,
     /// The stats maps were created empty by this agent: an id never handed
     /// out before (not from a free list) has zero counters, and its first
@@ -210,7 +232,7 @@ pub struct Reconciler {
 /// Frontend under which [`ApplyReport::errors`] lists a failed cleanup of
 /// an orphaned frontend id (0.0.0.0 is never a ClusterSetIP).
 pub const ORPHAN_FRONTEND: Frontend = Frontend {
-    addr: Ipv4Addr::UNSPECIFIED,
+    addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     port: 0,
     protocol: crate::model::Protocol::Tcp,
 };
@@ -232,15 +254,17 @@ impl Reconciler {
             applied: BTreeMap::new(),
             frontend_pool: IdPool::new(0..capacities.frontends),
             table_space: TableSpace::new(capacities.maglev_chunks),
-            slots_in_use: 0,
-            slot_capacity: capacities.backend_slots,
+            slots_in_use: [0; 2],
+            slot_capacity: [capacities.backend_slots, capacities.backend_slots_v6],
+            frontends_v6: 0,
+            frontend_capacity_v6: capacities.frontends_v6,
             clusters: BTreeMap::new(),
             // Cluster id 0 means "unknown".
             cluster_pool: IdPool::new(1..MAX_CLUSTERS),
-            backend_ids: BTreeMap::new(),
+            backend_ids: IdentityMap::default(),
             backend_pool: IdPool::new(0..capacities.backends),
             orphans: BTreeMap::new(),
-            backend_refs: BTreeMap::new(),
+            backend_refs: IdentityMap::default(),
             cluster_refs: BTreeMap::new(),
             unreferenced_backends: BTreeSet::new(),
             unreferenced_clusters: BTreeSet::new(),
@@ -273,18 +297,24 @@ impl Reconciler {
 
     /// Records `applied` for `frontend`, keeping the reference counts.
     fn set_applied(&mut self, frontend: Frontend, applied: Applied) {
+        let family = family_index(frontend.family());
         self.add_refs(&applied.backends);
-        self.slots_in_use += u64::from(applied.slot_high);
+        self.slots_in_use[family] += u64::from(applied.slot_high);
         if let Some(old) = self.applied.insert(frontend, applied) {
             self.drop_refs(&old.backends);
-            self.slots_in_use -= u64::from(old.slot_high);
+            self.slots_in_use[family] -= u64::from(old.slot_high);
+        } else if frontend.family() == IpFamily::V6 {
+            self.frontends_v6 += 1;
         }
     }
 
     fn take_applied(&mut self, frontend: &Frontend) -> Option<Applied> {
         let old = self.applied.remove(frontend)?;
         self.drop_refs(&old.backends);
-        self.slots_in_use -= u64::from(old.slot_high);
+        self.slots_in_use[family_index(frontend.family())] -= u64::from(old.slot_high);
+        if frontend.family() == IpFamily::V6 {
+            self.frontends_v6 -= 1;
+        }
         Some(old)
     }
 
@@ -292,8 +322,7 @@ impl Reconciler {
         for backend in backends {
             *self
                 .backend_refs
-                .entry((backend.addr, backend.port))
-                .or_default() += 1;
+                .entry_or_default((backend.addr, backend.port)) += 1;
             if let Some(count) = self.cluster_refs.get_mut(&*backend.cluster) {
                 *count += 1;
             } else {
@@ -452,5 +481,15 @@ impl Reconciler {
     }
 }
 
+/// Index of a family in the per-family arrays (IPv4 0, IPv6 1).
+const fn family_index(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
+}
+
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod tests;

@@ -21,19 +21,18 @@
 //! Backend counter ids and cluster ids are shared by all frontends and are
 //! allocated by the execute step ([`super::execute`]) when it writes a slot.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, ops::Range};
+use std::{collections::BTreeSet, net::IpAddr, ops::Range};
 
 use mcs_common::{
-    BackendKey, NameValue, SVC_F_AFFINITY, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceKey, ServiceValue,
-    maglev_wide,
+    BackendKey, NameValue, SVC_F_AFFINITY, SVC_F_NONE, SVC_F_VIP_MARKER, ServiceValue, maglev_wide,
 };
 
 use super::{
     Applied,
-    layout::{Table, maglev_table, service_key, stable_layout},
+    layout::{FamilyServiceKey, Table, maglev_table, service_key, stable_layout},
 };
 use crate::{
-    desired::{Backend, Frontend, FrontendKind, FrontendSpec},
+    desired::{Backend, Frontend, FrontendKind, FrontendSpec, IpFamily},
     maglev,
 };
 
@@ -51,9 +50,10 @@ pub(super) enum Write {
     PutTable(u32, Table),
     /// The execute step fills in where the table is (none without
     /// backends).
-    PutService(ServiceKey, ServiceValue),
-    DeleteService(ServiceKey),
-    DeleteSlot(BackendKey),
+    PutService(FamilyServiceKey, ServiceValue),
+    DeleteService(FamilyServiceKey),
+    /// A slot of the family's slot map.
+    DeleteSlot(IpFamily, BackendKey),
     DeleteName(u32),
 }
 
@@ -145,7 +145,7 @@ pub(super) fn upsert(
     }
     // 2. The table, before the count can grow: over the current one when
     //    it keeps its size and width, else at a new place.
-    let members = |list: &[Backend]| -> Vec<(Ipv4Addr, u16, u32)> {
+    let members = |list: &[Backend]| -> Vec<(IpAddr, u16, u32)> {
         list.iter().map(|b| (b.addr, b.port, b.weight)).collect()
     };
     let current_table = known.and_then(|known| known.table);
@@ -178,9 +178,13 @@ pub(super) fn upsert(
     }
     // 4. The slots the new state no longer uses.
     let slot_high = known.map_or(0, |known| known.slot_high);
-    writes.extend(delete_slots(id, layout.len() as u32..slot_high));
+    writes.extend(delete_slots(
+        frontend.family(),
+        id,
+        layout.len() as u32..slot_high,
+    ));
 
-    let kept: BTreeSet<(Ipv4Addr, u16)> = layout.iter().map(|b| (b.addr, b.port)).collect();
+    let kept: BTreeSet<(IpAddr, u16)> = layout.iter().map(|b| (b.addr, b.port)).collect();
     let retired = old
         .iter()
         .filter(|b| !kept.contains(&(b.addr, b.port)))
@@ -210,23 +214,25 @@ pub(super) fn upsert(
 /// (when it has one) first, so the datapath stops choosing it (and its
 /// table's place can be released); then its slots `0..slot_high` and its
 /// name (when `named`). Adoption recognises what an interrupted removal
-/// left by the slots and name that outlive the service entry.
+/// left by the slots and name that outlive the service entry. `slot_high`:
+/// per family (an orphaned id may have left slots in either slot map).
 pub(super) fn removal(
-    service: Option<ServiceKey>,
+    service: Option<FamilyServiceKey>,
     id: u32,
-    slot_high: u32,
+    slot_high: [u32; 2],
     named: bool,
 ) -> Vec<Write> {
     service
         .map(Write::DeleteService)
         .into_iter()
-        .chain(delete_slots(id, 0..slot_high))
+        .chain(delete_slots(IpFamily::V4, id, 0..slot_high[0]))
+        .chain(delete_slots(IpFamily::V6, id, 0..slot_high[1]))
         .chain(named.then_some(Write::DeleteName(id)))
         .collect()
 }
 
-fn delete_slots(id: u32, slots: Range<u32>) -> impl Iterator<Item = Write> {
-    slots.map(move |slot| Write::DeleteSlot(slot_key(id, slot)))
+fn delete_slots(family: IpFamily, id: u32, slots: Range<u32>) -> impl Iterator<Item = Write> {
+    slots.map(move |slot| Write::DeleteSlot(family, slot_key(id, slot)))
 }
 
 fn slot_key(frontend_id: u32, slot: u32) -> BackendKey {

@@ -3,12 +3,12 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use mcs_common::{BackendKey, MaglevPlace, ServiceKey, maglev_wide};
+use mcs_common::{BackendKey, MaglevPlace, maglev_wide};
 use proptest::prelude::*;
 
 use super::{Current, Plan, Write, is_current, removal, upsert};
 use crate::{
-    desired::{Backend, Frontend, FrontendKind, FrontendSpec},
+    desired::{Backend, Frontend, FrontendKind, FrontendSpec, IpFamily},
     maglev::{rule_size, table_size},
     model::{ObjectKey, Protocol},
     reconcile::{
@@ -21,7 +21,7 @@ const ID: u32 = 7;
 
 fn frontend() -> Frontend {
     Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 1),
+        addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
         port: 80,
         protocol: Protocol::Tcp,
     }
@@ -29,7 +29,7 @@ fn frontend() -> Frontend {
 
 fn backend(n: u8) -> Backend {
     Backend {
-        addr: Ipv4Addr::new(10, 1, 0, n),
+        addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 1, 0, n)),
         port: 8080,
         cluster: format!("c{}", n % 2).into(),
         weight: 1,
@@ -126,7 +126,7 @@ fn kinds(writes: &[Write]) -> Vec<Kind> {
             Write::PutTable(..) => Kind::Table,
             Write::PutService(_, value) => Kind::Service(value.backend_count),
             Write::DeleteService(_) => Kind::DeleteService,
-            Write::DeleteSlot(key) => Kind::DeleteSlot(key.slot),
+            Write::DeleteSlot(_, key) => Kind::DeleteSlot(key.slot),
             Write::DeleteName(_) => Kind::DeleteName,
         })
         .collect()
@@ -359,24 +359,29 @@ fn a_prebuilt_table_is_used_only_when_all_is_rewritten_at_its_size() {
 
 #[test]
 fn a_removal_hides_the_service_first_and_deletes_the_name_last() {
-    let key: ServiceKey = service_key(&frontend());
+    let key = service_key(&frontend());
     assert_eq!(
-        removal(Some(key), ID, 2, true),
+        removal(Some(key), ID, [2, 0], true),
         [
             Write::DeleteService(key),
-            Write::DeleteSlot(slot(0)),
-            Write::DeleteSlot(slot(1)),
+            Write::DeleteSlot(IpFamily::V4, slot(0)),
+            Write::DeleteSlot(IpFamily::V4, slot(1)),
             Write::DeleteName(ID),
         ]
     );
-    // An orphan (no service entry) is cleaned the same way.
+    // An orphan (no service entry) is cleaned the same way, in the slot
+    // maps of both families.
     assert_eq!(
-        kinds(&removal(None, ID, 1, true)),
-        [Kind::DeleteSlot(0), Kind::DeleteName]
+        removal(None, ID, [1, 1], true),
+        [
+            Write::DeleteSlot(IpFamily::V4, slot(0)),
+            Write::DeleteSlot(IpFamily::V6, slot(0)),
+            Write::DeleteName(ID),
+        ]
     );
     // A ClusterSetIP marker has no name to delete.
     assert_eq!(
-        removal(Some(key), ID, 0, false),
+        removal(Some(key), ID, [0, 0], false),
         [Write::DeleteService(key)]
     );
 }
@@ -440,7 +445,7 @@ impl Model {
                 self.count = None;
                 self.table = None;
             }
-            Write::DeleteSlot(key) => {
+            Write::DeleteSlot(_, key) => {
                 self.slots.remove(&key.slot);
             }
             Write::DeleteName(_) => self.named = false,

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use mcs_common::{MaglevPlace, ServiceValue, maglev_chunks, names};
 
-use super::{Reconciler, WriteError, layout::Table};
-use crate::desired::Frontend;
+use super::{Reconciler, WriteError, family_index, layout::Table};
+use crate::desired::{Frontend, IpFamily};
 
 impl Reconciler {
     /// Where `table` of `frontend` is written: over its current table, over
@@ -97,15 +97,40 @@ impl Reconciler {
         applied.table = place;
     }
 
-    /// Whether one more backend slot fits the slot map.
-    pub(super) fn check_slot_room(&self) -> Result<(), WriteError> {
-        if self.slots_in_use >= u64::from(self.slot_capacity) {
+    /// Whether one more backend slot fits the `family` slot map.
+    pub(super) fn check_slot_room(&self, family: IpFamily) -> Result<(), WriteError> {
+        let index = family_index(family);
+        let capacity = self.slot_capacity[index];
+        if self.slots_in_use[index] >= u64::from(capacity) {
+            let (map, what, flag) = match family {
+                IpFamily::V4 => (names::BACKENDS, "backend slots", "--backend-slots-max"),
+                IpFamily::V6 => (
+                    names::BACKENDS_V6,
+                    "IPv6 backend slots",
+                    "--backend-slots-v6-max",
+                ),
+            };
             return Err(WriteError::full(
-                names::BACKENDS,
+                map,
                 "insert",
-                "backend slots",
-                u64::from(self.slot_capacity),
-                "--backend-slots-max",
+                what,
+                u64::from(capacity),
+                flag,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether one more IPv6 frontend fits the IPv6 service map (its id
+    /// comes from the pool shared with IPv4, checked when allocated).
+    pub(super) fn check_frontend_room_v6(&self) -> Result<(), WriteError> {
+        if self.frontends_v6 >= self.frontend_capacity_v6 {
+            return Err(WriteError::full(
+                names::SERVICES_V6,
+                "insert",
+                "IPv6 frontends",
+                u64::from(self.frontend_capacity_v6),
+                "--frontends-v6-max",
             ));
         }
         Ok(())

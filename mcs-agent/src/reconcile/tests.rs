@@ -4,12 +4,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, MaglevPlace, NameValue, SVC_F_VIP_MARKER,
-    ServiceKey, ServiceValue,
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, BackendValueV6, MaglevPlace, NameValue,
+    SVC_F_VIP_MARKER, ServiceKey, ServiceKeyV6, ServiceValue,
 };
 use proptest::prelude::*;
 
@@ -49,6 +49,30 @@ impl DataplaneWriter for Checked {
     }
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
         let result = self.0.delete_backend(key);
+        self.check();
+        result
+    }
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError> {
+        let result = self.0.put_service_v6(key, value);
+        self.check();
+        result
+    }
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError> {
+        self.0.delete_service_v6(key)
+    }
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError> {
+        self.0.put_backend_v6(key, value)
+    }
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        let result = self.0.delete_backend_v6(key);
         self.check();
         result
     }
@@ -117,6 +141,32 @@ impl<W: DataplaneWriter> DataplaneWriter for FailingPuts<W> {
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError> {
         self.maps.delete_backend(key)
     }
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError> {
+        if self.services.contains(&value.frontend_id) {
+            return self.refuse("services_v6", value.frontend_id);
+        }
+        self.maps.put_service_v6(key, value)
+    }
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError> {
+        self.maps.delete_service_v6(key)
+    }
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError> {
+        if self.slots.contains(&key.frontend_id) {
+            return self.refuse("backends_v6", key.frontend_id);
+        }
+        self.maps.put_backend_v6(key, value)
+    }
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError> {
+        self.maps.delete_backend_v6(key)
+    }
     fn put_frontend_name(&mut self, id: u32, name: &NameValue) -> Result<(), WriteError> {
         if self.names.contains(&id) {
             return self.refuse("names", id);
@@ -149,22 +199,23 @@ type Rendered = BTreeMap<Frontend, (FrontendKind, String, Vec<Backend>)>;
 fn render(maps: &MemoryMaps) -> Rendered {
     let mut rendered = Rendered::new();
     let mut slots_seen = 0;
-    for (key, service) in &maps.services {
+    for (addr, port, proto, service) in maps.service_entries() {
         let frontend = Frontend {
-            addr: key.addr(),
-            port: key.port(),
-            protocol: Protocol::from_number(key.proto).expect("valid protocol"),
+            addr,
+            port,
+            protocol: Protocol::from_number(proto).expect("valid protocol"),
         };
         let backends = (0..service.backend_count)
             .map(|slot| {
-                let value = maps.backends[&BackendKey {
+                let key = BackendKey {
                     frontend_id: service.frontend_id,
                     slot,
-                }];
+                };
+                let value = maps.slot(frontend.family(), &key).expect("slot exists");
                 slots_seen += 1;
                 Backend {
-                    addr: value.addr(),
-                    port: value.port(),
+                    addr: value.addr,
+                    port: value.port,
                     cluster: if value.cluster_id == 0 {
                         "".into()
                     } else {
@@ -201,16 +252,19 @@ fn render(maps: &MemoryMaps) -> Rendered {
             .unwrap_or_default();
         rendered.insert(frontend, (kind, name, backends));
     }
-    assert_eq!(slots_seen, maps.backends.len(), "leaked backend slots");
+    assert_eq!(
+        slots_seen,
+        maps.backends.len() + maps.backends_v6.len(),
+        "leaked backend slots"
+    );
     // Tables never share chunks (their places are checked against the
     // reconciler's books by `check::check_ids`).
     if let Err(error) = super::check::render(maps) {
         panic!("{error}");
     }
     assert_eq!(
-        maps.services
-            .values()
-            .filter(|s| s.flags & SVC_F_VIP_MARKER == 0)
+        maps.service_entries()
+            .filter(|(.., s)| s.flags & SVC_F_VIP_MARKER == 0)
             .count(),
         maps.names.len(),
         "leaked frontend names"
@@ -232,9 +286,23 @@ fn expected(desired: &DesiredState) -> Rendered {
         .collect()
 }
 
+/// ClusterSetIPs 10.96.0.0 and .1, and fd00:96::2 and ::3: both families.
 fn frontend_strategy() -> impl Strategy<Value = Frontend> {
     (0u8..4, 1u16..4, prop::bool::ANY).prop_map(|(vip, port, udp)| Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, vip),
+        addr: if vip < 2 {
+            IpAddr::V4(Ipv4Addr::new(10, 96, 0, vip))
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00,
+                0x96,
+                0,
+                0,
+                0,
+                0,
+                0,
+                vip.into(),
+            ))
+        },
         port: port * 10,
         protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
     })
@@ -243,7 +311,7 @@ fn frontend_strategy() -> impl Strategy<Value = Frontend> {
 fn backend_strategy() -> impl Strategy<Value = Backend> {
     (0u8..12, 0u16..2, 0usize..3, prop::bool::weighted(0.2)).prop_map(
         |(host, port, cluster, terminating)| Backend {
-            addr: Ipv4Addr::new(10, 1, 0, host),
+            addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 1, 0, host)),
             port: 8000 + port,
             cluster: ["", "cluster-a", "cluster-b"][cluster].into(),
             weight: 1,
@@ -255,7 +323,7 @@ fn backend_strategy() -> impl Strategy<Value = Backend> {
 /// Port `port` of ClusterSetIP 10.96.0.1 (TCP).
 fn frontend(port: u16) -> Frontend {
     Frontend {
-        addr: Ipv4Addr::new(10, 96, 0, 1),
+        addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
         port,
         protocol: Protocol::Tcp,
     }
@@ -264,7 +332,7 @@ fn frontend(port: u16) -> Frontend {
 /// Ready backend 10.1.0.HOST:80 in cluster "a".
 fn backend(host: u8) -> Backend {
     Backend {
-        addr: Ipv4Addr::new(10, 1, 0, host),
+        addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 1, 0, host)),
         port: 80,
         cluster: "a".into(),
         weight: 1,
@@ -298,13 +366,39 @@ fn desired_strategy() -> impl Strategy<Value = DesiredState> {
                         kind: FrontendKind::Service,
                         name: format!("ns/{frontend}"),
                         import: ObjectKey::new("ns", "svc").into(),
-                        backends: dedup_by_address(backends.into_iter().collect()),
+                        backends: dedup_by_address(
+                            backends
+                                .into_iter()
+                                .map(|backend| of_family(backend, &frontend))
+                                .collect(),
+                        ),
                         affinity_timeout: None,
                     },
                 )
             })
             .collect(),
     })
+}
+
+/// `backend` (10.1.0.HOST) in the family of `frontend` (fd00:1::HOST for an
+/// IPv6 one, which keeps the order): a frontend's backends share its family.
+fn of_family(backend: Backend, frontend: &Frontend) -> Backend {
+    match (frontend.addr, backend.addr) {
+        (IpAddr::V6(_), IpAddr::V4(v4)) => Backend {
+            addr: IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                v4.octets()[3].into(),
+            )),
+            ..backend
+        },
+        _ => backend,
+    }
 }
 
 /// Desired states never hold two backends with one address and port.
@@ -316,7 +410,7 @@ fn dedup_by_address(mut backends: Vec<Backend>) -> Vec<Backend> {
 /// The reference counts and pending sets agree with a scan of the applied
 /// frontends (what the reconciler did at the end of every apply before).
 fn assert_refs_match_a_scan(reconciler: &Reconciler) {
-    let mut backends: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+    let mut backends: BTreeMap<(IpAddr, u16), u32> = BTreeMap::new();
     let mut clusters: BTreeMap<String, u32> = BTreeMap::new();
     for applied in reconciler.applied.values() {
         for backend in &applied.backends {
@@ -324,11 +418,16 @@ fn assert_refs_match_a_scan(reconciler: &Reconciler) {
             *clusters.entry(backend.cluster.to_string()).or_default() += 1;
         }
     }
-    assert_eq!(reconciler.backend_refs, backends);
+    let refs: BTreeMap<(IpAddr, u16), u32> = reconciler
+        .backend_refs
+        .iter()
+        .map(|(identity, count)| (identity, *count))
+        .collect();
+    assert_eq!(refs, backends);
     assert_eq!(reconciler.cluster_refs, clusters);
     // After an apply, ids are held exactly by referenced backends.
-    let held: Vec<_> = reconciler.backend_ids.keys().copied().collect();
-    let referenced: Vec<_> = backends.keys().copied().collect();
+    let held: BTreeSet<_> = reconciler.backend_ids.keys().collect();
+    let referenced: BTreeSet<_> = backends.keys().copied().collect();
     assert_eq!(held, referenced);
 }
 
@@ -459,10 +558,10 @@ proptest! {
         let failed: BTreeSet<Frontend> = report.errors.iter().map(|(f, _)| *f).collect();
         prop_assert_eq!(failed.len(), report.errors.len());
         prop_assert_eq!(failed.len(), maps.refused.len());
-        let visible: BTreeSet<Frontend> = maps.maps.0.services.keys().map(|key| Frontend {
-            addr: key.addr(),
-            port: key.port(),
-            protocol: Protocol::from_number(key.proto).expect("valid protocol"),
+        let visible: BTreeSet<Frontend> = maps.maps.0.service_entries().map(|(addr, port, proto, _)| Frontend {
+            addr,
+            port,
+            protocol: Protocol::from_number(proto).expect("valid protocol"),
         }).collect();
         let wanted: BTreeSet<Frontend> = desired.frontends.keys().copied().collect();
         prop_assert_eq!(visible, &wanted - &failed);
@@ -484,13 +583,13 @@ fn a_cold_sync_of_several_chunks_reports_exactly_the_failed_frontends() {
     let mut desired = DesiredState::default();
     for i in 0..2500u32 {
         let frontend = Frontend {
-            addr: Ipv4Addr::from(0x0a60_0000 + i),
+            addr: std::net::IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i)),
             port: 80,
             protocol: Protocol::Tcp,
         };
         let backends = (0..1 + i % 3)
             .map(|j| Backend {
-                addr: Ipv4Addr::from(0x0a01_0000 + i * 4 + j),
+                addr: std::net::IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i * 4 + j)),
                 port: 8080,
                 cluster: "a".into(),
                 weight: 1,
@@ -599,7 +698,7 @@ fn unchanged_frontends_are_not_rewritten_when_others_change() {
     // One new slot, its backend's counters, the table and the count: four
     // writes, none for port 80.
     assert_eq!(report.map_writes, 4);
-    let id80 = before.services[&super::service_key(&frontend(80))].frontend_id;
+    let id80 = before.service(&frontend(80)).expect("served").frontend_id;
     for slot in 0..2 {
         let key = BackendKey {
             frontend_id: id80,
@@ -624,7 +723,7 @@ fn fresh_stats_maps_are_reset_only_for_reused_ids() {
     assert!(maps.stats_resets.is_empty() && maps.backend_stats_resets.is_empty());
     // Port 81 goes, port 82 comes and takes its ids: their counters are
     // the old frontend's and backend's, so they are reset.
-    let old_id = maps.services[&super::service_key(&frontend(81))].frontend_id;
+    let old_id = maps.service(&frontend(81)).expect("served").frontend_id;
     desired.frontends.remove(&frontend(81));
     fresh.apply(&desired, &mut maps);
     desired

@@ -1,7 +1,10 @@
 //! The reconciler's only way to the maps: [`DataplaneWriter`] (the pinned
 //! BPF maps in the agent, in-memory maps in tests) and its error.
 
-use mcs_common::{BackendKey, BackendValue, MaglevPlace, NameValue, ServiceKey, ServiceValue};
+use mcs_common::{
+    BackendKey, BackendValue, BackendValueV6, MaglevPlace, NameValue, ServiceKey, ServiceKeyV6,
+    ServiceValue,
+};
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,19 @@ pub trait DataplaneWriter: Send {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), WriteError>;
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<(), WriteError>;
     fn delete_backend(&mut self, key: &BackendKey) -> Result<(), WriteError>;
+    /// The IPv6 frontends' maps (`MCS_SVC_V6`, `MCS_BACKEND_V6`).
+    fn put_service_v6(
+        &mut self,
+        key: &ServiceKeyV6,
+        value: &ServiceValue,
+    ) -> Result<(), WriteError>;
+    fn delete_service_v6(&mut self, key: &ServiceKeyV6) -> Result<(), WriteError>;
+    fn put_backend_v6(
+        &mut self,
+        key: &BackendKey,
+        value: &BackendValueV6,
+    ) -> Result<(), WriteError>;
+    fn delete_backend_v6(&mut self, key: &BackendKey) -> Result<(), WriteError>;
     fn put_frontend_name(&mut self, frontend_id: u32, name: &NameValue) -> Result<(), WriteError>;
     fn delete_frontend_name(&mut self, frontend_id: u32) -> Result<(), WriteError>;
     /// Zeroes a frontend's counters (an id is being reused).
@@ -104,6 +120,20 @@ pub trait DataplaneWriter: Send {
         values: &[BackendValue],
     ) -> Vec<(usize, WriteError)> {
         one_by_one(keys, values, |key, value| self.put_backend(key, value))
+    }
+    fn put_services_v6(
+        &mut self,
+        keys: &[ServiceKeyV6],
+        values: &[ServiceValue],
+    ) -> Vec<(usize, WriteError)> {
+        one_by_one(keys, values, |key, value| self.put_service_v6(key, value))
+    }
+    fn put_backends_v6(
+        &mut self,
+        keys: &[BackendKey],
+        values: &[BackendValueV6],
+    ) -> Vec<(usize, WriteError)> {
+        one_by_one(keys, values, |key, value| self.put_backend_v6(key, value))
     }
     fn put_frontend_names(
         &mut self,

@@ -105,7 +105,7 @@ mod tests {
 
     fn frontend(port: u16) -> Frontend {
         Frontend {
-            addr: Ipv4Addr::new(10, 96, 0, 1),
+            addr: std::net::IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
             port,
             protocol: Protocol::Tcp,
         }

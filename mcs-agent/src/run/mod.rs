@@ -192,8 +192,8 @@ async fn serve(
         sockets: &maps.sock_revnat,
         metrics: metrics.clone(),
     };
-    let janitor =
-        Janitor::start(&maps.conntrack, Some(gc)).context("start the conntrack janitor")?;
+    let janitor = Janitor::start(&maps.conntrack, Some(&maps.conntrack_v6), Some(gc))
+        .context("start the conntrack janitor")?;
     let policy = desired::Policy {
         local_cluster: args.cluster_id.clone(),
         locality: args.locality.clone(),

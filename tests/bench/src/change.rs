@@ -15,7 +15,7 @@ use mcs_agent::{
     dataplane::MapHandles,
     desired,
     model::{EndpointSlice, ObjectKey, Snapshot},
-    reconcile::{Reconciler, service_key},
+    reconcile::Reconciler,
     sources::{Publisher, SourceUpdate},
 };
 use mcs_common::BackendKey;
@@ -172,14 +172,13 @@ pub fn change_latency(
         writes += report.map_writes;
         // The map holds it: find the frontend and the new backend.
         let frontend = desired::Frontend {
-            addr: service.vip,
+            addr: service.vip.into(),
             port: HTTP_PORT,
             protocol: mcs_agent::model::Protocol::Tcp,
         };
-        let value = maps
-            .services
-            .get(&service_key(&frontend), 0)
-            .context("service entry")?;
+        let key =
+            mcs_common::ServiceKey::new(service.vip, frontend.port, frontend.protocol.number());
+        let value = maps.services.get(&key, 0).context("service entry")?;
         let found = (0..value.backend_count).any(|slot| {
             maps.backends
                 .get(

@@ -561,7 +561,7 @@ mod tests {
         assert!(rejections.is_empty(), "{rejections:?}");
         assert_eq!(state.frontends.len(), set.mcs_frontends());
         let target = mcs_agent::desired::Frontend {
-            addr: TARGET_VIP,
+            addr: TARGET_VIP.into(),
             port: HTTP_PORT,
             protocol: mcs_agent::model::Protocol::Tcp,
         };

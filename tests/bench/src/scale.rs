@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -84,7 +84,7 @@ impl ScalePoint {
 
 fn table_sharing(state: &DesiredState) -> TableSharing {
     let mut sharing = TableSharing::default();
-    let mut seen: HashMap<Vec<(Ipv4Addr, u16, u32)>, ()> = HashMap::new();
+    let mut seen: HashMap<Vec<(IpAddr, u16, u32)>, ()> = HashMap::new();
     for (_, spec) in state.service_frontends() {
         if spec.backends.is_empty() {
             continue;

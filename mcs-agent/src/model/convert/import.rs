@@ -95,9 +95,11 @@ pub(super) fn convert_import(mut ctx: Ctx, flavour: Flavour, value: &Value) -> C
                 .iter()
                 .any(|known: &IpAddr| known.is_ipv4() == ip.is_ipv4())
             {
-                ctx.problem(Problem::Conflict(format!(
-                    "{field}: second address of the same family ({ip})"
-                )));
+                ctx.problem(Problem::SameFamilyIps {
+                    field,
+                    value: ip,
+                    family: crate::model::IpFamily::of(&ip),
+                });
             } else {
                 ips.push(ip);
             }

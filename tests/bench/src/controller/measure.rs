@@ -25,9 +25,7 @@ use mcs_agent::{
         exports::{export_resource, import_resource},
     },
     dataplane::{MapHandles, PinnedMaps},
-    desired::Frontend,
     model::{Flavour, Protocol, convert::LABEL_MANAGED_BY},
-    reconcile::service_key,
 };
 use mcs_common::BackendKey;
 use serde_json::json;
@@ -156,12 +154,8 @@ async fn watch_slice_addresses(client: Client, seen: Arc<Mutex<HashMap<Ipv4Addr,
 
 /// Whether the maps hold `addr` among the backends of `vip`:[`PORT`]/TCP.
 fn map_holds(maps: &MapHandles, vip: Ipv4Addr, addr: Ipv4Addr) -> bool {
-    let frontend = Frontend {
-        addr: vip,
-        port: PORT,
-        protocol: Protocol::Tcp,
-    };
-    let Ok(value) = maps.services.get(&service_key(&frontend), 0) else {
+    let key = mcs_common::ServiceKey::new(vip, PORT, Protocol::Tcp.number());
+    let Ok(value) = maps.services.get(&key, 0) else {
         return false;
     };
     (0..value.backend_count).any(|slot| {
