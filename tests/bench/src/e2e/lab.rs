@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    net::{SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Stdio},
@@ -18,11 +18,14 @@ use mcs_tests::{
 
 use super::{
     Mode,
-    topology::{TO_BACKEND, TO_CLIENT, backends},
+    topology::{TO_BACKEND, TO_CLIENT, backends, backends_v6},
 };
 use crate::{
     load::{Kind, LoadResult},
-    rules::{self, HTTP_PORT, HTTP_TARGET_PORT, ServiceSet, TARGET_VIP, UDP_PORT, UDP_TARGET_PORT},
+    rules::{
+        self, HTTP_PORT, HTTP_TARGET_PORT, ServiceSet, TARGET_VIP, TARGET_VIP6, UDP_PORT,
+        UDP_TARGET_PORT,
+    },
 };
 
 /// A child process killed on drop.
@@ -74,11 +77,11 @@ pub(super) fn cpus() -> usize {
 
 impl Lab {
     pub(super) fn lb(&self, mode: Mode) -> &Netns {
-        &self.lbs[usize::from(mode.index())]
+        &self.lbs[usize::from(mode.ipv4().index())]
     }
 
     pub(super) fn client(&self, mode: Mode) -> &Netns {
-        &self.clients[usize::from(mode.index())]
+        &self.clients[usize::from(mode.ipv4().index())]
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -88,7 +91,8 @@ impl Lab {
     /// Writes the manifest atomically (the agent ignores dot files).
     pub(super) fn write_manifest(&self, set: &ServiceSet) -> Result<()> {
         let tmp = self.manifest_dir.path().join(".services.yaml.tmp");
-        fs::write(&tmp, rules::manifest(set)).context("write manifest")?;
+        fs::write(&tmp, rules::manifest_dual_stack_target(set, &backends_v6()))
+            .context("write manifest")?;
         fs::rename(&tmp, self.manifest_path()).context("rename manifest")
     }
 
@@ -116,7 +120,11 @@ impl Lab {
 
     /// Waits until both agents' pinned maps hold `frontends` frontends (and
     /// the tc agent attached to the client's veth).
-    pub(super) fn wait_for_agent(&mut self, frontends: usize, timeout: Duration) -> Result<()> {
+    pub(super) fn wait_for_agent(
+        &mut self,
+        frontends: (usize, usize),
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         for agent in [self.agent.as_mut(), self.agent_tc.as_mut()] {
             let agent = agent.context("agent not started")?;
@@ -137,24 +145,28 @@ impl Lab {
     }
 }
 
-/// Waits until `agent`'s pinned maps hold `frontends` frontends.
+/// Waits until `agent`'s pinned maps hold `frontends` (IPv4, IPv6)
+/// frontends.
 fn wait_for_frontends(
     agent: &mut Agent,
-    frontends: usize,
+    frontends: (usize, usize),
     deadline: Instant,
     timeout: Duration,
 ) -> Result<()> {
     loop {
         agent.ensure_running()?;
-        let count = PinnedMaps::open(agent.bpffs_dir())
-            .ok()
-            .map(|maps| maps.0.services.iter().count());
+        let count = PinnedMaps::open(agent.bpffs_dir()).ok().map(|maps| {
+            (
+                maps.0.services.iter().count(),
+                maps.0.services_v6.iter().count(),
+            )
+        });
         if count == Some(frontends) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
-                "the agent's maps hold {count:?} frontends after {timeout:?}, expected {frontends}; its log:\n{}",
+                "the agent's maps hold {count:?} frontends after {timeout:?}, expected {frontends:?} (IPv4, IPv6); its log:\n{}",
                 agent.log()
             );
         }
@@ -180,7 +192,21 @@ impl Lab {
                 .take(1)
                 .map(|b| SocketAddr::V4(SocketAddrV4::new(b, target_port)))
                 .collect(),
-            _ => vec![SocketAddr::V4(SocketAddrV4::new(TARGET_VIP, vip_port))],
+            Mode::DirectV6 => backends_v6()
+                .into_iter()
+                .map(|b| SocketAddr::V6(SocketAddrV6::new(b, target_port, 0, 0)))
+                .collect(),
+            Mode::McsTcV6 | Mode::McsXdpV6 => {
+                vec![SocketAddr::V6(SocketAddrV6::new(
+                    TARGET_VIP6,
+                    vip_port,
+                    0,
+                    0,
+                ))]
+            }
+            Mode::McsXdp | Mode::McsTc | Mode::McsSocklb | Mode::Iptables | Mode::Nftables => {
+                vec![SocketAddr::V4(SocketAddrV4::new(TARGET_VIP, vip_port))]
+            }
         }
     }
 

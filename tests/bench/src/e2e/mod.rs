@@ -1,4 +1,4 @@
-//! Part 2: end to end over veth, client → ClusterSetIP → backends, five ways
+//! Part 2: end to end over veth, client → ClusterSetIP → backends, many ways
 //! side by side.
 //!
 //! ```text
@@ -32,7 +32,11 @@
 //!   the served cgroup (plain routing in its node namespace);
 //! * `iptables` — kube-proxy-shaped `iptables-restore` ruleset;
 //! * `nftables` — kube-proxy-shaped nftables ruleset (verdict map + numgen),
-//!   built incrementally in chunks.
+//!   built incrementally in chunks;
+//! * `direct-v6`, `mcs-tc-v6`, `mcs-xdp-v6` — direct, mcs-tc and mcs-xdp
+//!   over IPv6 (ULA, no DAD) on the same veths, namespaces and agents: the
+//!   measured service is dual-stack (an IPv6 ClusterSetIP over an IPv6
+//!   EndpointSlice of the same backends).
 //!
 //! Load: `mcs-bench load` in the client namespace on CPU 0; the server on
 //! CPU 1. Every repetition runs every mode once per kind of load, in an
@@ -76,10 +80,17 @@ pub enum Mode {
     McsSocklb,
     Iptables,
     Nftables,
+    /// Direct to the backends' IPv6 addresses, in direct's namespaces.
+    DirectV6,
+    /// The IPv6 ClusterSetIP through mcs-tc's agent and namespaces.
+    McsTcV6,
+    /// The IPv6 ClusterSetIP through mcs-xdp's agent and namespaces.
+    McsXdpV6,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 10] = [
+    /// IPv4 modes first: their positions are the namespaces' indices.
+    pub const ALL: [Mode; 13] = [
         Mode::Direct,
         Mode::DirectOne,
         Mode::DirectXdpPass,
@@ -90,6 +101,9 @@ impl Mode {
         Mode::McsSocklb,
         Mode::Iptables,
         Mode::Nftables,
+        Mode::DirectV6,
+        Mode::McsTcV6,
+        Mode::McsXdpV6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,10 +118,38 @@ impl Mode {
             Mode::McsSocklb => "mcs-socklb",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::DirectV6 => "direct-v6",
+            Mode::McsTcV6 => "mcs-tc-v6",
+            Mode::McsXdpV6 => "mcs-xdp-v6",
         }
     }
 
-    /// Position in [`Mode::ALL`]: the mode's namespaces and subnets.
+    /// The IPv4 mode whose namespaces (and agent) an IPv6 mode shares:
+    /// both families on the same veths, so the same hooks see both.
+    pub fn ipv4(self) -> Mode {
+        match self {
+            Mode::DirectV6 => Mode::Direct,
+            Mode::McsTcV6 => Mode::McsTc,
+            Mode::McsXdpV6 => Mode::McsXdp,
+            other => other,
+        }
+    }
+
+    pub fn is_ipv6(self) -> bool {
+        self.ipv4() != self
+    }
+
+    /// The direct path of the mode's family: what its ratios compare to.
+    pub fn direct(self) -> Mode {
+        if self.is_ipv6() {
+            Mode::DirectV6
+        } else {
+            Mode::Direct
+        }
+    }
+
+    /// Position in [`Mode::ALL`]: the mode's results slot (its IPv4 mode's
+    /// position: its namespaces and subnets).
     fn index(self) -> u8 {
         let position = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0);
         u8::try_from(position).unwrap_or(0)
@@ -218,7 +260,10 @@ pub fn run(config: &Config) -> Result<E2e> {
         if lab.agent.is_none() {
             lab.start_agent()?;
         }
-        lab.wait_for_agent(set.mcs_frontends(), Duration::from_secs(600))?;
+        lab.wait_for_agent(
+            (set.mcs_frontends(), rules::mcs_frontends_v6(&set)),
+            Duration::from_secs(600),
+        )?;
         let agent_sync_s = start.elapsed().as_secs_f64();
         // iptables: the whole ruleset, as kube-proxy restores it.
         let iptables_restore_s = lab.iptables_restore(&rules::iptables_restore(&set))?;
@@ -338,6 +383,7 @@ pub fn run(config: &Config) -> Result<E2e> {
         "mcs-xdp and mcs-socklb are one agent process (--socket-lb --cgroup): XDP on its node namespace's veths, socket LB for the cgroup the socklb client runs in.".to_owned(),
         "mcs-tc is a second agent as the DaemonSet runs it (--pod-interfaces to-client, no --interface): tc ingress and egress on the client's veth it discovered, nothing on the backend side; direct+tc-pass attaches a pass-only tc program at the same two points, direct+tc-write one that makes the helper calls of mcs's tc rewrite (two L4 checksum updates, an IPv4 header checksum update, two stores) with each packet's own values.".to_owned(),
         "direct-1 connects to the first backend only, with the same workers: every connection of the client goes to one address, as to a ClusterSetIP (the kernel picks the client's ephemeral ports per destination, and a busy single destination reuses them sooner), with no dataplane in the way.".to_owned(),
+        "direct-v6, mcs-tc-v6 and mcs-xdp-v6 run over IPv6 (ULA fd00::/8, no DAD) on the veths, namespaces and agents of direct, mcs-tc and mcs-xdp: the measured service is dual-stack (IPv6 ClusterSetIP fd00:96::10 over an addressType IPv6 EndpointSlice of the same 10 backends, listening on both families); the × direct columns of an IPv6 mode compare it to direct-v6.".to_owned(),
         "agents' CPU %: CPU time both agent processes used while the mode's close runs ran (all threads, user and system, from /proc), in % of one CPU, median over repetitions; both agents run during every mode, so what a mode's own traffic makes them do (conntrack collection of its flows) shows as the difference to the direct modes.".to_owned(),
     ];
     drop(lab);
