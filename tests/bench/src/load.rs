@@ -218,7 +218,12 @@ async fn udp_worker(
     record_from: Instant,
 ) -> Result<Worker> {
     let mut worker = Worker::new()?;
-    let socket = UdpSocket::bind("0.0.0.0:0").await.context("bind UDP")?;
+    let any: SocketAddr = if target.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any).await.context("bind UDP")?;
     socket.connect(target).await.context("connect UDP")?;
     let mut buf = [0u8; 256];
     let mut seq = 0u64;

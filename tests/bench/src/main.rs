@@ -79,8 +79,9 @@ enum Command {
     },
     /// Backend server: HTTP/1.1 and UDP echo (runs inside the backend namespace).
     Serve {
-        #[arg(long)]
-        http: SocketAddr,
+        /// HTTP addresses (comma-separated; IPv6 ones IPv6-only).
+        #[arg(long, value_delimiter = ',', required = true)]
+        http: Vec<SocketAddr>,
         /// UDP echo addresses (comma-separated; one socket each).
         #[arg(long, value_delimiter = ',', required = true)]
         udp: Vec<SocketAddr>,
@@ -297,7 +298,7 @@ fn main() -> ExitCode {
         Command::Render { json, out } => report::read(&json)
             .and_then(|r| report::write(&r, &out))
             .map(|_| ExitCode::SUCCESS),
-        Command::Serve { http, udp } => server::serve(http, &udp).map(|()| ExitCode::SUCCESS),
+        Command::Serve { http, udp } => server::serve(&http, &udp).map(|()| ExitCode::SUCCESS),
         Command::Load {
             kind,
             targets,

@@ -10,12 +10,17 @@
 //! backends, and it comes last in `KUBE-SERVICES` (the iptables worst case).
 //! The others point at addresses from a pool that never receives traffic.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use mcs_agent::dataplane::MapSizes;
 
 /// The measured service's ClusterSetIP.
 pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// Its IPv6 ClusterSetIP (the end-to-end part's IPv6 modes).
+pub const TARGET_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 /// Its TCP (HTTP) service port and the backends' target port.
 pub const HTTP_PORT: u16 = 80;
 pub const HTTP_TARGET_PORT: u16 = 8080;
@@ -200,8 +205,41 @@ pub fn manifest(set: &ServiceSet) -> String {
     yaml
 }
 
+/// [`manifest`] with the target service dual-stack: IPv6 ClusterSetIP
+/// [`TARGET_VIP6`] over `endpoints6`.
+pub fn manifest_dual_stack_target(set: &ServiceSet, endpoints6: &[Ipv6Addr]) -> String {
+    let mut yaml = String::with_capacity(set.len() * 700);
+    for service in &set.services {
+        let v6 = (service.vip == TARGET_VIP).then_some((TARGET_VIP6, endpoints6));
+        manifest_service_v6(&mut yaml, service, v6);
+    }
+    yaml
+}
+
+/// The IPv6 frontends of [`manifest_dual_stack_target`]'s: one per port of
+/// the target, and the ClusterSetIP's two markers (as in
+/// [`ServiceSet::mcs_frontends`]).
+pub fn mcs_frontends_v6(set: &ServiceSet) -> usize {
+    set.services
+        .iter()
+        .filter(|s| s.vip == TARGET_VIP)
+        .map(|s| ports(s).len() + 2)
+        .sum()
+}
+
 /// The manifest documents of one service.
 pub fn manifest_service(yaml: &mut String, service: &Service) {
+    manifest_service_v6(yaml, service, None);
+}
+
+/// The manifest documents of one service, dual-stack with `v6` (an IPv6
+/// ClusterSetIP and the IPv6 addresses of the same endpoints, in an
+/// `addressType: IPv6` slice) when given.
+pub fn manifest_service_v6(
+    yaml: &mut String,
+    service: &Service,
+    v6: Option<(Ipv6Addr, &[Ipv6Addr])>,
+) {
     let name = &service.name;
     let namespace = &service.namespace;
     let mut import_ports = String::new();
@@ -220,23 +258,37 @@ pub fn manifest_service(yaml: &mut String, service: &Service) {
             port.target
         );
     }
+    let ips = match v6 {
+        Some((vip6, _)) => format!("\"{}\", \"{vip6}\"", service.vip),
+        None => format!("\"{}\"", service.vip),
+    };
     let _ = write!(
         yaml,
         "---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\n\
          metadata: {{name: {name}, namespace: {namespace}}}\n\
-         spec: {{type: ClusterSetIP, ips: [\"{}\"], ports: [{import_ports}]}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-{CLUSTER}, namespace: {namespace}, labels: {{multicluster.kubernetes.io/service-name: {name}, multicluster.kubernetes.io/source-cluster: {CLUSTER}}}}}\n\
-         addressType: IPv4\nports: [{slice_ports}]\nendpoints: [",
-        service.vip
+         spec: {{type: ClusterSetIP, ips: [{ips}], ports: [{import_ports}]}}\n"
     );
-    for (i, endpoint) in service.endpoints.iter().enumerate() {
-        if i > 0 {
-            yaml.push_str(", ");
+    let v4: Vec<String> = service.endpoints.iter().map(ToString::to_string).collect();
+    let slice = |yaml: &mut String, suffix: &str, family: &str, addresses: &[String]| {
+        let _ = write!(
+            yaml,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-{CLUSTER}{suffix}, namespace: {namespace}, labels: {{multicluster.kubernetes.io/service-name: {name}, multicluster.kubernetes.io/source-cluster: {CLUSTER}}}}}\n\
+             addressType: {family}\nports: [{slice_ports}]\nendpoints: ["
+        );
+        for (i, address) in addresses.iter().enumerate() {
+            if i > 0 {
+                yaml.push_str(", ");
+            }
+            let _ = write!(yaml, "{{addresses: [\"{address}\"]}}");
         }
-        let _ = write!(yaml, "{{addresses: [\"{endpoint}\"]}}");
+        yaml.push_str("]\n");
+    };
+    slice(yaml, "", "IPv4", &v4);
+    if let Some((_, endpoints)) = v6 {
+        let v6: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        slice(yaml, "-v6", "IPv6", &v6);
     }
-    yaml.push_str("]\n");
 }
 
 /// A kube-proxy-like chain name suffix: 16 characters of base32 of a hash
@@ -566,6 +618,29 @@ mod tests {
             protocol: mcs_agent::model::Protocol::Tcp,
         };
         assert_eq!(state.frontends[&target].backends.len(), 10);
+    }
+
+    #[test]
+    fn dual_stack_target_adds_only_its_ipv6_frontends() {
+        let set = ServiceSet::new(3, 4, &backends());
+        let endpoints6: Vec<Ipv6Addr> = (1..=4)
+            .map(|i| Ipv6Addr::new(0xfd00, 0x101, 1, 0, 0, 0, 0, i))
+            .collect();
+        let yaml = manifest_dual_stack_target(&set, &endpoints6);
+        let (snapshot, rejections) =
+            mcs_agent::model::manifest::snapshot_from_yaml(&yaml).expect("valid YAML");
+        assert!(rejections.is_empty(), "{rejections:?}");
+        let (state, rejections) = mcs_agent::desired::compute(&snapshot);
+        assert!(rejections.is_empty(), "{rejections:?}");
+        let v6 = state.frontends.keys().filter(|f| f.addr.is_ipv6()).count();
+        assert_eq!(v6, mcs_frontends_v6(&set));
+        assert_eq!(state.frontends.len() - v6, set.mcs_frontends());
+        let target = mcs_agent::desired::Frontend {
+            addr: TARGET_VIP6.into(),
+            port: HTTP_PORT,
+            protocol: mcs_agent::model::Protocol::Tcp,
+        };
+        assert_eq!(state.frontends[&target].backends.len(), 4);
     }
 
     #[test]

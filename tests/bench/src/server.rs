@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -20,34 +21,59 @@ pub const RESPONSE_CLOSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok";
 const MAX_HEAD: usize = 8192;
 
-/// Serves HTTP on `http` and UDP echo on each of `udp` (one socket per
-/// address, so every answer leaves from the address the request went to).
-pub fn serve(http: SocketAddr, udp: &[SocketAddr]) -> Result<()> {
+/// Serves HTTP on each of `http` and UDP echo on each of `udp` (one socket
+/// per address, so every answer leaves from the address the request went
+/// to). IPv6 listeners are IPv6-only, so `[::]` can sit beside `0.0.0.0`.
+pub fn serve(http: &[SocketAddr], udp: &[SocketAddr]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(http)
-            .await
-            .with_context(|| format!("bind {http}"))?;
+        let mut listeners = Vec::new();
+        for addr in http {
+            listeners.push(listen(*addr).with_context(|| format!("bind {addr}"))?);
+        }
         for addr in udp {
             let socket = UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("bind {addr}"))?;
             tokio::spawn(udp_echo(socket));
         }
-        println!("serving http on {http}, udp on {udp:?}");
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(stream));
-                }
-                // EMFILE and friends: keep serving the others.
-                Err(error) => eprintln!("accept: {error}"),
-            }
+        println!("serving http on {http:?}, udp on {udp:?}");
+        let mut accepting = Vec::new();
+        for listener in listeners {
+            accepting.push(tokio::spawn(accept(listener)));
         }
+        for task in accepting {
+            task.await.context("accept loop panicked")?;
+        }
+        Ok(())
     })
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?; // as tokio's TcpListener::bind
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+async fn accept(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream));
+            }
+            // EMFILE and friends: keep serving the others.
+            Err(error) => eprintln!("accept: {error}"),
+        }
+    }
 }
 
 async fn udp_echo(socket: UdpSocket) {

@@ -380,24 +380,27 @@ fn e2e_section(md: &mut String, e2e: &E2e) {
                 "| {} | {} | {} | {:.2} | {:.2} | {} | {:.0} / {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {:.0} | {:.1} |",
                 mode.name(),
                 fmt_summary(s(Kind::Close, |r| r.rate), 0),
-                fmt_summary(ratio(scale, mode, Mode::Direct, Kind::Close, |r| r.rate), 2),
+                fmt_summary(
+                    ratio(scale, mode, mode.direct(), Kind::Close, |r| r.rate),
+                    2
+                ),
                 us_to_ms(med(Kind::Close, |r| r.p50_us)),
                 us_to_ms(med(Kind::Close, |r| r.p99_us)),
                 fmt_summary(
-                    ratio(scale, mode, Mode::Direct, Kind::Close, |r| r.p99_us),
+                    ratio(scale, mode, mode.direct(), Kind::Close, |r| r.p99_us),
                     2
                 ),
                 med(Kind::Close, |r| r.handshake_p50_us),
                 med(Kind::Close, |r| r.handshake_p99_us),
                 fmt_summary(s(Kind::Keepalive, |r| r.rate), 0),
                 fmt_summary(
-                    ratio(scale, mode, Mode::Direct, Kind::Keepalive, |r| r.rate),
+                    ratio(scale, mode, mode.direct(), Kind::Keepalive, |r| r.rate),
                     2
                 ),
                 med(Kind::Keepalive, |r| r.p50_us),
                 med(Kind::Keepalive, |r| r.p99_us),
                 fmt_summary(s(Kind::Udp, |r| r.rate), 0),
-                fmt_summary(ratio(scale, mode, Mode::Direct, Kind::Udp, |r| r.rate), 2),
+                fmt_summary(ratio(scale, mode, mode.direct(), Kind::Udp, |r| r.rate), 2),
                 med(Kind::Udp, |r| r.p99_us),
                 med(Kind::Close, |r| r.agents_cpu_pct),
             );

@@ -216,7 +216,7 @@ pub fn e2e_every_scale(
         .map(|s| {
             (
                 s.services,
-                ratio(s, mode, Mode::Direct, Kind::Close, metric.value),
+                ratio(s, mode, mode.direct(), Kind::Close, metric.value),
             )
         })
         .collect();
@@ -342,6 +342,58 @@ pub fn e2e_over_floor(report: &Report, mode: Mode, floor: Mode, limit: f64) -> O
             ("one_dest", against(Mode::DirectOne, Mode::Direct)),
             ("over_one_dest", against(mode, Mode::DirectOne)),
         ],
+        ..Measured::new(text, met)
+    })
+}
+
+/// IPv6 `mode` against direct-v6 in new connections/s at every scale, with
+/// its ratio to its IPv4 mode (same namespaces, same agent) beside.
+pub fn e2e_v6(report: &Report, mode: Mode, limit: f64) -> Option<Measured> {
+    let e2e = report.e2e.as_ref()?;
+    let rate = |s, a, b| ratio(s, a, b, Kind::Close, |r: &LoadResult| r.rate);
+    let values: Vec<(usize, Option<Summary>, Option<Summary>)> = e2e
+        .scales
+        .iter()
+        .map(|s| {
+            (
+                s.services,
+                rate(s, mode, Mode::DirectV6),
+                rate(s, mode, mode.ipv4()),
+            )
+        })
+        .collect();
+    let met = (!values.is_empty() && values.iter().all(|(_, r, _)| r.is_some())).then(|| {
+        values
+            .iter()
+            .all(|(_, r, _)| r.is_some_and(|r| r.median >= limit))
+    });
+    let text = values
+        .iter()
+        .map(|(n, r, v4)| {
+            format!(
+                "{}: {} (× {} {})",
+                scale_name(*n),
+                fmt_summary(*r, 2),
+                mode.ipv4().name(),
+                fmt_summary(*v4, 2)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let direct = e2e
+        .scales
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                scale_name(s.services),
+                fmt_summary(rate(s, Mode::DirectV6, Mode::Direct), 2)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Measured {
+        values: vec![("v6_over_v4_direct", direct)],
         ..Measured::new(text, met)
     })
 }

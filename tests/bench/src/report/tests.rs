@@ -115,6 +115,9 @@ fn sample_report() -> Report {
                     Mode::McsSocklb => 9_900.0,
                     Mode::Iptables => 2_000.0,
                     Mode::Nftables => 8_000.0,
+                    Mode::DirectV6 => 9_800.0,
+                    Mode::McsTcV6 => 9_500.0,
+                    Mode::McsXdpV6 => 9_000.0,
                 };
                 ModeResult {
                     mode: Some(*mode),
