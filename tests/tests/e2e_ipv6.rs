@@ -53,7 +53,7 @@ struct Servers {
 
 /// Topology, servers and agent; fields drop in order (agent first).
 struct Set {
-    agent: Agent,
+    _agent: Agent,
     _servers: Vec<Servers>,
     _manifest: ManifestDir,
     topo: Topology,
@@ -184,7 +184,7 @@ fn cluster_set(stack: Stack, hook: Hook) -> Set {
         })
         .expect("the agent programs the import");
     let deadline = Instant::now() + APPLY_TIMEOUT;
-    let mut attached = |dev: &str| match hook {
+    let attached = |dev: &str| match hook {
         Hook::Xdp => topology::xdp_attached(&node.netns, dev).expect("ip link"),
         Hook::Tc => {
             tc_attached(agent.bpffs_dir(), dev)
@@ -202,7 +202,7 @@ fn cluster_set(stack: Stack, hook: Hook) -> Set {
         }
     }
     Set {
-        agent,
+        _agent: agent,
         _servers: servers,
         _manifest: manifest,
         topo,
