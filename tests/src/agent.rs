@@ -18,7 +18,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -505,7 +505,7 @@ pub struct DumpService {
     pub frontend_id: u32,
     /// `namespace/name:port-name`.
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     /// `TCP` or `UDP`.
     pub protocol: String,
@@ -518,7 +518,7 @@ pub struct DumpService {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct DumpBackend {
     pub slot: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     #[serde(default)]
     pub cluster: String,
@@ -552,7 +552,13 @@ pub struct Drops {
 
 impl Dump {
     /// The frontend `vip:port/protocol`, if programmed.
-    pub fn service(&self, vip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<&DumpService> {
+    pub fn service(
+        &self,
+        vip: impl Into<IpAddr>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<&DumpService> {
+        let vip = vip.into();
         self.services.iter().find(|s| {
             s.vip == vip && s.port == port && s.protocol.eq_ignore_ascii_case(protocol.as_str())
         })
@@ -560,9 +566,23 @@ impl Dump {
 }
 
 impl DumpService {
-    /// Backend addresses, sorted.
+    /// IPv4 backend addresses, sorted (a frontend has one family).
     pub fn backend_addrs(&self) -> Vec<Ipv4Addr> {
-        let mut addrs: Vec<Ipv4Addr> = self.backends.iter().map(|b| b.addr).collect();
+        let mut addrs: Vec<Ipv4Addr> = self
+            .backends
+            .iter()
+            .filter_map(|b| match b.addr {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Backend addresses of either family, sorted.
+    pub fn backend_ips(&self) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = self.backends.iter().map(|b| b.addr).collect();
         addrs.sort();
         addrs
     }

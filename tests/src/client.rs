@@ -187,8 +187,14 @@ pub struct UdpClient {
 impl UdpClient {
     /// Binds in `ns` to `0.0.0.0:port` (`port` 0 = ephemeral).
     pub fn bind(ns: &Netns, port: u16) -> Result<Self> {
+        Self::bind_to(ns, SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    /// Binds in `ns` to `addr` (e.g. `[::]:0` for an IPv6 client).
+    pub fn bind_to(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        let port = addr.port();
         let socket = ns
-            .enter(|| UdpSocket::bind(("0.0.0.0", port)))?
+            .enter(|| UdpSocket::bind(addr))?
             .with_context(|| format!("binding UDP port {port} in {}", ns.name()))?;
         socket.set_read_timeout(Some(TIMEOUT))?;
         socket.set_write_timeout(Some(TIMEOUT))?;

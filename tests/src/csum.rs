@@ -61,6 +61,12 @@ pub struct CsumCounters {
     /// `Icmp: InCsumErrors` of `/proc/net/snmp` (ICMP messages, e.g. the
     /// datapath's port unreachable refusals).
     pub icmp: u64,
+    /// `Udp6InCsumErrors` of `/proc/net/snmp6` (TCP over IPv6 counts in
+    /// `tcp`: the kernel keeps one TCP MIB for both families).
+    pub udp6: u64,
+    /// `Icmp6InCsumErrors` of `/proc/net/snmp6` (e.g. the datapath's ICMPv6
+    /// port unreachable refusals).
+    pub icmp6: u64,
 }
 
 impl CsumCounters {
@@ -68,13 +74,22 @@ impl CsumCounters {
     /// of the reading thread (via `/proc/thread-self`), so the files are read
     /// from a thread inside `ns`.
     pub fn read(ns: &Netns) -> Result<Self> {
-        let (snmp, netstat) = ns.enter(|| -> std::io::Result<(String, String)> {
-            Ok((
-                std::fs::read_to_string("/proc/thread-self/net/snmp")?,
-                std::fs::read_to_string("/proc/thread-self/net/netstat")?,
-            ))
-        })??;
-        Self::parse(&snmp, &netstat).with_context(|| format!("counters of {}", ns.name()))
+        let (snmp, netstat, snmp6) =
+            ns.enter(|| -> std::io::Result<(String, String, Option<String>)> {
+                Ok((
+                    std::fs::read_to_string("/proc/thread-self/net/snmp")?,
+                    std::fs::read_to_string("/proc/thread-self/net/netstat")?,
+                    // Absent only on a kernel without IPv6: nothing to count.
+                    std::fs::read_to_string("/proc/thread-self/net/snmp6").ok(),
+                ))
+            })??;
+        let mut counters =
+            Self::parse(&snmp, &netstat).with_context(|| format!("counters of {}", ns.name()))?;
+        if let Some(snmp6) = snmp6 {
+            counters.udp6 = counter6(&snmp6, "Udp6InCsumErrors")?;
+            counters.icmp6 = counter6(&snmp6, "Icmp6InCsumErrors")?;
+        }
+        Ok(counters)
     }
 
     /// Parses the contents of `/proc/net/snmp` and `/proc/net/netstat`.
@@ -84,6 +99,8 @@ impl CsumCounters {
             udp: counter(snmp, "Udp", "InCsumErrors")?,
             ip: counter(netstat, "IpExt", "InCsumErrors")?,
             icmp: counter(snmp, "Icmp", "InCsumErrors")?,
+            udp6: 0,
+            icmp6: 0,
         })
     }
 
@@ -96,8 +113,9 @@ impl fmt::Display for CsumCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "TcpInCsumErrors={} UdpInCsumErrors={} IpExtInCsumErrors={} IcmpInCsumErrors={}",
-            self.tcp, self.udp, self.ip, self.icmp
+            "TcpInCsumErrors={} UdpInCsumErrors={} IpExtInCsumErrors={} IcmpInCsumErrors={} \
+             Udp6InCsumErrors={} Icmp6InCsumErrors={}",
+            self.tcp, self.udp, self.ip, self.icmp, self.udp6, self.icmp6
         )
     }
 }
@@ -121,6 +139,19 @@ pub fn counter(text: &str, group: &str, name: &str) -> Result<u64> {
     value
         .parse()
         .with_context(|| format!("{group} {name} = {value:?}"))
+}
+
+/// One value of `/proc/net/snmp6`, where each line is `NAME VALUE`.
+pub fn counter6(text: &str, name: &str) -> Result<u64> {
+    let value = text
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next())
+        })
+        .flatten()
+        .with_context(|| format!("no {name} in snmp6"))?;
+    value.parse().with_context(|| format!("{name} = {value:?}"))
 }
 
 #[cfg(test)]
@@ -156,13 +187,25 @@ IpExt: 0 0 0 4
                 udp: 2,
                 ip: 4,
                 icmp: 5,
+                udp6: 0,
+                icmp6: 0,
             }
         );
         assert!(!c.is_zero());
         assert_eq!(
             c.to_string(),
-            "TcpInCsumErrors=7 UdpInCsumErrors=2 IpExtInCsumErrors=4 IcmpInCsumErrors=5"
+            "TcpInCsumErrors=7 UdpInCsumErrors=2 IpExtInCsumErrors=4 IcmpInCsumErrors=5 \
+             Udp6InCsumErrors=0 Icmp6InCsumErrors=0"
         );
+    }
+
+    #[test]
+    fn parses_snmp6_counters() {
+        let snmp6 =
+            "Icmp6InCsumErrors               \t3\nUdp6InCsumErrors 8\nUdpLite6InCsumErrors 9\n";
+        assert_eq!(counter6(snmp6, "Udp6InCsumErrors").unwrap(), 8);
+        assert_eq!(counter6(snmp6, "Icmp6InCsumErrors").unwrap(), 3);
+        assert!(counter6(snmp6, "Tcp6InCsumErrors").is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod packet;
 pub mod scenario;
 pub mod servers;
 pub mod topology;
+pub mod topology6;
 
 /// The local API server under the name existing tests use.
 pub use apiserver as fake_apiserver;
