@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
-    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKey, CtKeyOf, CtKeyV6, CtValue,
-    CtValueOf, CtValueV6, byte_order::NetAddr,
+    CT_F_FIN, CT_F_REPLY, CT_F_RST, CT_F_SEEN_NON_SYN, CT_F_SYN, CtKeyOf, CtValueOf,
+    byte_order::NetAddr,
 };
 
 use super::{ConntrackDump, ConntrackFilter};
@@ -18,22 +18,10 @@ pub(super) trait FlowEntry {
     fn endpoints(&self) -> (SocketAddr, SocketAddr, SocketAddr, SocketAddr);
 }
 
-impl FlowEntry for (CtKey, CtValue) {
-    fn proto(&self) -> u8 {
-        self.0.proto
-    }
-    fn endpoints(&self) -> (SocketAddr, SocketAddr, SocketAddr, SocketAddr) {
-        let (key, value) = self;
-        (
-            key.src().into(),
-            key.dst().into(),
-            value.nat().into(),
-            value.backend().into(),
-        )
-    }
-}
-
-impl FlowEntry for (CtKeyV6, CtValueV6) {
+impl<A: NetAddr> FlowEntry for (CtKeyOf<A>, CtValueOf<A>)
+where
+    A::Endpoint: Into<SocketAddr>,
+{
     fn proto(&self) -> u8 {
         self.0.proto
     }

@@ -8,8 +8,8 @@ use std::{
 };
 
 use mcs_common::{
-    BACKEND_F_TERMINATING, BackendKey, BackendValue, BackendValueV6, MAX_CLUSTERS, SVC_F_AFFINITY,
-    SVC_F_VIP_MARKER, ServiceKey, ServiceKeyV6, ServiceValue,
+    BACKEND_F_TERMINATING, BackendKey, BackendValue, BackendValueOf, BackendValueV6, MAX_CLUSTERS,
+    SVC_F_AFFINITY, SVC_F_VIP_MARKER, ServiceKey, ServiceKeyV6, ServiceValue, byte_order::NetAddr,
 };
 
 use super::{Applied, Capacities, Reconciler, family_index, ids::IdPool, space::TableSpace};
@@ -28,6 +28,29 @@ pub struct PinnedState {
 
 /// One pinned slot of either family: endpoint, cluster id, flags, counter id.
 type Slot = (SocketAddr, u32, u32, u32);
+
+/// Adds the pinned backend slots of one family to `slots_of`, by family
+/// and frontend id.
+fn collect_slots<A: NetAddr>(
+    slots_of: &mut BTreeMap<(IpFamily, u32), Vec<(u32, Slot)>>,
+    family: IpFamily,
+    backends: &BTreeMap<BackendKey, BackendValueOf<A>>,
+) where
+    A::Endpoint: Into<SocketAddr>,
+{
+    for (key, value) in backends {
+        let slot = (
+            value.endpoint().into(),
+            value.cluster_id,
+            value.flags,
+            value.backend_id,
+        );
+        slots_of
+            .entry((family, key.frontend_id))
+            .or_default()
+            .push((key.slot, slot));
+    }
+}
 
 /// Adoption found something it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
@@ -53,30 +76,8 @@ impl Reconciler {
         let mut used_ids = BTreeSet::new();
         // Slots by family and frontend id.
         let mut slots_of: BTreeMap<(IpFamily, u32), Vec<(u32, Slot)>> = BTreeMap::new();
-        for (key, value) in &state.backends {
-            let slot = (
-                SocketAddr::V4(value.endpoint()),
-                value.cluster_id,
-                value.flags,
-                value.backend_id,
-            );
-            slots_of
-                .entry((IpFamily::V4, key.frontend_id))
-                .or_default()
-                .push((key.slot, slot));
-        }
-        for (key, value) in &state.backends_v6 {
-            let slot = (
-                SocketAddr::V6(value.endpoint()),
-                value.cluster_id,
-                value.flags,
-                value.backend_id,
-            );
-            slots_of
-                .entry((IpFamily::V6, key.frontend_id))
-                .or_default()
-                .push((key.slot, slot));
-        }
+        collect_slots(&mut slots_of, IpFamily::V4, &state.backends);
+        collect_slots(&mut slots_of, IpFamily::V6, &state.backends_v6);
         let services = state
             .services
             .iter()
